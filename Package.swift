@@ -1,0 +1,53 @@
+// swift-tools-version:6.1
+import PackageDescription
+
+// Layers (imports go one way, top to bottom):
+//   vfio-migrate (CLI) -> MigrationEngine -> MigrationTLS, MigrationWire, VFIODevice -> C system libraries
+let package = Package(
+    name: "vfio-migrate",
+    platforms: [.macOS(.v15)],
+    products: [
+        .executable(name: "vfio-migrate", targets: ["vfio-migrate"]),
+        .library(name: "MigrationEngine", targets: ["MigrationEngine"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
+        .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
+    ],
+    targets: [
+        // System libraries. Each module map also carries `static inline` shims for
+        // the macros Swift cannot import (see ../shared/INTEROP.md).
+        .systemLibrary(
+            name: "COpenSSL", path: "Sources/COpenSSL", pkgConfig: "openssl",
+            providers: [.apt(["libssl-dev"])]),
+        .systemLibrary(
+            name: "CZlib", path: "Sources/CZlib", pkgConfig: "zlib",
+            providers: [.apt(["zlib1g-dev"])]),
+        // VFIO ioctl numbers and uAPI structs, re-exported as constants (no library to link).
+        .systemLibrary(name: "CVFIO", path: "Sources/CVFIO"),
+
+        .target(name: "VFIODevice", dependencies: ["CVFIO"]),
+        .target(name: "MigrationWire", dependencies: ["CZlib", "COpenSSL"]),
+        .target(name: "MigrationTLS", dependencies: ["COpenSSL"]),
+        .target(
+            name: "MigrationEngine",
+            dependencies: [
+                "VFIODevice", "MigrationWire", "MigrationTLS",
+                .product(name: "Logging", package: "swift-log"),
+            ]),
+        .executableTarget(
+            name: "vfio-migrate",
+            dependencies: [
+                "MigrationEngine", "VFIODevice", "MigrationWire", "MigrationTLS",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+            ]),
+
+        .testTarget(name: "VFIODeviceTests", dependencies: ["VFIODevice"]),
+        .testTarget(name: "MigrationWireTests", dependencies: ["MigrationWire"]),
+        .testTarget(name: "MigrationTLSTests", dependencies: ["MigrationTLS"]),
+        .testTarget(name: "MigrationEngineTests", dependencies: ["MigrationEngine", "VFIODevice", "MigrationWire", "MigrationTLS"]),
+        .testTarget(name: "IntegrationTests", dependencies: ["vfio-migrate", "VFIODevice"]),
+    ],
+    swiftLanguageModes: [.v6]
+)

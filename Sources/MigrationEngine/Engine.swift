@@ -1,0 +1,3 @@
+import VFIODevice
+import MigrationWire
+import MigrationTLS

@@ -1,0 +1,230 @@
+// CONTRACT STUB — the public surface the engine codes against. The MigrationWire
+// owner replaces these bodies (and may split this file); signatures stay.
+// Pure: no I/O anywhere in this module.
+
+public enum WireError: Error, Sendable, Equatable, CustomStringConvertible {
+    case stub(String)
+    public var description: String { fatalError("stub") }
+}
+
+public struct WireLimits: Sendable, Equatable {
+    public var maxPayload: Int
+    public var maxInflated: Int
+    public var maxDevices: Int
+    public var maxPFNsPerFrame: UInt64
+    public init(maxPayload: Int = 16 << 20, maxInflated: Int = 16 << 20, maxDevices: Int = 64,
+                maxPFNsPerFrame: UInt64 = 1 << 24) {
+        self.maxPayload = maxPayload; self.maxInflated = maxInflated
+        self.maxDevices = maxDevices; self.maxPFNsPerFrame = maxPFNsPerFrame
+    }
+    public static let `default` = WireLimits()
+}
+
+public enum Role: UInt8, Sendable { case source = 1, destination = 2 }
+public enum Phase: UInt8, Sendable { case precopy = 0, stopcopy = 1 }
+/// Payload encodings. `raw` and `deflate` (zlib raw deflate) are mandatory.
+public enum Encoding: UInt8, Sendable, CaseIterable { case raw = 0, deflate = 1 }
+public enum PageEncoding: UInt8, Sendable { case zero = 0, raw = 1, deflate = 2 }
+
+public struct DeviceDescriptor: Sendable, Equatable {
+    public var name: String
+    public var pageSize: UInt32
+    public var compatibility: String
+    public init(name: String, pageSize: UInt32, compatibility: String) {
+        self.name = name; self.pageSize = pageSize; self.compatibility = compatibility
+    }
+}
+
+public struct MemoryRange: Sendable, Equatable {
+    public var startPFN: UInt64
+    public var pageCount: UInt64
+    public var pageSize: UInt32
+    public init(startPFN: UInt64, pageCount: UInt64, pageSize: UInt32) {
+        self.startPFN = startPFN; self.pageCount = pageCount; self.pageSize = pageSize
+    }
+}
+
+public struct Hello: Sendable, Equatable {
+    public static let currentVersion: UInt16 = 1
+    public var version: UInt16
+    public var sessionID: [UInt8]          // 16 bytes
+    public var role: Role
+    /// Destination: encodings it accepts. Source: the subset it will use.
+    public var encodings: [Encoding]
+    public var devices: [DeviceDescriptor]
+    public var memory: [MemoryRange]
+    public init(version: UInt16 = Hello.currentVersion, sessionID: [UInt8], role: Role, encodings: [Encoding],
+                devices: [DeviceDescriptor], memory: [MemoryRange]) {
+        self.version = version; self.sessionID = sessionID; self.role = role
+        self.encodings = encodings; self.devices = devices; self.memory = memory
+    }
+}
+
+public struct DeviceData: Sendable, Equatable {
+    public var phase: Phase
+    public var encoding: Encoding
+    public var originalLength: UInt32
+    public var payload: [UInt8]
+    public init(phase: Phase, encoding: Encoding, originalLength: UInt32, payload: [UInt8]) {
+        self.phase = phase; self.encoding = encoding; self.originalLength = originalLength; self.payload = payload
+    }
+}
+
+public enum DirtyCopied: Sendable, Equatable {
+    case none
+    case all
+    /// ceil(totalPFNs/8) bytes, LSB first.
+    case bitmap([UInt8])
+}
+
+public struct DirtyBitmap: Sendable, Equatable {
+    public var startPFN: UInt64
+    public var pageSize: UInt64
+    public var totalPFNs: UInt64
+    public var copied: DirtyCopied
+    public init(startPFN: UInt64, pageSize: UInt64, totalPFNs: UInt64, copied: DirtyCopied) {
+        self.startPFN = startPFN; self.pageSize = pageSize; self.totalPFNs = totalPFNs; self.copied = copied
+    }
+}
+
+/// A run of consecutive pages sharing one encoding. zero: empty payload;
+/// raw: pageCount*pageSize bytes; deflate: inflates to pageCount*pageSize bytes.
+public struct PageSegment: Sendable, Equatable {
+    public var startPFN: UInt64
+    public var pageCount: UInt32
+    public var encoding: PageEncoding
+    public var payload: [UInt8]
+    public init(startPFN: UInt64, pageCount: UInt32, encoding: PageEncoding, payload: [UInt8]) {
+        self.startPFN = startPFN; self.pageCount = pageCount; self.encoding = encoding; self.payload = payload
+    }
+}
+
+public struct Pages: Sendable, Equatable {
+    public var pageSize: UInt32
+    public var segments: [PageSegment]
+    public init(pageSize: UInt32, segments: [PageSegment]) { self.pageSize = pageSize; self.segments = segments }
+}
+
+public struct IterationEnd: Sendable, Equatable {
+    public var iteration: UInt32
+    public var pendingBytes: UInt64
+    public var dirtyPages: UInt64
+    public init(iteration: UInt32, pendingBytes: UInt64, dirtyPages: UInt64) {
+        self.iteration = iteration; self.pendingBytes = pendingBytes; self.dirtyPages = dirtyPages
+    }
+}
+
+public struct DeviceEnd: Sendable, Equatable {
+    public var totalBytes: UInt64
+    public var chunkCount: UInt64
+    public var sha256: [UInt8]             // 32 bytes
+    public init(totalBytes: UInt64, chunkCount: UInt64, sha256: [UInt8]) {
+        self.totalBytes = totalBytes; self.chunkCount = chunkCount; self.sha256 = sha256
+    }
+}
+
+public enum AbortReason: UInt16, Sendable {
+    case unspecified = 0, incompatible = 1, protocolError = 2, deviceError = 3, digestMismatch = 4
+    case cancelled = 5, timeout = 6, internalError = 7
+}
+
+public struct Abort: Sendable, Equatable {
+    public var reason: AbortReason
+    public var message: String
+    public init(reason: AbortReason, message: String) { self.reason = reason; self.message = message }
+}
+
+public enum FrameBody: Sendable, Equatable {
+    case hello(Hello)
+    case deviceData(DeviceData)
+    case dirtyBitmap(DirtyBitmap)
+    case pages(Pages)
+    case iterationEnd(IterationEnd)
+    case deviceEnd(DeviceEnd)
+    case complete
+    case ready
+    case commit
+    case resumed
+    case abort(Abort)
+    case keepAlive
+}
+
+public struct Frame: Sendable, Equatable {
+    public var device: UInt32              // device index; 0 where not device-specific
+    public var sequence: UInt64
+    public var body: FrameBody
+    public init(device: UInt32 = 0, sequence: UInt64, body: FrameBody) {
+        self.device = device; self.sequence = sequence; self.body = body
+    }
+}
+
+/// Assigns contiguous sequence numbers and serialises frames.
+public struct FrameEncoder: Sendable {
+    public init() {}
+    public var nextSequence: UInt64 { fatalError("stub") }
+    public mutating func encode(_ body: FrameBody, device: UInt32 = 0) -> [UInt8] { fatalError("stub") }
+}
+
+/// Incremental decoder for one direction of a session: checks limits before
+/// allocating, sequence contiguity, state rules (e.g. nothing after COMPLETE,
+/// PFNs inside the announced memory once `memory` is set).
+public struct FrameDecoder: Sendable {
+    public static let headerSize: Int = 24
+    public init(limits: WireLimits = .default) { fatalError("stub") }
+    /// Guest-memory ranges announced in HELLO; PAGES/DIRTY_BITMAP are checked against them.
+    public var memory: [MemoryRange] { get { fatalError("stub") } set { fatalError("stub") } }
+    /// Number of devices announced in HELLO; device indices are checked against it.
+    public var deviceCount: Int? { get { fatalError("stub") } set { fatalError("stub") } }
+    public mutating func feed(_ bytes: [UInt8]) { fatalError("stub") }
+    /// The next whole frame, nil if more bytes are needed.
+    public mutating func next() throws -> Frame? { fatalError("stub") }
+    /// Bytes buffered but not yet decoded (a non-zero value at EOF means truncation).
+    public var bufferedByteCount: Int { fatalError("stub") }
+}
+
+/// `none`, `zlib:1..9`, `auto` (cheap probe, zlib level 1, raw when incompressible).
+public enum CompressionPolicy: Sendable, Equatable, CustomStringConvertible {
+    case none
+    case zlib(level: Int)
+    case auto
+    public init(parsing text: String) throws { fatalError("stub") }
+    public var description: String { fatalError("stub") }
+}
+
+/// Reusable raw-deflate compressor; one per worker thread.
+public final class Deflater: @unchecked Sendable {
+    public init(level: Int) throws { fatalError("stub") }
+    public func compress(_ input: [UInt8]) throws -> [UInt8] { fatalError("stub") }
+}
+
+/// Reusable raw-deflate decompressor; the output must be exactly `expectedLength` bytes and never exceed `limit`.
+public final class Inflater: @unchecked Sendable {
+    public init() throws { fatalError("stub") }
+    public func inflate(_ input: [UInt8], expectedLength: Int, limit: Int) throws -> [UInt8] { fatalError("stub") }
+}
+
+/// Applies a CompressionPolicy to one buffer: returns raw when compression does not pay (≥ 95 %).
+public final class PayloadCompressor: @unchecked Sendable {
+    public init(policy: CompressionPolicy) throws { fatalError("stub") }
+    public func encode(_ input: [UInt8]) throws -> (Encoding, [UInt8]) { fatalError("stub") }
+    /// Pages → segments (zero runs flagged, raw where incompressible, deflate otherwise).
+    public func encodePages(startPFN: UInt64, pageSize: Int, bytes: [UInt8]) throws -> [PageSegment] { fatalError("stub") }
+}
+
+/// Decodes payloads back, checking declared lengths against limits.
+public final class PayloadDecompressor: @unchecked Sendable {
+    public init(limits: WireLimits = .default) throws { fatalError("stub") }
+    public func decode(_ data: DeviceData) throws -> [UInt8] { fatalError("stub") }
+    /// The bytes of one segment (zero pages as zeroes), exactly pageCount*pageSize.
+    public func decode(_ segment: PageSegment, pageSize: Int) throws -> [UInt8] { fatalError("stub") }
+}
+
+/// True if every byte is zero (wide compares).
+public func isAllZero(_ bytes: ArraySlice<UInt8>) -> Bool { fatalError("stub") }
+
+/// Incremental SHA-256 (OpenSSL libcrypto EVP).
+public final class SHA256Digest: @unchecked Sendable {
+    public init() { fatalError("stub") }
+    public func update(_ bytes: [UInt8]) { fatalError("stub") }
+    public func finalize() -> [UInt8] { fatalError("stub") }
+}

@@ -1,0 +1,4 @@
+import Testing
+@testable import MigrationEngine
+
+@Test func placeholder() {}

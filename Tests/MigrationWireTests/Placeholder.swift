@@ -1,0 +1,4 @@
+import Testing
+@testable import MigrationWire
+
+@Test func placeholder() {}

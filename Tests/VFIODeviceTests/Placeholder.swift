@@ -1,0 +1,4 @@
+import Testing
+@testable import VFIODevice
+
+@Test func placeholder() {}
