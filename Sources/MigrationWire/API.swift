@@ -170,7 +170,9 @@ public struct FrameEncoder: Sendable {
 /// PFNs inside the announced memory once `memory` is set).
 public struct FrameDecoder: Sendable {
     public static let headerSize: Int = 24
-    public init(limits: WireLimits = .default) { fatalError("stub") }
+    /// `peer` is the role of the side whose frames this decoder reads; frames that
+    /// side may not send (e.g. READY from a source) are protocol errors.
+    public init(peer: Role, limits: WireLimits = .default) { fatalError("stub") }
     /// Guest-memory ranges announced in HELLO; PAGES/DIRTY_BITMAP are checked against them.
     public var memory: [MemoryRange] { get { fatalError("stub") } set { fatalError("stub") } }
     /// Number of devices announced in HELLO; device indices are checked against it.
