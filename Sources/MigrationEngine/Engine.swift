@@ -1,3 +1,0 @@
-import VFIODevice
-import MigrationWire
-import MigrationTLS

@@ -1,0 +1,51 @@
+/// Progress and lifecycle events, for a TTY display or one JSON object per line.
+public enum MigrationEvent: Sendable {
+    case connected(peer: String)
+    case helloAccepted(devices: [String], memoryBytes: UInt64)
+    case phase(MigrationPhase)
+    case progress(Progress)
+    case iterationEnd(iteration: Int, pendingBytes: UInt64, dirtyPages: UInt64, estimatedDowntimeMs: Double)
+    case switchover(reason: String)
+    case deviceEnd(device: String, bytes: UInt64, chunks: UInt64)
+    case sessionRefused(String)
+    case finished(MigrationStats)
+}
+
+public struct Progress: Sendable, Codable {
+    public var phase: MigrationPhase
+    public var iteration: Int
+    public var rawBytes: UInt64
+    public var wireBytes: UInt64
+    public var bytesPerSecond: Double
+    public var pendingBytes: UInt64
+    public var dirtyPages: UInt64
+    public var etaSeconds: Double?
+}
+
+public struct DeviceStats: Sendable, Codable {
+    public var name: String
+    public var bytes: UInt64 = 0
+    public var chunks: UInt64 = 0
+    public var precopyBytes: UInt64 = 0
+    public var stopcopyBytes: UInt64 = 0
+    public var sha256: String = ""
+    public init(name: String) { self.name = name }
+}
+
+public struct MigrationStats: Sendable, Codable {
+    public var role: String
+    public var totalSeconds: Double = 0
+    /// Source: from the devices stopping (SAVING) to RESUMED. Destination: from the first stop-and-copy frame to RUNNING.
+    public var downtimeMs: Double = 0
+    public var iterations: Int = 0
+    public var converged: Bool = true
+    public var rawBytes: UInt64 = 0
+    public var wireBytes: UInt64 = 0
+    public var pagesSent: UInt64 = 0
+    public var zeroPages: UInt64 = 0
+    public var deviceBytes: UInt64 = 0
+    public var devices: [DeviceStats] = []
+    public init(role: String) { self.role = role }
+}
+
+public typealias EventSink = @Sendable (MigrationEvent) -> Void

@@ -1,0 +1,127 @@
+import MigrationTLS
+import MigrationWire
+import VFIODevice
+
+/// Where in the lifecycle something happened. Named in every error and event.
+public enum MigrationPhase: String, Sendable, Codable, CustomStringConvertible {
+    case connect, handshake, hello, precopy, stopcopy, complete, ready, commit, resume, done
+    public var description: String { rawValue }
+}
+
+/// What the operator has to do after a failure, and the process exit code for it.
+public enum FailureDisposition: Int32, Sendable, Codable {
+    /// Nothing was started (configuration, certificates, devices unavailable).
+    case notStarted = 1
+    /// Failed before COMMIT: the source runs the devices again; the destination never ran them.
+    case rolledBack = 2
+    /// Failed after COMMIT was sent: the VM may run nowhere or on the destination; an operator must look.
+    case afterCommit = 3
+}
+
+/// The cause of a failed migration.
+public enum MigrationFailure: Sendable, CustomStringConvertible {
+    case device(DeviceError)
+    case deviceOther(String)
+    case wire(WireError)
+    case tls(TLSError)
+    case incompatible(String)
+    case peerAborted(AbortReason, String)
+    case digestMismatch(device: String, expected: [UInt8], actual: [UInt8])
+    case lengthMismatch(device: String, field: String, expected: UInt64, actual: UInt64)
+    case unexpectedFrame(String)
+    case peerClosed
+    case timeout(String)
+    case cancelled
+    case notConverged(iterations: Int)
+    case configuration(String)
+
+    public var description: String {
+        switch self {
+        case .device(let e): return "device: \(e)"
+        case .deviceOther(let s): return "device: \(s)"
+        case .wire(let e): return "protocol: \(e)"
+        case .tls(let e): return "TLS: \(e)"
+        case .incompatible(let s): return "incompatible peer: \(s)"
+        case .peerAborted(let r, let s): return "peer aborted (\(r)): \(s)"
+        case .digestMismatch(let d, let e, let a):
+            return "device \(d): SHA-256 of the received device data \(hex(a)) differs from the source's \(hex(e))"
+        case .lengthMismatch(let d, let f, let e, let a):
+            return "device \(d): \(f) is \(a), the source sent \(e)"
+        case .unexpectedFrame(let s): return "unexpected frame: \(s)"
+        case .peerClosed: return "the peer closed the connection"
+        case .timeout(let s): return "timed out: \(s)"
+        case .cancelled: return "cancelled by the operator"
+        case .notConverged(let n): return "did not converge within \(n) iterations"
+        case .configuration(let s): return "configuration: \(s)"
+        }
+    }
+
+    var abortReason: AbortReason {
+        switch self {
+        case .device, .deviceOther: return .deviceError
+        case .wire, .unexpectedFrame: return .protocolError
+        case .incompatible: return .incompatible
+        case .digestMismatch, .lengthMismatch: return .digestMismatch
+        case .cancelled: return .cancelled
+        case .timeout, .notConverged: return .timeout
+        case .tls, .peerClosed, .peerAborted, .configuration: return .internalError
+        }
+    }
+}
+
+/// A failed migration: the phase, the device (if one is to blame), the cause,
+/// and what state the devices were left in.
+public struct MigrationError: Error, Sendable, CustomStringConvertible {
+    public var phase: MigrationPhase
+    public var device: String?
+    public var failure: MigrationFailure
+    public var disposition: FailureDisposition
+    /// Set when rolling back itself failed (the source device could not be set RUNNING again).
+    public var rollbackFailure: String?
+
+    public init(phase: MigrationPhase, device: String? = nil, failure: MigrationFailure,
+                disposition: FailureDisposition = .rolledBack, rollbackFailure: String? = nil) {
+        self.phase = phase; self.device = device; self.failure = failure
+        self.disposition = disposition; self.rollbackFailure = rollbackFailure
+    }
+
+    public var description: String {
+        var s = "migration failed in phase \(phase)"
+        if let device { s += ", device \(device)" }
+        s += ": \(failure)"
+        switch disposition {
+        case .notStarted: s += " (nothing was changed)"
+        case .rolledBack: s += " (rolled back: no device was resumed on the destination)"
+        case .afterCommit: s += " (after COMMIT: operator action needed)"
+        }
+        if let rollbackFailure { s += "; rollback failed: \(rollbackFailure)" }
+        return s
+    }
+}
+
+/// Wraps any thrown error into a MigrationFailure.
+func classify(_ error: any Error) -> MigrationFailure {
+    switch error {
+    case let e as MigrationError: return e.failure
+    case let e as DeviceError: return .device(e)
+    case let e as WireError: return .wire(e)
+    case let e as TLSError: return .tls(e)
+    case let e as MigrationFailureBox: return e.failure
+    default: return .deviceOther(String(describing: error))
+    }
+}
+
+/// Carries a failure (with an optional device) through `throws` inside the engine.
+struct MigrationFailureBox: Error {
+    var failure: MigrationFailure
+    var device: String?
+    init(_ failure: MigrationFailure, device: String? = nil) { self.failure = failure; self.device = device }
+}
+
+func hex(_ bytes: [UInt8]) -> String {
+    let digits = Array("0123456789abcdef")
+    var s = ""
+    s.reserveCapacity(bytes.count * 2)
+    for b in bytes { s.append(digits[Int(b >> 4)]); s.append(digits[Int(b & 15)]) }
+    return s
+}

@@ -1,0 +1,61 @@
+import Foundation
+import MigrationWire
+
+/// Frames from the peer, read on a dedicated thread so the main flow can keep
+/// sending while it waits (an ABORT is seen at once, not after the next write).
+final class PeerInbox: @unchecked Sendable {
+    private let condition = NSCondition()
+    private var frames: [Frame] = []
+    private var failure: (any Error)?
+    private var done = false
+
+    /// Reads until `isLast` says the frame ends the conversation, or an error.
+    init(channel: FrameChannel, isLast: @escaping @Sendable (Frame) -> Bool) {
+        let t = Thread { [self] in
+            while true {
+                do {
+                    let frame = try channel.receive()
+                    condition.lock()
+                    frames.append(frame)
+                    condition.broadcast()
+                    condition.unlock()
+                    if isLast(frame) { break }
+                } catch {
+                    condition.lock()
+                    failure = error
+                    condition.broadcast()
+                    condition.unlock()
+                    break
+                }
+            }
+            condition.lock(); done = true; condition.broadcast(); condition.unlock()
+        }
+        t.name = "peer-reader"
+        t.start()
+    }
+
+    /// The peer's abort or the reader's error, if one happened (non-blocking).
+    func pendingProblem() -> (any Error)? {
+        condition.lock(); defer { condition.unlock() }
+        if let abort = frames.first(where: { if case .abort = $0.body { return true } else { return false } }),
+           case .abort(let a) = abort.body {
+            return MigrationFailureBox(.peerAborted(a.reason, a.message))
+        }
+        return failure
+    }
+
+    /// Blocks for the next frame; throws the reader's error once frames run out.
+    func next() throws -> Frame {
+        condition.lock(); defer { condition.unlock() }
+        while frames.isEmpty && failure == nil { condition.wait() }
+        if !frames.isEmpty { return frames.removeFirst() }
+        throw failure!
+    }
+
+    /// Waits until the reader thread has stopped.
+    func join() {
+        condition.lock()
+        while !done { condition.wait() }
+        condition.unlock()
+    }
+}

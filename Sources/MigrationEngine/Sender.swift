@@ -1,0 +1,445 @@
+import Foundation
+import MigrationTLS
+import MigrationWire
+import VFIODevice
+
+public enum TimeoutAction: String, Sendable, Codable, CaseIterable {
+    /// Cancel and roll back: the source keeps running.
+    case rollback
+    /// Stop iterating and switch over now, whatever the downtime.
+    case switchover
+}
+
+public struct SenderOptions: Sendable {
+    public var compression: CompressionPolicy = .auto
+    public var downtimeTargetMs: Double = 300
+    public var maxIterations: Int = 30
+    /// Pre-copy time budget; nil = none.
+    public var timeoutSeconds: Double?
+    public var onTimeout: TimeoutAction = .rollback
+    public var bandwidthBytesPerSecond: UInt64?
+    public var workers: Int = max(ProcessInfo.processInfo.activeProcessorCount, 1)
+    /// A peer silent for this long (no frame, no keep-alive) is gone.
+    public var peerTimeoutSeconds: Double = 30
+    public var limits: WireLimits = .default
+    /// Guest pages per PAGES frame.
+    public var pagesPerFrame: Int = 256
+    public init() {}
+}
+
+/// The source side of one migration: HELLO, pre-copy, stop-and-copy, commit.
+/// Any failure before COMMIT puts the devices back to RUNNING.
+public final class Sender: @unchecked Sendable {
+    private let devices: [SourceDevice]
+    private let memory: GuestMemory?
+    private let options: SenderOptions
+    private let events: EventSink
+
+    private let lock = NSLock()
+    private var cancelled = false
+    private var committed = false
+    private var stream: TLSStream?
+
+    private let counters = Counters()
+
+    public init(devices: [SourceDevice], memory: GuestMemory?, options: SenderOptions, events: @escaping EventSink = { _ in }) {
+        self.devices = devices; self.memory = memory; self.options = options; self.events = events
+    }
+
+    /// Cancels before COMMIT (clean rollback); ignored once COMMIT is on its way.
+    public func cancel() {
+        lock.lock()
+        guard !committed else { lock.unlock(); return }
+        cancelled = true
+        let s = stream
+        lock.unlock()
+        s?.close()
+    }
+
+    private var isCancelled: Bool { lock.lock(); defer { lock.unlock() }; return cancelled }
+
+    /// Runs the migration over an authenticated stream. Throws `MigrationError`.
+    public func run(stream: TLSStream) throws -> MigrationStats {
+        lock.lock(); self.stream = stream; let alreadyCancelled = cancelled; lock.unlock()
+        let started = ContinuousClock.now
+        var stats = MigrationStats(role: "source")
+        stats.devices = devices.map { DeviceStats(name: $0.name) }
+        var phase = MigrationPhase.hello
+        var leftRunning: [Int] = []          // devices we moved out of RUNNING
+        var inbox: PeerInbox?
+        var keepAlive: KeepAlive?
+        var pipeline: OrderedPipeline<SendItem, SendOutput>?
+
+        let channel = FrameChannel(stream: stream, peer: .destination, limits: options.limits,
+                                   bandwidthBytesPerSecond: options.bandwidthBytesPerSecond)
+        stream.readTimeoutSeconds = options.peerTimeoutSeconds
+        stream.writeTimeoutSeconds = options.peerTimeoutSeconds
+
+        do {
+            if alreadyCancelled { throw MigrationFailureBox(.cancelled) }
+            // HELLO: the destination speaks first; we check it before touching a device.
+            let theirs = try channel.receive()
+            let their: Hello
+            switch theirs.body {
+            case .hello(let h): their = h
+            case .abort(let a): throw MigrationFailureBox(.peerAborted(a.reason, a.message))
+            default: throw MigrationFailureBox(.unexpectedFrame("expected HELLO, got \(theirs.body.name)"))
+            }
+            let pageSize = memory?.pageSize ?? 4096
+            var mine = Hello(sessionID: their.sessionID, role: .source,
+                             encodings: options.compression == .none ? [.raw] : [.raw, .deflate],
+                             devices: HelloCheck.descriptors(names: devices.map(\.name), compat: devices.map(\.compatibility), pageSize: pageSize),
+                             memory: HelloCheck.memoryRanges(memory))
+            mine.version = Hello.currentVersion
+            if let reason = HelloCheck.mismatch(source: mine, destination: their) {
+                try? channel.send(.abort(Abort(reason: .incompatible, message: reason)))
+                throw MigrationError(phase: .hello, failure: .incompatible(reason), disposition: .notStarted)
+            }
+            try channel.send(.hello(mine))
+            channel.constrainInbound(memory: [], deviceCount: devices.count)
+            events(.helloAccepted(devices: devices.map(\.name), memoryBytes: memory?.size ?? 0))
+
+            inbox = PeerInbox(channel: channel) { frame in
+                switch frame.body { case .resumed, .abort: return true; default: return false }
+            }
+            keepAlive = KeepAlive(channel: channel, interval: .seconds(max(options.peerTimeoutSeconds / 4, 0.5)))
+
+            // Pre-copy: RUNNING → SAVING|RUNNING.
+            phase = .precopy
+            events(.phase(.precopy))
+            for (i, d) in devices.enumerated() {
+                do {
+                    try d.device.setState([.saving, .running])
+                    leftRunning.append(i)
+                    try d.dirtyPages?.start()
+                } catch { throw MigrationFailureBox(classify(error), device: d.name) }
+            }
+
+            let workPipeline = makePipeline(channel: channel)
+            pipeline = workPipeline
+            var digests = devices.map { _ in SHA256Digest() }
+            var sequences = devices.map { SaveSequence(device: $0.device) }
+            let precopyStart = ContinuousClock.now
+            var iteration = 0
+            var converged = true
+            while true {
+                try checkHealth(inbox: inbox, pipeline: workPipeline)
+                // Device data: at most what was pending when the pass began, so a
+                // device that keeps producing cannot hold the iteration forever.
+                for i in devices.indices {
+                    let budget = try deviceCall(i) { try devices[i].device.pendingBytes() }
+                    var sent: UInt64 = 0
+                    while sent < budget {
+                        guard let chunk = try deviceCall(i, { try sequences[i].nextChunk() }) else { break }
+                        sent += UInt64(chunk.bytes.count)
+                        record(chunk.bytes, device: i, phase: .precopy, digest: digests[i], stats: &stats)
+                        try workPipeline.submit(.chunk(device: UInt32(i), phase: .precopy, bytes: chunk.bytes))
+                        try checkHealth(inbox: inbox, pipeline: workPipeline)
+                    }
+                }
+                // Guest pages: all of them first, then what the devices dirtied.
+                var dirtyPages: UInt64 = 0
+                if let memory {
+                    if iteration == 0 {
+                        dirtyPages = memory.pageCount
+                        try submitPages(startPFN: 0, count: memory.pageCount, to: workPipeline, inbox: inbox)
+                    } else {
+                        dirtyPages = try sendDirtyPages(memory: memory, to: workPipeline, inbox: inbox)
+                    }
+                }
+                var pending: UInt64 = 0
+                for i in devices.indices { pending += try deviceCall(i) { try devices[i].device.pendingBytes() } }
+                try workPipeline.submit(.control(.iterationEnd(IterationEnd(iteration: UInt32(iteration), pendingBytes: pending, dirtyPages: dirtyPages)), device: 0))
+                iteration += 1
+
+                let elapsed = (ContinuousClock.now - precopyStart).seconds
+                let rate = max(Double(counters.rawProduced) / max(elapsed, 1e-3), 1)
+                let remaining = Double(pending) + Double(dirtyPages) * Double(memory?.pageSize ?? 0)
+                let estimateMs = remaining / rate * 1000
+                events(.iterationEnd(iteration: iteration, pendingBytes: pending, dirtyPages: dirtyPages, estimatedDowntimeMs: estimateMs))
+                emitProgress(.precopy, iteration: iteration, pending: pending, dirty: dirtyPages, channel: channel, rate: rate, remaining: remaining)
+
+                if iteration > 1 && estimateMs <= options.downtimeTargetMs {
+                    events(.switchover(reason: "estimated downtime \(Int(estimateMs)) ms ≤ target \(Int(options.downtimeTargetMs)) ms"))
+                    break
+                }
+                if iteration >= options.maxIterations {
+                    converged = false
+                    events(.switchover(reason: "reached --max-iterations \(options.maxIterations); estimated downtime \(Int(estimateMs)) ms"))
+                    break
+                }
+                if let timeout = options.timeoutSeconds, (ContinuousClock.now - started).seconds >= timeout {
+                    switch options.onTimeout {
+                    case .rollback: throw MigrationFailureBox(.timeout("pre-copy exceeded --timeout \(timeout) s"))
+                    case .switchover:
+                        converged = false
+                        events(.switchover(reason: "--timeout \(timeout) s reached; switching over"))
+                    }
+                    break
+                }
+            }
+            stats.iterations = iteration
+            stats.converged = converged
+
+            // Stop-and-copy: SAVING (stopped), drain until pending_bytes == 0.
+            phase = .stopcopy
+            events(.phase(.stopcopy))
+            let stopped = ContinuousClock.now
+            for (i, d) in devices.enumerated() {
+                try deviceCall(i) { try d.device.setState([.saving]) }
+            }
+            for i in devices.indices {
+                while let chunk = try deviceCall(i, { try sequences[i].nextChunk() }) {
+                    record(chunk.bytes, device: i, phase: .stopcopy, digest: digests[i], stats: &stats)
+                    try workPipeline.submit(.chunk(device: UInt32(i), phase: .stopcopy, bytes: chunk.bytes))
+                    try checkHealth(inbox: inbox, pipeline: workPipeline)
+                }
+            }
+            if let memory { _ = try sendDirtyPages(memory: memory, to: workPipeline, inbox: inbox) }
+            for i in devices.indices {
+                let digest = digests[i].finalize()
+                stats.devices[i].sha256 = hex(digest)
+                try workPipeline.submit(.control(.deviceEnd(DeviceEnd(totalBytes: stats.devices[i].bytes, chunkCount: stats.devices[i].chunks, sha256: digest)), device: UInt32(i)))
+                events(.deviceEnd(device: devices[i].name, bytes: stats.devices[i].bytes, chunks: stats.devices[i].chunks))
+            }
+            digests = []
+            try workPipeline.submit(.control(.complete, device: 0))
+            try workPipeline.finish()
+            pipeline = nil
+            emitProgress(.stopcopy, iteration: iteration, pending: 0, dirty: 0, channel: channel, rate: 0, remaining: 0)
+
+            // Wait for READY: the destination has applied and verified everything.
+            phase = .ready
+            events(.phase(.ready))
+            let ready = try inbox!.next()
+            switch ready.body {
+            case .ready: break
+            case .abort(let a): throw MigrationFailureBox(.peerAborted(a.reason, a.message))
+            default: throw MigrationFailureBox(.unexpectedFrame("expected READY, got \(ready.body.name)"))
+            }
+
+            // COMMIT: from here on the source never runs the devices again.
+            lock.lock()
+            if cancelled { lock.unlock(); throw MigrationFailureBox(.cancelled) }
+            committed = true
+            lock.unlock()
+            phase = .commit
+            events(.phase(.commit))
+            do {
+                try channel.send(.commit)
+                let resumed = try inbox!.next()
+                switch resumed.body {
+                case .resumed: break
+                case .abort(let a): throw MigrationFailureBox(.peerAborted(a.reason, a.message))
+                default: throw MigrationFailureBox(.unexpectedFrame("expected RESUMED, got \(resumed.body.name)"))
+                }
+            } catch {
+                keepAlive?.stop()
+                stream.close()
+                throw MigrationError(phase: .commit, failure: classify(error), disposition: .afterCommit)
+            }
+            stats.downtimeMs = (ContinuousClock.now - stopped).milliseconds
+            keepAlive?.stop()
+            inbox?.join()
+            for d in devices {
+                try? d.dirtyPages?.stop()
+                try? d.device.setState([])     // SAVING → STOPPED: the VM now runs on the destination
+            }
+            try? stream.shutdown()
+            stream.close()
+            stats.totalSeconds = (ContinuousClock.now - started).seconds
+            stats.rawBytes = counters.rawProduced
+            stats.wireBytes = channel.wireBytesSent
+            stats.pagesSent = counters.pages
+            stats.zeroPages = counters.zeroPages
+            stats.deviceBytes = stats.devices.reduce(0) { $0 + $1.bytes }
+            events(.phase(.done))
+            events(.finished(stats))
+            return stats
+        } catch let error as MigrationError where error.disposition != .rolledBack {
+            keepAlive?.stop()
+            pipeline?.abort(error)
+            stream.close()
+            throw error
+        } catch {
+            // Roll back first: the VM must run again on the source as soon as possible.
+            var failure = classify(error)
+            var device = (error as? MigrationFailureBox)?.device
+            if isCancelled { failure = .cancelled; device = nil }
+            var rollbackProblems: [String] = []
+            for i in leftRunning.reversed() {
+                do { try devices[i].device.setState([.running]) } catch {
+                    rollbackProblems.append("\(devices[i].name): \(error)")
+                }
+                try? devices[i].dirtyPages?.stop()
+            }
+            if let problem = inbox?.pendingProblem(), case .peerAborted = classify(problem), !isCancelled {
+                failure = classify(problem)
+            }
+            stream.writeTimeoutSeconds = 2
+            pipeline?.abort(error)
+            keepAlive?.stop()
+            try? channel.send(.abort(Abort(reason: failure.abortReason, message: "source: \(failure)")))
+            stream.close()
+            throw MigrationError(phase: phase, device: device, failure: failure,
+                                 disposition: leftRunning.isEmpty && phase == .hello ? .notStarted : .rolledBack,
+                                 rollbackFailure: rollbackProblems.isEmpty ? nil : rollbackProblems.joined(separator: "; "))
+        }
+    }
+
+    // MARK: - pieces
+
+    private func deviceCall<T>(_ index: Int, _ body: () throws -> T) throws -> T {
+        do { return try body() } catch let e as MigrationFailureBox { throw e } catch {
+            throw MigrationFailureBox(classify(error), device: devices[index].name)
+        }
+    }
+
+    private func record(_ bytes: [UInt8], device i: Int, phase: Phase, digest: SHA256Digest, stats: inout MigrationStats) {
+        digest.update(bytes)
+        stats.devices[i].bytes += UInt64(bytes.count)
+        stats.devices[i].chunks += 1
+        if phase == .precopy { stats.devices[i].precopyBytes += UInt64(bytes.count) } else { stats.devices[i].stopcopyBytes += UInt64(bytes.count) }
+        counters.addProduced(UInt64(bytes.count))
+    }
+
+    private func checkHealth(inbox: PeerInbox?, pipeline: OrderedPipeline<SendItem, SendOutput>) throws {
+        if isCancelled { throw MigrationFailureBox(.cancelled) }
+        if let problem = inbox?.pendingProblem() { throw problem }
+        if let problem = pipeline.error { throw problem }
+    }
+
+    private func submitPages(startPFN: UInt64, count: UInt64, to pipeline: OrderedPipeline<SendItem, SendOutput>, inbox: PeerInbox?) throws {
+        var pfn = startPFN
+        let end = startPFN + count
+        let batch = UInt64(options.pagesPerFrame)
+        while pfn < end {
+            let n = min(batch, end - pfn)
+            try pipeline.submit(.pages(startPFN: pfn, count: Int(n)))
+            counters.addProduced(n * UInt64(memory!.pageSize))
+            pfn += n
+            try checkHealth(inbox: inbox, pipeline: pipeline)
+        }
+    }
+
+    /// One dirty-bitmap query per device over all of guest memory: a
+    /// DIRTY_BITMAP frame per reported segment, then the dirtied pages.
+    private func sendDirtyPages(memory: GuestMemory, to pipeline: OrderedPipeline<SendItem, SendOutput>, inbox: PeerInbox?) throws -> UInt64 {
+        var total: UInt64 = 0
+        for (i, d) in devices.enumerated() {
+            guard let source = d.dirtyPages else { continue }
+            let segments = try deviceCall(i) { try source.query(startPFN: 0, pageSize: UInt64(memory.pageSize), totalPFNs: memory.pageCount) }
+            for segment in segments {
+                let copied: DirtyCopied
+                switch segment.pages {
+                case .none: copied = .none
+                case .all: copied = .all
+                case .bitmap(let bits): copied = .bitmap(bits)
+                }
+                try pipeline.submit(.control(.dirtyBitmap(DirtyBitmap(startPFN: segment.startPFN, pageSize: segment.pageSize, totalPFNs: segment.pfnCount, copied: copied)), device: UInt32(i)))
+                switch segment.pages {
+                case .none: break
+                case .all:
+                    total += segment.pfnCount
+                    try submitPages(startPFN: segment.startPFN, count: segment.pfnCount, to: pipeline, inbox: inbox)
+                case .bitmap:
+                    let pfns = segment.dirtyPFNs()
+                    total += UInt64(pfns.count)
+                    var k = 0
+                    while k < pfns.count {
+                        var j = k + 1
+                        while j < pfns.count && pfns[j] == pfns[j - 1] + 1 && j - k < options.pagesPerFrame { j += 1 }
+                        try submitPages(startPFN: pfns[k], count: UInt64(j - k), to: pipeline, inbox: inbox)
+                        k = j
+                    }
+                }
+            }
+        }
+        return total
+    }
+
+    private func emitProgress(_ phase: MigrationPhase, iteration: Int, pending: UInt64, dirty: UInt64, channel: FrameChannel, rate: Double, remaining: Double) {
+        events(.progress(Progress(phase: phase, iteration: iteration, rawBytes: counters.rawProduced,
+                                  wireBytes: channel.wireBytesSent, bytesPerSecond: rate,
+                                  pendingBytes: pending, dirtyPages: dirty,
+                                  etaSeconds: rate > 0 ? remaining / rate : nil)))
+    }
+
+    private func makePipeline(channel: FrameChannel) -> OrderedPipeline<SendItem, SendOutput> {
+        let policy = options.compression
+        let memory = self.memory
+        let counters = self.counters
+        return OrderedPipeline(
+            name: "send", workers: options.workers, window: options.workers * 4 + 4,
+            makeTransform: {
+                let compressor = try PayloadCompressor(policy: policy)
+                return { item in try SendItem.encode(item, compressor: compressor, memory: memory, counters: counters) }
+            },
+            consume: { output in
+                try channel.send(batch: output.frames)
+            })
+    }
+}
+
+/// What the sender's producer hands to the compression workers.
+enum SendItem: Sendable {
+    case chunk(device: UInt32, phase: Phase, bytes: [UInt8])
+    /// Read and encode these guest pages in the worker.
+    case pages(startPFN: UInt64, count: Int)
+    case control(FrameBody, device: UInt32)
+
+    static func encode(_ item: SendItem, compressor: PayloadCompressor, memory: GuestMemory?, counters: Counters) throws -> SendOutput {
+        switch item {
+        case .chunk(let device, let phase, let bytes):
+            let (encoding, payload) = try compressor.encode(bytes)
+            return SendOutput(frames: [(.deviceData(DeviceData(phase: phase, encoding: encoding, originalLength: UInt32(bytes.count), payload: payload)), device)])
+        case .pages(let start, let count):
+            let memory = memory!
+            let bytes = try memory.readPages(startPFN: start, count: count)
+            let segments = try compressor.encodePages(startPFN: start, pageSize: memory.pageSize, bytes: bytes)
+            var zero: UInt64 = 0
+            for s in segments where s.encoding == .zero { zero += UInt64(s.pageCount) }
+            counters.addPages(UInt64(count), zero: zero)
+            return SendOutput(frames: [(.pages(Pages(pageSize: UInt32(memory.pageSize), segments: segments)), 0)])
+        case .control(let body, let device):
+            return SendOutput(frames: [(body, device)])
+        }
+    }
+}
+
+struct SendOutput: Sendable {
+    var frames: [(FrameBody, UInt32)]
+}
+
+/// Byte and page counters shared by the producer and the workers.
+final class Counters: @unchecked Sendable {
+    private let lock = NSLock()
+    private var produced: UInt64 = 0
+    private var pageCount: UInt64 = 0
+    private var zeroCount: UInt64 = 0
+    func addProduced(_ n: UInt64) { lock.lock(); produced += n; lock.unlock() }
+    func addPages(_ n: UInt64, zero: UInt64) { lock.lock(); pageCount += n; zeroCount += zero; lock.unlock() }
+    var rawProduced: UInt64 { lock.lock(); defer { lock.unlock() }; return produced }
+    var pages: UInt64 { lock.lock(); defer { lock.unlock() }; return pageCount }
+    var zeroPages: UInt64 { lock.lock(); defer { lock.unlock() }; return zeroCount }
+}
+
+extension FrameBody {
+    /// The frame type's name as in docs/PROTOCOL.md.
+    var name: String {
+        switch self {
+        case .hello: return "HELLO"
+        case .deviceData: return "DEVICE_DATA"
+        case .dirtyBitmap: return "DIRTY_BITMAP"
+        case .pages: return "PAGES"
+        case .iterationEnd: return "ITERATION_END"
+        case .deviceEnd: return "DEVICE_END"
+        case .complete: return "COMPLETE"
+        case .ready: return "READY"
+        case .commit: return "COMMIT"
+        case .resumed: return "RESUMED"
+        case .abort: return "ABORT"
+        case .keepAlive: return "KEEPALIVE"
+        }
+    }
+}

@@ -1,0 +1,115 @@
+import Foundation
+import MigrationEngine
+import VFIODevice
+
+/// `--device NAME=BACKEND` as typed by the operator.
+///   sim:[state=SIZE,seed=N,dirty=PAGES,churn=SIZE,chunk=SIZE]
+///   file:PATH[@OFFSET][,size=SIZE]
+///   vfio:GROUP/DEVICE
+/// Any form may end with `,compat=STRING` (the opaque compatibility string in HELLO).
+struct DeviceSpec: Sendable, CustomStringConvertible {
+    enum Backend: Sendable {
+        case sim(SimulatedDevice.Configuration)
+        case file(path: String, offset: UInt64, size: UInt64?)
+        case vfio(group: String, device: String)
+    }
+    var name: String
+    var backend: Backend
+    var compatibility: String?
+    var description: String { "\(name)" }
+
+    init(parsing text: String) throws {
+        guard let eq = text.firstIndex(of: "=") else {
+            throw CLIError.badDevice(text, "expected NAME=BACKEND, e.g. gpu0=sim:state=64M")
+        }
+        name = String(text[..<eq])
+        guard !name.isEmpty, name.allSatisfy({ $0.isLetter || $0.isNumber || "-_.:".contains($0) }) else {
+            throw CLIError.badDevice(text, "device name must be letters, digits, - _ . :")
+        }
+        let rest = String(text[text.index(after: eq)...])
+        guard let colon = rest.firstIndex(of: ":") else {
+            throw CLIError.badDevice(text, "backend must be sim:..., file:PATH[@OFFSET] or vfio:GROUP/DEVICE")
+        }
+        let kind = String(rest[..<colon])
+        var parts = String(rest[rest.index(after: colon)...]).split(separator: ",", omittingEmptySubsequences: false).map(String.init)
+        var compat: String?
+        parts.removeAll { p in
+            if p.hasPrefix("compat=") { compat = String(p.dropFirst(7)); return true }
+            return false
+        }
+        compatibility = compat
+        switch kind {
+        case "sim":
+            var config = SimulatedDevice.Configuration()
+            for p in parts where !p.isEmpty {
+                let kv = p.split(separator: "=", maxSplits: 1).map(String.init)
+                guard kv.count == 2 else { throw CLIError.badDevice(text, "sim option \(p) is not KEY=VALUE") }
+                switch kv[0] {
+                case "state": config.stateSize = Int(try parseSize(kv[1], what: "state"))
+                case "seed": guard let v = UInt64(kv[1]) else { throw CLIError.badDevice(text, "seed must be a number") }; config.seed = v
+                case "dirty": guard let v = Int(kv[1]), v >= 0 else { throw CLIError.badDevice(text, "dirty must be a page count") }; config.dirtyPagesPerStep = v
+                case "churn": config.stateBytesPerStep = Int(try parseSize(kv[1], what: "churn"))
+                case "chunk": config.maxChunkSize = Int(try parseSize(kv[1], what: "chunk"))
+                default: throw CLIError.badDevice(text, "unknown sim option \(kv[0]) (state, seed, dirty, churn, chunk, compat)")
+                }
+            }
+            backend = .sim(config)
+        case "file":
+            guard let first = parts.first, !first.isEmpty else { throw CLIError.badDevice(text, "file: needs a path") }
+            var path = first
+            var offset: UInt64 = 0
+            if let at = first.lastIndex(of: "@") {
+                path = String(first[..<at])
+                offset = try parseSize(String(first[first.index(after: at)...]), what: "offset")
+            }
+            var size: UInt64?
+            for p in parts.dropFirst() where !p.isEmpty {
+                if p.hasPrefix("size=") { size = try parseSize(String(p.dropFirst(5)), what: "size") } else {
+                    throw CLIError.badDevice(text, "unknown file option \(p) (size, compat)")
+                }
+            }
+            backend = .file(path: path, offset: offset, size: size)
+        case "vfio":
+            let gd = (parts.first ?? "").split(separator: "/", maxSplits: 1).map(String.init)
+            guard gd.count == 2, !gd[0].isEmpty, !gd[1].isEmpty else {
+                throw CLIError.badDevice(text, "vfio: needs GROUP/DEVICE, e.g. vfio:26/0000:65:00.0")
+            }
+            backend = .vfio(group: gd[0], device: gd[1])
+        default:
+            throw CLIError.badDevice(text, "unknown backend \(kind) (sim, file, vfio)")
+        }
+    }
+}
+
+/// `4096`, `64K`, `256M`, `1G` (binary units).
+func parseSize(_ text: String, what: String) throws -> UInt64 {
+    let t = text.trimmingCharacters(in: .whitespaces)
+    guard let last = t.last else { throw CLIError.badSize(what, text) }
+    var mult: UInt64 = 1
+    var digits = t
+    switch last.uppercased() {
+    case "K": mult = 1 << 10; digits.removeLast()
+    case "M": mult = 1 << 20; digits.removeLast()
+    case "G": mult = 1 << 30; digits.removeLast()
+    case "T": mult = 1 << 40; digits.removeLast()
+    default: break
+    }
+    if digits.hasPrefix("0x"), let v = UInt64(digits.dropFirst(2), radix: 16) { return v * mult }
+    guard let v = UInt64(digits) else { throw CLIError.badSize(what, text) }
+    let (r, o) = v.multipliedReportingOverflow(by: mult)
+    if o { throw CLIError.badSize(what, text) }
+    return r
+}
+
+enum CLIError: Error, CustomStringConvertible {
+    case badDevice(String, String)
+    case badSize(String, String)
+    case config(String)
+    var description: String {
+        switch self {
+        case .badDevice(let t, let why): return "--device \(t): \(why)"
+        case .badSize(let what, let t): return "\(what): \(t) is not a size (e.g. 4096, 64K, 256M, 1G)"
+        case .config(let s): return s
+        }
+    }
+}

@@ -1,0 +1,105 @@
+import Foundation
+import MigrationEngine
+import VFIODevice
+
+/// The devices named on the command line, opened, with what the CLI needs
+/// besides the engine: the simulated ones (workload, state dumps).
+struct OpenedDevices {
+    var devices: [MigrationDevice] = []
+    var compatibility: [String] = []
+    var dirtySources: [(any DirtyPageSource)?] = []
+    var simulated: [(name: String, device: SimulatedDevice)] = []
+
+    enum DirtyMode: String, CaseIterable { case region, iommu, none }
+
+    init(specs: [DeviceSpec], memory: GuestMemory?, dirty: DirtyMode) throws {
+        var seen = Set<String>()
+        for spec in specs {
+            guard seen.insert(spec.name).inserted else { throw CLIError.config("device \(spec.name) is named twice") }
+            let region: any MigrationRegion
+            let defaultCompat: String
+            switch spec.backend {
+            case .sim(let config):
+                let sim = SimulatedDevice(configuration: config, guestMemory: memory)
+                simulated.append((spec.name, sim))
+                region = sim
+                defaultCompat = "sim/v1 state=\(config.stateSize)"
+            case .file(let path, let offset, let size):
+                region = try openFileRegion(path: path, offset: offset, size: size)
+                defaultCompat = "file"
+            case .vfio(let group, let device):
+                region = try openVFIORegion(group: group, device: device)
+                defaultCompat = "vfio"
+            }
+            let device = MigrationDevice(name: spec.name, region: region)
+            devices.append(device)
+            compatibility.append(spec.compatibility ?? defaultCompat)
+            switch dirty {
+            case .region: dirtySources.append(RegionDirtyPageSource(device: device))
+            case .none: dirtySources.append(nil)
+            case .iommu:
+                throw CLIError.config("--dirty iommu needs the VMM's VFIO container; this build reads dirty pages from the region (--dirty region)")
+            }
+        }
+    }
+
+    var sourceDevices: [SourceDevice] {
+        devices.indices.map { SourceDevice(device: devices[$0], dirtyPages: dirtySources[$0], compatibility: compatibility[$0]) }
+    }
+    var destinationDevices: [DestinationDevice] {
+        devices.indices.map { DestinationDevice(device: devices[$0], compatibility: compatibility[$0]) }
+    }
+
+    /// Writes each simulated device's internal state to DIR/NAME.state.
+    func dumpState(to directory: String) throws {
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        for (name, sim) in simulated {
+            let path = (directory as NSString).appendingPathComponent("\(name).state")
+            guard FileManager.default.createFile(atPath: path, contents: Data(sim.stateSnapshot())) else {
+                throw CLIError.config("cannot write \(path)")
+            }
+        }
+    }
+}
+
+/// Runs the simulated devices' workload (state churn, DMA into guest memory)
+/// on its own thread while they are RUNNING.
+final class SimWorkload: @unchecked Sendable {
+    private let condition = NSCondition()
+    private var stopped = false
+    private var finished = false
+
+    init(devices: [SimulatedDevice], intervalMs: Double) {
+        guard !devices.isEmpty, intervalMs > 0 else { finished = true; return }
+        let t = Thread { [self] in
+            condition.lock()
+            while !stopped {
+                condition.unlock()
+                for d in devices { d.workloadStep() }
+                condition.lock()
+                if !stopped { _ = condition.wait(until: Date(timeIntervalSinceNow: intervalMs / 1000)) }
+            }
+            finished = true
+            condition.broadcast()
+            condition.unlock()
+        }
+        t.name = "sim-workload"
+        t.start()
+    }
+
+    func stop() {
+        condition.lock()
+        stopped = true
+        condition.broadcast()
+        while !finished { condition.wait() }
+        condition.unlock()
+    }
+}
+
+func openFileRegion(path: String, offset: UInt64, size: UInt64?) throws -> any MigrationRegion {
+    throw CLIError.config("file: backend not yet wired")
+}
+
+func openVFIORegion(group: String, device: String) throws -> any MigrationRegion {
+    throw CLIError.config("vfio: backend not yet wired")
+}

@@ -1,0 +1,126 @@
+import Foundation
+import MigrationEngine
+
+/// Renders engine events: a one-line progress display on a TTY, plain lines
+/// otherwise, or one JSON object per line with `--json` (for orchestrators).
+final class EventPrinter: @unchecked Sendable {
+    enum Mode { case human, json }
+    private let mode: Mode
+    private let side: String
+    private let lock = NSLock()
+    private let isTTY = isatty(STDERR_FILENO) == 1
+    private var lastLineWasProgress = false
+    private let quiet: Bool
+
+    init(mode: Mode, side: String, quiet: Bool = false) {
+        self.mode = mode; self.side = side; self.quiet = quiet
+    }
+
+    func handle(_ event: MigrationEvent) {
+        lock.lock(); defer { lock.unlock() }
+        switch mode {
+        case .json: emitJSON(event)
+        case .human: if !quiet { emitHuman(event) }
+        }
+    }
+
+    /// The final error, in the same form as the events.
+    func failed(_ error: MigrationError) {
+        lock.lock(); defer { lock.unlock() }
+        switch mode {
+        case .json:
+            var o: [String: Any] = ["event": "failed", "side": side, "phase": error.phase.rawValue,
+                                    "cause": "\(error.failure)", "disposition": "\(error.disposition)",
+                                    "exit_code": Int(error.disposition.rawValue), "message": error.description]
+            if let d = error.device { o["device"] = d }
+            if let r = error.rollbackFailure { o["rollback_failure"] = r }
+            writeJSON(o)
+        case .human:
+            endProgressLine()
+            FileHandle.standardError.write(Data("vfio-migrate \(side): \(error.description)\n".utf8))
+        }
+    }
+
+    private func emitHuman(_ event: MigrationEvent) {
+        switch event {
+        case .connected(let peer): line("\(side): connected to \(peer)")
+        case .helloAccepted(let devices, let mem):
+            line("\(side): HELLO accepted: \(devices.count) device(s) [\(devices.joined(separator: ", "))], guest memory \(formatBytes(mem))")
+        case .phase(let p): if p != .done { line("\(side): phase \(p)") }
+        case .progress(let p):
+            let eta = p.etaSeconds.map { String(format: " eta %.1fs", $0) } ?? ""
+            let text = String(format: "%@: %@ iter %d  raw %@  wire %@  %@/s  pending %@  dirty %llu pages%@",
+                              side, p.phase.rawValue, p.iteration, formatBytes(p.rawBytes), formatBytes(p.wireBytes),
+                              formatBytes(UInt64(p.bytesPerSecond)), formatBytes(p.pendingBytes), p.dirtyPages, eta)
+            if isTTY {
+                FileHandle.standardError.write(Data("\r\u{1B}[K\(text)".utf8))
+                lastLineWasProgress = true
+            } else {
+                line(text)
+            }
+        case .iterationEnd(let i, let pending, let dirty, let est):
+            if !isTTY { line(String(format: "%@: iteration %d done: pending %@, %llu dirty pages, estimated downtime %.0f ms", side, i, formatBytes(pending), dirty, est)) }
+        case .switchover(let reason): line("\(side): switch-over: \(reason)")
+        case .deviceEnd(let d, let bytes, let chunks): line("\(side): device \(d): \(formatBytes(bytes)) in \(chunks) chunks")
+        case .sessionRefused(let why): line("\(side): refused a peer: \(why)")
+        case .finished(let s): line(summary(s))
+        }
+    }
+
+    private func line(_ text: String) {
+        endProgressLine()
+        FileHandle.standardError.write(Data((text + "\n").utf8))
+    }
+
+    private func endProgressLine() {
+        if lastLineWasProgress { FileHandle.standardError.write(Data("\n".utf8)); lastLineWasProgress = false }
+    }
+
+    private func emitJSON(_ event: MigrationEvent) {
+        var o: [String: Any] = ["side": side]
+        switch event {
+        case .connected(let peer): o["event"] = "connected"; o["peer"] = peer
+        case .helloAccepted(let d, let m): o["event"] = "hello"; o["devices"] = d; o["memory_bytes"] = m
+        case .phase(let p): o["event"] = "phase"; o["phase"] = p.rawValue
+        case .progress(let p):
+            o["event"] = "progress"; o["phase"] = p.phase.rawValue; o["iteration"] = p.iteration
+            o["raw_bytes"] = p.rawBytes; o["wire_bytes"] = p.wireBytes; o["bytes_per_second"] = p.bytesPerSecond
+            o["pending_bytes"] = p.pendingBytes; o["dirty_pages"] = p.dirtyPages
+            if let eta = p.etaSeconds { o["eta_seconds"] = eta }
+        case .iterationEnd(let i, let p, let d, let e):
+            o["event"] = "iteration"; o["iteration"] = i; o["pending_bytes"] = p; o["dirty_pages"] = d; o["estimated_downtime_ms"] = e
+        case .switchover(let r): o["event"] = "switchover"; o["reason"] = r
+        case .deviceEnd(let d, let b, let c): o["event"] = "device_end"; o["device"] = d; o["bytes"] = b; o["chunks"] = c
+        case .sessionRefused(let why): o["event"] = "refused"; o["reason"] = why
+        case .finished(let s):
+            o["event"] = "finished"
+            if let data = try? JSONEncoder().encode(s), let stats = try? JSONSerialization.jsonObject(with: data) { o["stats"] = stats }
+        }
+        writeJSON(o)
+    }
+
+    private func writeJSON(_ o: [String: Any]) {
+        guard let data = try? JSONSerialization.data(withJSONObject: o, options: [.sortedKeys]) else { return }
+        FileHandle.standardOutput.write(data + Data("\n".utf8))
+    }
+
+    func summary(_ s: MigrationStats) -> String {
+        var lines: [String] = []
+        let rate = s.totalSeconds > 0 ? Double(s.rawBytes) / s.totalSeconds : 0
+        lines.append("\(side): migration complete in \(String(format: "%.2f", s.totalSeconds)) s, downtime \(String(format: "%.0f", s.downtimeMs)) ms, \(s.iterations) pre-copy iteration(s)\(s.converged ? "" : " (did not converge: switched over at the limit)")")
+        let ratio = s.rawBytes > 0 ? Double(s.wireBytes) / Double(s.rawBytes) * 100 : 0
+        lines.append("\(side):   data \(formatBytes(s.rawBytes)) raw, \(formatBytes(s.wireBytes)) on the wire (\(String(format: "%.1f", ratio)) %), \(formatBytes(UInt64(rate)))/s; pages \(s.pagesSent) (\(s.zeroPages) zero)")
+        for d in s.devices {
+            lines.append("\(side):   device \(d.name): \(formatBytes(d.bytes)) in \(d.chunks) chunks (pre-copy \(formatBytes(d.precopyBytes)), stop-copy \(formatBytes(d.stopcopyBytes))), sha256 \(d.sha256.prefix(16))…")
+        }
+        return lines.joined(separator: "\n")
+    }
+}
+
+func formatBytes(_ n: UInt64) -> String {
+    let units = ["B", "KiB", "MiB", "GiB", "TiB"]
+    var v = Double(n)
+    var u = 0
+    while v >= 1024 && u < units.count - 1 { v /= 1024; u += 1 }
+    return u == 0 ? "\(n) B" : String(format: "%.1f %@", v, units[u])
+}

@@ -1,0 +1,182 @@
+import ArgumentParser
+import Foundation
+import MigrationEngine
+import MigrationTLS
+import MigrationWire
+import VFIODevice
+
+@main
+struct VfioMigrate: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "vfio-migrate",
+        abstract: "Live-migrate VFIO devices (migration region v1) over mutually authenticated TLS 1.3.",
+        discussion: """
+        Exit codes: 0 success; 1 nothing started (configuration, certificates, devices); \
+        2 failed before COMMIT and rolled back (the source runs the devices again, the destination never ran them); \
+        3 failed after COMMIT (an operator must check where the VM runs); 64 usage error.
+        """,
+        subcommands: [Demo.self, Send.self, Receive.self],
+        defaultSubcommand: Demo.self)
+}
+
+struct SenderTuning: ParsableArguments {
+    @Option(help: "Compression: none, zlib:1..9, auto.")
+    var compress: String = "auto"
+    @Option(name: .customLong("downtime-ms"), help: "Switch over when the estimated downtime is below this.")
+    var downtimeMs: Double = 300
+    @Option(name: .customLong("max-iterations"), help: "Switch over after this many pre-copy iterations at most.")
+    var maxIterations: Int = 30
+    @Option(help: "Pre-copy time budget in seconds (see --on-timeout).")
+    var timeout: Double?
+    @Option(name: .customLong("on-timeout"), help: "When --timeout fires: rollback (cancel, the source keeps running) or switchover (stop and copy now).")
+    var onTimeout: String = "rollback"
+    @Option(help: "Bandwidth limit in bytes per second on the wire (e.g. 100M).")
+    var bandwidth: String?
+    @Option(help: "Compression worker threads (default: all cores).")
+    var workers: Int?
+    @Option(name: .customLong("peer-timeout"), help: "Seconds of silence after which the peer is considered gone.")
+    var peerTimeout: Double = 30
+
+    func options() throws -> SenderOptions {
+        var o = SenderOptions()
+        do { o.compression = try CompressionPolicy(parsing: compress) } catch {
+            throw CLIError.config("--compress \(compress): expected none, zlib:1..9 or auto")
+        }
+        o.downtimeTargetMs = downtimeMs
+        guard maxIterations >= 1 else { throw CLIError.config("--max-iterations must be at least 1") }
+        o.maxIterations = maxIterations
+        o.timeoutSeconds = timeout
+        guard let action = TimeoutAction(rawValue: onTimeout) else { throw CLIError.config("--on-timeout \(onTimeout): expected rollback or switchover") }
+        o.onTimeout = action
+        o.bandwidthBytesPerSecond = try bandwidth.map { try parseSize($0, what: "--bandwidth") }
+        if let workers { guard workers >= 1 else { throw CLIError.config("--workers must be at least 1") }; o.workers = workers }
+        o.peerTimeoutSeconds = peerTimeout
+        return o
+    }
+}
+
+struct Send: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Source host: migrate the devices to a listening receiver.")
+    @Option(help: "Receiver endpoint: HOST:PORT, [IPV6]:PORT or unix:PATH.")
+    var connect: String
+    @Option(name: .customLong("connect-timeout"), help: "Seconds for TCP connect plus TLS handshake.")
+    var connectTimeout: Double = 10
+    @Option(name: .customLong("workload-ms"), help: "Simulated devices: run their workload every N ms (0: idle).")
+    var workloadMs: Double = 1
+    @OptionGroup var tls: TLSOptions
+    @OptionGroup var devices: DeviceOptions
+    @OptionGroup var tuning: SenderTuning
+    @OptionGroup var output: OutputOptions
+
+    func run() throws {
+        output.bootstrapLogging()
+        ignoreSIGPIPE()
+        let printer = EventPrinter(mode: output.json ? .json : .human, side: "source")
+        let sender: Sender
+        let opened: OpenedDevices
+        let stream: TLSStream
+        do {
+            let options = try tuning.options()
+            let context = try TLSContext(configuration: tls.configuration(defaultCert: "source", defaultPeer: "destination"), role: .client)
+            let memory = try devices.openMemory(create: false)
+            opened = try devices.open(memory: memory)
+            sender = Sender(devices: opened.sourceDevices, memory: memory, options: options, events: printer.handle)
+            let endpoint = try Endpoint(parsing: connect)
+            stream = try TLSConnector.connect(to: endpoint, context: context, timeoutSeconds: connectTimeout)
+            printer.handle(.connected(peer: "\(endpoint) (\(stream.peerName))"))
+        } catch {
+            throw failureExit(for: error, printer: printer, side: "source")
+        }
+        let workload = SimWorkload(devices: opened.simulated.map(\.device), intervalMs: workloadMs)
+        let interrupts = InterruptHandler { sender.cancel() }
+        defer { withExtendedLifetime(interrupts) {} }
+        do {
+            _ = try sender.run(stream: stream)
+            workload.stop()
+            if let dir = output.dumpState { try opened.dumpState(to: dir) }
+        } catch {
+            workload.stop()
+            throw failureExit(for: error, printer: printer, side: "source")
+        }
+    }
+}
+
+struct Receive: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Destination host: accept one authenticated source and resume its devices on COMMIT.")
+    @Option(help: "Listen endpoint: HOST:PORT, [IPV6]:PORT or unix:PATH.")
+    var listen: String
+    @Option(name: .customLong("accept-timeout"), help: "Give up if no authenticated source arrives within this many seconds.")
+    var acceptTimeout: Double?
+    @Flag(name: .customLong("create-memory"), help: "Create (or extend) the guest-memory file to --memory-size.")
+    var createMemory = false
+    @Flag(name: .customLong("keep-listening"), help: "After a failed session, wait for the next source instead of exiting.")
+    var keepListening = false
+    @Option(name: .customLong("peer-timeout"), help: "Seconds of silence after which the source is considered gone.")
+    var peerTimeout: Double = 30
+    @Option(help: "Decompression worker threads (default: all cores).")
+    var workers: Int?
+    @Option(name: .customLong("port-file"), help: "Write the bound port here once listening (for scripts using port 0).")
+    var portFile: String?
+    @OptionGroup var tls: TLSOptions
+    @OptionGroup var devices: DeviceOptions
+    @OptionGroup var output: OutputOptions
+
+    func run() throws {
+        output.bootstrapLogging()
+        ignoreSIGPIPE()
+        let printer = EventPrinter(mode: output.json ? .json : .human, side: "destination")
+        let listener: TLSListener
+        let receiver: Receiver
+        let opened: OpenedDevices
+        do {
+            let context = try TLSContext(configuration: tls.configuration(defaultCert: "destination", defaultPeer: "source"), role: .server)
+            let memory = try devices.openMemory(create: createMemory)
+            opened = try devices.open(memory: memory)
+            var options = ReceiverOptions()
+            options.peerTimeoutSeconds = peerTimeout
+            if let workers { options.workers = max(workers, 1) }
+            receiver = Receiver(devices: opened.destinationDevices, memory: memory, options: options, events: printer.handle)
+            listener = try TLSListener(endpoint: try Endpoint(parsing: listen), context: context)
+            if let portFile, case .tcp(_, let port) = listener.boundEndpoint {
+                try "\(port)\n".write(toFile: portFile, atomically: true, encoding: .utf8)
+            }
+            printer.handle(.phase(.connect))
+        } catch {
+            throw failureExit(for: error, printer: printer, side: "destination")
+        }
+        let interrupts = InterruptHandler { receiver.cancel(); listener.close() }
+        defer { withExtendedLifetime(interrupts) {} }
+        let deadline = acceptTimeout.map { ContinuousClock.now + .milliseconds(Int64($0 * 1000)) }
+        while true {
+            let stream: TLSStream
+            do {
+                let left = deadline.map { max(($0 - ContinuousClock.now).seconds, 0.001) }
+                stream = try listener.accept(timeoutSeconds: left)
+            } catch {
+                if let deadline, ContinuousClock.now >= deadline {
+                    throw failureExit(for: MigrationError(phase: .connect, failure: .timeout("no authenticated source within --accept-timeout"), disposition: .notStarted), printer: printer, side: "destination")
+                }
+                if case .some(let e as TLSError) = Optional(error), "\(e)".contains("closed") { throw ExitCode(130) }
+                printer.handle(.sessionRefused("\(error)"))
+                continue
+            }
+            printer.handle(.connected(peer: stream.peerName))
+            do {
+                _ = try receiver.run(stream: stream)
+                if let dir = output.dumpState { try opened.dumpState(to: dir) }
+                return
+            } catch {
+                let code = failureExit(for: error, printer: printer, side: "destination")
+                if keepListening, let m = error as? MigrationError, m.disposition != .afterCommit,
+                   !(m.failure.isCancelled) {
+                    continue
+                }
+                throw code
+            }
+        }
+    }
+}
+
+extension MigrationFailure {
+    var isCancelled: Bool { if case .cancelled = self { return true } else { return false } }
+}
