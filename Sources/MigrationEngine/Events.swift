@@ -44,6 +44,10 @@ public struct MigrationStats: Sendable, Codable {
     public var pagesSent: UInt64 = 0
     public var zeroPages: UInt64 = 0
     public var deviceBytes: UInt64 = 0
+    /// Dirty-bitmap answers by kind (source side): NONE, ALL, partial bitmaps.
+    public var bitmapsNone: Int = 0
+    public var bitmapsAll: Int = 0
+    public var bitmapsPartial: Int = 0
     public var devices: [DeviceStats] = []
     public init(role: String) { self.role = role }
 }

@@ -252,6 +252,7 @@ public final class Sender: @unchecked Sendable {
             stats.wireBytes = channel.wireBytesSent
             stats.pagesSent = counters.pages
             stats.zeroPages = counters.zeroPages
+            (stats.bitmapsNone, stats.bitmapsAll, stats.bitmapsPartial) = counters.bitmapCounts
             stats.deviceBytes = stats.devices.reduce(0) { $0 + $1.bytes }
             events(.phase(.done))
             events(.finished(stats))
@@ -332,9 +333,9 @@ public final class Sender: @unchecked Sendable {
             for segment in segments {
                 let copied: DirtyCopied
                 switch segment.pages {
-                case .none: copied = .none
-                case .all: copied = .all
-                case .bitmap(let bits): copied = .bitmap(bits)
+                case .none: copied = .none; counters.addBitmap(none: 1)
+                case .all: copied = .all; counters.addBitmap(all: 1)
+                case .bitmap(let bits): copied = .bitmap(bits); counters.addBitmap(partial: 1)
                 }
                 try pipeline.submit(.control(.dirtyBitmap(DirtyBitmap(startPFN: segment.startPFN, pageSize: segment.pageSize, totalPFNs: segment.pfnCount, copied: copied)), device: UInt32(i)))
                 switch segment.pages {
@@ -418,7 +419,12 @@ final class Counters: @unchecked Sendable {
     private var pageCount: UInt64 = 0
     private var zeroCount: UInt64 = 0
     func addProduced(_ n: UInt64) { lock.lock(); produced += n; lock.unlock() }
+    private var bitmaps = (none: 0, all: 0, partial: 0)
     func addPages(_ n: UInt64, zero: UInt64) { lock.lock(); pageCount += n; zeroCount += zero; lock.unlock() }
+    func addBitmap(none: Int = 0, all: Int = 0, partial: Int = 0) {
+        lock.lock(); bitmaps.none += none; bitmaps.all += all; bitmaps.partial += partial; lock.unlock()
+    }
+    var bitmapCounts: (none: Int, all: Int, partial: Int) { lock.lock(); defer { lock.unlock() }; return bitmaps }
     var rawProduced: UInt64 { lock.lock(); defer { lock.unlock() }; return produced }
     var pages: UInt64 { lock.lock(); defer { lock.unlock() }; return pageCount }
     var zeroPages: UInt64 { lock.lock(); defer { lock.unlock() }; return zeroCount }

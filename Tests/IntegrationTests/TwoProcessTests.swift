@@ -1,0 +1,137 @@
+import Foundation
+import Testing
+
+/// Runs the real `vfio-migrate` binary as two processes over 127.0.0.1.
+@Suite(.serialized)
+struct TwoProcessTests {
+    static let root: String = {
+        var url = URL(fileURLWithPath: #filePath)
+        for _ in 0..<3 { url.deleteLastPathComponent() }
+        return url.path
+    }()
+
+    /// The binary SwiftPM built next to this test bundle.
+    static let binary: String = {
+        let exe = (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")) ?? CommandLine.arguments[0]
+        return URL(fileURLWithPath: exe).deletingLastPathComponent().appendingPathComponent("vfio-migrate").path
+    }()
+
+    static func tls(_ me: String, _ peer: String) -> [String] {
+        let c = "\(root)/certs/dev"
+        return ["--ca", "\(c)/ca.pem", "--cert", "\(c)/\(me).pem", "--key", "\(c)/\(me)-key.pem", "--peer-name", "\(peer).vfio-migrate.test"]
+    }
+
+    struct Run {
+        let process: Process
+        let stdout: Pipe
+        let stderr: Pipe
+        func wait() -> (code: Int32, out: String, err: String) {
+            let o = stdout.fileHandleForReading.readDataToEndOfFile()
+            let e = stderr.fileHandleForReading.readDataToEndOfFile()
+            process.waitUntilExit()
+            return (process.terminationStatus, String(decoding: o, as: UTF8.self), String(decoding: e, as: UTF8.self))
+        }
+    }
+
+    static func start(_ args: [String]) throws -> Run {
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: binary)
+        p.arguments = args
+        let o = Pipe(), e = Pipe()
+        p.standardOutput = o
+        p.standardError = e
+        try p.run()
+        return Run(process: p, stdout: o, stderr: e)
+    }
+
+    static func waitForPort(_ path: String) throws -> String {
+        for _ in 0..<400 {
+            if let s = try? String(contentsOfFile: path, encoding: .utf8), let port = Int(s.trimmingCharacters(in: .whitespacesAndNewlines)) {
+                return "\(port)"
+            }
+            usleep(25_000)
+        }
+        throw CocoaError(.fileReadNoSuchFile)
+    }
+
+    static func tempDir() throws -> String {
+        let dir = NSTemporaryDirectory() + "vfio-migrate-it-\(UUID().uuidString)"
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        return dir
+    }
+
+    /// A guest-memory file with mixed content: zero, repeated and pseudo-random pages.
+    static func makeMemory(_ path: String, pages: Int) throws {
+        var bytes = [UInt8](repeating: 0, count: pages * 4096)
+        var x: UInt64 = 0x1234_5678
+        for p in 0..<pages where p % 4 != 0 {
+            for k in 0..<4096 {
+                if p % 4 == 3 { x = x &* 6364136223846793005 &+ 1442695040888963407; bytes[p * 4096 + k] = UInt8(truncatingIfNeeded: x >> 33) }
+                else { bytes[p * 4096 + k] = UInt8(truncatingIfNeeded: (k / 16) &+ p) }
+            }
+        }
+        try Data(bytes).write(to: URL(fileURLWithPath: path))
+    }
+
+    static func events(_ out: String) -> [[String: Any]] {
+        out.split(separator: "\n").compactMap { line in
+            (try? JSONSerialization.jsonObject(with: Data(line.utf8))) as? [String: Any]
+        }
+    }
+
+    @Test func migrationBetweenTwoProcessesIsByteExact() throws {
+        let dir = try Self.tempDir()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        try Self.makeMemory("\(dir)/src.mem", pages: 4096)
+        let devices = ["--device", "gpu0=sim:state=2M,seed=1,dirty=48,churn=8K,chunk=256K",
+                       "--device", "nic0=sim:state=512K,seed=2,dirty=8,churn=4K,chunk=64K"]
+        let receiver = try Self.start(["receive", "--listen", "127.0.0.1:0", "--port-file", "\(dir)/port",
+                                       "--memory", "\(dir)/dst.mem", "--memory-size", "16M", "--create-memory",
+                                       "--dump-state", "\(dir)/dst", "--json", "--accept-timeout", "60"]
+                                      + devices + Self.tls("destination", "source"))
+        let port = try Self.waitForPort("\(dir)/port")
+        let sender = try Self.start(["send", "--connect", "127.0.0.1:\(port)", "--memory", "\(dir)/src.mem",
+                                     "--dump-state", "\(dir)/src", "--json", "--workload-ms", "0.5",
+                                     "--downtime-ms", "30", "--max-iterations", "12"]
+                                    + devices + Self.tls("source", "destination"))
+        let s = sender.wait()
+        let r = receiver.wait()
+        #expect(s.code == 0, "sender: \(s.err)\n\(s.out)")
+        #expect(r.code == 0, "receiver: \(r.err)\n\(r.out)")
+        for name in ["gpu0", "nic0"] {
+            let a = FileManager.default.contents(atPath: "\(dir)/src/\(name).state")
+            let b = FileManager.default.contents(atPath: "\(dir)/dst/\(name).state")
+            #expect(a != nil && a == b, "device \(name) state differs")
+        }
+        let srcMem = FileManager.default.contents(atPath: "\(dir)/src.mem")
+        let dstMem = FileManager.default.contents(atPath: "\(dir)/dst.mem")
+        #expect(srcMem != nil && srcMem == dstMem, "guest memory differs")
+
+        let finished = Self.events(s.out).first { $0["event"] as? String == "finished" }
+        let stats = finished?["stats"] as? [String: Any]
+        #expect((stats?["iterations"] as? Int ?? 0) > 1)
+        #expect((stats?["bitmapsNone"] as? Int ?? 0) > 0, "NONE answers exercised")
+        #expect((stats?["bitmapsAll"] as? Int ?? 0) > 0, "ALL answers exercised")
+        #expect((stats?["bitmapsPartial"] as? Int ?? 0) > 0, "partial bitmaps exercised")
+    }
+
+    @Test func helloMismatchIsRefusedByBothProcesses() throws {
+        let dir = try Self.tempDir()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        try Self.makeMemory("\(dir)/src.mem", pages: 256)
+        let receiver = try Self.start(["receive", "--listen", "127.0.0.1:0", "--port-file", "\(dir)/port",
+                                       "--memory", "\(dir)/dst.mem", "--memory-size", "1M", "--create-memory",
+                                       "--device", "gpu0=sim:state=1M", "--json", "--accept-timeout", "30"]
+                                      + Self.tls("destination", "source"))
+        let port = try Self.waitForPort("\(dir)/port")
+        let sender = try Self.start(["send", "--connect", "127.0.0.1:\(port)", "--memory", "\(dir)/src.mem",
+                                     "--device", "gpu0=sim:state=2M", "--json"] + Self.tls("source", "destination"))
+        let s = sender.wait()
+        let r = receiver.wait()
+        #expect(s.code == 1, "sender: \(s.err)\n\(s.out)")
+        #expect(r.code == 1, "receiver: \(r.err)\n\(r.out)")
+        let failed = Self.events(s.out).first { $0["event"] as? String == "failed" }
+        #expect((failed?["cause"] as? String ?? "").contains("compatibility"))
+        #expect(failed?["phase"] as? String == "hello")
+    }
+}

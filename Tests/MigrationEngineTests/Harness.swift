@@ -1,0 +1,150 @@
+import Foundation
+import MigrationEngine
+import MigrationTLS
+import MigrationWire
+import VFIODevice
+
+/// Repository root, from this file's path (tests run from anywhere).
+let repositoryRoot: String = {
+    var url = URL(fileURLWithPath: #filePath)
+    for _ in 0..<3 { url.deleteLastPathComponent() }
+    return url.path
+}()
+
+enum Loopback {
+    static let certs = "\(repositoryRoot)/certs/dev"
+
+    static func contexts() throws -> (server: TLSContext, client: TLSContext) {
+        let server = try TLSContext(configuration: TLSConfiguration(
+            caFile: "\(certs)/ca.pem", certificateFile: "\(certs)/destination.pem",
+            privateKeyFile: "\(certs)/destination-key.pem", peerName: "source.vfio-migrate.test"), role: .server)
+        let client = try TLSContext(configuration: TLSConfiguration(
+            caFile: "\(certs)/ca.pem", certificateFile: "\(certs)/source.pem",
+            privateKeyFile: "\(certs)/source-key.pem", peerName: "destination.vfio-migrate.test"), role: .client)
+        return (server, client)
+    }
+
+    struct Outcome {
+        var source: Result<MigrationStats, any Error>
+        var destination: Result<MigrationStats, any Error>
+    }
+
+    /// Runs a receiver on its own thread and a sender on another, over 127.0.0.1.
+    static func migrate(source: [SourceDevice], sourceMemory: GuestMemory?,
+                        destination: [DestinationDevice], destinationMemory: GuestMemory?,
+                        options: SenderOptions = quickOptions(), receiverOptions: ReceiverOptions = quickReceiver(),
+                        whileRunning: (@Sendable (Sender) -> Void)? = nil) throws -> Outcome {
+        ignoreSIGPIPE()
+        let (server, client) = try contexts()
+        let listener = try TLSListener(endpoint: .tcp(host: "127.0.0.1", port: 0), context: server)
+        defer { listener.close() }
+        let receiver = Receiver(devices: destination, memory: destinationMemory, options: receiverOptions)
+        let destinationResult = Box()
+        let t = Thread {
+            do {
+                let stream = try listener.accept(timeoutSeconds: 20)
+                destinationResult.set(.success(try receiver.run(stream: stream)))
+            } catch { destinationResult.set(.failure(error)) }
+        }
+        t.start()
+        let sender = Sender(devices: source, memory: sourceMemory, options: options)
+        let sourceResult = Box()
+        let s = Thread {
+            do {
+                let stream = try TLSConnector.connect(to: listener.boundEndpoint, context: client, timeoutSeconds: 10)
+                sourceResult.set(.success(try sender.run(stream: stream)))
+            } catch { sourceResult.set(.failure(error)) }
+        }
+        s.start()
+        whileRunning?(sender)
+        return Outcome(source: sourceResult.wait(), destination: destinationResult.wait())
+    }
+
+    static func quickOptions() -> SenderOptions {
+        var o = SenderOptions()
+        o.workers = 2
+        o.peerTimeoutSeconds = 10
+        o.downtimeTargetMs = 50
+        o.maxIterations = 8
+        return o
+    }
+
+    static func quickReceiver() -> ReceiverOptions {
+        var o = ReceiverOptions()
+        o.workers = 2
+        o.peerTimeoutSeconds = 10
+        return o
+    }
+}
+
+final class Box: @unchecked Sendable {
+    private let c = NSCondition()
+    private var value: Result<MigrationStats, any Error>?
+    func set(_ v: Result<MigrationStats, any Error>) { c.lock(); value = v; c.broadcast(); c.unlock() }
+    func wait() -> Result<MigrationStats, any Error> {
+        c.lock(); defer { c.unlock() }
+        while value == nil { c.wait() }
+        return value!
+    }
+}
+
+/// A pair of simulated device sets sharing configurations, with guest memory.
+struct SimPair {
+    var sourceSims: [SimulatedDevice]
+    var destinationSims: [SimulatedDevice]
+    var sourceMemory: GuestMemory
+    var destinationMemory: GuestMemory
+    var source: [SourceDevice]
+    var destination: [DestinationDevice]
+
+    init(names: [String] = ["gpu0"], stateSize: Int = 512 << 10, memoryPages: UInt64 = 2048,
+         dirtyPagesPerStep: Int = 24, destinationNames: [String]? = nil, destinationMemoryPages: UInt64? = nil) throws {
+        sourceMemory = try GuestMemory(anonymousNamed: "src", size: memoryPages * 4096, pageSize: 4096)
+        destinationMemory = try GuestMemory(anonymousNamed: "dst", size: (destinationMemoryPages ?? memoryPages) * 4096, pageSize: 4096)
+        // Some initial content: every third page non-zero.
+        for pfn in stride(from: UInt64(0), to: memoryPages, by: 3) {
+            try sourceMemory.writePages(startPFN: pfn, bytes: [UInt8](repeating: UInt8(truncatingIfNeeded: pfn &* 7 &+ 1), count: 4096))
+        }
+        var srcSims: [SimulatedDevice] = []
+        var dstSims: [SimulatedDevice] = []
+        var src: [SourceDevice] = []
+        var dst: [DestinationDevice] = []
+        for (i, name) in names.enumerated() {
+            let config = SimulatedDevice.Configuration(stateSize: stateSize, seed: UInt64(i + 1), dirtyPagesPerStep: dirtyPagesPerStep,
+                                                       stateBytesPerStep: 4096, maxChunkSize: 64 << 10)
+            let s = SimulatedDevice(configuration: config, guestMemory: sourceMemory)
+            let d = SimulatedDevice(configuration: config, guestMemory: destinationMemory)
+            srcSims.append(s); dstSims.append(d)
+            let sd = MigrationDevice(name: name, region: s)
+            src.append(SourceDevice(device: sd, dirtyPages: RegionDirtyPageSource(device: sd), compatibility: "sim/v1 state=\(stateSize)"))
+            let dname = destinationNames?[i] ?? name
+            dst.append(DestinationDevice(device: MigrationDevice(name: dname, region: d), compatibility: "sim/v1 state=\(stateSize)"))
+        }
+        sourceSims = srcSims; destinationSims = dstSims; source = src; destination = dst
+    }
+
+    func identicalMemory() throws -> Bool {
+        guard sourceMemory.pageCount == destinationMemory.pageCount else { return false }
+        return try sourceMemory.readPages(startPFN: 0, count: Int(sourceMemory.pageCount))
+            == destinationMemory.readPages(startPFN: 0, count: Int(destinationMemory.pageCount))
+    }
+}
+
+/// Steps the source devices' workload on a thread until stopped.
+final class Workload: @unchecked Sendable {
+    private let c = NSCondition()
+    private var stopped = false
+    private var done = false
+    init(_ sims: [SimulatedDevice], intervalMicroseconds: UInt32 = 500) {
+        Thread { [self] in
+            while true {
+                c.lock(); let s = stopped; c.unlock()
+                if s { break }
+                for d in sims { d.workloadStep() }
+                usleep(intervalMicroseconds)
+            }
+            c.lock(); done = true; c.broadcast(); c.unlock()
+        }.start()
+    }
+    func stop() { c.lock(); stopped = true; while !done { c.wait() }; c.unlock() }
+}

@@ -1,4 +1,0 @@
-import Testing
-@testable import MigrationEngine
-
-@Test func placeholder() {}
