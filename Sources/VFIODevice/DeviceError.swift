@@ -1,0 +1,137 @@
+import Glibc
+
+/// Direction of a region access, for error messages.
+public enum RegionAccess: String, Sendable, Equatable {
+    case read, write
+}
+
+/// Typed device-layer error; `description` names operation, field/offset and cause.
+///
+/// The cases a vendor driver would return map to an errno (`errnoCode`): access-rule
+/// violations are EINVAL as in the kernel, injected device failures EIO.
+public enum DeviceError: Error, Sendable, Equatable, CustomStringConvertible {
+    /// Header field accessed at a width other than its native width.
+    case wrongWidth(RegionAccess, field: String, offset: UInt64, width: Int, nativeWidth: Int)
+    /// Access offset not aligned to the access width.
+    case misaligned(RegionAccess, offset: UInt64, width: Int)
+    /// A 32/64-bit field access outside the 64-byte header.
+    case notAHeaderField(RegionAccess, offset: UInt64, width: Int)
+    /// Byte range outside the region, the data section, or the staged data window.
+    case outOfRange(RegionAccess, offset: UInt64, count: Int, limit: UInt64, area: String)
+    /// Read of start_pfn / page_size / total_pfns.
+    case writeOnlyField(field: String, offset: UInt64)
+    /// Write of pending_bytes / data_offset / copied_pfns / reserved.
+    case readOnlyField(field: String, offset: UInt64)
+    /// A step of a header sequence taken before the step that must precede it.
+    case outOfSequence(RegionAccess, field: String, expected: String, state: DeviceState)
+    /// A sequence access while the device is not in the state the sequence needs.
+    case wrongDeviceState(RegionAccess, field: String, state: DeviceState, needs: String)
+    /// A device_state value that is never valid (SAVING|RESUMING, clobbered reserved bits).
+    case invalidStateValue(UInt32, reason: String)
+    /// A state change the vendor driver does not support.
+    case invalidTransition(from: DeviceState, to: DeviceState)
+    /// The driver refused a supported transition (device error, stream validation).
+    case transitionFailed(from: DeviceState, to: DeviceState, errno: Int32, reason: String)
+    /// The driver failed an otherwise valid access.
+    case deviceIOError(RegionAccess, field: String, offset: UInt64, errno: Int32, reason: String)
+    /// The driver rejected a resume chunk at its data_size write.
+    case resumeDataRejected(chunk: Int, errno: Int32, reason: String)
+    /// The driver reported something the header does not allow (e.g. data past the region).
+    case protocolViolation(step: String, detail: String)
+    /// A system call failed.
+    case systemCall(String, path: String?, errno: Int32)
+    /// pread/pwrite transferred fewer bytes than a field access needs, or hit end of file.
+    case shortTransfer(RegionAccess, offset: UInt64, expected: Int, transferred: Int)
+    /// /dev/vfio/GROUP cannot be opened.
+    case noSuchGroup(path: String, errno: Int32)
+    /// Not all devices of the IOMMU group are bound to vfio drivers.
+    case groupNotViable(group: String)
+    /// No region of the device carries the type 3 / subtype 1 capability.
+    case noMigrationRegion(device: String, regionsScanned: Int)
+    /// The region-info capability chain is malformed.
+    case malformedCapabilityChain(offset: UInt32, reason: String)
+    /// A PFN range outside guest memory.
+    case pageOutOfRange(startPFN: UInt64, count: UInt64, pageCount: UInt64)
+    /// A caller-supplied argument that cannot be used.
+    case invalidArgument(operation: String, detail: String)
+
+    /// The errno a kernel vendor driver / syscall would report for this error.
+    public var errnoCode: Int32 {
+        switch self {
+        case .transitionFailed(_, _, let e, _), .deviceIOError(_, _, _, let e, _),
+             .resumeDataRejected(_, let e, _), .systemCall(_, _, let e), .noSuchGroup(_, let e):
+            return e
+        case .shortTransfer, .protocolViolation: return EIO
+        case .noMigrationRegion: return ENODEV
+        case .pageOutOfRange, .outOfRange: return EFAULT
+        case .groupNotViable: return EPERM
+        default: return EINVAL
+        }
+    }
+
+    public var description: String {
+        switch self {
+        case let .wrongWidth(a, field, offset, width, native):
+            return "\(a) of \(field) at offset \(offset) with width \(width) refused: the field is \(native) bytes wide and may only be accessed at its native width (EINVAL)"
+        case let .misaligned(a, offset, width):
+            return "\(width)-byte \(a) at offset \(offset) refused: not aligned to \(width) bytes (EINVAL)"
+        case let .notAHeaderField(a, offset, width):
+            return "\(width)-byte \(a) at offset \(offset) refused: not a field of the 64-byte migration header (EINVAL)"
+        case let .outOfRange(a, offset, count, limit, area):
+            return "\(a) of \(count) bytes at offset \(offset) refused: outside the \(area) (limit \(limit)) (EFAULT)"
+        case let .writeOnlyField(field, offset):
+            return "read of \(field) at offset \(offset) refused: the field is write-only (EINVAL)"
+        case let .readOnlyField(field, offset):
+            return "write of \(field) at offset \(offset) refused: the field is read-only (EINVAL)"
+        case let .outOfSequence(a, field, expected, state):
+            return "\(a) of \(field) out of sequence in state \(state): \(expected) (EINVAL)"
+        case let .wrongDeviceState(a, field, state, needs):
+            return "\(a) of \(field) refused in state \(state): needs \(needs) (EINVAL)"
+        case let .invalidStateValue(value, reason):
+            return "device_state value 0x\(String(value, radix: 16)) (\(DeviceState(rawValue: value))) refused: \(reason) (EINVAL)"
+        case let .invalidTransition(from, to):
+            return "device state transition \(from) -> \(to) is not supported by the driver (EINVAL)"
+        case let .transitionFailed(from, to, e, reason):
+            return "device state transition \(from) -> \(to) failed: \(reason) (\(errnoName(e)))"
+        case let .deviceIOError(a, field, offset, e, reason):
+            return "\(a) of \(field) at offset \(offset) failed: \(reason) (\(errnoName(e)))"
+        case let .resumeDataRejected(chunk, e, reason):
+            return "resume chunk \(chunk) rejected at its data_size write: \(reason) (\(errnoName(e)))"
+        case let .protocolViolation(step, detail):
+            return "vendor driver broke the migration protocol at \(step): \(detail)"
+        case let .systemCall(op, path, e):
+            return "\(op)\(path.map { " \($0)" } ?? "") failed: \(errnoName(e))"
+        case let .shortTransfer(a, offset, expected, got):
+            return "short \(a) at offset \(offset): \(got) of \(expected) bytes (end of file or partial field access)"
+        case let .noSuchGroup(path, e):
+            return "VFIO group \(path) cannot be opened: \(errnoName(e)) (is the device bound to vfio-pci and the group number right?)"
+        case let .groupNotViable(group):
+            return "VFIO group \(group) is not viable: bind every device of the IOMMU group to vfio-pci (or unbind it)"
+        case let .noMigrationRegion(device, n):
+            return "device \(device) has no migration region (type 3 / subtype 1) among its \(n) regions"
+        case let .malformedCapabilityChain(offset, reason):
+            return "malformed VFIO capability chain at offset \(offset): \(reason)"
+        case let .pageOutOfRange(start, count, pages):
+            return "guest pages [\(start), \(start &+ count)) outside guest memory of \(pages) pages"
+        case let .invalidArgument(op, detail):
+            return "\(op): \(detail)"
+        }
+    }
+}
+
+/// "EINVAL (Invalid argument)" — the symbolic name operators search for, then strerror.
+func errnoName(_ e: Int32) -> String {
+    let names: [Int32: String] = [
+        EPERM: "EPERM", ENOENT: "ENOENT", EINTR: "EINTR", EIO: "EIO", EBADF: "EBADF",
+        EAGAIN: "EAGAIN", ENOMEM: "ENOMEM", EACCES: "EACCES", EFAULT: "EFAULT", EBUSY: "EBUSY",
+        EEXIST: "EEXIST", ENODEV: "ENODEV", EINVAL: "EINVAL", ENOSPC: "ENOSPC", ENOTTY: "ENOTTY",
+        ENOSYS: "ENOSYS", EOVERFLOW: "EOVERFLOW",
+    ]
+    let text = strerror(e).map { String(cString: $0) } ?? "errno \(e)"
+    return "\(names[e] ?? "errno \(e)"): \(text)"
+}
+
+/// errno of the last failed libc call, as a typed error.
+func systemError(_ op: String, path: String? = nil) -> DeviceError {
+    .systemCall(op, path: path, errno: errno)
+}

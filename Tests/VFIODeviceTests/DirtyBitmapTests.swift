@@ -1,0 +1,95 @@
+import Glibc
+import Testing
+@testable import VFIODevice
+
+@Suite struct DirtyBitmapTests {
+    func saving(pages: Int = 2048, seed: UInt64 = 7) throws -> (SimulatedDevice, MigrationDevice, GuestMemory) {
+        let mem = try makeGuest(pages: pages)
+        let sim = SimulatedDevice(configuration: smallConfig(seed: seed), guestMemory: mem)
+        let dev = MigrationDevice(name: "sim", region: sim)
+        try dev.setState([.saving, .running])
+        return (sim, dev, mem)
+    }
+
+    /// Segments tile [start, start+total) exactly, in order.
+    func expectCovers(_ segments: [DirtySegment], start: UInt64, total: UInt64, sourceLocation: SourceLocation = #_sourceLocation) {
+        var next = start
+        for s in segments {
+            #expect(s.startPFN == next, sourceLocation: sourceLocation)
+            if case .bitmap(let b) = s.pages { #expect(b.count == Bitmap.byteCount(bits: s.pfnCount), sourceLocation: sourceLocation) }
+            next += s.pfnCount
+        }
+        #expect(next == start + total, sourceLocation: sourceLocation)
+    }
+
+    @Test func noneWhenClean() throws {
+        let (_, dev, _) = try saving()
+        let source = RegionDirtyPageSource(device: dev)
+        let segments = try source.query(startPFN: 0, pageSize: 4096, totalPFNs: 2048)
+        #expect(segments == [DirtySegment(startPFN: 0, pageSize: 4096, pfnCount: 2048, pages: .none)])
+        #expect(source.lastRounds == 1)
+    }
+
+    @Test func allWhenMostlyDirty() throws {
+        let (sim, dev, _) = try saving()
+        sim.simulateDMA(toPages: Array(0..<1200))
+        let segments = try RegionDirtyPageSource(device: dev).query(startPFN: 0, pageSize: 4096, totalPFNs: 2048)
+        #expect(segments == [DirtySegment(startPFN: 0, pageSize: 4096, pfnCount: 2048, pages: .all)])
+        #expect(sim.dirtyPageCount == 0)
+    }
+
+    @Test func partialCountsTakeSeveralRounds() throws {
+        let (sim, dev, _) = try saving()
+        let dirty: [UInt64] = stride(from: 5, to: 2048, by: 37).map { UInt64($0) }
+        sim.simulateDMA(toPages: dirty)
+        let source = RegionDirtyPageSource(device: dev)
+        let segments = try source.query(startPFN: 0, pageSize: 4096, totalPFNs: 2048)
+        expectCovers(segments, start: 0, total: 2048)
+        #expect(source.lastRounds >= 2 && segments.count == source.lastRounds)
+        #expect(segments.contains { if case .bitmap = $0.pages { true } else { false } })
+        let reported = Set(segments.flatMap { $0.dirtyPFNs() })
+        #expect(Set(dirty).isSubset(of: reported))
+        // Exactly the dirty pages where a bitmap answered (ALL may cover a clean rest).
+        for s in segments { if case .bitmap = s.pages { #expect(Set(s.dirtyPFNs()) == Set(dirty).filter { $0 >= s.startPFN && $0 < s.startPFN + s.pfnCount }) } }
+        // Read-and-clear: a second query sees nothing.
+        #expect(try source.query(startPFN: 0, pageSize: 4096, totalPFNs: 2048).map(\.pages) == [.none])
+    }
+
+    @Test func subRangesAndAllForTheRest() throws {
+        let (sim, dev, _) = try saving(seed: 9)
+        // Sparse at the front, dense at the back: partial rounds, then ALL for the rest.
+        sim.simulateDMA(toPages: [100] + Array(1700..<2048))
+        var q = DirtyBitmapQuery(device: dev)
+        let segments = try q.run(startPFN: 64, pageSize: 4096, totalPFNs: 1984)
+        expectCovers(segments, start: 64, total: 1984)
+        #expect(segments.first.map { if case .bitmap = $0.pages { true } else { false } } == true)
+        #expect(segments.last?.pages == .all)
+        #expect(Set(segments.flatMap { $0.dirtyPFNs() }).isSuperset(of: [100] + Array(1700..<2048)))
+    }
+
+    @Test func workloadDirtiesOnlyWhileSaving() throws {
+        let mem = try makeGuest(pages: 256)
+        let sim = SimulatedDevice(configuration: smallConfig(dirtyPages: 16), guestMemory: mem)
+        let dev = MigrationDevice(name: "sim", region: sim)
+        sim.workloadStep()
+        #expect(sim.dirtyPageCount == 0)
+        let zeros = try (0..<256).filter { try mem.isZeroPage(UInt64($0)) }.count
+        #expect(zeros < 256)  // pages were written, though not tracked
+        try dev.setState([.saving, .running])
+        sim.workloadStep()
+        #expect(sim.dirtyPageCount > 0)
+        let segments = try RegionDirtyPageSource(device: dev).query(startPFN: 0, pageSize: 4096, totalPFNs: 256)
+        #expect(!segments.flatMap { $0.dirtyPFNs() }.isEmpty)
+        try dev.setState(.saving)
+        sim.workloadStep()  // stopped: no DMA
+        #expect(sim.dirtyPageCount == 0)
+    }
+
+    @Test func segmentDirtyPFNs() {
+        let s = DirtySegment(startPFN: 10, pageSize: 4096, pfnCount: 10, pages: .bitmap([0b1000_0001, 0b1111_1110]))
+        #expect(s.dirtyPFNs() == [10, 17, 19])  // bits past pfnCount ignored
+        #expect(DirtySegment(startPFN: 4, pageSize: 4096, pfnCount: 3, pages: .all).dirtyPFNs() == [4, 5, 6])
+        #expect(DirtySegment(startPFN: 4, pageSize: 4096, pfnCount: 3, pages: .none).dirtyPFNs().isEmpty)
+        #expect(Bitmap.masked([0xFF, 0xFF], bits: 10) == [0xFF, 0x03])
+    }
+}

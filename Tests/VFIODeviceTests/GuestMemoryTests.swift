@@ -1,0 +1,60 @@
+import Glibc
+import Testing
+@testable import VFIODevice
+
+@Suite struct GuestMemoryTests {
+    @Test func readWriteAndBounds() throws {
+        let mem = try makeGuest(pages: 16)
+        #expect(mem.pageCount == 16 && mem.size == 65536 && mem.path == nil)
+        let page = (0..<8192).map { UInt8(truncatingIfNeeded: $0 &* 31 &+ 1) }
+        try mem.writePages(startPFN: 3, bytes: page)
+        #expect(try mem.readPages(startPFN: 3, count: 2) == page)
+        #expect(try mem.readPages(startPFN: 2, count: 1) == [UInt8](repeating: 0, count: 4096))
+        #expect(thrownError { try mem.readPages(startPFN: 15, count: 2) }?.kind == "pageOutOfRange")
+        #expect(thrownError { try mem.readPages(startPFN: 16, count: 1) }?.kind == "pageOutOfRange")
+        #expect(thrownError { try mem.readPages(startPFN: UInt64.max, count: 2) }?.kind == "pageOutOfRange")
+        #expect(thrownError { try mem.writePages(startPFN: 16, bytes: [UInt8](repeating: 1, count: 4096)) }?.kind == "pageOutOfRange")
+        #expect(thrownError { try mem.writePages(startPFN: 0, bytes: [1, 2, 3]) }?.kind == "invalidArgument")
+        #expect(thrownError { try mem.isZeroPage(16) }?.kind == "pageOutOfRange")
+        #expect(try mem.readPages(startPFN: 15, count: 1).count == 4096)
+        try mem.zeroPages(startPFN: 3, count: 2)
+        #expect(try mem.isZeroPage(3) && mem.isZeroPage(4))
+        #expect(thrownError { try GuestMemory(anonymousNamed: "bad", size: 5000, pageSize: 4096) }?.kind == "invalidArgument")
+        #expect(thrownError { try GuestMemory(anonymousNamed: "bad", size: 4096, pageSize: 3000) }?.kind == "invalidArgument")
+    }
+
+    @Test func zeroPageDetectionSeesEveryByte() throws {
+        let mem = try makeGuest(pages: 2)
+        #expect(try mem.isZeroPage(0))
+        for position in [0, 7, 8, 31, 32, 4064, 4095] {
+            var page = [UInt8](repeating: 0, count: 4096)
+            page[position] = 0x01
+            try mem.writePages(startPFN: 1, bytes: page)
+            #expect(try !mem.isZeroPage(1), "nonzero byte at \(position) missed")
+            #expect(!GuestMemory.isZero(page, range: 0..<4096))
+            #expect(GuestMemory.isZero(page, range: (position + 1)..<4096))
+        }
+    }
+
+    @Test func fileBackedSharedMapping() throws {
+        let dir = makeTempDir()
+        defer { removeTree(dir) }
+        let path = dir + "/ram"
+        do {
+            let mem = try GuestMemory(path: path, size: 8 * 4096, create: true, pageSize: 4096)
+            try mem.writePages(startPFN: 5, bytes: [UInt8](repeating: 0xAB, count: 4096))
+            try mem.sync()
+        }
+        // The file carries the page (MAP_SHARED), and a mapping without size uses the file's.
+        let fd = open(path, O_RDONLY)
+        var byte: UInt8 = 0
+        _ = pread(fd, &byte, 1, 5 * 4096 + 100)
+        close(fd)
+        #expect(byte == 0xAB)
+        let again = try GuestMemory(path: path, size: nil, create: false, pageSize: 4096)
+        #expect(again.pageCount == 8)
+        #expect(try again.readPages(startPFN: 5, count: 1) == [UInt8](repeating: 0xAB, count: 4096))
+        #expect(thrownError { try GuestMemory(path: path, size: 16 * 4096, create: false, pageSize: 4096) }?.kind == "invalidArgument")
+        #expect(thrownError { try GuestMemory(path: dir + "/none", size: nil, create: false, pageSize: 4096) }?.errnoCode == ENOENT)
+    }
+}

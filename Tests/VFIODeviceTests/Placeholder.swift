@@ -1,4 +1,0 @@
-import Testing
-@testable import VFIODevice
-
-@Test func placeholder() {}
