@@ -39,7 +39,7 @@ struct DeviceOptions: ParsableArguments {
     var memorySize: String?
     @Option(name: .customLong("page-size"), help: "Guest page size in bytes.")
     var pageSize: Int = 4096
-    @Option(help: "Where dirty pages come from: region (the migration region's bitmap query), none.")
+    @Option(help: "Where dirty pages come from: region (the migration region's bitmap query), iommu (the VFIO container's dirty log, vfio: devices), none.")
     var dirty: String = "region"
 
     func openMemory(create: Bool) throws -> GuestMemory? {
@@ -55,7 +55,7 @@ struct DeviceOptions: ParsableArguments {
     func open(memory: GuestMemory?) throws -> OpenedDevices {
         guard !devices.isEmpty else { throw CLIError.config("name at least one --device") }
         guard let mode = OpenedDevices.DirtyMode(rawValue: dirty) else {
-            throw CLIError.config("--dirty \(dirty): expected region or none")
+            throw CLIError.config("--dirty \(dirty): expected region, iommu or none")
         }
         return try OpenedDevices(specs: devices.map(DeviceSpec.init(parsing:)), memory: memory, dirty: mode)
     }
