@@ -33,7 +33,7 @@ public final class Deflater: @unchecked Sendable {
 
     /// One complete raw-deflate stream of `input`, in a single deflate call
     /// (the output buffer is deflateBound-sized, so Z_FINISH always completes).
-    func compress(_ input: ArraySlice<UInt8>) throws(WireError) -> [UInt8] {
+    public func compress(_ input: ArraySlice<UInt8>) throws(WireError) -> [UInt8] {
         precondition(input.count < Int(UInt32.max), "deflate input larger than 4 GiB")
         deflateReset(stream)
         let bound = Int(deflateBound(stream, uLong(input.count)))
@@ -85,10 +85,14 @@ public final class Inflater: @unchecked Sendable {
     /// can never make this allocate more: once it is full, one more byte of output
     /// (into a 1-byte scratch) proves the stream is longer than declared.
     func inflate(_ input: [UInt8], expectedLength: Int, limit: Int, frame: FrameType?) throws(WireError) -> [UInt8] {
-        guard expectedLength >= 0, expectedLength <= limit else {
-            throw .inflatedTooLarge(frame: frame, declared: expectedLength, limit: limit)
+        // zlib counts in 32 bits: whatever the caller's limit, 4 GiB is the ceiling.
+        let ceiling = min(limit, Int(UInt32.max) - 1)
+        guard expectedLength >= 0, expectedLength <= ceiling else {
+            throw .inflatedTooLarge(frame: frame, declared: expectedLength, limit: ceiling)
         }
-        precondition(input.count < Int(UInt32.max) && expectedLength < Int(UInt32.max))
+        guard input.count < Int(UInt32.max) else {
+            throw .corruptDeflateStream(frame: frame, detail: "\(input.count)-byte input is larger than any valid payload")
+        }
         inflateReset(stream)
         let stream = self.stream
         var outcome: WireError?

@@ -71,7 +71,8 @@ public struct FrameDecoder: Sendable {
     /// Bytes buffered but not yet decoded (a non-zero value at EOF means truncation).
     public var bufferedByteCount: Int { buffer.count - readIndex }
 
-    /// Call at end of stream: throws `truncatedHeader`/`truncatedPayload` if a partial frame is buffered.
+    /// Call at end of stream, after `next()` returned nil: throws `truncatedHeader` or
+    /// `truncatedPayload` if a partial frame is buffered (or the error already thrown).
     public func finish() throws {
         if let failure { throw failure }
         let buffered = bufferedByteCount

@@ -1,4 +1,5 @@
 /// Applies a CompressionPolicy to one buffer: returns raw when compression does not pay (≥ 95 %).
+/// One per worker thread (it owns a Deflater and its counters).
 ///
 /// `auto` first deflates a small sample (four 1 KiB slices spread over the buffer,
 /// level 1): if the sample does not shrink below 95 % the buffer goes raw without a
@@ -51,7 +52,8 @@ public final class PayloadCompressor: @unchecked Sendable {
         try encode(input[...])
     }
 
-    func encode(_ input: ArraySlice<UInt8>) throws(WireError) -> (Encoding, [UInt8]) {
+    /// As `encode(_:)` on part of a buffer, without copying it first.
+    public func encode(_ input: ArraySlice<UInt8>) throws(WireError) -> (Encoding, [UInt8]) {
         counters.buffers += 1
         counters.bytesIn += input.count
         let result = try choose(input)
@@ -147,8 +149,9 @@ public final class PayloadDecompressor: @unchecked Sendable {
 
     /// The bytes of one segment (zero pages as zeroes), exactly pageCount*pageSize.
     public func decode(_ segment: PageSegment, pageSize: Int) throws -> [UInt8] {
+        guard pageSize > 0, isValidPageSize(UInt64(pageSize)) else { throw WireError.invalidPageSize(frame: .pages, pageSize: UInt64(max(0, pageSize))) }
         let (size, overflow) = Int(segment.pageCount).multipliedReportingOverflow(by: pageSize)
-        guard pageSize > 0, !overflow, size <= limits.maxInflated else {
+        guard !overflow, size <= limits.maxInflated else {
             throw WireError.inflatedTooLarge(frame: .pages, declared: overflow ? Int.max : size, limit: limits.maxInflated)
         }
         switch segment.encoding {

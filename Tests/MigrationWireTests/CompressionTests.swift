@@ -27,6 +27,13 @@ import Testing
         #expect(throws: WireError.inflatedTooLarge(frame: nil, declared: 8 << 20, limit: 1 << 20)) {
             try inflater.inflate(bomb, expectedLength: 8 << 20, limit: 1 << 20)
         }
+        // zlib counts in 32 bits: a caller's huge limit is capped, not trusted.
+        #expect(throws: WireError.inflatedTooLarge(frame: nil, declared: 5 << 30, limit: Int(UInt32.max) - 1)) {
+            try inflater.inflate(bomb, expectedLength: 5 << 30, limit: .max)
+        }
+        #expect(throws: WireError.invalidPageSize(frame: .pages, pageSize: 0)) {
+            try PayloadDecompressor().decode(PageSegment(startPFN: 0, pageCount: 1, encoding: .zero, payload: []), pageSize: 0)
+        }
         // The same Inflater still works afterwards (reset between calls).
         #expect(try inflater.inflate(try Deflater(level: 1).compress([1, 2, 3]), expectedLength: 3, limit: 3) == [1, 2, 3])
     }
