@@ -1,5 +1,12 @@
 #ifndef VFIO_MIGRATE_CZLIB_SHIM_H
 #define VFIO_MIGRATE_CZLIB_SHIM_H
 #include <zlib.h>
-// deflateInit2/inflateInit2 are macros: shims go here as `static inline` functions.
+// deflateInit2/inflateInit2 are macros (they pass ZLIB_VERSION and sizeof(z_stream)
+// to the real *_ functions), so Swift cannot call them: these wrappers can.
+static inline int vm_deflateInit2(z_streamp strm, int level, int windowBits, int memLevel, int strategy) {
+    return deflateInit2(strm, level, Z_DEFLATED, windowBits, memLevel, strategy);
+}
+static inline int vm_inflateInit2(z_streamp strm, int windowBits) {
+    return inflateInit2(strm, windowBits);
+}
 #endif

@@ -1,11 +1,5 @@
-// CONTRACT STUB — the public surface the engine codes against. The MigrationWire
-// owner replaces these bodies (and may split this file); signatures stay.
-// Pure: no I/O anywhere in this module.
-
-public enum WireError: Error, Sendable, Equatable, CustomStringConvertible {
-    case stub(String)
-    public var description: String { fatalError("stub") }
-}
+// The frame model: what the encoder serialises and the decoder produces.
+// Byte layouts are in docs/PROTOCOL.md; limits are in WireLimits.
 
 public struct WireLimits: Sendable, Equatable {
     public var maxPayload: Int
@@ -156,77 +150,4 @@ public struct Frame: Sendable, Equatable {
     public init(device: UInt32 = 0, sequence: UInt64, body: FrameBody) {
         self.device = device; self.sequence = sequence; self.body = body
     }
-}
-
-/// Assigns contiguous sequence numbers and serialises frames.
-public struct FrameEncoder: Sendable {
-    public init() {}
-    public var nextSequence: UInt64 { fatalError("stub") }
-    public mutating func encode(_ body: FrameBody, device: UInt32 = 0) -> [UInt8] { fatalError("stub") }
-}
-
-/// Incremental decoder for one direction of a session: checks limits before
-/// allocating, sequence contiguity, state rules (e.g. nothing after COMPLETE,
-/// PFNs inside the announced memory once `memory` is set).
-public struct FrameDecoder: Sendable {
-    public static let headerSize: Int = 24
-    /// `peer` is the role of the side whose frames this decoder reads; frames that
-    /// side may not send (e.g. READY from a source) are protocol errors.
-    public init(peer: Role, limits: WireLimits = .default) { fatalError("stub") }
-    /// Guest-memory ranges announced in HELLO; PAGES/DIRTY_BITMAP are checked against them.
-    public var memory: [MemoryRange] { get { fatalError("stub") } set { fatalError("stub") } }
-    /// Number of devices announced in HELLO; device indices are checked against it.
-    public var deviceCount: Int? { get { fatalError("stub") } set { fatalError("stub") } }
-    public mutating func feed(_ bytes: [UInt8]) { fatalError("stub") }
-    /// The next whole frame, nil if more bytes are needed.
-    public mutating func next() throws -> Frame? { fatalError("stub") }
-    /// Bytes buffered but not yet decoded (a non-zero value at EOF means truncation).
-    public var bufferedByteCount: Int { fatalError("stub") }
-}
-
-/// `none`, `zlib:1..9`, `auto` (cheap probe, zlib level 1, raw when incompressible).
-public enum CompressionPolicy: Sendable, Equatable, CustomStringConvertible {
-    case none
-    case zlib(level: Int)
-    case auto
-    public init(parsing text: String) throws { fatalError("stub") }
-    public var description: String { fatalError("stub") }
-}
-
-/// Reusable raw-deflate compressor; one per worker thread.
-public final class Deflater: @unchecked Sendable {
-    public init(level: Int) throws { fatalError("stub") }
-    public func compress(_ input: [UInt8]) throws -> [UInt8] { fatalError("stub") }
-}
-
-/// Reusable raw-deflate decompressor; the output must be exactly `expectedLength` bytes and never exceed `limit`.
-public final class Inflater: @unchecked Sendable {
-    public init() throws { fatalError("stub") }
-    public func inflate(_ input: [UInt8], expectedLength: Int, limit: Int) throws -> [UInt8] { fatalError("stub") }
-}
-
-/// Applies a CompressionPolicy to one buffer: returns raw when compression does not pay (≥ 95 %).
-public final class PayloadCompressor: @unchecked Sendable {
-    public init(policy: CompressionPolicy) throws { fatalError("stub") }
-    public func encode(_ input: [UInt8]) throws -> (Encoding, [UInt8]) { fatalError("stub") }
-    /// Pages → segments (zero runs flagged, raw where incompressible, deflate otherwise).
-    public func encodePages(startPFN: UInt64, pageSize: Int, bytes: [UInt8]) throws -> [PageSegment] { fatalError("stub") }
-}
-
-/// Decodes payloads back, checking declared lengths against limits.
-public final class PayloadDecompressor: @unchecked Sendable {
-    public init(limits: WireLimits = .default) throws { fatalError("stub") }
-    public func decode(_ data: DeviceData) throws -> [UInt8] { fatalError("stub") }
-    /// The bytes of one segment (zero pages as zeroes), exactly pageCount*pageSize.
-    public func decode(_ segment: PageSegment, pageSize: Int) throws -> [UInt8] { fatalError("stub") }
-}
-
-/// True if every byte is zero (wide compares).
-public func isAllZero(_ bytes: ArraySlice<UInt8>) -> Bool { fatalError("stub") }
-
-/// Incremental SHA-256 (OpenSSL libcrypto EVP).
-public final class SHA256Digest: @unchecked Sendable {
-    public init() { fatalError("stub") }
-    public func update(_ bytes: [UInt8]) { fatalError("stub") }
-    public func finalize() -> [UInt8] { fatalError("stub") }
 }

@@ -1,0 +1,172 @@
+/// Applies a CompressionPolicy to one buffer: returns raw when compression does not pay (≥ 95 %).
+/// One per worker thread (it owns a Deflater and its counters).
+///
+/// `auto` first deflates a small sample (four 1 KiB slices spread over the buffer,
+/// level 1): if the sample does not shrink below 95 % the buffer goes raw without a
+/// full deflate, so random or already-compressed data costs ~4 KiB of deflate per
+/// buffer instead of all of it. A byte-histogram entropy estimate was the other
+/// candidate; it misses repetition (LZ matches) and over-rates text, the sample
+/// does not. Buffers under `probeMinimum` are simply deflated: the probe would cost as much.
+public final class PayloadCompressor: @unchecked Sendable {
+    /// What the compressor did; the engine reports these, tests observe the probe with them.
+    public struct Counters: Sendable, Equatable {
+        public var buffers = 0
+        /// Samples deflated by the `auto` probe.
+        public var probes = 0
+        /// Buffers sent raw because the probe found them incompressible (no full deflate).
+        public var probeRejections = 0
+        /// Whole buffers deflated.
+        public var fullDeflates = 0
+        /// Whole buffers deflated and then sent raw because the result was ≥ 95 % of the input.
+        public var deflateNotWorthIt = 0
+        public var bytesIn = 0
+        public var bytesOut = 0
+        public init() {}
+    }
+
+    /// Non-zero runs of pages are cut into segments of at most this many bytes, so one
+    /// incompressible page does not force a large neighbour raw and workers get even jobs.
+    public static let maxSegmentBytes = 256 << 10
+    /// Zero runs carry no data; this only bounds what a receiver materialises per segment.
+    public static let maxZeroSegmentBytes = 4 << 20
+    static let probeSliceBytes = 1024
+    static let probeSlices = 4
+    static let probeMinimum = 16 << 10
+
+    public let policy: CompressionPolicy
+    public private(set) var counters = Counters()
+    private let deflater: Deflater?
+
+    public init(policy: CompressionPolicy) throws {
+        self.policy = policy
+        switch policy {
+        case .none: deflater = nil
+        case .zlib(let level):
+            guard (1...9).contains(level) else { throw WireError.invalidCompressionLevel(level) }
+            deflater = try Deflater(level: level)
+        case .auto: deflater = try Deflater(level: 1)
+        }
+    }
+
+    public func encode(_ input: [UInt8]) throws -> (Encoding, [UInt8]) {
+        try encode(input[...])
+    }
+
+    /// As `encode(_:)` on part of a buffer, without copying it first.
+    public func encode(_ input: ArraySlice<UInt8>) throws(WireError) -> (Encoding, [UInt8]) {
+        counters.buffers += 1
+        counters.bytesIn += input.count
+        let result = try choose(input)
+        counters.bytesOut += result.1.count
+        return result
+    }
+
+    private func choose(_ input: ArraySlice<UInt8>) throws(WireError) -> (Encoding, [UInt8]) {
+        guard let deflater, !input.isEmpty else { return (.raw, Array(input)) }
+        if policy == .auto && input.count >= PayloadCompressor.probeMinimum {
+            counters.probes += 1
+            let sample = PayloadCompressor.sample(input)
+            if !pays(try deflater.compress(sample).count, sample.count) {
+                counters.probeRejections += 1
+                return (.raw, Array(input))
+            }
+        }
+        counters.fullDeflates += 1
+        let deflated = try deflater.compress(input)
+        guard pays(deflated.count, input.count) else {
+            counters.deflateNotWorthIt += 1
+            return (.raw, Array(input))
+        }
+        return (.deflate, deflated)
+    }
+
+    /// Compression pays when the result is under 95 % of the input.
+    private func pays(_ compressed: Int, _ original: Int) -> Bool { compressed * 100 < original * 95 }
+
+    /// `probeSlices` evenly spaced slices of `probeSliceBytes`.
+    static func sample(_ input: ArraySlice<UInt8>) -> ArraySlice<UInt8> {
+        var sample: [UInt8] = []
+        sample.reserveCapacity(probeSlices * probeSliceBytes)
+        let stride = (input.count - probeSliceBytes) / (probeSlices - 1)
+        for k in 0..<probeSlices {
+            let start = input.startIndex + k * stride
+            sample += input[start..<(start + probeSliceBytes)]
+        }
+        return sample[...]
+    }
+
+    /// Pages → segments (zero runs flagged, raw where incompressible, deflate otherwise).
+    /// Segments are in PFN order, consecutive, and cover `bytes` exactly.
+    public func encodePages(startPFN: UInt64, pageSize: Int, bytes: [UInt8]) throws -> [PageSegment] {
+        guard pageSize > 0, bytes.count % pageSize == 0 else { throw WireError.unalignedPages(byteCount: bytes.count, pageSize: pageSize) }
+        let pageCount = bytes.count / pageSize
+        let zero = (0..<pageCount).map { isAllZero(bytes[($0 * pageSize)..<(($0 + 1) * pageSize)]) }
+        let maxRun = max(1, PayloadCompressor.maxSegmentBytes / pageSize)
+        let maxZeroRun = max(1, PayloadCompressor.maxZeroSegmentBytes / pageSize)
+        var segments: [PageSegment] = []
+        var first = 0
+        while first < pageCount {
+            let isZero = zero[first]
+            let limit = min(pageCount, first + (isZero ? maxZeroRun : maxRun))
+            var end = first + 1
+            while end < limit && zero[end] == isZero { end += 1 }
+            let pfn = startPFN + UInt64(first)
+            let count = UInt32(end - first)
+            if isZero {
+                segments.append(PageSegment(startPFN: pfn, pageCount: count, encoding: .zero, payload: []))
+            } else {
+                let (encoding, payload) = try encode(bytes[(first * pageSize)..<(end * pageSize)])
+                segments.append(PageSegment(startPFN: pfn, pageCount: count, encoding: encoding == .raw ? .raw : .deflate, payload: payload))
+            }
+            first = end
+        }
+        return segments
+    }
+}
+
+/// Decodes payloads back, checking declared lengths against limits.
+public final class PayloadDecompressor: @unchecked Sendable {
+    public let limits: WireLimits
+    private let inflater: Inflater
+
+    public init(limits: WireLimits = .default) throws {
+        self.limits = limits
+        inflater = try Inflater()
+    }
+
+    public func decode(_ data: DeviceData) throws -> [UInt8] {
+        let declared = Int(data.originalLength)
+        switch data.encoding {
+        case .raw:
+            guard data.payload.count == declared else {
+                throw WireError.payloadSizeMismatch(frame: .deviceData, field: "raw data", expected: declared, actual: data.payload.count)
+            }
+            return data.payload
+        case .deflate:
+            return try inflater.inflate(data.payload, expectedLength: declared, limit: limits.maxInflated, frame: .deviceData)
+        }
+    }
+
+    /// The bytes of one segment (zero pages as zeroes), exactly pageCount*pageSize.
+    public func decode(_ segment: PageSegment, pageSize: Int) throws -> [UInt8] {
+        guard pageSize > 0, isValidPageSize(UInt64(pageSize)) else { throw WireError.invalidPageSize(frame: .pages, pageSize: UInt64(max(0, pageSize))) }
+        let (size, overflow) = Int(segment.pageCount).multipliedReportingOverflow(by: pageSize)
+        guard !overflow, size <= limits.maxInflated else {
+            throw WireError.inflatedTooLarge(frame: .pages, declared: overflow ? Int.max : size, limit: limits.maxInflated)
+        }
+        switch segment.encoding {
+        case .zero:
+            guard segment.payload.isEmpty else {
+                throw WireError.payloadSizeMismatch(frame: .pages, field: "zero segment payload", expected: 0, actual: segment.payload.count)
+            }
+            return [UInt8](repeating: 0, count: size)
+        case .raw:
+            guard segment.payload.count == size else {
+                throw WireError.payloadSizeMismatch(frame: .pages, field: "raw segment payload", expected: size, actual: segment.payload.count)
+            }
+            return segment.payload
+        case .deflate:
+            return try inflater.inflate(segment.payload, expectedLength: size, limit: limits.maxInflated, frame: .pages)
+        }
+    }
+}

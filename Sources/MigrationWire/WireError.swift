@@ -1,0 +1,178 @@
+/// Every way bytes on the wire, a payload or a compression setting can be wrong.
+/// Cases name the frame type and the field so an operator can tell which end
+/// misbehaved and where, without a packet capture.
+public enum WireError: Error, Sendable, Equatable, CustomStringConvertible {
+    // Header
+    case badFrameMagic(found: UInt32)
+    case unknownFrameType(UInt16)
+    case unknownFlags(frame: FrameType, flags: UInt16)
+    case payloadTooLarge(frame: FrameType, declared: Int, limit: Int)
+    /// A later sequence number than expected: a frame was lost or reordered.
+    case sequenceGap(expected: UInt64, got: UInt64)
+    /// An earlier sequence number than expected: a frame was duplicated or replayed.
+    case sequenceReplay(expected: UInt64, got: UInt64)
+
+    // Order and state
+    case unexpectedFrame(type: FrameType, state: DecoderState)
+    case wrongRole(frame: FrameType, sender: Role)
+    case deviceIndexOutOfRange(frame: FrameType, index: UInt32, deviceCount: Int)
+    /// A non-device frame with a non-zero device field.
+    case unexpectedDeviceIndex(frame: FrameType, index: UInt32)
+    case dataAfterDeviceEnd(frame: FrameType, device: UInt32)
+    case phaseRegression(device: UInt32)
+    case completeBeforeDeviceEnd(device: UInt32)
+    case encodingNotAnnounced(frame: FrameType, encoding: String)
+
+    // HELLO
+    case badHelloMagic(found: [UInt8])
+    case unsupportedVersion(UInt16, supported: UInt16)
+    case unexpectedRole(expected: Role, got: Role)
+    case tooManyDevices(declared: Int, limit: Int)
+
+    // Payload structure
+    case truncated(frame: FrameType, field: String)
+    case trailingBytes(frame: FrameType, count: Int)
+    case invalidPayloadLength(frame: FrameType, expected: Int, actual: Int)
+    case countExceedsPayload(frame: FrameType, field: String, count: UInt64, remainingBytes: Int)
+    case invalidValue(frame: FrameType, field: String, value: UInt64)
+    case unknownEncoding(frame: FrameType, value: UInt8)
+    case invalidUTF8(frame: FrameType, field: String)
+    case invalidPageSize(frame: FrameType, pageSize: UInt64)
+    case bitmapLengthMismatch(totalPFNs: UInt64, expected: Int, actual: Int)
+    case tooManyPFNs(frame: FrameType, count: UInt64, limit: UInt64)
+    case pfnOutsideMemory(frame: FrameType, startPFN: UInt64, count: UInt64)
+    case pageSizeMismatch(frame: FrameType, pfn: UInt64, declared: UInt64, announced: UInt32)
+    /// A raw or zero payload whose size is not the one its header fields imply.
+    case payloadSizeMismatch(frame: FrameType, field: String, expected: Int, actual: Int)
+
+    // Stream end (see FrameDecoder.finish())
+    case truncatedHeader(bufferedBytes: Int)
+    case truncatedPayload(frame: FrameType, declared: Int, buffered: Int)
+
+    // Compression. `frame` is nil when the codec is used outside a frame.
+    case inflatedTooLarge(frame: FrameType?, declared: Int, limit: Int)
+    case inflatedLengthMismatch(frame: FrameType?, declared: Int, actual: Int)
+    /// Inflating produced more than the declared length; stopped there (no bomb).
+    case inflatedExceedsDeclared(frame: FrameType?, declared: Int)
+    case corruptDeflateStream(frame: FrameType?, detail: String)
+    case zlibFailure(operation: String, code: Int32)
+    case invalidCompressionPolicy(String)
+    case invalidCompressionLevel(Int)
+    case unalignedPages(byteCount: Int, pageSize: Int)
+
+    public var description: String {
+        func inFrame(_ f: FrameType?) -> String { f.map { " in \($0)" } ?? "" }
+        switch self {
+        case .badFrameMagic(let found):
+            return "frame header magic is 0x\(String(found, radix: 16)), expected \"VMIG\": the stream is not vfio-migrate v1 framing or is out of sync"
+        case .unknownFrameType(let t):
+            return "unknown frame type \(t)"
+        case .unknownFlags(let f, let flags):
+            return "\(f) frame has unknown flags 0x\(String(flags, radix: 16)) (none are defined in protocol v1)"
+        case .payloadTooLarge(let f, let declared, let limit):
+            return "\(f) frame declares a \(declared)-byte payload, above the \(limit)-byte limit"
+        case .sequenceGap(let e, let g):
+            return "sequence gap: expected frame #\(e), got #\(g) (frames lost or reordered)"
+        case .sequenceReplay(let e, let g):
+            return "sequence replay: expected frame #\(e), got #\(g) again (duplicated or reordered frame)"
+        case .unexpectedFrame(let t, let state):
+            return "\(t) frame not allowed \(state)"
+        case .wrongRole(let f, let sender):
+            return "a \(sender) may not send \(f) frames"
+        case .deviceIndexOutOfRange(let f, let i, let n):
+            return "\(f) frame names device #\(i), but only \(n) device(s) were announced"
+        case .unexpectedDeviceIndex(let f, let i):
+            return "\(f) frame carries device index \(i); it is not device-specific and must carry 0"
+        case .dataAfterDeviceEnd(let f, let d):
+            return "\(f) frame for device #\(d) after its DEVICE_END"
+        case .phaseRegression(let d):
+            return "pre-copy DEVICE_DATA for device #\(d) after its stop-and-copy data"
+        case .completeBeforeDeviceEnd(let d):
+            return "COMPLETE before DEVICE_END of device #\(d)"
+        case .encodingNotAnnounced(let f, let e):
+            return "\(f) frame uses encoding \(e), which the sender's HELLO did not announce"
+        case .badHelloMagic(let found):
+            return "HELLO magic is \(found.map { String($0, radix: 16) }), expected \"VFIO-MIG\": the peer is not vfio-migrate"
+        case .unsupportedVersion(let v, let supported):
+            return "peer speaks protocol version \(v); this build supports version \(supported)"
+        case .unexpectedRole(let expected, let got):
+            return "peer announces role \(got), expected \(expected) (both ends configured as the same side?)"
+        case .tooManyDevices(let declared, let limit):
+            return "HELLO announces \(declared) devices, above the limit of \(limit)"
+        case .truncated(let f, let field):
+            return "\(f) payload ends inside field '\(field)'"
+        case .trailingBytes(let f, let n):
+            return "\(f) payload has \(n) unexpected trailing byte(s)"
+        case .invalidPayloadLength(let f, let expected, let actual):
+            return "\(f) payload is \(actual) bytes; it must be exactly \(expected)"
+        case .countExceedsPayload(let f, let field, let count, let remaining):
+            return "\(f) field '\(field)' = \(count) cannot fit in the \(remaining) payload byte(s) left"
+        case .invalidValue(let f, let field, let v):
+            return "\(f) field '\(field)' has invalid value \(v)"
+        case .unknownEncoding(let f, let v):
+            return "\(f) frame uses unknown encoding \(v)"
+        case .invalidUTF8(let f, let field):
+            return "\(f) field '\(field)' is not valid UTF-8"
+        case .invalidPageSize(let f, let ps):
+            return "\(f) frame has page size \(ps); it must be a non-zero power of two"
+        case .bitmapLengthMismatch(let total, let expected, let actual):
+            return "DIRTY_BITMAP for \(total) PFNs carries a \(actual)-byte bitmap; it must be exactly \(expected) bytes"
+        case .tooManyPFNs(let f, let count, let limit):
+            return "\(f) frame covers \(count) PFNs, above the per-frame limit of \(limit)"
+        case .pfnOutsideMemory(let f, let start, let count):
+            return "\(f) frame covers PFNs \(start)..<\(start &+ count) (\(count) pages), outside the announced guest memory"
+        case .pageSizeMismatch(let f, let pfn, let declared, let announced):
+            return "\(f) frame uses page size \(declared) at PFN \(pfn), but that memory range was announced with page size \(announced)"
+        case .payloadSizeMismatch(let f, let field, let expected, let actual):
+            return "\(f) \(field) is \(actual) bytes; its header implies \(expected)"
+        case .truncatedHeader(let n):
+            return "stream ended inside a frame header (\(n) of 24 bytes)"
+        case .truncatedPayload(let f, let declared, let buffered):
+            return "stream ended inside a \(f) payload (\(buffered) of \(declared) bytes)"
+        case .inflatedTooLarge(let f, let declared, let limit):
+            return "declared inflated length \(declared)\(inFrame(f)) exceeds the \(limit)-byte limit"
+        case .inflatedLengthMismatch(let f, let declared, let actual):
+            return "deflate stream\(inFrame(f)) inflates to \(actual) bytes, declared \(declared)"
+        case .inflatedExceedsDeclared(let f, let declared):
+            return "deflate stream\(inFrame(f)) inflates past its declared \(declared) bytes; stopped there"
+        case .corruptDeflateStream(let f, let detail):
+            return "corrupt deflate stream\(inFrame(f)): \(detail)"
+        case .zlibFailure(let op, let code):
+            return "zlib \(op) failed with code \(code)"
+        case .invalidCompressionPolicy(let text):
+            return "invalid compression policy '\(text)': use none, zlib:1 … zlib:9, or auto"
+        case .invalidCompressionLevel(let level):
+            return "invalid deflate level \(level): use 0 … 9"
+        case .unalignedPages(let n, let ps):
+            return "\(n) bytes are not a whole number of \(ps)-byte pages"
+        }
+    }
+}
+
+/// Where a decoder is in its peer's frame sequence; errors name it.
+public enum DecoderState: Sendable, Equatable, CustomStringConvertible {
+    case awaitingHello
+    /// HELLO received: a source is transferring, a destination is preparing.
+    case established
+    case complete
+    case committed
+    case ready
+    case resumed
+    case aborted
+
+    public var description: String {
+        switch self {
+        case .awaitingHello: "before HELLO"
+        case .established: "after HELLO"
+        case .complete: "after COMPLETE"
+        case .committed: "after COMMIT"
+        case .ready: "after READY"
+        case .resumed: "after RESUMED"
+        case .aborted: "after ABORT"
+        }
+    }
+}
+
+extension Role: CustomStringConvertible {
+    public var description: String { self == .source ? "source" : "destination" }
+}

@@ -1,0 +1,173 @@
+import Testing
+@testable import MigrationWire
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Bounded mutation fuzzing: valid session streams are mutated (bit flips, byte
+/// rewrites, truncations, splices, length and count field rewrites, duplicated,
+/// dropped or inserted frames) and fed to the decoder at random split points;
+/// decoded DEVICE_DATA and PAGES payloads go through the decompressor too.
+/// Nothing may crash, and every failure must be a WireError.
+///
+/// Runs ~2 s by default. Longer / another seed:
+///   WIRE_FUZZ_SECONDS=600 WIRE_FUZZ_SEED=123 swift test -c release --filter FuzzTests
+/// (or Fuzz/run.sh). A failing case prints its seed and iteration.
+@Suite struct FuzzTests {
+    static func environment(_ name: String) -> String? { getenv(name).map { String(cString: $0) } }
+
+    struct Entry { var bytes: [UInt8]; var offsets: [Int]; var peer: Role }
+
+    @Test func mutatedStreamsFailOnlyWithWireErrors() throws {
+        let seconds = Double(Self.environment("WIRE_FUZZ_SECONDS") ?? "") ?? 2
+        let seed = UInt64(Self.environment("WIRE_FUZZ_SEED") ?? "") ?? 0x5EED
+        var gen = FrameGenerator(seed: seed)
+        let compressor = try PayloadCompressor(policy: .auto)
+        var corpus: [Entry] = []
+        for i in 0..<12 {
+            let s = try gen.sourceSession(compressor: i % 2 == 0 ? compressor : nil)
+            corpus.append(Entry(bytes: s.bytes, offsets: s.offsets, peer: .source))
+        }
+        for _ in 0..<6 {
+            let s = gen.destinationSession()
+            corpus.append(Entry(bytes: s.bytes, offsets: s.offsets, peer: .destination))
+        }
+
+        var rng = SeededRNG(seed: seed ^ 0xFFFF)
+        let decompressor = try PayloadDecompressor()
+        var iterations = 0, rejected = 0, accepted = 0, framesSeen = 0
+        var errorKinds = Set<String>()
+        let deadline = ContinuousClock.now + .milliseconds(Int(seconds * 1000))
+        while ContinuousClock.now < deadline || iterations < 300 {
+            iterations += 1
+            let entry = corpus[Int.random(in: 0..<corpus.count, using: &rng)]
+            var bytes = entry.bytes
+            for _ in 0..<Int.random(in: 1...3, using: &rng) {
+                mutate(&bytes, entry: entry, corpus: corpus, rng: &rng)
+            }
+            let limits = rng.chance(0.2) ? WireLimits(maxPayload: 4096, maxInflated: 4096, maxDevices: 2, maxPFNsPerFrame: 64) : .default
+            var decoder = FrameDecoder(peer: entry.peer, limits: limits)
+            let inflateLimits = limits
+            do {
+                var offset = 0
+                while offset < bytes.count {
+                    let end = min(bytes.count, offset + Int.random(in: 1...700, using: &rng))
+                    decoder.feed(Array(bytes[offset..<end]))
+                    offset = end
+                    while let frame = try decoder.next() {
+                        framesSeen += 1
+                        try exercisePayloads(frame, decompressor: decompressor, limits: inflateLimits)
+                    }
+                }
+                try decoder.finish()
+                accepted += 1
+            } catch let error as WireError {
+                rejected += 1
+                errorKinds.insert(Mirror(reflecting: error).children.first?.label ?? "\(error)")
+                #expect(!error.description.isEmpty)
+            } catch {
+                Issue.record("seed \(seed) iteration \(iterations): non-WireError \(error)")
+            }
+        }
+        // Not vacuous: mutations were both caught and survived, in many different ways.
+        #expect(rejected > iterations / 4)
+        #expect(accepted > 0)
+        #expect(errorKinds.count >= 20, "\(errorKinds.sorted())")
+        print("fuzz: seed \(seed), \(iterations) cases in \(seconds) s: \(rejected) rejected, \(accepted) accepted, \(framesSeen) frames, \(errorKinds.count) error kinds: \(errorKinds.sorted().joined(separator: " "))")
+    }
+
+    /// Inflating mutated deflate streams: exactly the declared bytes or a WireError.
+    @Test func mutatedDeflateStreamsNeverOverrun() throws {
+        var rng = SeededRNG(seed: 77)
+        let deflater = try Deflater(level: 6)
+        let inflater = try Inflater()
+        var outcomes = [0, 0]
+        for i in 0..<3000 {
+            let original = i % 3 == 0 ? rng.bytes(Int.random(in: 0...300, using: &rng)) : textBytes(Int.random(in: 0...3000, using: &rng))
+            var packed = try deflater.compress(original)
+            if !packed.isEmpty {
+                for _ in 0..<Int.random(in: 0...2, using: &rng) {
+                    packed[Int.random(in: 0..<packed.count, using: &rng)] ^= UInt8(1) << UInt8.random(in: 0...7, using: &rng)
+                }
+            }
+            if rng.chance(0.2) { packed = Array(packed.prefix(Int.random(in: 0...packed.count, using: &rng))) }
+            let declared = max(0, original.count + Int.random(in: -2...2, using: &rng))
+            do {
+                let out = try inflater.inflate(packed, expectedLength: declared, limit: 4000)
+                #expect(out.count == declared)
+                outcomes[0] += 1
+            } catch is WireError {
+                outcomes[1] += 1
+            }
+        }
+        #expect(outcomes[0] > 100 && outcomes[1] > 100)
+    }
+
+    private func exercisePayloads(_ frame: Frame, decompressor: PayloadDecompressor, limits: WireLimits) throws {
+        switch frame.body {
+        case .deviceData(let d):
+            let out = try decompressor.decode(d)
+            #expect(out.count == Int(d.originalLength))
+        case .pages(let p):
+            for s in p.segments {
+                let out = try decompressor.decode(s, pageSize: Int(p.pageSize))
+                #expect(out.count == Int(s.pageCount) * Int(p.pageSize))
+            }
+        default: break
+        }
+    }
+
+    private func mutate(_ bytes: inout [UInt8], entry: Entry, corpus: [Entry], rng: inout SeededRNG) {
+        let interesting: [UInt8] = [0, 1, 0x7F, 0x80, 0xFF]
+        let interesting32: [UInt32] = [0, 1, 7, 0x7FFF_FFFF, 0xFFFF_FFFF, 4096, 4097, 16 << 20, (16 << 20) + 1]
+        func randomIndex() -> Int? { bytes.isEmpty ? nil : Int.random(in: 0..<bytes.count, using: &rng) }
+        func frameOffset() -> Int? { entry.offsets.filter { $0 + 24 <= bytes.count }.randomElement(using: &rng) }
+        func write32(_ v: UInt32, at i: Int) {
+            for k in 0..<4 where i + k < bytes.count { bytes[i + k] = UInt8(truncatingIfNeeded: v >> (8 * UInt32(k))) }
+        }
+        switch Int.random(in: 0...9, using: &rng) {
+        case 0:  // bit flip
+            if let i = randomIndex() { bytes[i] ^= UInt8(1) << UInt8.random(in: 0...7, using: &rng) }
+        case 1:  // interesting byte
+            if let i = randomIndex() { bytes[i] = interesting.randomElement(using: &rng)! }
+        case 2:  // truncation
+            bytes = Array(bytes.prefix(Int.random(in: 0...bytes.count, using: &rng)))
+        case 3:  // splice with another stream
+            let other = corpus.randomElement(using: &rng)!.bytes
+            let cut = Int.random(in: 0...bytes.count, using: &rng)
+            bytes = Array(bytes.prefix(cut)) + other.suffix(Int.random(in: 0...other.count, using: &rng))
+        case 4:  // header payload-length rewrite
+            if let off = frameOffset() {
+                let current = loadLE32(bytes, at: off + 12)
+                let choices: [UInt32] = [current &- 1, current &+ 1, current / 2, interesting32.randomElement(using: &rng)!, UInt32.random(in: 0...UInt32.max, using: &rng)]
+                write32(choices.randomElement(using: &rng)!, at: off + 12)
+            }
+        case 5:  // a count/length/PFN field inside a payload
+            if let off = frameOffset() {
+                let payloadLength = Int(loadLE32(bytes, at: off + 12))
+                if payloadLength >= 4 {
+                    let at = off + 24 + Int.random(in: 0...(min(payloadLength, 64) - 4), using: &rng)
+                    write32(interesting32.randomElement(using: &rng)!, at: at)
+                }
+            }
+        case 6:  // duplicate a frame
+            if let i = entry.offsets.indices.randomElement(using: &rng), entry.offsets[i] < bytes.count {
+                let start = entry.offsets[i]
+                let end = i + 1 < entry.offsets.count ? entry.offsets[i + 1] : entry.bytes.count
+                if end <= bytes.count { bytes.insert(contentsOf: bytes[start..<end], at: end) }
+            }
+        case 7:  // drop a frame
+            if let i = entry.offsets.indices.randomElement(using: &rng), i + 1 < entry.offsets.count, entry.offsets[i + 1] <= bytes.count {
+                bytes.removeSubrange(entry.offsets[i]..<entry.offsets[i + 1])
+            }
+        case 8:  // insert random bytes
+            let at = Int.random(in: 0...bytes.count, using: &rng)
+            bytes.insert(contentsOf: rng.bytes(Int.random(in: 1...16, using: &rng)), at: at)
+        default:  // header field rewrite: type, flags, device or sequence
+            if let off = frameOffset() {
+                let field = [4, 6, 8, 16].randomElement(using: &rng)!
+                bytes[off + field] = interesting.randomElement(using: &rng)!
+            }
+        }
+    }
+}

@@ -1,0 +1,153 @@
+@testable import MigrationWire
+
+/// Random but valid frame bodies and sessions, driven by a SeededRNG.
+struct FrameGenerator {
+    var rng: SeededRNG
+    init(seed: UInt64) { rng = SeededRNG(seed: seed) }
+
+    mutating func int(_ range: ClosedRange<Int>) -> Int { Int.random(in: range, using: &rng) }
+    mutating func u64() -> UInt64 { rng.next() }
+    /// Mostly small values, sometimes the edges: decoders break at the edges.
+    mutating func edgyU64() -> UInt64 {
+        switch int(0...5) {
+        case 0: return 0
+        case 1: return UInt64.max
+        case 2: return UInt64(UInt32.max)
+        default: return UInt64(int(0...100_000))
+        }
+    }
+    mutating func edgyU32() -> UInt32 { UInt32(truncatingIfNeeded: [0, 1, UInt64(UInt32.max), UInt64(int(0...65536))][int(0...3)]) }
+    mutating func pageSize() -> UInt32 { [512, 4096, 65536, 2 << 20][int(0...3)] }
+    mutating func string(maxBytes: Int) -> String {
+        let alphabet = Array("abcXYZ019-_:/ é√🚀")
+        var s = ""
+        for _ in 0..<int(0...maxBytes) {
+            let c = alphabet[int(0...(alphabet.count - 1))]
+            if s.utf8.count + String(c).utf8.count > maxBytes { break }
+            s.append(c)
+        }
+        return s
+    }
+
+    mutating func hello(role: Role? = nil) -> Hello {
+        Hello(sessionID: rng.bytes(16), role: role ?? (rng.chance(0.5) ? .source : .destination),
+              encodings: (0..<int(0...3)).map { _ in Encoding.allCases[int(0...1)] },
+              devices: (0..<int(0...5)).map { _ in DeviceDescriptor(name: string(maxBytes: 40), pageSize: pageSize(), compatibility: string(maxBytes: 80)) },
+              memory: (0..<int(0...4)).map { _ in MemoryRange(startPFN: UInt64(int(0...1 << 40)), pageCount: UInt64(int(1...1 << 30)), pageSize: pageSize()) })
+    }
+
+    /// Any body, without session context (the page-range fields are arbitrary).
+    mutating func body() -> FrameBody {
+        switch int(0...11) {
+        case 0: return .hello(hello())
+        case 1:
+            let payload = rng.bytes(int(0...600))
+            return rng.chance(0.5)
+                ? .deviceData(DeviceData(phase: rng.chance(0.5) ? .precopy : .stopcopy, encoding: .raw, originalLength: UInt32(payload.count), payload: payload))
+                : .deviceData(DeviceData(phase: .stopcopy, encoding: .deflate, originalLength: UInt32(int(0...1 << 20)), payload: payload))
+        case 2: return .dirtyBitmap(dirtyBitmap(start: UInt64(int(0...1 << 40)), limit: 5000))
+        case 3: return .pages(pages(start: UInt64(int(0...1 << 40)), span: 64, pageSize: [512, 1024][int(0...1)]))
+        case 4: return .iterationEnd(IterationEnd(iteration: edgyU32(), pendingBytes: edgyU64(), dirtyPages: edgyU64()))
+        case 5: return .deviceEnd(DeviceEnd(totalBytes: edgyU64(), chunkCount: edgyU64(), sha256: rng.bytes(32)))
+        case 6: return .complete
+        case 7: return .ready
+        case 8: return .commit
+        case 9: return .resumed
+        case 10:
+            let reasons: [AbortReason] = [.unspecified, .incompatible, .protocolError, .deviceError, .digestMismatch, .cancelled, .timeout, .internalError]
+            return .abort(Abort(reason: reasons[int(0...7)], message: string(maxBytes: 200)))
+        default: return .keepAlive
+        }
+    }
+
+    mutating func dirtyBitmap(start: UInt64, limit: Int, pageSize: UInt64 = 4096) -> DirtyBitmap {
+        let total = UInt64(int(0...limit))
+        let copied: DirtyCopied
+        switch int(0...2) {
+        case 0: copied = .none
+        case 1: copied = .all
+        default:
+            var bits = rng.bytes(Int((total + 7) / 8))
+            if total % 8 != 0, !bits.isEmpty { bits[bits.count - 1] &= UInt8((1 << (total % 8)) - 1) }
+            copied = .bitmap(bits)
+        }
+        return DirtyBitmap(startPFN: start, pageSize: pageSize, totalPFNs: total, copied: copied)
+    }
+
+    /// Up to `span` pages from `start` in segments of random encodings (payloads
+    /// are not real deflate streams: the decoder does not inflate).
+    mutating func pages(start: UInt64, span: Int, pageSize: Int) -> Pages {
+        var segments: [PageSegment] = []
+        var pfn = start
+        var left = int(0...span)
+        while left > 0 {
+            let count = int(1...min(left, 8))
+            let encoding: PageEncoding = [.zero, .raw, .deflate][int(0...2)]
+            let payload: [UInt8] = switch encoding {
+            case .zero: []
+            case .raw: rng.bytes(count * pageSize)
+            case .deflate: rng.bytes(int(1...200))
+            }
+            segments.append(PageSegment(startPFN: pfn, pageCount: UInt32(count), encoding: encoding, payload: payload))
+            pfn += UInt64(count) + UInt64(int(0...3))
+            left -= count
+        }
+        return Pages(pageSize: UInt32(pageSize), segments: segments)
+    }
+
+    /// A complete, valid source stream: HELLO, iterations, stop-and-copy, DEVICE_END, COMPLETE, COMMIT.
+    /// Small page sizes keep it fast; `compressor` (if any) produces real payloads.
+    mutating func sourceSession(compressor: PayloadCompressor? = nil) throws -> StreamBuilder {
+        let pageSize = 512
+        let memory = [MemoryRange(startPFN: 0, pageCount: 256, pageSize: UInt32(pageSize)),
+                      MemoryRange(startPFN: 256, pageCount: 64, pageSize: UInt32(pageSize)),  // adjacent: spans may cross
+                      MemoryRange(startPFN: 4096, pageCount: 128, pageSize: UInt32(pageSize))]
+        let devices = int(1...3)
+        var s = StreamBuilder.source(devices: devices, memory: memory)
+        for iteration in 0..<int(0...3) {
+            for _ in 0..<int(1...6) {
+                switch int(0...4) {
+                case 0, 1:
+                    let chunk = rng.chance(0.5) ? textBytes(int(0...3000)) : rng.bytes(int(0...300))
+                    let (encoding, payload) = try compressor?.encode(chunk) ?? (.raw, chunk)
+                    s.add(.deviceData(DeviceData(phase: .precopy, encoding: encoding, originalLength: UInt32(chunk.count), payload: payload)), device: UInt32(int(0...(devices - 1))))
+                case 2:
+                    let start = UInt64(int(0...200))
+                    s.add(.dirtyBitmap(dirtyBitmap(start: start, limit: 100, pageSize: UInt64(pageSize))), device: UInt32(int(0...(devices - 1))))
+                case 3:
+                    let start = UInt64([0, 200, 4096][int(0...2)])
+                    if let compressor {
+                        let bytes = mixedPages(pages: int(1...24), pageSize: pageSize, rng: &rng)
+                        s.add(.pages(Pages(pageSize: UInt32(pageSize), segments: try compressor.encodePages(startPFN: start, pageSize: pageSize, bytes: bytes))))
+                    } else {
+                        s.add(.pages(pages(start: start, span: 24, pageSize: pageSize)))
+                    }
+                default: s.add(.keepAlive)
+                }
+            }
+            s.add(.iterationEnd(IterationEnd(iteration: UInt32(iteration), pendingBytes: edgyU64(), dirtyPages: edgyU64())))
+        }
+        for d in 0..<devices {
+            for _ in 0..<int(0...2) {
+                let chunk = rng.bytes(int(1...200))
+                s.add(.deviceData(DeviceData(phase: .stopcopy, encoding: .raw, originalLength: UInt32(chunk.count), payload: chunk)), device: UInt32(d))
+            }
+        }
+        s.finishDevices(devices)
+        if rng.chance(0.3) { s.add(.keepAlive) }
+        s.add(rng.chance(0.8) ? .commit : .abort(Abort(reason: .timeout, message: "no READY in time")))
+        return s
+    }
+
+    mutating func destinationSession() -> StreamBuilder {
+        var s = StreamBuilder.destination()
+        for _ in 0..<int(0...2) { s.add(.keepAlive) }
+        if rng.chance(0.2) {
+            s.add(.abort(Abort(reason: .digestMismatch, message: "device 0 digest differs")))
+            return s
+        }
+        s.add(.ready)
+        s.add(.resumed)
+        return s
+    }
+}

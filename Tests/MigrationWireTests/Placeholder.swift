@@ -1,4 +1,0 @@
-import Testing
-@testable import MigrationWire
-
-@Test func placeholder() {}

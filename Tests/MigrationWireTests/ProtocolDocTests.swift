@@ -1,0 +1,77 @@
+import Foundation
+import Testing
+@testable import MigrationWire
+
+/// docs/PROTOCOL.md's worked examples are the encoder's exact output: this test
+/// fails when either changes without the other. To regenerate the hex blocks after
+/// a deliberate change: WIRE_UPDATE_DOC_EXAMPLES=1 swift test --filter ProtocolDocTests
+@Suite struct ProtocolDocTests {
+    static let docURL = URL(fileURLWithPath: #filePath).deletingLastPathComponent()
+        .deletingLastPathComponent().deletingLastPathComponent().appendingPathComponent("docs/PROTOCOL.md")
+
+    /// A fixed raw-deflate stream of one 4 KiB page of 0xAB (literal so a zlib upgrade cannot change the example).
+    static let deflatedPage: [UInt8] = [0xed, 0xc1, 0x01, 0x0d, 0x00, 0x00, 0x00, 0xc2, 0xa0, 0xfe, 0x59, 0x5e, 0xd2,
+                                        0x1e, 0x0e, 0x28, 0x00, 0x00, 0x00, 0xe0, 0xdd, 0x00]
+
+    static func examples() -> [(id: String, bytes: [UInt8])] {
+        let hello = Hello(sessionID: Array(0x00...0x0f), role: .destination, encodings: [.raw, .deflate],
+                          devices: [DeviceDescriptor(name: "gpu0", pageSize: 4096, compatibility: "10de:1eb8/v2")],
+                          memory: [MemoryRange(startPFN: 0, pageCount: 0x40000, pageSize: 4096)])
+        let pages = Pages(pageSize: 4096, segments: [
+            PageSegment(startPFN: 0x100, pageCount: 2, encoding: .zero, payload: []),
+            PageSegment(startPFN: 0x102, pageCount: 1, encoding: .deflate, payload: deflatedPage),
+        ])
+        return [
+            ("hello", FrameEncoder.serialize(.hello(hello), device: 0, sequence: 0)),
+            ("pages", FrameEncoder.serialize(.pages(pages), device: 0, sequence: 5)),
+            ("device-data", FrameEncoder.serialize(.deviceData(DeviceData(phase: .stopcopy, encoding: .raw, originalLength: 6,
+                                                                            payload: Array("state!".utf8))), device: 1, sequence: 6)),
+            ("commit", FrameEncoder.serialize(.commit, device: 0, sequence: 9)),
+        ]
+    }
+
+    static func hexdump(_ bytes: [UInt8]) -> String {
+        stride(from: 0, to: bytes.count, by: 16).map { start in
+            let offset = String(start, radix: 16)
+            let line = bytes[start..<min(start + 16, bytes.count)].map { b in
+                (b < 16 ? "0" : "") + String(b, radix: 16)
+            }.joined(separator: " ")
+            return String(repeating: "0", count: 4 - offset.count) + offset + "  " + line
+        }.joined(separator: "\n")
+    }
+
+    /// The fenced block after `<!-- example:ID -->`.
+    static func blockRange(_ id: String, in doc: String) -> Range<String.Index>? {
+        guard let marker = doc.range(of: "<!-- example:\(id) -->"),
+              let open = doc.range(of: "```\n", range: marker.upperBound..<doc.endIndex),
+              let close = doc.range(of: "\n```", range: open.upperBound..<doc.endIndex) else { return nil }
+        return open.upperBound..<close.lowerBound
+    }
+
+    @Test func examplesInTheSpecAreTheEncodersBytes() throws {
+        var doc = try String(contentsOf: Self.docURL, encoding: .utf8)
+        let update = ProcessInfo.processInfo.environment["WIRE_UPDATE_DOC_EXAMPLES"] == "1"
+        for (id, bytes) in Self.examples() {
+            let range = try #require(Self.blockRange(id, in: doc), "example \(id) missing from PROTOCOL.md")
+            if update {
+                doc.replaceSubrange(range, with: Self.hexdump(bytes))
+            } else {
+                #expect(String(doc[range]) == Self.hexdump(bytes), "example \(id) differs from the encoder")
+            }
+        }
+        if update { try doc.write(to: Self.docURL, atomically: true, encoding: .utf8) }
+    }
+
+    @Test func examplesDecode() throws {
+        let examples = Self.examples()
+        var destination = FrameDecoder(peer: .destination)
+        destination.feed(examples[0].bytes)
+        #expect(try destination.next() != nil)
+
+        // The PAGES example inflates to its page.
+        var reader = ByteReader(examples[1].bytes, range: 24..<examples[1].bytes.count, frame: .pages)
+        guard case .pages(let pages) = try FrameBody.parsePayload(.pages, &reader, limits: .default) else { Issue.record("not PAGES"); return }
+        let decompressor = try PayloadDecompressor()
+        #expect(try decompressor.decode(pages.segments[1], pageSize: 4096) == [UInt8](repeating: 0xAB, count: 4096))
+    }
+}
