@@ -56,7 +56,7 @@ extension TLSError {
                 return .notTLS(detail: entry.text)
             case alertReasonOffset..<(alertReasonOffset + 256):
                 let alert = entry.reason - alertReasonOffset
-                return .refusedByPeer(alert: String(cString: SSL_alert_desc_string_long(alert)))
+                return .refusedByPeer(alert: alertDescription(alert))
             default:
                 continue
             }
@@ -70,5 +70,37 @@ extension TLSError {
             let detail = OpenSSLError.summary(queue, fallback: "SSL error \(sslError)")
             return duringHandshake ? .handshakeFailed(detail: detail) : .protocolError(detail: detail)
         }
+    }
+}
+
+/// RFC 8446 alert names (OpenSSL 3.0's SSL_alert_desc_string_long lacks the TLS 1.3 ones,
+/// e.g. certificate_required, which is exactly what a client without a certificate gets).
+func alertDescription(_ code: Int32) -> String {
+    switch code {
+    case 10: return "unexpected message"
+    case 20: return "bad record MAC"
+    case 22: return "record overflow"
+    case 40: return "handshake failure"
+    case 42: return "bad certificate"
+    case 43: return "unsupported certificate"
+    case 44: return "certificate revoked"
+    case 45: return "certificate expired"
+    case 46: return "certificate unknown"
+    case 47: return "illegal parameter"
+    case 48: return "unknown CA"
+    case 49: return "access denied"
+    case 50: return "decode error"
+    case 51: return "decrypt error"
+    case 70: return "protocol version"
+    case 71: return "insufficient security"
+    case 80: return "internal error"
+    case 86: return "inappropriate fallback"
+    case 90: return "user canceled"
+    case 109: return "missing extension"
+    case 110: return "unsupported extension"
+    case 112: return "unrecognized name"
+    case 116: return "certificate required"
+    case 120: return "no application protocol"
+    default: return "alert \(code)"
     }
 }
