@@ -108,7 +108,7 @@ public final class TLSStream: @unchecked Sendable {
             return TLSStream(socket: socket, ssl: ssl, verification: verification, matchedName: name)
         } catch {
             _ = OpenSSLError.drainQueue()
-            socket.closeGracefully(lingerSeconds: 1)
+            socket.closeGracefully(lingerSeconds: 0.5)
             throw error
         }
     }
@@ -130,7 +130,12 @@ public final class TLSStream: @unchecked Sendable {
                     // Partial writes are off: success means every byte went into TLS records.
                     let r = SSL_write_ex(ssl.pointer, buffer.baseAddress, buffer.count, &written)
                     if r == 1 { return .done(written) }
-                    return failedStep(r, state: &state)
+                    let step = failedStep(r, state: &state)
+                    if case .fail(.connectionReset) = step, let alert = pendingAlert() {
+                        state.failure = alert
+                        return .fail(alert)
+                    }
+                    return step
                 }
                 switch step {
                 case .done: return
@@ -209,13 +214,30 @@ public final class TLSStream: @unchecked Sendable {
         }
     }
 
+    /// A peer that refuses us sends an alert, then closes; a client that only writes sees
+    /// just the reset (TLS 1.3 client certificates are judged after the client's handshake
+    /// ends). The alert may still sit unread in the socket: one non-blocking read finds it.
+    private func pendingAlert() -> TLSError? {
+        ERR_clear_error()
+        var scratch = [UInt8](repeating: 0, count: 256)
+        var got = 0
+        let r = scratch.withUnsafeMutableBytes { SSL_read_ex(ssl.pointer, $0.baseAddress, $0.count, &got) }
+        guard r != 1 else { return nil }
+        let e = SSL_get_error(ssl.pointer, r)
+        let error = TLSError.fromFailedCall(sslError: e, errnoValue: errno, duringHandshake: false,
+                                            verification: verification)
+        if case .refusedByPeer = error { return error }
+        if case .protocolVersion = error { return error }
+        return nil
+    }
+
     /// Sends close_notify and waits (bounded) for the peer's.
     public func shutdown() throws {
         try socket.enter()
         defer { socket.leave() }
         let deadline = monotonicNow() + shutdownTimeoutSeconds
         // 1. Our close_notify.
-        while true {
+        sendCloseNotify: while true {
             let step: Step = io.withLock { state in
                 if let failure = state.failure { return .fail(failure) }
                 ERR_clear_error()
@@ -224,8 +246,8 @@ public final class TLSStream: @unchecked Sendable {
                 return failedStep(r, state: &state)
             }
             switch step {
-            case .done(1), .endOfStream: return
-            case .done: break
+            case .done(1), .endOfStream: return  // the peer's close_notify had already arrived
+            case .done: break sendCloseNotify
             case let .fail(error): throw error
             case let .wait(events):
                 switch try socket.wait(for: events, until: deadline) {
@@ -234,7 +256,6 @@ public final class TLSStream: @unchecked Sendable {
                 case .woken: throw TLSError.closed
                 }
             }
-            break
         }
         // 2. Discard whatever still arrives until the peer's close_notify or its EOF: a peer
         // that closed after reading everything is fine; a reset is not (data may be lost).

@@ -43,6 +43,28 @@ extension TLSTests {
             #expect(clientError == .refusedByPeer(alert: "certificate required"))
         }
 
+        @Test func writeOnlyClientLearnsItsRefusalFromTheWriteError() throws {
+            // The client's handshake succeeds (TLS 1.3); it then only writes, and must get the
+            // server's reason rather than a bare connection reset.
+            let pki = try TestPKI.get()
+            let server = try TLSContext(configuration: pki.serverConfig(), role: .server)
+            let client = try TLSContext(configuration: pki.clientConfig(), role: .client,
+                                        hooks: TLSTestHooks(omitCertificate: true))
+            let listener = try TLSListener(endpoint: loopback, context: server)
+            defer { listener.close() }
+            let accepting = Background { try listener.accept(timeoutSeconds: 10) }
+            let stream = try TLSConnector.connect(to: listener.boundEndpoint, context: client, timeoutSeconds: 5)
+            defer { stream.close() }
+            stream.writeTimeoutSeconds = 5
+            let chunk = [UInt8](repeating: 1, count: 1 << 16)
+            let deadline = monotonicNow() + 20
+            let error = #expect(throws: TLSError.self) {
+                while monotonicNow() < deadline { try stream.write(chunk) }
+            }
+            #expect(error == .refusedByPeer(alert: "certificate required"))
+            #expect(accepting.joinResult().tlsError == .noPeerCertificate)
+        }
+
         @Test func clientFromAnotherCAIsRefused() throws {
             let pki = try TestPKI.get()
             let server = try TLSContext(configuration: pki.serverConfig(), role: .server)
