@@ -1,4 +1,5 @@
 /// Where to listen or connect: `HOST:PORT`, `[V6]:PORT`, or `unix:PATH`.
+/// HOST is a name or a numeric address; a listener given `*` listens on every address.
 public enum Endpoint: Sendable, Equatable, CustomStringConvertible {
     case tcp(host: String, port: UInt16)
     case unix(path: String)

@@ -30,7 +30,7 @@ public final class TLSStream: @unchecked Sendable {
     private let timeouts = Mutex<(read: Double?, write: Double?)>((nil, nil))
 
     /// Bound on how long `shutdown()` waits for the peer's close_notify or EOF.
-    var shutdownTimeoutSeconds: Double = 10
+    let shutdownTimeoutSeconds: Double = 10
 
     private init(socket: Socket, ssl: SSLHandle, verification: PeerVerification, matchedName: String) {
         self.socket = socket

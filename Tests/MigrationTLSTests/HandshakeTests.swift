@@ -21,6 +21,20 @@ extension TLSTests {
             #expect(try s.read(maxCount: 100) == Array("ping".utf8))
         }
 
+        static let ipv6Loopback: Bool = (try? Socket.listen(on: .tcp(host: "::1", port: 0)))?.close() != nil
+
+        @Test(.enabled(if: ipv6Loopback, "no IPv6 loopback here"))
+        func handshakeOverIPv6ChecksTheIPv6Name() throws {
+            let pki = try TestPKI.get()
+            let server = try TLSContext(configuration: pki.serverConfig(), role: .server)
+            let client = try TLSContext(configuration: pki.clientConfig(peerName: "::1"), role: .client)
+            let (s, c) = try connectedPair(server: server, client: client, endpoint: try Endpoint(parsing: "[::1]:0"))
+            defer { s.close(); c.close() }
+            #expect(c.peerName == "::1")
+            try s.write([7])
+            #expect(try c.read(maxCount: 1) == [7])
+        }
+
         @Test func allowListAcceptsAFurtherName() throws {
             let pki = try TestPKI.get()
             let server = try TLSContext(configuration: pki.serverConfig(peerName: "other-source.test",
