@@ -75,7 +75,7 @@ public final class TLSContext: @unchecked Sendable {
         // A retried SSL_write may pass the same bytes at a different address.
         _ = vm_SSL_CTX_set_mode(ctx, vm_SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER)
         // An encrypted key must fail, not prompt for a passphrase on the terminal.
-        SSL_CTX_set_default_passwd_cb(ctx) { _, _, _, _ in 0 }
+        SSL_CTX_set_default_passwd_cb(ctx) { _, _, _, _ in -1 }
 
         ERR_clear_error()
         guard SSL_CTX_load_verify_locations(ctx, config.caFile, nil) == 1 else {

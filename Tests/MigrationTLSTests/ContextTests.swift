@@ -34,6 +34,15 @@ extension TLSTests {
             }
         }
 
+        @Test func encryptedKeyIsRefusedWithoutPrompting() throws {
+            let pki = try TestPKI.get()
+            var config = pki.clientConfig()
+            config.privateKeyFile = pki.path("source-encrypted-key.pem")
+            #expect(throws: TLSError.encryptedPrivateKey(path: config.privateKeyFile)) {
+                try TLSContext(configuration: config, role: .client)
+            }
+        }
+
         @Test(arguments: ["caFile", "certificateFile", "privateKeyFile", "crlFile"])
         func unparsablePEMNamesTheFile(field: String) throws {
             let pki = try TestPKI.get()

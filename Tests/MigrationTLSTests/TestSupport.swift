@@ -69,6 +69,7 @@ struct TestPKI: Sendable {
     openssl ca -batch -config ca.cnf -revoke revoked.pem
     openssl ca -batch -config ca.cnf -gencrl -out crl.pem
     echo "this is not PEM" > garbage.pem
+    openssl pkey -in source-key.pem -aes256 -passout pass:secret -out source-encrypted-key.pem
     """#
 
     private static func generate() throws(TestSetupError) -> TestPKI {
