@@ -1,0 +1,60 @@
+import Glibc
+import Synchronization
+
+/// Listens on an endpoint; each `accept` returns an authenticated stream.
+public final class TLSListener: @unchecked Sendable {
+    private let socket: Socket
+    private let context: TLSContext
+    private let unixPath: String?
+    private let unlinked = Mutex(false)
+    /// The bound endpoint (with the real port when 0 was asked).
+    public let boundEndpoint: Endpoint
+
+    public init(endpoint: Endpoint, context: TLSContext) throws {
+        guard context.role == .server else {
+            throw TLSError.invalidConfiguration("a listener needs a server-role TLSContext")
+        }
+        socket = try Socket.listen(on: endpoint)
+        self.context = context
+        switch endpoint {
+        case let .unix(path):
+            unixPath = path
+            boundEndpoint = endpoint
+        case .tcp:
+            unixPath = nil
+            do { boundEndpoint = try socket.localTCPEndpoint() } catch { socket.close(); throw error }
+        }
+    }
+
+    deinit { close() }
+
+    /// Waits up to `timeoutSeconds` (nil: forever) for a peer, then runs the server
+    /// handshake (bounded by the configuration's handshake timeout). A peer that fails
+    /// the handshake makes this call throw; the listener stays usable.
+    public func accept(timeoutSeconds: Double?) throws -> TLSStream {
+        try socket.enter()
+        defer { socket.leave() }
+        let deadline = timeoutSeconds.map { monotonicNow() + $0 }
+        while true {
+            if let connection = try socket.acceptConnection() {
+                return try TLSStream.handshake(
+                    socket: connection, context: context,
+                    deadline: monotonicNow() + context.configuration.handshakeTimeoutSeconds,
+                    interruptibleBy: socket)
+            }
+            switch try socket.wait(for: Int16(POLLIN), until: deadline) {
+            case .ready: continue
+            case .timedOut: throw TLSError.acceptTimeout(seconds: timeoutSeconds ?? 0)
+            case .woken: throw TLSError.closed
+            }
+        }
+    }
+
+    /// Stops listening (idempotent); a blocked `accept` throws `.closed`.
+    public func close() {
+        socket.close()
+        if let unixPath, unlinked.withLock({ done in defer { done = true }; return !done }) {
+            unlink(unixPath)
+        }
+    }
+}

@@ -1,0 +1,289 @@
+internal import COpenSSL
+import Glibc
+import Synchronization
+
+/// Owns one SSL*. Every call on it happens with `TLSStream.io` held.
+final class SSLHandle: @unchecked Sendable {
+    let pointer: OpaquePointer
+    init(_ pointer: OpaquePointer) { self.pointer = pointer }
+    deinit { SSL_free(pointer) }  // never touches the fd (SSL_set_fd does not own it)
+}
+
+/// A mutually authenticated TLS 1.3 stream. Full duplex: one thread may read
+/// while another writes (non-blocking fd + poll inside; no lock held while waiting).
+///
+/// Design: the socket is non-blocking; each SSL_read_ex/SSL_write_ex/SSL_shutdown runs
+/// under `io`, and a WANT_READ/WANT_WRITE releases `io` before waiting in poll(2), so a
+/// reader blocked on an idle peer never stalls a writer (and vice versa).
+public final class TLSStream: @unchecked Sendable {
+    private let socket: Socket
+    private let ssl: SSLHandle
+    /// Kept alive for the SSL's app-data slot, which the verify callback reads.
+    private let verification: PeerVerification
+    private let matchedName: String
+
+    private struct IOState {
+        /// A fatal TLS error is final: OpenSSL must not be called again, later calls rethrow it.
+        var failure: TLSError?
+    }
+    private let io = Mutex(IOState())
+    private let timeouts = Mutex<(read: Double?, write: Double?)>((nil, nil))
+
+    /// Bound on how long `shutdown()` waits for the peer's close_notify or EOF.
+    let shutdownTimeoutSeconds: Double = 10
+
+    private init(socket: Socket, ssl: SSLHandle, verification: PeerVerification, matchedName: String) {
+        self.socket = socket
+        self.ssl = ssl
+        self.verification = verification
+        self.matchedName = matchedName
+    }
+
+    /// The peer certificate's verified name (the one that matched).
+    public var peerName: String { matchedName }
+
+    /// Seconds a `read` may wait without receiving a byte; nil waits forever.
+    public var readTimeoutSeconds: Double? {
+        get { timeouts.withLock { $0.read } }
+        set { timeouts.withLock { $0.read = newValue } }
+    }
+    /// Seconds a `write` may make no progress (peer not reading); nil waits forever.
+    public var writeTimeoutSeconds: Double? {
+        get { timeouts.withLock { $0.write } }
+        set { timeouts.withLock { $0.write = newValue } }
+    }
+
+    private enum Step: Sendable {
+        case done(Int)
+        case endOfStream
+        case wait(Int16)
+        case fail(TLSError)
+    }
+
+    // MARK: Handshake
+
+    /// Runs the TLS handshake on a connected socket. On failure the socket is closed
+    /// gracefully (so the peer can read our alert) and the specific reason thrown.
+    static func handshake(socket: Socket, context: TLSContext, deadline: Double,
+                          interruptibleBy other: Socket? = nil) throws(TLSError) -> TLSStream {
+        ERR_clear_error()
+        guard let raw = SSL_new(context.ctx) else {
+            socket.close()
+            throw .handshakeFailed(detail: "SSL_new: " + OpenSSLError.summary(OpenSSLError.drainQueue()))
+        }
+        let ssl = SSLHandle(raw)
+        let verification = PeerVerification(expectedNames: context.expectedPeerNames)
+        _ = SSL_set_ex_data(raw, 0, Unmanaged.passUnretained(verification).toOpaque())
+        SSL_set_fd(raw, socket.fd)
+        if context.role == .client {
+            // SNI only for DNS names; a server may use it, we never depend on it.
+            let name = context.configuration.peerName
+            if !Certificate.isIPAddress(name) { _ = vm_SSL_set_tlsext_host_name(raw, name) }
+        }
+        do throws(TLSError) {
+            while true {
+                ERR_clear_error()
+                let r = context.role == .client ? SSL_connect(raw) : SSL_accept(raw)
+                if r == 1 { break }
+                let savedErrno = errno
+                let e = SSL_get_error(raw, r)
+                let events: Int16
+                switch e {
+                case SSL_ERROR_WANT_READ: events = Int16(POLLIN)
+                case SSL_ERROR_WANT_WRITE: events = Int16(POLLOUT)
+                default:
+                    throw TLSError.fromFailedCall(sslError: e, errnoValue: savedErrno, duringHandshake: true,
+                                                  verification: verification)
+                }
+                switch try socket.wait(for: events, until: deadline, alsoWatching: other) {
+                case .ready: continue
+                case .timedOut: throw TLSError.handshakeTimeout(seconds: context.configuration.handshakeTimeoutSeconds)
+                case .woken: throw TLSError.closed
+                }
+            }
+            // The callback matched a name, or refused the handshake; never neither.
+            guard let name = verification.matchedName else {
+                throw TLSError.handshakeFailed(detail: "the peer's name was not verified")
+            }
+            return TLSStream(socket: socket, ssl: ssl, verification: verification, matchedName: name)
+        } catch {
+            _ = OpenSSLError.drainQueue()
+            socket.closeGracefully(lingerSeconds: 0.5)
+            throw error
+        }
+    }
+
+    // MARK: I/O
+
+    /// Writes all of `bytes` or throws.
+    public func write(_ bytes: [UInt8]) throws {
+        guard !bytes.isEmpty else { return }
+        try socket.enter()
+        defer { socket.leave() }
+        let stall = writeTimeoutSeconds
+        try bytes.withUnsafeBytes { (buffer: UnsafeRawBufferPointer) in
+            while true {
+                let step: Step = io.withLock { state in
+                    if let failure = state.failure { return .fail(failure) }
+                    ERR_clear_error()
+                    var written = 0
+                    // Partial writes are off: success means every byte went into TLS records.
+                    let r = SSL_write_ex(ssl.pointer, buffer.baseAddress, buffer.count, &written)
+                    if r == 1 { return .done(written) }
+                    let step = failedStep(r, state: &state)
+                    if case .fail(.connectionReset) = step, let alert = pendingAlert() {
+                        state.failure = alert
+                        return .fail(alert)
+                    }
+                    return step
+                }
+                switch step {
+                case .done: return
+                case .endOfStream: throw TLSError.protocolError(detail: "unexpected end of stream while writing")
+                case let .fail(error): throw error
+                case let .wait(events):
+                    switch try socket.wait(for: events, until: stall.map { monotonicNow() + $0 }) {
+                    case .ready: continue
+                    case .timedOut: throw TLSError.writeTimeout(seconds: stall ?? 0)
+                    case .woken: throw TLSError.closed
+                    }
+                }
+            }
+        }
+    }
+
+    /// Up to `maxCount` bytes; [] only after the peer's clean close_notify. A close
+    /// without close_notify throws a truncation error. Throws a timeout error after
+    /// `readTimeoutSeconds` (if set) without any byte.
+    public func read(maxCount: Int) throws -> [UInt8] {
+        precondition(maxCount > 0, "read(maxCount:) needs room for at least one byte")
+        try socket.enter()
+        defer { socket.leave() }
+        let timeout = readTimeoutSeconds
+        let deadline = timeout.map { monotonicNow() + $0 }
+        // Decrypt straight into the result's storage: no intermediate copy, no zero-fill.
+        return try [UInt8](unsafeUninitializedCapacity: maxCount) { buffer, count in
+            count = 0
+            while true {
+                let step: Step = io.withLock { state in
+                    if let failure = state.failure { return .fail(failure) }
+                    var total = 0
+                    // Keep reading records already available, up to maxCount, before returning.
+                    while total < maxCount {
+                        ERR_clear_error()
+                        var got = 0
+                        let r = SSL_read_ex(ssl.pointer, buffer.baseAddress! + total, maxCount - total, &got)
+                        if r == 1 { total += got; continue }
+                        if total == 0 { return failedStep(r, state: &state) }
+                        // Deliver what we have; a fatal error is remembered and thrown next call.
+                        if case .fail = failedStep(r, state: &state) {}
+                        break
+                    }
+                    return .done(total)
+                }
+                switch step {
+                case let .done(n): count = n; return
+                case .endOfStream: return
+                case let .fail(error): throw error
+                case let .wait(events):
+                    switch try socket.wait(for: events, until: deadline) {
+                    case .ready: continue
+                    case .timedOut: throw TLSError.readTimeout(seconds: timeout ?? 0)
+                    case .woken: throw TLSError.closed
+                    }
+                }
+            }
+        }
+    }
+
+    /// Classifies a failed SSL_* call; call with `io` held, right after the call.
+    private func failedStep(_ result: Int32, state: inout IOState) -> Step {
+        let savedErrno = errno
+        let e = SSL_get_error(ssl.pointer, result)
+        switch e {
+        case SSL_ERROR_WANT_READ: return .wait(Int16(POLLIN))
+        case SSL_ERROR_WANT_WRITE: return .wait(Int16(POLLOUT))
+        case SSL_ERROR_ZERO_RETURN:
+            _ = OpenSSLError.drainQueue()
+            return .endOfStream
+        default:
+            let error = TLSError.fromFailedCall(sslError: e, errnoValue: savedErrno, duringHandshake: false,
+                                                verification: verification)
+            state.failure = error
+            return .fail(error)
+        }
+    }
+
+    /// A peer that refuses us sends an alert, then closes; a client that only writes sees
+    /// just the reset (TLS 1.3 client certificates are judged after the client's handshake
+    /// ends). The alert may still sit unread in the socket: one non-blocking read finds it.
+    private func pendingAlert() -> TLSError? {
+        ERR_clear_error()
+        var scratch = [UInt8](repeating: 0, count: 256)
+        var got = 0
+        let r = scratch.withUnsafeMutableBytes { SSL_read_ex(ssl.pointer, $0.baseAddress, $0.count, &got) }
+        guard r != 1 else { return nil }
+        let e = SSL_get_error(ssl.pointer, r)
+        let error = TLSError.fromFailedCall(sslError: e, errnoValue: errno, duringHandshake: false,
+                                            verification: verification)
+        if case .refusedByPeer = error { return error }
+        if case .protocolVersion = error { return error }
+        return nil
+    }
+
+    /// Sends close_notify and waits (bounded) for the peer's.
+    public func shutdown() throws {
+        try socket.enter()
+        defer { socket.leave() }
+        let deadline = monotonicNow() + shutdownTimeoutSeconds
+        // 1. Our close_notify.
+        sendCloseNotify: while true {
+            let step: Step = io.withLock { state in
+                if let failure = state.failure { return .fail(failure) }
+                ERR_clear_error()
+                let r = SSL_shutdown(ssl.pointer)
+                if r >= 0 { return .done(Int(r)) }  // 1: peer's already received too; 0: ours sent
+                return failedStep(r, state: &state)
+            }
+            switch step {
+            case .done(1), .endOfStream: return  // the peer's close_notify had already arrived
+            case .done: break sendCloseNotify
+            case let .fail(error): throw error
+            case let .wait(events):
+                switch try socket.wait(for: events, until: deadline) {
+                case .ready: continue
+                case .timedOut: throw TLSError.writeTimeout(seconds: shutdownTimeoutSeconds)
+                case .woken: throw TLSError.closed
+                }
+            }
+        }
+        // 2. Discard whatever still arrives until the peer's close_notify or its EOF: a peer
+        // that closed after reading everything is fine; a reset is not (data may be lost).
+        var scratch = [UInt8](repeating: 0, count: 16384)
+        while true {
+            let step: Step = io.withLock { state in
+                if let failure = state.failure { return .fail(failure) }
+                ERR_clear_error()
+                var got = 0
+                let r = scratch.withUnsafeMutableBytes { SSL_read_ex(ssl.pointer, $0.baseAddress, $0.count, &got) }
+                if r == 1 { return .done(got) }
+                return failedStep(r, state: &state)
+            }
+            switch step {
+            case .done: continue
+            case .endOfStream, .fail(.truncated): return
+            case let .fail(error): throw error
+            case let .wait(events):
+                switch try socket.wait(for: events, until: deadline) {
+                case .ready: continue
+                case .timedOut: throw TLSError.readTimeout(seconds: shutdownTimeoutSeconds)
+                case .woken: throw TLSError.closed
+                }
+            }
+        }
+    }
+
+    /// Closes the socket now (idempotent); unblocks a blocked reader/writer with an error.
+    /// The peer sees the connection end without close_notify, i.e. as truncated.
+    public func close() { socket.close() }
+}

@@ -1,4 +1,0 @@
-import Testing
-@testable import MigrationTLS
-
-@Test func placeholder() {}
