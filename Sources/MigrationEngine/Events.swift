@@ -1,3 +1,5 @@
+import Logging
+
 /// Progress and lifecycle events, for a TTY display or one JSON object per line.
 public enum MigrationEvent: Sendable {
     case connected(peer: String)
@@ -53,3 +55,19 @@ public struct MigrationStats: Sendable, Codable {
 }
 
 public typealias EventSink = @Sendable (MigrationEvent) -> Void
+
+/// Mirrors events into the diagnostics log.
+func logEvent(_ event: MigrationEvent, to logger: Logger) {
+    switch event {
+    case .phase(let p): logger.info("phase \(p)")
+    case .helloAccepted(let d, let m): logger.info("HELLO accepted", metadata: ["devices": "\(d)", "memory_bytes": "\(m)"])
+    case .iterationEnd(let i, let p, let d, let e):
+        logger.debug("iteration end", metadata: ["iteration": "\(i)", "pending": "\(p)", "dirty_pages": "\(d)", "estimated_downtime_ms": "\(Int(e))"])
+    case .switchover(let r): logger.info("switch-over: \(r)")
+    case .deviceEnd(let d, let b, let c): logger.info("device end", metadata: ["device": "\(d)", "bytes": "\(b)", "chunks": "\(c)"])
+    case .progress(let p): logger.trace("progress", metadata: ["raw": "\(p.rawBytes)", "wire": "\(p.wireBytes)"])
+    case .connected(let peer): logger.info("connected to \(peer)")
+    case .sessionRefused(let why): logger.warning("refused a peer: \(why)")
+    case .finished(let s): logger.info("finished", metadata: ["seconds": "\(s.totalSeconds)", "downtime_ms": "\(s.downtimeMs)"])
+    }
+}

@@ -1,4 +1,5 @@
 import Foundation
+import Logging
 import MigrationTLS
 import MigrationWire
 import VFIODevice
@@ -8,6 +9,8 @@ public struct ReceiverOptions: Sendable {
     public var peerTimeoutSeconds: Double = 30
     public var limits: WireLimits = .default
     public var encodings: [Encoding] = [.raw, .deflate]
+    /// Diagnostics (phases at info, frames at trace).
+    public var logger = Logger(label: "vfio-migrate.destination")
     public init() {}
 }
 
@@ -24,7 +27,9 @@ public final class Receiver: @unchecked Sendable {
     private var stream: TLSStream?
 
     public init(devices: [DestinationDevice], memory: GuestMemory?, options: ReceiverOptions, events: @escaping EventSink = { _ in }) {
-        self.devices = devices; self.memory = memory; self.options = options; self.events = events
+        self.devices = devices; self.memory = memory; self.options = options
+        let logger = options.logger
+        self.events = { event in logEvent(event, to: logger); events(event) }
     }
 
     /// Abandons the session (before COMMIT the devices stay stopped).
@@ -171,6 +176,7 @@ public final class Receiver: @unchecked Sendable {
             }
             stream.close()
             if phase == .hello && !touched { disposition = .notStarted }
+            options.logger.notice("migration failed", metadata: ["phase": "\(phase)", "device": "\(device ?? "-")", "cause": "\(failure)"])
             throw MigrationError(phase: phase, device: device, failure: failure, disposition: disposition)
         }
     }

@@ -1,4 +1,5 @@
 import Foundation
+import Logging
 import MigrationTLS
 import MigrationWire
 import VFIODevice
@@ -24,6 +25,8 @@ public struct SenderOptions: Sendable {
     public var limits: WireLimits = .default
     /// Guest pages per PAGES frame.
     public var pagesPerFrame: Int = 256
+    /// Diagnostics (phases at info, iterations at debug, frames at trace).
+    public var logger = Logger(label: "vfio-migrate.source")
     public init() {}
 }
 
@@ -43,7 +46,9 @@ public final class Sender: @unchecked Sendable {
     private let counters = Counters()
 
     public init(devices: [SourceDevice], memory: GuestMemory?, options: SenderOptions, events: @escaping EventSink = { _ in }) {
-        self.devices = devices; self.memory = memory; self.options = options; self.events = events
+        self.devices = devices; self.memory = memory; self.options = options
+        let logger = options.logger
+        self.events = { event in logEvent(event, to: logger); events(event) }
     }
 
     /// Cancels before COMMIT (clean rollback); ignored once COMMIT is on its way.
@@ -282,6 +287,7 @@ public final class Sender: @unchecked Sendable {
             keepAlive?.stop()
             try? channel.send(.abort(Abort(reason: failure.abortReason, message: "source: \(failure)")))
             stream.close()
+            options.logger.notice("migration failed", metadata: ["phase": "\(phase)", "device": "\(device ?? "-")", "cause": "\(failure)", "rolled_back": "\(leftRunning.map { devices[$0].name })"])
             throw MigrationError(phase: phase, device: device, failure: failure,
                                  disposition: leftRunning.isEmpty && phase == .hello ? .notStarted : .rolledBack,
                                  rollbackFailure: rollbackProblems.isEmpty ? nil : rollbackProblems.joined(separator: "; "))

@@ -51,7 +51,7 @@ struct Demo: ParsableCommand {
             try DemoContent.fill(srcMemory, seed: 42)
             say(String(format: "filled source guest memory (25%% zero, 50%% binary, 25%% random pages) in %.2f s", (ContinuousClock.now - fillStart).seconds))
 
-            let specs = (0..<devices).map { i in "dev\(i)=sim:state=\(state),seed=\(i + 1),dirty=32,churn=64K,chunk=1M" }
+            let specs = (0..<devices).map { i in "dev\(i)=sim:state=\(state),seed=\(i + 1),dirty=4,churn=1K,chunk=1M" }
             let srcDevices = try OpenedDevices(specs: specs.map(DeviceSpec.init(parsing:)), memory: srcMemory, dirty: .region)
             let dstDevices = try OpenedDevices(specs: specs.map(DeviceSpec.init(parsing:)), memory: dstMemory, dirty: .region)
 
