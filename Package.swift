@@ -48,6 +48,10 @@ let package = Package(
         .testTarget(name: "MigrationTLSTests", dependencies: ["MigrationTLS"]),
         .testTarget(name: "MigrationEngineTests", dependencies: ["MigrationEngine", "VFIODevice", "MigrationWire", "MigrationTLS"]),
         .testTarget(name: "IntegrationTests", dependencies: ["vfio-migrate", "VFIODevice"]),
+        // Fault injection and hostile peers (issue 7): proxies, killed processes, crafted frames.
+        .testTarget(
+            name: "ReliabilityTests",
+            dependencies: ["vfio-migrate", "MigrationEngine", "MigrationTLS", "MigrationWire", "VFIODevice"]),
     ],
     swiftLanguageModes: [.v6]
 )
