@@ -25,6 +25,8 @@ let package = Package(
             providers: [.apt(["zlib1g-dev"])]),
         // VFIO ioctl numbers and uAPI structs, re-exported as constants (no library to link).
         .systemLibrary(name: "CVFIO", path: "Sources/CVFIO"),
+        // malloc tuning for the executable (mallopt is not in the Glibc module).
+        .systemLibrary(name: "CProcess", path: "Sources/CProcess"),
 
         .target(name: "VFIODevice", dependencies: ["CVFIO"]),
         .target(name: "MigrationWire", dependencies: ["CZlib", "COpenSSL"]),
@@ -38,7 +40,7 @@ let package = Package(
         .executableTarget(
             name: "vfio-migrate",
             dependencies: [
-                "MigrationEngine", "VFIODevice", "MigrationWire", "MigrationTLS",
+                "MigrationEngine", "VFIODevice", "MigrationWire", "MigrationTLS", "CProcess",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ]),

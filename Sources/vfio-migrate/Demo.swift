@@ -26,7 +26,7 @@ struct Demo: ParsableCommand {
     var json = false
 
     func run() throws {
-        ignoreSIGPIPE()
+        ProcessSetup.apply()
         let out = EventPrinter(mode: json ? .json : .human, side: "source")
         let dst = EventPrinter(mode: json ? .json : .human, side: "destination", quiet: true)
         let say: (String) -> Void = { if !json { print($0) } }

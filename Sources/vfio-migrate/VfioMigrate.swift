@@ -70,7 +70,7 @@ struct Send: ParsableCommand {
 
     func run() throws {
         output.bootstrapLogging()
-        ignoreSIGPIPE()
+        ProcessSetup.apply()
         let printer = EventPrinter(mode: output.json ? .json : .human, side: "source")
         let sender: Sender
         let opened: OpenedDevices
@@ -123,7 +123,7 @@ struct Receive: ParsableCommand {
 
     func run() throws {
         output.bootstrapLogging()
-        ignoreSIGPIPE()
+        ProcessSetup.apply()
         let printer = EventPrinter(mode: output.json ? .json : .human, side: "destination")
         let listener: TLSListener
         let receiver: Receiver
@@ -131,6 +131,7 @@ struct Receive: ParsableCommand {
         do {
             let context = try TLSContext(configuration: tls.configuration(defaultCert: "destination", defaultPeer: "source"), role: .server)
             let memory = try devices.openMemory(create: createMemory)
+            try memory?.populate()
             opened = try devices.open(memory: memory)
             var options = ReceiverOptions()
             options.peerTimeoutSeconds = peerTimeout
