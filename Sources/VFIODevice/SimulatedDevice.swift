@@ -65,6 +65,8 @@ public final class SimulatedDevice: MigrationRegion, @unchecked Sendable {
     private var state: [UInt8]
     private var dirtyBlocks: [Bool]
     private var dirtyBlockCount = 0
+    /// No block below this index is dirty.
+    private var firstMaybeDirty = 0
     private var faults: [SimulatedFault] = []
     private var accesses = 0
     private var stateWrites = 0
@@ -188,6 +190,7 @@ public final class SimulatedDevice: MigrationRegion, @unchecked Sendable {
         guard !range.isEmpty else { return }
         let first = range.lowerBound / SimulatedDevice.stateBlockSize
         let last = (range.upperBound - 1) / SimulatedDevice.stateBlockSize
+        firstMaybeDirty = min(firstMaybeDirty, first)
         for b in first...last where !dirtyBlocks[b] {
             dirtyBlocks[b] = true
             dirtyBlockCount += 1
@@ -348,8 +351,11 @@ public final class SimulatedDevice: MigrationRegion, @unchecked Sendable {
     /// header until sent, plus the trailer once stopped and until sent.
     private func pendingNow() -> UInt64 {
         if trailerSent { return 0 }
-        var dirtyBytes = 0
-        for (b, dirty) in dirtyBlocks.enumerated() where dirty { dirtyBytes += blockLength(b) }
+        // O(1): every block is full size but possibly the last one.
+        var dirtyBytes = dirtyBlockCount * SimulatedDevice.stateBlockSize
+        if let last = dirtyBlocks.indices.last, dirtyBlocks[last] {
+            dirtyBytes -= SimulatedDevice.stateBlockSize - blockLength(last)
+        }
         var p = UInt64(dirtyBytes + dirtyBlockCount * SimulatedStream.blockRecordOverhead)
         if !headerSent { p += UInt64(SimulatedStream.headerSize) }
         if !current.contains(.running) { p += UInt64(SimulatedStream.trailerSize) }
@@ -420,7 +426,9 @@ public final class SimulatedDevice: MigrationRegion, @unchecked Sendable {
             SimulatedStream.appendHeader(&out, stateSize: state.count, blockSize: SimulatedDevice.stateBlockSize)
             headerSent = true
         }
-        var b = 0
+        // Start at the lowest block that may be dirty instead of rescanning from 0
+        // for every chunk (quadratic in the state size otherwise).
+        var b = firstMaybeDirty
         while b < dirtyBlocks.count, dirtyBlockCount > 0 {
             guard dirtyBlocks[b] else { b += 1; continue }
             var bytes = 0
@@ -438,6 +446,7 @@ public final class SimulatedDevice: MigrationRegion, @unchecked Sendable {
             recordCount += 1
             b = end
         }
+        firstMaybeDirty = dirtyBlockCount == 0 ? dirtyBlocks.count : b
         if !current.contains(.running), dirtyBlockCount == 0, !trailerSent,
            out.count + SimulatedStream.trailerSize <= limit {
             let trailer = SimulatedStream.Trailer(stateSize: UInt64(state.count), records: recordCount,
@@ -590,6 +599,7 @@ public final class SimulatedDevice: MigrationRegion, @unchecked Sendable {
         // A new stream carries the whole state: everything counts as unsent.
         for i in dirtyBlocks.indices { dirtyBlocks[i] = true }
         dirtyBlockCount = dirtyBlocks.count
+        firstMaybeDirty = 0
         headerSent = false; trailerSent = false
         streamBytes = 0; recordCount = 0; saveChunks = 0; streamHash = StreamHash()
         for i in dirtyPages.indices { dirtyPages[i] = false }  // tracking starts now

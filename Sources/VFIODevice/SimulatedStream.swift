@@ -84,9 +84,23 @@ enum SimulatedStream {
 struct StreamHash {
     private(set) var value: UInt64 = 0xCBF2_9CE4_8422_2325
 
+    /// Word-wise FNV-style mixing, so the simulator keeps up with the transport.
+    /// Both ends update with the same chunks (the protocol keeps chunk
+    /// boundaries), so a per-update tail is deterministic.
     mutating func update(_ bytes: ArraySlice<UInt8>) {
         var h = value
-        for b in bytes { h = (h ^ UInt64(b)) &* 0x0000_0100_0000_01B3 }
+        bytes.withUnsafeBytes { raw in
+            var i = 0
+            while i + 8 <= raw.count {
+                h = (h ^ raw.loadUnaligned(fromByteOffset: i, as: UInt64.self)) &* 0x0000_0100_0000_01B3
+                h ^= h >> 29
+                i += 8
+            }
+            while i < raw.count {
+                h = (h ^ UInt64(raw[i])) &* 0x0000_0100_0000_01B3
+                i += 1
+            }
+        }
         value = h
     }
 }
