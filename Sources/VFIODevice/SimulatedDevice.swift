@@ -17,6 +17,11 @@ public final class SimulatedDevice: MigrationRegion, @unchecked Sendable {
         /// State bytes mutated per workload step while RUNNING.
         public var stateBytesPerStep: Int
         public var maxChunkSize: Int
+        /// Every Nth copied_pfns answer is ALL when anything in the rest of the
+        /// range is dirty, as a driver whose tracking overflowed reports it
+        /// (0: only when at least half of the rest is dirty). Lets tests see ALL
+        /// deterministically.
+        public var allEvery: Int = 0
         public init(stateSize: Int = 4 << 20, seed: UInt64 = 1, dirtyPagesPerStep: Int = 64,
                     stateBytesPerStep: Int = 16 << 10, maxChunkSize: Int = 1 << 20) {
             self.stateSize = stateSize; self.seed = seed; self.dirtyPagesPerStep = dirtyPagesPerStep
@@ -65,6 +70,8 @@ public final class SimulatedDevice: MigrationRegion, @unchecked Sendable {
     private var state: [UInt8]
     private var dirtyBlocks: [Bool]
     private var dirtyBlockCount = 0
+    /// copied_pfns answers given for ranges with dirty pages (for `allEvery`).
+    private var bitmapAnswers = 0
     /// No block below this index is dirty.
     private var firstMaybeDirty = 0
     private var faults: [SimulatedFault] = []
@@ -496,7 +503,9 @@ public final class SimulatedDevice: MigrationRegion, @unchecked Sendable {
         let lo = Int(min(start, tracked)), hi = Int(min(start + total, tracked))
         let dirty = dirtyPages[lo..<hi].lazy.filter { $0 }.count
         if dirty == 0 { return MigrationInfo.dirtyPFNsNone }
-        if UInt64(dirty) * 2 >= total {
+        bitmapAnswers += 1
+        let overflowed = configuration.allEvery > 0 && bitmapAnswers % configuration.allEvery == 0
+        if overflowed || UInt64(dirty) * 2 >= total {
             for i in lo..<hi { dirtyPages[i] = false }
             return MigrationInfo.dirtyPFNsAll
         }

@@ -3,7 +3,7 @@ import MigrationEngine
 import VFIODevice
 
 /// `--device NAME=BACKEND` as typed by the operator.
-///   sim:[state=SIZE,seed=N,dirty=PAGES,churn=SIZE,chunk=SIZE]
+///   sim:[state=SIZE,seed=N,dirty=PAGES,churn=SIZE,chunk=SIZE,allevery=N]
 ///   file:PATH[@OFFSET][,size=SIZE]
 ///   vfio:GROUP/DEVICE
 /// Any form may end with `,compat=STRING` (the opaque compatibility string in HELLO).
@@ -50,7 +50,8 @@ struct DeviceSpec: Sendable, CustomStringConvertible {
                 case "dirty": guard let v = Int(kv[1]), v >= 0 else { throw CLIError.badDevice(text, "dirty must be a page count") }; config.dirtyPagesPerStep = v
                 case "churn": config.stateBytesPerStep = Int(try parseSize(kv[1], what: "churn"))
                 case "chunk": config.maxChunkSize = Int(try parseSize(kv[1], what: "chunk"))
-                default: throw CLIError.badDevice(text, "unknown sim option \(kv[0]) (state, seed, dirty, churn, chunk, compat)")
+                case "allevery": guard let v = Int(kv[1]), v >= 0 else { throw CLIError.badDevice(text, "allevery must be a count") }; config.allEvery = v
+                default: throw CLIError.badDevice(text, "unknown sim option \(kv[0]) (state, seed, dirty, churn, chunk, allevery, compat)")
                 }
             }
             backend = .sim(config)

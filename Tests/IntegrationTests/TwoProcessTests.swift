@@ -83,7 +83,7 @@ struct TwoProcessTests {
         let dir = try Self.tempDir()
         defer { try? FileManager.default.removeItem(atPath: dir) }
         try Self.makeMemory("\(dir)/src.mem", pages: 4096)
-        let devices = ["--device", "gpu0=sim:state=2M,seed=1,dirty=48,churn=8K,chunk=256K",
+        let devices = ["--device", "gpu0=sim:state=2M,seed=1,dirty=48,churn=8K,chunk=256K,allevery=3",
                        "--device", "nic0=sim:state=512K,seed=2,dirty=8,churn=4K,chunk=64K"]
         let receiver = try Self.start(["receive", "--listen", "127.0.0.1:0", "--port-file", "\(dir)/port",
                                        "--memory", "\(dir)/dst.mem", "--memory-size", "16M", "--create-memory",

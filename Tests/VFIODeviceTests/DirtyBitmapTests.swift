@@ -38,6 +38,23 @@ import Testing
         #expect(sim.dirtyPageCount == 0)
     }
 
+    @Test func allEveryReportsAllOnSchedule() throws {
+        let mem = try makeGuest(pages: 2048)
+        var config = smallConfig(seed: 7)
+        config.allEvery = 2
+        let sim = SimulatedDevice(configuration: config, guestMemory: mem)
+        let dev = MigrationDevice(name: "sim", region: sim)
+        try dev.setState([.saving, .running])
+        let source = RegionDirtyPageSource(device: dev)
+        var kinds: [DirtyPages] = []
+        for round in 0..<4 {
+            sim.simulateDMA(toPages: [UInt64(10 + round)])  // one sparse page: never ALL by density
+            kinds += try source.query(startPFN: 0, pageSize: 4096, totalPFNs: 2048).map(\.pages).filter { $0 == .all }
+        }
+        #expect(kinds.count == 2, "every second answer for a dirty range is ALL")
+        #expect(try source.query(startPFN: 0, pageSize: 4096, totalPFNs: 2048).map(\.pages) == [.none], "NONE stays NONE")
+    }
+
     @Test func partialCountsTakeSeveralRounds() throws {
         let (sim, dev, _) = try saving()
         let dirty: [UInt64] = stride(from: 5, to: 2048, by: 37).map { UInt64($0) }
