@@ -47,7 +47,7 @@ final class FrameChannel: @unchecked Sendable {
         writeLock.lock()
         defer { writeLock.unlock() }
         var bytes: [UInt8] = []
-        for (body, device) in batch { bytes += encoder.encode(body, device: device) }
+        for (body, device) in batch { encoder.encode(body, device: device, appendingTo: &bytes) }
         try stream.write(bytes)
         bytesOut += UInt64(bytes.count)
         lastWrite = .now

@@ -7,6 +7,19 @@ struct ByteWriter {
         bytes.reserveCapacity(capacity)
     }
 
+    /// Continues an existing buffer (its storage moves in; `take()` hands it back).
+    init(continuing buffer: inout [UInt8], reserving extra: Int) {
+        bytes = []
+        swap(&bytes, &buffer)
+        bytes.reserveCapacity(bytes.count + extra)
+    }
+
+    mutating func take() -> [UInt8] {
+        var out: [UInt8] = []
+        swap(&out, &bytes)
+        return out
+    }
+
     mutating func u8(_ v: UInt8) { bytes.append(v) }
     mutating func u16(_ v: UInt16) { bytes.append(UInt8(truncatingIfNeeded: v)); bytes.append(UInt8(truncatingIfNeeded: v >> 8)) }
     mutating func u32(_ v: UInt32) { for i in 0..<4 { bytes.append(UInt8(truncatingIfNeeded: v >> (8 * UInt32(i)))) } }

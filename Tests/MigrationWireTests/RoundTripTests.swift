@@ -30,6 +30,21 @@ import Testing
         #expect(encoder.nextSequence == 5)
     }
 
+    @Test func appendingEncodesTheSameBytesAsSeparateFrames() {
+        let bodies: [(FrameBody, UInt32)] = [
+            (.keepAlive, 0),
+            (.deviceData(DeviceData(phase: .precopy, encoding: .raw, originalLength: 3, payload: [1, 2, 3])), 2),
+            (.complete, 0),
+        ]
+        var separate = FrameEncoder(), appending = FrameEncoder()
+        var expected: [UInt8] = []
+        for (b, d) in bodies { expected += separate.encode(b, device: d) }
+        var buffer: [UInt8] = [0xAA]  // appends after what is there
+        for (b, d) in bodies { appending.encode(b, device: d, appendingTo: &buffer) }
+        #expect(buffer == [0xAA] + expected)
+        #expect(appending.nextSequence == 3)
+    }
+
     /// Whole sessions decode to exactly the frames encoded, whatever the read sizes.
     @Test func sessionsDecodeWithArbitrarySplits() throws {
         var gen = FrameGenerator(seed: 42)
