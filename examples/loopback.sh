@@ -11,7 +11,7 @@ trap 'kill $rpid 2>/dev/null || true; rm -rf "$work"' EXIT
 
 # Source guest memory: some content so there is something to move.
 head -c 64M /dev/urandom > "$work/src.mem"
-devices=(--device gpu0=sim:state=16M,seed=1 --device nic0=sim:state=4M,seed=2)
+devices=(--device gpu0=sim:state=16M,seed=1,dirty=4,churn=1K --device nic0=sim:state=4M,seed=2,dirty=2,churn=512)
 
 "$bin" receive --listen 127.0.0.1:0 --port-file "$work/port" \
   --ca certs/dev/ca.pem --cert certs/dev/destination.pem --key certs/dev/destination-key.pem \

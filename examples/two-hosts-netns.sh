@@ -33,7 +33,7 @@ ip -n "$src" link set lo up
 ip -n "$dst" link set lo up
 
 head -c 128M /dev/urandom > "$work/src.mem"
-devices=(--device gpu0=sim:state=32M,seed=1 --device nic0=sim:state=8M,seed=2)
+devices=(--device gpu0=sim:state=32M,seed=1,dirty=4,churn=1K --device nic0=sim:state=8M,seed=2,dirty=2,churn=512)
 ip netns exec "$dst" "$bin" receive --listen 192.0.2.2:7070 \
   --ca certs/dev/ca.pem --cert certs/dev/destination.pem --key certs/dev/destination-key.pem \
   --peer-name source.vfio-migrate.test --accept-timeout 60 \
