@@ -52,6 +52,8 @@ struct Bench: ParsableCommand {
             if json {
                 let data = try JSONSerialization.data(withJSONObject: report.json(), options: [.sortedKeys, .prettyPrinted])
                 FileHandle.standardOutput.write(data + Data("\n".utf8))
+                // The table too, for the person watching: stdout stays pure JSON.
+                FileHandle.standardError.write(Data((report.table() + "\n").utf8))
             } else {
                 print(report.table())
             }

@@ -94,8 +94,15 @@ final class BenchChild: @unchecked Sendable {
         }
     }
 
+    /// VFIO_BENCH_TRACE=1: every sample and event on stderr, to see where a peak comes from.
+    static let trace = ProcessInfo.processInfo.environment["VFIO_BENCH_TRACE"] == "1"
+    private func traceLine(_ s: String) {
+        FileHandle.standardError.write(Data(String(format: "trace %8.3f %@ %@\n", (ContinuousClock.now - started).seconds, name, s).utf8))
+    }
+
     private func handleEvent(_ o: [String: Any]) {
         let event = o["event"] as? String
+        if Self.trace, event != "progress" { traceLine("event \(event ?? "?") \(o["phase"] ?? "")") }
         // CPU read at the event itself: separates start-up (corpus image, certificates) and the dump from the migration.
         let cpu = (event == "connected" || event == "finished") ? ProcSample.read(pid: pid) : nil
         lock.lock()
@@ -112,6 +119,7 @@ final class BenchChild: @unchecked Sendable {
     func sample() {
         let s = ProcSample.read(pid: pid)
         guard s.ok else { return }
+        if Self.trace { traceLine("rssAnon \(s.rssAnon >> 20) MiB cpu \(s.cpuSeconds)") }
         lock.lock()
         lastCPU = max(lastCPU, s.cpuSeconds)
         if !cutoff { record(s) }

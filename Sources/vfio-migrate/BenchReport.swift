@@ -10,6 +10,8 @@ struct BenchReport {
     var baselines: [BenchRow] = []
     var runs: [BenchRow] = []
     var targets: [BenchTarget] = []
+    /// The machine is shared: the load when the bench started says how much to trust the figures.
+    let loadAverage = (try? String(contentsOfFile: "/proc/loadavg", encoding: .utf8))?.split(separator: " ").prefix(3).joined(separator: " ") ?? "?"
 
     static let mib = 1024.0 * 1024.0
     static let memoryLimit: UInt64 = 128 << 20
@@ -97,7 +99,7 @@ struct BenchReport {
         var out: [String] = []
         let s = settings
         out.append("vfio-migrate bench: guest \(formatBytes(corpus.memoryBytes)) + device state \(formatBytes(corpus.stateBytes)) = \(String(format: "%.0f", Double(corpus.totalBytes) / 1e6)) MB; pages \(corpus.zeroPages) zero / \(corpus.binaryPages) binary / \(corpus.randomPages) random (seed \(s.seed), \(corpus.libraries.count) libraries)")
-        out.append("workload \(s.workloadName) every \(s.workloadMs) ms (dirty \(s.dirtyPages) pages, churn \(formatBytes(UInt64(s.churn))) per step), --downtime-ms \(Int(s.downtimeMs)), \(ProcessInfo.processInfo.activeProcessorCount) cores; MB = 10^6 bytes of guest+device data per second of wall time")
+        out.append("workload \(s.workloadName) every \(s.workloadMs) ms (dirty \(s.dirtyPages) pages, churn \(formatBytes(UInt64(s.churn))) per step), --downtime-ms \(Int(s.downtimeMs)), \(ProcessInfo.processInfo.activeProcessorCount) cores, load average at start \(loadAverage); MB = 10^6 bytes of guest+device data per second of wall time")
         out.append("")
         let header = ["row", "wall s", "MB/s", "wire MiB", "downtime ms", "iter", "RssAnon src/dst MiB (net)", "CPU s src/dst", "ratio", "target"]
         var rows: [[String]] = [header]
@@ -153,7 +155,8 @@ struct BenchReport {
         var o: [String: Any] = [
             "settings": ["memory_bytes": s.memoryBytes, "state_bytes": s.stateBytes, "compress": s.modes, "workload": s.workloadName,
                          "workload_ms": s.workloadMs, "dirty_pages_per_step": s.dirtyPages, "churn_bytes_per_step": s.churn,
-                         "downtime_ms": s.downtimeMs, "runs": s.runs, "seed": s.seed, "cores": ProcessInfo.processInfo.activeProcessorCount] as [String: Any],
+                         "downtime_ms": s.downtimeMs, "runs": s.runs, "seed": s.seed, "cores": ProcessInfo.processInfo.activeProcessorCount,
+                         "load_average_at_start": loadAverage] as [String: Any],
             "corpus": ["memory_bytes": corpus.memoryBytes, "state_bytes": corpus.stateBytes, "zero_pages": corpus.zeroPages,
                        "binary_pages": corpus.binaryPages, "random_pages": corpus.randomPages, "libraries": corpus.libraries,
                        "library_bytes_read": corpus.libraryBytes, "generation_seconds": corpus.seconds] as [String: Any],
