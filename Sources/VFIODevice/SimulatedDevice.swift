@@ -22,10 +22,14 @@ public final class SimulatedDevice: MigrationRegion, @unchecked Sendable {
         /// (0: only when at least half of the rest is dirty). Lets tests see ALL
         /// deterministically.
         public var allEvery: Int = 0
+        /// The device's initial state content (e.g. a benchmark corpus) instead of
+        /// seeded random bytes; its length becomes `stateSize`. Not kept after init.
+        public var initialState: [UInt8]?
         public init(stateSize: Int = 4 << 20, seed: UInt64 = 1, dirtyPagesPerStep: Int = 64,
-                    stateBytesPerStep: Int = 16 << 10, maxChunkSize: Int = 1 << 20) {
+                    stateBytesPerStep: Int = 16 << 10, maxChunkSize: Int = 1 << 20, initialState: [UInt8]? = nil) {
             self.stateSize = stateSize; self.seed = seed; self.dirtyPagesPerStep = dirtyPagesPerStep
             self.stateBytesPerStep = stateBytesPerStep; self.maxChunkSize = maxChunkSize
+            self.initialState = initialState
         }
     }
 
@@ -113,6 +117,11 @@ public final class SimulatedDevice: MigrationRegion, @unchecked Sendable {
 
     public init(configuration: Configuration, guestMemory: GuestMemory?) {
         var config = configuration
+        let initial = config.initialState.flatMap { $0.isEmpty ? nil : $0 }
+        // Dropped from the stored configuration: a second reference would make the
+        // first workload write copy the whole state (copy-on-write).
+        config.initialState = nil
+        if let initial { config.stateSize = initial.count }
         config.stateSize = max(1, config.stateSize)
         config.dirtyPagesPerStep = max(0, config.dirtyPagesPerStep)
         config.stateBytesPerStep = max(0, config.stateBytesPerStep)
@@ -123,10 +132,14 @@ public final class SimulatedDevice: MigrationRegion, @unchecked Sendable {
         self.regionSize = SimulatedDevice.slotSize * SimulatedDevice.slotCount + UInt64(capacity)
         self.guestMemory = guestMemory
         self.rng = SplitMix64(seed: config.seed ^ 0x5EED_0F_D1CE)
-        var initial = SplitMix64(seed: config.seed)
-        var bytes = [UInt8](repeating: 0, count: config.stateSize)
-        initial.fill(&bytes, range: 0..<bytes.count)
-        self.state = bytes
+        if let initial {
+            self.state = initial
+        } else {
+            var seeded = SplitMix64(seed: config.seed)
+            var bytes = [UInt8](repeating: 0, count: config.stateSize)
+            seeded.fill(&bytes, range: 0..<bytes.count)
+            self.state = bytes
+        }
         let blocks = (config.stateSize + SimulatedDevice.stateBlockSize - 1) / SimulatedDevice.stateBlockSize
         self.dirtyBlocks = [Bool](repeating: false, count: blocks)
         self.dirtyPages = [Bool](repeating: false, count: Int(guestMemory?.pageCount ?? 0))

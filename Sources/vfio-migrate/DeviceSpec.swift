@@ -3,7 +3,7 @@ import MigrationEngine
 import VFIODevice
 
 /// `--device NAME=BACKEND` as typed by the operator.
-///   sim:[state=SIZE,seed=N,dirty=PAGES,churn=SIZE,chunk=SIZE,allevery=N]
+///   sim:[state=SIZE,seed=N,dirty=PAGES,churn=SIZE,chunk=SIZE,allevery=N,image=PATH]
 ///   file:PATH[@OFFSET][,size=SIZE]
 ///   vfio:GROUP/DEVICE
 /// Any form may end with `,compat=STRING` (the opaque compatibility string in HELLO).
@@ -41,18 +41,29 @@ struct DeviceSpec: Sendable, CustomStringConvertible {
         switch kind {
         case "sim":
             var config = SimulatedDevice.Configuration()
+            var stateGiven = false
+            var image: String?
             for p in parts where !p.isEmpty {
                 let kv = p.split(separator: "=", maxSplits: 1).map(String.init)
                 guard kv.count == 2 else { throw CLIError.badDevice(text, "sim option \(p) is not KEY=VALUE") }
                 switch kv[0] {
-                case "state": config.stateSize = Int(try parseSize(kv[1], what: "state"))
+                case "state": config.stateSize = Int(try parseSize(kv[1], what: "state")); stateGiven = true
+                case "image": image = kv[1]
                 case "seed": guard let v = UInt64(kv[1]) else { throw CLIError.badDevice(text, "seed must be a number") }; config.seed = v
                 case "dirty": guard let v = Int(kv[1]), v >= 0 else { throw CLIError.badDevice(text, "dirty must be a page count") }; config.dirtyPagesPerStep = v
                 case "churn": config.stateBytesPerStep = Int(try parseSize(kv[1], what: "churn"))
                 case "chunk": config.maxChunkSize = Int(try parseSize(kv[1], what: "chunk"))
                 case "allevery": guard let v = Int(kv[1]), v >= 0 else { throw CLIError.badDevice(text, "allevery must be a count") }; config.allEvery = v
-                default: throw CLIError.badDevice(text, "unknown sim option \(kv[0]) (state, seed, dirty, churn, chunk, allevery, compat)")
+                default: throw CLIError.badDevice(text, "unknown sim option \(kv[0]) (state, seed, dirty, churn, chunk, allevery, image, compat)")
                 }
+            }
+            if let image {
+                let bytes = try readStateImage(image, spec: text)
+                if stateGiven, bytes.count != config.stateSize {
+                    throw CLIError.badDevice(text, "image \(image) has \(bytes.count) bytes, state=\(config.stateSize)")
+                }
+                config.stateSize = bytes.count
+                config.initialState = bytes
             }
             backend = .sim(config)
         case "file":
@@ -80,6 +91,21 @@ struct DeviceSpec: Sendable, CustomStringConvertible {
             throw CLIError.badDevice(text, "unknown backend \(kind) (sim, file, vfio)")
         }
     }
+}
+
+/// The initial device state from a file, read in 1 MiB pieces into one
+/// preallocated array (no transient second copy of a large image).
+private func readStateImage(_ path: String, spec: String) throws -> [UInt8] {
+    guard let handle = FileHandle(forReadingAtPath: path) else { throw CLIError.badDevice(spec, "cannot open image \(path)") }
+    defer { try? handle.close() }
+    let size = (try? handle.seekToEnd()).map(Int.init) ?? 0
+    try handle.seek(toOffset: 0)
+    guard size > 0 else { throw CLIError.badDevice(spec, "image \(path) is empty") }
+    var bytes: [UInt8] = []
+    bytes.reserveCapacity(size)
+    while let piece = try handle.read(upToCount: 1 << 20), !piece.isEmpty { bytes.append(contentsOf: piece) }
+    guard bytes.count == size else { throw CLIError.badDevice(spec, "image \(path) changed while being read") }
+    return bytes
 }
 
 /// `4096`, `64K`, `256M`, `1G` (binary units).

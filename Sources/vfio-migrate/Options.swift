@@ -31,7 +31,7 @@ struct TLSOptions: ParsableArguments {
 
 struct DeviceOptions: ParsableArguments {
     @Option(name: .customLong("device"), help: ArgumentHelp(
-        "A device: NAME=sim:[state=SIZE,seed=N,dirty=PAGES,churn=SIZE,chunk=SIZE], NAME=file:PATH[@OFFSET], NAME=vfio:GROUP/DEVICE; any may end in ,compat=STRING. Repeatable; order matters.",
+        "A device: NAME=sim:[state=SIZE,seed=N,dirty=PAGES,churn=SIZE,chunk=SIZE,allevery=N,image=PATH], NAME=file:PATH[@OFFSET], NAME=vfio:GROUP/DEVICE; any may end in ,compat=STRING. Repeatable; order matters.",
         valueName: "name=backend"))
     var devices: [String] = []
     @Option(help: "Guest memory: a shared file (memory-backend-file, hugetlbfs).")

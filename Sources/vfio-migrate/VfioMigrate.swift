@@ -15,7 +15,7 @@ struct VfioMigrate: ParsableCommand {
         2 failed before COMMIT and rolled back (the source runs the devices again, the destination never ran them); \
         3 failed after COMMIT (an operator must check where the VM runs); 64 usage error.
         """,
-        subcommands: [Demo.self, Send.self, Receive.self],
+        subcommands: [Demo.self, Send.self, Receive.self, Bench.self, BenchTLSSink.self, BenchTLSSource.self, BenchTCPSink.self, BenchTCPSource.self],
         defaultSubcommand: Demo.self)
 }
 
