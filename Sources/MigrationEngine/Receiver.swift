@@ -44,6 +44,7 @@ public final class Receiver: @unchecked Sendable {
         var stats = MigrationStats(role: "destination")
         var phase = MigrationPhase.hello
         var touched = false
+        var received = MigrationPhase.precopy   // the latest phase seen in the source's frames
         var keepAlive: KeepAlive?
         var pipeline: OrderedPipeline<Frame, Applicable>?
         let channel = FrameChannel(stream: stream, peer: .source, limits: options.limits)
@@ -110,9 +111,11 @@ public final class Receiver: @unchecked Sendable {
                     throw MigrationFailureBox(.peerAborted(a.reason, a.message))
                 case .deviceData(let d) where d.phase == .stopcopy:
                     applier.noteStopCopy()
+                    if received == .precopy { received = .stopcopy }
                     try applyPipeline.submit(frame)
                     continue
                 default:
+                    if case .complete = frame.body { received = .complete }
                     try applyPipeline.submit(frame)
                     phase = applier.phase
                     continue
@@ -159,6 +162,13 @@ public final class Receiver: @unchecked Sendable {
             var device = (error as? MigrationFailureBox)?.device
             var disposition = (error as? MigrationError)?.disposition ?? (touched ? .rolledBack : .notStarted)
             if let e = error as? MigrationError { phase = e.phase; device = e.device }
+            // The applier runs ahead of the reader's last look: a destination that has
+            // verified everything and sent READY must not say it failed in pre-copy.
+            else if touched {
+                for later in [received, applier.phase] where Self.order.firstIndex(of: later)! > Self.order.firstIndex(of: phase) ?? 0 {
+                    phase = later
+                }
+            }
             if isCancelled { failure = .cancelled; device = nil }
             if disposition == .afterCommit { throw error }
             if let e = pipeline?.error, (error as? MigrationFailureBox).map({ if case .peerClosed = $0.failure { return true } else { return false } }) ?? false {
@@ -182,6 +192,7 @@ public final class Receiver: @unchecked Sendable {
     }
 
     private var isCancelled: Bool { lock.lock(); defer { lock.unlock() }; return cancelled }
+    private static let order: [MigrationPhase] = [.precopy, .stopcopy, .complete, .ready]
 }
 
 extension MigrationFailure {

@@ -130,14 +130,14 @@ struct ConnectionFaultTests {
             // when it noticed; the destination names the phase of what it had applied.
             try Guarantee.rolledBack(o, pair, sourcePhase: [.precopy, .stopcopy, .ready], destinationPhase: [.precopy])
         case .stopAndCopy:
-            try Guarantee.rolledBack(o, pair, sourcePhase: [.stopcopy, .ready], destinationPhase: [.precopy, .stopcopy])
+            try Guarantee.rolledBack(o, pair, sourcePhase: [.stopcopy, .ready], destinationPhase: [.precopy])
             // The source stopped its device (SAVING) and ran it again.
             #expect(pair.sourceRegions[0].stateWrites.suffix(2) == [.saving, .running], "\(pair.sourceRegions[0].stateWrites)")
         case .afterComplete, .beforeReady:
             // COMPLETE reached the destination (it may have verified and sent READY) but the
             // source never saw READY: both roll back.
             try Guarantee.rolledBack(o, pair, sourcePhase: [.ready],
-                                     destinationPhase: point == .beforeReady ? [.ready] : [.stopcopy, .ready])
+                                     destinationPhase: point == .beforeReady ? [.ready] : [.complete, .ready])
         case .beforeCommit:
             // COMMIT was sent and lost: the source must not run the device again (exit 3,
             // an operator decides); the destination never got COMMIT, so it never resumes.
