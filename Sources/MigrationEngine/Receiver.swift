@@ -182,7 +182,7 @@ public final class Receiver: @unchecked Sendable {
             stream.writeTimeoutSeconds = 2
             keepAlive?.stop()
             if disposition != .notStarted || !(failure.isPeerAbort) {
-                try? channel.send(.abort(Abort(reason: failure.abortReason, message: "destination: \(failure)")))
+                try? channel.send(.abort(Abort(reason: failure.abortReason, message: "destination, phase \(phase)\(device.map { ", device \($0)" } ?? ""): \(failure)")))
             }
             stream.close()
             if phase == .hello && !touched { disposition = .notStarted }
