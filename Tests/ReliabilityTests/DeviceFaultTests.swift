@@ -87,4 +87,22 @@ struct DeviceFaultTests {
         // The failing device is not RUNNING (it stays in RESUMING for the operator).
         #expect(try pair.destination[1].device.readState() == .resuming)
     }
+    /// The destination's driver refuses the *last* chunk: by then the source has sent
+    /// COMPLETE and only sends keep-alives while it waits for READY. The destination must
+    /// act on its applier's failure at once, not wait for a frame that never comes.
+    @Test func lastResumeChunkRejectedWhileTheSourceWaitsForReady() throws {
+        let m = try FrameMap.measured.get()
+        let chunks = m.toReceiver.filter { $0.type == 2 }.count
+        let pair = try FrameMap.scenario()
+        pair.destinationSims[0].inject(.rejectResumeData(chunk: chunks - 1))
+        let started = ContinuousClock.now
+        let o = try Rig.migrate(pair, options: Rig.senderOptions(peerTimeout: 4), receiverOptions: Rig.receiverOptions(peerTimeout: 4))
+        let elapsed = (ContinuousClock.now - started).seconds
+        #expect(elapsed < 4, "the failure is reported at once, not after a timeout: \(elapsed) s")
+        try Guarantee.rolledBack(o, pair, sourcePhase: [.stopcopy, .ready], destinationPhase: [.stopcopy, .complete])
+        guard let d = o.destinationError, let s = o.sourceError else { return }
+        #expect("\(d)".containsAll("device gpu0", "resume chunk \(chunks - 1) rejected"), "\(d)")
+        guard case .peerAborted(.deviceError, let message) = s.failure else { Issue.record("source: \(s.failure)"); return }
+        #expect(message.contains("gpu0"))
+    }
 }
