@@ -99,10 +99,13 @@ public final class Receiver: @unchecked Sendable {
             pipeline = applyPipeline
 
             // Read until COMMIT; everything before it goes through the ordered applier.
+            // Short reads: an applier or decompression failure is acted on at once, even
+            // while the source only sends keep-alives (which `receive` swallows).
+            stream.readTimeoutSeconds = min(Self.pollSeconds, options.peerTimeoutSeconds)
             while true {
                 if isCancelled { throw MigrationFailureBox(.cancelled) }
                 if let e = applyPipeline.error { throw e }
-                let frame = try channel.receive()
+                let frame = try receive(channel, failingWith: applyPipeline)
                 switch frame.body {
                 case .commit:
                     try applyPipeline.finish()
@@ -192,6 +195,27 @@ public final class Receiver: @unchecked Sendable {
     }
 
     private var isCancelled: Bool { lock.lock(); defer { lock.unlock() }; return cancelled }
+
+    private static let pollSeconds = 0.2
+
+    /// The next frame. Throws the pipeline's error as soon as it fails, and a read
+    /// timeout only after `peerTimeoutSeconds` without a byte (keep-alives count).
+    private func receive(_ channel: FrameChannel, failingWith pipeline: OrderedPipeline<Frame, Applicable>) throws -> Frame {
+        var seen = channel.wireBytesReceived
+        var lastByte = ContinuousClock.now
+        while true {
+            if let e = pipeline.error { throw e }
+            if isCancelled { throw MigrationFailureBox(.cancelled) }
+            do { return try channel.receive() } catch let e as TLSError {
+                guard case .readTimeout = e else { throw e }
+                if channel.wireBytesReceived != seen {
+                    seen = channel.wireBytesReceived; lastByte = .now
+                } else if (ContinuousClock.now - lastByte).seconds >= options.peerTimeoutSeconds {
+                    throw TLSError.readTimeout(seconds: options.peerTimeoutSeconds)
+                }
+            }
+        }
+    }
     private static let order: [MigrationPhase] = [.precopy, .stopcopy, .complete, .ready]
 }
 
