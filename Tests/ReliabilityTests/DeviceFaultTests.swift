@@ -105,4 +105,18 @@ struct DeviceFaultTests {
         guard case .peerAborted(.deviceError, let message) = s.failure else { Issue.record("source: \(s.failure)"); return }
         #expect(message.contains("gpu0"))
     }
+    /// The rollback itself fails (the device refuses RUNNING): the error must say so, with
+    /// the device, instead of claiming a clean rollback.
+    @Test func failedRollbackIsReportedWithTheDevice() throws {
+        let pair = try Self.pair()
+        pair.sourceSims[1].inject(.failSaveRead(chunk: 2))
+        pair.sourceSims[1].inject(.failTransition(to: .running))
+        let o = try Rig.migrate(pair)
+        guard let s = o.sourceError else { Issue.record("source should fail: \(o.source)"); return }
+        #expect(s.rollbackFailure?.contains("nic0") ?? false, "\(s)")
+        #expect("\(s)".containsAll("device nic0", "rollback failed", "did not reach RUNNING"), "\(s)")
+        #expect(try pair.source[0].device.readState() == .running, "the other device was rolled back")
+        #expect(try pair.source[1].device.readState() == [.saving, .running], "nic0 reads back where it was left")
+        Guarantee.destinationNeverRan(pair)
+    }
 }
