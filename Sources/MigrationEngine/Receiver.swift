@@ -185,7 +185,11 @@ public final class Receiver: @unchecked Sendable {
             stream.writeTimeoutSeconds = 2
             keepAlive?.stop()
             if disposition != .notStarted || !(failure.isPeerAbort) {
-                try? channel.send(.abort(Abort(reason: failure.abortReason, message: "destination, phase \(phase)\(device.map { ", device \($0)" } ?? ""): \(failure)")))
+                if (try? channel.send(.abort(Abort(reason: failure.abortReason, message: "destination, phase \(phase)\(device.map { ", device \($0)" } ?? ""): \(failure)")))) != nil {
+                    // close_notify, then read until the source closes (bounded): closing with its
+                    // data unread would reset the connection and could destroy the ABORT (§2.4).
+                    try? stream.shutdown()
+                }
             }
             stream.close()
             if phase == .hello && !touched { disposition = .notStarted }
