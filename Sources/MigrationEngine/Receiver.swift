@@ -44,6 +44,7 @@ public final class Receiver: @unchecked Sendable {
         var stats = MigrationStats(role: "destination")
         var phase = MigrationPhase.hello
         var touched = false
+        var received = MigrationPhase.precopy   // the latest phase seen in the source's frames
         var keepAlive: KeepAlive?
         var pipeline: OrderedPipeline<Frame, Applicable>?
         let channel = FrameChannel(stream: stream, peer: .source, limits: options.limits)
@@ -98,10 +99,13 @@ public final class Receiver: @unchecked Sendable {
             pipeline = applyPipeline
 
             // Read until COMMIT; everything before it goes through the ordered applier.
+            // Short reads: an applier or decompression failure is acted on at once, even
+            // while the source only sends keep-alives (which `receive` swallows).
+            stream.readTimeoutSeconds = min(Self.pollSeconds, options.peerTimeoutSeconds)
             while true {
                 if isCancelled { throw MigrationFailureBox(.cancelled) }
                 if let e = applyPipeline.error { throw e }
-                let frame = try channel.receive()
+                let frame = try receive(channel, failingWith: applyPipeline)
                 switch frame.body {
                 case .commit:
                     try applyPipeline.finish()
@@ -110,9 +114,11 @@ public final class Receiver: @unchecked Sendable {
                     throw MigrationFailureBox(.peerAborted(a.reason, a.message))
                 case .deviceData(let d) where d.phase == .stopcopy:
                     applier.noteStopCopy()
+                    if received == .precopy { received = .stopcopy }
                     try applyPipeline.submit(frame)
                     continue
                 default:
+                    if case .complete = frame.body { received = .complete }
                     try applyPipeline.submit(frame)
                     phase = applier.phase
                     continue
@@ -159,6 +165,13 @@ public final class Receiver: @unchecked Sendable {
             var device = (error as? MigrationFailureBox)?.device
             var disposition = (error as? MigrationError)?.disposition ?? (touched ? .rolledBack : .notStarted)
             if let e = error as? MigrationError { phase = e.phase; device = e.device }
+            // The applier runs ahead of the reader's last look: a destination that has
+            // verified everything and sent READY must not say it failed in pre-copy.
+            else if touched {
+                for later in [received, applier.phase] where Self.order.firstIndex(of: later)! > Self.order.firstIndex(of: phase) ?? 0 {
+                    phase = later
+                }
+            }
             if isCancelled { failure = .cancelled; device = nil }
             if disposition == .afterCommit { throw error }
             if let e = pipeline?.error, (error as? MigrationFailureBox).map({ if case .peerClosed = $0.failure { return true } else { return false } }) ?? false {
@@ -172,7 +185,11 @@ public final class Receiver: @unchecked Sendable {
             stream.writeTimeoutSeconds = 2
             keepAlive?.stop()
             if disposition != .notStarted || !(failure.isPeerAbort) {
-                try? channel.send(.abort(Abort(reason: failure.abortReason, message: "destination: \(failure)")))
+                if (try? channel.send(.abort(Abort(reason: failure.abortReason, message: "destination, phase \(phase)\(device.map { ", device \($0)" } ?? ""): \(failure)")))) != nil {
+                    // close_notify, then read until the source closes (bounded): closing with its
+                    // data unread would reset the connection and could destroy the ABORT (§2.4).
+                    try? stream.shutdown()
+                }
             }
             stream.close()
             if phase == .hello && !touched { disposition = .notStarted }
@@ -182,6 +199,28 @@ public final class Receiver: @unchecked Sendable {
     }
 
     private var isCancelled: Bool { lock.lock(); defer { lock.unlock() }; return cancelled }
+
+    private static let pollSeconds = 0.2
+
+    /// The next frame. Throws the pipeline's error as soon as it fails, and a read
+    /// timeout only after `peerTimeoutSeconds` without a byte (keep-alives count).
+    private func receive(_ channel: FrameChannel, failingWith pipeline: OrderedPipeline<Frame, Applicable>) throws -> Frame {
+        var seen = channel.wireBytesReceived
+        var lastByte = ContinuousClock.now
+        while true {
+            if let e = pipeline.error { throw e }
+            if isCancelled { throw MigrationFailureBox(.cancelled) }
+            do { return try channel.receive() } catch let e as TLSError {
+                guard case .readTimeout = e else { throw e }
+                if channel.wireBytesReceived != seen {
+                    seen = channel.wireBytesReceived; lastByte = .now
+                } else if (ContinuousClock.now - lastByte).seconds >= options.peerTimeoutSeconds {
+                    throw TLSError.readTimeout(seconds: options.peerTimeoutSeconds)
+                }
+            }
+        }
+    }
+    private static let order: [MigrationPhase] = [.precopy, .stopcopy, .complete, .ready]
 }
 
 extension MigrationFailure {

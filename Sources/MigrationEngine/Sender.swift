@@ -285,7 +285,7 @@ public final class Sender: @unchecked Sendable {
             stream.writeTimeoutSeconds = 2
             pipeline?.abort(error)
             keepAlive?.stop()
-            try? channel.send(.abort(Abort(reason: failure.abortReason, message: "source: \(failure)")))
+            try? channel.send(.abort(Abort(reason: failure.abortReason, message: "source, phase \(phase)\(device.map { ", device \($0)" } ?? ""): \(failure)")))
             stream.close()
             options.logger.notice("migration failed", metadata: ["phase": "\(phase)", "device": "\(device ?? "-")", "cause": "\(failure)", "rolled_back": "\(leftRunning.map { devices[$0].name })"])
             throw MigrationError(phase: phase, device: device, failure: failure,

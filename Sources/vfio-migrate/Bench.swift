@@ -45,7 +45,7 @@ struct Bench: ParsableCommand {
     var compare: String?
 
     func run() throws {
-        ignoreSIGPIPE()
+        ProcessSetup.apply()
         do {
             let settings = try BenchSettings(self)
             let report = try BenchRunner(settings: settings).run()

@@ -48,7 +48,7 @@ struct BenchTLSSink: ParsableCommand {
     @OptionGroup var tls: TLSOptions
 
     func run() throws {
-        ignoreSIGPIPE()
+        ProcessSetup.apply()
         let context = try TLSContext(configuration: tls.configuration(defaultCert: "destination", defaultPeer: "source"), role: .server)
         let listener = try TLSListener(endpoint: .tcp(host: "127.0.0.1", port: 0), context: context)
         guard case .tcp(_, let port) = listener.boundEndpoint else { throw CLIError.config("not a TCP listener") }
@@ -76,7 +76,7 @@ struct BenchTLSSource: ParsableCommand {
     @OptionGroup var tls: TLSOptions
 
     func run() throws {
-        ignoreSIGPIPE()
+        ProcessSetup.apply()
         let context = try TLSContext(configuration: tls.configuration(defaultCert: "source", defaultPeer: "destination"), role: .client)
         let stream = try TLSConnector.connect(to: try Endpoint(parsing: connect), context: context, timeoutSeconds: 10)
         let start = ContinuousClock.now
@@ -97,7 +97,7 @@ struct BenchTCPSink: ParsableCommand {
     @Option(name: .customLong("port-file")) var portFile: String
 
     func run() throws {
-        ignoreSIGPIPE()
+        ProcessSetup.apply()
         let listener = try PlainTCP.listenLoopback()
         defer { Glibc.close(listener.fd) }
         try "\(listener.port)\n".write(toFile: portFile, atomically: true, encoding: .utf8)
@@ -121,7 +121,7 @@ struct BenchTCPSource: ParsableCommand {
     @Option(name: .customLong("file")) var files: [String]
 
     func run() throws {
-        ignoreSIGPIPE()
+        ProcessSetup.apply()
         let fd = try PlainTCP.connectLoopback(port: port)
         let start = ContinuousClock.now
         var total: UInt64 = 0

@@ -81,9 +81,9 @@ struct OutputOptions: ParsableArguments {
 }
 
 /// Exits with the code of the failure's disposition, after printing it.
-func failureExit(for error: any Error, printer: EventPrinter, side: String) -> ExitCode {
+func failureExit(for error: any Error, printer: EventPrinter, side: String, devices: OpenedDevices? = nil) -> ExitCode {
     if let m = error as? MigrationError {
-        printer.failed(m)
+        printer.failed(m, deviceStates: devices?.readBackStates() ?? [])
         return ExitCode(m.disposition.rawValue)
     }
     let m = MigrationError(phase: .connect, failure: .configuration("\(error)"), disposition: .notStarted)
@@ -121,5 +121,13 @@ enum ProcessSetup {
         // heap: memory stays bounded by the pipeline window all the same.
         mallopt(M_MMAP_THRESHOLD, 64 << 20)
         mallopt(M_TRIM_THRESHOLD, 256 << 20)
+    }
+}
+
+extension OpenedDevices {
+    /// Each device's device_state as read back from its region now (after a failure the
+    /// operator sees where the devices were left, not where the engine meant to leave them).
+    func readBackStates() -> [(name: String, state: String)] {
+        devices.map { d in (d.name, (try? d.readState()).map { "\($0)" } ?? "unreadable") }
     }
 }

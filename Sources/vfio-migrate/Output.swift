@@ -25,7 +25,7 @@ final class EventPrinter: @unchecked Sendable {
     }
 
     /// The final error, in the same form as the events.
-    func failed(_ error: MigrationError) {
+    func failed(_ error: MigrationError, deviceStates: [(name: String, state: String)] = []) {
         lock.lock(); defer { lock.unlock() }
         switch mode {
         case .json:
@@ -34,10 +34,13 @@ final class EventPrinter: @unchecked Sendable {
                                     "exit_code": Int(error.disposition.rawValue), "message": error.description]
             if let d = error.device { o["device"] = d }
             if let r = error.rollbackFailure { o["rollback_failure"] = r }
+            if !deviceStates.isEmpty { o["device_states"] = Dictionary(deviceStates.map { ($0.name, $0.state) }, uniquingKeysWith: { a, _ in a }) }
             writeJSON(o)
         case .human:
             endProgressLine()
-            FileHandle.standardError.write(Data("vfio-migrate \(side): \(error.description)\n".utf8))
+            var text = "vfio-migrate \(side): \(error.description)\n"
+            if !deviceStates.isEmpty { text += "vfio-migrate \(side): device state now: " + deviceStates.map { "\($0.name) \($0.state)" }.joined(separator: ", ") + "\n" }
+            FileHandle.standardError.write(Data(text.utf8))
         }
     }
 

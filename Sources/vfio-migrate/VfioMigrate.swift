@@ -82,7 +82,10 @@ struct Send: ParsableCommand {
             opened = try devices.open(memory: memory)
             sender = Sender(devices: opened.sourceDevices, memory: memory, options: options, events: printer.handle)
             let endpoint = try Endpoint(parsing: connect)
-            stream = try TLSConnector.connect(to: endpoint, context: context, timeoutSeconds: connectTimeout)
+            do { stream = try TLSConnector.connect(to: endpoint, context: context, timeoutSeconds: connectTimeout) } catch let e as TLSError {
+                // Not a configuration problem: name the step that failed and the TLS cause.
+                throw MigrationError(phase: e.isConnectStep ? .connect : .handshake, failure: .tls(e), disposition: .notStarted)
+            }
             printer.handle(.connected(peer: "\(endpoint) (\(stream.peerName))"))
         } catch {
             throw failureExit(for: error, printer: printer, side: "source")
@@ -96,7 +99,7 @@ struct Send: ParsableCommand {
             if let dir = output.dumpState { try opened.dumpState(to: dir) }
         } catch {
             workload.stop()
-            throw failureExit(for: error, printer: printer, side: "source")
+            throw failureExit(for: error, printer: printer, side: "source", devices: opened)
         }
     }
 }
@@ -167,13 +170,23 @@ struct Receive: ParsableCommand {
                 if let dir = output.dumpState { try opened.dumpState(to: dir) }
                 return
             } catch {
-                let code = failureExit(for: error, printer: printer, side: "destination")
+                let code = failureExit(for: error, printer: printer, side: "destination", devices: opened)
                 if keepListening, let m = error as? MigrationError, m.disposition != .afterCommit,
                    !(m.failure.isCancelled) {
                     continue
                 }
                 throw code
             }
+        }
+    }
+}
+
+extension TLSError {
+    /// TCP-level failures (before any TLS byte), as opposed to the handshake.
+    var isConnectStep: Bool {
+        switch self {
+        case .connectFailed, .connectTimeout, .resolveFailed, .invalidEndpoint: return true
+        default: return false
         }
     }
 }
