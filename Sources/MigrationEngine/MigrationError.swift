@@ -16,6 +16,9 @@ public enum FailureDisposition: Int32, Sendable, Codable {
     case rolledBack = 2
     /// Failed after COMMIT was sent: the VM may run nowhere or on the destination; an operator must look.
     case afterCommit = 3
+    /// Failed before COMMIT and a source device could not be set RUNNING again:
+    /// the destination never ran it, so it may run nowhere; an operator must look.
+    case rollbackFailed = 4
 }
 
 /// The cause of a failed migration.
@@ -93,6 +96,7 @@ public struct MigrationError: Error, Sendable, CustomStringConvertible {
         case .notStarted: s += " (nothing was changed)"
         case .rolledBack: s += " (rolled back: no device was resumed on the destination)"
         case .afterCommit: s += " (after COMMIT: operator action needed)"
+        case .rollbackFailed: s += " (rollback FAILED: a source device may not be running; operator action needed)"
         }
         if let rollbackFailure { s += "; rollback failed: \(rollbackFailure)" }
         return s

@@ -45,9 +45,20 @@ final class PeerInbox: @unchecked Sendable {
     }
 
     /// Blocks for the next frame; throws the reader's error once frames run out.
-    func next() throws -> Frame {
+    /// With a deadline, throws a timeout naming `waitingFor` once it passes
+    /// (a peer that sends keep-alives but never answers is still stuck).
+    func next(deadlineSeconds: Double? = nil, waitingFor: String = "the peer") throws -> Frame {
+        let deadline = deadlineSeconds.map { Date(timeIntervalSinceNow: $0) }
         condition.lock(); defer { condition.unlock() }
-        while frames.isEmpty && failure == nil { condition.wait() }
+        while frames.isEmpty && failure == nil {
+            if let deadline {
+                if !condition.wait(until: deadline) && frames.isEmpty && failure == nil {
+                    throw MigrationFailureBox(.timeout("no \(waitingFor) within \(Int(deadlineSeconds!)) s"))
+                }
+            } else {
+                condition.wait()
+            }
+        }
         if !frames.isEmpty { return frames.removeFirst() }
         throw failure!
     }

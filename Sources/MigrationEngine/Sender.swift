@@ -25,6 +25,9 @@ public struct SenderOptions: Sendable {
     public var limits: WireLimits = .default
     /// Guest pages per PAGES frame.
     public var pagesPerFrame: Int = 256
+    /// After COMPLETE, how long the destination may take to apply, verify and
+    /// answer READY (keep-alives alone do not extend it).
+    public var readyTimeoutSeconds: Double = 120
     /// Diagnostics (phases at info, iterations at debug, frames at trace).
     public var logger = Logger(label: "vfio-migrate.source")
     public init() {}
@@ -216,7 +219,7 @@ public final class Sender: @unchecked Sendable {
             // Wait for READY: the destination has applied and verified everything.
             phase = .ready
             events(.phase(.ready))
-            let ready = try inbox!.next()
+            let ready = try inbox!.next(deadlineSeconds: options.readyTimeoutSeconds, waitingFor: "READY from the destination")
             switch ready.body {
             case .ready: break
             case .abort(let a): throw MigrationFailureBox(.peerAborted(a.reason, a.message))
@@ -288,8 +291,10 @@ public final class Sender: @unchecked Sendable {
             try? channel.send(.abort(Abort(reason: failure.abortReason, message: "source, phase \(phase)\(device.map { ", device \($0)" } ?? ""): \(failure)")))
             stream.close()
             options.logger.notice("migration failed", metadata: ["phase": "\(phase)", "device": "\(device ?? "-")", "cause": "\(failure)", "rolled_back": "\(leftRunning.map { devices[$0].name })"])
+            let disposition: FailureDisposition = !rollbackProblems.isEmpty ? .rollbackFailed
+                : (leftRunning.isEmpty && phase == .hello ? .notStarted : .rolledBack)
             throw MigrationError(phase: phase, device: device, failure: failure,
-                                 disposition: leftRunning.isEmpty && phase == .hello ? .notStarted : .rolledBack,
+                                 disposition: disposition,
                                  rollbackFailure: rollbackProblems.isEmpty ? nil : rollbackProblems.joined(separator: "; "))
         }
     }

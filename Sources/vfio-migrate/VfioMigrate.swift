@@ -13,7 +13,8 @@ struct VfioMigrate: ParsableCommand {
         discussion: """
         Exit codes: 0 success; 1 nothing started (configuration, certificates, devices); \
         2 failed before COMMIT and rolled back (the source runs the devices again, the destination never ran them); \
-        3 failed after COMMIT (an operator must check where the VM runs); 64 usage error.
+        3 failed after COMMIT (an operator must check where the VM runs); \
+        4 failed before COMMIT and a source device refused to run again (operator must act); 64 usage error.
         """,
         subcommands: [Demo.self, Send.self, Receive.self, Bench.self, BenchTLSSink.self, BenchTLSSource.self, BenchTCPSink.self, BenchTCPSource.self],
         defaultSubcommand: Demo.self)
@@ -36,6 +37,8 @@ struct SenderTuning: ParsableArguments {
     var workers: Int?
     @Option(name: .customLong("peer-timeout"), help: "Seconds of silence after which the peer is considered gone.")
     var peerTimeout: Double = 30
+    @Option(name: .customLong("ready-timeout"), help: "Seconds the destination may take after COMPLETE to verify and answer READY.")
+    var readyTimeout: Double = 120
 
     func options() throws -> SenderOptions {
         var o = SenderOptions()
@@ -51,6 +54,8 @@ struct SenderTuning: ParsableArguments {
         o.bandwidthBytesPerSecond = try bandwidth.map { try parseSize($0, what: "--bandwidth") }
         if let workers { guard workers >= 1 else { throw CLIError.config("--workers must be at least 1") }; o.workers = workers }
         o.peerTimeoutSeconds = peerTimeout
+        guard readyTimeout > 0 else { throw CLIError.config("--ready-timeout must be positive") }
+        o.readyTimeoutSeconds = readyTimeout
         return o
     }
 }

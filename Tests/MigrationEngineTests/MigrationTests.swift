@@ -132,3 +132,51 @@ struct MigrationTests {
         #expect(pair.destinationSims[0].currentState != .running)
     }
 }
+
+/// A destination that stays alive (keep-alives) but never answers READY.
+@Suite(.serialized)
+struct ReadyDeadlineTests {
+    @Test func sourceGivesUpWaitingForReadyAndRollsBack() throws {
+        let pair = try SimPair(memoryPages: 256)
+        let (server, client) = try Loopback.contexts()
+        let listener = try TLSListener(endpoint: .tcp(host: "127.0.0.1", port: 0), context: server)
+        defer { listener.close() }
+        let stop = StopFlag()
+        Thread {
+            guard let stream = try? listener.accept(timeoutSeconds: 10) else { return }
+            var encoder = FrameEncoder()
+            let hello = Hello(sessionID: [UInt8](repeating: 7, count: 16), role: .destination, encodings: [.raw, .deflate],
+                              devices: [DeviceDescriptor(name: "gpu0", pageSize: 4096, compatibility: "sim/v1 state=\(512 << 10)")],
+                              memory: [MemoryRange(startPFN: 0, pageCount: 256, pageSize: 4096)])
+            try? stream.write(encoder.encode(.hello(hello)))
+            stream.readTimeoutSeconds = 0.05
+            while !stop.isSet {
+                _ = try? stream.read(maxCount: 1 << 20)        // swallow everything, apply nothing
+                try? stream.write(encoder.encode(.keepAlive))  // but look alive
+            }
+            stream.close()
+        }.start()
+        var options = Loopback.quickOptions()
+        options.readyTimeoutSeconds = 1
+        let sender = Sender(devices: pair.source, memory: pair.sourceMemory, options: options)
+        let stream = try TLSConnector.connect(to: listener.boundEndpoint, context: client, timeoutSeconds: 10)
+        let started = ContinuousClock.now
+        var failure: MigrationError?
+        do { _ = try sender.run(stream: stream) } catch let e as MigrationError { failure = e }
+        stop.set()
+        guard let failure else { Issue.record("the source should give up"); return }
+        #expect(failure.phase == .ready)
+        #expect(failure.disposition == .rolledBack)
+        guard case .timeout(let why) = failure.failure else { Issue.record("expected a timeout, got \(failure.failure)"); return }
+        #expect(why.contains("READY"))
+        #expect(ContinuousClock.now - started < .seconds(20))
+        #expect(pair.sourceSims[0].currentState == .running, "rolled back after the READY deadline")
+    }
+}
+
+final class StopFlag: @unchecked Sendable {
+    private let lock = NSLock()
+    private var value = false
+    var isSet: Bool { lock.lock(); defer { lock.unlock() }; return value }
+    func set() { lock.lock(); value = true; lock.unlock() }
+}

@@ -114,6 +114,7 @@ struct DeviceFaultTests {
         let o = try Rig.migrate(pair)
         guard let s = o.sourceError else { Issue.record("source should fail: \(o.source)"); return }
         #expect(s.rollbackFailure?.contains("nic0") ?? false, "\(s)")
+        #expect(s.disposition == .rollbackFailed, "exit 4: a device may run nowhere, an operator must act")
         #expect("\(s)".containsAll("device nic0", "rollback failed", "did not reach RUNNING"), "\(s)")
         #expect(try pair.source[0].device.readState() == .running, "the other device was rolled back")
         #expect(try pair.source[1].device.readState() == [.saving, .running], "nic0 reads back where it was left")
