@@ -71,7 +71,7 @@ public final class SimulatedDevice: MigrationRegion, @unchecked Sendable {
     // Everything below is guarded by `lock`.
     private var field: UInt32 = DeviceState.running.rawValue
     private var rng: SplitMix64
-    private var state: [UInt8]
+    private let state: DeviceStateMemory
     private var dirtyBlocks: [Bool]
     private var dirtyBlockCount = 0
     /// copied_pfns answers given for ranges with dirty pages (for `allEvery`).
@@ -132,13 +132,12 @@ public final class SimulatedDevice: MigrationRegion, @unchecked Sendable {
         self.regionSize = SimulatedDevice.slotSize * SimulatedDevice.slotCount + UInt64(capacity)
         self.guestMemory = guestMemory
         self.rng = SplitMix64(seed: config.seed ^ 0x5EED_0F_D1CE)
+        self.state = DeviceStateMemory(count: config.stateSize)
         if let initial {
-            self.state = initial
+            state.replace(at: 0, with: initial[...])
         } else {
             var seeded = SplitMix64(seed: config.seed)
-            var bytes = [UInt8](repeating: 0, count: config.stateSize)
-            seeded.fill(&bytes, range: 0..<bytes.count)
-            self.state = bytes
+            state.fill(0..<config.stateSize, with: &seeded)
         }
         let blocks = (config.stateSize + SimulatedDevice.stateBlockSize - 1) / SimulatedDevice.stateBlockSize
         self.dirtyBlocks = [Bool](repeating: false, count: blocks)
@@ -149,7 +148,7 @@ public final class SimulatedDevice: MigrationRegion, @unchecked Sendable {
     // MARK: - Observation and test hooks (simulator only)
 
     /// The device's current internal state (for comparing source and destination).
-    public func stateSnapshot() -> [UInt8] { lock.withLock { state } }
+    public func stateSnapshot() -> [UInt8] { lock.withLock { state.snapshot() } }
 
     /// The current device_state field.
     public var currentState: DeviceState { lock.withLock { DeviceState(rawValue: field) } }
@@ -193,7 +192,7 @@ public final class SimulatedDevice: MigrationRegion, @unchecked Sendable {
                 let run = min(remaining, 1 + Int(rng.next(below: 64)))
                 let start = Int(rng.next(below: UInt64(max(1, state.count - run + 1))))
                 let end = min(state.count, start + run)
-                rng.fill(&state, range: start..<end)
+                state.fill(start..<end, with: &rng)
                 markStateDirty(start..<end)
                 remaining -= run
             }
@@ -460,7 +459,7 @@ public final class SimulatedDevice: MigrationRegion, @unchecked Sendable {
             }
             if end == b { break }  // not even one block fits: next chunk
             let start = b * SimulatedDevice.stateBlockSize
-            SimulatedStream.appendBlock(&out, offset: start, bytes: state[start..<(start + bytes)])
+            SimulatedStream.appendBlock(&out, offset: start, from: state, range: start..<(start + bytes))
             for i in b..<end { dirtyBlocks[i] = false }
             dirtyBlockCount -= end - b
             recordCount += 1
@@ -472,7 +471,7 @@ public final class SimulatedDevice: MigrationRegion, @unchecked Sendable {
             let trailer = SimulatedStream.Trailer(stateSize: UInt64(state.count), records: recordCount,
                                                   streamBytes: streamBytes + UInt64(out.count),
                                                   streamChecksum: { var h = streamHash; h.update(out[...]); return h.value }(),
-                                                  checksum: SimulatedStream.checksum(state))
+                                                  checksum: state.checksum())
             streamHash.update(out[...])
             SimulatedStream.appendTrailer(&out, trailer)
             trailerSent = true
@@ -605,7 +604,7 @@ public final class SimulatedDevice: MigrationRegion, @unchecked Sendable {
             if let problem = incoming?.validate() {
                 throw DeviceError.transitionFailed(from: from, to: to, errno: EINVAL, reason: "device data stream refused: \(problem)")
             }
-            state = incoming!.state
+            state.copy(from: incoming!.state)
             endResumeSession()
         case (.resuming, .stopped):
             endResumeSession()

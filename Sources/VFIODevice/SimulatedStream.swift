@@ -34,11 +34,11 @@ enum SimulatedStream {
         appendLE(&out, UInt64(blockSize), width: 4)
     }
 
-    static func appendBlock(_ out: inout [UInt8], offset: Int, bytes: ArraySlice<UInt8>) {
+    static func appendBlock(_ out: inout [UInt8], offset: Int, from state: DeviceStateMemory, range: Range<Int>) {
         out.append(tagBlock)
         appendLE(&out, UInt64(offset), width: 8)
-        appendLE(&out, UInt64(bytes.count), width: 4)
-        out += bytes
+        appendLE(&out, UInt64(range.count), width: 4)
+        state.append(range, to: &out)
     }
 
     static func appendTrailer(_ out: inout [UInt8], _ t: Trailer) {
@@ -62,8 +62,12 @@ enum SimulatedStream {
 
     /// 64-bit checksum of the device state, eight bytes per step (FNV-1a style mixing).
     static func checksum(_ bytes: [UInt8]) -> UInt64 {
-        var h: UInt64 = 0xCBF2_9CE4_8422_2325 ^ UInt64(bytes.count)
-        bytes.withUnsafeBytes { raw in
+        bytes.withUnsafeBytes { checksum($0) }
+    }
+
+    static func checksum(_ raw: UnsafeRawBufferPointer) -> UInt64 {
+        var h: UInt64 = 0xCBF2_9CE4_8422_2325 ^ UInt64(raw.count)
+        do {
             var i = 0
             while i + 8 <= raw.count {
                 h = (h ^ raw.loadUnaligned(fromByteOffset: i, as: UInt64.self)) &* 0x0000_0100_0000_01B3
@@ -110,7 +114,7 @@ struct StreamHash {
 struct IncomingStream {
     let stateSize: Int
     let blockSize: Int
-    var state: [UInt8]
+    let state: DeviceStateMemory
     var covered: [Bool]
     var coveredCount = 0
     var headerSeen = false
@@ -123,7 +127,7 @@ struct IncomingStream {
     init(stateSize: Int, blockSize: Int) {
         self.stateSize = stateSize
         self.blockSize = blockSize
-        state = [UInt8](repeating: 0, count: stateSize)
+        state = DeviceStateMemory(count: stateSize, name: "vfio-sim-incoming")
         let blocks = (stateSize + blockSize - 1) / blockSize
         covered = [Bool](repeating: false, count: blocks)
     }
@@ -167,7 +171,7 @@ struct IncomingStream {
                     return "block record [\(offset), +\(length)) outside the state or not block aligned"
                 }
                 let o = Int(offset), n = Int(length)
-                state.replaceSubrange(o..<(o + n), with: chunk[body..<(body + n)])
+                state.replace(at: o, with: chunk[body..<(body + n)])
                 for b in (o / blockSize)..<((o + n + blockSize - 1) / blockSize) where !covered[b] {
                     covered[b] = true
                     coveredCount += 1
@@ -207,7 +211,7 @@ struct IncomingStream {
         guard coveredCount == covered.count else {
             return "stream incomplete: \(covered.count - coveredCount) of \(covered.count) state blocks never arrived"
         }
-        guard SimulatedStream.checksum(state) == trailer.checksum else { return "state checksum mismatch" }
+        guard state.checksum() == trailer.checksum else { return "state checksum mismatch" }
         return nil
     }
 }

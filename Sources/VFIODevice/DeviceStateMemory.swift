@@ -1,0 +1,69 @@
+import CVFIO
+import Glibc
+
+/// The simulated device's on-board memory. It lives in a memfd mapping, not
+/// on this process's heap: a real device keeps its state on the card or in
+/// the kernel, so the transport's own memory (anonymous RSS, which the
+/// benchmark measures) must not be charged with it.
+final class DeviceStateMemory {
+    let count: Int
+    private let base: UnsafeMutableRawPointer
+
+    init(count: Int, name: String = "vfio-sim-state") {
+        self.count = count
+        let length = max(count, 1)
+        let fd = cvfio_memfd_create(name, 1 /* MFD_CLOEXEC */)
+        var p: UnsafeMutableRawPointer?
+        if fd >= 0 {
+            defer { Glibc.close(fd) }
+            if ftruncate(fd, off_t(length)) == 0 {
+                p = mmap(nil, length, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0)
+            }
+        }
+        if p == nil || p == MAP_FAILED {
+            // No memfd (e.g. out of descriptors): private anonymous memory still works.
+            p = mmap(nil, length, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0)
+        }
+        guard let p, p != MAP_FAILED else { fatalError("simulated device: cannot map \(count) bytes of device memory") }
+        base = p
+    }
+
+    deinit { munmap(base, max(count, 1)) }
+
+    private var buffer: UnsafeMutableRawBufferPointer { UnsafeMutableRawBufferPointer(start: base, count: count) }
+
+    func bytes(_ range: Range<Int>) -> [UInt8] { Array(UnsafeRawBufferPointer(rebasing: buffer[range])) }
+
+    func snapshot() -> [UInt8] { bytes(0..<count) }
+
+    func append(_ range: Range<Int>, to out: inout [UInt8]) {
+        out.append(contentsOf: UnsafeRawBufferPointer(rebasing: buffer[range]))
+    }
+
+    func replace(at offset: Int, with bytes: ArraySlice<UInt8>) {
+        precondition(offset >= 0 && offset + bytes.count <= count)
+        bytes.withUnsafeBytes { src in
+            UnsafeMutableRawBufferPointer(rebasing: buffer[offset..<(offset + src.count)]).copyMemory(from: src)
+        }
+    }
+
+    func copy(from other: DeviceStateMemory) {
+        precondition(other.count == count)
+        buffer.copyMemory(from: UnsafeRawBufferPointer(other.buffer))
+    }
+
+    func fill(_ range: Range<Int>, with rng: inout SplitMix64) {
+        var i = range.lowerBound
+        let b = buffer
+        while i < range.upperBound {
+            var word = rng.next()
+            for _ in 0..<8 where i < range.upperBound {
+                b[i] = UInt8(truncatingIfNeeded: word)
+                word >>= 8
+                i += 1
+            }
+        }
+    }
+
+    func checksum() -> UInt64 { SimulatedStream.checksum(UnsafeRawBufferPointer(buffer)) }
+}
