@@ -19,6 +19,8 @@ public final class PayloadCompressor: @unchecked Sendable {
         public var fullDeflates = 0
         /// Whole buffers deflated and then sent raw because the result was ≥ 95 % of the input.
         public var deflateNotWorthIt = 0
+        /// Pages `auto` sent raw on sight (they look like random data), never deflated.
+        public var pagesLookingRandom = 0
         public var bytesIn = 0
         public var bytesOut = 0
         public init() {}
@@ -55,16 +57,21 @@ public final class PayloadCompressor: @unchecked Sendable {
 
     /// As `encode(_:)` on part of a buffer, without copying it first.
     public func encode(_ input: ArraySlice<UInt8>) throws(WireError) -> (Encoding, [UInt8]) {
+        try encode(input, probe: true)
+    }
+
+    /// `probe: false` when the caller already classified the data (pages).
+    private func encode(_ input: ArraySlice<UInt8>, probe: Bool) throws(WireError) -> (Encoding, [UInt8]) {
         counters.buffers += 1
         counters.bytesIn += input.count
-        let result = try choose(input)
+        let result = try choose(input, probe: probe)
         counters.bytesOut += result.1.count
         return result
     }
 
-    private func choose(_ input: ArraySlice<UInt8>) throws(WireError) -> (Encoding, [UInt8]) {
+    private func choose(_ input: ArraySlice<UInt8>, probe: Bool) throws(WireError) -> (Encoding, [UInt8]) {
         guard let deflater, !input.isEmpty else { return (.raw, Array(input)) }
-        if policy == .auto && input.count >= PayloadCompressor.probeMinimum {
+        if probe && policy == .auto && input.count >= PayloadCompressor.probeMinimum {
             counters.probes += 1
             let sample = PayloadCompressor.sample(input)
             if !pays(try deflater.compress(sample).count, sample.count) {
@@ -96,32 +103,78 @@ public final class PayloadCompressor: @unchecked Sendable {
         return sample[...]
     }
 
+    /// What a page is, for grouping pages into segments.
+    private enum PageClass: Equatable { case zero, random, data }
+
     /// Pages → segments (zero runs flagged, raw where incompressible, deflate otherwise).
     /// Segments are in PFN order, consecutive, and cover `bytes` exactly.
+    ///
+    /// `auto` also classifies every non-zero page on sight: 256 bytes sampled
+    /// across the page, and ≥ 140 distinct values means random-looking data
+    /// (uniform bytes give ~162; on the benchmark corpus this flags every
+    /// random page and 17 of 30 262 binary ones). Such pages go raw with no
+    /// deflate at all, and the rest are deflated in runs of their own — which
+    /// on that corpus is 4 % smaller than deflating 1 MiB chunks whole, since
+    /// deflate spends nothing on random pages.
     public func encodePages(startPFN: UInt64, pageSize: Int, bytes: [UInt8]) throws -> [PageSegment] {
         guard pageSize > 0, bytes.count % pageSize == 0 else { throw WireError.unalignedPages(byteCount: bytes.count, pageSize: pageSize) }
         let pageCount = bytes.count / pageSize
-        let zero = (0..<pageCount).map { isAllZero(bytes[($0 * pageSize)..<(($0 + 1) * pageSize)]) }
+        let classes: [PageClass] = (0..<pageCount).map { p in
+            let page = bytes[(p * pageSize)..<((p + 1) * pageSize)]
+            if isAllZero(page) { return .zero }
+            if policy == .auto && looksRandom(page) { return .random }
+            return .data
+        }
         let maxRun = max(1, PayloadCompressor.maxSegmentBytes / pageSize)
         let maxZeroRun = max(1, PayloadCompressor.maxZeroSegmentBytes / pageSize)
         var segments: [PageSegment] = []
         var first = 0
         while first < pageCount {
-            let isZero = zero[first]
-            let limit = min(pageCount, first + (isZero ? maxZeroRun : maxRun))
+            let kind = classes[first]
+            let limit = min(pageCount, first + (kind == .zero ? maxZeroRun : maxRun))
             var end = first + 1
-            while end < limit && zero[end] == isZero { end += 1 }
+            while end < limit && classes[end] == kind { end += 1 }
             let pfn = startPFN + UInt64(first)
             let count = UInt32(end - first)
-            if isZero {
+            let run = bytes[(first * pageSize)..<(end * pageSize)]
+            switch kind {
+            case .zero:
                 segments.append(PageSegment(startPFN: pfn, pageCount: count, encoding: .zero, payload: []))
-            } else {
-                let (encoding, payload) = try encode(bytes[(first * pageSize)..<(end * pageSize)])
+            case .random:
+                counters.pagesLookingRandom += Int(count)
+                counters.buffers += 1
+                counters.bytesIn += run.count
+                counters.bytesOut += run.count
+                segments.append(PageSegment(startPFN: pfn, pageCount: count, encoding: .raw, payload: Array(run)))
+            case .data:
+                let (encoding, payload) = try encode(run, probe: false)
                 segments.append(PageSegment(startPFN: pfn, pageCount: count, encoding: encoding == .raw ? .raw : .deflate, payload: payload))
             }
             first = end
         }
         return segments
+    }
+
+    /// 256 bytes sampled evenly across the page; ≥ 140 distinct values looks random.
+    private func looksRandom(_ page: ArraySlice<UInt8>) -> Bool {
+        let samples = 256
+        guard page.count >= samples else { return false }
+        let stride = page.count / samples
+        var seen = (UInt64(0), UInt64(0), UInt64(0), UInt64(0))
+        var distinct = 0
+        var i = page.startIndex
+        for _ in 0..<samples {
+            let b = page[i]
+            let bit = UInt64(1) << UInt64(b & 63)
+            switch b >> 6 {
+            case 0: if seen.0 & bit == 0 { seen.0 |= bit; distinct += 1 }
+            case 1: if seen.1 & bit == 0 { seen.1 |= bit; distinct += 1 }
+            case 2: if seen.2 & bit == 0 { seen.2 |= bit; distinct += 1 }
+            default: if seen.3 & bit == 0 { seen.3 |= bit; distinct += 1 }
+            }
+            i += stride
+        }
+        return distinct >= 140
     }
 }
 

@@ -120,6 +120,27 @@ import Testing
         #expect(none.counters.fullDeflates == 0 && none.counters.probes == 0)
     }
 
+    /// Random pages between text pages: `auto` sends them raw without deflating
+    /// them; `zlib:1` deflates everything that is not zero and keeps the 95 % rule.
+    @Test func autoSendsRandomPagesRawOnSight() throws {
+        var rng = SeededRNG(seed: 9)
+        let ps = 4096
+        var bytes: [UInt8] = []
+        for i in 0..<32 { bytes += i % 2 == 0 ? rng.bytes(ps) : textBytes(ps) }
+        let auto = try PayloadCompressor(policy: .auto)
+        let segments = try auto.encodePages(startPFN: 0, pageSize: ps, bytes: bytes)
+        #expect(segments.count == 32)
+        #expect(auto.counters.pagesLookingRandom == 16)
+        #expect(auto.counters.fullDeflates == 16, "the text pages only")
+        #expect(segments.enumerated().allSatisfy { i, s in s.encoding == (i % 2 == 0 ? .raw : .deflate) })
+        let zlib = try PayloadCompressor(policy: .zlib(level: 1))
+        let plain = try zlib.encodePages(startPFN: 0, pageSize: ps, bytes: bytes)
+        #expect(zlib.counters.pagesLookingRandom == 0)
+        #expect(zlib.counters.fullDeflates == 1 && plain.count == 1, "one run of 32 non-zero pages, deflated whole")
+        let decompressor = try PayloadDecompressor()
+        #expect(try segments.flatMap { try decompressor.decode($0, pageSize: ps) } == bytes)
+    }
+
     @Test func encodePagesSegments() throws {
         var rng = SeededRNG(seed: 5)
         let ps = 4096
@@ -142,6 +163,8 @@ import Testing
         }
         #expect(pfn == 500 + 108)
         #expect(decoded == bytes)
+        #expect(compressor.counters.pagesLookingRandom == 1, "the random page went raw on sight")
+        #expect(compressor.counters.fullDeflates == 3, "only the three text runs were deflated")
         #expect(throws: WireError.unalignedPages(byteCount: 100, pageSize: ps)) { try compressor.encodePages(startPFN: 0, pageSize: ps, bytes: [UInt8](repeating: 0, count: 100)) }
     }
 
