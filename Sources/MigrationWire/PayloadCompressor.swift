@@ -160,20 +160,20 @@ public final class PayloadCompressor: @unchecked Sendable {
         let samples = 256
         guard page.count >= samples else { return false }
         let stride = page.count / samples
-        var seen = (UInt64(0), UInt64(0), UInt64(0), UInt64(0))
-        var distinct = 0
-        var i = page.startIndex
-        for _ in 0..<samples {
-            let b = page[i]
-            let bit = UInt64(1) << UInt64(b & 63)
-            switch b >> 6 {
-            case 0: if seen.0 & bit == 0 { seen.0 |= bit; distinct += 1 }
-            case 1: if seen.1 & bit == 0 { seen.1 |= bit; distinct += 1 }
-            case 2: if seen.2 & bit == 0 { seen.2 |= bit; distinct += 1 }
-            default: if seen.3 & bit == 0 { seen.3 |= bit; distinct += 1 }
+        var seen: (UInt64, UInt64, UInt64, UInt64) = (0, 0, 0, 0)
+        page.withUnsafeBytes { raw in
+            withUnsafeMutableBytes(of: &seen) { bits in
+                var i = 0
+                for _ in 0..<samples {
+                    let b = raw[i]
+                    let word = Int(b >> 6) * 8
+                    let old = bits.load(fromByteOffset: word, as: UInt64.self)
+                    bits.storeBytes(of: old | (1 << UInt64(b & 63)), toByteOffset: word, as: UInt64.self)
+                    i += stride
+                }
             }
-            i += stride
         }
+        let distinct = seen.0.nonzeroBitCount + seen.1.nonzeroBitCount + seen.2.nonzeroBitCount + seen.3.nonzeroBitCount
         return distinct >= 140
     }
 }

@@ -53,16 +53,7 @@ final class DeviceStateMemory {
     }
 
     func fill(_ range: Range<Int>, with rng: inout SplitMix64) {
-        var i = range.lowerBound
-        let b = buffer
-        while i < range.upperBound {
-            var word = rng.next()
-            for _ in 0..<8 where i < range.upperBound {
-                b[i] = UInt8(truncatingIfNeeded: word)
-                word >>= 8
-                i += 1
-            }
-        }
+        rng.fill(UnsafeMutableRawBufferPointer(rebasing: buffer[range]))
     }
 
     func checksum() -> UInt64 { SimulatedStream.checksum(UnsafeRawBufferPointer(buffer)) }
