@@ -11,7 +11,9 @@ final class OrderedPipeline<Input: Sendable, Output: Sendable>: @unchecked Senda
     typealias Transform = (Input) throws -> Output
 
     private let condition = NSCondition()
-    private var inputs: [(index: Int, item: Input)] = []
+    /// Taken slots are set to nil at once: a consumed item must not stay
+    /// referenced (an item holds up to a MiB of data) until the queue compacts.
+    private var inputs: [(index: Int, item: Input)?] = []
     private var inputHead = 0
     private var results: [Int: Output] = [:]
     private var nextIndex = 0
@@ -108,9 +110,10 @@ final class OrderedPipeline<Input: Sendable, Output: Sendable>: @unchecked Senda
             if failure != nil || inputHead == inputs.count {
                 condition.unlock(); return
             }
-            let (index, item) = inputs[inputHead]
+            let (index, item) = inputs[inputHead]!
+            inputs[inputHead] = nil
             inputHead += 1
-            if inputHead > 1024 && inputHead * 2 > inputs.count {
+            if inputHead >= 64 && inputHead * 2 >= inputs.count {
                 inputs.removeFirst(inputHead); inputHead = 0
             }
             condition.unlock()

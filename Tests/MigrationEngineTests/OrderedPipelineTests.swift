@@ -1,0 +1,59 @@
+import Foundation
+import Testing
+@testable import MigrationEngine
+
+/// Counts live payloads, to see what the pipeline still holds.
+final class LiveCounter: @unchecked Sendable {
+    private let lock = NSLock()
+    private var live = 0
+    private var peakLive = 0
+    func inc() { lock.lock(); live += 1; peakLive = max(peakLive, live); lock.unlock() }
+    func dec() { lock.lock(); live -= 1; lock.unlock() }
+    var current: Int { lock.lock(); defer { lock.unlock() }; return live }
+    var peak: Int { lock.lock(); defer { lock.unlock() }; return peakLive }
+}
+
+final class Payload: @unchecked Sendable {
+    let counter: LiveCounter
+    let value: Int
+    init(_ value: Int, _ counter: LiveCounter) { self.value = value; self.counter = counter; counter.inc() }
+    deinit { counter.dec() }
+}
+
+@Suite struct OrderedPipelineTests {
+    @Test func consumesInOrderAndHoldsNoMoreThanTheWindow() throws {
+        let counter = LiveCounter()
+        let consumed = LockedArray()
+        let window = 6
+        let pipeline = OrderedPipeline<Payload, Payload>(
+            name: "test", workers: 3, window: window,
+            makeTransform: { { p in
+                usleep(UInt32.random(in: 0...300))          // workers finish out of order
+                return Payload(p.value * 2, p.counter) } },
+            consume: { p in usleep(100); consumed.append(p.value) })
+        for i in 0..<300 { try pipeline.submit(Payload(i, counter)) }
+        try pipeline.finish()
+        #expect(consumed.values == (0..<300).map { $0 * 2 })
+        // Each item in flight is at most an input and an output; consumed items are let go.
+        #expect(counter.peak <= 2 * window + 2, "peak live payloads \(counter.peak)")
+        #expect(counter.current == 0)
+    }
+
+    @Test func firstErrorStopsThePipeline() throws {
+        struct Boom: Error {}
+        let pipeline = OrderedPipeline<Int, Int>(
+            name: "test", workers: 2, window: 4,
+            makeTransform: { { i in if i == 17 { throw Boom() }; return i } },
+            consume: { _ in })
+        var thrown = false
+        do { for i in 0..<1000 { try pipeline.submit(i) }; try pipeline.finish() } catch is Boom { thrown = true }
+        #expect(thrown)
+    }
+}
+
+final class LockedArray: @unchecked Sendable {
+    private let lock = NSLock()
+    private var items: [Int] = []
+    func append(_ v: Int) { lock.lock(); items.append(v); lock.unlock() }
+    var values: [Int] { lock.lock(); defer { lock.unlock() }; return items }
+}
