@@ -56,5 +56,20 @@ final class DeviceStateMemory {
         rng.fill(UnsafeMutableRawBufferPointer(rebasing: buffer[range]))
     }
 
+    /// Reads the first `count` bytes of `path` in place; false if the file is shorter or unreadable.
+    func load(fromFile path: String) -> Bool {
+        let fd = Glibc.open(path, O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { return false }
+        defer { Glibc.close(fd) }
+        var done = 0
+        while done < count {
+            let n = pread(fd, base + done, min(count - done, 1 << 20), off_t(done))
+            if n < 0 && errno == EINTR { continue }
+            guard n > 0 else { return false }
+            done += n
+        }
+        return true
+    }
+
     func checksum() -> UInt64 { SimulatedStream.checksum(UnsafeRawBufferPointer(buffer)) }
 }

@@ -25,6 +25,9 @@ public final class SimulatedDevice: MigrationRegion, @unchecked Sendable {
         /// The device's initial state content (e.g. a benchmark corpus) instead of
         /// seeded random bytes; its length becomes `stateSize`. Not kept after init.
         public var initialState: [UInt8]?
+        /// A file whose first `stateSize` bytes are the initial state, read straight
+        /// into the device's memory (no heap copy of a large image).
+        public var initialStateFile: String?
         public init(stateSize: Int = 4 << 20, seed: UInt64 = 1, dirtyPagesPerStep: Int = 64,
                     stateBytesPerStep: Int = 16 << 10, maxChunkSize: Int = 1 << 20, initialState: [UInt8]? = nil) {
             self.stateSize = stateSize; self.seed = seed; self.dirtyPagesPerStep = dirtyPagesPerStep
@@ -135,6 +138,11 @@ public final class SimulatedDevice: MigrationRegion, @unchecked Sendable {
         self.state = DeviceStateMemory(count: config.stateSize)
         if let initial {
             state.replace(at: 0, with: initial[...])
+        } else if let path = config.initialStateFile {
+            // The CLI checked the file; a simulator must not quietly start from other bytes.
+            guard state.load(fromFile: path) else {
+                fatalError("simulated device: cannot read \(config.stateSize) bytes of state from \(path)")
+            }
         } else {
             var seeded = SplitMix64(seed: config.seed)
             state.fill(0..<config.stateSize, with: &seeded)

@@ -139,8 +139,6 @@ struct BenchRow {
     var converged: Bool?
     var rssAnonSource: UInt64?
     var rssAnonDestination: UInt64?
-    var simStateSource: UInt64?    // the simulated device's own memory (see BenchRunner.simulatorFootprint)
-    var simStateDestination: UInt64?
     var hwmSource: UInt64?
     var hwmDestination: UInt64?
     var cpuSource: Double?
@@ -153,8 +151,6 @@ struct BenchRow {
     var targetMet: Bool?
 
     var mbPerSecond: Double { wallSeconds > 0 ? Double(corpusBytes) / wallSeconds / 1e6 : 0 }
-    var netSource: UInt64? { rssAnonSource.map { $0 - min($0, simStateSource ?? 0) } }
-    var netDestination: UInt64? { rssAnonDestination.map { $0 - min($0, simStateDestination ?? 0) } }
 }
 
 struct BenchTarget {

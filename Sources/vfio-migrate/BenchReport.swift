@@ -48,12 +48,10 @@ struct BenchReport {
                         target("auto wire ≤ 1.05 × zlib-1 output", String(format: "%@ vs %@ = %.3f", formatBytes(r.wireBytes ?? 0), formatBytes(d.outputBytes), wireRatio), wireRatio <= 1.05)
                     }
                 }
-                if let s = r.netSource, let d = r.netDestination {
-                    target("peak RssAnon ≤ 128 MiB each side (net of the simulated device)",
-                           String(format: "source %.0f MiB (raw %.0f − simulator %.0f), destination %.0f MiB (raw %.0f − simulator %.0f), guest %@",
-                                  Double(s) / Self.mib, Double(r.rssAnonSource ?? 0) / Self.mib, Double(r.simStateSource ?? 0) / Self.mib,
-                                  Double(d) / Self.mib, Double(r.rssAnonDestination ?? 0) / Self.mib, Double(r.simStateDestination ?? 0) / Self.mib,
-                                  formatBytes(corpus.memoryBytes)),
+                if let s = r.rssAnonSource, let d = r.rssAnonDestination {
+                    target("peak RssAnon ≤ 128 MiB each side",
+                           String(format: "source %.0f MiB, destination %.0f MiB, guest %@",
+                                  Double(s) / Self.mib, Double(d) / Self.mib, formatBytes(corpus.memoryBytes)),
                            s <= Self.memoryLimit && d <= Self.memoryLimit)
                 }
                 if let dt = r.downtimeMs {
@@ -83,11 +81,11 @@ struct BenchReport {
         let oldGuest = ((o["corpus"] as? [String: Any])?["memory_bytes"] as? NSNumber)?.uint64Value ?? 0
         for r in runs where r.verified == true {
             guard let prev = old.first(where: { $0["mode"] as? String == r.mode && $0["verified"] as? Bool == true }) else { continue }
-            for (side, new) in [("source", r.netSource), ("destination", r.netDestination)] {
-                guard let new, let before = (prev["rss_anon_net_\(side)"] as? NSNumber)?.doubleValue, before > 0 else { continue }
+            for (side, new) in [("source", r.rssAnonSource), ("destination", r.rssAnonDestination)] {
+                guard let new, let before = (prev["rss_anon_peak_\(side)"] as? NSNumber)?.doubleValue, before > 0 else { continue }
                 let growth = Double(new) / before - 1
                 targets.append(BenchTarget(name: "\(r.mode ?? "?")#\(r.run): \(side) RssAnon grows < 10 % from \(formatBytes(oldGuest)) to \(formatBytes(corpus.memoryBytes))",
-                                           detail: String(format: "%.0f → %.0f MiB net = %+.1f %%", before / Self.mib, Double(new) / Self.mib, growth * 100),
+                                           detail: String(format: "%.0f → %.0f MiB = %+.1f %%", before / Self.mib, Double(new) / Self.mib, growth * 100),
                                            pass: growth < 0.10))
             }
         }
@@ -101,14 +99,14 @@ struct BenchReport {
         out.append("vfio-migrate bench: guest \(formatBytes(corpus.memoryBytes)) + device state \(formatBytes(corpus.stateBytes)) = \(String(format: "%.0f", Double(corpus.totalBytes) / 1e6)) MB; pages \(corpus.zeroPages) zero / \(corpus.binaryPages) binary / \(corpus.randomPages) random (seed \(s.seed), \(corpus.libraries.count) libraries)")
         out.append("workload \(s.workloadName) every \(s.workloadMs) ms (dirty \(s.dirtyPages) pages, churn \(formatBytes(UInt64(s.churn))) per step), --downtime-ms \(Int(s.downtimeMs)), \(ProcessInfo.processInfo.activeProcessorCount) cores, load average at start \(loadAverage); MB = 10^6 bytes of guest+device data per second of wall time")
         out.append("")
-        let header = ["row", "wall s", "MB/s", "wire MiB", "downtime ms", "iter", "RssAnon src/dst MiB (net)", "CPU s src/dst", "ratio", "target"]
+        let header = ["row", "wall s", "MB/s", "wire MiB", "downtime ms", "iter", "RssAnon src/dst MiB", "CPU s src/dst", "ratio", "target"]
         var rows: [[String]] = [header]
         func f(_ v: Double?, _ fmt: String = "%.2f") -> String { v.map { String(format: fmt, $0) } ?? "–" }
         func mib(_ v: UInt64?) -> String { v.map { String(format: "%.0f", Double($0) / Self.mib) } ?? "–" }
         for r in baselines + runs {
             let name = r.kind == "migration" && s.runs > 1 ? "\(r.name) #\(r.run)" : r.name
             let rss = r.rssAnonSource == nil ? "–" :
-                r.kind == "migration" ? "\(mib(r.rssAnonSource))/\(mib(r.rssAnonDestination)) (\(mib(r.netSource))/\(mib(r.netDestination)))"
+                r.kind == "migration" ? "\(mib(r.rssAnonSource))/\(mib(r.rssAnonDestination))"
                                       : "\(mib(r.rssAnonSource))/\(mib(r.rssAnonDestination))"
             let cpu = r.cpuSource == nil ? "–" : "\(f(r.cpuSource))/\(f(r.cpuDestination))"
             let iter = r.iterations.map { "\($0)\(r.converged == false ? "*" : "")" } ?? "–"
@@ -143,8 +141,6 @@ struct BenchReport {
             put("downtime_ms", r.downtimeMs); put("downtime_ms_destination", r.downtimeMsDestination)
             put("iterations", r.iterations); put("converged", r.converged)
             put("rss_anon_peak_source", r.rssAnonSource); put("rss_anon_peak_destination", r.rssAnonDestination)
-            put("simulator_bytes_source", r.simStateSource); put("simulator_bytes_destination", r.simStateDestination)
-            if r.kind == "migration" { put("rss_anon_net_source", r.netSource); put("rss_anon_net_destination", r.netDestination) }
             put("vm_hwm_source", r.hwmSource); put("vm_hwm_destination", r.hwmDestination)
             put("cpu_seconds_source", r.cpuSource); put("cpu_seconds_destination", r.cpuDestination)
             put("process_wall_seconds", r.processWallSeconds); put("verified", r.verified)

@@ -7,14 +7,6 @@ struct BenchRunner {
 
     func say(_ s: String) { FileHandle.standardError.write(Data("bench: \(s)\n".utf8)) }
 
-    /// The simulated device's own anonymous memory, which a real device keeps on
-    /// the device: source: the state plus its dirty-block map; destination: its
-    /// initial state, the incoming stream's copy and their maps. Plus the dirty-page map.
-    static func simulatorFootprint(state: UInt64, memory: UInt64, destination: Bool) -> UInt64 {
-        let perState = state + state / 256
-        return (destination ? 2 * perState : perState) + memory / 4096
-    }
-
     func run() throws -> BenchReport {
         let s = settings
         let dir = try makeDirectory()
@@ -155,8 +147,6 @@ struct BenchRunner {
         } else { problems.append("no finished event from the sender") }
         row.downtimeMsDestination = receiver.finishedStats?["downtimeMs"] as? Double
         row.rssAnonSource = sender.peakRssAnon; row.rssAnonDestination = receiver.peakRssAnon
-        row.simStateSource = Self.simulatorFootprint(state: corpus.stateBytes, memory: corpus.memoryBytes, destination: false)
-        row.simStateDestination = Self.simulatorFootprint(state: corpus.stateBytes, memory: corpus.memoryBytes, destination: true)
         row.hwmSource = sender.peakHWM; row.hwmDestination = receiver.peakHWM
         row.cpuSource = sender.migrationCPU; row.cpuDestination = receiver.migrationCPU
         row.processWallSeconds = sender.wallSeconds

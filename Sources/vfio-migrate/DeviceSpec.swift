@@ -58,12 +58,12 @@ struct DeviceSpec: Sendable, CustomStringConvertible {
                 }
             }
             if let image {
-                let bytes = try readStateImage(image, spec: text)
-                if stateGiven, bytes.count != config.stateSize {
-                    throw CLIError.badDevice(text, "image \(image) has \(bytes.count) bytes, state=\(config.stateSize)")
+                let size = try stateImageSize(image, spec: text)
+                if stateGiven, size != config.stateSize {
+                    throw CLIError.badDevice(text, "image \(image) has \(size) bytes, state=\(config.stateSize)")
                 }
-                config.stateSize = bytes.count
-                config.initialState = bytes
+                config.stateSize = size
+                config.initialStateFile = image
             }
             backend = .sim(config)
         case "file":
@@ -95,17 +95,15 @@ struct DeviceSpec: Sendable, CustomStringConvertible {
 
 /// The initial device state from a file, read in 1 MiB pieces into one
 /// preallocated array (no transient second copy of a large image).
-private func readStateImage(_ path: String, spec: String) throws -> [UInt8] {
-    guard let handle = FileHandle(forReadingAtPath: path) else { throw CLIError.badDevice(spec, "cannot open image \(path)") }
-    defer { try? handle.close() }
-    let size = (try? handle.seekToEnd()).map(Int.init) ?? 0
-    try handle.seek(toOffset: 0)
+/// The image's size; the simulated device reads it straight into its memory.
+private func stateImageSize(_ path: String, spec: String) throws -> Int {
+    guard let attributes = try? FileManager.default.attributesOfItem(atPath: path),
+          let size = (attributes[.size] as? NSNumber)?.intValue else {
+        throw CLIError.badDevice(spec, "cannot open image \(path)")
+    }
     guard size > 0 else { throw CLIError.badDevice(spec, "image \(path) is empty") }
-    var bytes: [UInt8] = []
-    bytes.reserveCapacity(size)
-    while let piece = try handle.read(upToCount: 1 << 20), !piece.isEmpty { bytes.append(contentsOf: piece) }
-    guard bytes.count == size else { throw CLIError.badDevice(spec, "image \(path) changed while being read") }
-    return bytes
+    guard FileManager.default.isReadableFile(atPath: path) else { throw CLIError.badDevice(spec, "image \(path) is not readable") }
+    return size
 }
 
 /// `4096`, `64K`, `256M`, `1G` (binary units).

@@ -1,3 +1,4 @@
+import Foundation
 import Testing
 @testable import VFIODevice
 
@@ -20,5 +21,16 @@ struct InitialStateTests {
         let b = SimulatedDevice(configuration: config, guestMemory: nil)
         #expect(a.stateSnapshot() == b.stateSnapshot())
         #expect(a.stateSnapshot().count == 48 << 10)
+    }
+
+    @Test func initialStateFileIsReadIntoTheDeviceMemory() throws {
+        let bytes = (0..<(40 << 10)).map { UInt8(truncatingIfNeeded: $0 &* 7 &+ 3) }
+        let path = NSTemporaryDirectory() + "vfio-sim-image-\(UUID().uuidString)"
+        try Data(bytes).write(to: URL(fileURLWithPath: path))
+        defer { try? FileManager.default.removeItem(atPath: path) }
+        var config = smallConfig(stateSize: bytes.count)
+        config.initialStateFile = path
+        let device = SimulatedDevice(configuration: config, guestMemory: nil)
+        #expect(device.stateSnapshot() == bytes)
     }
 }
