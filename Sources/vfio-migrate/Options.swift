@@ -120,7 +120,13 @@ enum ProcessSetup {
         // at a third of the receiver's CPU. Keep them on the heap and keep the
         // heap: memory stays bounded by the pipeline window all the same.
         mallopt(M_MMAP_THRESHOLD, 64 << 20)
-        mallopt(M_TRIM_THRESHOLD, 256 << 20)
+        mallopt(M_TRIM_THRESHOLD, 32 << 20)
+        // Buffers are made on one thread and freed on another; with an arena per
+        // thread, variable-size compressed outputs fragment every arena and the
+        // resident heap creeps up with the length of the run (measured: peak
+        // RssAnon 26 → 36 MiB from a 1 to a 4 GiB guest; one arena: 18 → 22).
+        // About one allocation per MiB moved, so one arena's lock costs nothing.
+        mallopt(M_ARENA_MAX, 1)
     }
 }
 
