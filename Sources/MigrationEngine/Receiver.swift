@@ -352,7 +352,9 @@ final class Applier: @unchecked Sendable {
                 if let missing = locked({ ended.firstIndex(of: false) }) {
                     throw MigrationFailureBox(.unexpectedFrame("COMPLETE before DEVICE_END of \(devices[missing].name)"), device: devices[missing].name)
                 }
-                try memory?.sync()
+                // No msync here: MAP_SHARED writes are already visible to the VMM that maps
+                // the same file; forcing them to disk is not migration's job and would add
+                // the write-back of the whole guest to the downtime.
                 locked { _phase = .ready }
                 try channel.send(.ready)
                 locked { _readySent = true }

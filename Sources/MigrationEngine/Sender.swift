@@ -127,7 +127,8 @@ public final class Sender: @unchecked Sendable {
             pipeline = workPipeline
             var digests = devices.map { _ in SHA256Digest() }
             var sequences = devices.map { SaveSequence(device: $0.device) }
-            let precopyStart = ContinuousClock.now
+            var iterationStart = ContinuousClock.now
+            var iterationStartBytes = counters.rawProduced
             var iteration = 0
             var converged = true
             while true {
@@ -160,8 +161,14 @@ public final class Sender: @unchecked Sendable {
                 try workPipeline.submit(.control(.iterationEnd(IterationEnd(iteration: UInt32(iteration), pendingBytes: pending, dirtyPages: dirtyPages)), device: 0))
                 iteration += 1
 
-                let elapsed = (ContinuousClock.now - precopyStart).seconds
-                let rate = max(Double(counters.rawProduced) / max(elapsed, 1e-3), 1)
+                // The rate of this iteration, not the average since the start: the
+                // first pass is full of zero pages that cost nothing, and would make
+                // the dirty pages of the last pass look cheaper than they are.
+                let now = ContinuousClock.now
+                let produced = counters.rawProduced
+                let rate = max(Double(produced - iterationStartBytes) / max((now - iterationStart).seconds, 0.05), 1)
+                iterationStart = now
+                iterationStartBytes = produced
                 let remaining = Double(pending) + Double(dirtyPages) * Double(memory?.pageSize ?? 0)
                 let estimateMs = remaining / rate * 1000
                 events(.iterationEnd(iteration: iteration, pendingBytes: pending, dirtyPages: dirtyPages, estimatedDowntimeMs: estimateMs))
