@@ -9,7 +9,8 @@ final class DeviceStateMemory {
     let count: Int
     private let base: UnsafeMutableRawPointer
 
-    init(count: Int, name: String = "vfio-sim-state") {
+    /// `populate`: fault every page in now (MAP_POPULATE), off the data path.
+    init(count: Int, name: String = "vfio-sim-state", populate: Bool = false) {
         self.count = count
         let length = max(count, 1)
         let fd = cvfio_memfd_create(name, 1 /* MFD_CLOEXEC */)
@@ -17,7 +18,7 @@ final class DeviceStateMemory {
         if fd >= 0 {
             defer { Glibc.close(fd) }
             if ftruncate(fd, off_t(length)) == 0 {
-                p = mmap(nil, length, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0)
+                p = mmap(nil, length, PROT_READ | PROT_WRITE, MAP_SHARED | (populate ? MAP_POPULATE : 0), fd, 0)
             }
         }
         if p == nil || p == MAP_FAILED {

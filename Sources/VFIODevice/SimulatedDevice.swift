@@ -75,6 +75,9 @@ public final class SimulatedDevice: MigrationRegion, @unchecked Sendable {
     private var field: UInt32 = DeviceState.running.rawValue
     private var rng: SplitMix64
     private let state: DeviceStateMemory
+    /// Where a resume session assembles the incoming state; allocated with the
+    /// device (as a real device's staging memory is), not when data arrives.
+    private lazy var incomingBuffer = DeviceStateMemory(count: state.count, name: "vfio-sim-incoming", populate: true)
     private var dirtyBlocks: [Bool]
     private var dirtyBlockCount = 0
     /// copied_pfns answers given for ranges with dirty pages (for `allEvery`).
@@ -604,7 +607,7 @@ public final class SimulatedDevice: MigrationRegion, @unchecked Sendable {
         case (.running, [.saving, .running]):
             beginSaveSession()
         case (_, .resuming):
-            incoming = IncomingStream(stateSize: state.count, blockSize: SimulatedDevice.stateBlockSize)
+            incoming = IncomingStream(stateSize: state.count, blockSize: SimulatedDevice.stateBlockSize, buffer: incomingBuffer)
             staging = [UInt8](repeating: 0, count: stagingCapacity)
             resumeChunks = 0
             step = .idle

@@ -124,10 +124,13 @@ struct IncomingStream {
     var hash = StreamHash()
     var defect: String?
 
-    init(stateSize: Int, blockSize: Int) {
+    /// `buffer` may hold an earlier session's bytes: every block must arrive
+    /// again before `validate` passes, so nothing stale can be applied.
+    init(stateSize: Int, blockSize: Int, buffer: DeviceStateMemory) {
+        precondition(buffer.count == stateSize)
         self.stateSize = stateSize
         self.blockSize = blockSize
-        state = DeviceStateMemory(count: stateSize, name: "vfio-sim-incoming")
+        state = buffer
         let blocks = (stateSize + blockSize - 1) / blockSize
         covered = [Bool](repeating: false, count: blocks)
     }
