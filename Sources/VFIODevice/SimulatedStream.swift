@@ -66,18 +66,21 @@ enum SimulatedStream {
     }
 
     static func checksum(_ raw: UnsafeRawBufferPointer) -> UInt64 {
-        var h: UInt64 = 0xCBF2_9CE4_8422_2325 ^ UInt64(raw.count)
-        do {
-            var i = 0
-            while i + 8 <= raw.count {
-                h = (h ^ raw.loadUnaligned(fromByteOffset: i, as: UInt64.self)) &* 0x0000_0100_0000_01B3
-                h ^= h >> 29
-                i += 8
-            }
-            while i < raw.count {
-                h = (h ^ UInt64(raw[i])) &* 0x0000_0100_0000_01B3
-                i += 1
-            }
+        mix(0xCBF2_9CE4_8422_2325 ^ UInt64(raw.count), raw)
+    }
+
+    /// Folds `raw` into `h`, eight bytes per step (FNV-1a style mixing), then the tail bytes.
+    static func mix(_ seed: UInt64, _ raw: UnsafeRawBufferPointer) -> UInt64 {
+        var h = seed
+        var i = 0
+        while i + 8 <= raw.count {
+            h = (h ^ raw.loadUnaligned(fromByteOffset: i, as: UInt64.self)) &* 0x0000_0100_0000_01B3
+            h ^= h >> 29
+            i += 8
+        }
+        while i < raw.count {
+            h = (h ^ UInt64(raw[i])) &* 0x0000_0100_0000_01B3
+            i += 1
         }
         return h
     }
@@ -92,20 +95,8 @@ struct StreamHash {
     /// Both ends update with the same chunks (the protocol keeps chunk
     /// boundaries), so a per-update tail is deterministic.
     mutating func update(_ bytes: ArraySlice<UInt8>) {
-        var h = value
-        bytes.withUnsafeBytes { raw in
-            var i = 0
-            while i + 8 <= raw.count {
-                h = (h ^ raw.loadUnaligned(fromByteOffset: i, as: UInt64.self)) &* 0x0000_0100_0000_01B3
-                h ^= h >> 29
-                i += 8
-            }
-            while i < raw.count {
-                h = (h ^ UInt64(raw[i])) &* 0x0000_0100_0000_01B3
-                i += 1
-            }
-        }
-        value = h
+        let h = value
+        value = bytes.withUnsafeBytes { SimulatedStream.mix(h, $0) }
     }
 }
 

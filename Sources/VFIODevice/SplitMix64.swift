@@ -1,9 +1,9 @@
-/// Small seeded generator: the simulator must be reproducible from its seed.
-struct SplitMix64 {
+/// Small seeded generator: the simulator (and the demo's content) must be reproducible from a seed.
+public struct SplitMix64: Sendable {
     private var state: UInt64
-    init(seed: UInt64) { state = seed }
+    public init(seed: UInt64) { state = seed }
 
-    mutating func next() -> UInt64 {
+    public mutating func next() -> UInt64 {
         state &+= 0x9E37_79B9_7F4A_7C15
         var z = state
         z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
@@ -21,7 +21,7 @@ struct SplitMix64 {
         range.lowerBound + Int(next(below: UInt64(range.upperBound - range.lowerBound) + 1))
     }
 
-    mutating func fill(_ bytes: inout [UInt8], range: Range<Int>) {
+    public mutating func fill(_ bytes: inout [UInt8], range: Range<Int>) {
         bytes.withUnsafeMutableBytes { fill(UnsafeMutableRawBufferPointer(rebasing: $0[range])) }
     }
 

@@ -140,11 +140,7 @@ enum DemoContent {
                 let base = p * pageSize
                 if kind == 0 { continue }
                 if kind == 3 || binary.count < pageSize {
-                    var k = 0
-                    while k < pageSize {
-                        var r = rng.next()
-                        for _ in 0..<8 { bytes[base + k] = UInt8(truncatingIfNeeded: r); r >>= 8; k += 1 }
-                    }
+                    rng.fill(&bytes, range: base..<(base + pageSize))
                 } else {
                     let pages = binary.count / pageSize
                     let src = Int(rng.next() % UInt64(pages)) * pageSize
@@ -170,17 +166,5 @@ enum DemoContent {
             pfn += UInt64(n)
         }
         return nil
-    }
-}
-
-struct SplitMix64 {
-    var state: UInt64
-    init(seed: UInt64) { state = seed }
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
     }
 }
