@@ -24,9 +24,12 @@ struct Demo: ParsableCommand {
     @OptionGroup var tuning: SenderTuning
     @Flag(help: "One JSON event per line instead of the progress display.")
     var json = false
+    @Option(name: .customLong("log-level"), help: "Diagnostics on stderr: trace, debug, info, notice, warning, error, critical.")
+    var logLevel: String = "warning"
 
     func run() throws {
         ProcessSetup.apply()
+        OutputOptions.bootstrapLogging(level: logLevel)
         let out = EventPrinter(mode: json ? .json : .human, side: "source")
         let dst = EventPrinter(mode: json ? .json : .human, side: "destination", quiet: true)
         let say: (String) -> Void = { if !json { print($0) } }

@@ -70,8 +70,10 @@ struct OutputOptions: ParsableArguments {
     @Option(name: .customLong("dump-state"), help: "After success, write each simulated device's state to DIR/NAME.state.")
     var dumpState: String?
 
-    func bootstrapLogging() {
-        let level = Logger.Level(rawValue: logLevel) ?? .warning
+    func bootstrapLogging() { Self.bootstrapLogging(level: logLevel) }
+
+    static func bootstrapLogging(level name: String) {
+        let level = Logger.Level(rawValue: name) ?? .warning
         LoggingSystem.bootstrap { label in
             var h = StreamLogHandler.standardError(label: label)
             h.logLevel = level
@@ -114,6 +116,9 @@ final class InterruptHandler: @unchecked Sendable {
 enum ProcessSetup {
     static func apply() {
         ignoreSIGPIPE()
+        // Lines on stdout appear when written, in order with stderr's progress,
+        // also when an orchestrator reads them through a pipe.
+        vm_line_buffer_stdout()
         // The pipeline allocates and frees ~1 MiB buffers at a high rate. glibc
         // serves those with mmap/munmap (or trims the heap after each free),
         // so every buffer costs page faults and kernel page clearing — measured

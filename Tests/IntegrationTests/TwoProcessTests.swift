@@ -134,4 +134,21 @@ struct TwoProcessTests {
         #expect((failed?["cause"] as? String ?? "").contains("compatibility"))
         #expect(failed?["phase"] as? String == "hello")
     }
+
+    /// The README's first command, small: both ends in one process, verified at the end.
+    @Test func demoMigratesAndVerifies() throws {
+        let demo = try Self.start(["demo", "--memory-size", "16M", "--state-size", "1M", "--certs", "\(Self.root)/certs/dev"])
+        let r = demo.wait()
+        #expect(r.code == 0, "demo: \(r.err)\n\(r.out)")
+        #expect(r.out.contains("verified: destination device state and guest memory are byte-identical"))
+        #expect(r.err.contains("migration complete"))
+        #expect(!r.err.contains(" info "), "no diagnostics at the default log level")
+    }
+
+    @Test func demoWithoutCertificatesSaysWhatIsMissing() throws {
+        let demo = try Self.start(["demo", "--memory-size", "16M", "--certs", "/nonexistent"])
+        let r = demo.wait()
+        #expect(r.code == 1)
+        #expect(r.err.contains("/nonexistent/ca.pem is missing"))
+    }
 }
