@@ -49,6 +49,13 @@ public struct FrameDecoder: Sendable {
     }
 
     public mutating func feed(_ bytes: [UInt8]) {
+        // Nothing pending: take the caller's array as the buffer (no copy of the
+        // bulk of the stream when reads line up with frames).
+        if readIndex == buffer.count {
+            buffer = bytes
+            readIndex = 0
+            return
+        }
         // Drop consumed bytes before growing, so the buffer holds at most one frame plus what was fed.
         if readIndex > 0 && readIndex >= buffer.count / 2 {
             buffer.removeFirst(readIndex)
