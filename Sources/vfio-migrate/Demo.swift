@@ -58,33 +58,16 @@ struct Demo: ParsableCommand {
             let srcDevices = try OpenedDevices(specs: specs.map(DeviceSpec.init(parsing:)), memory: srcMemory, dirty: .region)
             let dstDevices = try OpenedDevices(specs: specs.map(DeviceSpec.init(parsing:)), memory: dstMemory, dirty: .region)
 
-            let listener = try TLSListener(endpoint: .tcp(host: "127.0.0.1", port: 0), context: serverContext)
             let receiver = Receiver(devices: dstDevices.destinationDevices, memory: dstMemory, options: ReceiverOptions(), events: dst.handle)
-            let result = ResultBox()
-            let receiverThread = Thread {
-                do {
-                    let stream = try listener.accept(timeoutSeconds: 30)
-                    result.set(.success(try receiver.run(stream: stream)))
-                } catch { result.set(.failure(error)) }
-            }
-            receiverThread.start()
-
             let workload = SimWorkload(devices: srcDevices.simulated.map(\.device), intervalMs: workloadMs)
             let sender = Sender(devices: srcDevices.sourceDevices, memory: srcMemory, options: try tuning.options(), events: out.handle)
             let interrupts = InterruptHandler { sender.cancel() }
             defer { withExtendedLifetime(interrupts) {} }
-            let stream = try TLSConnector.connect(to: listener.boundEndpoint, context: clientContext, timeoutSeconds: 10)
-            out.handle(.connected(peer: "\(listener.boundEndpoint) (\(stream.peerName))"))
-            let sourceStats: MigrationStats
-            do { sourceStats = try sender.run(stream: stream) } catch {
-                workload.stop()
-                _ = result.wait()
-                throw error
-            }
+            let outcome = try InProcessMigration.run(sender: sender, receiver: receiver, serverContext: serverContext,
+                                                     clientContext: clientContext, connected: { out.handle(.connected(peer: $0)) })
             workload.stop()
-            let destinationStats = try result.wait().get()
-            listener.close()
-            _ = sourceStats; _ = destinationStats
+            _ = try outcome.source.get()
+            _ = try outcome.destination.get()
 
             // Verify: every device's state and every guest page are identical.
             var mismatches: [String] = []
@@ -111,17 +94,6 @@ struct Demo: ParsableCommand {
         } catch {
             throw failureExit(for: error, printer: out, side: "source")
         }
-    }
-}
-
-final class ResultBox: @unchecked Sendable {
-    private let c = NSCondition()
-    private var value: Result<MigrationStats, any Error>?
-    func set(_ v: Result<MigrationStats, any Error>) { c.lock(); value = v; c.broadcast(); c.unlock() }
-    func wait() -> Result<MigrationStats, any Error> {
-        c.lock(); defer { c.unlock() }
-        while value == nil { c.wait() }
-        return value!
     }
 }
 

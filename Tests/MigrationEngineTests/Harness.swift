@@ -24,10 +24,7 @@ enum Loopback {
         return (server, client)
     }
 
-    struct Outcome {
-        var source: Result<MigrationStats, any Error>
-        var destination: Result<MigrationStats, any Error>
-    }
+    typealias Outcome = InProcessMigration.Outcome
 
     /// Runs a receiver on its own thread and a sender on another, over 127.0.0.1.
     static func migrate(source: [SourceDevice], sourceMemory: GuestMemory?,
@@ -36,28 +33,14 @@ enum Loopback {
                         whileRunning: (@Sendable (Sender) -> Void)? = nil) throws -> Outcome {
         ignoreSIGPIPE()
         let (server, client) = try contexts()
-        let listener = try TLSListener(endpoint: .tcp(host: "127.0.0.1", port: 0), context: server)
-        defer { listener.close() }
         let receiver = Receiver(devices: destination, memory: destinationMemory, options: receiverOptions)
-        let destinationResult = Box()
-        let t = Thread {
-            do {
-                let stream = try listener.accept(timeoutSeconds: 20)
-                destinationResult.set(.success(try receiver.run(stream: stream)))
-            } catch { destinationResult.set(.failure(error)) }
-        }
-        t.start()
         let sender = Sender(devices: source, memory: sourceMemory, options: options)
-        let sourceResult = Box()
-        let s = Thread {
-            do {
-                let stream = try TLSConnector.connect(to: listener.boundEndpoint, context: client, timeoutSeconds: 10)
-                sourceResult.set(.success(try sender.run(stream: stream)))
-            } catch { sourceResult.set(.failure(error)) }
-        }
-        s.start()
+        let result = Box()
+        Thread {
+            result.set(Result { try InProcessMigration.run(sender: sender, receiver: receiver, serverContext: server, clientContext: client) })
+        }.start()
         whileRunning?(sender)
-        return Outcome(source: sourceResult.wait(), destination: destinationResult.wait())
+        return try result.wait().get()
     }
 
     static func quickOptions() -> SenderOptions {
@@ -79,9 +62,9 @@ enum Loopback {
 
 final class Box: @unchecked Sendable {
     private let c = NSCondition()
-    private var value: Result<MigrationStats, any Error>?
-    func set(_ v: Result<MigrationStats, any Error>) { c.lock(); value = v; c.broadcast(); c.unlock() }
-    func wait() -> Result<MigrationStats, any Error> {
+    private var value: Result<InProcessMigration.Outcome, any Error>?
+    func set(_ v: Result<InProcessMigration.Outcome, any Error>) { c.lock(); value = v; c.broadcast(); c.unlock() }
+    func wait() -> Result<InProcessMigration.Outcome, any Error> {
         c.lock(); defer { c.unlock() }
         while value == nil { c.wait() }
         return value!
