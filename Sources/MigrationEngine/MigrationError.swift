@@ -89,6 +89,9 @@ public struct MigrationError: Error, Sendable, CustomStringConvertible {
     }
 
     public var description: String {
+        if case .configuration(let why) = failure, disposition == .notStarted {
+            return "cannot start: \(why) (nothing was changed)"
+        }
         var s = "migration failed in phase \(phase)"
         if let device { s += ", device \(device)" }
         s += ": \(failure)"
