@@ -165,7 +165,8 @@ struct Receive: ParsableCommand {
                 if let deadline, ContinuousClock.now >= deadline {
                     throw failureExit(for: MigrationError(phase: .connect, failure: .timeout("no authenticated source within --accept-timeout"), disposition: .notStarted), printer: printer, side: "destination")
                 }
-                if case .some(let e as TLSError) = Optional(error), "\(e)".contains("closed") { throw ExitCode(130) }
+                // The listener was closed by SIGINT/SIGTERM: stop waiting.
+                if let e = error as? TLSError, case .closed = e { throw ExitCode(130) }
                 printer.handle(.sessionRefused("\(error)"))
                 continue
             }

@@ -151,4 +151,16 @@ struct TwoProcessTests {
         #expect(r.code == 1)
         #expect(r.err.contains("/nonexistent/ca.pem is missing"))
     }
+
+    /// An operator's Ctrl-C on a receiver that waits for a source ends it at once.
+    @Test func interruptedReceiverStopsWaiting() throws {
+        let dir = try Self.tempDir()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let receiver = try Self.start(["receive", "--listen", "127.0.0.1:0", "--port-file", "\(dir)/port",
+                                       "--device", "gpu0=sim:state=64K"] + Self.tls("destination", "source"))
+        _ = try Self.waitForPort("\(dir)/port")
+        receiver.process.interrupt()
+        let r = receiver.wait()
+        #expect(r.code == 130, "receiver: \(r.err)")
+    }
 }
