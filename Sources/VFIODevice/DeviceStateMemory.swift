@@ -48,11 +48,6 @@ final class DeviceStateMemory {
         }
     }
 
-    func copy(from other: DeviceStateMemory) {
-        precondition(other.count == count)
-        buffer.copyMemory(from: UnsafeRawBufferPointer(other.buffer))
-    }
-
     func fill(_ range: Range<Int>, with rng: inout SplitMix64) {
         rng.fill(UnsafeMutableRawBufferPointer(rebasing: buffer[range]))
     }

@@ -74,7 +74,7 @@ public final class SimulatedDevice: MigrationRegion, @unchecked Sendable {
     // Everything below is guarded by `lock`.
     private var field: UInt32 = DeviceState.running.rawValue
     private var rng: SplitMix64
-    private let state: DeviceStateMemory
+    private var state: DeviceStateMemory
     /// Where a resume session assembles the incoming state; allocated with the
     /// device (as a real device's staging memory is), not when data arrives.
     private lazy var incomingBuffer = DeviceStateMemory(count: state.count, name: "vfio-sim-incoming", populate: true)
@@ -615,7 +615,9 @@ public final class SimulatedDevice: MigrationRegion, @unchecked Sendable {
             if let problem = incoming?.validate() {
                 throw DeviceError.transitionFailed(from: from, to: to, errno: EINVAL, reason: "device data stream refused: \(problem)")
             }
-            state.copy(from: incoming!.state)
+            // The assembled buffer becomes the state (no 256 MiB copy inside the
+            // downtime); the old state buffer stages the next resume session.
+            swap(&state, &incomingBuffer)
             endResumeSession()
         case (.resuming, .stopped):
             endResumeSession()
