@@ -114,7 +114,7 @@ public final class SimulatedDevice: MigrationRegion, @unchecked Sendable {
     private var queryPageSize: UInt64?
     private var queryTotal: UInt64?
     /// Guest pages DMA-written since the last query reported them; tracked while SAVING.
-    private var dirtyPages: [Bool]
+    private var dirtyPages: PageBitset
 
     // Resume session.
     private var incoming: IncomingStream?
@@ -152,7 +152,7 @@ public final class SimulatedDevice: MigrationRegion, @unchecked Sendable {
         }
         let blocks = (config.stateSize + SimulatedDevice.stateBlockSize - 1) / SimulatedDevice.stateBlockSize
         self.dirtyBlocks = [Bool](repeating: false, count: blocks)
-        self.dirtyPages = [Bool](repeating: false, count: Int(guestMemory?.pageCount ?? 0))
+        self.dirtyPages = PageBitset(count: Int(guestMemory?.pageCount ?? 0))
         self.staging = []
     }
 
@@ -182,7 +182,7 @@ public final class SimulatedDevice: MigrationRegion, @unchecked Sendable {
     }
 
     /// Guest pages currently marked dirty and not yet reported.
-    public var dirtyPageCount: Int { lock.withLock { dirtyPages.lazy.filter { $0 }.count } }
+    public var dirtyPageCount: Int { lock.withLock { dirtyPages.setCount } }
 
     /// A DMA write by the device into exactly these guest pages (deterministic tests):
     /// writes content and marks them dirty if tracking is on. Pages outside guest memory are ignored.
@@ -524,12 +524,12 @@ public final class SimulatedDevice: MigrationRegion, @unchecked Sendable {
         // Pages beyond guest memory are never DMA targets: clean.
         let tracked = UInt64(dirtyPages.count)
         let lo = Int(min(start, tracked)), hi = Int(min(start + total, tracked))
-        let dirty = dirtyPages[lo..<hi].lazy.filter { $0 }.count
+        let dirty = dirtyPages.setCount(in: lo..<hi)
         if dirty == 0 { return MigrationInfo.dirtyPFNsNone }
         bitmapAnswers += 1
         let overflowed = configuration.allEvery > 0 && bitmapAnswers % configuration.allEvery == 0
         if overflowed || UInt64(dirty) * 2 >= total {
-            for i in lo..<hi { dirtyPages[i] = false }
+            dirtyPages.clear(lo..<hi)
             return MigrationInfo.dirtyPFNsAll
         }
         // Partial: a randomised per-round cap, so one range takes several rounds.
@@ -636,13 +636,13 @@ public final class SimulatedDevice: MigrationRegion, @unchecked Sendable {
         firstMaybeDirty = 0
         headerSent = false; trailerSent = false
         streamBytes = 0; recordCount = 0; saveChunks = 0; streamHash = StreamHash()
-        for i in dirtyPages.indices { dirtyPages[i] = false }  // tracking starts now
+        dirtyPages.clearAll()  // tracking starts now
         queryStart = nil; queryPageSize = nil; queryTotal = nil
         step = .idle
     }
 
     private func endSaveSession() {
-        for i in dirtyPages.indices { dirtyPages[i] = false }  // tracking ends with SAVING
+        dirtyPages.clearAll()  // tracking ends with SAVING
         queryStart = nil; queryPageSize = nil; queryTotal = nil
         step = .idle
     }
