@@ -90,37 +90,11 @@ final class FrameChannel: @unchecked Sendable {
 
 /// Sends a keep-alive frame whenever the channel has been idle for `interval`,
 /// so a peer that waits on us (long apply, long device drain) does not time out.
-final class KeepAlive: @unchecked Sendable {
-    private let stopFlag = NSCondition()
-    private var stopped = false
-    private var finished = false
-
-    init(channel: FrameChannel, interval: Duration) {
-        let t = Thread { [self] in
-            stopFlag.lock()
-            while !stopped {
-                _ = stopFlag.wait(until: Date(timeIntervalSinceNow: interval.seconds / 2))
-                if stopped { break }
-                stopFlag.unlock()
-                if channel.idleSinceLastWrite >= interval {
-                    do { try channel.send(.keepAlive) } catch { stopFlag.lock(); break }
-                }
-                stopFlag.lock()
-            }
-            finished = true
-            stopFlag.broadcast()
-            stopFlag.unlock()
-        }
-        t.name = "keepalive"
-        t.start()
-    }
-
-    func stop() {
-        stopFlag.lock()
-        stopped = true
-        stopFlag.broadcast()
-        while !finished { stopFlag.wait() }
-        stopFlag.unlock()
+/// Stops by itself once a send fails (the connection is gone).
+func startKeepAlive(channel: FrameChannel, interval: Duration) -> PeriodicTask {
+    PeriodicTask(name: "keepalive", interval: interval / 2) {
+        guard channel.idleSinceLastWrite >= interval else { return true }
+        return (try? channel.send(.keepAlive)) != nil
     }
 }
 

@@ -45,7 +45,7 @@ public final class Receiver: @unchecked Sendable {
         var phase = MigrationPhase.hello
         var touched = false
         var received = MigrationPhase.precopy   // the latest phase seen in the source's frames
-        var keepAlive: KeepAlive?
+        var keepAlive: PeriodicTask?
         var pipeline: OrderedPipeline<Frame, Applicable>?
         let channel = FrameChannel(stream: stream, peer: .source, limits: options.limits)
         stream.readTimeoutSeconds = options.peerTimeoutSeconds
@@ -76,7 +76,7 @@ public final class Receiver: @unchecked Sendable {
             }
             channel.constrainInbound(memory: mine.memory, deviceCount: devices.count)
             events(.helloAccepted(devices: devices.map(\.name), memoryBytes: memory?.size ?? 0))
-            keepAlive = KeepAlive(channel: channel, interval: .seconds(max(options.peerTimeoutSeconds / 4, 0.5)))
+            keepAlive = startKeepAlive(channel: channel, interval: .seconds(max(options.peerTimeoutSeconds / 4, 0.5)))
 
             phase = .precopy
             events(.phase(.precopy))

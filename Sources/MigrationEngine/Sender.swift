@@ -75,7 +75,7 @@ public final class Sender: @unchecked Sendable {
         var phase = MigrationPhase.hello
         var leftRunning: [Int] = []          // devices we moved out of RUNNING
         var inbox: PeerInbox?
-        var keepAlive: KeepAlive?
+        var keepAlive: PeriodicTask?
         var pipeline: OrderedPipeline<SendItem, SendOutput>?
 
         let channel = FrameChannel(stream: stream, peer: .destination, limits: options.limits,
@@ -110,7 +110,7 @@ public final class Sender: @unchecked Sendable {
             inbox = PeerInbox(channel: channel) { frame in
                 switch frame.body { case .resumed, .abort: return true; default: return false }
             }
-            keepAlive = KeepAlive(channel: channel, interval: .seconds(max(options.peerTimeoutSeconds / 4, 0.5)))
+            keepAlive = startKeepAlive(channel: channel, interval: .seconds(max(options.peerTimeoutSeconds / 4, 0.5)))
 
             // Pre-copy: RUNNING → SAVING|RUNNING.
             phase = .precopy

@@ -161,33 +161,17 @@ final class BenchChild: @unchecked Sendable {
 }
 
 /// Samples the children's /proc figures every `intervalMs` on its own thread.
-final class BenchSampler: @unchecked Sendable {
-    private let lock = NSCondition()
-    private var stopped = false
-    private var done = false
+final class BenchSampler: Sendable {
+    private let task: PeriodicTask
 
     init(children: [BenchChild], intervalMs: Int = 20) {
-        Thread.detachNewThread { [self] in
-            lock.lock()
-            while !stopped {
-                lock.unlock()
-                for c in children where c.isRunning { c.sample() }
-                lock.lock()
-                if !stopped { _ = lock.wait(until: Date(timeIntervalSinceNow: Double(intervalMs) / 1000)) }
-            }
-            done = true
-            lock.broadcast()
-            lock.unlock()
+        task = PeriodicTask(name: "bench-sampler", interval: .milliseconds(intervalMs)) {
+            for c in children where c.isRunning { c.sample() }
+            return true
         }
     }
 
-    func stop() {
-        lock.lock()
-        stopped = true
-        lock.broadcast()
-        while !done { lock.wait() }
-        lock.unlock()
-    }
+    func stop() { task.stop() }
 }
 
 /// Waits for a `--port-file` written by a child (0.5 s steps … `seconds`).

@@ -71,34 +71,16 @@ struct OpenedDevices {
 
 /// Runs the simulated devices' workload (state churn, DMA into guest memory)
 /// on its own thread while they are RUNNING.
-final class SimWorkload: @unchecked Sendable {
-    private let condition = NSCondition()
-    private var stopped = false
-    private var finished = false
+final class SimWorkload: Sendable {
+    private let task: PeriodicTask?
 
     init(devices: [SimulatedDevice], intervalMs: Double) {
-        guard !devices.isEmpty, intervalMs > 0 else { finished = true; return }
-        let t = Thread { [self] in
-            condition.lock()
-            while !stopped {
-                condition.unlock()
-                for d in devices { d.workloadStep() }
-                condition.lock()
-                if !stopped { _ = condition.wait(until: Date(timeIntervalSinceNow: intervalMs / 1000)) }
-            }
-            finished = true
-            condition.broadcast()
-            condition.unlock()
+        guard !devices.isEmpty, intervalMs > 0 else { task = nil; return }
+        task = PeriodicTask(name: "sim-workload", interval: .microseconds(Int64(intervalMs * 1000))) {
+            for d in devices { d.workloadStep() }
+            return true
         }
-        t.name = "sim-workload"
-        t.start()
     }
 
-    func stop() {
-        condition.lock()
-        stopped = true
-        condition.broadcast()
-        while !finished { condition.wait() }
-        condition.unlock()
-    }
+    func stop() { task?.stop() }
 }

@@ -57,3 +57,23 @@ final class LockedArray: @unchecked Sendable {
     func append(_ v: Int) { lock.lock(); items.append(v); lock.unlock() }
     var values: [Int] { lock.lock(); defer { lock.unlock() }; return items }
 }
+
+@Suite struct PeriodicTaskTests {
+    @Test func runsUntilStoppedAndStopWaitsForTheThread() {
+        let runs = LiveCounter()
+        let task = PeriodicTask(name: "test", interval: .milliseconds(1)) { runs.inc(); return true }
+        while runs.current < 5 { usleep(1000) }
+        task.stop()
+        let after = runs.current
+        usleep(20_000)
+        #expect(runs.current == after, "no run after stop() returned")
+    }
+
+    @Test func endsByItselfWhenTheBodySaysSo() {
+        let runs = LiveCounter()
+        let task = PeriodicTask(name: "test", interval: .milliseconds(1)) { runs.inc(); return runs.current < 3 }
+        usleep(50_000)
+        #expect(runs.current == 3)
+        task.stop()  // returns at once: the thread already ended
+    }
+}
