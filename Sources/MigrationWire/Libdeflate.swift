@@ -13,6 +13,14 @@ protocol RawDeflateCompressor: AnyObject {
 
 extension Deflater: RawDeflateCompressor {}
 
+/// One raw-DEFLATE decompressor with this protocol's rules: zlib's `Inflater`
+/// (the reference every peer has) or `FastInflater` (what the engine uses).
+protocol RawDeflateInflater: AnyObject {
+    func inflate(_ input: [UInt8], expectedLength: Int, limit: Int, frame: FrameType?) throws(WireError) -> [UInt8]
+}
+
+extension Inflater: RawDeflateInflater {}
+
 /// libdeflate compressor; one per worker thread.
 public final class FastDeflater: RawDeflateCompressor, @unchecked Sendable {
     private let compressor: OpaquePointer
@@ -43,7 +51,7 @@ public final class FastDeflater: RawDeflateCompressor, @unchecked Sendable {
 /// libdeflate decompressor with this protocol's rules: the output is exactly
 /// the declared length (the buffer is that size, so a bomb cannot make it
 /// allocate more) and no byte may follow the end of the stream.
-final class FastInflater: @unchecked Sendable {
+final class FastInflater: RawDeflateInflater, @unchecked Sendable {
     private let decompressor: OpaquePointer
 
     init() throws {
@@ -56,8 +64,10 @@ final class FastInflater: @unchecked Sendable {
     deinit { libdeflate_free_decompressor(decompressor) }
 
     func inflate(_ input: [UInt8], expectedLength: Int, limit: Int, frame: FrameType?) throws(WireError) -> [UInt8] {
-        guard expectedLength >= 0, expectedLength <= limit else {
-            throw .inflatedTooLarge(frame: frame, declared: expectedLength, limit: limit)
+        // The same ceiling as zlib's inflater: whatever the caller's limit, 4 GiB.
+        let ceiling = min(limit, Int(UInt32.max) - 1)
+        guard expectedLength >= 0, expectedLength <= ceiling else {
+            throw .inflatedTooLarge(frame: frame, declared: expectedLength, limit: ceiling)
         }
         let d = decompressor
         var result = LIBDEFLATE_SUCCESS

@@ -1,41 +1,65 @@
 import Testing
 @testable import MigrationWire
 
+/// The error a call throws, nil if it succeeds.
+func failure(_ body: () throws(WireError) -> [UInt8]) -> WireError? {
+    do { _ = try body(); return nil } catch { return error }
+}
+
+/// Both inflaters, zlib's (the reference) and libdeflate's (what the engine
+/// uses): every rule below must hold for each of them.
+func inflaters() throws -> [any RawDeflateInflater] { [try Inflater(), try FastInflater()] }
+
 @Suite struct DeflateTests {
     @Test func roundTripsAcrossLevelsAndReuse() throws {
         var rng = SeededRNG(seed: 3)
-        let inflater = try Inflater()
-        for level in [1, 6, 9] {
-            let deflater = try Deflater(level: level)
-            for size in [0, 1, 100, 4096, 70_000] {
-                let input = rng.chance(0.5) ? textBytes(size) : mixedPages(pages: 2, pageSize: max(1, size / 2), rng: &rng)
-                let packed = try deflater.compress(input)
-                #expect(try inflater.inflate(packed, expectedLength: input.count, limit: 1 << 20) == input)
+        for inflater in try inflaters() {
+            for level in [1, 6, 9] {
+                let deflater = try Deflater(level: level)
+                for size in [0, 1, 100, 4096, 70_000] {
+                    let input = rng.chance(0.5) ? textBytes(size) : mixedPages(pages: 2, pageSize: max(1, size / 2), rng: &rng)
+                    let packed = try deflater.compress(input)
+                    #expect(try inflater.inflate(packed, expectedLength: input.count, limit: 1 << 20, frame: nil) == input)
+                }
             }
         }
         #expect(throws: WireError.invalidCompressionLevel(10)) { try Deflater(level: 10) }
     }
 
+    /// libdeflate's output is the same raw DEFLATE: zlib reads it, and the reverse.
+    @Test func libdeflateAndZlibReadEachOther() throws {
+        var rng = SeededRNG(seed: 21)
+        let zlibIn = try Inflater(), fastIn = try FastInflater()
+        for size in [0, 1, 4096, 300_000] {
+            let input = rng.chance(0.5) ? textBytes(size) : mixedPages(pages: 4, pageSize: max(1, size / 4), rng: &rng)
+            let fromFast = try FastDeflater(level: 1).compress(input[...])
+            let fromZlib = try Deflater(level: 1).compress(input)
+            #expect(try zlibIn.inflate(fromFast, expectedLength: input.count, limit: 1 << 20, frame: nil) == input)
+            #expect(try fastIn.inflate(fromZlib, expectedLength: input.count, limit: 1 << 20, frame: nil) == input)
+        }
+    }
+
     @Test func decompressionBombStopsAtTheDeclaredLength() throws {
         let bomb = try Deflater(level: 9).compress([UInt8](repeating: 0, count: 8 << 20))  // ~8 KiB → 8 MiB
         #expect(bomb.count < 16 << 10)
-        let inflater = try Inflater()
-        #expect(throws: WireError.inflatedExceedsDeclared(frame: nil, declared: 4096)) {
-            try inflater.inflate(bomb, expectedLength: 4096, limit: 16 << 20)
-        }
-        // Declared above the limit: refused before inflating anything.
-        #expect(throws: WireError.inflatedTooLarge(frame: nil, declared: 8 << 20, limit: 1 << 20)) {
-            try inflater.inflate(bomb, expectedLength: 8 << 20, limit: 1 << 20)
-        }
-        // zlib counts in 32 bits: a caller's huge limit is capped, not trusted.
-        #expect(throws: WireError.inflatedTooLarge(frame: nil, declared: 5 << 30, limit: Int(UInt32.max) - 1)) {
-            try inflater.inflate(bomb, expectedLength: 5 << 30, limit: .max)
+        for inflater in try inflaters() {
+            #expect(throws: WireError.inflatedExceedsDeclared(frame: nil, declared: 4096)) {
+                try inflater.inflate(bomb, expectedLength: 4096, limit: 16 << 20, frame: nil)
+            }
+            // Declared above the limit: refused before inflating anything.
+            #expect(throws: WireError.inflatedTooLarge(frame: nil, declared: 8 << 20, limit: 1 << 20)) {
+                try inflater.inflate(bomb, expectedLength: 8 << 20, limit: 1 << 20, frame: nil)
+            }
+            // Counts are 32-bit on the wire: a caller's huge limit is capped, not trusted.
+            #expect(throws: WireError.inflatedTooLarge(frame: nil, declared: 5 << 30, limit: Int(UInt32.max) - 1)) {
+                try inflater.inflate(bomb, expectedLength: 5 << 30, limit: .max, frame: nil)
+            }
+            // The same inflater still works afterwards (reset between calls).
+            #expect(try inflater.inflate(try Deflater(level: 1).compress([1, 2, 3]), expectedLength: 3, limit: 3, frame: nil) == [1, 2, 3])
         }
         #expect(throws: WireError.invalidPageSize(frame: .pages, pageSize: 0)) {
             try PayloadDecompressor().decode(PageSegment(startPFN: 0, pageCount: 1, encoding: .zero, payload: []), pageSize: 0)
         }
-        // The same Inflater still works afterwards (reset between calls).
-        #expect(try inflater.inflate(try Deflater(level: 1).compress([1, 2, 3]), expectedLength: 3, limit: 3) == [1, 2, 3])
     }
 
     @Test func inflatedLengthMismatch() throws {
@@ -52,25 +76,22 @@ import Testing
 
     @Test func corruptStreams() throws {
         let packed = try Deflater(level: 6).compress(textBytes(5000))
-        let inflater = try Inflater()
-        #expect(throws: WireError.corruptDeflateStream(frame: nil, detail: "2 byte(s) after the end of the stream")) {
-            try inflater.inflate(packed + [0xAA, 0xBB], expectedLength: 5000, limit: 1 << 20)
-        }
-        do {
-            _ = try inflater.inflate(Array(packed.prefix(packed.count / 2)), expectedLength: 5000, limit: 1 << 20)
-            Issue.record("truncated stream accepted")
-        } catch let error as WireError {
-            guard case .corruptDeflateStream(nil, let detail) = error else { Issue.record("\(error)"); return }
+        for inflater in try inflaters() {
+            #expect(throws: WireError.corruptDeflateStream(frame: nil, detail: "2 byte(s) after the end of the stream")) {
+                try inflater.inflate(packed + [0xAA, 0xBB], expectedLength: 5000, limit: 1 << 20, frame: nil)
+            }
+            let truncated = failure { () throws(WireError) in
+                try inflater.inflate(Array(packed.prefix(packed.count / 2)), expectedLength: 5000, limit: 1 << 20, frame: nil)
+            }
+            guard case .corruptDeflateStream(nil, let detail)? = truncated else { Issue.record("truncated stream: \(String(describing: truncated))"); continue }
             #expect(detail.contains("truncated"))
+            let garbage = failure { () throws(WireError) in
+                try inflater.inflate([0xFF, 0xFF, 0xFF, 0xFF], expectedLength: 10, limit: 100, frame: nil)
+            }
+            guard case .corruptDeflateStream? = garbage else { Issue.record("garbage: \(String(describing: garbage))"); continue }
+            #expect(throws: WireError.self) { try inflater.inflate([], expectedLength: 0, limit: 0, frame: nil) }
+            #expect(try inflater.inflate(try Deflater(level: 1).compress([]), expectedLength: 0, limit: 0, frame: nil) == [])
         }
-        do {
-            _ = try inflater.inflate([0xFF, 0xFF, 0xFF, 0xFF], expectedLength: 10, limit: 100)
-            Issue.record("garbage accepted")
-        } catch let error as WireError {
-            guard case .corruptDeflateStream = error else { Issue.record("\(error)"); return }
-        }
-        #expect(throws: WireError.self) { try inflater.inflate([], expectedLength: 0, limit: 0) }
-        #expect(try inflater.inflate(try Deflater(level: 1).compress([]), expectedLength: 0, limit: 0) == [])
     }
 }
 
