@@ -1,9 +1,12 @@
 import Logging
+import MigrationTLS
 
 /// Progress and lifecycle events, for a TTY display or one JSON object per line.
 public enum MigrationEvent: Sendable {
     case connected(peer: String)
-    case helloAccepted(devices: [String], memoryBytes: UInt64)
+    /// HELLO exchanged and compatible; `security` carries what deserves a warning
+    /// (development certificates, a certificate that expires soon).
+    case helloAccepted(devices: [String], memoryBytes: UInt64, security: SessionSecurity)
     case phase(MigrationPhase)
     case progress(Progress)
     case iterationEnd(iteration: Int, pendingBytes: UInt64, dirtyPages: UInt64, estimatedDowntimeMs: Double)
@@ -60,7 +63,9 @@ public typealias EventSink = @Sendable (MigrationEvent) -> Void
 func logEvent(_ event: MigrationEvent, to logger: Logger) {
     switch event {
     case .phase(let p): logger.info("phase \(p)")
-    case .helloAccepted(let d, let m): logger.info("HELLO accepted", metadata: ["devices": "\(d)", "memory_bytes": "\(m)"])
+    case .helloAccepted(let d, let m, let security):
+        logger.info("HELLO accepted", metadata: ["devices": "\(d)", "memory_bytes": "\(m)"])
+        for warning in security.warnings() { logger.warning("\(warning)") }
     case .iterationEnd(let i, let p, let d, let e):
         logger.debug("iteration end", metadata: ["iteration": "\(i)", "pending": "\(p)", "dirty_pages": "\(d)", "estimated_downtime_ms": "\(Int(e))"])
     case .switchover(let r): logger.info("switch-over: \(r)")

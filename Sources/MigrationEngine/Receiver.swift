@@ -75,7 +75,7 @@ public final class Receiver: @unchecked Sendable {
                 throw MigrationError(phase: .hello, failure: .incompatible(reason), disposition: .notStarted)
             }
             channel.constrainInbound(memory: mine.memory, deviceCount: devices.count)
-            events(.helloAccepted(devices: devices.map(\.name), memoryBytes: memory?.size ?? 0))
+            events(.helloAccepted(devices: devices.map(\.name), memoryBytes: memory?.size ?? 0, security: stream.security))
             keepAlive = startKeepAlive(channel: channel, interval: .seconds(max(options.peerTimeoutSeconds / 4, 0.5)))
 
             phase = .precopy

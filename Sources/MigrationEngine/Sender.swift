@@ -105,7 +105,7 @@ public final class Sender: @unchecked Sendable {
             }
             try channel.send(.hello(mine))
             channel.constrainInbound(memory: [], deviceCount: devices.count)
-            events(.helloAccepted(devices: devices.map(\.name), memoryBytes: memory?.size ?? 0))
+            events(.helloAccepted(devices: devices.map(\.name), memoryBytes: memory?.size ?? 0, security: stream.security))
 
             inbox = PeerInbox(channel: channel) { frame in
                 switch frame.body { case .resumed, .abort: return true; default: return false }

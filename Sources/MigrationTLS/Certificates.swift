@@ -20,6 +20,32 @@ enum Certificate {
     static func notAfter(_ cert: OpaquePointer) -> String {
         withMemoryBIO { ASN1_TIME_print($0, X509_get0_notAfter(cert)) }
     }
+    /// notAfter as seconds since the epoch (nil if OpenSSL cannot convert it).
+    static func notAfterEpochSeconds(_ cert: OpaquePointer) -> Int64? {
+        var t = tm()
+        guard ASN1_TIME_to_tm(X509_get0_notAfter(cert), &t) == 1 else { return nil }
+        return Int64(timegm(&t))
+    }
+
+    /// Lower-case hex SHA-256 of the DER encoding (what `openssl x509 -fingerprint -sha256` shows).
+    static func sha256Fingerprint(_ cert: OpaquePointer) -> String? {
+        var digest = [UInt8](repeating: 0, count: Int(EVP_MAX_MD_SIZE))
+        var length: UInt32 = 0
+        guard X509_digest(cert, EVP_sha256(), &digest, &length) == 1 else { return nil }
+        return digest.prefix(Int(length)).map { byte in
+            let hex = String(byte, radix: 16)
+            return byte < 16 ? "0" + hex : hex
+        }.joined()
+    }
+
+    /// Whether the certificate may serve as a TLS server (`.server`) or client (`.client`):
+    /// its extendedKeyUsage lists serverAuth / clientAuth, or it has no extendedKeyUsage
+    /// at all (any use, RFC 5280 §4.2.1.12 — the peer's OpenSSL accepts it the same way).
+    static func permits(_ cert: OpaquePointer, role: TLSRole) -> Bool {
+        let usage = X509_get_extended_key_usage(cert)
+        return usage & UInt32(role == .server ? XKU_SSL_SERVER : XKU_SSL_CLIENT) != 0
+    }
+
     static func isExpired(_ cert: OpaquePointer) -> Bool { X509_cmp_current_time(X509_get0_notAfter(cert)) < 0 }
     static func isNotYetValid(_ cert: OpaquePointer) -> Bool { X509_cmp_current_time(X509_get0_notBefore(cert)) > 0 }
 

@@ -8,11 +8,17 @@ public struct TLSConfiguration: Sendable {
     public var allowedPeerNames: [String]
     public var crlFile: String?
     public var handshakeTimeoutSeconds: Double
+    /// Permit the committed development set (`DevelopmentCertificates`) as trust anchor or
+    /// own certificate. Even then listeners and connectors accept loopback and UNIX-socket
+    /// endpoints only, and the development keys are exempt from the 0600 rule.
+    public var allowDevelopmentCertificates: Bool
     public init(caFile: String, certificateFile: String, privateKeyFile: String, peerName: String,
-                allowedPeerNames: [String] = [], crlFile: String? = nil, handshakeTimeoutSeconds: Double = 10) {
+                allowedPeerNames: [String] = [], crlFile: String? = nil, handshakeTimeoutSeconds: Double = 10,
+                allowDevelopmentCertificates: Bool = false) {
         self.caFile = caFile; self.certificateFile = certificateFile; self.privateKeyFile = privateKeyFile
         self.peerName = peerName; self.allowedPeerNames = allowedPeerNames; self.crlFile = crlFile
         self.handshakeTimeoutSeconds = handshakeTimeoutSeconds
+        self.allowDevelopmentCertificates = allowDevelopmentCertificates
     }
 
     /// `peerName` first, then the allow-list, without duplicates or empty names.

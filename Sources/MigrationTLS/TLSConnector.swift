@@ -5,6 +5,7 @@ public enum TLSConnector {
         guard context.role == .client else {
             throw TLSError.invalidConfiguration("connecting needs a client-role TLSContext")
         }
+        try context.checkEndpoint(endpoint)
         let socket = try Socket.connect(to: endpoint, timeoutSeconds: timeoutSeconds)
         return try TLSStream.handshake(socket: socket, context: context,
                                        deadline: monotonicNow() + context.configuration.handshakeTimeoutSeconds)

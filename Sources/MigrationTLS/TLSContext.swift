@@ -17,6 +17,10 @@ public final class TLSContext: @unchecked Sendable {
     let role: TLSRole
     let configuration: TLSConfiguration
     let expectedPeerNames: [String]
+    /// The trust anchors or the own certificate are the committed development set.
+    public let usesDevelopmentCertificates: Bool
+    /// The own certificate's notAfter, seconds since 1970-01-01 UTC (nil without one).
+    public let ownCertificateNotAfter: Int64?
 
     public convenience init(configuration: TLSConfiguration, role: TLSRole) throws {
         try self.init(configuration: configuration, role: role, hooks: TLSTestHooks())
@@ -38,8 +42,9 @@ public final class TLSContext: @unchecked Sendable {
         guard let ctx = SSL_CTX_new(role == .client ? TLS_client_method() : TLS_server_method()) else {
             throw .invalidConfiguration("SSL_CTX_new: " + OpenSSLError.summary(OpenSSLError.drainQueue()))
         }
+        let facts: OwnCertificateFacts
         do {
-            try Self.configure(ctx, configuration, role: role, hooks: hooks)
+            facts = try Self.configure(ctx, configuration, role: role, hooks: hooks)
         } catch {
             SSL_CTX_free(ctx)
             throw error
@@ -48,6 +53,22 @@ public final class TLSContext: @unchecked Sendable {
         self.role = role
         self.configuration = configuration
         self.expectedPeerNames = names
+        self.usesDevelopmentCertificates = facts.development
+        self.ownCertificateNotAfter = facts.notAfter
+    }
+
+    /// What `configure` learned about the trust anchors and the own certificate.
+    private struct OwnCertificateFacts {
+        var development = false
+        var notAfter: Int64?
+    }
+
+    /// Refuses an endpoint that could reach another host while the development set,
+    /// whose private keys are public, is in use. Called before any socket exists.
+    func checkEndpoint(_ endpoint: Endpoint) throws(TLSError) {
+        if usesDevelopmentCertificates && !endpoint.isLoopback {
+            throw .developmentCertificatesOffLoopback(endpoint: endpoint)
+        }
     }
 
     deinit { SSL_CTX_free(ctx) }
@@ -59,7 +80,7 @@ public final class TLSContext: @unchecked Sendable {
     }
 
     private static func configure(_ ctx: OpaquePointer, _ config: TLSConfiguration, role: TLSRole,
-                                  hooks: TLSTestHooks) throws(TLSError) {
+                                  hooks: TLSTestHooks) throws(TLSError) -> OwnCertificateFacts {
         if let max = hooks.maxProtocolVersion {
             _ = vm_SSL_CTX_set_min_proto_version(ctx, max)
             _ = vm_SSL_CTX_set_max_proto_version(ctx, max)
@@ -85,6 +106,11 @@ public final class TLSContext: @unchecked Sendable {
         guard SSL_CTX_load_verify_locations(ctx, config.caFile, nil) == 1 else {
             throw .invalidPEM(path: config.caFile, detail: OpenSSLError.summary(OpenSSLError.drainQueue()))
         }
+        var facts = OwnCertificateFacts()
+        if DevelopmentCertificates.bundleContainsOne(config.caFile) {
+            guard config.allowDevelopmentCertificates else { throw .developmentCertificatesRefused(path: config.caFile) }
+            facts.development = true
+        }
 
         if !hooks.omitCertificate {
             ERR_clear_error()
@@ -92,6 +118,13 @@ public final class TLSContext: @unchecked Sendable {
                   let own = SSL_CTX_get0_certificate(ctx) else {
                 throw .invalidPEM(path: config.certificateFile, detail: OpenSSLError.summary(OpenSSLError.drainQueue()))
             }
+            if DevelopmentCertificates.contains(own) {
+                guard config.allowDevelopmentCertificates else {
+                    throw .developmentCertificatesRefused(path: config.certificateFile)
+                }
+                facts.development = true
+            }
+            facts.notAfter = Certificate.notAfterEpochSeconds(own)
             // Refused here, not as a warning: every peer would refuse this certificate,
             // and "peer says: certificate expired" is a worse message than this one.
             if !hooks.skipOwnValidityCheck {
@@ -103,6 +136,14 @@ public final class TLSContext: @unchecked Sendable {
                     throw .ownCertificateNotYetValid(path: config.certificateFile, subject: Certificate.subject(own),
                                                      notBefore: Certificate.notBefore(own))
                 }
+            }
+            if !Certificate.permits(own, role: role) {
+                throw .ownCertificateWrongUsage(path: config.certificateFile, subject: Certificate.subject(own), role: role)
+            }
+            // The committed development keys cannot be kept private (git stores no 0600),
+            // and need not be: they are public by design.
+            if !(facts.development && DevelopmentCertificates.contains(own)) {
+                try checkPrivateKeyMode(config.privateKeyFile)
             }
             ERR_clear_error()
             if SSL_CTX_use_PrivateKey_file(ctx, config.privateKeyFile, SSL_FILETYPE_PEM) != 1 {
@@ -128,6 +169,14 @@ public final class TLSContext: @unchecked Sendable {
         // Mutual authentication, always: a server demands the client's certificate.
         let mode = role == .server ? SSL_VERIFY_PEER | SSL_VERIFY_FAIL_IF_NO_PEER_CERT : SSL_VERIFY_PEER
         SSL_CTX_set_verify(ctx, mode, peerVerifyCallback)
+        return facts
+    }
+
+    /// A key that group or others can read is refused, as ssh refuses one.
+    private static func checkPrivateKeyMode(_ path: String) throws(TLSError) {
+        var info = stat()
+        guard stat(path, &info) == 0 else { throw .fileUnreadable(path: path, errno: errno) }
+        if info.st_mode & 0o077 != 0 { throw .privateKeyTooOpen(path: path, mode: info.st_mode) }
     }
 
     /// Every CRL in the PEM file goes into the trust store; X509_V_FLAG_CRL_CHECK then makes

@@ -11,6 +11,14 @@ public enum TLSError: Error, Sendable, Equatable, CustomStringConvertible {
     case encryptedPrivateKey(path: String)
     case ownCertificateExpired(path: String, subject: String, notAfter: String)
     case ownCertificateNotYetValid(path: String, subject: String, notBefore: String)
+    /// The own certificate's extendedKeyUsage lacks what this side's TLS role needs.
+    case ownCertificateWrongUsage(path: String, subject: String, role: TLSRole)
+    /// A private key file that group or others may read (as ssh refuses one).
+    case privateKeyTooOpen(path: String, mode: UInt32)
+    /// The committed development set, whose private keys are public, without permission.
+    case developmentCertificatesRefused(path: String)
+    /// Development certificates permitted, but the endpoint can reach other hosts.
+    case developmentCertificatesOffLoopback(endpoint: Endpoint)
     case invalidConfiguration(String)
     case invalidEndpoint(String, reason: String)
 
@@ -68,6 +76,15 @@ public enum TLSError: Error, Sendable, Equatable, CustomStringConvertible {
             return "this host's certificate \(path) (\(subject)) expired on \(notAfter); peers would refuse it — renew it"
         case let .ownCertificateNotYetValid(path, subject, notBefore):
             return "this host's certificate \(path) (\(subject)) is not valid before \(notBefore); peers would refuse it — check the clock"
+        case let .ownCertificateWrongUsage(path, subject, role):
+            let (use, side) = role == .server ? ("serverAuth", "listening") : ("clientAuth", "connecting")
+            return "this host's certificate \(path) (\(subject)) does not permit \(use) in its extendedKeyUsage, which the \(side) side needs; issue it with extendedKeyUsage=serverAuth,clientAuth"
+        case let .privateKeyTooOpen(path, mode):
+            return "private key \(path) is readable by group or others (mode \(String(mode & 0o777, radix: 8))); run: chmod 600 \(path)"
+        case let .developmentCertificatesRefused(path):
+            return "\(path) is from the development set in certs/dev, whose private keys are public: anyone could authenticate with it. Use your own certificates (certs/README.md); for a loopback test only, pass --allow-dev-certs"
+        case let .developmentCertificatesOffLoopback(endpoint):
+            return "the development certificates (public private keys) are allowed on loopback and UNIX-socket addresses only, not on \(endpoint); use your own certificates (certs/README.md)"
         case let .invalidConfiguration(why):
             return "invalid TLS configuration: \(why)"
         case let .invalidEndpoint(text, reason):

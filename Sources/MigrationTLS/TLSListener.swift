@@ -14,6 +14,7 @@ public final class TLSListener: @unchecked Sendable {
         guard context.role == .server else {
             throw TLSError.invalidConfiguration("a listener needs a server-role TLSContext")
         }
+        try context.checkEndpoint(endpoint)
         socket = try Socket.listen(on: endpoint)
         self.context = context
         switch endpoint {

@@ -32,15 +32,20 @@ public final class TLSStream: @unchecked Sendable {
     /// Bound on how long `shutdown()` waits for the peer's close_notify or EOF.
     let shutdownTimeoutSeconds: Double = 10
 
-    private init(socket: Socket, ssl: SSLHandle, verification: PeerVerification, matchedName: String) {
+    private init(socket: Socket, ssl: SSLHandle, verification: PeerVerification, matchedName: String,
+                 security: SessionSecurity) {
         self.socket = socket
         self.ssl = ssl
         self.verification = verification
         self.matchedName = matchedName
+        self.security = security
     }
 
     /// The peer certificate's verified name (the one that matched).
     public var peerName: String { matchedName }
+
+    /// What an operator should know about the certificates of this session.
+    public let security: SessionSecurity
 
     /// Seconds a `read` may wait without receiving a byte; nil waits forever.
     public var readTimeoutSeconds: Double? {
@@ -105,12 +110,21 @@ public final class TLSStream: @unchecked Sendable {
             guard let name = verification.matchedName else {
                 throw TLSError.handshakeFailed(detail: "the peer's name was not verified")
             }
-            return TLSStream(socket: socket, ssl: ssl, verification: verification, matchedName: name)
+            let security = SessionSecurity(developmentCertificates: context.usesDevelopmentCertificates,
+                                           ownCertificateNotAfter: context.ownCertificateNotAfter,
+                                           peerCertificateNotAfter: peerNotAfter(raw))
+            return TLSStream(socket: socket, ssl: ssl, verification: verification, matchedName: name, security: security)
         } catch {
             _ = OpenSSLError.drainQueue()
             socket.closeGracefully(lingerSeconds: 0.5)
             throw error
         }
+    }
+
+    private static func peerNotAfter(_ ssl: OpaquePointer) -> Int64? {
+        guard let cert = SSL_get1_peer_certificate(ssl) else { return nil }
+        defer { X509_free(cert) }
+        return Certificate.notAfterEpochSeconds(cert)
     }
 
     // MARK: I/O

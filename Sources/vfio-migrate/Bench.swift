@@ -118,7 +118,7 @@ struct BenchSettings {
     }
 
     func tls(_ me: String, _ peer: String) -> [String] {
-        ["--ca", "\(certs)/ca.pem", "--cert", "\(certs)/\(me).pem", "--key", "\(certs)/\(me)-key.pem", "--peer-name", "\(peer).vfio-migrate.test"]
+        ["--ca", "\(certs)/ca.pem", "--cert", "\(certs)/\(me).pem", "--key", "\(certs)/\(me)-key.pem", "--peer-name", "\(peer).vfio-migrate.test", "--allow-dev-certs"]
     }
 }
 

@@ -49,7 +49,7 @@ struct BenchTLSSink: ParsableCommand {
 
     func run() throws {
         ProcessSetup.apply()
-        let context = try TLSContext(configuration: tls.configuration(defaultCert: "destination", defaultPeer: "source"), role: .server)
+        let context = try TLSContext(configuration: tls.configuration(), role: .server)
         let listener = try TLSListener(endpoint: .tcp(host: "127.0.0.1", port: 0), context: context)
         guard case .tcp(_, let port) = listener.boundEndpoint else { throw CLIError.config("not a TCP listener") }
         try "\(port)\n".write(toFile: portFile, atomically: true, encoding: .utf8)
@@ -77,7 +77,7 @@ struct BenchTLSSource: ParsableCommand {
 
     func run() throws {
         ProcessSetup.apply()
-        let context = try TLSContext(configuration: tls.configuration(defaultCert: "source", defaultPeer: "destination"), role: .client)
+        let context = try TLSContext(configuration: tls.configuration(), role: .client)
         let stream = try TLSConnector.connect(to: try Endpoint(parsing: connect), context: context, timeoutSeconds: 10)
         let start = ContinuousClock.now
         var total: UInt64 = 0

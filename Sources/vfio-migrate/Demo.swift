@@ -42,10 +42,11 @@ struct Demo: ParsableCommand {
                     throw CLIError.config("\(certs)/\(f) is missing: run the demo from the repository root, pass --certs DIR, or make a set with certs/make-dev-certs.sh")
                 }
             }
-            let srcTLS = TLSConfiguration(caFile: "\(certs)/ca.pem", certificateFile: "\(certs)/source.pem", privateKeyFile: "\(certs)/source-key.pem", peerName: "destination.vfio-migrate.test")
-            let dstTLS = TLSConfiguration(caFile: "\(certs)/ca.pem", certificateFile: "\(certs)/destination.pem", privateKeyFile: "\(certs)/destination-key.pem", peerName: "source.vfio-migrate.test")
+            let srcTLS = TLSConfiguration(caFile: "\(certs)/ca.pem", certificateFile: "\(certs)/source.pem", privateKeyFile: "\(certs)/source-key.pem", peerName: "destination.vfio-migrate.test", allowDevelopmentCertificates: true)
+            let dstTLS = TLSConfiguration(caFile: "\(certs)/ca.pem", certificateFile: "\(certs)/destination.pem", privateKeyFile: "\(certs)/destination-key.pem", peerName: "source.vfio-migrate.test", allowDevelopmentCertificates: true)
             let serverContext = try TLSContext(configuration: dstTLS, role: .server)
             let clientContext = try TLSContext(configuration: srcTLS, role: .client)
+            warnAboutCertificates(clientContext, command: "demo")
 
             say("vfio-migrate demo: \(devices) simulated device(s) with \(formatBytes(UInt64(state))) of state each, \(formatBytes(memBytes)) of guest memory, compression \(tuning.compress)")
             let srcMemory = try GuestMemory(anonymousNamed: "demo-source", size: memBytes, pageSize: 4096)

@@ -8,24 +8,45 @@ import MigrationWire
 import VFIODevice
 
 struct TLSOptions: ParsableArguments {
-    @Option(help: "CA certificate (PEM) that signed the peer's certificate.")
-    var ca: String = "certs/dev/ca.pem"
-    @Option(help: "This host's certificate (PEM).")
+    @Option(help: "CA certificate (PEM) that signed the peer's certificate. Required.")
+    var ca: String?
+    @Option(help: "This host's certificate (PEM). Required.")
     var cert: String?
-    @Option(help: "This host's private key (PEM).")
+    @Option(help: "This host's private key (PEM, mode 0600). Required.")
     var key: String?
-    @Option(name: .customLong("peer-name"), help: "The name the peer's certificate must carry (SAN DNS or IP).")
+    @Option(name: .customLong("peer-name"), help: "The name the peer's certificate must carry (SAN DNS or IP). Required.")
     var peerName: String?
     @Option(name: .customLong("allow-peer"), help: "A further acceptable peer name (repeatable).")
     var allowPeer: [String] = []
     @Option(help: "Certificate revocation list (PEM); a revoked peer is refused.")
     var crl: String?
+    @Flag(name: .customLong("allow-dev-certs"), help: "Permit the development certificates of certs/dev (their private keys are public): loopback and UNIX-socket addresses only, for tests and demos.")
+    var allowDevCerts = false
 
-    func configuration(defaultCert: String, defaultPeer: String) -> TLSConfiguration {
-        TLSConfiguration(caFile: ca, certificateFile: cert ?? "certs/dev/\(defaultCert).pem",
-                         privateKeyFile: key ?? "certs/dev/\(defaultCert)-key.pem",
-                         peerName: peerName ?? "\(defaultPeer).vfio-migrate.test",
-                         allowedPeerNames: allowPeer, crlFile: crl)
+    /// No defaults: a forgotten option must never fall back to keys anyone can download.
+    func validate() throws {
+        let missing = [("--ca", ca), ("--cert", cert), ("--key", key), ("--peer-name", peerName)]
+            .filter { $0.1 == nil }.map(\.0)
+        guard missing.isEmpty else {
+            throw ValidationError("missing \(missing.joined(separator: ", ")): send and receive have no certificate defaults. Make this host's certificate as certs/README.md describes (for a loopback test, the development set in certs/dev with --allow-dev-certs).")
+        }
+    }
+
+    /// Call after `validate()`, which guarantees the required files are named.
+    func configuration() -> TLSConfiguration {
+        TLSConfiguration(caFile: ca ?? "", certificateFile: cert ?? "", privateKeyFile: key ?? "",
+                         peerName: peerName ?? "", allowedPeerNames: allowPeer, crlFile: crl,
+                         allowDevelopmentCertificates: allowDevCerts)
+    }
+}
+
+/// Warnings about this host's own certificates, printed once at start on stderr
+/// (the hello event repeats them with the peer's).
+func warnAboutCertificates(_ context: TLSContext, command: String) {
+    let own = SessionSecurity(developmentCertificates: context.usesDevelopmentCertificates,
+                              ownCertificateNotAfter: context.ownCertificateNotAfter)
+    for warning in own.warnings() {
+        FileHandle.standardError.write(Data("vfio-migrate \(command): warning: \(warning)\n".utf8))
     }
 }
 

@@ -1,5 +1,6 @@
 import Foundation
 import MigrationEngine
+import MigrationTLS
 
 /// Renders engine events: a one-line progress display on a TTY, plain lines
 /// otherwise, or one JSON object per line with `--json` (for orchestrators).
@@ -47,8 +48,11 @@ final class EventPrinter: @unchecked Sendable {
     private func emitHuman(_ event: MigrationEvent) {
         switch event {
         case .connected(let peer): line("\(side): connected to \(peer)")
-        case .helloAccepted(let devices, let mem):
+        case .helloAccepted(let devices, let mem, let security):
             line("\(side): HELLO accepted: \(devices.count) device(s) [\(devices.joined(separator: ", "))], guest memory \(formatBytes(mem))")
+            // This host's own warnings were printed at start; the peer's are news.
+            let peerOnly = SessionSecurity(peerCertificateNotAfter: security.peerCertificateNotAfter)
+            for warning in peerOnly.warnings() { line("\(side): warning: \(warning)") }
         case .phase(let p): if p != .done { line("\(side): phase \(p)") }
         case .progress(let p):
             let eta = p.etaSeconds.map { String(format: " eta %.1fs", $0) } ?? ""
@@ -83,7 +87,12 @@ final class EventPrinter: @unchecked Sendable {
         var o: [String: Any] = ["side": side]
         switch event {
         case .connected(let peer): o["event"] = "connected"; o["peer"] = peer
-        case .helloAccepted(let d, let m): o["event"] = "hello"; o["devices"] = d; o["memory_bytes"] = m
+        case .helloAccepted(let d, let m, let security):
+            o["event"] = "hello"; o["devices"] = d; o["memory_bytes"] = m
+            o["development_certificates"] = security.developmentCertificates
+            if let t = security.ownCertificateNotAfter { o["certificate_not_after"] = rfc3339(t) }
+            if let t = security.peerCertificateNotAfter { o["peer_certificate_not_after"] = rfc3339(t) }
+            o["warnings"] = security.warnings()
         case .phase(let p): o["event"] = "phase"; o["phase"] = p.rawValue
         case .progress(let p):
             o["event"] = "progress"; o["phase"] = p.phase.rawValue; o["iteration"] = p.iteration
@@ -126,4 +135,11 @@ func formatBytes(_ n: UInt64) -> String {
     var u = 0
     while v >= 1024 && u < units.count - 1 { v /= 1024; u += 1 }
     return u == 0 ? "\(n) B" : String(format: "%.1f %@", v, units[u])
+}
+
+/// Seconds since 1970 UTC as an RFC 3339 timestamp (`2026-11-30T05:32:00Z`).
+func rfc3339(_ epochSeconds: Int64) -> String {
+    let f = ISO8601DateFormatter()
+    f.formatOptions = [.withInternetDateTime]
+    return f.string(from: Date(timeIntervalSince1970: TimeInterval(epochSeconds)))
 }

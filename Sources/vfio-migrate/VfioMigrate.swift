@@ -82,7 +82,8 @@ struct Send: ParsableCommand {
         let stream: TLSStream
         do {
             let options = try tuning.options()
-            let context = try TLSContext(configuration: tls.configuration(defaultCert: "source", defaultPeer: "destination"), role: .client)
+            let context = try TLSContext(configuration: tls.configuration(), role: .client)
+            warnAboutCertificates(context, command: "send")
             let memory = try devices.openMemory(create: false)
             opened = try devices.open(memory: memory)
             sender = Sender(devices: opened.sourceDevices, memory: memory, options: options, events: printer.handle)
@@ -137,7 +138,8 @@ struct Receive: ParsableCommand {
         let receiver: Receiver
         let opened: OpenedDevices
         do {
-            let context = try TLSContext(configuration: tls.configuration(defaultCert: "destination", defaultPeer: "source"), role: .server)
+            let context = try TLSContext(configuration: tls.configuration(), role: .server)
+            warnAboutCertificates(context, command: "receive")
             let memory = try devices.openMemory(create: createMemory)
             try memory?.populate()
             opened = try devices.open(memory: memory)

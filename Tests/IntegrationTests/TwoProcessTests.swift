@@ -18,7 +18,7 @@ struct TwoProcessTests {
 
     static func tls(_ me: String, _ peer: String) -> [String] {
         let c = "\(root)/certs/dev"
-        return ["--ca", "\(c)/ca.pem", "--cert", "\(c)/\(me).pem", "--key", "\(c)/\(me)-key.pem", "--peer-name", "\(peer).vfio-migrate.test"]
+        return ["--ca", "\(c)/ca.pem", "--cert", "\(c)/\(me).pem", "--key", "\(c)/\(me)-key.pem", "--peer-name", "\(peer).vfio-migrate.test", "--allow-dev-certs"]
     }
 
     struct Run {

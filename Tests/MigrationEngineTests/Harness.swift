@@ -17,10 +17,12 @@ enum Loopback {
     static func contexts() throws -> (server: TLSContext, client: TLSContext) {
         let server = try TLSContext(configuration: TLSConfiguration(
             caFile: "\(certs)/ca.pem", certificateFile: "\(certs)/destination.pem",
-            privateKeyFile: "\(certs)/destination-key.pem", peerName: "source.vfio-migrate.test"), role: .server)
+            privateKeyFile: "\(certs)/destination-key.pem", peerName: "source.vfio-migrate.test",
+            allowDevelopmentCertificates: true), role: .server)
         let client = try TLSContext(configuration: TLSConfiguration(
             caFile: "\(certs)/ca.pem", certificateFile: "\(certs)/source.pem",
-            privateKeyFile: "\(certs)/source-key.pem", peerName: "destination.vfio-migrate.test"), role: .client)
+            privateKeyFile: "\(certs)/source-key.pem", peerName: "destination.vfio-migrate.test",
+            allowDevelopmentCertificates: true), role: .client)
         return (server, client)
     }
 

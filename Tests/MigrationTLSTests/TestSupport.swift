@@ -45,6 +45,16 @@ struct TestPKI: Sendable {
     keyUsage = critical,digitalSignature
     extendedKeyUsage = serverAuth,clientAuth
     subjectAltName = \$ENV::SAN
+    [clientonly]
+    basicConstraints = critical,CA:FALSE
+    keyUsage = critical,digitalSignature
+    extendedKeyUsage = clientAuth
+    subjectAltName = \$ENV::SAN
+    [serveronly]
+    basicConstraints = critical,CA:FALSE
+    keyUsage = critical,digitalSignature
+    extendedKeyUsage = serverAuth
+    subjectAltName = \$ENV::SAN
     EOF
     }
     issue() { # CA NAME SAN [STARTDATE ENDDATE]
@@ -52,9 +62,9 @@ struct TestPKI: Sendable {
       ec "$name-key.pem"
       openssl req -new -key "$name-key.pem" -subj "/CN=$name" -out "$name.csr"
       if [ $# -ge 5 ]; then
-        openssl ca -batch -notext -config "$ca.cnf" -extensions leaf -startdate "$4" -enddate "$5" -in "$name.csr" -out "$name.pem"
+        openssl ca -batch -notext -config "$ca.cnf" -extensions "${EXT:-leaf}" -startdate "$4" -enddate "$5" -in "$name.csr" -out "$name.pem"
       else
-        openssl ca -batch -notext -config "$ca.cnf" -extensions leaf -in "$name.csr" -out "$name.pem"
+        openssl ca -batch -notext -config "$ca.cnf" -extensions "${EXT:-leaf}" -in "$name.csr" -out "$name.pem"
       fi
     }
     mkca ca
@@ -63,12 +73,16 @@ struct TestPKI: Sendable {
     issue ca source "DNS:source.test,IP:127.0.0.1"
     issue ca wrongname "DNS:somebody-else.test"
     issue ca expired "DNS:source.test" 20200101000000Z 20200201000000Z
+    EXT=clientonly; issue ca clientonly "DNS:source.test,DNS:destination.test,IP:127.0.0.1"
+    EXT=serveronly; issue ca serveronly "DNS:source.test,DNS:destination.test,IP:127.0.0.1"; EXT=leaf
+    issue ca soon "DNS:source.test,DNS:destination.test,IP:127.0.0.1" "$(date -u -d '-1 day' +%Y%m%d%H%M%SZ)" "$(date -u -d '+10 days' +%Y%m%d%H%M%SZ)"
     issue ca notyet "DNS:source.test" 20990101000000Z 20991231000000Z
     issue ca revoked "DNS:source.test"
     issue otherca stranger "DNS:source.test,DNS:destination.test,IP:127.0.0.1"
     openssl ca -batch -config ca.cnf -revoke revoked.pem
     openssl ca -batch -config ca.cnf -gencrl -out crl.pem
     echo "this is not PEM" > garbage.pem
+    chmod 600 garbage.pem  # also used as a key file: the 0600 rule comes before parsing
     openssl pkey -in source-key.pem -aes256 -passout pass:secret -out source-encrypted-key.pem
     """#
 

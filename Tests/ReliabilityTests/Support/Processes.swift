@@ -99,7 +99,7 @@ enum CLI {
     static let devCerts = "\(repositoryRoot)/certs/dev"
     static func tls(_ me: String, _ peer: String) -> [String] {
         ["--ca", "\(devCerts)/ca.pem", "--cert", "\(devCerts)/\(me).pem", "--key", "\(devCerts)/\(me)-key.pem",
-         "--peer-name", "\(peer).vfio-migrate.test"]
+         "--peer-name", "\(peer).vfio-migrate.test", "--allow-dev-certs"]
     }
 
     static func tempDir() throws -> String {
