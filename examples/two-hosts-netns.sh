@@ -32,16 +32,20 @@ ip -n "$dst" link set veth-d$$ up
 ip -n "$src" link set lo up
 ip -n "$dst" link set lo up
 
+# 192.0.2.x is not loopback, so the published development set is refused here:
+# make a throwaway set (its keys never leave $work) with the same names.
+certs/make-dev-certs.sh "$work/certs" >/dev/null
+c=$work/certs
 head -c 128M /dev/urandom > "$work/src.mem"
 devices=(--device gpu0=sim:state=32M,seed=1,dirty=4,churn=1K --device nic0=sim:state=8M,seed=2,dirty=2,churn=512)
 ip netns exec "$dst" "$bin" receive --listen 192.0.2.2:7070 \
-  --ca certs/dev/ca.pem --cert certs/dev/destination.pem --key certs/dev/destination-key.pem \
+  --ca "$c/ca.pem" --cert "$c/destination.pem" --key "$c/destination-key.pem" \
   --peer-name source.vfio-migrate.test --accept-timeout 60 \
   --memory "$work/dst.mem" --memory-size 128M --create-memory --dump-state "$work/dst" "${devices[@]}" &
 rpid=$!
 sleep 1
 ip netns exec "$src" "$bin" send --connect 192.0.2.2:7070 \
-  --ca certs/dev/ca.pem --cert certs/dev/source.pem --key certs/dev/source-key.pem \
+  --ca "$c/ca.pem" --cert "$c/source.pem" --key "$c/source-key.pem" \
   --peer-name destination.vfio-migrate.test \
   --memory "$work/src.mem" --dump-state "$work/src" "${devices[@]}"
 wait $rpid; rpid=

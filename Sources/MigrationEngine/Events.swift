@@ -65,7 +65,8 @@ func logEvent(_ event: MigrationEvent, to logger: Logger) {
     case .phase(let p): logger.info("phase \(p)")
     case .helloAccepted(let d, let m, let security):
         logger.info("HELLO accepted", metadata: ["devices": "\(d)", "memory_bytes": "\(m)"])
-        for warning in security.warnings() { logger.warning("\(warning)") }
+        // notice, not warning: the CLI prints these itself (at start, and in the hello event).
+        for warning in security.warnings() { logger.notice("\(warning)") }
     case .iterationEnd(let i, let p, let d, let e):
         logger.debug("iteration end", metadata: ["iteration": "\(i)", "pending": "\(p)", "dirty_pages": "\(d)", "estimated_downtime_ms": "\(Int(e))"])
     case .switchover(let r): logger.info("switch-over: \(r)")
