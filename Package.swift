@@ -54,6 +54,8 @@ let package = Package(
         .testTarget(name: "MigrationWireTests", dependencies: ["MigrationWire"]),
         .testTarget(name: "MigrationTLSTests", dependencies: ["MigrationTLS"]),
         .testTarget(name: "MigrationEngineTests", dependencies: ["MigrationEngine", "VFIODevice", "MigrationWire", "MigrationTLS"]),
+        // Argument parsing and validation of the executable, in-process (no child processes).
+        .testTarget(name: "CLITests", dependencies: ["vfio-migrate"]),
         .testTarget(name: "IntegrationTests", dependencies: ["vfio-migrate", "VFIODevice"]),
         // Fault injection and hostile peers (issue 7): proxies, killed processes, crafted frames.
         .testTarget(

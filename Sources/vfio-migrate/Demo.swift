@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import Logging
 import MigrationEngine
 import MigrationTLS
 import MigrationWire
@@ -11,11 +12,11 @@ import VFIODevice
 /// equals the source.
 struct Demo: ParsableCommand {
     static let configuration = CommandConfiguration(abstract: "Run a whole live migration on loopback with simulated devices (no hardware needed).")
-    @Option(name: .customLong("memory-size"), help: "Guest memory size.")
-    var memorySize: String = "256M"
-    @Option(name: .customLong("state-size"), help: "Device state per simulated device.")
-    var stateSize: String = "32M"
-    @Option(help: "Number of simulated devices.")
+    @Option(name: .customLong("memory-size"), help: "Guest memory size (at least 1M, a multiple of 4K).")
+    var memorySize: ByteCount = ByteCount(bytes: 256 << 20)
+    @Option(name: .customLong("state-size"), help: "Device state per simulated device (at least 4K, at most 4G).")
+    var stateSize: ByteCount = ByteCount(bytes: 32 << 20)
+    @Option(help: "Number of simulated devices (1...16).")
     var devices: Int = 2
     @Option(name: .customLong("workload-ms"), help: "Workload step interval in ms (state churn and DMA into guest memory).")
     var workloadMs: Double = 1
@@ -24,8 +25,19 @@ struct Demo: ParsableCommand {
     @OptionGroup var tuning: SenderTuning
     @Flag(help: "One JSON event per line instead of the progress display.")
     var json = false
-    @Option(name: .customLong("log-level"), help: "Diagnostics on stderr: trace, debug, info, notice, warning, error, critical.")
-    var logLevel: String = "warning"
+    @Option(name: .customLong("log-level"), help: "Diagnostics on stderr.")
+    var logLevel: Logger.Level = .warning
+
+    func validate() throws {
+        guard memorySize.bytes >= 1 << 20, memorySize.bytes % 4096 == 0 else {
+            throw ValidationError("--memory-size \(memorySize.bytes): expected at least 1M and a multiple of 4K")
+        }
+        guard (4096...(4 << 30)).contains(stateSize.bytes) else {
+            throw ValidationError("--state-size \(stateSize.bytes): expected 4K...4G")
+        }
+        try ArgumentCheck.count(devices, "--devices", in: 1...16)
+        try ArgumentCheck.milliseconds(workloadMs, "--workload-ms", allowZero: true)
+    }
 
     func run() throws {
         ProcessSetup.apply()
@@ -34,9 +46,8 @@ struct Demo: ParsableCommand {
         let dst = EventPrinter(mode: json ? .json : .human, side: "destination", quiet: true)
         let say: (String) -> Void = { if !json { print($0) } }
         do {
-            let memBytes = try parseSize(memorySize, what: "--memory-size")
-            let state = Int(try parseSize(stateSize, what: "--state-size"))
-            guard devices >= 1 && devices <= 16 else { throw CLIError.config("--devices must be 1...16") }
+            let memBytes = memorySize.bytes
+            let state = Int(stateSize.bytes)
             for f in ["ca.pem", "source.pem", "source-key.pem", "destination.pem", "destination-key.pem"] {
                 guard FileManager.default.fileExists(atPath: "\(certs)/\(f)") else {
                     throw CLIError.config("\(certs)/\(f) is missing: run the demo from the repository root, pass --certs DIR, or make a set with certs/make-dev-certs.sh")
@@ -56,12 +67,12 @@ struct Demo: ParsableCommand {
             say(String(format: "filled source guest memory (25%% zero, 50%% binary, 25%% random pages) in %.2f s", (ContinuousClock.now - fillStart).seconds))
 
             let specs = (0..<devices).map { i in "dev\(i)=sim:state=\(state),seed=\(i + 1),dirty=4,churn=1K,chunk=1M" }
-            let srcDevices = try OpenedDevices(specs: specs.map(DeviceSpec.init(parsing:)), memory: srcMemory, dirty: .region)
-            let dstDevices = try OpenedDevices(specs: specs.map(DeviceSpec.init(parsing:)), memory: dstMemory, dirty: .region)
+            let srcDevices = try OpenedDevices(specs: specs.map { try DeviceSpec(parsing: $0) }, memory: srcMemory, dirty: .region)
+            let dstDevices = try OpenedDevices(specs: specs.map { try DeviceSpec(parsing: $0) }, memory: dstMemory, dirty: .region)
 
             let receiver = Receiver(devices: dstDevices.destinationDevices, memory: dstMemory, options: ReceiverOptions(), events: dst.handle)
             let workload = SimWorkload(devices: srcDevices.simulated.map(\.device), intervalMs: workloadMs)
-            let sender = Sender(devices: srcDevices.sourceDevices, memory: srcMemory, options: try tuning.options(), events: out.handle)
+            let sender = Sender(devices: srcDevices.sourceDevices, memory: srcMemory, options: tuning.options(), events: out.handle)
             let interrupts = InterruptHandler { sender.cancel() }
             defer { withExtendedLifetime(interrupts) {} }
             let outcome = try InProcessMigration.run(sender: sender, receiver: receiver, serverContext: serverContext,

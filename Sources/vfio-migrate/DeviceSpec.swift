@@ -18,7 +18,9 @@ struct DeviceSpec: Sendable, CustomStringConvertible {
     var compatibility: String?
     var description: String { "\(name)" }
 
-    init(parsing text: String) throws {
+    /// `checkFiles: false` checks the syntax only (at argument validation, before any
+    /// file is opened); a state image's size is then read when the device is opened.
+    init(parsing text: String, checkFiles: Bool = true) throws {
         guard let eq = text.firstIndex(of: "=") else {
             throw CLIError.badDevice(text, "expected NAME=BACKEND, e.g. gpu0=sim:state=64M")
         }
@@ -57,7 +59,7 @@ struct DeviceSpec: Sendable, CustomStringConvertible {
                 default: throw CLIError.badDevice(text, "unknown sim option \(kv[0]) (state, seed, dirty, churn, chunk, allevery, image, compat)")
                 }
             }
-            if let image {
+            if let image, checkFiles {
                 let size = try stateImageSize(image, spec: text)
                 if stateGiven, size != config.stateSize {
                     throw CLIError.badDevice(text, "image \(image) has \(size) bytes, state=\(config.stateSize)")
@@ -119,8 +121,8 @@ func parseSize(_ text: String, what: String) throws -> UInt64 {
     case "T": mult = 1 << 40; digits.removeLast()
     default: break
     }
-    if digits.hasPrefix("0x"), let v = UInt64(digits.dropFirst(2), radix: 16) { return v * mult }
-    guard let v = UInt64(digits) else { throw CLIError.badSize(what, text) }
+    let value = digits.hasPrefix("0x") ? UInt64(digits.dropFirst(2), radix: 16) : UInt64(digits)
+    guard let v = value else { throw CLIError.badSize(what, text) }
     let (r, o) = v.multipliedReportingOverflow(by: mult)
     if o { throw CLIError.badSize(what, text) }
     return r

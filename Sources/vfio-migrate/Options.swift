@@ -58,43 +58,45 @@ struct DeviceOptions: ParsableArguments {
     @Option(help: "Guest memory: a shared file (memory-backend-file, hugetlbfs).")
     var memory: String?
     @Option(name: .customLong("memory-size"), help: "Guest memory size (e.g. 1G); default: the file's size.")
-    var memorySize: String?
-    @Option(name: .customLong("page-size"), help: "Guest page size in bytes.")
+    var memorySize: ByteCount?
+    @Option(name: .customLong("page-size"), help: "Guest page size in bytes (a power of two, 4096 to 1G).")
     var pageSize: Int = 4096
     @Option(help: "Where dirty pages come from: region (the migration region's bitmap query), iommu (the VFIO container's dirty log, vfio: devices), none.")
-    var dirty: String = "region"
+    var dirty: OpenedDevices.DirtyMode = .region
+
+    func validate() throws {
+        guard !devices.isEmpty else { throw ValidationError("name at least one --device NAME=BACKEND") }
+        for text in devices {
+            do { _ = try DeviceSpec(parsing: text, checkFiles: false) } catch { throw ValidationError("\(error)") }
+        }
+        guard (4096...(1 << 30)).contains(pageSize), pageSize & (pageSize - 1) == 0 else {
+            throw ValidationError("--page-size \(pageSize): expected a power of two from 4096 to 1G")
+        }
+        if memorySize != nil && memory == nil { throw ValidationError("--memory-size needs --memory PATH") }
+        if memorySize?.bytes == 0 { throw ValidationError("--memory-size 0: expected a size above 0") }
+    }
 
     func openMemory(create: Bool) throws -> GuestMemory? {
-        guard let memory else {
-            if memorySize != nil { throw CLIError.config("--memory-size needs --memory PATH") }
-            return nil
-        }
-        let size = try memorySize.map { try parseSize($0, what: "--memory-size") }
-        guard pageSize > 0, pageSize & (pageSize - 1) == 0 else { throw CLIError.config("--page-size \(pageSize) is not a power of two") }
-        return try GuestMemory(path: memory, size: size, create: create, pageSize: pageSize)
+        guard let memory else { return nil }
+        return try GuestMemory(path: memory, size: memorySize?.bytes, create: create, pageSize: pageSize)
     }
 
     func open(memory: GuestMemory?) throws -> OpenedDevices {
-        guard !devices.isEmpty else { throw CLIError.config("name at least one --device") }
-        guard let mode = OpenedDevices.DirtyMode(rawValue: dirty) else {
-            throw CLIError.config("--dirty \(dirty): expected region, iommu or none")
-        }
-        return try OpenedDevices(specs: devices.map(DeviceSpec.init(parsing:)), memory: memory, dirty: mode)
+        try OpenedDevices(specs: devices.map { try DeviceSpec(parsing: $0) }, memory: memory, dirty: dirty)
     }
 }
 
 struct OutputOptions: ParsableArguments {
     @Flag(help: "Print one JSON event per line on stdout (for orchestrators) instead of the progress display.")
     var json = false
-    @Option(name: .customLong("log-level"), help: "Diagnostics on stderr: trace, debug, info, notice, warning, error, critical.")
-    var logLevel: String = "warning"
+    @Option(name: .customLong("log-level"), help: "Diagnostics on stderr.")
+    var logLevel: Logger.Level = .warning
     @Option(name: .customLong("dump-state"), help: "After success, write each simulated device's state to DIR/NAME.state.")
     var dumpState: String?
 
     func bootstrapLogging() { Self.bootstrapLogging(level: logLevel) }
 
-    static func bootstrapLogging(level name: String) {
-        let level = Logger.Level(rawValue: name) ?? .warning
+    static func bootstrapLogging(level: Logger.Level) {
         LoggingSystem.bootstrap { label in
             var h = StreamLogHandler.standardError(label: label)
             h.logLevel = level

@@ -22,17 +22,17 @@ struct VfioMigrate: ParsableCommand {
 
 struct SenderTuning: ParsableArguments {
     @Option(help: "Compression: none, zlib:1..9, auto.")
-    var compress: String = "auto"
+    var compress: CompressionPolicy = .auto
     @Option(name: .customLong("downtime-ms"), help: "Switch over when the estimated downtime is below this.")
     var downtimeMs: Double = 300
-    @Option(name: .customLong("max-iterations"), help: "Switch over after this many pre-copy iterations at most.")
+    @Option(name: .customLong("max-iterations"), help: "Switch over after this many pre-copy iterations at most (1 or more).")
     var maxIterations: Int = 30
     @Option(help: "Pre-copy time budget in seconds (see --on-timeout).")
     var timeout: Double?
     @Option(name: .customLong("on-timeout"), help: "When --timeout fires: rollback (cancel, the source keeps running) or switchover (stop and copy now).")
-    var onTimeout: String = "rollback"
+    var onTimeout: TimeoutAction = .rollback
     @Option(help: "Bandwidth limit in bytes per second on the wire (e.g. 100M).")
-    var bandwidth: String?
+    var bandwidth: ByteCount?
     @Option(help: "Compression worker threads (default: all cores).")
     var workers: Int?
     @Option(name: .customLong("peer-timeout"), help: "Seconds of silence after which the peer is considered gone.")
@@ -40,21 +40,27 @@ struct SenderTuning: ParsableArguments {
     @Option(name: .customLong("ready-timeout"), help: "Seconds the destination may take after COMPLETE to verify and answer READY.")
     var readyTimeout: Double = 120
 
-    func options() throws -> SenderOptions {
+    func validate() throws {
+        try ArgumentCheck.milliseconds(downtimeMs, "--downtime-ms")
+        try ArgumentCheck.count(maxIterations, "--max-iterations", in: 1...1_000_000)
+        try ArgumentCheck.seconds(timeout, "--timeout")
+        if let bandwidth, bandwidth.bytes == 0 { throw ValidationError("--bandwidth 0: expected a rate above 0 (omit it for no limit)") }
+        try ArgumentCheck.count(workers, "--workers", in: 1...1024)
+        try ArgumentCheck.seconds(peerTimeout, "--peer-timeout")
+        try ArgumentCheck.seconds(readyTimeout, "--ready-timeout")
+    }
+
+    /// Call after `validate()`.
+    func options() -> SenderOptions {
         var o = SenderOptions()
-        do { o.compression = try CompressionPolicy(parsing: compress) } catch {
-            throw CLIError.config("--compress \(compress): expected none, zlib:1..9 or auto")
-        }
+        o.compression = compress
         o.downtimeTargetMs = downtimeMs
-        guard maxIterations >= 1 else { throw CLIError.config("--max-iterations must be at least 1") }
         o.maxIterations = maxIterations
         o.timeoutSeconds = timeout
-        guard let action = TimeoutAction(rawValue: onTimeout) else { throw CLIError.config("--on-timeout \(onTimeout): expected rollback or switchover") }
-        o.onTimeout = action
-        o.bandwidthBytesPerSecond = try bandwidth.map { try parseSize($0, what: "--bandwidth") }
-        if let workers { guard workers >= 1 else { throw CLIError.config("--workers must be at least 1") }; o.workers = workers }
+        o.onTimeout = onTimeout
+        o.bandwidthBytesPerSecond = bandwidth?.bytes
+        if let workers { o.workers = workers }
         o.peerTimeoutSeconds = peerTimeout
-        guard readyTimeout > 0 else { throw CLIError.config("--ready-timeout must be positive") }
         o.readyTimeoutSeconds = readyTimeout
         return o
     }
@@ -69,6 +75,11 @@ struct Send: ParsableCommand {
     @Option(name: .customLong("workload-ms"), help: "Simulated devices: run their workload every N ms (0: idle).")
     var workloadMs: Double = 1
     @OptionGroup var tls: TLSOptions
+
+    func validate() throws {
+        try ArgumentCheck.seconds(connectTimeout, "--connect-timeout")
+        try ArgumentCheck.milliseconds(workloadMs, "--workload-ms", allowZero: true)
+    }
     @OptionGroup var devices: DeviceOptions
     @OptionGroup var tuning: SenderTuning
     @OptionGroup var output: OutputOptions
@@ -81,7 +92,7 @@ struct Send: ParsableCommand {
         let opened: OpenedDevices
         let stream: TLSStream
         do {
-            let options = try tuning.options()
+            let options = tuning.options()
             let context = try TLSContext(configuration: tls.configuration(), role: .client)
             warnAboutCertificates(context, command: "send")
             let memory = try devices.openMemory(create: false)
@@ -126,6 +137,12 @@ struct Receive: ParsableCommand {
     var workers: Int?
     @Option(name: .customLong("port-file"), help: "Write the bound port here once listening (for scripts using port 0).")
     var portFile: String?
+
+    func validate() throws {
+        try ArgumentCheck.seconds(acceptTimeout, "--accept-timeout")
+        try ArgumentCheck.seconds(peerTimeout, "--peer-timeout")
+        try ArgumentCheck.count(workers, "--workers", in: 1...1024)
+    }
     @OptionGroup var tls: TLSOptions
     @OptionGroup var devices: DeviceOptions
     @OptionGroup var output: OutputOptions
@@ -145,7 +162,7 @@ struct Receive: ParsableCommand {
             opened = try devices.open(memory: memory)
             var options = ReceiverOptions()
             options.peerTimeoutSeconds = peerTimeout
-            if let workers { options.workers = max(workers, 1) }
+            if let workers { options.workers = workers }
             receiver = Receiver(devices: opened.destinationDevices, memory: memory, options: options, events: printer.handle)
             listener = try TLSListener(endpoint: try Endpoint(parsing: listen), context: context)
             if let portFile, case .tcp(_, let port) = listener.boundEndpoint {

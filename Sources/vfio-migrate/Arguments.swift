@@ -1,0 +1,60 @@
+import ArgumentParser
+import Logging
+import MigrationEngine
+import MigrationWire
+
+// Typed option values: a bad value is a usage error (exit 64) at parse time, with
+// the accepted values listed, never a crash or a silent default inside `run()`.
+
+/// A byte count: `4096`, `64K`, `256M`, `1G`, `1T` (binary units) or `0x1000`.
+struct ByteCount: ExpressibleByArgument, Sendable, CustomStringConvertible {
+    let bytes: UInt64
+    init(bytes: UInt64) { self.bytes = bytes }
+    init?(argument: String) {
+        guard let v = try? parseSize(argument, what: "") else { return nil }
+        bytes = v
+    }
+    /// The shortest exact form (`256M`), as `--help` shows defaults.
+    var description: String {
+        for (shift, unit) in [(40, "T"), (30, "G"), (20, "M"), (10, "K")] where bytes != 0 && bytes % (1 << shift) == 0 {
+            return "\(bytes >> shift)\(unit)"
+        }
+        return "\(bytes)"
+    }
+    static var defaultCompletionKind: CompletionKind { .default }
+}
+
+extension CompressionPolicy: ExpressibleByArgument {
+    public init?(argument: String) { try? self.init(parsing: argument) }
+    public static var allValueStrings: [String] { ["none", "zlib:1", "...", "zlib:9", "auto"] }
+}
+
+extension TimeoutAction: ExpressibleByArgument {}
+extension OpenedDevices.DirtyMode: ExpressibleByArgument {}
+extension Logger.Level: @retroactive ExpressibleByArgument {}
+
+/// Range checks shared by every command's `validate()`.
+enum ArgumentCheck {
+    /// A longest wait anybody means: one year. Larger values overflow clock arithmetic.
+    static let maxSeconds = 365.0 * 86_400
+
+    static func seconds(_ value: Double?, _ option: String, allowZero: Bool = false) throws {
+        guard let value else { return }
+        guard value.isFinite, allowZero ? value >= 0 : value > 0, value <= maxSeconds else {
+            throw ValidationError("\(option) \(value): expected a number of seconds \(allowZero ? ">= 0" : "> 0") and at most \(Int(maxSeconds))")
+        }
+    }
+
+    static func milliseconds(_ value: Double, _ option: String, allowZero: Bool = false) throws {
+        guard value.isFinite, allowZero ? value >= 0 : value > 0, value <= maxSeconds * 1000 else {
+            throw ValidationError("\(option) \(value): expected milliseconds \(allowZero ? ">= 0" : "> 0")")
+        }
+    }
+
+    static func count(_ value: Int?, _ option: String, in range: ClosedRange<Int>) throws {
+        guard let value else { return }
+        guard range.contains(value) else {
+            throw ValidationError("\(option) \(value): expected \(range.lowerBound)...\(range.upperBound)")
+        }
+    }
+}
