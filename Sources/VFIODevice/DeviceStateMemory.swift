@@ -59,9 +59,12 @@ final class DeviceStateMemory {
         defer { Glibc.close(fd) }
         var done = 0
         while done < count {
-            let n = pread(fd, base + done, min(count - done, 1 << 20), off_t(done))
-            if n < 0 && errno == EINTR { continue }
-            guard n > 0 else { return false }
+            let n = try? retryingOnInterrupt { () throws(Errno) in
+                let got = pread(fd, base + done, min(count - done, 1 << 20), off_t(done))
+                guard got >= 0 else { throw .current }
+                return got
+            }
+            guard let n, n > 0 else { return false }
             done += n
         }
         return true

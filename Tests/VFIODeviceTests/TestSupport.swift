@@ -1,3 +1,4 @@
+import Foundation
 import Glibc
 import Testing
 @testable import VFIODevice
@@ -65,4 +66,42 @@ final class RecordingRegion: MigrationRegion, @unchecked Sendable {
     func write64(_ v: UInt64, at o: UInt64) throws { log.append(.w64(o)); try inner.write64(v, at: o) }
     func readBytes(count: Int, at o: UInt64) throws -> [UInt8] { log.append(.rb(o, count)); return try inner.readBytes(count: count, at: o) }
     func writeBytes(_ b: [UInt8], at o: UInt64) throws { log.append(.wb(o, b.count)); try inner.writeBytes(b, at: o) }
+}
+
+/// A value shared with a @Sendable closure (a fake kernel's record of calls).
+final class Locked<Value>: @unchecked Sendable {  // `value` guarded by `lock`
+    private let lock = NSLock()
+    private var value: Value
+    init(_ value: Value) { self.value = value }
+    func withLock<R>(_ body: (inout Value) throws -> R) rethrows -> R {
+        lock.lock()
+        defer { lock.unlock() }
+        return try body(&value)
+    }
+    var current: Value { withLock { $0 } }
+}
+
+extension VFIOKernel {
+    /// A kernel that answers only ioctls, with `handler`'s result: 0 or -errno, as
+    /// the syscall returns it. Anything else is EBADF: the test never opened a file.
+    static func ioctlOnly(_ handler: @escaping @Sendable (Int32, UInt, UnsafeMutableRawPointer) -> Int32) -> VFIOKernel {
+        VFIOKernel(
+            open: { _, _, _ throws(Errno) in throw .badFileDescriptor },
+            close: { _ throws(Errno) in throw .badFileDescriptor },
+            ioctl: { fd, request, argument throws(Errno) in
+                guard case .buffer(let buffer) = argument, let address = buffer.baseAddress else { throw .invalidArgument }
+                let rc = handler(fd, request, address)
+                guard rc >= 0 else { throw Errno(rawValue: -rc) }
+                return rc
+            },
+            pread: { _, _, _ throws(Errno) in throw .badFileDescriptor },
+            pwrite: { _, _, _ throws(Errno) in throw .badFileDescriptor },
+            fileSize: { _ throws(Errno) in throw .badFileDescriptor },
+            truncate: { _, _ throws(Errno) in throw .badFileDescriptor },
+            memfdCreate: { _ throws(Errno) in throw .badFileDescriptor },
+            mmap: { _, _ throws(Errno) in throw .badFileDescriptor },
+            munmap: { _, _ throws(Errno) in throw .invalidArgument },
+            madvise: { _, _, _ throws(Errno) in throw .invalidArgument },
+            msync: { _, _ throws(Errno) in throw .invalidArgument })
+    }
 }
