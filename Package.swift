@@ -3,6 +3,7 @@ import PackageDescription
 
 // Layers (imports go one way, top to bottom):
 //   vfio-migrate (CLI) -> MigrationEngine -> MigrationTLS, MigrationWire, VFIODevice -> C system libraries
+//   vfio-migrate (CLI), tests -> VFIOSimulator -> VFIODevice (public API only; the engine never sees it)
 let package = Package(
     name: "vfio-migrate",
     platforms: [.macOS(.v15)],
@@ -34,6 +35,9 @@ let package = Package(
         .systemLibrary(name: "CProcess", path: "Sources/CProcess"),
 
         .target(name: "VFIODevice", dependencies: ["CVFIO"]),
+        // The strict simulated vendor driver, written against VFIODevice's public API
+        // only: proof that MigrationRegion is the whole contract a driver needs.
+        .target(name: "VFIOSimulator", dependencies: ["VFIODevice"]),
         .target(name: "MigrationWire", dependencies: ["CZlib", "CLibdeflate", "COpenSSL"]),
         .target(name: "MigrationTLS", dependencies: ["COpenSSL"]),
         .target(
@@ -45,20 +49,20 @@ let package = Package(
         .executableTarget(
             name: "vfio-migrate",
             dependencies: [
-                "MigrationEngine", "VFIODevice", "MigrationWire", "MigrationTLS", "CProcess",
+                "MigrationEngine", "VFIODevice", "VFIOSimulator", "MigrationWire", "MigrationTLS", "CProcess",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ]),
 
-        .testTarget(name: "VFIODeviceTests", dependencies: ["VFIODevice"]),
+        .testTarget(name: "VFIODeviceTests", dependencies: ["VFIODevice", "VFIOSimulator"]),
         .testTarget(name: "MigrationWireTests", dependencies: ["MigrationWire"]),
         .testTarget(name: "MigrationTLSTests", dependencies: ["MigrationTLS"]),
-        .testTarget(name: "MigrationEngineTests", dependencies: ["MigrationEngine", "VFIODevice", "MigrationWire", "MigrationTLS"]),
+        .testTarget(name: "MigrationEngineTests", dependencies: ["MigrationEngine", "VFIODevice", "VFIOSimulator", "MigrationWire", "MigrationTLS"]),
         .testTarget(name: "IntegrationTests", dependencies: ["vfio-migrate", "VFIODevice"]),
         // Fault injection and hostile peers (issue 7): proxies, killed processes, crafted frames.
         .testTarget(
             name: "ReliabilityTests",
-            dependencies: ["vfio-migrate", "MigrationEngine", "MigrationTLS", "MigrationWire", "VFIODevice"]),
+            dependencies: ["vfio-migrate", "MigrationEngine", "MigrationTLS", "MigrationWire", "VFIODevice", "VFIOSimulator"]),
     ],
     swiftLanguageModes: [.v6]
 )

@@ -3,6 +3,7 @@ import MigrationEngine
 import MigrationTLS
 import MigrationWire
 import VFIODevice
+import VFIOSimulator
 
 /// Repository root, from this file's path (tests run from anywhere).
 let repositoryRoot: String = {

@@ -2,6 +2,7 @@ import CVFIO
 import Glibc
 import Testing
 @testable import VFIODevice
+@testable import VFIOSimulator
 
 @Suite struct IOMMUDirtyPagesTests {
     @Test func buffersMatchTheKernelLayout() throws {

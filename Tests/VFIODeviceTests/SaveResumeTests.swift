@@ -1,6 +1,7 @@
 import Glibc
 import Testing
 @testable import VFIODevice
+@testable import VFIOSimulator
 
 /// Runs a source through pre-copy (workload between chunks) and stop-and-copy.
 /// Returns the chunks and the source snapshot taken on entering stopped SAVING.

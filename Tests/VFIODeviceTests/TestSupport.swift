@@ -2,6 +2,7 @@ import Foundation
 import Glibc
 import Testing
 @testable import VFIODevice
+@testable import VFIOSimulator
 
 /// The DeviceError thrown by `body`, or nil (an unexpected error type is recorded).
 func thrownError<T>(_ body: () throws -> T, sourceLocation: SourceLocation = #_sourceLocation) -> DeviceError? {

@@ -4,6 +4,7 @@ import MigrationEngine
 import MigrationTLS
 import MigrationWire
 import VFIODevice
+import VFIOSimulator
 
 /// Repository root, from this file's path.
 let repositoryRoot: String = {

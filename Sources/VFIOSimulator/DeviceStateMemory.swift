@@ -1,4 +1,5 @@
 import Glibc
+import VFIODevice
 
 /// The simulated device's on-board memory. It lives in a memfd mapping, not
 /// on this process's heap: a real device keeps its state on the card or in
