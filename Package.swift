@@ -54,15 +54,19 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
             ]),
 
-        .testTarget(name: "VFIODeviceTests", dependencies: ["VFIODevice", "VFIOSimulator"]),
+        // Helpers shared by the test targets (PKI, result boxes, a recording region);
+        // a regular target so each test target can depend on it.
+        .target(name: "TestSupport", dependencies: ["VFIODevice", "MigrationTLS"], path: "Tests/TestSupport"),
+
+        .testTarget(name: "VFIODeviceTests", dependencies: ["VFIODevice", "VFIOSimulator", "TestSupport"]),
         .testTarget(name: "MigrationWireTests", dependencies: ["MigrationWire"]),
-        .testTarget(name: "MigrationTLSTests", dependencies: ["MigrationTLS"]),
-        .testTarget(name: "MigrationEngineTests", dependencies: ["MigrationEngine", "VFIODevice", "VFIOSimulator", "MigrationWire", "MigrationTLS"]),
+        .testTarget(name: "MigrationTLSTests", dependencies: ["MigrationTLS", "MigrationWire", "TestSupport"]),
+        .testTarget(name: "MigrationEngineTests", dependencies: ["MigrationEngine", "VFIODevice", "VFIOSimulator", "MigrationWire", "MigrationTLS", "TestSupport"]),
         .testTarget(name: "IntegrationTests", dependencies: ["vfio-migrate", "VFIODevice"]),
         // Fault injection and hostile peers (issue 7): proxies, killed processes, crafted frames.
         .testTarget(
             name: "ReliabilityTests",
-            dependencies: ["vfio-migrate", "MigrationEngine", "MigrationTLS", "MigrationWire", "VFIODevice", "VFIOSimulator"]),
+            dependencies: ["vfio-migrate", "MigrationEngine", "MigrationTLS", "MigrationWire", "VFIODevice", "VFIOSimulator", "TestSupport"]),
     ],
     swiftLanguageModes: [.v6]
 )

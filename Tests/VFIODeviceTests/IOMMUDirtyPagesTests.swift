@@ -1,5 +1,6 @@
 import CVFIO
 import Glibc
+import TestSupport
 import Testing
 @testable import VFIODevice
 @testable import VFIOSimulator

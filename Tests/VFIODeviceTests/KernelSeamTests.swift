@@ -138,9 +138,10 @@ import Testing
         #expect(thrownError { try FileRegion(path: "/region", kernel: fake.kernel) } == .systemCall("fstat", path: "/region", errno: EIO))
         let tiny = FakeVFIOKernel(setup)
         #expect(thrownError { try FileRegion(path: "/tiny", kernel: tiny.kernel) }?.kind == "invalidArgument")
-        var region: FileRegion? = try FileRegion(path: "/region", kernel: tiny.kernel)
-        #expect(tiny.openDescriptors.count == 1)
-        region = nil
+        do {
+            let region = try FileRegion(path: "/region", kernel: tiny.kernel)
+            #expect(tiny.openDescriptors.count == 1 && region.regionSize == 4096)
+        }
         #expect(fake.openDescriptors.isEmpty && tiny.openDescriptors.isEmpty)
     }
 

@@ -3,6 +3,7 @@ import Glibc
 import Testing
 @testable import VFIODevice
 @testable import VFIOSimulator
+import TestSupport
 
 /// The DeviceError thrown by `body`, or nil (an unexpected error type is recorded).
 func thrownError<T>(_ body: () throws -> T, sourceLocation: SourceLocation = #_sourceLocation) -> DeviceError? {
@@ -52,34 +53,6 @@ func removeTree(_ dir: String) {
         closedir(d)
     }
     rmdir(dir)
-}
-
-/// Records every access and forwards it: proves which accesses a sequence issues.
-final class RecordingRegion: MigrationRegion, @unchecked Sendable {
-    enum Op: Equatable { case r32(UInt64), w32(UInt64), r64(UInt64), w64(UInt64), rb(UInt64, Int), wb(UInt64, Int) }
-    let inner: any MigrationRegion
-    var log: [Op] = []
-    init(_ inner: any MigrationRegion) { self.inner = inner }
-    var regionSize: UInt64 { inner.regionSize }
-    func read32(at o: UInt64) throws -> UInt32 { log.append(.r32(o)); return try inner.read32(at: o) }
-    func write32(_ v: UInt32, at o: UInt64) throws { log.append(.w32(o)); try inner.write32(v, at: o) }
-    func read64(at o: UInt64) throws -> UInt64 { log.append(.r64(o)); return try inner.read64(at: o) }
-    func write64(_ v: UInt64, at o: UInt64) throws { log.append(.w64(o)); try inner.write64(v, at: o) }
-    func readBytes(count: Int, at o: UInt64) throws -> [UInt8] { log.append(.rb(o, count)); return try inner.readBytes(count: count, at: o) }
-    func writeBytes(_ b: [UInt8], at o: UInt64) throws { log.append(.wb(o, b.count)); try inner.writeBytes(b, at: o) }
-}
-
-/// A value shared with a @Sendable closure (a fake kernel's record of calls).
-final class Locked<Value>: @unchecked Sendable {  // `value` guarded by `lock`
-    private let lock = NSLock()
-    private var value: Value
-    init(_ value: Value) { self.value = value }
-    func withLock<R>(_ body: (inout Value) throws -> R) rethrows -> R {
-        lock.lock()
-        defer { lock.unlock() }
-        return try body(&value)
-    }
-    var current: Value { withLock { $0 } }
 }
 
 extension VFIOKernel {
