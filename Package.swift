@@ -17,7 +17,8 @@ let package = Package(
     ],
     targets: [
         // System libraries. Each module map also carries `static inline` shims for
-        // the macros Swift cannot import (see ../shared/INTEROP.md).
+        // the macros Swift cannot import, named after their module: functions
+        // `cvfio_`/`copenssl_`/`czlib_`/`cprocess_`, constants `CVFIO_`/`COPENSSL_`.
         .systemLibrary(
             name: "COpenSSL", path: "Sources/COpenSSL", pkgConfig: "openssl",
             providers: [.apt(["libssl-dev"])]),
@@ -58,11 +59,12 @@ let package = Package(
         // a regular target so each test target can depend on it.
         .target(name: "TestSupport", dependencies: ["VFIODevice", "MigrationTLS"], path: "Tests/TestSupport"),
 
-        .testTarget(name: "VFIODeviceTests", dependencies: ["VFIODevice", "VFIOSimulator", "TestSupport"]),
+        .testTarget(name: "VFIODeviceTests", dependencies: ["VFIODevice", "VFIOSimulator", "CVFIO", "TestSupport"]),
         .testTarget(name: "MigrationWireTests", dependencies: ["MigrationWire"]),
         .testTarget(name: "MigrationTLSTests", dependencies: ["MigrationTLS", "MigrationWire", "TestSupport"]),
         .testTarget(name: "MigrationEngineTests", dependencies: ["MigrationEngine", "VFIODevice", "VFIOSimulator", "MigrationWire", "MigrationTLS", "TestSupport"]),
-        .testTarget(name: "IntegrationTests", dependencies: ["vfio-migrate", "VFIODevice"]),
+        // Runs the built `vfio-migrate` binary; imports no module of this package.
+        .testTarget(name: "IntegrationTests", dependencies: ["vfio-migrate"]),
         // Fault injection and hostile peers (issue 7): proxies, killed processes, crafted frames.
         .testTarget(
             name: "ReliabilityTests",

@@ -7,7 +7,7 @@ import Glibc
 /// Concurrent access from several threads is allowed, as for real guest RAM under
 /// DMA: a page read while being written may be torn, which is exactly why the
 /// dirty bitmap makes the engine send it again.
-public final class GuestMemory: @unchecked Sendable {
+public final class GuestMemory: @unchecked Sendable {  // owns a raw mapping; shared access is by design (above)
     public let size: UInt64
     public let pageSize: Int
     public var pageCount: UInt64 { size / UInt64(pageSize) }

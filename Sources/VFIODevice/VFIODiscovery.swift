@@ -1,4 +1,4 @@
-import CVFIO
+internal import CVFIO
 import Glibc
 
 /// An opened VFIO device: container, group and device descriptors, and the migration

@@ -1,4 +1,4 @@
-import CVFIO
+internal import CVFIO
 import Glibc
 
 /// The reason a system call failed: an errno value as a type, so the kernel seam
@@ -43,6 +43,9 @@ public func retryingOnInterrupt<T>(_ body: () throws(Errno) -> T) throws(Errno) 
 /// are not retried on EINTR here: callers decide, with `retryingOnInterrupt`
 /// (a partial field access must not be split, a close must not be repeated).
 ///
+/// Offsets and modes are Swift integers (`off_t` is `Int`, `mode_t` `UInt32` on
+/// 64-bit Linux): the C typealiases would tie the public API to a C module.
+///
 /// The device interface v2 fits unchanged: `VFIO_DEVICE_FEATURE` is a `.buffer`
 /// ioctl whose first u32 is argsz (8-byte aligned buffer, as QEMU builds it), and
 /// the `data_fd` it returns is one more descriptor for `close` (its `read`/`write`
@@ -58,16 +61,16 @@ public struct VFIOKernel: Sendable {
         case buffer(UnsafeMutableRawBufferPointer)
     }
 
-    public var open: @Sendable (_ path: String, _ flags: Int32, _ mode: mode_t) throws(Errno) -> Int32
+    public var open: @Sendable (_ path: String, _ flags: Int32, _ mode: UInt32) throws(Errno) -> Int32
     public var close: @Sendable (_ fd: Int32) throws(Errno) -> Void
     /// Returns the ioctl's non-negative result (a version, a new descriptor, 0).
     public var ioctl: @Sendable (_ fd: Int32, _ request: UInt, _ argument: IoctlArgument) throws(Errno) -> Int32
     /// Bytes transferred; 0 at end of file.
-    public var pread: @Sendable (_ fd: Int32, _ into: UnsafeMutableRawBufferPointer, _ offset: off_t) throws(Errno) -> Int
-    public var pwrite: @Sendable (_ fd: Int32, _ from: UnsafeRawBufferPointer, _ offset: off_t) throws(Errno) -> Int
+    public var pread: @Sendable (_ fd: Int32, _ into: UnsafeMutableRawBufferPointer, _ offset: Int) throws(Errno) -> Int
+    public var pwrite: @Sendable (_ fd: Int32, _ from: UnsafeRawBufferPointer, _ offset: Int) throws(Errno) -> Int
     /// `fstat(2)`'s `st_size`.
-    public var fileSize: @Sendable (_ fd: Int32) throws(Errno) -> Int64
-    public var truncate: @Sendable (_ fd: Int32, _ size: off_t) throws(Errno) -> Void
+    public var fileSize: @Sendable (_ fd: Int32) throws(Errno) -> Int
+    public var truncate: @Sendable (_ fd: Int32, _ size: Int) throws(Errno) -> Void
     /// `memfd_create(name, MFD_CLOEXEC)`.
     public var memfdCreate: @Sendable (_ name: String) throws(Errno) -> Int32
     /// A shared read-write mapping of `length` bytes of `fd` from offset 0.
@@ -78,13 +81,13 @@ public struct VFIOKernel: Sendable {
     public var msync: @Sendable (_ address: UnsafeMutableRawPointer, _ length: Int) throws(Errno) -> Void
 
     public init(
-        open: @escaping @Sendable (String, Int32, mode_t) throws(Errno) -> Int32,
+        open: @escaping @Sendable (String, Int32, UInt32) throws(Errno) -> Int32,
         close: @escaping @Sendable (Int32) throws(Errno) -> Void,
         ioctl: @escaping @Sendable (Int32, UInt, IoctlArgument) throws(Errno) -> Int32,
-        pread: @escaping @Sendable (Int32, UnsafeMutableRawBufferPointer, off_t) throws(Errno) -> Int,
-        pwrite: @escaping @Sendable (Int32, UnsafeRawBufferPointer, off_t) throws(Errno) -> Int,
-        fileSize: @escaping @Sendable (Int32) throws(Errno) -> Int64,
-        truncate: @escaping @Sendable (Int32, off_t) throws(Errno) -> Void,
+        pread: @escaping @Sendable (Int32, UnsafeMutableRawBufferPointer, Int) throws(Errno) -> Int,
+        pwrite: @escaping @Sendable (Int32, UnsafeRawBufferPointer, Int) throws(Errno) -> Int,
+        fileSize: @escaping @Sendable (Int32) throws(Errno) -> Int,
+        truncate: @escaping @Sendable (Int32, Int) throws(Errno) -> Void,
         memfdCreate: @escaping @Sendable (String) throws(Errno) -> Int32,
         mmap: @escaping @Sendable (Int32, Int) throws(Errno) -> UnsafeMutableRawPointer,
         munmap: @escaping @Sendable (UnsafeMutableRawPointer, Int) throws(Errno) -> Void,
@@ -117,7 +120,7 @@ extension VFIOKernel {
         fileSize: { fd throws(Errno) in
             var st = stat()
             _ = try nonNegative(fstat(fd, &st))
-            return Int64(st.st_size)
+            return Int(st.st_size)
         },
         truncate: { fd, size throws(Errno) in _ = try nonNegative(ftruncate(fd, size)) },
         memfdCreate: { name throws(Errno) in try nonNegative(cvfio_memfd_create(name, 1 /* MFD_CLOEXEC */)) },

@@ -77,7 +77,7 @@ final class FakeVFIOKernel: @unchecked Sendable {  // all state guarded by `lock
                     file.replaceSubrange(at..<(at + n), with: buffer.prefix(n))
                 } }
             },
-            fileSize: { fd throws(Errno) in try self.call("fstat") { () throws(Errno) in Int64(try self.contents(fd).count) } },
+            fileSize: { fd throws(Errno) in try self.call("fstat") { () throws(Errno) in try self.contents(fd).count } },
             truncate: { fd, size throws(Errno) in
                 try self.call("ftruncate") { () throws(Errno) in try self.resize(fd, Int(size)) }
             },
