@@ -3,6 +3,7 @@ import PackageDescription
 
 // Layers (imports go one way, top to bottom):
 //   vfio-migrate (CLI) -> MigrationEngine -> MigrationTLS, MigrationWire, VFIODevice -> C system libraries
+//   vfio-migrate (CLI), tests -> VFIOSimulator -> VFIODevice (public API only; the engine never sees it)
 let package = Package(
     name: "vfio-migrate",
     platforms: [.macOS(.v15)],
@@ -16,7 +17,8 @@ let package = Package(
     ],
     targets: [
         // System libraries. Each module map also carries `static inline` shims for
-        // the macros Swift cannot import (see ../shared/INTEROP.md).
+        // the macros Swift cannot import, named after their module: functions
+        // `cvfio_`/`copenssl_`/`czlib_`/`cprocess_`, constants `CVFIO_`/`COPENSSL_`.
         .systemLibrary(
             name: "COpenSSL", path: "Sources/COpenSSL", pkgConfig: "openssl",
             providers: [.apt(["libssl-dev"])]),
@@ -34,6 +36,9 @@ let package = Package(
         .systemLibrary(name: "CProcess", path: "Sources/CProcess"),
 
         .target(name: "VFIODevice", dependencies: ["CVFIO"]),
+        // The strict simulated vendor driver, written against VFIODevice's public API
+        // only: proof that MigrationRegion is the whole contract a driver needs.
+        .target(name: "VFIOSimulator", dependencies: ["VFIODevice"]),
         .target(name: "MigrationWire", dependencies: ["CZlib", "CLibdeflate", "COpenSSL"]),
         .target(name: "MigrationTLS", dependencies: ["COpenSSL"]),
         .target(
@@ -45,22 +50,27 @@ let package = Package(
         .executableTarget(
             name: "vfio-migrate",
             dependencies: [
-                "MigrationEngine", "VFIODevice", "MigrationWire", "MigrationTLS", "CProcess",
+                "MigrationEngine", "VFIODevice", "VFIOSimulator", "MigrationWire", "MigrationTLS", "CProcess",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ]),
 
-        .testTarget(name: "VFIODeviceTests", dependencies: ["VFIODevice"]),
+        // Helpers shared by the test targets (PKI, result boxes, a recording region);
+        // a regular target so each test target can depend on it.
+        .target(name: "TestSupport", dependencies: ["VFIODevice", "MigrationTLS"], path: "Tests/TestSupport"),
+
+        .testTarget(name: "VFIODeviceTests", dependencies: ["VFIODevice", "VFIOSimulator", "CVFIO", "TestSupport"]),
         .testTarget(name: "MigrationWireTests", dependencies: ["MigrationWire"]),
-        .testTarget(name: "MigrationTLSTests", dependencies: ["MigrationTLS"]),
-        .testTarget(name: "MigrationEngineTests", dependencies: ["MigrationEngine", "VFIODevice", "MigrationWire", "MigrationTLS"]),
+        .testTarget(name: "MigrationTLSTests", dependencies: ["MigrationTLS", "MigrationWire", "TestSupport"]),
+        .testTarget(name: "MigrationEngineTests", dependencies: ["MigrationEngine", "VFIODevice", "VFIOSimulator", "MigrationWire", "MigrationTLS", "TestSupport"]),
         // Argument parsing and validation of the executable, in-process (no child processes).
         .testTarget(name: "CLITests", dependencies: ["vfio-migrate"]),
-        .testTarget(name: "IntegrationTests", dependencies: ["vfio-migrate", "VFIODevice"]),
+        // Runs the built `vfio-migrate` binary; imports no module of this package.
+        .testTarget(name: "IntegrationTests", dependencies: ["vfio-migrate"]),
         // Fault injection and hostile peers (issue 7): proxies, killed processes, crafted frames.
         .testTarget(
             name: "ReliabilityTests",
-            dependencies: ["vfio-migrate", "MigrationEngine", "MigrationTLS", "MigrationWire", "VFIODevice"]),
+            dependencies: ["vfio-migrate", "MigrationEngine", "MigrationTLS", "MigrationWire", "VFIODevice", "VFIOSimulator", "TestSupport"]),
     ],
     swiftLanguageModes: [.v6]
 )

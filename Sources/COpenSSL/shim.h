@@ -8,28 +8,28 @@
 #include <openssl/pem.h>
 // Shims for macros Swift cannot import, as `static inline` functions (no C target needed).
 
-static inline int vm_SSL_CTX_set_min_proto_version(SSL_CTX *ctx, int version) {
+static inline int copenssl_SSL_CTX_set_min_proto_version(SSL_CTX *ctx, int version) {
     return (int)SSL_CTX_set_min_proto_version(ctx, version);
 }
-static inline int vm_SSL_CTX_set_max_proto_version(SSL_CTX *ctx, int version) {
+static inline int copenssl_SSL_CTX_set_max_proto_version(SSL_CTX *ctx, int version) {
     return (int)SSL_CTX_set_max_proto_version(ctx, version);
 }
-static inline long vm_SSL_CTX_set_read_ahead(SSL_CTX *ctx, long yes) {
+static inline long copenssl_SSL_CTX_set_read_ahead(SSL_CTX *ctx, long yes) {
     return SSL_CTX_set_read_ahead(ctx, yes);
 }
-static inline long vm_SSL_CTX_set_mode(SSL_CTX *ctx, long mode) {
+static inline long copenssl_SSL_CTX_set_mode(SSL_CTX *ctx, long mode) {
     return SSL_CTX_set_mode(ctx, mode);
 }
-static inline long vm_SSL_CTX_set_session_cache_mode(SSL_CTX *ctx, long mode) {
+static inline long copenssl_SSL_CTX_set_session_cache_mode(SSL_CTX *ctx, long mode) {
     return SSL_CTX_set_session_cache_mode(ctx, mode);
 }
-static inline int vm_SSL_set_tlsext_host_name(SSL *ssl, const char *name) {
+static inline int copenssl_SSL_set_tlsext_host_name(SSL *ssl, const char *name) {
     return (int)SSL_set_tlsext_host_name(ssl, name);
 }
-static const long vm_SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER = SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER;
-static const long vm_SSL_SESS_CACHE_OFF = SSL_SESS_CACHE_OFF;
+static const long COPENSSL_SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER = SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER;
+static const long COPENSSL_SSL_SESS_CACHE_OFF = SSL_SESS_CACHE_OFF;
 // The SSL* a verify callback's X509_STORE_CTX belongs to.
-static inline SSL *vm_SSL_from_store_ctx(X509_STORE_CTX *store) {
+static inline SSL *copenssl_SSL_from_store_ctx(X509_STORE_CTX *store) {
     return (SSL *)X509_STORE_CTX_get_ex_data(store, SSL_get_ex_data_X509_STORE_CTX_idx());
 }
 #endif

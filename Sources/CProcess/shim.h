@@ -5,5 +5,5 @@
 #include <stdio.h>
 
 // Swift 6 cannot touch the C global `stdout` (shared mutable state).
-static inline void vm_line_buffer_stdout(void) { setvbuf(stdout, NULL, _IOLBF, 0); }
+static inline void cprocess_line_buffer_stdout(void) { setvbuf(stdout, NULL, _IOLBF, 0); }
 #endif

@@ -47,7 +47,7 @@ final class PeerVerification: @unchecked Sendable {
 /// with preverifyOK == 0; the leaf, once its chain is good, gets our name check, which
 /// covers DNS and IP names and a whole allow-list (SSL_set1_host cannot mix them).
 let peerVerifyCallback: @convention(c) (Int32, OpaquePointer?) -> Int32 = { preverifyOK, store in
-    guard let store, let ssl = vm_SSL_from_store_ctx(store), let raw = SSL_get_ex_data(ssl, 0) else {
+    guard let store, let ssl = copenssl_SSL_from_store_ctx(store), let raw = SSL_get_ex_data(ssl, 0) else {
         return 0  // no state to check names against: fail closed
     }
     let verification = Unmanaged<PeerVerification>.fromOpaque(raw).takeUnretainedValue()

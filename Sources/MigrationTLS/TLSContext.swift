@@ -82,22 +82,22 @@ public final class TLSContext: @unchecked Sendable {
     private static func configure(_ ctx: OpaquePointer, _ config: TLSConfiguration, role: TLSRole,
                                   hooks: TLSTestHooks) throws(TLSError) -> OwnCertificateFacts {
         if let max = hooks.maxProtocolVersion {
-            _ = vm_SSL_CTX_set_min_proto_version(ctx, max)
-            _ = vm_SSL_CTX_set_max_proto_version(ctx, max)
+            _ = copenssl_SSL_CTX_set_min_proto_version(ctx, max)
+            _ = copenssl_SSL_CTX_set_max_proto_version(ctx, max)
         } else {
-            guard vm_SSL_CTX_set_min_proto_version(ctx, TLS1_3_VERSION) == 1 else {
+            guard copenssl_SSL_CTX_set_min_proto_version(ctx, TLS1_3_VERSION) == 1 else {
                 throw .invalidConfiguration("this OpenSSL cannot do TLS 1.3")
             }
         }
         // One long-lived connection per migration: resumption buys nothing, and unread
         // tickets make a write-only client's close() reset the connection (INTEROP #2).
         _ = SSL_CTX_set_num_tickets(ctx, 0)
-        _ = vm_SSL_CTX_set_session_cache_mode(ctx, vm_SSL_SESS_CACHE_OFF)
+        _ = copenssl_SSL_CTX_set_session_cache_mode(ctx, COPENSSL_SSL_SESS_CACHE_OFF)
         // A retried SSL_write may pass the same bytes at a different address.
-        _ = vm_SSL_CTX_set_mode(ctx, vm_SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER)
+        _ = copenssl_SSL_CTX_set_mode(ctx, COPENSSL_SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER)
         // Bulk transfer: read ahead into a large buffer, so one read(2) brings many
         // 16 KiB records instead of two syscalls (header, body) per record.
-        _ = vm_SSL_CTX_set_read_ahead(ctx, 1)
+        _ = copenssl_SSL_CTX_set_read_ahead(ctx, 1)
         SSL_CTX_set_default_read_buffer_len(ctx, 256 << 10)
         // An encrypted key must fail, not prompt for a passphrase on the terminal.
         SSL_CTX_set_default_passwd_cb(ctx) { _, _, _, _ in -1 }

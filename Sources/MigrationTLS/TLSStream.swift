@@ -83,7 +83,7 @@ public final class TLSStream: @unchecked Sendable {
         if context.role == .client {
             // SNI only for DNS names; a server may use it, we never depend on it.
             let name = context.configuration.peerName
-            if !Certificate.isIPAddress(name) { _ = vm_SSL_set_tlsext_host_name(raw, name) }
+            if !Certificate.isIPAddress(name) { _ = copenssl_SSL_set_tlsext_host_name(raw, name) }
         }
         do throws(TLSError) {
             while true {

@@ -15,7 +15,7 @@ public final class Deflater: @unchecked Sendable {
         self.level = level
         stream = .allocate(capacity: 1)
         stream.initialize(to: z_stream())
-        let rc = vm_deflateInit2(stream, Int32(level), -15, 8, Z_DEFAULT_STRATEGY)
+        let rc = czlib_deflateInit2(stream, Int32(level), -15, 8, Z_DEFAULT_STRATEGY)
         guard rc == Z_OK else {
             stream.deinitialize(count: 1)
             stream.deallocate()
@@ -63,7 +63,7 @@ public final class Inflater: @unchecked Sendable {
     public init() throws {
         stream = .allocate(capacity: 1)
         stream.initialize(to: z_stream())
-        let rc = vm_inflateInit2(stream, -15)
+        let rc = czlib_inflateInit2(stream, -15)
         guard rc == Z_OK else {
             stream.deinitialize(count: 1)
             stream.deallocate()

@@ -130,8 +130,3 @@ func errnoName(_ e: Int32) -> String {
     let text = strerror(e).map { String(cString: $0) } ?? "errno \(e)"
     return "\(names[e] ?? "errno \(e)"): \(text)"
 }
-
-/// errno of the last failed libc call, as a typed error.
-func systemError(_ op: String, path: String? = nil) -> DeviceError {
-    .systemCall(op, path: path, errno: errno)
-}

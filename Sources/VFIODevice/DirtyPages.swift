@@ -45,11 +45,11 @@ public struct DirtySegment: Sendable, Equatable {
 }
 
 /// Bitmap helpers shared by the region query, the IOMMU form and the simulator.
-enum Bitmap {
-    static func byteCount(bits: UInt64) -> Int { Int((bits + 7) / 8) }
+public enum Bitmap {
+    public static func byteCount(bits: UInt64) -> Int { Int((bits + 7) / 8) }
 
     /// Clears bits at index ≥ `bits` so a bitmap never reports PFNs past its range.
-    static func masked(_ bytes: [UInt8], bits: UInt64) -> [UInt8] {
+    public static func masked(_ bytes: [UInt8], bits: UInt64) -> [UInt8] {
         var out = Array(bytes.prefix(byteCount(bits: bits)))
         let rest = Int(bits % 8)
         if rest != 0, !out.isEmpty { out[out.count - 1] &= UInt8((1 << rest) - 1) }

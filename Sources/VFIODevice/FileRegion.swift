@@ -7,34 +7,35 @@ import Glibc
 /// issues) any access the header calls undefined. Data-section byte ranges loop over
 /// short transfers. All methods are stateless over `pread`/`pwrite`, so concurrent
 /// use from several threads is safe.
-public final class FileRegion: MigrationRegion, @unchecked Sendable {
+public final class FileRegion: MigrationRegion, Sendable {
     public let fd: Int32
     public let baseOffset: UInt64
     public let regionSize: UInt64
     public let path: String?
     private let ownsFD: Bool
     /// Keeps whatever owns `fd` (e.g. a `VFIODeviceHandle`) alive as long as the region.
-    private let owner: AnyObject?
+    private let owner: (any AnyObject & Sendable)?
+    private let kernel: VFIOKernel
 
     /// Opens `path` read-write. Without `size`, the region extends from `baseOffset`
     /// to the end of the file (regular files only; devices must give a size).
-    public init(path: String, baseOffset: UInt64 = 0, size: UInt64? = nil) throws {
-        let fd = Glibc.open(path, O_RDWR | O_CLOEXEC)
-        guard fd >= 0 else { throw systemError("open", path: path) }
+    public init(path: String, baseOffset: UInt64 = 0, size: UInt64? = nil, kernel: VFIOKernel = .live) throws(DeviceError) {
+        let fd = try DeviceError.systemCall("open", path: path) { () throws(Errno) in
+            try kernel.open(path, O_RDWR | O_CLOEXEC, 0)
+        }
         var resolved = size
         if resolved == nil {
-            var st = stat()
-            guard fstat(fd, &st) == 0 else {
-                let error = systemError("fstat", path: path)
-                Glibc.close(fd)
-                throw error
+            do throws(Errno) {
+                let fileSize = UInt64(max(0, try kernel.fileSize(fd)))
+                if fileSize > baseOffset { resolved = fileSize - baseOffset }
+            } catch {
+                try? kernel.close(fd)
+                throw .systemCall("fstat", path: path, errno: error.rawValue)
             }
-            let fileSize = UInt64(max(0, st.st_size))
-            if fileSize > baseOffset { resolved = fileSize - baseOffset }
         }
         guard let regionSize = resolved, regionSize >= MigrationInfo.size else {
-            Glibc.close(fd)
-            throw DeviceError.invalidArgument(
+            try? kernel.close(fd)
+            throw .invalidArgument(
                 operation: "open migration region \(path)",
                 detail: "region size unknown or smaller than the 64-byte header; give @OFFSET and a size for devices")
         }
@@ -44,18 +45,20 @@ public final class FileRegion: MigrationRegion, @unchecked Sendable {
         self.path = path
         self.ownsFD = true
         self.owner = nil
+        self.kernel = kernel
     }
 
     /// Wraps an existing descriptor. With `closeOnDeinit`, the region owns it.
-    public convenience init(fd: Int32, baseOffset: UInt64, size: UInt64, closeOnDeinit: Bool = false) throws {
-        try self.init(fd: fd, baseOffset: baseOffset, size: size, closeOnDeinit: closeOnDeinit, owner: nil)
+    public convenience init(fd: Int32, baseOffset: UInt64, size: UInt64, closeOnDeinit: Bool = false,
+                            kernel: VFIOKernel = .live) throws(DeviceError) {
+        try self.init(fd: fd, baseOffset: baseOffset, size: size, closeOnDeinit: closeOnDeinit, owner: nil, kernel: kernel)
     }
 
-    init(fd: Int32, baseOffset: UInt64, size: UInt64, closeOnDeinit: Bool, owner: AnyObject?) throws {
-        guard fd >= 0 else { throw DeviceError.invalidArgument(operation: "FileRegion", detail: "invalid descriptor \(fd)") }
+    init(fd: Int32, baseOffset: UInt64, size: UInt64, closeOnDeinit: Bool, owner: (any AnyObject & Sendable)?, kernel: VFIOKernel) throws(DeviceError) {
+        guard fd >= 0 else { throw .invalidArgument(operation: "FileRegion", detail: "invalid descriptor \(fd)") }
         guard size >= MigrationInfo.size, !baseOffset.addingReportingOverflow(size).overflow,
               baseOffset &+ size <= UInt64(Int64.max) else {
-            throw DeviceError.invalidArgument(operation: "FileRegion", detail: "region [\(baseOffset), +\(size)) unusable: needs at least the 64-byte header within off_t range")
+            throw .invalidArgument(operation: "FileRegion", detail: "region [\(baseOffset), +\(size)) unusable: needs at least the 64-byte header within off_t range")
         }
         self.fd = fd
         self.baseOffset = baseOffset
@@ -63,10 +66,11 @@ public final class FileRegion: MigrationRegion, @unchecked Sendable {
         self.path = nil
         self.ownsFD = closeOnDeinit
         self.owner = owner
+        self.kernel = kernel
     }
 
     deinit {
-        if ownsFD { Glibc.close(fd) }
+        if ownsFD { try? kernel.close(fd) }
     }
 
     public func read32(at offset: UInt64) throws -> UInt32 {
@@ -109,40 +113,44 @@ public final class FileRegion: MigrationRegion, @unchecked Sendable {
     }
 
     /// One syscall of exactly the field width: retrying a partial field access would
-    /// split it into narrower accesses, which the header forbids.
-    private func fieldTransfer(_ access: RegionAccess, _ buffer: UnsafeMutableRawBufferPointer, at offset: UInt64) throws {
+    /// split it into narrower accesses, which the header forbids. EINTR is retried:
+    /// nothing was transferred, so the same access is still whole.
+    private func fieldTransfer(_ access: RegionAccess, _ buffer: UnsafeMutableRawBufferPointer, at offset: UInt64) throws(DeviceError) {
         let position = off_t(baseOffset + offset)
-        while true {
-            let n = access == .read
-                ? pread(fd, buffer.baseAddress, buffer.count, position)
-                : pwrite(fd, buffer.baseAddress, buffer.count, position)
-            if n == buffer.count { return }
-            if n < 0 {
-                if errno == EINTR { continue }  // nothing transferred: same access again
-                let field = MigrationInfo.Field.containing(offset)?.name ?? "offset \(offset)"
-                throw DeviceError.deviceIOError(access, field: field, offset: offset, errno: errno,
-                                                reason: access == .read ? "pread failed" : "pwrite failed")
-            }
-            throw DeviceError.shortTransfer(access, offset: offset, expected: buffer.count, transferred: n)
+        let n: Int
+        do throws(Errno) {
+            n = try retryingOnInterrupt { () throws(Errno) in try transfer(access, buffer, at: position) }
+        } catch {
+            let field = MigrationInfo.Field.containing(offset)?.name ?? "offset \(offset)"
+            throw .deviceIOError(access, field: field, offset: offset, errno: error.rawValue,
+                                 reason: access == .read ? "pread failed" : "pwrite failed")
+        }
+        guard n == buffer.count else {
+            throw .shortTransfer(access, offset: offset, expected: buffer.count, transferred: n)
         }
     }
 
     /// Data-section ranges: loop over short transfers and EINTR; 0 means end of file.
-    private func rangeTransfer(_ access: RegionAccess, _ buffer: UnsafeMutableRawBufferPointer, at offset: UInt64) throws {
+    private func rangeTransfer(_ access: RegionAccess, _ buffer: UnsafeMutableRawBufferPointer, at offset: UInt64) throws(DeviceError) {
         var done = 0
         while done < buffer.count {
             let position = off_t(baseOffset + offset + UInt64(done))
-            let pointer = buffer.baseAddress! + done
-            let n = access == .read
-                ? pread(fd, pointer, buffer.count - done, position)
-                : pwrite(fd, pointer, buffer.count - done, position)
-            if n < 0 {
-                if errno == EINTR { continue }
-                throw DeviceError.deviceIOError(access, field: "data section", offset: offset + UInt64(done), errno: errno,
-                                                reason: access == .read ? "pread failed" : "pwrite failed")
+            let rest = UnsafeMutableRawBufferPointer(rebasing: buffer[done...])
+            let n: Int
+            do throws(Errno) {
+                n = try retryingOnInterrupt { () throws(Errno) in try transfer(access, rest, at: position) }
+            } catch {
+                throw .deviceIOError(access, field: "data section", offset: offset + UInt64(done), errno: error.rawValue,
+                                     reason: access == .read ? "pread failed" : "pwrite failed")
             }
-            if n == 0 { throw DeviceError.shortTransfer(access, offset: offset, expected: buffer.count, transferred: done) }
+            if n == 0 { throw .shortTransfer(access, offset: offset, expected: buffer.count, transferred: done) }
             done += n
         }
+    }
+
+    private func transfer(_ access: RegionAccess, _ buffer: UnsafeMutableRawBufferPointer, at position: off_t) throws(Errno) -> Int {
+        access == .read
+            ? try kernel.pread(fd, buffer, position)
+            : try kernel.pwrite(fd, UnsafeRawBufferPointer(buffer), position)
     }
 }

@@ -1,4 +1,3 @@
-import CVFIO
 import Glibc
 
 /// Guest RAM mapped from a shared file; pages addressed by PFN.
@@ -8,51 +7,52 @@ import Glibc
 /// Concurrent access from several threads is allowed, as for real guest RAM under
 /// DMA: a page read while being written may be torn, which is exactly why the
 /// dirty bitmap makes the engine send it again.
-public final class GuestMemory: @unchecked Sendable {
+public final class GuestMemory: @unchecked Sendable {  // owns a raw mapping; shared access is by design (above)
     public let size: UInt64
     public let pageSize: Int
     public var pageCount: UInt64 { size / UInt64(pageSize) }
     public let path: String?
     private let base: UnsafeMutableRawPointer
+    private let kernel: VFIOKernel
 
     /// Maps `path`; with `create`, creates/extends it to `size`. Without `size`, uses the file's size.
-    public init(path: String, size: UInt64?, create: Bool, pageSize: Int) throws {
+    public init(path: String, size: UInt64?, create: Bool, pageSize: Int, kernel: VFIOKernel = .live) throws(DeviceError) {
         try GuestMemory.checkPageSize(pageSize)
-        let fd = Glibc.open(path, O_RDWR | O_CLOEXEC | (create ? O_CREAT : 0), 0o600)
-        guard fd >= 0 else { throw systemError("open guest memory", path: path) }
-        defer { Glibc.close(fd) }  // the mapping keeps the file referenced
-        var st = stat()
-        guard fstat(fd, &st) == 0 else { throw systemError("fstat guest memory", path: path) }
-        let fileSize = UInt64(max(0, st.st_size))
+        let fd = try DeviceError.systemCall("open guest memory", path: path) { () throws(Errno) in
+            try kernel.open(path, O_RDWR | O_CLOEXEC | (create ? O_CREAT : 0), 0o600)
+        }
+        defer { try? kernel.close(fd) }  // the mapping keeps the file referenced
+        let fileSize = UInt64(max(0, try DeviceError.systemCall("fstat guest memory", path: path) { () throws(Errno) in try kernel.fileSize(fd) }))
         let wanted = size ?? fileSize
         if fileSize < wanted {
             guard create else {
-                throw DeviceError.invalidArgument(operation: "map guest memory \(path)",
-                                                  detail: "file has \(fileSize) bytes, \(wanted) asked (pass create to extend)")
+                throw .invalidArgument(operation: "map guest memory \(path)",
+                                       detail: "file has \(fileSize) bytes, \(wanted) asked (pass create to extend)")
             }
-            guard ftruncate(fd, off_t(wanted)) == 0 else { throw systemError("ftruncate guest memory", path: path) }
+            try DeviceError.systemCall("ftruncate guest memory", path: path) { () throws(Errno) in try kernel.truncate(fd, off_t(wanted)) }
         }
-        self.base = try GuestMemory.map(fd: fd, size: wanted, pageSize: pageSize, what: path)
+        self.base = try GuestMemory.map(fd: fd, size: wanted, pageSize: pageSize, what: path, kernel: kernel)
         self.size = wanted
         self.pageSize = pageSize
         self.path = path
+        self.kernel = kernel
     }
 
     /// A memfd-backed guest memory (tests, demo).
-    public init(anonymousNamed name: String, size: UInt64, pageSize: Int) throws {
+    public init(anonymousNamed name: String, size: UInt64, pageSize: Int, kernel: VFIOKernel = .live) throws(DeviceError) {
         try GuestMemory.checkPageSize(pageSize)
-        let fd = cvfio_memfd_create(name, 1 /* MFD_CLOEXEC */)
-        guard fd >= 0 else { throw systemError("memfd_create", path: name) }
-        defer { Glibc.close(fd) }
-        guard ftruncate(fd, off_t(size)) == 0 else { throw systemError("ftruncate memfd", path: name) }
-        self.base = try GuestMemory.map(fd: fd, size: size, pageSize: pageSize, what: name)
+        let fd = try DeviceError.systemCall("memfd_create", path: name) { () throws(Errno) in try kernel.memfdCreate(name) }
+        defer { try? kernel.close(fd) }
+        try DeviceError.systemCall("ftruncate memfd", path: name) { () throws(Errno) in try kernel.truncate(fd, off_t(size)) }
+        self.base = try GuestMemory.map(fd: fd, size: size, pageSize: pageSize, what: name, kernel: kernel)
         self.size = size
         self.pageSize = pageSize
         self.path = nil
+        self.kernel = kernel
     }
 
     deinit {
-        munmap(base, Int(size))
+        try? kernel.munmap(base, Int(size))
     }
 
     /// Allocates every page now, writable (MADV_POPULATE_WRITE). A destination
@@ -60,29 +60,29 @@ public final class GuestMemory: @unchecked Sendable {
     /// migration's critical path, and a file system that cannot hold the guest
     /// (full tmpfs or hugetlbfs pool) fails here with a clear error instead of
     /// SIGBUS halfway through. Kernels without the advice (< 5.14) skip it.
-    public func populate() throws {
+    public func populate() throws(DeviceError) {
         let madvPopulateWrite: Int32 = 23
-        if madvise(base, Int(size), madvPopulateWrite) != 0 {
-            let e = errno
-            if e == EINVAL { return }
-            throw DeviceError.systemCall("populate guest memory (MADV_POPULATE_WRITE)", path: path, errno: e)
+        do throws(Errno) {
+            try kernel.madvise(base, Int(size), madvPopulateWrite)
+        } catch where error == .invalidArgument {
+            return
+        } catch {
+            throw .systemCall("populate guest memory (MADV_POPULATE_WRITE)", path: path, errno: error.rawValue)
         }
     }
 
-    private static func checkPageSize(_ pageSize: Int) throws {
+    private static func checkPageSize(_ pageSize: Int) throws(DeviceError) {
         guard pageSize >= 512, pageSize & (pageSize - 1) == 0 else {
             throw DeviceError.invalidArgument(operation: "guest memory", detail: "page size \(pageSize) is not a power of two ≥ 512")
         }
     }
 
-    private static func map(fd: Int32, size: UInt64, pageSize: Int, what: String) throws -> UnsafeMutableRawPointer {
+    private static func map(fd: Int32, size: UInt64, pageSize: Int, what: String, kernel: VFIOKernel) throws(DeviceError) -> UnsafeMutableRawPointer {
         guard size > 0, size % UInt64(pageSize) == 0, size <= UInt64(Int.max) else {
-            throw DeviceError.invalidArgument(operation: "map guest memory \(what)",
-                                              detail: "size \(size) is not a positive multiple of the page size \(pageSize)")
+            throw .invalidArgument(operation: "map guest memory \(what)",
+                                   detail: "size \(size) is not a positive multiple of the page size \(pageSize)")
         }
-        let p = mmap(nil, Int(size), PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0)
-        guard let p, p != MAP_FAILED else { throw systemError("mmap guest memory", path: what) }
-        return p
+        return try DeviceError.systemCall("mmap guest memory", path: what) { () throws(Errno) in try kernel.mmap(fd, Int(size)) }
     }
 
     /// Byte offset of `[startPFN, startPFN+count)` after a bounds check.
@@ -151,7 +151,7 @@ public final class GuestMemory: @unchecked Sendable {
     }
 
     /// msync(MS_SYNC) of the whole mapping: file-backed guest RAM reaches the file.
-    public func sync() throws {
-        guard msync(base, Int(size), MS_SYNC) == 0 else { throw systemError("msync guest memory", path: path) }
+    public func sync() throws(DeviceError) {
+        try DeviceError.systemCall("msync guest memory", path: path) { () throws(Errno) in try kernel.msync(base, Int(size)) }
     }
 }

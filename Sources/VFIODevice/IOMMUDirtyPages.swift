@@ -1,5 +1,4 @@
-import CVFIO
-import Glibc
+internal import CVFIO
 
 /// Pure builders and parsers for the Linux 5.8 `VFIO_IOMMU_DIRTY_PAGES` argument:
 /// `struct vfio_iommu_type1_dirty_bitmap` { argsz u32, flags u32, data[] }, with, for
@@ -81,23 +80,12 @@ public enum IOMMUDirtyBitmap {
 public final class IOMMUDirtyPageSource: DirtyPageSource {
     public let containerFD: Int32
     public let iovaBase: UInt64
-    /// The ioctl at the edge, returning 0 or -errno (errno captured at the call);
-    /// replaceable so tests can play the kernel.
-    private let call: (Int32, UInt, UnsafeMutableRawPointer) -> Int32
+    private let kernel: VFIOKernel
 
-    public init(containerFD: Int32, iovaBase: UInt64 = 0) {
+    public init(containerFD: Int32, iovaBase: UInt64 = 0, kernel: VFIOKernel = .live) {
         self.containerFD = containerFD
         self.iovaBase = iovaBase
-        self.call = { fd, request, arg in
-            let rc = ioctl(fd, request, arg)
-            return rc < 0 ? -errno : 0
-        }
-    }
-
-    init(containerFD: Int32, iovaBase: UInt64, ioctl: @escaping (Int32, UInt, UnsafeMutableRawPointer) -> Int32) {
-        self.containerFD = containerFD
-        self.iovaBase = iovaBase
-        self.call = ioctl
+        self.kernel = kernel
     }
 
     public func start() throws { try control(IOMMUDirtyBitmap.flagStart, "START") }
@@ -105,8 +93,15 @@ public final class IOMMUDirtyPageSource: DirtyPageSource {
 
     private func control(_ flags: UInt32, _ name: String) throws {
         var arg = IOMMUDirtyBitmap.control(flags: flags)
-        let rc = arg.withUnsafeMutableBytes { call(containerFD, UInt(CVFIO_IOMMU_DIRTY_PAGES), $0.baseAddress!) }
-        guard rc == 0 else { throw DeviceError.systemCall("VFIO_IOMMU_DIRTY_PAGES \(name)", path: nil, errno: -rc) }
+        try dirtyPagesIoctl(&arg, name)
+    }
+
+    private func dirtyPagesIoctl(_ arg: inout [UInt8], _ name: String) throws(DeviceError) {
+        _ = try DeviceError.systemCall("VFIO_IOMMU_DIRTY_PAGES \(name)", path: nil) { () throws(Errno) in
+            try arg.withMutableBytes { (buffer) throws(Errno) in
+                try kernel.ioctl(containerFD, UInt(CVFIO_IOMMU_DIRTY_PAGES), .buffer(buffer))
+            }
+        }
     }
 
     public func query(startPFN: UInt64, pageSize: UInt64, totalPFNs: UInt64) throws -> [DirtySegment] {
@@ -121,13 +116,13 @@ public final class IOMMUDirtyPageSource: DirtyPageSource {
             throw DeviceError.invalidArgument(operation: "IOMMU dirty bitmap", detail: "PFN range [\(startPFN), +\(totalPFNs)) overflows the IOVA space")
         }
         var bitmap = [UInt8](repeating: 0, count: IOMMUDirtyBitmap.bitmapBufferSize(pfnCount: totalPFNs))
-        let rc: Int32 = bitmap.withUnsafeMutableBytes { bits in
+        try bitmap.withMutableBytes { (bits) throws(DeviceError) in
+            // The request carries the bitmap's address: the kernel writes it while `bits` is pinned here.
             var arg = IOMMUDirtyBitmap.getBitmapRequest(
                 iova: iova, size: bytes, pageSize: pageSize, bitmapSize: UInt64(bits.count),
                 bitmapAddress: UInt64(UInt(bitPattern: bits.baseAddress)))
-            return arg.withUnsafeMutableBytes { call(containerFD, UInt(CVFIO_IOMMU_DIRTY_PAGES), $0.baseAddress!) }
+            try dirtyPagesIoctl(&arg, "GET_BITMAP")
         }
-        guard rc == 0 else { throw DeviceError.systemCall("VFIO_IOMMU_DIRTY_PAGES GET_BITMAP", path: nil, errno: -rc) }
         return [try IOMMUDirtyBitmap.segment(fromBitmap: bitmap, startPFN: startPFN, pageSize: pageSize, pfnCount: totalPFNs)]
     }
 }

@@ -19,7 +19,7 @@ public enum VFIOCapabilityChain {
 
     /// Walks the chain starting at `firstOffset` (0: no capabilities). `infoSize` is
     /// the fixed info struct the chain follows; no capability may start inside it.
-    public static func parse(_ buffer: [UInt8], firstOffset: UInt32, infoSize: Int) throws -> [VFIOCapability] {
+    public static func parse(_ buffer: [UInt8], firstOffset: UInt32, infoSize: Int) throws(DeviceError) -> [VFIOCapability] {
         var caps: [VFIOCapability] = []
         var visited = Set<UInt32>()
         var offset = firstOffset
@@ -50,7 +50,7 @@ public enum VFIOCapabilityChain {
     }
 
     /// The (type, subtype) of the region's `VFIO_REGION_INFO_CAP_TYPE`, if present.
-    public static func regionType(in buffer: [UInt8], firstOffset: UInt32, infoSize: Int = VFIORegionInfo.size) throws -> (type: UInt32, subtype: UInt32)? {
+    public static func regionType(in buffer: [UInt8], firstOffset: UInt32, infoSize: Int = VFIORegionInfo.size) throws(DeviceError) -> (type: UInt32, subtype: UInt32)? {
         for cap in try parse(buffer, firstOffset: firstOffset, infoSize: infoSize) where cap.id == capTypeID {
             let o = Int(cap.offset)
             guard o + capTypeSize <= buffer.count else {
@@ -91,7 +91,7 @@ public struct VFIORegionInfo: Sendable, Equatable {
         return b
     }
 
-    public static func parse(_ b: [UInt8]) throws -> VFIORegionInfo {
+    public static func parse(_ b: [UInt8]) throws(DeviceError) -> VFIORegionInfo {
         guard b.count >= size else {
             throw DeviceError.invalidArgument(operation: "parse vfio_region_info", detail: "\(b.count) bytes, at least \(size) needed")
         }
@@ -101,7 +101,7 @@ public struct VFIORegionInfo: Sendable, Equatable {
     }
 
     /// Whether the buffer describes the v8 migration region (cap type 3 / subtype 1).
-    public static func isMigrationRegion(_ b: [UInt8]) throws -> Bool {
+    public static func isMigrationRegion(_ b: [UInt8]) throws(DeviceError) -> Bool {
         let info = try parse(b)
         guard info.flags & flagCaps != 0, info.capOffset != 0 else { return false }
         // Only the bytes the kernel says it filled are trusted.
@@ -116,7 +116,7 @@ public struct VFIORegionInfo: Sendable, Equatable {
 
     /// Runs `query` (the ioctl) on a request buffer, growing it once to the `argsz`
     /// the kernel asks for when the capability chain does not fit.
-    public static func query(index: UInt32, _ query: (inout [UInt8]) throws -> Void) throws -> [UInt8] {
+    public static func query(index: UInt32, _ query: (inout [UInt8]) throws(DeviceError) -> Void) throws(DeviceError) -> [UInt8] {
         var buffer = request(index: index)
         for _ in 0..<3 {
             try query(&buffer)

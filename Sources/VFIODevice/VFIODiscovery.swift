@@ -1,10 +1,10 @@
-import CVFIO
+internal import CVFIO
 import Glibc
 
 /// An opened VFIO device: container, group and device descriptors, and the migration
 /// region found on it. Closes the descriptors when released; regions made from it
 /// keep it alive.
-public final class VFIODeviceHandle: @unchecked Sendable {
+public final class VFIODeviceHandle: Sendable {
     public let group: String
     public let deviceName: String
     public let containerFD: Int32
@@ -14,33 +14,35 @@ public final class VFIODeviceHandle: @unchecked Sendable {
     public let regionCount: UInt32
     /// The region with capability type 3 / subtype 1.
     public let migrationRegionInfo: VFIORegionInfo
+    /// The kernel the descriptors belong to; regions and dirty sources made here use it too.
+    public let kernel: VFIOKernel
 
     init(group: String, deviceName: String, containerFD: Int32, groupFD: Int32, deviceFD: Int32,
-         regionCount: UInt32, migrationRegionInfo: VFIORegionInfo) {
+         regionCount: UInt32, migrationRegionInfo: VFIORegionInfo, kernel: VFIOKernel) {
         self.group = group; self.deviceName = deviceName
         self.containerFD = containerFD; self.groupFD = groupFD; self.deviceFD = deviceFD
         self.regionCount = regionCount; self.migrationRegionInfo = migrationRegionInfo
+        self.kernel = kernel
     }
 
     deinit {
-        Glibc.close(deviceFD)
-        Glibc.close(groupFD)
-        Glibc.close(containerFD)
+        // Device before group before container: the reverse of opening.
+        for fd in [deviceFD, groupFD, containerFD] { try? kernel.close(fd) }
     }
 
     /// The migration region on the device fd, at the offset and size the kernel reported.
-    public func region() throws -> FileRegion {
+    public func region() throws(DeviceError) -> FileRegion {
         try FileRegion(fd: deviceFD, baseOffset: migrationRegionInfo.offset, size: migrationRegionInfo.size,
-                       closeOnDeinit: false, owner: self)
+                       closeOnDeinit: false, owner: self, kernel: kernel)
     }
 
-    public func migrationDevice(name: String? = nil) throws -> MigrationDevice {
+    public func migrationDevice(name: String? = nil) throws(DeviceError) -> MigrationDevice {
         MigrationDevice(name: name ?? deviceName, region: try region())
     }
 
     /// Dirty tracking through this container (Linux 5.8 form).
     public func iommuDirtyPageSource(iovaBase: UInt64 = 0) -> IOMMUDirtyPageSource {
-        IOMMUDirtyPageSource(containerFD: containerFD, iovaBase: iovaBase)
+        IOMMUDirtyPageSource(containerFD: containerFD, iovaBase: iovaBase, kernel: kernel)
     }
 }
 
@@ -50,54 +52,57 @@ public final class VFIODeviceHandle: @unchecked Sendable {
 /// GET_REGION_INFO for every region, walking the capability chain for type 3 / subtype 1.
 public enum VFIODiscovery {
     public static func open(group: String, device: String,
-                            containerPath: String = "/dev/vfio/vfio", groupDirectory: String = "/dev/vfio") throws -> VFIODeviceHandle {
-        let container = Glibc.open(containerPath, O_RDWR | O_CLOEXEC)
-        guard container >= 0 else { throw systemError("open VFIO container", path: containerPath) }
-        var fds = [container]
-        var handed = false
-        defer { if !handed { fds.forEach { _ = Glibc.close($0) } } }
+                            containerPath: String = "/dev/vfio/vfio", groupDirectory: String = "/dev/vfio",
+                            kernel: VFIOKernel = .live) throws(DeviceError) -> VFIODeviceHandle {
+        let descriptors = Descriptors(kernel: kernel)
+        let container = try descriptors.open(containerPath, operation: "open VFIO container")
 
-        let version = ioctl(container, UInt(CVFIO_GET_API_VERSION))
+        let version = try? kernel.ioctl(container, UInt(CVFIO_GET_API_VERSION), .none)
         guard version == Int32(CVFIO_API_VERSION) else {
-            throw DeviceError.invalidArgument(operation: "VFIO_GET_API_VERSION", detail: "kernel reports VFIO API \(version), this tool speaks \(CVFIO_API_VERSION)")
+            let reported = version.map { "VFIO API \($0)" } ?? "no VFIO API (not a VFIO container)"
+            throw .invalidArgument(operation: "VFIO_GET_API_VERSION", detail: "\(containerPath) reports \(reported), this tool speaks \(CVFIO_API_VERSION)")
         }
 
         let groupPath = groupDirectory + "/" + group
-        let groupFD = Glibc.open(groupPath, O_RDWR | O_CLOEXEC)
-        guard groupFD >= 0 else { throw DeviceError.noSuchGroup(path: groupPath, errno: errno) }
-        fds.append(groupFD)
+        let groupFD: Int32
+        do throws(Errno) {
+            groupFD = try descriptors.open(groupPath)
+        } catch {
+            throw .noSuchGroup(path: groupPath, errno: error.rawValue)
+        }
 
         // struct vfio_group_status { argsz, flags }
         var status: [UInt32] = [8, 0]
-        try call(groupFD, CVFIO_GROUP_GET_STATUS, "VFIO_GROUP_GET_STATUS", path: groupPath, &status)
-        guard status[1] & CVFIO_GROUP_FLAGS_VIABLE != 0 else { throw DeviceError.groupNotViable(group: group) }
+        try call(kernel, groupFD, CVFIO_GROUP_GET_STATUS, "VFIO_GROUP_GET_STATUS", path: groupPath, &status)
+        guard status[1] & CVFIO_GROUP_FLAGS_VIABLE != 0 else { throw .groupNotViable(group: group) }
 
-        var containerArg: Int32 = container
-        try withUnsafeMutablePointer(to: &containerArg) { p in
-            try check(ioctl(groupFD, UInt(CVFIO_GROUP_SET_CONTAINER), p), "VFIO_GROUP_SET_CONTAINER", path: groupPath)
+        var containerArg = [container]
+        try call(kernel, groupFD, CVFIO_GROUP_SET_CONTAINER, "VFIO_GROUP_SET_CONTAINER", path: groupPath, &containerArg)
+        guard let extension_ = try? kernel.ioctl(container, UInt(CVFIO_CHECK_EXTENSION), .integer(Int32(CVFIO_TYPE1v2_IOMMU))),
+              extension_ > 0 else {
+            throw .invalidArgument(operation: "VFIO_CHECK_EXTENSION", detail: "the container does not offer the type1v2 IOMMU")
         }
-        guard ioctl(container, UInt(CVFIO_CHECK_EXTENSION), CInt(CVFIO_TYPE1v2_IOMMU)) > 0 else {
-            throw DeviceError.invalidArgument(operation: "VFIO_CHECK_EXTENSION", detail: "the container does not offer the type1v2 IOMMU")
+        _ = try DeviceError.systemCall("VFIO_SET_IOMMU(type1v2)", path: containerPath) { () throws(Errno) in
+            try kernel.ioctl(container, UInt(CVFIO_SET_IOMMU), .integer(Int32(CVFIO_TYPE1v2_IOMMU)))
         }
-        try check(ioctl(container, UInt(CVFIO_SET_IOMMU), CInt(CVFIO_TYPE1v2_IOMMU)), "VFIO_SET_IOMMU(type1v2)", path: containerPath)
 
-        let deviceFD = device.withCString { ioctl(groupFD, UInt(CVFIO_GROUP_GET_DEVICE_FD), UnsafeMutableRawPointer(mutating: $0)) }
-        guard deviceFD >= 0 else { throw systemError("VFIO_GROUP_GET_DEVICE_FD", path: device) }
-        fds.append(deviceFD)
+        var name = Array(device.utf8CString)
+        let deviceFD = try call(kernel, groupFD, CVFIO_GROUP_GET_DEVICE_FD, "VFIO_GROUP_GET_DEVICE_FD", path: device, &name)
+        descriptors.adopt(deviceFD)
 
         // struct vfio_device_info { argsz, flags, num_regions, num_irqs, cap_offset }
         var info: [UInt32] = [20, 0, 0, 0, 0]
-        try call(deviceFD, CVFIO_DEVICE_GET_INFO, "VFIO_DEVICE_GET_INFO", path: device, &info)
+        try call(kernel, deviceFD, CVFIO_DEVICE_GET_INFO, "VFIO_DEVICE_GET_INFO", path: device, &info)
         let regionCount = info[2]
 
         var found: VFIORegionInfo?
         for index in 0..<regionCount {
             let buffer: [UInt8]
-            do {
-                buffer = try VFIORegionInfo.query(index: index) { request in
-                    try call(deviceFD, CVFIO_DEVICE_GET_REGION_INFO, "VFIO_DEVICE_GET_REGION_INFO(\(index))", path: device, &request)
+            do throws(DeviceError) {
+                buffer = try VFIORegionInfo.query(index: index) { (request) throws(DeviceError) in
+                    try call(kernel, deviceFD, CVFIO_DEVICE_GET_REGION_INFO, "VFIO_DEVICE_GET_REGION_INFO(\(index))", path: device, &request)
                 }
-            } catch DeviceError.systemCall(_, _, EINVAL) {
+            } catch .systemCall(_, _, EINVAL) {
                 continue  // vfio-pci refuses some fixed indexes (e.g. VGA) on devices without them
             }
             if try VFIORegionInfo.isMigrationRegion(buffer) {
@@ -105,21 +110,48 @@ public enum VFIODiscovery {
                 break
             }
         }
-        guard let region = found else { throw DeviceError.noMigrationRegion(device: device, regionsScanned: Int(regionCount)) }
+        guard let region = found else { throw .noMigrationRegion(device: device, regionsScanned: Int(regionCount)) }
         guard region.size >= MigrationInfo.size else {
-            throw DeviceError.protocolViolation(step: "migration region info", detail: "region \(region.index) is \(region.size) bytes, smaller than the 64-byte header")
+            throw .protocolViolation(step: "migration region info", detail: "region \(region.index) is \(region.size) bytes, smaller than the 64-byte header")
         }
-        handed = true
+        descriptors.handOver()
         return VFIODeviceHandle(group: group, deviceName: device, containerFD: container, groupFD: groupFD,
-                                deviceFD: deviceFD, regionCount: regionCount, migrationRegionInfo: region)
+                                deviceFD: deviceFD, regionCount: regionCount, migrationRegionInfo: region, kernel: kernel)
     }
 
-    private static func call<T>(_ fd: Int32, _ request: UInt, _ name: String, path: String, _ arg: inout [T]) throws {
-        let rc = arg.withUnsafeMutableBytes { ioctl(fd, request, $0.baseAddress!) }
-        try check(rc, name, path: path)
+    /// One VFIO ioctl on a struct buffer; its result (a descriptor for GET_DEVICE_FD).
+    @discardableResult
+    private static func call<T>(_ kernel: VFIOKernel, _ fd: Int32, _ request: UInt, _ name: String, path: String,
+                                _ arg: inout [T]) throws(DeviceError) -> Int32 {
+        try DeviceError.systemCall(name, path: path) { () throws(Errno) in
+            try arg.withMutableBytes { (buffer) throws(Errno) in try kernel.ioctl(fd, request, .buffer(buffer)) }
+        }
+    }
+}
+
+/// The descriptors discovery opened so far: all closed on any failure, none once
+/// handed over to a `VFIODeviceHandle`.
+private final class Descriptors {
+    private let kernel: VFIOKernel
+    private var fds: [Int32] = []
+
+    init(kernel: VFIOKernel) { self.kernel = kernel }
+
+    deinit {
+        for fd in fds.reversed() { try? kernel.close(fd) }
     }
 
-    private static func check(_ rc: Int32, _ name: String, path: String) throws {
-        guard rc >= 0 else { throw systemError(name, path: path) }
+    func open(_ path: String, operation: String) throws(DeviceError) -> Int32 {
+        try DeviceError.systemCall(operation, path: path) { () throws(Errno) in try open(path) }
     }
+
+    func open(_ path: String) throws(Errno) -> Int32 {
+        let fd = try kernel.open(path, O_RDWR | O_CLOEXEC, 0)
+        fds.append(fd)
+        return fd
+    }
+
+    func adopt(_ fd: Int32) { fds.append(fd) }
+
+    func handOver() { fds.removeAll() }
 }

@@ -1,6 +1,7 @@
 import Foundation
 import MigrationEngine
 import VFIODevice
+import VFIOSimulator
 
 /// The benchmark's deterministic input: a guest-memory file and a device-state
 /// image made of 4 KiB pages, 25 % zero, 50 % real binary content (pages of

@@ -5,6 +5,7 @@ import MigrationEngine
 import MigrationTLS
 import MigrationWire
 import VFIODevice
+import VFIOSimulator
 
 /// Both ends in one process over loopback TLS with the development
 /// certificates: two simulated devices with a running workload and a guest

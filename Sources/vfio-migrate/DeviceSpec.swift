@@ -1,6 +1,7 @@
 import Foundation
 import MigrationEngine
 import VFIODevice
+import VFIOSimulator
 
 /// `--device NAME=BACKEND` as typed by the operator.
 ///   sim:[state=SIZE,seed=N,dirty=PAGES,churn=SIZE,chunk=SIZE,allevery=N,image=PATH]

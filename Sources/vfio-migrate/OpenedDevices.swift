@@ -1,6 +1,7 @@
 import Foundation
 import MigrationEngine
 import VFIODevice
+import VFIOSimulator
 
 /// The devices named on the command line, opened, with what the CLI needs
 /// besides the engine: the simulated ones (workload, state dumps).

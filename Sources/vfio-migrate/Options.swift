@@ -1,5 +1,5 @@
 import ArgumentParser
-import CProcess
+internal import CProcess
 import Foundation
 import Logging
 import MigrationEngine
@@ -141,7 +141,7 @@ enum ProcessSetup {
         ignoreSIGPIPE()
         // Lines on stdout appear when written, in order with stderr's progress,
         // also when an orchestrator reads them through a pipe.
-        vm_line_buffer_stdout()
+        cprocess_line_buffer_stdout()
         // The pipeline allocates and frees ~1 MiB buffers at a high rate. glibc
         // serves those with mmap/munmap (or trims the heap after each free),
         // so every buffer costs page faults and kernel page clearing — measured

@@ -3,6 +3,8 @@ import MigrationEngine
 import MigrationTLS
 import MigrationWire
 import VFIODevice
+import VFIOSimulator
+import TestSupport
 
 /// Repository root, from this file's path (tests run from anywhere).
 let repositoryRoot: String = {
@@ -37,7 +39,7 @@ enum Loopback {
         let (server, client) = try contexts()
         let receiver = Receiver(devices: destination, memory: destinationMemory, options: receiverOptions)
         let sender = Sender(devices: source, memory: sourceMemory, options: options)
-        let result = Box()
+        let result = ResultBox<Outcome>()
         Thread {
             result.set(Result { try InProcessMigration.run(sender: sender, receiver: receiver, serverContext: server, clientContext: client) })
         }.start()
@@ -59,17 +61,6 @@ enum Loopback {
         o.workers = 2
         o.peerTimeoutSeconds = 10
         return o
-    }
-}
-
-final class Box: @unchecked Sendable {
-    private let c = NSCondition()
-    private var value: Result<InProcessMigration.Outcome, any Error>?
-    func set(_ v: Result<InProcessMigration.Outcome, any Error>) { c.lock(); value = v; c.broadcast(); c.unlock() }
-    func wait() -> Result<InProcessMigration.Outcome, any Error> {
-        c.lock(); defer { c.unlock() }
-        while value == nil { c.wait() }
-        return value!
     }
 }
 

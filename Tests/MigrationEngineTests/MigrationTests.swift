@@ -4,6 +4,7 @@ import MigrationEngine
 import MigrationTLS
 import MigrationWire
 import VFIODevice
+import VFIOSimulator
 
 @Suite(.serialized)
 struct MigrationTests {

@@ -2,6 +2,7 @@ import Foundation
 import Glibc
 import Testing
 @testable import MigrationTLS
+import TestSupport
 
 /// The rules that keep a production context from starting on certificates that prove
 /// nothing (the committed development set), that leak (a readable key), or that peers

@@ -1,6 +1,7 @@
 import Glibc
 import Testing
 @testable import MigrationTLS
+import TestSupport
 
 extension TLSTests {
     @Suite struct Configuration {

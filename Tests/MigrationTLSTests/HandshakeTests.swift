@@ -1,6 +1,7 @@
 import Glibc
 import Testing
 @testable import MigrationTLS
+import TestSupport
 
 /// One serialized suite for everything that opens sockets: predictable timing on a
 /// 2-core machine, and the 256 MiB transfer does not starve the timeout tests.
@@ -66,7 +67,7 @@ extension TLSTests {
                                         hooks: TLSTestHooks(omitCertificate: true))
             let listener = try TLSListener(endpoint: loopback, context: server)
             defer { listener.close() }
-            let accepting = Background { try listener.accept(timeoutSeconds: 10) }
+            let accepting = background { try listener.accept(timeoutSeconds: 10) }
             let stream = try TLSConnector.connect(to: listener.boundEndpoint, context: client, timeoutSeconds: 5)
             defer { stream.close() }
             stream.writeTimeoutSeconds = 5
@@ -76,7 +77,7 @@ extension TLSTests {
                 while monotonicNow() < deadline { try stream.write(chunk) }
             }
             #expect(error == .refusedByPeer(alert: "certificate required"))
-            #expect(accepting.joinResult().tlsError == .noPeerCertificate)
+            #expect(accepting.wait(timeout: 60).tlsError == .noPeerCertificate)
         }
 
         @Test func clientFromAnotherCAIsRefused() throws {
@@ -177,16 +178,16 @@ extension TLSTests {
             let server = try TLSContext(configuration: pki.serverConfig(), role: .server)
             let listener = try TLSListener(endpoint: loopback, context: server)
             defer { listener.close() }
-            let refused = Background { try listener.accept(timeoutSeconds: 10) }
+            let refused = background { try listener.accept(timeoutSeconds: 10) }
             let raw = try Socket.connect(to: listener.boundEndpoint, timeoutSeconds: 5)
             #expect(try raw.rawWrite(Array("GET / HTTP/1.1\r\nHost: x\r\n\r\n".utf8)) > 0)
-            let result = refused.joinResult()
+            let result = refused.wait(timeout: 60)
             raw.close()
             guard case .notTLS = result.tlsError else {
                 Issue.record("expected .notTLS, got \(result)"); return
             }
 
-            let accepted = Background { try listener.accept(timeoutSeconds: 10) }
+            let accepted = background { try listener.accept(timeoutSeconds: 10) }
             let client = try TLSConnector.connect(to: listener.boundEndpoint,
                                                   context: TLSContext(configuration: pki.clientConfig(), role: .client),
                                                   timeoutSeconds: 5)
@@ -202,10 +203,10 @@ extension TLSTests {
             let server = try TLSContext(configuration: pki.serverConfig(handshakeTimeout: 0.3), role: .server)
             let listener = try TLSListener(endpoint: loopback, context: server)
             defer { listener.close() }
-            let accepting = Background { try listener.accept(timeoutSeconds: 10) }
+            let accepting = background { try listener.accept(timeoutSeconds: 10) }
             let raw = try Socket.connect(to: listener.boundEndpoint, timeoutSeconds: 5)
             defer { raw.close() }
-            #expect(accepting.joinResult(timeout: 5).tlsError == .handshakeTimeout(seconds: 0.3))
+            #expect(accepting.wait(timeout: 5).tlsError == .handshakeTimeout(seconds: 0.3))
         }
 
         @Test func acceptTimesOutAndCloseWakesABlockedAccept() throws {
@@ -213,10 +214,10 @@ extension TLSTests {
             let listener = try TLSListener(endpoint: loopback,
                                            context: TLSContext(configuration: pki.serverConfig(), role: .server))
             #expect(throws: TLSError.acceptTimeout(seconds: 0.1)) { try listener.accept(timeoutSeconds: 0.1) }
-            let blocked = Background { try listener.accept(timeoutSeconds: nil) }
+            let blocked = background { try listener.accept(timeoutSeconds: nil) }
             usleep(100_000)
             listener.close()
-            #expect(blocked.joinResult(timeout: 5).tlsError == .closed)
+            #expect(blocked.wait(timeout: 5).tlsError == .closed)
         }
 
         @Test func connectingToAClosedPortFails() throws {

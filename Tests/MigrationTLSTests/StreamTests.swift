@@ -1,6 +1,8 @@
 import Foundation
 import Testing
 @testable import MigrationTLS
+import MigrationWire
+import TestSupport
 
 extension TLSTests {
     @Suite struct Stream {
@@ -13,7 +15,7 @@ extension TLSTests {
         /// Streams `chunks` MiB from `writer` to `reader`; returns both digests and byte counts.
         static func transfer(from writer: TLSStream, to reader: TLSStream, chunks: Int, seed: UInt64) throws
             -> (sent: [UInt8], received: [UInt8], receivedCount: Int) {
-            let receiving = Background { () -> ([UInt8], Int) in
+            let receiving = background { () -> ([UInt8], Int) in
                 let digest = SHA256Digest()
                 var count = 0
                 while count < chunks * ChunkGenerator.chunkSize {
@@ -22,7 +24,7 @@ extension TLSTests {
                     digest.update(bytes)
                     count += bytes.count
                 }
-                return (digest.finish(), count)
+                return (digest.finalize(), count)
             }
             let generator = ChunkGenerator(seed: seed)
             let digest = SHA256Digest()
@@ -32,7 +34,7 @@ extension TLSTests {
                 try writer.write(chunk)
             }
             let (received, count) = try receiving.join(timeout: 120)
-            return (digest.finish(), received, count)
+            return (digest.finalize(), received, count)
         }
 
         @Test func transfers256MiBIntact() throws {
@@ -55,7 +57,7 @@ extension TLSTests {
             defer { s.close(); c.close() }
             s.readTimeoutSeconds = 5
             try c.write(Array("last words".utf8))
-            let closing = Background { try c.shutdown() }  // waits for the server's close_notify
+            let closing = background { try c.shutdown() }  // waits for the server's close_notify
             var received: [UInt8] = []
             while true {
                 let bytes = try s.read(maxCount: 4)
@@ -94,7 +96,7 @@ extension TLSTests {
             let (s, c) = try connectedPair(server: server, client: client)
             defer { s.close(); c.close() }
             for stream in [s, c] { stream.readTimeoutSeconds = 20; stream.writeTimeoutSeconds = 20 }
-            let serverToClient = Background { try Self.transfer(from: s, to: c, chunks: 32, seed: 1) }
+            let serverToClient = background { try Self.transfer(from: s, to: c, chunks: 32, seed: 1) }
             let clientToServer = try Self.transfer(from: c, to: s, chunks: 32, seed: 2)
             let other = try serverToClient.join(timeout: 60)
             #expect(clientToServer.sent == clientToServer.received)
@@ -107,12 +109,12 @@ extension TLSTests {
             let (server, client) = try Self.contexts()
             let (s, c) = try connectedPair(server: server, client: client)
             defer { c.close() }
-            let reading = Background { try s.read(maxCount: 16) }  // no timeout: blocks until closed
+            let reading = background { try s.read(maxCount: 16) }  // no timeout: blocks until closed
             usleep(200_000)
             let started = Date()
             s.close()
             s.close()
-            #expect(reading.joinResult(timeout: 5).tlsError == .closed)
+            #expect(reading.wait(timeout: 5).tlsError == .closed)
             #expect(Date().timeIntervalSince(started) < 2)
             #expect(throws: TLSError.closed) { try s.write([1]) }
             // The peer sees the connection end without close_notify.
@@ -147,7 +149,7 @@ extension TLSTests {
             let path = NSTemporaryDirectory() + "vfio-migrate-tls-\(getpid()).sock"
             let listener = try TLSListener(endpoint: .unix(path: path), context: server)
             #expect(listener.boundEndpoint == .unix(path: path))
-            let accepted = Background { try listener.accept(timeoutSeconds: 10) }
+            let accepted = background { try listener.accept(timeoutSeconds: 10) }
             let c = try TLSConnector.connect(to: .unix(path: path), context: client, timeoutSeconds: 5)
             let s = try accepted.join()
             defer { s.close(); c.close() }

@@ -1,6 +1,7 @@
 import Foundation
 import Glibc
 import Testing
+import TestSupport
 
 /// The CLI's certificate rules, as an operator meets them: no defaults, the committed
 /// development set only on loopback and only when asked for, keys kept private, and an

@@ -1,9 +1,11 @@
 import Foundation
+import TestSupport
 import Testing
 import MigrationEngine
 import MigrationTLS
 import MigrationWire
 import VFIODevice
+import VFIOSimulator
 
 /// Issue 7, item 6: 20 back-to-back migrations between the same two ends (same
 /// listeners, receivers, devices and guest memory), alternating directions, with a

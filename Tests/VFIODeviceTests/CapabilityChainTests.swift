@@ -2,6 +2,7 @@ import CVFIO
 import Glibc
 import Testing
 @testable import VFIODevice
+@testable import VFIOSimulator
 
 /// Builds a region-info buffer the way the kernel lays it out.
 struct RegionInfoBuilder {

@@ -1,6 +1,7 @@
 import Glibc
 import Testing
 @testable import VFIODevice
+@testable import VFIOSimulator
 
 @Suite struct DirtyBitmapTests {
     func saving(pages: Int = 2048, seed: UInt64 = 7) throws -> (SimulatedDevice, MigrationDevice, GuestMemory) {

@@ -1,7 +1,9 @@
 import CVFIO
 import Glibc
+import TestSupport
 import Testing
 @testable import VFIODevice
+@testable import VFIOSimulator
 
 @Suite struct IOMMUDirtyPagesTests {
     @Test func buffersMatchTheKernelLayout() throws {
@@ -38,17 +40,17 @@ import Testing
     }
 
     @Test func sourceTalksToAFakeKernel() throws {
-        var seen: [[UInt8]] = []
+        let recorded = Locked<[[UInt8]]>([])
         let dirty: Set<UInt64> = [3, 64, 65, 199]
-        let source = IOMMUDirtyPageSource(containerFD: 77, iovaBase: 0x4000_0000) { fd, request, arg in
+        let source = IOMMUDirtyPageSource(containerFD: 77, iovaBase: 0x4000_0000, kernel: .ioctlOnly { fd, request, arg in
             guard fd == 77, request == UInt(CVFIO_IOMMU_DIRTY_PAGES) else { return -EINVAL }
             let flags = arg.load(fromByteOffset: 4, as: UInt32.self)
             if flags != IOMMUDirtyBitmap.flagGetBitmap {
-                seen.append(Array(UnsafeRawBufferPointer(start: arg, count: 8)))
+                recorded.withLock { $0.append(Array(UnsafeRawBufferPointer(start: arg, count: 8))) }
                 return 0
             }
             let bytes = Array(UnsafeRawBufferPointer(start: arg, count: 48))
-            seen.append(bytes)
+            recorded.withLock { $0.append(bytes) }
             guard let r = try? IOMMUDirtyBitmap.parseGetBitmapRequest(bytes), r.size % r.pageSize == 0 else { return -EINVAL }
             let bitmap = UnsafeMutableRawPointer(bitPattern: UInt(r.bitmapAddress))!
             let first = (r.iova - 0x4000_0000) / r.pageSize
@@ -58,10 +60,11 @@ import Testing
                 bitmap.storeBytes(of: bitmap.load(fromByteOffset: i / 8, as: UInt8.self) | UInt8(1 << (i % 8)), toByteOffset: i / 8, as: UInt8.self)
             }
             return 0
-        }
+        })
         try source.start()
         let segments = try source.query(startPFN: 60, pageSize: 4096, totalPFNs: 140)
         try source.stop()
+        let seen = recorded.current
         #expect(segments.count == 1 && segments[0].startPFN == 60 && segments[0].pfnCount == 140)
         #expect(segments[0].dirtyPFNs() == [64, 65, 199])
         #expect(seen.count == 3)
@@ -69,7 +72,7 @@ import Testing
         let r = try IOMMUDirtyBitmap.parseGetBitmapRequest(seen[1])
         #expect(r.iova == 0x4000_0000 + 60 * 4096 && r.size == 140 * 4096 && r.pageSize == 4096 && r.bitmapSize == 24)
 
-        let failing = IOMMUDirtyPageSource(containerFD: 1, iovaBase: 0) { _, _, _ in -ENOTTY }
+        let failing = IOMMUDirtyPageSource(containerFD: 1, iovaBase: 0, kernel: .ioctlOnly { _, _, _ in -ENOTTY })
         #expect(thrownError { try failing.start() } == .systemCall("VFIO_IOMMU_DIRTY_PAGES START", path: nil, errno: ENOTTY))
         #expect(thrownError { try failing.query(startPFN: 0, pageSize: 4096, totalPFNs: 8) }?.errnoCode == ENOTTY)
         #expect(thrownError { try failing.query(startPFN: 0, pageSize: 3000, totalPFNs: 8) }?.kind == "invalidArgument")
@@ -86,7 +89,7 @@ import Testing
         let dirty: [UInt64] = [10, 11, 200, 300, 301, 302, 511]
         sim.simulateDMA(toPages: dirty)
         let fromRegion = try RegionDirtyPageSource(device: dev).query(startPFN: 8, pageSize: 4096, totalPFNs: 504)
-        let iommu = IOMMUDirtyPageSource(containerFD: 3, iovaBase: 0) { _, _, arg in
+        let iommu = IOMMUDirtyPageSource(containerFD: 3, iovaBase: 0, kernel: .ioctlOnly { _, _, arg in
             guard arg.load(fromByteOffset: 4, as: UInt32.self) == IOMMUDirtyBitmap.flagGetBitmap else { return 0 }
             let r = try! IOMMUDirtyBitmap.parseGetBitmapRequest(Array(UnsafeRawBufferPointer(start: arg, count: 48)))
             let bitmap = UnsafeMutableRawPointer(bitPattern: UInt(r.bitmapAddress))!
@@ -95,7 +98,7 @@ import Testing
                 bitmap.storeBytes(of: bitmap.load(fromByteOffset: i / 8, as: UInt8.self) | UInt8(1 << (i % 8)), toByteOffset: i / 8, as: UInt8.self)
             }
             return 0
-        }
+        })
         let fromIOMMU = try iommu.query(startPFN: 8, pageSize: 4096, totalPFNs: 504)
         for segments in [fromRegion, fromIOMMU] {
             #expect(segments.first?.startPFN == 8)

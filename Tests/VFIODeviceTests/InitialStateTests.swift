@@ -1,6 +1,7 @@
 import Foundation
 import Testing
 @testable import VFIODevice
+@testable import VFIOSimulator
 
 /// `Configuration.initialState`: the benchmark loads a device's state from its corpus.
 struct InitialStateTests {

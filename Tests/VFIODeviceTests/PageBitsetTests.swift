@@ -1,5 +1,6 @@
 import Testing
 @testable import VFIODevice
+@testable import VFIOSimulator
 
 /// The bitset against a plain [Bool] model, over random ranges that start and
 /// end inside words, on word boundaries and at the ends.

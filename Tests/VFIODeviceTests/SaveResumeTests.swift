@@ -1,6 +1,8 @@
 import Glibc
+import TestSupport
 import Testing
 @testable import VFIODevice
+@testable import VFIOSimulator
 
 /// Runs a source through pre-copy (workload between chunks) and stop-and-copy.
 /// Returns the chunks and the source snapshot taken on entering stopped SAVING.

@@ -1,6 +1,7 @@
 import Glibc
 import Testing
 @testable import VFIODevice
+@testable import VFIOSimulator
 
 /// Every access the header forbids or leaves undefined is refused by the simulator.
 @Suite struct SimulatedDeviceStrictnessTests {

@@ -1,6 +1,9 @@
+import Foundation
 import Glibc
 import Testing
 @testable import VFIODevice
+@testable import VFIOSimulator
+import TestSupport
 
 /// The DeviceError thrown by `body`, or nil (an unexpected error type is recorded).
 func thrownError<T>(_ body: () throws -> T, sourceLocation: SourceLocation = #_sourceLocation) -> DeviceError? {
@@ -52,17 +55,27 @@ func removeTree(_ dir: String) {
     rmdir(dir)
 }
 
-/// Records every access and forwards it: proves which accesses a sequence issues.
-final class RecordingRegion: MigrationRegion, @unchecked Sendable {
-    enum Op: Equatable { case r32(UInt64), w32(UInt64), r64(UInt64), w64(UInt64), rb(UInt64, Int), wb(UInt64, Int) }
-    let inner: any MigrationRegion
-    var log: [Op] = []
-    init(_ inner: any MigrationRegion) { self.inner = inner }
-    var regionSize: UInt64 { inner.regionSize }
-    func read32(at o: UInt64) throws -> UInt32 { log.append(.r32(o)); return try inner.read32(at: o) }
-    func write32(_ v: UInt32, at o: UInt64) throws { log.append(.w32(o)); try inner.write32(v, at: o) }
-    func read64(at o: UInt64) throws -> UInt64 { log.append(.r64(o)); return try inner.read64(at: o) }
-    func write64(_ v: UInt64, at o: UInt64) throws { log.append(.w64(o)); try inner.write64(v, at: o) }
-    func readBytes(count: Int, at o: UInt64) throws -> [UInt8] { log.append(.rb(o, count)); return try inner.readBytes(count: count, at: o) }
-    func writeBytes(_ b: [UInt8], at o: UInt64) throws { log.append(.wb(o, b.count)); try inner.writeBytes(b, at: o) }
+extension VFIOKernel {
+    /// A kernel that answers only ioctls, with `handler`'s result: 0 or -errno, as
+    /// the syscall returns it. Anything else is EBADF: the test never opened a file.
+    static func ioctlOnly(_ handler: @escaping @Sendable (Int32, UInt, UnsafeMutableRawPointer) -> Int32) -> VFIOKernel {
+        VFIOKernel(
+            open: { _, _, _ throws(Errno) in throw .badFileDescriptor },
+            close: { _ throws(Errno) in throw .badFileDescriptor },
+            ioctl: { fd, request, argument throws(Errno) in
+                guard case .buffer(let buffer) = argument, let address = buffer.baseAddress else { throw .invalidArgument }
+                let rc = handler(fd, request, address)
+                guard rc >= 0 else { throw Errno(rawValue: -rc) }
+                return rc
+            },
+            pread: { _, _, _ throws(Errno) in throw .badFileDescriptor },
+            pwrite: { _, _, _ throws(Errno) in throw .badFileDescriptor },
+            fileSize: { _ throws(Errno) in throw .badFileDescriptor },
+            truncate: { _, _ throws(Errno) in throw .badFileDescriptor },
+            memfdCreate: { _ throws(Errno) in throw .badFileDescriptor },
+            mmap: { _, _ throws(Errno) in throw .badFileDescriptor },
+            munmap: { _, _ throws(Errno) in throw .invalidArgument },
+            madvise: { _, _, _ throws(Errno) in throw .invalidArgument },
+            msync: { _, _ throws(Errno) in throw .invalidArgument })
+    }
 }

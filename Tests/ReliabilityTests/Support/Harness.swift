@@ -4,6 +4,8 @@ import MigrationEngine
 import MigrationTLS
 import MigrationWire
 import VFIODevice
+import VFIOSimulator
+import TestSupport
 
 /// Repository root, from this file's path.
 let repositoryRoot: String = {
@@ -11,44 +13,6 @@ let repositoryRoot: String = {
     for _ in 0..<4 { url.deleteLastPathComponent() }
     return url.path
 }()
-
-struct SetupError: Error, CustomStringConvertible {
-    let description: String
-    init(_ d: String) { description = d }
-}
-
-// MARK: - Devices that record what was written to device_state
-
-/// A region in front of a simulated device that logs every `device_state` write and
-/// counts data-section writes, so a test can say "RUNNING was never written" rather
-/// than only "is not RUNNING now".
-final class RecordingRegion: MigrationRegion, @unchecked Sendable {
-    let sim: SimulatedDevice
-    private let lock = NSLock()
-    private var _stateWrites: [DeviceState] = []
-    private var _dataWrites = 0
-    init(_ sim: SimulatedDevice) { self.sim = sim }
-
-    var stateWrites: [DeviceState] { lock.lock(); defer { lock.unlock() }; return _stateWrites }
-    var dataWrites: Int { lock.lock(); defer { lock.unlock() }; return _dataWrites }
-    func resetLog() { lock.lock(); _stateWrites = []; _dataWrites = 0; lock.unlock() }
-
-    var regionSize: UInt64 { sim.regionSize }
-    func read32(at offset: UInt64) throws -> UInt32 { try sim.read32(at: offset) }
-    func write32(_ value: UInt32, at offset: UInt64) throws {
-        if offset == MigrationInfo.Field.deviceState.offset {
-            lock.lock(); _stateWrites.append(DeviceState(rawValue: value).defined); lock.unlock()
-        }
-        try sim.write32(value, at: offset)
-    }
-    func read64(at offset: UInt64) throws -> UInt64 { try sim.read64(at: offset) }
-    func write64(_ value: UInt64, at offset: UInt64) throws { try sim.write64(value, at: offset) }
-    func readBytes(count: Int, at offset: UInt64) throws -> [UInt8] { try sim.readBytes(count: count, at: offset) }
-    func writeBytes(_ bytes: [UInt8], at offset: UInt64) throws {
-        lock.lock(); _dataWrites += 1; lock.unlock()
-        try sim.writeBytes(bytes, at: offset)
-    }
-}
 
 /// Source and destination simulated devices with guest memory. Destination devices
 /// start STOPPED (a fresh simulated device starts RUNNING, which would make "the
@@ -185,27 +149,6 @@ struct Outcome: @unchecked Sendable {
     var destinationError: MigrationError? { if case .failure(let e) = destination { return e as? MigrationError }; return nil }
     var sourceTLSError: TLSError? { if case .failure(let e) = source { return e as? TLSError }; return nil }
     var destinationTLSError: TLSError? { if case .failure(let e) = destination { return e as? TLSError }; return nil }
-}
-
-final class ResultBox<T>: @unchecked Sendable {
-    private let c = NSCondition()
-    private var value: Result<T, any Error>?
-    func set(_ v: Result<T, any Error>) { c.lock(); value = v; c.broadcast(); c.unlock() }
-    func wait(timeout: Double = 120) -> Result<T, any Error> {
-        let deadline = Date(timeIntervalSinceNow: timeout)
-        c.lock(); defer { c.unlock() }
-        while value == nil { if !c.wait(until: deadline) { return .failure(SetupError("no result within \(timeout) s")) } }
-        return value!
-    }
-}
-
-/// Runs `body` on a dedicated thread (blocking I/O stays off the cooperative pool).
-func background<T>(_ body: @escaping @Sendable () throws -> T) -> ResultBox<T> {
-    let box = ResultBox<T>()
-    let t = Thread { box.set(Result { try body() }) }
-    t.stackSize = 4 << 20
-    t.start()
-    return box
 }
 
 enum Rig {

@@ -1,4 +1,5 @@
 import Foundation
+import TestSupport
 import Glibc
 
 /// The `vfio-migrate` binary SwiftPM built next to this test bundle, run as a child

@@ -1,7 +1,7 @@
 import Glibc
 
 /// One pthread mutex on the heap (a `pthread_mutex_t` must not move once initialised).
-/// The module may import only Glibc and CVFIO, hence no `Synchronization.Mutex`.
+/// A pthread mutex rather than `Synchronization.Mutex`, which ThreadSanitizer cannot see on Linux.
 final class Lock: @unchecked Sendable {
     private let mutex: UnsafeMutablePointer<pthread_mutex_t>
 

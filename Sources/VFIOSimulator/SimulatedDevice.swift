@@ -1,4 +1,5 @@
 import Glibc
+import VFIODevice
 
 /// Strict in-process vendor driver.
 ///

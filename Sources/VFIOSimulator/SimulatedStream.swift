@@ -1,3 +1,5 @@
+import VFIODevice
+
 /// The simulator's own device-data stream format. Opaque to the transport; the
 /// destination simulator parses it and validates it only at RESUMING → RUNNING.
 ///

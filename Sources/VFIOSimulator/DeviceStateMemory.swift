@@ -1,5 +1,5 @@
-import CVFIO
 import Glibc
+import VFIODevice
 
 /// The simulated device's on-board memory. It lives in a memfd mapping, not
 /// on this process's heap: a real device keeps its state on the card or in
@@ -13,9 +13,9 @@ final class DeviceStateMemory {
     init(count: Int, name: String = "vfio-sim-state", populate: Bool = false) {
         self.count = count
         let length = max(count, 1)
-        let fd = cvfio_memfd_create(name, 1 /* MFD_CLOEXEC */)
+        // memfd_create through the kernel seam: the one libc call glibc hides from Swift.
         var p: UnsafeMutableRawPointer?
-        if fd >= 0 {
+        if let fd = try? VFIOKernel.live.memfdCreate(name) {
             defer { Glibc.close(fd) }
             if ftruncate(fd, off_t(length)) == 0 {
                 p = mmap(nil, length, PROT_READ | PROT_WRITE, MAP_SHARED | (populate ? MAP_POPULATE : 0), fd, 0)
@@ -59,9 +59,12 @@ final class DeviceStateMemory {
         defer { Glibc.close(fd) }
         var done = 0
         while done < count {
-            let n = pread(fd, base + done, min(count - done, 1 << 20), off_t(done))
-            if n < 0 && errno == EINTR { continue }
-            guard n > 0 else { return false }
+            let n = try? retryingOnInterrupt { () throws(Errno) in
+                let got = pread(fd, base + done, min(count - done, 1 << 20), off_t(done))
+                guard got >= 0 else { throw .current }
+                return got
+            }
+            guard let n, n > 0 else { return false }
             done += n
         }
         return true

@@ -1,0 +1,21 @@
+@testable import MigrationTLS
+import TestSupport
+
+/// Contexts with test hooks (an omitted client certificate), which need
+/// `@testable` access and so stay with the tests that use them.
+extension TestPKI {
+    /// The listening destination: expects its client to be `source.test`.
+    func serverContext() throws -> TLSContext {
+        try TLSContext(configuration: TLSConfiguration(caFile: path("ca.pem"), certificateFile: path("destination.pem"),
+                                                       privateKeyFile: path("destination-key.pem"), peerName: "source.test",
+                                                       handshakeTimeoutSeconds: 5), role: .server)
+    }
+
+    /// A connecting source with certificate `cert` (expects the server to be `destination.test`).
+    func clientContext(cert: String = "source", omitCertificate: Bool = false) throws -> TLSContext {
+        try TLSContext(configuration: TLSConfiguration(caFile: path("ca.pem"), certificateFile: path(cert + ".pem"),
+                                                       privateKeyFile: path(cert + "-key.pem"), peerName: "destination.test",
+                                                       handshakeTimeoutSeconds: 5), role: .client,
+                       hooks: TLSTestHooks(omitCertificate: omitCertificate, skipOwnValidityCheck: true))
+    }
+}
