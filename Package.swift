@@ -35,10 +35,12 @@ let package = Package(
         // malloc tuning for the executable (mallopt is not in the Glibc module).
         .systemLibrary(name: "CProcess", path: "Sources/CProcess"),
 
+        // The one lock vocabulary (pthread mutex + condition, which ThreadSanitizer sees).
+        .target(name: "SyncPrimitives"),
         .target(name: "VFIODevice", dependencies: ["CVFIO"]),
         // The strict simulated vendor driver, written against VFIODevice's public API
         // only: proof that MigrationRegion is the whole contract a driver needs.
-        .target(name: "VFIOSimulator", dependencies: ["VFIODevice"]),
+        .target(name: "VFIOSimulator", dependencies: ["VFIODevice", "SyncPrimitives"]),
         .target(name: "MigrationWire", dependencies: ["CZlib", "CLibdeflate", "COpenSSL"]),
         .target(name: "MigrationTLS", dependencies: ["COpenSSL"]),
         .target(
@@ -50,7 +52,7 @@ let package = Package(
         .executableTarget(
             name: "vfio-migrate",
             dependencies: [
-                "MigrationEngine", "VFIODevice", "VFIOSimulator", "MigrationWire", "MigrationTLS", "CProcess",
+                "MigrationEngine", "VFIODevice", "VFIOSimulator", "MigrationWire", "MigrationTLS", "CProcess", "SyncPrimitives",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ]),

@@ -1,4 +1,5 @@
 import Glibc
+import SyncPrimitives
 import VFIODevice
 
 /// Strict in-process vendor driver.

@@ -1,14 +1,15 @@
 import Foundation
 import MigrationEngine
 import MigrationTLS
+import SyncPrimitives
 
 /// Renders engine events: a one-line progress display on a TTY, plain lines
 /// otherwise, or one JSON object per line with `--json` (for orchestrators).
-final class EventPrinter: @unchecked Sendable {
+final class EventPrinter: @unchecked Sendable {  // mutable display state only under `lock`
     enum Mode { case human, json }
     private let mode: Mode
     private let side: String
-    private let lock = NSLock()
+    private let lock = Lock()
     private let isTTY = isatty(STDERR_FILENO) == 1
     private var lastLineWasProgress = false
     private let quiet: Bool
@@ -18,16 +19,20 @@ final class EventPrinter: @unchecked Sendable {
     }
 
     func handle(_ event: MigrationEvent) {
-        lock.lock(); defer { lock.unlock() }
-        switch mode {
-        case .json: emitJSON(event)
-        case .human: if !quiet { emitHuman(event) }
+        lock.withLock {
+            switch mode {
+            case .json: emitJSON(event)
+            case .human: if !quiet { emitHuman(event) }
+            }
         }
     }
 
     /// The final error, in the same form as the events.
     func failed(_ error: MigrationError, deviceStates: [(name: String, state: String)] = []) {
-        lock.lock(); defer { lock.unlock() }
+        lock.withLock { failedLocked(error, deviceStates: deviceStates) }
+    }
+
+    private func failedLocked(_ error: MigrationError, deviceStates: [(name: String, state: String)]) {
         switch mode {
         case .json:
             var o: [String: Any] = ["event": "failed", "side": side, "phase": error.phase.rawValue,
