@@ -62,6 +62,7 @@ let package = Package(
         .target(name: "TestSupport", dependencies: ["VFIODevice", "MigrationTLS"], path: "Tests/TestSupport"),
 
         .testTarget(name: "VFIODeviceTests", dependencies: ["VFIODevice", "VFIOSimulator", "CVFIO", "TestSupport"]),
+        .testTarget(name: "SyncPrimitivesTests", dependencies: ["SyncPrimitives"]),
         .testTarget(name: "MigrationWireTests", dependencies: ["MigrationWire"]),
         .testTarget(name: "MigrationTLSTests", dependencies: ["MigrationTLS", "MigrationWire", "TestSupport"]),
         .testTarget(name: "MigrationEngineTests", dependencies: ["MigrationEngine", "VFIODevice", "VFIOSimulator", "MigrationWire", "MigrationTLS", "TestSupport"]),
