@@ -118,9 +118,10 @@ public final class FileRegion: MigrationRegion, @unchecked Sendable {
                 : pwrite(fd, buffer.baseAddress, buffer.count, position)
             if n == buffer.count { return }
             if n < 0 {
-                if errno == EINTR { continue }  // nothing transferred: same access again
+                let err = errno  // before building the field name, which may allocate
+                if err == EINTR { continue }  // nothing transferred: same access again
                 let field = MigrationInfo.Field.containing(offset)?.name ?? "offset \(offset)"
-                throw DeviceError.deviceIOError(access, field: field, offset: offset, errno: errno,
+                throw DeviceError.deviceIOError(access, field: field, offset: offset, errno: err,
                                                 reason: access == .read ? "pread failed" : "pwrite failed")
             }
             throw DeviceError.shortTransfer(access, offset: offset, expected: buffer.count, transferred: n)
@@ -137,8 +138,9 @@ public final class FileRegion: MigrationRegion, @unchecked Sendable {
                 ? pread(fd, pointer, buffer.count - done, position)
                 : pwrite(fd, pointer, buffer.count - done, position)
             if n < 0 {
-                if errno == EINTR { continue }
-                throw DeviceError.deviceIOError(access, field: "data section", offset: offset + UInt64(done), errno: errno,
+                let err = errno
+                if err == EINTR { continue }
+                throw DeviceError.deviceIOError(access, field: "data section", offset: offset + UInt64(done), errno: err,
                                                 reason: access == .read ? "pread failed" : "pwrite failed")
             }
             if n == 0 { throw DeviceError.shortTransfer(access, offset: offset, expected: buffer.count, transferred: done) }
