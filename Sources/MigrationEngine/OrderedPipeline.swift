@@ -79,6 +79,12 @@ final class OrderedPipeline<Input: Sendable, Output: Sendable>: @unchecked Senda
         condition.unlock()
     }
 
+    /// Fails the pipeline from outside without waiting (first error wins): a producer
+    /// blocked in `submit` wakes and throws it at once.
+    func stop(_ error: any Error) {
+        condition.lock(); fail(error); condition.unlock()
+    }
+
     /// The first error, if the pipeline has failed.
     var error: (any Error)? {
         condition.lock(); defer { condition.unlock() }

@@ -125,6 +125,19 @@ private func raw(_ bytes: [UInt8], phase: Phase = .precopy) -> FrameBody {
         #expect(throws: WireError.unexpectedFrame(type: .commit, state: .committed)) { try decodeAll(twice.bytes) }
     }
 
+    /// §5.5/§6: ITERATION_END is informational. A stream may end stop-and-copy without
+    /// one (the reference source) or with one (as the §7 diagram once drew it).
+    @Test func iterationEndIsOptionalAfterStopAndCopy() throws {
+        for withFinalIterationEnd in [false, true] {
+            var s = StreamBuilder.source(devices: 1)
+            s.add(.iterationEnd(IterationEnd(iteration: 0, pendingBytes: 8, dirtyPages: 0)))
+            s.add(raw([1, 2, 3], phase: .stopcopy), device: 0)
+            if withFinalIterationEnd { s.add(.iterationEnd(IterationEnd(iteration: 1, pendingBytes: 0, dirtyPages: 0))) }
+            s.finishDevices(1)
+            #expect(try decodeAll(s.bytes).count == s.frames.count)
+        }
+    }
+
     @Test func commitBeforeComplete() {
         var s = StreamBuilder.source()
         s.add(.commit)
