@@ -140,7 +140,7 @@ public final class Receiver: @unchecked Sendable {
             stats.downtimeMs = applier.stopCopyStarted.map { (ContinuousClock.now - $0).milliseconds } ?? 0
             try channel.send(.resumed)
             keepAlive?.stop()
-            // §2.4: after RESUMED both ends send close_notify at once and read until the
+            // §2.5: after RESUMED both ends send close_notify at once and read until the
             // other's; neither waits for the other to go first.
             try? stream.shutdown()
             stream.close()
@@ -184,7 +184,7 @@ public final class Receiver: @unchecked Sendable {
             keepAlive?.stop()
             // §5.7: an ABORT is never answered with one; either way close_notify, then read
             // until the source closes (bounded): closing with its data unread would reset
-            // the connection and could destroy the ABORT (§2.4).
+            // the connection and could destroy the ABORT (§2.5).
             if failure.isPeerAbort || (try? channel.send(.abort(Abort(reason: failure.abortReason, message: "destination, phase \(phase)\(device.map { ", device \($0)" } ?? ""): \(failure)")))) != nil {
                 try? stream.shutdown()
             }

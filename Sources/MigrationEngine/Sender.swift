@@ -100,7 +100,7 @@ public final class Sender: @unchecked Sendable {
                              memory: HelloCheck.memoryRanges(memory))
             mine.version = Hello.currentVersion
             if let reason = HelloCheck.mismatch(source: mine, destination: their) {
-                // §2.4: close_notify after the ABORT, so a reset cannot destroy it.
+                // §2.5: close_notify after the ABORT, so a reset cannot destroy it.
                 if (try? channel.send(.abort(Abort(reason: .incompatible, message: reason)))) != nil { try? stream.shutdown() }
                 throw MigrationError(phase: .hello, failure: .incompatible(reason), disposition: .notStarted)
             }
@@ -301,7 +301,7 @@ public final class Sender: @unchecked Sendable {
             }
             pipeline?.abort(error)
             keepAlive?.stop()
-            // §5.7: an ABORT is never answered with one. §2.4: close_notify, then read until
+            // §5.7: an ABORT is never answered with one. §2.5: close_notify, then read until
             // the destination closes (bounded), so the ABORT is not lost to a reset.
             if failure.isPeerAbort || (try? channel.send(.abort(Abort(reason: failure.abortReason, message: "source, phase \(phase)\(device.map { ", device \($0)" } ?? ""): \(failure)")))) != nil {
                 try? stream.shutdown()
