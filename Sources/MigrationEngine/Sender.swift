@@ -128,7 +128,7 @@ public final class Sender: @unchecked Sendable {
             pipeline = workPipeline
             // A destination that aborts (or vanishes) while this thread waits for room in a
             // full pipeline must not have to wait for our blocked writer to time out.
-            inbox?.onProblem { workPipeline.stop($0) }
+            inbox?.onProblem { workPipeline.interruptSubmit($0) }
             var digests = devices.map { _ in SHA256Digest() }
             var sequences = devices.map { SaveSequence(device: $0.device) }
             var iterationStart = ContinuousClock.now
