@@ -34,10 +34,14 @@ enum HelloCheck {
         return [MemoryRange(startPFN: 0, pageCount: memory.pageCount, pageSize: UInt32(memory.pageSize))]
     }
 
-    /// nil when compatible, else the reason in words.
+    /// nil when compatible, else the reason in words. The checks of docs/PROTOCOL.md §5.1,
+    /// made by both ends: a failed one is answered with ABORT `incompatible`.
     static func mismatch(source: Hello, destination: Hello) -> String? {
         if source.version != destination.version {
             return "protocol version \(source.version) on the source, \(destination.version) on the destination"
+        }
+        if source.sessionID != destination.sessionID {
+            return "the source's HELLO carries another session id than the destination chose"
         }
         if source.devices.count != destination.devices.count {
             return "the source migrates \(source.devices.count) device(s) (\(source.devices.map(\.name).joined(separator: ", "))), the destination has \(destination.devices.count) (\(destination.devices.map(\.name).joined(separator: ", ")))"
@@ -49,15 +53,31 @@ enum HelloCheck {
                 return "device \(s.name): compatibility \"\(s.compatibility)\" on the source, \"\(d.compatibility)\" on the destination"
             }
         }
-        if source.memory != destination.memory {
-            func describe(_ r: [MemoryRange]) -> String {
-                r.isEmpty ? "none" : r.map { "\($0.pageCount) pages of \($0.pageSize) bytes at PFN \($0.startPFN)" }.joined(separator: ", ")
-            }
-            return "guest memory: \(describe(source.memory)) on the source, \(describe(destination.memory)) on the destination"
+        if let outside = source.memory.first(where: { !lies($0, inside: destination.memory) }) {
+            return "guest memory: \(describe([outside])) on the source is not inside the destination's \(describe(destination.memory))"
         }
-        if let e = source.encodings.first(where: { !destination.encodings.contains($0) }) {
+        // raw is always permitted, listed or not (§5.1).
+        if let e = source.encodings.first(where: { $0 != .raw && !destination.encodings.contains($0) }) {
             return "the source wants encoding \(e), which the destination does not accept"
         }
         return nil
+    }
+
+    /// Whether `range` is covered by `ranges` of the same page size (adjacent ones may
+    /// cover it together): the source may send less memory than the destination has.
+    static func lies(_ range: MemoryRange, inside ranges: [MemoryRange]) -> Bool {
+        var pfn = range.startPFN
+        let end = range.startPFN + range.pageCount
+        while pfn < end {
+            guard let cover = ranges.first(where: { $0.pageSize == range.pageSize && pfn >= $0.startPFN && pfn - $0.startPFN < $0.pageCount }) else {
+                return false
+            }
+            pfn = cover.startPFN + cover.pageCount
+        }
+        return true
+    }
+
+    private static func describe(_ r: [MemoryRange]) -> String {
+        r.isEmpty ? "none" : r.map { "\($0.pageCount) pages of \($0.pageSize) bytes at PFN \($0.startPFN)" }.joined(separator: ", ")
     }
 }

@@ -59,15 +59,21 @@ public enum MigrationFailure: Sendable, CustomStringConvertible {
         }
     }
 
+    /// The ABORT reason this side sends for the failure (docs/PROTOCOL.md §5.7). A peer's
+    /// own ABORT is never answered (`isPeerAbort`), so its mapping is never sent.
     var abortReason: AbortReason {
         switch self {
         case .device, .deviceOther: return .deviceError
+        case .wire(.unsupportedVersion): return .incompatible   // §10: another version is a failed compatibility check
         case .wire, .unexpectedFrame: return .protocolError
         case .incompatible: return .incompatible
         case .digestMismatch, .lengthMismatch: return .digestMismatch
         case .cancelled: return .cancelled
         case .timeout, .notConverged: return .timeout
-        case .tls, .peerClosed, .peerAborted, .configuration: return .internalError
+        // Ending a session by closing, without ABORT, breaks §2.4.
+        case .peerClosed, .tls(.truncated), .tls(.connectionReset): return .protocolError
+        case .tls(.readTimeout), .tls(.writeTimeout): return .timeout   // peer silent or not reading
+        case .tls, .peerAborted, .configuration: return .internalError
         }
     }
 }
@@ -111,7 +117,10 @@ func classify(_ error: any Error) -> MigrationFailure {
     switch error {
     case let e as MigrationError: return e.failure
     case let e as DeviceError: return .device(e)
-    case let e as WireError: return .wire(e)
+    // §10: a peer of another version fails the compatibility check, it is not a protocol error.
+    case let e as WireError:
+        if case .unsupportedVersion = e { return .incompatible(e.description) }
+        return .wire(e)
     case let e as TLSError: return .tls(e)
     case let e as MigrationFailureBox: return e.failure
     default: return .deviceOther(String(describing: error))

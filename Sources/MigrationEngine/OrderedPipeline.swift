@@ -21,6 +21,7 @@ final class OrderedPipeline<Input: Sendable, Output: Sendable>: @unchecked Senda
     private var inFlight = 0
     private var closed = false
     private var failure: (any Error)?
+    private var interruption: (any Error)?
     private var liveThreads = 0
     private let window: Int
 
@@ -47,8 +48,9 @@ final class OrderedPipeline<Input: Sendable, Output: Sendable>: @unchecked Senda
     func submit(_ item: Input) throws {
         condition.lock()
         defer { condition.unlock() }
-        while inFlight >= window && failure == nil { condition.wait() }
+        while inFlight >= window && failure == nil && interruption == nil { condition.wait() }
         if let failure { throw failure }
+        if let interruption { throw interruption }
         precondition(!closed, "submit after finish")
         inputs.append((nextIndex, item))
         nextIndex += 1
@@ -76,6 +78,16 @@ final class OrderedPipeline<Input: Sendable, Output: Sendable>: @unchecked Senda
         closed = true
         condition.broadcast()
         while liveThreads > 0 { condition.wait() }
+        condition.unlock()
+    }
+
+    /// Wakes a producer blocked in `submit` and makes every later `submit` throw `error`,
+    /// without waiting and without failing what is already submitted (`finish` still
+    /// reports the pipeline's own outcome): the producer's caller decides what to do.
+    func interruptSubmit(_ error: any Error) {
+        condition.lock()
+        if interruption == nil { interruption = error }
+        condition.broadcast()
         condition.unlock()
     }
 

@@ -8,6 +8,7 @@ final class PeerInbox: @unchecked Sendable {
     private var frames: [Frame] = []
     private var failure: (any Error)?
     private var done = false
+    private var problemHandler: (@Sendable (any Error) -> Void)?
 
     /// Reads until `isLast` says the frame ends the conversation, or an error.
     init(channel: FrameChannel, isLast: @escaping @Sendable (Frame) -> Bool) {
@@ -19,12 +20,14 @@ final class PeerInbox: @unchecked Sendable {
                     frames.append(frame)
                     condition.broadcast()
                     condition.unlock()
+                    if case .abort(let a) = frame.body { reportProblem(MigrationFailureBox(.peerAborted(a.reason, a.message))) }
                     if isLast(frame) { break }
                 } catch {
                     condition.lock()
                     failure = error
                     condition.broadcast()
                     condition.unlock()
+                    reportProblem(error)
                     break
                 }
             }
@@ -32,6 +35,20 @@ final class PeerInbox: @unchecked Sendable {
         }
         t.name = "peer-reader"
         t.start()
+    }
+
+    /// Calls `handler` (on the reader thread) when the peer aborts or reading fails, or at
+    /// once if that already happened: the producer may be blocked where it cannot look.
+    func onProblem(_ handler: @escaping @Sendable (any Error) -> Void) {
+        condition.lock()
+        problemHandler = handler
+        condition.unlock()
+        if let problem = pendingProblem() { handler(problem) }
+    }
+
+    private func reportProblem(_ error: any Error) {
+        condition.lock(); let handler = problemHandler; condition.unlock()
+        handler?(error)
     }
 
     /// The peer's abort or the reader's error, if one happened (non-blocking).

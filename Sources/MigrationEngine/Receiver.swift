@@ -67,16 +67,13 @@ public final class Receiver: @unchecked Sendable {
             case .abort(let a): throw MigrationError(phase: .hello, failure: .peerAborted(a.reason, a.message), disposition: .notStarted)
             default: throw MigrationFailureBox(.unexpectedFrame("expected HELLO, got \(first.body.name)"))
             }
-            if theirs.sessionID != sessionID {
-                throw MigrationFailureBox(.unexpectedFrame("HELLO carries another session id"))
-            }
             if let reason = HelloCheck.mismatch(source: theirs, destination: mine) {
-                try? channel.send(.abort(Abort(reason: .incompatible, message: reason)))
                 throw MigrationError(phase: .hello, failure: .incompatible(reason), disposition: .notStarted)
             }
-            channel.constrainInbound(memory: mine.memory, deviceCount: devices.count)
+            // PFNs are checked against what the source announced (it lies inside ours).
+            channel.constrainInbound(memory: theirs.memory, deviceCount: devices.count)
             events(.helloAccepted(devices: devices.map(\.name), memoryBytes: memory?.size ?? 0, security: stream.security))
-            keepAlive = startKeepAlive(channel: channel, interval: .seconds(max(options.peerTimeoutSeconds / 4, 0.5)))
+            keepAlive = startKeepAlive(channel: channel, peerTimeoutSeconds: options.peerTimeoutSeconds)
 
             phase = .precopy
             events(.phase(.precopy))
@@ -143,9 +140,8 @@ public final class Receiver: @unchecked Sendable {
             stats.downtimeMs = applier.stopCopyStarted.map { (ContinuousClock.now - $0).milliseconds } ?? 0
             try channel.send(.resumed)
             keepAlive?.stop()
-            // The source closes after RESUMED; wait (bounded) for its close_notify.
-            stream.readTimeoutSeconds = 5
-            _ = try? channel.receive()
+            // §2.5: after RESUMED both ends send close_notify at once and read until the
+            // other's; neither waits for the other to go first.
             try? stream.shutdown()
             stream.close()
 
@@ -177,19 +173,20 @@ public final class Receiver: @unchecked Sendable {
             if let e = pipeline?.error, (error as? MigrationFailureBox).map({ if case .peerClosed = $0.failure { return true } else { return false } }) ?? false {
                 failure = classify(e)   // the applier's reason beats the broken pipe it caused
             }
+            // A READY or keep-alive blocked on a source that stopped reading must not hold
+            // the ABORT back for the whole peer timeout.
+            stream.writeTimeoutSeconds = 2
             pipeline?.abort(error)
             // Never RUNNING without COMMIT: abandon the resume, leave the devices stopped.
             if touched {
                 for d in devices { try? d.device.setState([]) }
             }
-            stream.writeTimeoutSeconds = 2
             keepAlive?.stop()
-            if disposition != .notStarted || !(failure.isPeerAbort) {
-                if (try? channel.send(.abort(Abort(reason: failure.abortReason, message: "destination, phase \(phase)\(device.map { ", device \($0)" } ?? ""): \(failure)")))) != nil {
-                    // close_notify, then read until the source closes (bounded): closing with its
-                    // data unread would reset the connection and could destroy the ABORT (§2.4).
-                    try? stream.shutdown()
-                }
+            // §5.7: an ABORT is never answered with one; either way close_notify, then read
+            // until the source closes (bounded): closing with its data unread would reset
+            // the connection and could destroy the ABORT (§2.5).
+            if failure.isPeerAbort || (try? channel.send(.abort(Abort(reason: failure.abortReason, message: "destination, phase \(phase)\(device.map { ", device \($0)" } ?? ""): \(failure)")))) != nil {
+                try? stream.shutdown()
             }
             stream.close()
             if phase == .hello && !touched { disposition = .notStarted }

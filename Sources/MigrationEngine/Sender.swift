@@ -100,7 +100,8 @@ public final class Sender: @unchecked Sendable {
                              memory: HelloCheck.memoryRanges(memory))
             mine.version = Hello.currentVersion
             if let reason = HelloCheck.mismatch(source: mine, destination: their) {
-                try? channel.send(.abort(Abort(reason: .incompatible, message: reason)))
+                // §2.5: close_notify after the ABORT, so a reset cannot destroy it.
+                if (try? channel.send(.abort(Abort(reason: .incompatible, message: reason)))) != nil { try? stream.shutdown() }
                 throw MigrationError(phase: .hello, failure: .incompatible(reason), disposition: .notStarted)
             }
             try channel.send(.hello(mine))
@@ -110,7 +111,7 @@ public final class Sender: @unchecked Sendable {
             inbox = PeerInbox(channel: channel) { frame in
                 switch frame.body { case .resumed, .abort: return true; default: return false }
             }
-            keepAlive = startKeepAlive(channel: channel, interval: .seconds(max(options.peerTimeoutSeconds / 4, 0.5)))
+            keepAlive = startKeepAlive(channel: channel, peerTimeoutSeconds: options.peerTimeoutSeconds)
 
             // Pre-copy: RUNNING → SAVING|RUNNING.
             phase = .precopy
@@ -125,6 +126,9 @@ public final class Sender: @unchecked Sendable {
 
             let workPipeline = makePipeline(channel: channel)
             pipeline = workPipeline
+            // A destination that aborts (or vanishes) while this thread waits for room in a
+            // full pipeline must not have to wait for our blocked writer to time out.
+            inbox?.onProblem { workPipeline.interruptSubmit($0) }
             var digests = devices.map { _ in SHA256Digest() }
             var sequences = devices.map { SaveSequence(device: $0.device) }
             var iterationStart = ContinuousClock.now
@@ -278,6 +282,9 @@ public final class Sender: @unchecked Sendable {
             stream.close()
             throw error
         } catch {
+            // A write blocked on a destination that stopped reading gives up within 2 s
+            // (not the peer timeout it started with), so the ABORT is not held back.
+            stream.writeTimeoutSeconds = 2
             // Roll back first: the VM must run again on the source as soon as possible.
             var failure = classify(error)
             var device = (error as? MigrationFailureBox)?.device
@@ -292,10 +299,13 @@ public final class Sender: @unchecked Sendable {
             if let problem = inbox?.pendingProblem(), case .peerAborted = classify(problem), !isCancelled {
                 failure = classify(problem)
             }
-            stream.writeTimeoutSeconds = 2
             pipeline?.abort(error)
             keepAlive?.stop()
-            try? channel.send(.abort(Abort(reason: failure.abortReason, message: "source, phase \(phase)\(device.map { ", device \($0)" } ?? ""): \(failure)")))
+            // §5.7: an ABORT is never answered with one. §2.5: close_notify, then read until
+            // the destination closes (bounded), so the ABORT is not lost to a reset.
+            if failure.isPeerAbort || (try? channel.send(.abort(Abort(reason: failure.abortReason, message: "source, phase \(phase)\(device.map { ", device \($0)" } ?? ""): \(failure)")))) != nil {
+                try? stream.shutdown()
+            }
             stream.close()
             options.logger.notice("migration failed", metadata: ["phase": "\(phase)", "device": "\(device ?? "-")", "cause": "\(failure)", "rolled_back": "\(leftRunning.map { devices[$0].name })"])
             let disposition: FailureDisposition = !rollbackProblems.isEmpty ? .rollbackFailed

@@ -29,18 +29,31 @@ final class Socket: @unchecked Sendable {
     private struct State { var closed = false, inflight = 0, released = false }
     private let state = Mutex(State())
 
-    init(fd: Int32, isTCP: Bool) throws(TLSError) {
-        var pipeFDs: [Int32] = [-1, -1]
-        // pipe2/accept4 are _GNU_SOURCE, which Swift's Glibc module does not expose.
-        guard pipe(&pipeFDs) == 0, setNonBlockingCloseOnExec(pipeFDs[0]), setNonBlockingCloseOnExec(pipeFDs[1]) else {
-            let err = errno
+    /// Takes ownership of `fd`: on failure it is closed too.
+    init(fd: Int32, isTCP: Bool, configure: (Int32) -> Bool = setNonBlockingCloseOnExec) throws(TLSError) {
+        let pipeFDs: (read: Int32, write: Int32)
+        do { pipeFDs = try Self.makeWakePipe(configure: configure) } catch {
             Glibc.close(fd)
-            throw .socketError(operation: "pipe2", errno: err)
+            throw error
         }
         self.fd = fd
         self.isTCP = isTCP
-        self.wakeFD = pipeFDs[0]
-        self.wakeWriteFD = pipeFDs[1]
+        self.wakeFD = pipeFDs.read
+        self.wakeWriteFD = pipeFDs.write
+    }
+
+    /// A non-blocking, close-on-exec pipe; both ends closed again if configuring one fails.
+    /// (pipe2/accept4 are _GNU_SOURCE, which Swift's Glibc module does not expose.)
+    static func makeWakePipe(configure: (Int32) -> Bool) throws(TLSError) -> (read: Int32, write: Int32) {
+        var fds: [Int32] = [-1, -1]
+        guard pipe(&fds) == 0 else { throw .socketError(operation: "pipe", errno: errno) }
+        for end in fds where !configure(end) {
+            let err = errno  // before close() can overwrite it
+            Glibc.close(fds[0])
+            Glibc.close(fds[1])
+            throw .socketError(operation: "fcntl", errno: err)
+        }
+        return (fds[0], fds[1])
     }
 
     deinit {
@@ -109,8 +122,9 @@ final class Socket: @unchecked Sendable {
             }
             let r = poll(&fds, nfds_t(fds.count), timeoutMS)
             if r < 0 {
-                if errno == EINTR { continue }
-                throw .socketError(operation: "poll", errno: errno)
+                let err = errno
+                if err == EINTR { continue }
+                throw .socketError(operation: "poll", errno: err)
             }
             if fds.dropFirst().contains(where: { $0.revents != 0 }) { return .woken }
             if r > 0 { return .ready }  // readiness, or POLLERR/POLLHUP: the next call reports it
@@ -123,8 +137,9 @@ final class Socket: @unchecked Sendable {
     func rawWrite(_ bytes: [UInt8]) throws(TLSError) -> Int {
         let n = bytes.withUnsafeBytes { Glibc.send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
         if n < 0 {
-            if errno == EAGAIN || errno == EWOULDBLOCK { return 0 }
-            throw errno == EPIPE || errno == ECONNRESET ? .connectionReset : .socketError(operation: "send", errno: errno)
+            let err = errno
+            if err == EAGAIN || err == EWOULDBLOCK { return 0 }
+            throw err == EPIPE || err == ECONNRESET ? .connectionReset : .socketError(operation: "send", errno: err)
         }
         return n
     }
@@ -134,8 +149,9 @@ final class Socket: @unchecked Sendable {
         var buffer = [UInt8](repeating: 0, count: maxCount)
         let n = buffer.withUnsafeMutableBytes { Glibc.recv(fd, $0.baseAddress, $0.count, 0) }
         if n < 0 {
-            if errno == EAGAIN || errno == EWOULDBLOCK { return nil }
-            throw errno == ECONNRESET ? .connectionReset : .socketError(operation: "recv", errno: errno)
+            let err = errno
+            if err == EAGAIN || err == EWOULDBLOCK { return nil }
+            throw err == ECONNRESET ? .connectionReset : .socketError(operation: "recv", errno: err)
         }
         return Array(buffer.prefix(n))
     }
@@ -163,37 +179,59 @@ final class Socket: @unchecked Sendable {
     // MARK: Connecting and listening
 
     static func connect(to endpoint: Endpoint, timeoutSeconds: Double) throws(TLSError) -> Socket {
+        try connect(to: SocketAddress.resolve(endpoint, passive: false), endpoint: endpoint, timeoutSeconds: timeoutSeconds)
+    }
+
+    /// Tries every resolved address in order (a host with IPv6 and IPv4 addresses, one
+    /// of which may be down): the first that accepts wins. Each attempt may use its
+    /// share of the time left, so an unreachable first address cannot eat it all.
+    static func connect(to addresses: [SocketAddress], endpoint: Endpoint, timeoutSeconds: Double) throws(TLSError) -> Socket {
         let deadline = monotonicNow() + timeoutSeconds
-        let addresses = try SocketAddress.resolve(endpoint, passive: false)
         var lastErrno: Int32 = ECONNREFUSED
-        for address in addresses {
-            let fd = Glibc.socket(address.family, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_NONBLOCK.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
-            guard fd >= 0 else { throw .socketError(operation: "socket", errno: errno) }
-            let socket = try Socket(fd: fd, isTCP: address.family != AF_UNIX)
-            var rc = address.withSockaddr { Glibc.connect(fd, $0, $1) }
-            if rc < 0 && errno == EINPROGRESS {
-                switch try socket.wait(for: Int16(POLLOUT), until: deadline) {
-                case .ready:
-                    var soError: Int32 = 0
-                    var len = socklen_t(MemoryLayout<Int32>.size)
-                    _ = getsockopt(fd, SOL_SOCKET, SO_ERROR, &soError, &len)
-                    if soError != 0 { errno = soError; rc = -1 } else { rc = 0 }
-                case .timedOut:
-                    socket.close()
-                    throw .connectTimeout(endpoint: endpoint, seconds: timeoutSeconds)
-                case .woken:
-                    socket.close()
-                    throw .closed
-                }
+        var timedOut = false
+        for (i, address) in addresses.enumerated() {
+            let left = deadline - monotonicNow()
+            if left <= 0 { break }
+            let share = monotonicNow() + left / Double(addresses.count - i)
+            switch try attempt(address, until: share) {
+            case .connected(let socket): return socket
+            case .failed(let err): lastErrno = err
+            case .timedOut: timedOut = true
             }
-            if rc == 0 {
-                if socket.isTCP { socket.setNoDelay() }
-                return socket
-            }
-            lastErrno = errno
-            socket.close()
         }
+        if timedOut || monotonicNow() >= deadline { throw .connectTimeout(endpoint: endpoint, seconds: timeoutSeconds) }
         throw .connectFailed(endpoint: endpoint, errno: lastErrno)
+    }
+
+    private enum Attempt { case connected(Socket), failed(Int32), timedOut }
+
+    /// One non-blocking connect. Address-specific failures (including an address family
+    /// this host lacks) are returned so the caller tries the next address.
+    private static func attempt(_ address: SocketAddress, until deadline: Double) throws(TLSError) -> Attempt {
+        let fd = Glibc.socket(address.family, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_NONBLOCK.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        guard fd >= 0 else { return .failed(errno) }
+        let socket = try Socket(fd: fd, isTCP: address.family != AF_UNIX)
+        let rc = address.withSockaddr { Glibc.connect(fd, $0, $1) }
+        var err = rc == 0 ? 0 : errno
+        if err == EINPROGRESS {
+            switch try socket.wait(for: Int16(POLLOUT), until: deadline) {
+            case .ready:
+                var len = socklen_t(MemoryLayout<Int32>.size)
+                if getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len) != 0 { err = errno }
+            case .timedOut:
+                socket.close()
+                return .timedOut
+            case .woken:
+                socket.close()
+                throw .closed
+            }
+        }
+        guard err == 0 else {
+            socket.close()
+            return .failed(err)
+        }
+        if socket.isTCP { socket.setNoDelay() }
+        return .connected(socket)
     }
 
     /// TLS records are written whole; Nagle would only delay the last one of a frame.
@@ -239,15 +277,17 @@ final class Socket: @unchecked Sendable {
     /// One pending connection, or nil if none is queued right now.
     func acceptConnection() throws(TLSError) -> Socket? {
         let conn = Glibc.accept(fd, nil, nil)
-        if conn >= 0 && !setNonBlockingCloseOnExec(conn) {
-            Glibc.close(conn)
-            throw .socketError(operation: "fcntl", errno: errno)
-        }
         if conn < 0 {
-            switch errno {
+            let err = errno
+            switch err {
             case EAGAIN, EWOULDBLOCK, EINTR, ECONNABORTED, EPROTO: return nil
-            default: throw .socketError(operation: "accept", errno: errno)
+            default: throw .socketError(operation: "accept", errno: err)
             }
+        }
+        if !setNonBlockingCloseOnExec(conn) {
+            let err = errno  // before close() can overwrite it
+            Glibc.close(conn)
+            throw .socketError(operation: "fcntl", errno: err)
         }
         let socket = try Socket(fd: conn, isTCP: isTCP)
         if isTCP { socket.setNoDelay() }

@@ -82,8 +82,8 @@ public final class TLSContext: @unchecked Sendable {
     private static func configure(_ ctx: OpaquePointer, _ config: TLSConfiguration, role: TLSRole,
                                   hooks: TLSTestHooks) throws(TLSError) -> OwnCertificateFacts {
         if let max = hooks.maxProtocolVersion {
-            _ = copenssl_SSL_CTX_set_min_proto_version(ctx, max)
-            _ = copenssl_SSL_CTX_set_max_proto_version(ctx, max)
+            try require(copenssl_SSL_CTX_set_min_proto_version(ctx, max) == 1 && copenssl_SSL_CTX_set_max_proto_version(ctx, max) == 1,
+                        "SSL_CTX_set_min/max_proto_version")
         } else {
             guard copenssl_SSL_CTX_set_min_proto_version(ctx, TLS1_3_VERSION) == 1 else {
                 throw .invalidConfiguration("this OpenSSL cannot do TLS 1.3")
@@ -91,13 +91,14 @@ public final class TLSContext: @unchecked Sendable {
         }
         // One long-lived connection per migration: resumption buys nothing, and unread
         // tickets make a write-only client's close() reset the connection (INTEROP #2).
-        _ = SSL_CTX_set_num_tickets(ctx, 0)
-        _ = copenssl_SSL_CTX_set_session_cache_mode(ctx, COPENSSL_SSL_SESS_CACHE_OFF)
+        try require(SSL_CTX_set_num_tickets(ctx, 0) == 1, "SSL_CTX_set_num_tickets")
+        _ = copenssl_SSL_CTX_set_session_cache_mode(ctx, COPENSSL_SSL_SESS_CACHE_OFF)  // returns the previous mode, not a status
         // A retried SSL_write may pass the same bytes at a different address.
-        _ = copenssl_SSL_CTX_set_mode(ctx, COPENSSL_SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER)
+        try require(copenssl_SSL_CTX_set_mode(ctx, COPENSSL_SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER) & COPENSSL_SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER != 0,
+                    "SSL_CTX_set_mode(ACCEPT_MOVING_WRITE_BUFFER)")
         // Bulk transfer: read ahead into a large buffer, so one read(2) brings many
         // 16 KiB records instead of two syscalls (header, body) per record.
-        _ = copenssl_SSL_CTX_set_read_ahead(ctx, 1)
+        _ = copenssl_SSL_CTX_set_read_ahead(ctx, 1)  // returns the previous setting, not a status
         SSL_CTX_set_default_read_buffer_len(ctx, 256 << 10)
         // An encrypted key must fail, not prompt for a passphrase on the terminal.
         SSL_CTX_set_default_passwd_cb(ctx) { _, _, _, _ in -1 }
@@ -190,15 +191,23 @@ public final class TLSContext: @unchecked Sendable {
         let store = SSL_CTX_get_cert_store(ctx)
         var count = 0
         while let crl = PEM_read_bio_X509_CRL(bio, nil, nil, nil) {
-            X509_STORE_add_crl(store, crl)
+            let added = X509_STORE_add_crl(store, crl)
             X509_CRL_free(crl)
+            guard added == 1 else {
+                throw .invalidPEM(path: path, detail: "X509_STORE_add_crl: " + OpenSSLError.summary(OpenSSLError.drainQueue()))
+            }
             count += 1
         }
         let queue = OpenSSLError.drainQueue()  // the read that ends the loop always fails
         guard count > 0 else {
             throw .invalidPEM(path: path, detail: "no X509 CRL found (\(OpenSSLError.summary(queue)))")
         }
-        X509_STORE_set_flags(store, UInt(X509_V_FLAG_CRL_CHECK))
+        try require(X509_STORE_set_flags(store, UInt(X509_V_FLAG_CRL_CHECK)) == 1, "X509_STORE_set_flags(CRL_CHECK)")
+    }
+
+    /// A setter OpenSSL reports as failed leaves the context other than configured: refuse it.
+    private static func require(_ ok: Bool, _ call: String) throws(TLSError) {
+        guard ok else { throw .invalidConfiguration("\(call) failed: " + OpenSSLError.summary(OpenSSLError.drainQueue())) }
     }
 }
 

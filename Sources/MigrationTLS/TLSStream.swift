@@ -78,12 +78,18 @@ public final class TLSStream: @unchecked Sendable {
         }
         let ssl = SSLHandle(raw)
         let verification = PeerVerification(expectedNames: context.expectedPeerNames)
-        _ = SSL_set_ex_data(raw, 0, Unmanaged.passUnretained(verification).toOpaque())
-        SSL_set_fd(raw, socket.fd)
-        if context.role == .client {
+        // Without the app data the verify callback refuses every peer; without the fd
+        // nothing moves: either failing is a setup error, reported as such.
+        var setup = SSL_set_ex_data(raw, 0, Unmanaged.passUnretained(verification).toOpaque()) == 1
+            && SSL_set_fd(raw, socket.fd) == 1
+        if setup && context.role == .client {
             // SNI only for DNS names; a server may use it, we never depend on it.
             let name = context.configuration.peerName
-            if !Certificate.isIPAddress(name) { _ = copenssl_SSL_set_tlsext_host_name(raw, name) }
+            if !Certificate.isIPAddress(name) { setup = copenssl_SSL_set_tlsext_host_name(raw, name) == 1 }
+        }
+        guard setup else {
+            socket.close()
+            throw .handshakeFailed(detail: "SSL setup: " + OpenSSLError.summary(OpenSSLError.drainQueue()))
         }
         do throws(TLSError) {
             while true {
@@ -134,7 +140,6 @@ public final class TLSStream: @unchecked Sendable {
         guard !bytes.isEmpty else { return }
         try socket.enter()
         defer { socket.leave() }
-        let stall = writeTimeoutSeconds
         try bytes.withUnsafeBytes { (buffer: UnsafeRawBufferPointer) in
             while true {
                 let step: Step = io.withLock { state in
@@ -156,12 +161,30 @@ public final class TLSStream: @unchecked Sendable {
                 case .endOfStream: throw TLSError.protocolError(detail: "unexpected end of stream while writing")
                 case let .fail(error): throw error
                 case let .wait(events):
-                    switch try socket.wait(for: events, until: stall.map { monotonicNow() + $0 }) {
-                    case .ready: continue
-                    case .timedOut: throw TLSError.writeTimeout(seconds: stall ?? 0)
-                    case .woken: throw TLSError.closed
-                    }
+                    try waitUntilWritable(events)
                 }
+            }
+        }
+    }
+
+    /// How often a blocked write looks at `writeTimeoutSeconds` again.
+    static let timeoutRecheckSeconds = 0.25
+
+    /// Waits for the socket, re-reading `writeTimeoutSeconds` every quarter second: a
+    /// session that fails shortens it, and a write already blocked on a peer that stopped
+    /// reading must give up after that, not after the peer timeout it started with
+    /// (the ABORT and the operator's error wait behind it).
+    private func waitUntilWritable(_ events: Int16) throws(TLSError) {
+        let started = monotonicNow()
+        while true {
+            let stall = writeTimeoutSeconds
+            let slice = monotonicNow() + Self.timeoutRecheckSeconds
+            let deadline = stall.map { min(started + $0, slice) } ?? slice
+            switch try socket.wait(for: events, until: deadline) {
+            case .ready: return
+            case .woken: throw TLSError.closed
+            case .timedOut:
+                if let stall, monotonicNow() >= started + stall { throw TLSError.writeTimeout(seconds: stall) }
             }
         }
     }
@@ -236,9 +259,10 @@ public final class TLSStream: @unchecked Sendable {
         var scratch = [UInt8](repeating: 0, count: 256)
         var got = 0
         let r = scratch.withUnsafeMutableBytes { SSL_read_ex(ssl.pointer, $0.baseAddress, $0.count, &got) }
+        let savedErrno = errno  // before SSL_get_error, which may make calls of its own
         guard r != 1 else { return nil }
         let e = SSL_get_error(ssl.pointer, r)
-        let error = TLSError.fromFailedCall(sslError: e, errnoValue: errno, duringHandshake: false,
+        let error = TLSError.fromFailedCall(sslError: e, errnoValue: savedErrno, duringHandshake: false,
                                             verification: verification)
         if case .refusedByPeer = error { return error }
         if case .protocolVersion = error { return error }

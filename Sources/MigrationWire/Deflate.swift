@@ -24,7 +24,7 @@ public final class Deflater: @unchecked Sendable {
     }
 
     deinit {
-        deflateEnd(stream)
+        _ = deflateEnd(stream)  // only reports an unfinished stream, which is freed all the same
         stream.deinitialize(count: 1)
         stream.deallocate()
     }
@@ -35,7 +35,8 @@ public final class Deflater: @unchecked Sendable {
     /// (the output buffer is deflateBound-sized, so Z_FINISH always completes).
     public func compress(_ input: ArraySlice<UInt8>) throws(WireError) -> [UInt8] {
         precondition(input.count < Int(UInt32.max), "deflate input larger than 4 GiB")
-        deflateReset(stream)
+        let reset = deflateReset(stream)
+        guard reset == Z_OK else { throw .zlibFailure(operation: "deflateReset", code: reset) }
         let bound = Int(deflateBound(stream, uLong(input.count)))
         let stream = self.stream
         var rc: Int32 = Z_OK
@@ -72,7 +73,7 @@ public final class Inflater: @unchecked Sendable {
     }
 
     deinit {
-        inflateEnd(stream)
+        _ = inflateEnd(stream)  // cannot fail on a stream inflateInit2 accepted
         stream.deinitialize(count: 1)
         stream.deallocate()
     }
@@ -93,7 +94,8 @@ public final class Inflater: @unchecked Sendable {
         guard input.count < Int(UInt32.max) else {
             throw .corruptDeflateStream(frame: frame, detail: "\(input.count)-byte input is larger than any valid payload")
         }
-        inflateReset(stream)
+        let reset = inflateReset(stream)
+        guard reset == Z_OK else { throw .zlibFailure(operation: "inflateReset", code: reset) }
         let stream = self.stream
         var outcome: WireError?
         let output = input.withUnsafeBufferPointer { inBuf in

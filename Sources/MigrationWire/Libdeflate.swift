@@ -29,7 +29,7 @@ public final class FastDeflater: RawDeflateCompressor, @unchecked Sendable {
     public init(level: Int) throws {
         guard (1...12).contains(level) else { throw WireError.invalidCompressionLevel(level) }
         guard let c = libdeflate_alloc_compressor(Int32(level)) else {
-            throw WireError.zlibFailure(operation: "libdeflate_alloc_compressor", code: -4)
+            throw WireError.compressionFailed(library: "libdeflate", operation: "libdeflate_alloc_compressor", detail: "out of memory")
         }
         compressor = c
         self.level = level
@@ -38,13 +38,24 @@ public final class FastDeflater: RawDeflateCompressor, @unchecked Sendable {
     deinit { libdeflate_free_compressor(compressor) }
 
     public func compress(_ input: ArraySlice<UInt8>) throws(WireError) -> [UInt8] {
-        let bound = libdeflate_deflate_compress_bound(compressor, input.count)
+        try compress(input, outputCapacity: libdeflate_deflate_compress_bound(compressor, input.count))
+    }
+
+    /// libdeflate returns 0 when the stream does not fit `outputCapacity` (its only
+    /// failure): that must never go out as an empty deflate payload. Tests pass a
+    /// small capacity to reach it; `compress` passes the bound, where 0 means a bug.
+    func compress(_ input: ArraySlice<UInt8>, outputCapacity: Int) throws(WireError) -> [UInt8] {
         let c = compressor
-        return input.withUnsafeBytes { inBuf in
-            [UInt8](unsafeUninitializedCapacity: bound) { out, count in
-                count = libdeflate_deflate_compress(c, inBuf.baseAddress, inBuf.count, out.baseAddress, out.count)
+        let output = input.withUnsafeBytes { inBuf in
+            [UInt8](unsafeUninitializedCapacity: max(outputCapacity, 1)) { out, count in
+                count = libdeflate_deflate_compress(c, inBuf.baseAddress, inBuf.count, out.baseAddress, outputCapacity)
             }
         }
+        guard !output.isEmpty else {
+            throw .compressionFailed(library: "libdeflate", operation: "libdeflate_deflate_compress",
+                                     detail: "no output for \(input.count) input byte(s) into \(outputCapacity) byte(s) of room")
+        }
+        return output
     }
 }
 
@@ -56,7 +67,7 @@ final class FastInflater: RawDeflateInflater, @unchecked Sendable {
 
     init() throws {
         guard let d = libdeflate_alloc_decompressor() else {
-            throw WireError.zlibFailure(operation: "libdeflate_alloc_decompressor", code: -4)
+            throw WireError.compressionFailed(library: "libdeflate", operation: "libdeflate_alloc_decompressor", detail: "out of memory")
         }
         decompressor = d
     }

@@ -56,6 +56,8 @@ public enum WireError: Error, Sendable, Equatable, CustomStringConvertible {
     case inflatedExceedsDeclared(frame: FrameType?, declared: Int)
     case corruptDeflateStream(frame: FrameType?, detail: String)
     case zlibFailure(operation: String, code: Int32)
+    /// A local codec call failed (not the peer's data): nothing may be sent for it.
+    case compressionFailed(library: String, operation: String, detail: String)
     case invalidCompressionPolicy(String)
     case invalidCompressionLevel(Int)
     case unalignedPages(byteCount: Int, pageSize: Int)
@@ -139,6 +141,8 @@ public enum WireError: Error, Sendable, Equatable, CustomStringConvertible {
             return "corrupt deflate stream\(inFrame(f)): \(detail)"
         case .zlibFailure(let op, let code):
             return "zlib \(op) failed with code \(code)"
+        case .compressionFailed(let library, let op, let detail):
+            return "\(library) \(op) failed: \(detail)"
         case .invalidCompressionPolicy(let text):
             return "invalid compression policy '\(text)': use none, zlib:1 … zlib:9, or auto"
         case .invalidCompressionLevel(let level):

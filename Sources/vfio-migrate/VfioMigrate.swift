@@ -125,7 +125,7 @@ struct Receive: ParsableCommand {
     static let configuration = CommandConfiguration(abstract: "Destination host: accept one authenticated source and resume its devices on COMMIT.")
     @Option(help: "Listen endpoint: HOST:PORT, [IPV6]:PORT or unix:PATH.")
     var listen: String
-    @Option(name: .customLong("accept-timeout"), help: "Give up if no authenticated source arrives within this many seconds.")
+    @Option(name: .customLong("accept-timeout"), help: "Give up if no authenticated source arrives within this many seconds; with --keep-listening the wait starts again after each session.")
     var acceptTimeout: Double?
     @Flag(name: .customLong("create-memory"), help: "Create (or extend) the guest-memory file to --memory-size.")
     var createMemory = false
@@ -174,7 +174,9 @@ struct Receive: ParsableCommand {
         }
         let interrupts = InterruptHandler { receiver.cancel(); listener.close() }
         defer { withExtendedLifetime(interrupts) {} }
-        let deadline = acceptTimeout.map { ContinuousClock.now + .milliseconds(Int64($0 * 1000)) }
+        // Per wait: refused handshakes do not extend it, a finished session starts a new one.
+        func newDeadline() -> ContinuousClock.Instant? { acceptTimeout.map { ContinuousClock.now + .milliseconds(Int64($0 * 1000)) } }
+        var deadline = newDeadline()
         while true {
             let stream: TLSStream
             do {
@@ -198,6 +200,7 @@ struct Receive: ParsableCommand {
                 let code = failureExit(for: error, printer: printer, side: "destination", devices: opened)
                 if keepListening, let m = error as? MigrationError, m.disposition != .afterCommit,
                    !(m.failure.isCancelled) {
+                    deadline = newDeadline()
                     continue
                 }
                 throw code

@@ -16,10 +16,8 @@ struct BenchSmokeTests {
         p.standardOutput = out
         p.standardError = err
         try p.run()
-        let o = out.fileHandleForReading.readDataToEndOfFile()
-        let e = err.fileHandleForReading.readDataToEndOfFile()
-        p.waitUntilExit()
-        #expect(p.terminationStatus == 0, "bench: \(String(decoding: e, as: UTF8.self))")
+        let (code, o, e) = ChildOutput(stdout: out, stderr: err).wait(for: p)
+        #expect(code == 0, "bench: \(String(decoding: e, as: UTF8.self))")
         let report = try #require(try JSONSerialization.jsonObject(with: o) as? [String: Any])
         #expect(report["verified"] as? Bool == true)
         let runs = try #require(report["runs"] as? [[String: Any]])

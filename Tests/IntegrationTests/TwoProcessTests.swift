@@ -23,13 +23,10 @@ struct TwoProcessTests {
 
     struct Run {
         let process: Process
-        let stdout: Pipe
-        let stderr: Pipe
+        let output: ChildOutput
         func wait() -> (code: Int32, out: String, err: String) {
-            let o = stdout.fileHandleForReading.readDataToEndOfFile()
-            let e = stderr.fileHandleForReading.readDataToEndOfFile()
-            process.waitUntilExit()
-            return (process.terminationStatus, String(decoding: o, as: UTF8.self), String(decoding: e, as: UTF8.self))
+            let (code, o, e) = output.wait(for: process)
+            return (code, String(decoding: o, as: UTF8.self), String(decoding: e, as: UTF8.self))
         }
     }
 
@@ -41,7 +38,7 @@ struct TwoProcessTests {
         p.standardOutput = o
         p.standardError = e
         try p.run()
-        return Run(process: p, stdout: o, stderr: e)
+        return Run(process: p, output: ChildOutput(stdout: o, stderr: e))
     }
 
     static func waitForPort(_ path: String) throws -> String {

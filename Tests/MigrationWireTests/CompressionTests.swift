@@ -254,4 +254,18 @@ func inflaters() throws -> [any RawDeflateInflater] { [try Inflater(), try FastI
             for word in words { #expect(error.description.contains(word), "\(error.description)") }
         }
     }
+    /// Issue 11 §4: libdeflate returns 0 bytes when it fails; that must be an error,
+    /// never an empty deflate payload on the wire.
+    @Test func libdeflateFailureIsAnErrorNotAnEmptyPayload() throws {
+        let input = [UInt8](repeating: 0x5A, count: 4096)
+        #expect(throws: WireError.self) { try FastDeflater(level: 1).compress(input[...], outputCapacity: 2) }
+        do {
+            _ = try FastDeflater(level: 1).compress(input[...], outputCapacity: 2)
+        } catch {
+            #expect("\(error)".contains("libdeflate") && "\(error)".contains("4096"), "\(error)")
+        }
+        // With the bound as room it works and inflates back.
+        let out = try FastDeflater(level: 1).compress(input[...])
+        #expect(try Inflater().inflate(out, expectedLength: input.count, limit: 1 << 20) == input)
+    }
 }

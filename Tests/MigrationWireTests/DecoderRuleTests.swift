@@ -125,6 +125,38 @@ private func raw(_ bytes: [UInt8], phase: Phase = .precopy) -> FrameBody {
         #expect(throws: WireError.unexpectedFrame(type: .commit, state: .committed)) { try decodeAll(twice.bytes) }
     }
 
+    /// §5.5/§6: ITERATION_END is informational. A stream may end stop-and-copy without
+    /// one (the reference source) or with one (as the §7 diagram once drew it).
+    @Test func iterationEndIsOptionalAfterStopAndCopy() throws {
+        for withFinalIterationEnd in [false, true] {
+            var s = StreamBuilder.source(devices: 1)
+            s.add(.iterationEnd(IterationEnd(iteration: 0, pendingBytes: 8, dirtyPages: 0)))
+            s.add(raw([1, 2, 3], phase: .stopcopy), device: 0)
+            if withFinalIterationEnd { s.add(.iterationEnd(IterationEnd(iteration: 1, pendingBytes: 0, dirtyPages: 0))) }
+            s.finishDevices(1)
+            #expect(try decodeAll(s.bytes).count == s.frames.count)
+        }
+    }
+
+    /// §5.3: T = 0 reports nothing; its start is not checked against memory.
+    @Test func dirtyBitmapWithZeroPFNsIsAnEmptyReport() throws {
+        for copied in [DirtyCopied.none, .all, .bitmap([])] {
+            var s = StreamBuilder.source(devices: 1)
+            s.add(.dirtyBitmap(DirtyBitmap(startPFN: 1 << 40, pageSize: 4096, totalPFNs: 0, copied: copied)), device: 0)
+            #expect(try decodeAll(s.bytes).count == s.frames.count)
+        }
+        var s = StreamBuilder.source(devices: 1)
+        s.add(.dirtyBitmap(DirtyBitmap(startPFN: 0, pageSize: 4096, totalPFNs: 0, copied: .bitmap([0]))), device: 0)
+        #expect(throws: WireError.bitmapLengthMismatch(totalPFNs: 0, expected: 0, actual: 1)) { try decodeAll(s.bytes) }
+    }
+
+    /// §5.3: PAGES need no DIRTY_BITMAP announcing them (iteration 0 sends all memory).
+    @Test func pagesWithoutAnyBitmapAreAccepted() throws {
+        var s = StreamBuilder.source(devices: 1)
+        s.add(.pages(Pages(pageSize: 4096, segments: [PageSegment(startPFN: 3, pageCount: 2, encoding: .zero, payload: [])])))
+        #expect(try decodeAll(s.bytes).count == s.frames.count)
+    }
+
     @Test func commitBeforeComplete() {
         var s = StreamBuilder.source()
         s.add(.commit)

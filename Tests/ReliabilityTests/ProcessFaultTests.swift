@@ -67,6 +67,25 @@ struct ProcessFaultTests {
         #expect(Self.states(r) == ["gpu0": "STOPPED", "nic0": "STOPPED"], "\(String(describing: r))")
     }
 
+    /// Issue 11: `--accept-timeout` with `--keep-listening` is per wait: sources that keep
+    /// arriving keep the receiver listening past it; once none comes, it gives up (exit 1).
+    @Test func acceptTimeoutIsPerWaitWhileListening() throws {
+        let pki = try TestPKI.get()
+        let dir = try CLI.tempDir()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let (receiver, port) = try CLI.receiver(dir: dir, extra: ["--keep-listening", "--peer-timeout", "10", "--accept-timeout", "3"],
+                                                tls: pki.cliTLS("destination", peer: "source.test"))
+        let started = ContinuousClock.now
+        for _ in 0..<4 {
+            _ = HostilePeer.commitBeforeComplete.attack(port: port, pki: pki)   // an authenticated session that fails
+            usleep(1_500_000)
+        }
+        #expect(ContinuousClock.now - started > .seconds(5), "the sessions spanned more than one --accept-timeout")
+        #expect(receiver.process.isRunning, "still listening after \(ContinuousClock.now - started): \(receiver.stderr)")
+        #expect(receiver.wait(timeout: 60) == 1, "gives up once no source comes: \(receiver.stderr)")
+        #expect((receiver.failed?["cause"] as? String ?? "").contains("accept-timeout"), "\(String(describing: receiver.failed))")
+    }
+
     /// A listening receiver (`--keep-listening`) refuses every hostile peer, a sender
     /// with a certificate from another CA, and then migrates a good sender.
     @Test func listeningReceiverRefusesHostilePeersThenMigratesAGoodSource() throws {
