@@ -42,7 +42,7 @@ let package = Package(
         // only: proof that MigrationRegion is the whole contract a driver needs.
         .target(name: "VFIOSimulator", dependencies: ["VFIODevice", "SyncPrimitives"]),
         .target(name: "MigrationWire", dependencies: ["CZlib", "CLibdeflate", "COpenSSL"]),
-        .target(name: "MigrationTLS", dependencies: ["COpenSSL"]),
+        .target(name: "MigrationTLS", dependencies: ["COpenSSL", "SyncPrimitives"]),
         .target(
             name: "MigrationEngine",
             dependencies: [

@@ -1,5 +1,5 @@
 import Glibc
-import Synchronization
+import SyncPrimitives
 
 /// Monotonic seconds, for deadlines that wall-clock changes cannot stretch.
 func monotonicNow() -> Double {
@@ -27,7 +27,7 @@ final class Socket: @unchecked Sendable {
     private let wakeFD: Int32
     private let wakeWriteFD: Int32
     private struct State { var closed = false, inflight = 0, released = false }
-    private let state = Mutex(State())
+    private let state = LockedValue(State())
 
     /// Takes ownership of `fd`: on failure it is closed too.
     init(fd: Int32, isTCP: Bool, configure: (Int32) -> Bool = setNonBlockingCloseOnExec) throws(TLSError) {

@@ -1,12 +1,12 @@
 import Glibc
-import Synchronization
+import SyncPrimitives
 
 /// Listens on an endpoint; each `accept` returns an authenticated stream.
 public final class TLSListener: @unchecked Sendable {
     private let socket: Socket
     private let context: TLSContext
     private let unixPath: String?
-    private let unlinked = Mutex(false)
+    private let unlinked = LockedValue(false)
     /// The bound endpoint (with the real port when 0 was asked).
     public let boundEndpoint: Endpoint
 

@@ -1,6 +1,6 @@
 internal import COpenSSL
 import Glibc
-import Synchronization
+import SyncPrimitives
 
 /// Owns one SSL*. Every call on it happens with `TLSStream.io` held.
 final class SSLHandle: @unchecked Sendable {
@@ -26,8 +26,8 @@ public final class TLSStream: @unchecked Sendable {
         /// A fatal TLS error is final: OpenSSL must not be called again, later calls rethrow it.
         var failure: TLSError?
     }
-    private let io = Mutex(IOState())
-    private let timeouts = Mutex<(read: Double?, write: Double?)>((nil, nil))
+    private let io = LockedValue(IOState())
+    private let timeouts = LockedValue<(read: Double?, write: Double?)>((nil, nil))
 
     /// Bound on how long `shutdown()` waits for the peer's close_notify or EOF.
     let shutdownTimeoutSeconds: Double = 10
