@@ -341,40 +341,44 @@ public final class Sender: @unchecked Sendable {
         }
     }
 
-    /// One dirty-bitmap query per device over all of guest memory: a
-    /// DIRTY_BITMAP frame per reported segment, then the dirtied pages.
+    /// Each device's dirty pages, asked for window by window: a DIRTY_BITMAP frame
+    /// per reported segment (never more PFNs than the receiver accepts in one
+    /// frame), then the dirtied pages, walked run by run out of the bitmap.
+    /// Memory is one window's answer, whatever the size of the guest.
     private func sendDirtyPages(memory: GuestMemory, to pipeline: OrderedPipeline<SendItem, SendOutput>, inbox: PeerInbox?) throws -> UInt64 {
         var total: UInt64 = 0
+        let window = DirtyWindow.pfns(for: options.limits)
         for (i, d) in devices.enumerated() {
             guard let source = d.dirtyPages else { continue }
-            let segments = try deviceCall(i) { try source.query(startPFN: 0, pageSize: UInt64(memory.pageSize), totalPFNs: memory.pageCount) }
-            for segment in segments {
-                let copied: DirtyCopied
-                switch segment.pages {
-                case .none: copied = .none; counters.addBitmap(none: 1)
-                case .all: copied = .all; counters.addBitmap(all: 1)
-                case .bitmap(let bits): copied = .bitmap(bits); counters.addBitmap(partial: 1)
+            var start: UInt64 = 0
+            while start < memory.pageCount {
+                let count = min(window, memory.pageCount - start)
+                let segments = try deviceCall(i) { try source.query(startPFN: start, pageSize: UInt64(memory.pageSize), totalPFNs: count) }
+                // A source answers inside the window; split anyway so no frame can exceed the limit.
+                for segment in segments.flatMap({ $0.split(maxPFNs: window) }) {
+                    total += try send(segment, device: i, to: pipeline, inbox: inbox)
                 }
-                try pipeline.submit(.control(.dirtyBitmap(DirtyBitmap(startPFN: segment.startPFN, pageSize: segment.pageSize, totalPFNs: segment.pfnCount, copied: copied)), device: UInt32(i)))
-                switch segment.pages {
-                case .none: break
-                case .all:
-                    total += segment.pfnCount
-                    try submitPages(startPFN: segment.startPFN, count: segment.pfnCount, to: pipeline, inbox: inbox)
-                case .bitmap:
-                    let pfns = segment.dirtyPFNs()
-                    total += UInt64(pfns.count)
-                    var k = 0
-                    while k < pfns.count {
-                        var j = k + 1
-                        while j < pfns.count && pfns[j] == pfns[j - 1] + 1 && j - k < options.pagesPerFrame { j += 1 }
-                        try submitPages(startPFN: pfns[k], count: UInt64(j - k), to: pipeline, inbox: inbox)
-                        k = j
-                    }
-                }
+                start += count
             }
         }
         return total
+    }
+
+    /// One DIRTY_BITMAP frame and the pages it reports dirty; returns their count.
+    private func send(_ segment: DirtySegment, device i: Int, to pipeline: OrderedPipeline<SendItem, SendOutput>, inbox: PeerInbox?) throws -> UInt64 {
+        let copied: DirtyCopied
+        switch segment.pages {
+        case .none: copied = .none; counters.addBitmap(none: 1)
+        case .all: copied = .all; counters.addBitmap(all: 1)
+        case .bitmap(let bits): copied = .bitmap(bits); counters.addBitmap(partial: 1)
+        }
+        try pipeline.submit(.control(.dirtyBitmap(DirtyBitmap(startPFN: segment.startPFN, pageSize: segment.pageSize, totalPFNs: segment.pfnCount, copied: copied)), device: UInt32(i)))
+        var pages: UInt64 = 0
+        for run in segment.dirtyRuns {
+            pages += run.count
+            try submitPages(startPFN: run.startPFN, count: run.count, to: pipeline, inbox: inbox)
+        }
+        return pages
     }
 
     private func emitProgress(_ phase: MigrationPhase, iteration: Int, pending: UInt64, dirty: UInt64, channel: FrameChannel, rate: Double, remaining: Double) {
@@ -397,6 +401,16 @@ public final class Sender: @unchecked Sendable {
             consume: { output in
                 try channel.send(batch: output.frames)
             })
+    }
+}
+
+/// How many PFNs one dirty-bitmap query (and so one DIRTY_BITMAP frame) covers:
+/// the receiver's `maxPFNsPerFrame`, and no more than a bitmap that fits its
+/// `maxPayload`; a multiple of 8 so bitmaps split on byte boundaries.
+enum DirtyWindow {
+    static func pfns(for limits: WireLimits) -> UInt64 {
+        let byPayload = UInt64(max(limits.maxPayload - DirtyBitmap.headerSize, 1)) * 8
+        return max(min(limits.maxPFNsPerFrame, byPayload) / 8 * 8, 8)
     }
 }
 

@@ -96,7 +96,8 @@ extension DeviceData {
 /// DIRTY_BITMAP: 0 u64 start PFN, 8 u64 page size, 16 u64 total PFNs,
 /// 24 u8 copied (0 NONE, 1 ALL, 2 BITMAP), 25 [7] reserved, 32 bitmap (BITMAP only).
 extension DirtyBitmap {
-    static let fixedSize = 32
+    /// Payload bytes before the bitmap.
+    public static let headerSize = 32
 
     func write(to w: inout ByteWriter) {
         w.u64(startPFN); w.u64(pageSize); w.u64(totalPFNs)

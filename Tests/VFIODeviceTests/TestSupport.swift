@@ -66,3 +66,10 @@ final class RecordingRegion: MigrationRegion, @unchecked Sendable {
     func readBytes(count: Int, at o: UInt64) throws -> [UInt8] { log.append(.rb(o, count)); return try inner.readBytes(count: count, at: o) }
     func writeBytes(_ b: [UInt8], at o: UInt64) throws { log.append(.wb(o, b.count)); try inner.writeBytes(b, at: o) }
 }
+
+extension DirtySegment {
+    /// Every dirty PFN, expanded from the runs (tests only: small ranges).
+    func dirtyPFNs() -> [UInt64] {
+        dirtyRuns.flatMap { $0.startPFN..<($0.startPFN + $0.count) }
+    }
+}
