@@ -25,6 +25,10 @@ public struct SenderOptions: Sendable {
     public var limits: WireLimits = .default
     /// Guest pages per PAGES frame.
     public var pagesPerFrame: Int = 256
+    /// Device data per DEVICE_DATA frame: a larger chunk is read from the region and
+    /// sent in pieces of this size (PROTOCOL.md §5.2), so memory stays bounded by the
+    /// pipeline window whatever the driver stages. Capped by `limits`.
+    public var devicePieceBytes: Int = 1 << 20
     /// After COMPLETE, how long the destination may take to apply, verify and
     /// answer READY (keep-alives alone do not extend it).
     public var readyTimeoutSeconds: Double = 120
@@ -139,11 +143,9 @@ public final class Sender: @unchecked Sendable {
                     let budget = try deviceCall(i) { try devices[i].device.pendingBytes() }
                     var sent: UInt64 = 0
                     while sent < budget {
-                        guard let chunk = try deviceCall(i, { try sequences[i].nextChunk() }) else { break }
-                        sent += UInt64(chunk.bytes.count)
-                        record(chunk.bytes, device: i, phase: .precopy, digest: digests[i], stats: &stats)
-                        try workPipeline.submit(.chunk(device: UInt32(i), phase: .precopy, bytes: chunk.bytes))
-                        try checkHealth(inbox: inbox, pipeline: workPipeline)
+                        guard let chunk = try deviceCall(i, { try sequences[i].stageChunk() }) else { break }
+                        sent += chunk.size
+                        try send(chunk, of: sequences[i], device: i, phase: .precopy, digest: digests[i], stats: &stats, to: workPipeline, inbox: inbox)
                     }
                 }
                 // Guest pages: all of them first, then what the devices dirtied.
@@ -204,10 +206,8 @@ public final class Sender: @unchecked Sendable {
                 try deviceCall(i) { try d.device.setState([.saving]) }
             }
             for i in devices.indices {
-                while let chunk = try deviceCall(i, { try sequences[i].nextChunk() }) {
-                    record(chunk.bytes, device: i, phase: .stopcopy, digest: digests[i], stats: &stats)
-                    try workPipeline.submit(.chunk(device: UInt32(i), phase: .stopcopy, bytes: chunk.bytes))
-                    try checkHealth(inbox: inbox, pipeline: workPipeline)
+                while let chunk = try deviceCall(i, { try sequences[i].stageChunk() }) {
+                    try send(chunk, of: sequences[i], device: i, phase: .stopcopy, digest: digests[i], stats: &stats, to: workPipeline, inbox: inbox)
                 }
             }
             if let memory { _ = try sendDirtyPages(memory: memory, to: workPipeline, inbox: inbox) }
@@ -314,12 +314,33 @@ public final class Sender: @unchecked Sendable {
         }
     }
 
-    private func record(_ bytes: [UInt8], device i: Int, phase: Phase, digest: SHA256Digest, stats: inout MigrationStats) {
-        digest.update(bytes)
-        stats.devices[i].bytes += UInt64(bytes.count)
+    /// Step d of one staged chunk, piece by piece into the pipeline: one `whole`
+    /// frame when it fits a piece, else a `first` piece and continuations. At most
+    /// one piece is in this function's hands; the pipeline window bounds the rest.
+    private func send(_ chunk: StagedChunk, of sequence: SaveSequence, device i: Int, phase: Phase, digest: SHA256Digest,
+                      stats: inout MigrationStats, to pipeline: OrderedPipeline<SendItem, SendOutput>, inbox: PeerInbox?) throws {
+        let pieceSize = UInt64(devicePieceBytes)
+        var offset: UInt64 = 0
+        repeat {
+            let count = Int(min(pieceSize, chunk.size - offset))
+            let bytes = try deviceCall(i) { try sequence.read(chunk, at: offset, count: count) }
+            let part: ChunkPart = chunk.size <= pieceSize ? .whole : (offset == 0 ? .first(chunkLength: chunk.size) : .next)
+            digest.update(bytes)
+            counters.addProduced(UInt64(count))
+            try pipeline.submit(.chunk(device: UInt32(i), phase: phase, part: part, bytes: bytes))
+            offset += UInt64(count)
+            try checkHealth(inbox: inbox, pipeline: pipeline)
+        } while offset < chunk.size
+        stats.devices[i].bytes += chunk.size
         stats.devices[i].chunks += 1
-        if phase == .precopy { stats.devices[i].precopyBytes += UInt64(bytes.count) } else { stats.devices[i].stopcopyBytes += UInt64(bytes.count) }
-        counters.addProduced(UInt64(bytes.count))
+        if phase == .precopy { stats.devices[i].precopyBytes += chunk.size } else { stats.devices[i].stopcopyBytes += chunk.size }
+    }
+
+    /// The piece size actually used: the option, within what the receiver's limits
+    /// accept in one frame (raw data after the 16-byte `first` prefix; deflate
+    /// output is never larger, the compressor sends raw when it does not pay).
+    private var devicePieceBytes: Int {
+        max(1, min(options.devicePieceBytes, options.limits.maxInflated, options.limits.maxPayload - 16))
     }
 
     private func checkHealth(inbox: PeerInbox?, pipeline: OrderedPipeline<SendItem, SendOutput>) throws {
@@ -416,16 +437,19 @@ enum DirtyWindow {
 
 /// What the sender's producer hands to the compression workers.
 enum SendItem: Sendable {
-    case chunk(device: UInt32, phase: Phase, bytes: [UInt8])
+    case chunk(device: UInt32, phase: Phase, part: ChunkPart, bytes: [UInt8])
     /// Read and encode these guest pages in the worker.
     case pages(startPFN: UInt64, count: Int)
     case control(FrameBody, device: UInt32)
 
     static func encode(_ item: SendItem, compressor: PayloadCompressor, memory: GuestMemory?, counters: Counters) throws -> SendOutput {
         switch item {
-        case .chunk(let device, let phase, let bytes):
+        case .chunk(let device, let phase, let part, let bytes):
+            guard let length = UInt32(exactly: bytes.count) else {
+                throw WireError.sizeNotRepresentable(what: "DEVICE_DATA piece", bytes: UInt64(bytes.count), limit: UInt64(UInt32.max))
+            }
             let (encoding, payload) = try compressor.encode(bytes)
-            return SendOutput(frames: [(.deviceData(DeviceData(phase: phase, encoding: encoding, originalLength: UInt32(bytes.count), payload: payload)), device)])
+            return SendOutput(frames: [(.deviceData(DeviceData(phase: phase, encoding: encoding, originalLength: length, payload: payload, part: part)), device)])
         case .pages(let start, let count):
             let memory = memory!
             let bytes = try memory.readPages(startPFN: start, count: count)

@@ -63,6 +63,9 @@ public struct ResumeSequence {
         try finish()
     }
 
+    /// Bytes the open chunk still lacks; nil when no chunk is open.
+    public var missingBytes: UInt64? { open.map { $0.length - $0.written } }
+
     public var chunksApplied: Int { applied }
     public var bytesApplied: UInt64 { bytes }
 
