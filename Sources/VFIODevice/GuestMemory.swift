@@ -13,14 +13,26 @@ public final class GuestMemory: @unchecked Sendable {
     public let pageSize: Int
     public var pageCount: UInt64 { size / UInt64(pageSize) }
     public let path: String?
+    /// What backs the mapping: decides whether populating it makes sense.
+    public let backing: Backing
     private let base: UnsafeMutableRawPointer
+    /// Kept open for SEEK_DATA: a hole in the file is a zero range nobody wrote.
+    private let fd: Int32
+
+    public enum Backing: String, Sendable {
+        /// tmpfs, memfd, hugetlbfs: the file is RAM.
+        case memory
+        /// A file on a disk file system (sparse or not).
+        case diskFile
+    }
 
     /// Maps `path`; with `create`, creates/extends it to `size`. Without `size`, uses the file's size.
     public init(path: String, size: UInt64?, create: Bool, pageSize: Int) throws {
         try GuestMemory.checkPageSize(pageSize)
         let fd = Glibc.open(path, O_RDWR | O_CLOEXEC | (create ? O_CREAT : 0), 0o600)
         guard fd >= 0 else { throw systemError("open guest memory", path: path) }
-        defer { Glibc.close(fd) }  // the mapping keeps the file referenced
+        var ok = false
+        defer { if !ok { Glibc.close(fd) } }
         var st = stat()
         guard fstat(fd, &st) == 0 else { throw systemError("fstat guest memory", path: path) }
         let fileSize = UInt64(max(0, st.st_size))
@@ -36,6 +48,9 @@ public final class GuestMemory: @unchecked Sendable {
         self.size = wanted
         self.pageSize = pageSize
         self.path = path
+        self.fd = fd
+        self.backing = GuestMemory.backing(of: fd)
+        ok = true
     }
 
     /// A memfd-backed guest memory (tests, demo).
@@ -43,16 +58,27 @@ public final class GuestMemory: @unchecked Sendable {
         try GuestMemory.checkPageSize(pageSize)
         let fd = cvfio_memfd_create(name, 1 /* MFD_CLOEXEC */)
         guard fd >= 0 else { throw systemError("memfd_create", path: name) }
-        defer { Glibc.close(fd) }
+        var ok = false
+        defer { if !ok { Glibc.close(fd) } }
         guard ftruncate(fd, off_t(size)) == 0 else { throw systemError("ftruncate memfd", path: name) }
         self.base = try GuestMemory.map(fd: fd, size: size, pageSize: pageSize, what: name)
         self.size = size
         self.pageSize = pageSize
         self.path = nil
+        self.fd = fd
+        self.backing = .memory
+        ok = true
     }
 
     deinit {
         munmap(base, Int(size))
+        Glibc.close(fd)
+    }
+
+    /// tmpfs (and so memfd) or hugetlbfs is memory; anything else a disk file.
+    private static func backing(of fd: Int32) -> Backing {
+        let tmpfsMagic = 0x0102_1994, hugetlbfsMagic = 0x9584_58f6
+        return [tmpfsMagic, hugetlbfsMagic].contains(cvfio_fs_type(fd)) ? .memory : .diskFile
     }
 
     /// Allocates every page now, writable (MADV_POPULATE_WRITE). A destination
@@ -113,10 +139,33 @@ public final class GuestMemory: @unchecked Sendable {
         }
     }
 
+    /// Makes the pages zero, writing only those that are not zero already: a hole
+    /// of the backing file is skipped without touching it (no page allocated, no
+    /// page cache), other pages are compared before they are cleared. A fresh
+    /// destination of mostly zero guest RAM then costs reads, not writes.
     public func zeroPages(startPFN: UInt64, count: Int) throws {
         guard count >= 0 else { throw DeviceError.invalidArgument(operation: "zeroPages", detail: "negative count \(count)") }
         let start = try offset(startPFN: startPFN, count: UInt64(count))
-        memset(base + start, 0, count * pageSize)
+        guard !isHole(byteOffset: start, length: count * pageSize) else { return }
+        for page in 0..<count {
+            let at = base + start + page * pageSize
+            if !GuestMemory.isZero(UnsafeRawBufferPointer(start: at, count: pageSize)) { memset(at, 0, pageSize) }
+        }
+    }
+
+    /// True when the file has no data in the range (SEEK_DATA finds none there), so
+    /// it reads as zeros. File systems without hole reporting say "data": never wrong.
+    func isHole(byteOffset: Int, length: Int) -> Bool {
+        guard length > 0 else { return true }
+        let next = lseek(fd, off_t(byteOffset), CVFIO_SEEK_DATA)
+        if next < 0 { return errno == ENXIO }          // no data from here to the end
+        return Int(next) >= byteOffset + length
+    }
+
+    /// True when no page of the range holds data in the backing file (a hole).
+    public func isHole(startPFN: UInt64, count: Int) throws -> Bool {
+        let start = try offset(startPFN: startPFN, count: UInt64(count))
+        return isHole(byteOffset: start, length: count * pageSize)
     }
 
     public func isZeroPage(_ pfn: UInt64) throws -> Bool {
