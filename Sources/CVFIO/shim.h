@@ -40,4 +40,14 @@ static const unsigned long CVFIO_SIZEOF_DIRTY_BITMAP_GET = sizeof(struct vfio_io
 static inline int cvfio_memfd_create(const char *name, unsigned int flags) {
     return (int)syscall(SYS_memfd_create, name, flags);
 }
+
+// SEEK_DATA is _GNU_SOURCE-only as well; its value is part of the Linux ABI.
+static const int CVFIO_SEEK_DATA = 3;
+
+// The file system's magic number (statfs.f_type), or -1 (errno set).
+#include <sys/vfs.h>
+static inline long cvfio_fs_type(int fd) {
+    struct statfs fs;
+    return fstatfs(fd, &fs) == 0 ? (long)fs.f_type : -1;
+}
 #endif

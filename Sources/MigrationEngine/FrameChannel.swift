@@ -35,7 +35,7 @@ final class FrameChannel: @unchecked Sendable {
     func send(_ body: FrameBody, device: UInt32 = 0) throws {
         writeLock.lock()
         defer { writeLock.unlock() }
-        let bytes = encoder.encode(body, device: device)
+        let bytes = try encoder.encode(body, device: device)
         try stream.write(bytes)
         bytesOut += UInt64(bytes.count)
         lastWrite = .now
@@ -47,7 +47,7 @@ final class FrameChannel: @unchecked Sendable {
         writeLock.lock()
         defer { writeLock.unlock() }
         var bytes: [UInt8] = []
-        for (body, device) in batch { encoder.encode(body, device: device, appendingTo: &bytes) }
+        for (body, device) in batch { try encoder.encode(body, device: device, appendingTo: &bytes) }
         try stream.write(bytes)
         bytesOut += UInt64(bytes.count)
         lastWrite = .now

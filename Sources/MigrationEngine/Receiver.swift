@@ -226,7 +226,7 @@ extension MigrationFailure {
 
 /// A frame after the worker's decoding: payloads inflated and checked.
 enum Applicable: Sendable {
-    case chunk(device: Int, phase: Phase, bytes: [UInt8])
+    case chunk(device: Int, phase: Phase, part: ChunkPart, bytes: [UInt8])
     case pages([PageWrite])
     case control(Frame)
 
@@ -240,7 +240,7 @@ enum Applicable: Sendable {
     static func decode(_ frame: Frame, decompressor: PayloadDecompressor) throws -> Applicable {
         switch frame.body {
         case .deviceData(let d):
-            return .chunk(device: Int(frame.device), phase: d.phase, bytes: try decompressor.decode(d))
+            return .chunk(device: Int(frame.device), phase: d.phase, part: d.part, bytes: try decompressor.decode(d))
         case .pages(let p):
             var writes: [PageWrite] = []
             writes.reserveCapacity(p.segments.count)
@@ -299,16 +299,36 @@ final class Applier: @unchecked Sendable {
     var stopCopyStarted: ContinuousClock.Instant? { locked { _stopCopyStarted } }
     func noteStopCopy() { locked { if _stopCopyStarted == nil { _stopCopyStarted = .now } } }
 
+    /// One frame's bytes through the resume sequence; a chunk in pieces is begun at
+    /// its first piece (which checks it fits) and finished with its last. The decoder
+    /// has already enforced the order of pieces. Returns whether a chunk completed.
+    private func write(_ bytes: [UInt8], part: ChunkPart, device i: Int) throws -> Bool {
+        switch part {
+        case .whole:
+            try sequences[i].apply(bytes)
+            return true
+        case .first(let length):
+            try sequences[i].begin(length: length)
+            try sequences[i].write(bytes)
+        case .next:
+            try sequences[i].write(bytes)
+        }
+        guard sequences[i].missingBytes == 0 else { return false }
+        try sequences[i].finish()
+        return true
+    }
+
     func apply(_ item: Applicable) throws {
         switch item {
-        case .chunk(let i, let phase, let bytes):
-            do { try sequences[i].apply(bytes) } catch {
+        case .chunk(let i, let phase, let part, let bytes):
+            let completed: Bool
+            do { completed = try write(bytes, part: part, device: i) } catch {
                 throw MigrationFailureBox(classify(error), device: devices[i].name)
             }
             digests[i].update(bytes)
             locked {
                 stats[i].bytes += UInt64(bytes.count)
-                stats[i].chunks += 1
+                if completed { stats[i].chunks += 1 }
                 if phase == .precopy { stats[i].precopyBytes += UInt64(bytes.count) } else {
                     stats[i].stopcopyBytes += UInt64(bytes.count); _phase = .stopcopy
                 }

@@ -25,6 +25,10 @@ public struct SenderOptions: Sendable {
     public var limits: WireLimits = .default
     /// Guest pages per PAGES frame.
     public var pagesPerFrame: Int = 256
+    /// Device data per DEVICE_DATA frame: a larger chunk is read from the region and
+    /// sent in pieces of this size (PROTOCOL.md §5.2), so memory stays bounded by the
+    /// pipeline window whatever the driver stages. Capped by `limits`.
+    public var devicePieceBytes: Int = 1 << 20
     /// After COMPLETE, how long the destination may take to apply, verify and
     /// answer READY (keep-alives alone do not extend it).
     public var readyTimeoutSeconds: Double = 120
@@ -143,11 +147,9 @@ public final class Sender: @unchecked Sendable {
                     let budget = try deviceCall(i) { try devices[i].device.pendingBytes() }
                     var sent: UInt64 = 0
                     while sent < budget {
-                        guard let chunk = try deviceCall(i, { try sequences[i].nextChunk() }) else { break }
-                        sent += UInt64(chunk.bytes.count)
-                        record(chunk.bytes, device: i, phase: .precopy, digest: digests[i], stats: &stats)
-                        try workPipeline.submit(.chunk(device: UInt32(i), phase: .precopy, bytes: chunk.bytes))
-                        try checkHealth(inbox: inbox, pipeline: workPipeline)
+                        guard let chunk = try deviceCall(i, { try sequences[i].stageChunk() }) else { break }
+                        sent += chunk.size
+                        try send(chunk, of: sequences[i], device: i, phase: .precopy, digest: digests[i], stats: &stats, to: workPipeline, inbox: inbox)
                     }
                 }
                 // Guest pages: all of them first, then what the devices dirtied.
@@ -208,10 +210,8 @@ public final class Sender: @unchecked Sendable {
                 try deviceCall(i) { try d.device.setState([.saving]) }
             }
             for i in devices.indices {
-                while let chunk = try deviceCall(i, { try sequences[i].nextChunk() }) {
-                    record(chunk.bytes, device: i, phase: .stopcopy, digest: digests[i], stats: &stats)
-                    try workPipeline.submit(.chunk(device: UInt32(i), phase: .stopcopy, bytes: chunk.bytes))
-                    try checkHealth(inbox: inbox, pipeline: workPipeline)
+                while let chunk = try deviceCall(i, { try sequences[i].stageChunk() }) {
+                    try send(chunk, of: sequences[i], device: i, phase: .stopcopy, digest: digests[i], stats: &stats, to: workPipeline, inbox: inbox)
                 }
             }
             if let memory { _ = try sendDirtyPages(memory: memory, to: workPipeline, inbox: inbox) }
@@ -324,12 +324,33 @@ public final class Sender: @unchecked Sendable {
         }
     }
 
-    private func record(_ bytes: [UInt8], device i: Int, phase: Phase, digest: SHA256Digest, stats: inout MigrationStats) {
-        digest.update(bytes)
-        stats.devices[i].bytes += UInt64(bytes.count)
+    /// Step d of one staged chunk, piece by piece into the pipeline: one `whole`
+    /// frame when it fits a piece, else a `first` piece and continuations. At most
+    /// one piece is in this function's hands; the pipeline window bounds the rest.
+    private func send(_ chunk: StagedChunk, of sequence: SaveSequence, device i: Int, phase: Phase, digest: SHA256Digest,
+                      stats: inout MigrationStats, to pipeline: OrderedPipeline<SendItem, SendOutput>, inbox: PeerInbox?) throws {
+        let pieceSize = UInt64(devicePieceBytes)
+        var offset: UInt64 = 0
+        repeat {
+            let count = Int(min(pieceSize, chunk.size - offset))
+            let bytes = try deviceCall(i) { try sequence.read(chunk, at: offset, count: count) }
+            let part: ChunkPart = chunk.size <= pieceSize ? .whole : (offset == 0 ? .first(chunkLength: chunk.size) : .next)
+            digest.update(bytes)
+            counters.addProduced(UInt64(count))
+            try pipeline.submit(.chunk(device: UInt32(i), phase: phase, part: part, bytes: bytes))
+            offset += UInt64(count)
+            try checkHealth(inbox: inbox, pipeline: pipeline)
+        } while offset < chunk.size
+        stats.devices[i].bytes += chunk.size
         stats.devices[i].chunks += 1
-        if phase == .precopy { stats.devices[i].precopyBytes += UInt64(bytes.count) } else { stats.devices[i].stopcopyBytes += UInt64(bytes.count) }
-        counters.addProduced(UInt64(bytes.count))
+        if phase == .precopy { stats.devices[i].precopyBytes += chunk.size } else { stats.devices[i].stopcopyBytes += chunk.size }
+    }
+
+    /// The piece size actually used: the option, within what the receiver's limits
+    /// accept in one frame (raw data after the 16-byte `first` prefix; deflate
+    /// output is never larger, the compressor sends raw when it does not pay).
+    private var devicePieceBytes: Int {
+        max(1, min(options.devicePieceBytes, options.limits.maxInflated, options.limits.maxPayload - 16))
     }
 
     private func checkHealth(inbox: PeerInbox?, pipeline: OrderedPipeline<SendItem, SendOutput>) throws {
@@ -351,40 +372,44 @@ public final class Sender: @unchecked Sendable {
         }
     }
 
-    /// One dirty-bitmap query per device over all of guest memory: a
-    /// DIRTY_BITMAP frame per reported segment, then the dirtied pages.
+    /// Each device's dirty pages, asked for window by window: a DIRTY_BITMAP frame
+    /// per reported segment (never more PFNs than the receiver accepts in one
+    /// frame), then the dirtied pages, walked run by run out of the bitmap.
+    /// Memory is one window's answer, whatever the size of the guest.
     private func sendDirtyPages(memory: GuestMemory, to pipeline: OrderedPipeline<SendItem, SendOutput>, inbox: PeerInbox?) throws -> UInt64 {
         var total: UInt64 = 0
+        let window = DirtyWindow.pfns(for: options.limits)
         for (i, d) in devices.enumerated() {
             guard let source = d.dirtyPages else { continue }
-            let segments = try deviceCall(i) { try source.query(startPFN: 0, pageSize: UInt64(memory.pageSize), totalPFNs: memory.pageCount) }
-            for segment in segments {
-                let copied: DirtyCopied
-                switch segment.pages {
-                case .none: copied = .none; counters.addBitmap(none: 1)
-                case .all: copied = .all; counters.addBitmap(all: 1)
-                case .bitmap(let bits): copied = .bitmap(bits); counters.addBitmap(partial: 1)
+            var start: UInt64 = 0
+            while start < memory.pageCount {
+                let count = min(window, memory.pageCount - start)
+                let segments = try deviceCall(i) { try source.query(startPFN: start, pageSize: UInt64(memory.pageSize), totalPFNs: count) }
+                // A source answers inside the window; split anyway so no frame can exceed the limit.
+                for segment in segments.flatMap({ $0.split(maxPFNs: window) }) {
+                    total += try send(segment, device: i, to: pipeline, inbox: inbox)
                 }
-                try pipeline.submit(.control(.dirtyBitmap(DirtyBitmap(startPFN: segment.startPFN, pageSize: segment.pageSize, totalPFNs: segment.pfnCount, copied: copied)), device: UInt32(i)))
-                switch segment.pages {
-                case .none: break
-                case .all:
-                    total += segment.pfnCount
-                    try submitPages(startPFN: segment.startPFN, count: segment.pfnCount, to: pipeline, inbox: inbox)
-                case .bitmap:
-                    let pfns = segment.dirtyPFNs()
-                    total += UInt64(pfns.count)
-                    var k = 0
-                    while k < pfns.count {
-                        var j = k + 1
-                        while j < pfns.count && pfns[j] == pfns[j - 1] + 1 && j - k < options.pagesPerFrame { j += 1 }
-                        try submitPages(startPFN: pfns[k], count: UInt64(j - k), to: pipeline, inbox: inbox)
-                        k = j
-                    }
-                }
+                start += count
             }
         }
         return total
+    }
+
+    /// One DIRTY_BITMAP frame and the pages it reports dirty; returns their count.
+    private func send(_ segment: DirtySegment, device i: Int, to pipeline: OrderedPipeline<SendItem, SendOutput>, inbox: PeerInbox?) throws -> UInt64 {
+        let copied: DirtyCopied
+        switch segment.pages {
+        case .none: copied = .none; counters.addBitmap(none: 1)
+        case .all: copied = .all; counters.addBitmap(all: 1)
+        case .bitmap(let bits): copied = .bitmap(bits); counters.addBitmap(partial: 1)
+        }
+        try pipeline.submit(.control(.dirtyBitmap(DirtyBitmap(startPFN: segment.startPFN, pageSize: segment.pageSize, totalPFNs: segment.pfnCount, copied: copied)), device: UInt32(i)))
+        var pages: UInt64 = 0
+        for run in segment.dirtyRuns {
+            pages += run.count
+            try submitPages(startPFN: run.startPFN, count: run.count, to: pipeline, inbox: inbox)
+        }
+        return pages
     }
 
     private func emitProgress(_ phase: MigrationPhase, iteration: Int, pending: UInt64, dirty: UInt64, channel: FrameChannel, rate: Double, remaining: Double) {
@@ -410,18 +435,31 @@ public final class Sender: @unchecked Sendable {
     }
 }
 
+/// How many PFNs one dirty-bitmap query (and so one DIRTY_BITMAP frame) covers:
+/// the receiver's `maxPFNsPerFrame`, and no more than a bitmap that fits its
+/// `maxPayload`; a multiple of 8 so bitmaps split on byte boundaries.
+enum DirtyWindow {
+    static func pfns(for limits: WireLimits) -> UInt64 {
+        let byPayload = UInt64(max(limits.maxPayload - DirtyBitmap.headerSize, 1)) * 8
+        return max(min(limits.maxPFNsPerFrame, byPayload) / 8 * 8, 8)
+    }
+}
+
 /// What the sender's producer hands to the compression workers.
 enum SendItem: Sendable {
-    case chunk(device: UInt32, phase: Phase, bytes: [UInt8])
+    case chunk(device: UInt32, phase: Phase, part: ChunkPart, bytes: [UInt8])
     /// Read and encode these guest pages in the worker.
     case pages(startPFN: UInt64, count: Int)
     case control(FrameBody, device: UInt32)
 
     static func encode(_ item: SendItem, compressor: PayloadCompressor, memory: GuestMemory?, counters: Counters) throws -> SendOutput {
         switch item {
-        case .chunk(let device, let phase, let bytes):
+        case .chunk(let device, let phase, let part, let bytes):
+            guard let length = UInt32(exactly: bytes.count) else {
+                throw WireError.sizeNotRepresentable(what: "DEVICE_DATA piece", bytes: UInt64(bytes.count), limit: UInt64(UInt32.max))
+            }
             let (encoding, payload) = try compressor.encode(bytes)
-            return SendOutput(frames: [(.deviceData(DeviceData(phase: phase, encoding: encoding, originalLength: UInt32(bytes.count), payload: payload)), device)])
+            return SendOutput(frames: [(.deviceData(DeviceData(phase: phase, encoding: encoding, originalLength: length, payload: payload, part: part)), device)])
         case .pages(let start, let count):
             let memory = memory!
             let bytes = try memory.readPages(startPFN: start, count: count)

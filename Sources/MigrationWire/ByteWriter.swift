@@ -35,6 +35,9 @@ struct ByteWriter {
         append(utf8)
     }
 
+    /// Drops everything from `count` on (a frame that could not be finished).
+    mutating func truncate(to count: Int) { bytes.removeSubrange(count...) }
+
     /// Rewrites a u32 already written at `offset` (used to patch the header's payload length).
     mutating func patchU32(_ v: UInt32, at offset: Int) {
         for i in 0..<4 { bytes[offset + i] = UInt8(truncatingIfNeeded: v >> (8 * UInt32(i))) }

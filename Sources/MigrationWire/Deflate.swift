@@ -34,7 +34,10 @@ public final class Deflater: @unchecked Sendable {
     /// One complete raw-deflate stream of `input`, in a single deflate call
     /// (the output buffer is deflateBound-sized, so Z_FINISH always completes).
     public func compress(_ input: ArraySlice<UInt8>) throws(WireError) -> [UInt8] {
-        precondition(input.count < Int(UInt32.max), "deflate input larger than 4 GiB")
+        // zlib counts input in a 32-bit uInt: one call cannot take 4 GiB.
+        guard input.count < Int(UInt32.max) else {
+            throw .sizeNotRepresentable(what: "deflate input", bytes: UInt64(input.count), limit: UInt64(UInt32.max) - 1)
+        }
         let reset = deflateReset(stream)
         guard reset == Z_OK else { throw .zlibFailure(operation: "deflateReset", code: reset) }
         let bound = Int(deflateBound(stream, uLong(input.count)))

@@ -26,6 +26,14 @@ public struct FrameDecoder: Sendable {
     private var peerEncodings: Set<Encoding> = [.raw]
     private var endedDevices: Set<UInt32> = []
     private var stopCopyDevices: Set<UInt32> = []
+    /// A chunk sent in pieces whose continuations are still due (§5.2).
+    private var openChunk: OpenChunk?
+
+    private struct OpenChunk {
+        var device: UInt32
+        var phase: Phase
+        var missing: UInt64
+    }
 
     /// `peer` is the role of the side whose frames this decoder reads; frames that
     /// side may not send (e.g. READY from a source) are protocol errors.
@@ -131,6 +139,10 @@ public struct FrameDecoder: Sendable {
         if h.sequence < expectedSequence { throw .sequenceReplay(expected: expectedSequence, got: h.sequence) }
         guard h.type.isSent(by: peer) else { throw .wrongRole(frame: h.type, sender: peer) }
         guard isAllowedNow(h.type) else { throw .unexpectedFrame(type: h.type, state: state) }
+        // While a chunk is open only its continuations (and keep-alives, ABORT) may come.
+        if let open = openChunk, h.type != .keepAlive, h.type != .abort, h.type != .deviceData || h.device != open.device {
+            throw .chunkIncomplete(device: open.device, missing: open.missing, interruptedBy: h.type, frameDevice: h.device)
+        }
 
         if h.type.isDeviceSpecific {
             if let count = announcedDeviceCount, Int(h.device) >= count {
@@ -174,6 +186,7 @@ public struct FrameDecoder: Sendable {
             if data.encoding != .raw && !peerEncodings.contains(data.encoding) {
                 throw .encodingNotAnnounced(frame: .deviceData, encoding: "\(data.encoding)")
             }
+            try track(data, device: device)
             switch data.phase {
             case .precopy: if stopCopyDevices.contains(device) { throw .phaseRegression(device: device) }
             case .stopcopy: stopCopyDevices.insert(device)
@@ -194,6 +207,27 @@ public struct FrameDecoder: Sendable {
         case .resumed: state = .resumed
         case .abort: state = .aborted
         case .iterationEnd, .keepAlive: break
+        }
+    }
+
+    /// Opens, advances and closes a chunk sent in pieces. The header check already
+    /// refused any other device's frame while one is open.
+    private mutating func track(_ data: DeviceData, device: UInt32) throws(WireError) {
+        let piece = UInt64(data.originalLength)
+        switch (data.part, openChunk) {
+        case (.whole, nil):
+            break
+        case (.first(let length), nil):
+            openChunk = OpenChunk(device: device, phase: data.phase, missing: length - piece)  // > 0: parse checked
+        case (.next, nil):
+            throw .continuationWithoutStart(device: device)
+        case (.next, var open?):
+            guard data.phase == open.phase else { throw .chunkPhaseChanged(device: device) }
+            guard piece <= open.missing else { throw .chunkOverrun(device: device, missing: open.missing, piece: piece) }
+            open.missing -= piece
+            openChunk = open.missing == 0 ? nil : open
+        case (.whole, let open?), (.first, let open?):
+            throw .chunkIncomplete(device: open.device, missing: open.missing, interruptedBy: .deviceData, frameDevice: device)
         }
     }
 

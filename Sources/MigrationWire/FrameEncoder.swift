@@ -2,8 +2,9 @@
 ///
 /// The encoder trusts its caller for the contents (it is fed by our own engine);
 /// structural invariants that would produce an unparseable frame (a session id that
-/// is not 16 bytes, a digest that is not 32) are preconditions. The decoder is where
-/// untrusted bytes are checked.
+/// is not 16 bytes, a digest that is not 32) are preconditions. A payload too large
+/// for the header's u32 length is a typed error. The decoder is where untrusted
+/// bytes are checked.
 public struct FrameEncoder: Sendable {
     private var sequence: UInt64 = 0
 
@@ -11,33 +12,38 @@ public struct FrameEncoder: Sendable {
 
     public var nextSequence: UInt64 { sequence }
 
-    public mutating func encode(_ body: FrameBody, device: UInt32 = 0) -> [UInt8] {
-        defer { sequence += 1 }
-        return FrameEncoder.serialize(body, device: device, sequence: sequence)
+    public mutating func encode(_ body: FrameBody, device: UInt32 = 0) throws(WireError) -> [UInt8] {
+        let bytes = try FrameEncoder.frame(body, device: device, sequence: sequence)
+        sequence += 1
+        return bytes
     }
 
     /// Appends the frame to `buffer`: several frames become one write without
     /// copying each frame a second time.
-    public mutating func encode(_ body: FrameBody, device: UInt32 = 0, appendingTo buffer: inout [UInt8]) {
-        defer { sequence += 1 }
+    public mutating func encode(_ body: FrameBody, device: UInt32 = 0, appendingTo buffer: inout [UInt8]) throws(WireError) {
         var w = ByteWriter(continuing: &buffer, reserving: FrameHeader.size + body.payloadSizeHint)
-        FrameEncoder.write(body, device: device, sequence: sequence, to: &w)
-        buffer = w.take()
+        defer { buffer = w.take() }
+        try FrameEncoder.write(body, device: device, sequence: sequence, to: &w)
+        sequence += 1
     }
 
-    /// One frame with an explicit sequence number (tests build bad streams with it).
-    static func serialize(_ body: FrameBody, device: UInt32, sequence: UInt64) -> [UInt8] {
+    /// One frame with an explicit sequence number.
+    static func frame(_ body: FrameBody, device: UInt32, sequence: UInt64) throws(WireError) -> [UInt8] {
         var w = ByteWriter(capacity: FrameHeader.size + body.payloadSizeHint)
-        write(body, device: device, sequence: sequence, to: &w)
+        try write(body, device: device, sequence: sequence, to: &w)
         return w.take()
     }
 
-    private static func write(_ body: FrameBody, device: UInt32, sequence: UInt64, to w: inout ByteWriter) {
+    /// On failure the buffer is left as it was (the partial frame is cut off).
+    private static func write(_ body: FrameBody, device: UInt32, sequence: UInt64, to w: inout ByteWriter) throws(WireError) {
         let start = w.bytes.count
         FrameHeader(type: body.type, flags: 0, device: device, payloadLength: 0, sequence: sequence).write(to: &w)
         body.writePayload(to: &w)
         let length = w.bytes.count - start - FrameHeader.size
-        precondition(length <= Int(UInt32.max), "frame payload larger than 4 GiB")
-        w.patchU32(UInt32(length), at: start + 12)
+        guard let encoded = UInt32(exactly: length) else {
+            w.truncate(to: start)
+            throw .sizeNotRepresentable(what: "\(body.type) payload", bytes: UInt64(length), limit: UInt64(UInt32.max))
+        }
+        w.patchU32(encoded, at: start + 12)
     }
 }

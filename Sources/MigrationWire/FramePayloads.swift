@@ -24,7 +24,7 @@ extension FrameBody {
     /// Size hint so encoding a large chunk does not regrow the buffer.
     var payloadSizeHint: Int {
         switch self {
-        case .deviceData(let d): 8 + d.payload.count
+        case .deviceData(let d): 16 + d.payload.count
         case .dirtyBitmap(let b): if case .bitmap(let bits) = b.copied { 32 + bits.count } else { 32 }
         case .pages(let p): p.segments.reduce(8) { $0 + PageSegment.headerSize + $1.payload.count }
         default: 64
@@ -64,10 +64,16 @@ extension FrameBody {
     }
 }
 
-/// DEVICE_DATA: 0 u8 phase, 1 u8 encoding, 2 u16 reserved, 4 u32 original length, 8 data.
+/// DEVICE_DATA: 0 u8 phase, 1 u8 encoding, 2 u8 part (0 whole, 1 first, 2 next),
+/// 3 u8 reserved, 4 u32 original length, [first only: 8 u64 chunk length], then data.
 extension DeviceData {
     func write(to w: inout ByteWriter) {
-        w.u8(phase.rawValue); w.u8(encoding.rawValue); w.u16(0); w.u32(originalLength)
+        w.u8(phase.rawValue); w.u8(encoding.rawValue)
+        switch part {
+        case .whole: w.u8(0); w.u8(0); w.u32(originalLength)
+        case .first(let chunkLength): w.u8(1); w.u8(0); w.u32(originalLength); w.u64(chunkLength)
+        case .next: w.u8(2); w.u8(0); w.u32(originalLength)
+        }
         w.append(payload)
     }
 
@@ -76,8 +82,10 @@ extension DeviceData {
         guard let phase = Phase(rawValue: rawPhase) else { throw .invalidValue(frame: .deviceData, field: "phase", value: UInt64(rawPhase)) }
         let rawEncoding = try r.u8("encoding")
         guard let encoding = Encoding(rawValue: rawEncoding) else { throw .unknownEncoding(frame: .deviceData, value: rawEncoding) }
-        try r.reserved(2, "reserved")
+        let rawPart = try r.u8("part")
+        try r.reserved(1, "reserved")
         let original = try r.u32("original length")
+        let part = try parsePart(rawPart, original: original, &r)
         switch encoding {
         case .raw:
             guard r.remaining == Int(original) else {
@@ -89,14 +97,32 @@ extension DeviceData {
             }
         }
         let data = try r.bytes(r.remaining, "data")
-        return DeviceData(phase: phase, encoding: encoding, originalLength: original, payload: data)
+        return DeviceData(phase: phase, encoding: encoding, originalLength: original, payload: data, part: part)
+    }
+
+    /// A piece carries at least one byte, and a first piece less than its chunk
+    /// (a chunk that fits one frame is sent whole): one encoding per chunk size.
+    private static func parsePart(_ raw: UInt8, original: UInt32, _ r: inout ByteReader) throws(WireError) -> ChunkPart {
+        switch raw {
+        case 0: return .whole
+        case 1, 2:
+            guard original > 0 else { throw .invalidValue(frame: .deviceData, field: "original length of a piece", value: 0) }
+            guard raw == 1 else { return .next }
+            let chunkLength = try r.u64("chunk length")
+            guard chunkLength > UInt64(original) else {
+                throw .invalidValue(frame: .deviceData, field: "chunk length (must exceed the first piece)", value: chunkLength)
+            }
+            return .first(chunkLength: chunkLength)
+        default: throw .invalidValue(frame: .deviceData, field: "part", value: UInt64(raw))
+        }
     }
 }
 
 /// DIRTY_BITMAP: 0 u64 start PFN, 8 u64 page size, 16 u64 total PFNs,
 /// 24 u8 copied (0 NONE, 1 ALL, 2 BITMAP), 25 [7] reserved, 32 bitmap (BITMAP only).
 extension DirtyBitmap {
-    static let fixedSize = 32
+    /// Payload bytes before the bitmap.
+    public static let headerSize = 32
 
     func write(to w: inout ByteWriter) {
         w.u64(startPFN); w.u64(pageSize); w.u64(totalPFNs)

@@ -54,13 +54,28 @@ public struct Hello: Sendable, Equatable {
     }
 }
 
+/// Where a DEVICE_DATA frame's bytes sit in the device's chunk (a chunk larger
+/// than a frame travels as a first piece and continuations; PROTOCOL.md §5.2).
+public enum ChunkPart: Sendable, Equatable {
+    /// The frame carries one whole chunk.
+    case whole
+    /// The first piece of a chunk of `chunkLength` bytes; continuations follow
+    /// until their lengths add up to it.
+    case first(chunkLength: UInt64)
+    /// The next piece of the device's open chunk.
+    case next
+}
+
 public struct DeviceData: Sendable, Equatable {
     public var phase: Phase
     public var encoding: Encoding
+    /// This frame's bytes before encoding (the whole chunk, or this piece of it).
     public var originalLength: UInt32
     public var payload: [UInt8]
-    public init(phase: Phase, encoding: Encoding, originalLength: UInt32, payload: [UInt8]) {
+    public var part: ChunkPart
+    public init(phase: Phase, encoding: Encoding, originalLength: UInt32, payload: [UInt8], part: ChunkPart = .whole) {
         self.phase = phase; self.encoding = encoding; self.originalLength = originalLength; self.payload = payload
+        self.part = part
     }
 }
 

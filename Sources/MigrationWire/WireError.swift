@@ -22,6 +22,15 @@ public enum WireError: Error, Sendable, Equatable, CustomStringConvertible {
     case phaseRegression(device: UInt32)
     case completeBeforeDeviceEnd(device: UInt32)
     case encodingNotAnnounced(frame: FrameType, encoding: String)
+    /// A DEVICE_DATA continuation (part `next`) with no chunk of that device open.
+    case continuationWithoutStart(device: UInt32)
+    /// A frame other than the open chunk's continuation (a new chunk, another
+    /// device's frame, DEVICE_END, …) before the chunk reached its declared length.
+    case chunkIncomplete(device: UInt32, missing: UInt64, interruptedBy: FrameType, frameDevice: UInt32)
+    /// A continuation that carries more than the open chunk still lacks.
+    case chunkOverrun(device: UInt32, missing: UInt64, piece: UInt64)
+    /// A continuation whose phase differs from its chunk's first piece.
+    case chunkPhaseChanged(device: UInt32)
 
     // HELLO
     case badHelloMagic(found: [UInt8])
@@ -61,6 +70,8 @@ public enum WireError: Error, Sendable, Equatable, CustomStringConvertible {
     case invalidCompressionPolicy(String)
     case invalidCompressionLevel(Int)
     case unalignedPages(byteCount: Int, pageSize: Int)
+    /// A size the format (or a codec's API) cannot represent, e.g. a payload ≥ 4 GiB.
+    case sizeNotRepresentable(what: String, bytes: UInt64, limit: UInt64)
 
     public var description: String {
         func inFrame(_ f: FrameType?) -> String { f.map { " in \($0)" } ?? "" }
@@ -93,6 +104,14 @@ public enum WireError: Error, Sendable, Equatable, CustomStringConvertible {
             return "COMPLETE before DEVICE_END of device #\(d)"
         case .encodingNotAnnounced(let f, let e):
             return "\(f) frame uses encoding \(e), which the sender's HELLO did not announce"
+        case .continuationWithoutStart(let d):
+            return "DEVICE_DATA continuation for device #\(d) without a first piece: no chunk of that device is open"
+        case .chunkIncomplete(let d, let missing, let f, let fd):
+            return "\(f) frame for device #\(fd) while device #\(d)'s chunk still lacks \(missing) byte(s): a split chunk's pieces must follow each other"
+        case .chunkOverrun(let d, let missing, let piece):
+            return "DEVICE_DATA continuation for device #\(d) carries \(piece) byte(s); its chunk lacks only \(missing)"
+        case .chunkPhaseChanged(let d):
+            return "DEVICE_DATA continuation for device #\(d) changes phase within one chunk"
         case .badHelloMagic(let found):
             return "HELLO magic is \(found.map { String($0, radix: 16) }), expected \"VFIO-MIG\": the peer is not vfio-migrate"
         case .unsupportedVersion(let v, let supported):
@@ -149,6 +168,8 @@ public enum WireError: Error, Sendable, Equatable, CustomStringConvertible {
             return "invalid deflate level \(level): use 0 … 9"
         case .unalignedPages(let n, let ps):
             return "\(n) bytes are not a whole number of \(ps)-byte pages"
+        case .sizeNotRepresentable(let what, let n, let limit):
+            return "\(what) of \(n) bytes cannot be represented (limit \(limit))"
         }
     }
 }

@@ -54,6 +54,9 @@ public enum DeviceError: Error, Sendable, Equatable, CustomStringConvertible {
     case pageOutOfRange(startPFN: UInt64, count: UInt64, pageCount: UInt64)
     /// A caller-supplied argument that cannot be used.
     case invalidArgument(operation: String, detail: String)
+    /// A resume chunk larger than the data section the driver offers at its data_offset:
+    /// refused before any of it is written.
+    case chunkDoesNotFit(chunk: Int, bytes: UInt64, dataOffset: UInt64, regionSize: UInt64)
 
     /// The errno a kernel vendor driver / syscall would report for this error.
     public var errnoCode: Int32 {
@@ -65,6 +68,7 @@ public enum DeviceError: Error, Sendable, Equatable, CustomStringConvertible {
         case .noMigrationRegion: return ENODEV
         case .pageOutOfRange, .outOfRange: return EFAULT
         case .groupNotViable: return EPERM
+        case .chunkDoesNotFit: return EFBIG
         default: return EINVAL
         }
     }
@@ -115,6 +119,9 @@ public enum DeviceError: Error, Sendable, Equatable, CustomStringConvertible {
             return "guest pages [\(start), \(start &+ count)) outside guest memory of \(pages) pages"
         case let .invalidArgument(op, detail):
             return "\(op): \(detail)"
+        case let .chunkDoesNotFit(chunk, bytes, offset, size):
+            let section = size > offset ? size - offset : 0
+            return "resume chunk \(chunk) of \(bytes) bytes does not fit the data section at data_offset \(offset) (\(section) bytes up to the region's end at \(size)); nothing of it was written (EFBIG)"
         }
     }
 }
@@ -125,7 +132,7 @@ func errnoName(_ e: Int32) -> String {
         EPERM: "EPERM", ENOENT: "ENOENT", EINTR: "EINTR", EIO: "EIO", EBADF: "EBADF",
         EAGAIN: "EAGAIN", ENOMEM: "ENOMEM", EACCES: "EACCES", EFAULT: "EFAULT", EBUSY: "EBUSY",
         EEXIST: "EEXIST", ENODEV: "ENODEV", EINVAL: "EINVAL", ENOSPC: "ENOSPC", ENOTTY: "ENOTTY",
-        ENOSYS: "ENOSYS", EOVERFLOW: "EOVERFLOW",
+        ENOSYS: "ENOSYS", EOVERFLOW: "EOVERFLOW", EFBIG: "EFBIG",
     ]
     let text = strerror(e).map { String(cString: $0) } ?? "errno \(e)"
     return "\(names[e] ?? "errno \(e)"): \(text)"

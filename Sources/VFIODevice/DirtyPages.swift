@@ -15,32 +15,97 @@ public struct DirtySegment: Sendable, Equatable {
         self.startPFN = startPFN; self.pageSize = pageSize; self.pfnCount = pfnCount; self.pages = pages
     }
 
-    /// The dirty PFNs this segment reports, ascending.
-    public func dirtyPFNs() -> [UInt64] {
-        switch pages {
-        case .none:
-            return []
-        case .all:
-            return Array(startPFN..<(startPFN + pfnCount))
-        case .bitmap(let bytes):
-            var result: [UInt64] = []
-            for (byteIndex, byte) in bytes.enumerated() where byte != 0 {
-                for bit in 0..<8 where byte & (1 << bit) != 0 {
-                    let i = UInt64(byteIndex * 8 + bit)
-                    if i < pfnCount { result.append(startPFN + i) }
-                }
-            }
-            return result
-        }
-    }
+    /// The runs of consecutive dirty PFNs, ascending, walked straight out of the
+    /// bitmap a 64-bit word at a time: no per-PFN array, whatever the range.
+    public var dirtyRuns: DirtyRuns { DirtyRuns(segment: self) }
 
-    /// Number of PFNs reported dirty.
+    /// Number of PFNs reported dirty (a popcount of the bitmap).
     public var dirtyCount: UInt64 {
         switch pages {
         case .none: return 0
         case .all: return pfnCount
-        case .bitmap: return UInt64(dirtyPFNs().count)
+        case .bitmap(let bytes):
+            let set = Bitmap.masked(bytes, bits: pfnCount).reduce(0) { $0 + $1.nonzeroBitCount }
+            return UInt64(set)
         }
+    }
+
+    /// This segment cut into pieces of at most `maxPFNs` PFNs (a multiple of 8, so a
+    /// bitmap splits on byte boundaries), in order. NONE and ALL stay NONE and ALL.
+    public func split(maxPFNs: UInt64) -> [DirtySegment] {
+        precondition(maxPFNs >= 8 && maxPFNs % 8 == 0, "split size \(maxPFNs) must be a positive multiple of 8")
+        guard pfnCount > maxPFNs else { return [self] }
+        var pieces: [DirtySegment] = []
+        var offset: UInt64 = 0
+        while offset < pfnCount {
+            let count = min(maxPFNs, pfnCount - offset)
+            var piece = DirtySegment(startPFN: startPFN + offset, pageSize: pageSize, pfnCount: count, pages: pages)
+            if case .bitmap(let bytes) = pages {
+                let from = Int(offset / 8)
+                let to = min(bytes.count, from + Bitmap.byteCount(bits: count))
+                piece.pages = .bitmap(Bitmap.masked(from < to ? Array(bytes[from..<to]) : [], bits: count))
+            }
+            pieces.append(piece)
+            offset += count
+        }
+        return pieces
+    }
+}
+
+/// A run of consecutive PFNs.
+public struct PFNRun: Sendable, Equatable {
+    public var startPFN: UInt64
+    public var count: UInt64
+    public init(startPFN: UInt64, count: UInt64) { self.startPFN = startPFN; self.count = count }
+}
+
+/// The dirty runs of one segment. A bitmap is read eight bytes at a time: a clean
+/// word is skipped with one compare, and a run's ends are found by counting
+/// trailing zeros, so memory is the bitmap itself and time is its length in words.
+public struct DirtyRuns: Sequence, IteratorProtocol {
+    private let segment: DirtySegment
+    private let bytes: [UInt8]
+    private var bit: UInt64 = 0    // next bit index to look at
+
+    init(segment: DirtySegment) {
+        self.segment = segment
+        if case .bitmap(let b) = segment.pages { bytes = b } else { bytes = [] }
+        if case .none = segment.pages { bit = segment.pfnCount }
+    }
+
+    public mutating func next() -> PFNRun? {
+        let total = segment.pfnCount
+        guard bit < total else { return nil }
+        if case .all = segment.pages {
+            defer { bit = total }
+            return PFNRun(startPFN: segment.startPFN, count: total)
+        }
+        guard let first = nextBit(from: bit, set: true), first < total else { bit = total; return nil }
+        let end = Swift.min(nextBit(from: first, set: false) ?? total, total)
+        bit = end
+        return PFNRun(startPFN: segment.startPFN + first, count: end - first)
+    }
+
+    /// Index of the first bit ≥ `from` that is set (or clear), nil past the bitmap.
+    private func nextBit(from: UInt64, set: Bool) -> UInt64? {
+        var index = Int(from / 64)
+        var w = word(index) ^ (set ? 0 : ~0)
+        w &= ~0 << (from % 64)                       // ignore bits below `from`
+        let words = (bytes.count + 7) / 8
+        while w == 0 {
+            index += 1
+            guard index < words else { return nil }
+            w = word(index) ^ (set ? 0 : ~0)
+        }
+        return UInt64(index) * 64 + UInt64(w.trailingZeroBitCount)
+    }
+
+    /// Bitmap word `index`, little-endian; bytes past the end read as 0.
+    private func word(_ index: Int) -> UInt64 {
+        let base = index * 8
+        var w: UInt64 = 0
+        for i in 0..<Swift.min(8, Swift.max(0, bytes.count - base)) { w |= UInt64(bytes[base + i]) << (8 * UInt64(i)) }
+        return w
     }
 }
 

@@ -1,3 +1,4 @@
+internal import CVFIO
 import Glibc
 
 /// Guest RAM mapped from a shared file; pages addressed by PFN.
@@ -14,6 +15,17 @@ public final class GuestMemory: @unchecked Sendable {  // owns a raw mapping; sh
     public let path: String?
     private let base: UnsafeMutableRawPointer
     private let kernel: VFIOKernel
+    /// What backs the mapping: decides whether populating it makes sense.
+    public let backing: Backing
+    /// Kept open for SEEK_DATA: a hole in the file is a zero range nobody wrote.
+    private let fd: Int32
+
+    public enum Backing: String, Sendable {
+        /// tmpfs, memfd, hugetlbfs: the file is RAM.
+        case memory
+        /// A file on a disk file system (sparse or not).
+        case diskFile
+    }
 
     /// Maps `path`; with `create`, creates/extends it to `size`. Without `size`, uses the file's size.
     public init(path: String, size: UInt64?, create: Bool, pageSize: Int, kernel: VFIOKernel = .live) throws(DeviceError) {
@@ -21,7 +33,8 @@ public final class GuestMemory: @unchecked Sendable {  // owns a raw mapping; sh
         let fd = try DeviceError.systemCall("open guest memory", path: path) { () throws(Errno) in
             try kernel.open(path, O_RDWR | O_CLOEXEC | (create ? O_CREAT : 0), 0o600)
         }
-        defer { try? kernel.close(fd) }  // the mapping keeps the file referenced
+        var ok = false
+        defer { if !ok { try? kernel.close(fd) } }
         let fileSize = UInt64(max(0, try DeviceError.systemCall("fstat guest memory", path: path) { () throws(Errno) in try kernel.fileSize(fd) }))
         let wanted = size ?? fileSize
         if fileSize < wanted {
@@ -36,23 +49,38 @@ public final class GuestMemory: @unchecked Sendable {  // owns a raw mapping; sh
         self.pageSize = pageSize
         self.path = path
         self.kernel = kernel
+        self.fd = fd
+        self.backing = GuestMemory.backing(of: fd, kernel: kernel)
+        ok = true
     }
 
     /// A memfd-backed guest memory (tests, demo).
     public init(anonymousNamed name: String, size: UInt64, pageSize: Int, kernel: VFIOKernel = .live) throws(DeviceError) {
         try GuestMemory.checkPageSize(pageSize)
         let fd = try DeviceError.systemCall("memfd_create", path: name) { () throws(Errno) in try kernel.memfdCreate(name) }
-        defer { try? kernel.close(fd) }
+        var ok = false
+        defer { if !ok { try? kernel.close(fd) } }
         try DeviceError.systemCall("ftruncate memfd", path: name) { () throws(Errno) in try kernel.truncate(fd, off_t(size)) }
         self.base = try GuestMemory.map(fd: fd, size: size, pageSize: pageSize, what: name, kernel: kernel)
         self.size = size
         self.pageSize = pageSize
         self.path = nil
         self.kernel = kernel
+        self.fd = fd
+        self.backing = .memory
+        ok = true
     }
 
     deinit {
         try? kernel.munmap(base, Int(size))
+        try? kernel.close(fd)
+    }
+
+    /// tmpfs (and so memfd) or hugetlbfs is memory; anything else (or unknown) a disk file.
+    private static func backing(of fd: Int32, kernel: VFIOKernel) -> Backing {
+        let tmpfsMagic = 0x0102_1994, hugetlbfsMagic = 0x9584_58f6
+        guard let type = try? kernel.fileSystemType(fd) else { return .diskFile }
+        return [tmpfsMagic, hugetlbfsMagic].contains(type) ? .memory : .diskFile
     }
 
     /// Allocates every page now, writable (MADV_POPULATE_WRITE). A destination
@@ -113,10 +141,37 @@ public final class GuestMemory: @unchecked Sendable {  // owns a raw mapping; sh
         }
     }
 
+    /// Makes the pages zero, writing only those that are not zero already: a hole
+    /// of the backing file is skipped without touching it (no page allocated, no
+    /// page cache), other pages are compared before they are cleared. A fresh
+    /// destination of mostly zero guest RAM then costs reads, not writes.
     public func zeroPages(startPFN: UInt64, count: Int) throws {
         guard count >= 0 else { throw DeviceError.invalidArgument(operation: "zeroPages", detail: "negative count \(count)") }
         let start = try offset(startPFN: startPFN, count: UInt64(count))
-        memset(base + start, 0, count * pageSize)
+        guard !isHole(byteOffset: start, length: count * pageSize) else { return }
+        for page in 0..<count {
+            let at = base + start + page * pageSize
+            if !GuestMemory.isZero(UnsafeRawBufferPointer(start: at, count: pageSize)) { memset(at, 0, pageSize) }
+        }
+    }
+
+    /// True when the file has no data in the range (SEEK_DATA finds none there), so
+    /// it reads as zeros. File systems without hole reporting say "data": never wrong.
+    func isHole(byteOffset: Int, length: Int) -> Bool {
+        guard length > 0 else { return true }
+        // An error other than "no data to the end" (nil) says nothing: treat it as data.
+        do throws(Errno) {
+            guard let next = try kernel.seekData(fd, byteOffset) else { return true }  // no data to the end
+            return next >= byteOffset + length
+        } catch {
+            return false
+        }
+    }
+
+    /// True when no page of the range holds data in the backing file (a hole).
+    public func isHole(startPFN: UInt64, count: Int) throws -> Bool {
+        let start = try offset(startPFN: startPFN, count: UInt64(count))
+        return isHole(byteOffset: start, length: count * pageSize)
     }
 
     public func isZeroPage(_ pfn: UInt64) throws -> Bool {

@@ -5,28 +5,41 @@ public struct SavedChunk: Sendable, Equatable {
     public init(bytes: [UInt8], pendingBefore: UInt64) { self.bytes = bytes; self.pendingBefore = pendingBefore }
 }
 
+/// A chunk the driver staged (steps a–c done): where it is and how large.
+/// Its data (step d) can be read in pieces, so a chunk as large as the data
+/// section never has to sit in memory at once.
+public struct StagedChunk: Sendable, Equatable {
+    public let dataOffset: UInt64
+    public let size: UInt64
+    /// pending_bytes as read at step a, before this chunk.
+    public let pendingBefore: UInt64
+    /// 0-based index of the chunk in this save session.
+    public let index: Int
+}
+
 /// Save loop (pre-copy and stop-and-copy): pending_bytes → data_offset → data_size → data.
 ///
-/// One `nextChunk()` is exactly steps a–d of the header; processing (e) and looping
-/// (f) are the caller's. The same type serves `SAVING|RUNNING` (a nil means "nothing
-/// now", try again next iteration) and `SAVING` (a nil means the stream is complete).
+/// `stageChunk()` is steps a–c of the header, `read(_:at:count:)` step d (whole
+/// or in pieces); processing (e) and looping (f) are the caller's. The same type
+/// serves `SAVING|RUNNING` (a nil means "nothing now", try again next iteration)
+/// and `SAVING` (a nil means the stream is complete).
 public struct SaveSequence {
     public let device: MigrationDevice
-    /// Chunks returned so far.
-    public private(set) var chunksRead: Int = 0
-    /// Device-data bytes returned so far.
-    public private(set) var bytesRead: UInt64 = 0
+    /// Chunks staged so far (steps a–c; the last one may not have been read yet).
+    public private(set) var chunksStaged: Int = 0
+    /// Device-data bytes staged so far.
+    public private(set) var bytesStaged: UInt64 = 0
 
     public init(device: MigrationDevice) { self.device = device }
 
-    /// One a–d pass. nil when pending_bytes == 0.
-    public mutating func nextChunk() throws -> SavedChunk? {
+    /// Steps a–c. nil when pending_bytes == 0.
+    public mutating func stageChunk() throws -> StagedChunk? {
         let region = device.region
         let pending = try region.read(.pendingBytes)                    // a
         guard pending > 0 else { return nil }
         let dataOffset = try region.read(.dataOffset)                   // b: driver stages data
         let dataSize = try region.read(.dataSize)                       // c
-        // Check the driver's numbers before trusting them with an allocation.
+        // Check the driver's numbers before trusting them with a read.
         guard dataOffset >= MigrationInfo.size else {
             throw DeviceError.protocolViolation(step: "save data_offset", detail: "data_offset \(dataOffset) lies inside the 64-byte header")
         }
@@ -34,9 +47,27 @@ public struct SaveSequence {
         guard !overflow, end <= region.regionSize else {
             throw DeviceError.protocolViolation(step: "save data_size", detail: "data [\(dataOffset), +\(dataSize)) extends past the \(region.regionSize)-byte region")
         }
-        let bytes = dataSize == 0 ? [] : try region.readBytes(count: Int(dataSize), at: dataOffset)   // d
-        chunksRead += 1
-        bytesRead += dataSize
-        return SavedChunk(bytes: bytes, pendingBefore: pending)
+        let chunk = StagedChunk(dataOffset: dataOffset, size: dataSize, pendingBefore: pending, index: chunksStaged)
+        chunksStaged += 1
+        bytesStaged += dataSize
+        return chunk
+    }
+
+    /// Step d for `count` bytes at `offset` within the staged chunk.
+    public func read(_ chunk: StagedChunk, at offset: UInt64, count: Int) throws -> [UInt8] {
+        guard count >= 0, offset <= chunk.size, UInt64(count) <= chunk.size - offset else {
+            throw DeviceError.invalidArgument(operation: "read save chunk \(chunk.index)", detail: "\(count) bytes at \(offset) lie outside its \(chunk.size) bytes")
+        }
+        guard count > 0 else { return [] }
+        return try device.region.readBytes(count: count, at: chunk.dataOffset + offset)   // d
+    }
+
+    /// Steps a–d in one, the chunk whole in memory (small chunks, tests).
+    public mutating func nextChunk() throws -> SavedChunk? {
+        guard let chunk = try stageChunk() else { return nil }
+        guard let count = Int(exactly: chunk.size) else {
+            throw DeviceError.invalidArgument(operation: "read save chunk \(chunk.index)", detail: "\(chunk.size) bytes do not fit in memory; read it in pieces")
+        }
+        return SavedChunk(bytes: try read(chunk, at: 0, count: count), pendingBefore: chunk.pendingBefore)
     }
 }

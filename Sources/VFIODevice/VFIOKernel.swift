@@ -79,6 +79,11 @@ public struct VFIOKernel: Sendable {
     public var madvise: @Sendable (_ address: UnsafeMutableRawPointer, _ length: Int, _ advice: Int32) throws(Errno) -> Void
     /// `msync(MS_SYNC)`.
     public var msync: @Sendable (_ address: UnsafeMutableRawPointer, _ length: Int) throws(Errno) -> Void
+    /// `fstatfs(2)`'s `f_type` (tmpfs, hugetlbfs, ...).
+    public var fileSystemType: @Sendable (_ fd: Int32) throws(Errno) -> Int
+    /// `lseek(fd, offset, SEEK_DATA)`: where the next data at or after `offset` starts,
+    /// nil when there is none up to the end of the file (ENXIO).
+    public var seekData: @Sendable (_ fd: Int32, _ offset: Int) throws(Errno) -> Int?
 
     public init(
         open: @escaping @Sendable (String, Int32, UInt32) throws(Errno) -> Int32,
@@ -92,12 +97,17 @@ public struct VFIOKernel: Sendable {
         mmap: @escaping @Sendable (Int32, Int) throws(Errno) -> UnsafeMutableRawPointer,
         munmap: @escaping @Sendable (UnsafeMutableRawPointer, Int) throws(Errno) -> Void,
         madvise: @escaping @Sendable (UnsafeMutableRawPointer, Int, Int32) throws(Errno) -> Void,
-        msync: @escaping @Sendable (UnsafeMutableRawPointer, Int) throws(Errno) -> Void
+        msync: @escaping @Sendable (UnsafeMutableRawPointer, Int) throws(Errno) -> Void,
+        // Defaults for a kernel played in tests: a disk file with data everywhere,
+        // which is what a file system without hole reporting says (never wrong).
+        fileSystemType: @escaping @Sendable (Int32) throws(Errno) -> Int = { _ in 0 },
+        seekData: @escaping @Sendable (Int32, Int) throws(Errno) -> Int? = { _, offset in offset }
     ) {
         self.open = open; self.close = close; self.ioctl = ioctl
         self.pread = pread; self.pwrite = pwrite
         self.fileSize = fileSize; self.truncate = truncate; self.memfdCreate = memfdCreate
         self.mmap = mmap; self.munmap = munmap; self.madvise = madvise; self.msync = msync
+        self.fileSystemType = fileSystemType; self.seekData = seekData
     }
 }
 
@@ -131,7 +141,15 @@ extension VFIOKernel {
         },
         munmap: { address, length throws(Errno) in _ = try nonNegative(Glibc.munmap(address, length)) },
         madvise: { address, length, advice throws(Errno) in _ = try nonNegative(Glibc.madvise(address, length, advice)) },
-        msync: { address, length throws(Errno) in _ = try nonNegative(Glibc.msync(address, length, MS_SYNC)) }
+        msync: { address, length throws(Errno) in _ = try nonNegative(Glibc.msync(address, length, MS_SYNC)) },
+        fileSystemType: { fd throws(Errno) in try nonNegative(cvfio_fs_type(fd)) },
+        seekData: { fd, offset throws(Errno) in
+            let next = lseek(fd, off_t(offset), CVFIO_SEEK_DATA)
+            if next >= 0 { return Int(next) }
+            let error = Errno.current
+            if error.rawValue == ENXIO { return nil }
+            throw error
+        }
     )
 }
 

@@ -94,7 +94,8 @@ public final class SimulatedDevice: MigrationRegion, @unchecked Sendable {
     private enum Step {
         case idle
         case pendingRead(UInt64)
-        case saveStaged(offset: UInt64, bytes: [UInt8], chunk: Int, sizeRead: Bool, dataRead: Bool)
+        /// `read`: the byte ranges of the chunk read so far (it may be read in pieces).
+        case saveStaged(offset: UInt64, bytes: [UInt8], chunk: Int, sizeRead: Bool, read: [Range<Int>])
         case bitmapCounted([UInt8])
         case bitmapStaged(offset: UInt64, bytes: [UInt8])
         case resumeStaged(offset: UInt64, written: [Range<Int>])
@@ -300,7 +301,7 @@ public final class SimulatedDevice: MigrationRegion, @unchecked Sendable {
             try MigrationInfo.checkDataRange(offset: offset, count: count, regionSize: regionSize, access: .read)
             try requireSaving(.read, "data section")
             switch step {
-            case .saveStaged(let base, let bytes, let chunk, let sizeRead, _):
+            case .saveStaged(let base, let bytes, let chunk, let sizeRead, var read):
                 guard sizeRead else {
                     throw DeviceError.outOfSequence(.read, field: "data section", expected: "read data_size before the data", state: current)
                 }
@@ -310,7 +311,9 @@ public final class SimulatedDevice: MigrationRegion, @unchecked Sendable {
                     throw DeviceError.deviceIOError(.read, field: "data section", offset: offset, errno: EIO,
                                                     reason: "injected fault: device failed reading save chunk \(chunk)")
                 }
-                step = .saveStaged(offset: base, bytes: bytes, chunk: chunk, sizeRead: true, dataRead: true)
+                let at = Int(offset - base)
+                read.append(at..<(at + count))
+                step = .saveStaged(offset: base, bytes: bytes, chunk: chunk, sizeRead: true, read: read)
                 return window
             case .bitmapStaged(let base, let bytes):
                 return try slice(of: bytes, at: base, offset: offset, count: count, area: "staged dirty bitmap")
@@ -357,8 +360,9 @@ public final class SimulatedDevice: MigrationRegion, @unchecked Sendable {
 
     /// A save chunk the user staged but never read would silently lose device data.
     private func requireNoUnreadChunk(_ access: RegionAccess, _ what: String) throws {
-        if case .saveStaged(_, _, let chunk, _, let dataRead) = step, !dataRead {
-            throw DeviceError.outOfSequence(access, field: what, expected: "save chunk \(chunk) is staged but was not read: read data_size and the data first", state: current)
+        if case .saveStaged(_, let bytes, let chunk, _, let read) = step, SimulatedDevice.coveredPrefix(read) < bytes.count {
+            let done = SimulatedDevice.coveredPrefix(read)
+            throw DeviceError.outOfSequence(access, field: what, expected: "save chunk \(chunk) is staged but only \(done) of its \(bytes.count) bytes were read from data_offset: read data_size and all the data first", state: current)
         }
     }
 
@@ -422,7 +426,7 @@ public final class SimulatedDevice: MigrationRegion, @unchecked Sendable {
             let bytes = stageChunk()
             let offset = pickDataOffset(avoiding: lastSaveOffset)
             lastSaveOffset = offset
-            step = .saveStaged(offset: offset, bytes: bytes, chunk: saveChunks, sizeRead: false, dataRead: false)
+            step = .saveStaged(offset: offset, bytes: bytes, chunk: saveChunks, sizeRead: false, read: [])
             saveChunks += 1
             return offset
         case .pendingRead:
@@ -441,10 +445,10 @@ public final class SimulatedDevice: MigrationRegion, @unchecked Sendable {
             throw DeviceError.wrongDeviceState(.read, field: "data_size", state: current, needs: "SAVING (while RESUMING data_size is written, not read)")
         }
         try requireSaving(.read, "data_size")
-        guard case .saveStaged(let offset, let bytes, let chunk, _, let dataRead) = step else {
+        guard case .saveStaged(let offset, let bytes, let chunk, _, let read) = step else {
             throw DeviceError.outOfSequence(.read, field: "data_size", expected: "read data_offset before data_size", state: current)
         }
-        step = .saveStaged(offset: offset, bytes: bytes, chunk: chunk, sizeRead: true, dataRead: dataRead)
+        step = .saveStaged(offset: offset, bytes: bytes, chunk: chunk, sizeRead: true, read: read)
         return UInt64(bytes.count)
     }
 

@@ -129,6 +129,8 @@ struct Receive: ParsableCommand {
     var acceptTimeout: Double?
     @Flag(name: .customLong("create-memory"), help: "Create (or extend) the guest-memory file to --memory-size.")
     var createMemory = false
+    @Option(help: "Allocate guest memory before listening: auto (when it is RAM: tmpfs, memfd, hugetlbfs; not for a file on disk), always, never.")
+    var populate: PopulatePolicy = .auto
     @Flag(name: .customLong("keep-listening"), help: "After a failed session, wait for the next source instead of exiting.")
     var keepListening = false
     @Option(name: .customLong("peer-timeout"), help: "Seconds of silence after which the source is considered gone.")
@@ -158,7 +160,7 @@ struct Receive: ParsableCommand {
             let context = try TLSContext(configuration: tls.configuration(), role: .server)
             warnAboutCertificates(context, command: "receive")
             let memory = try devices.openMemory(create: createMemory)
-            try memory?.populate()
+            if let memory, populate.applies(to: memory.backing) { try memory.populate() }
             opened = try devices.open(memory: memory)
             var options = ReceiverOptions()
             options.peerTimeoutSeconds = peerTimeout
@@ -205,6 +207,23 @@ struct Receive: ParsableCommand {
                 }
                 throw code
             }
+        }
+    }
+}
+
+/// Whether the destination allocates guest memory before it listens. Populating RAM
+/// takes page faults off the migration's critical path and fails early when the
+/// memory is not there; populating a file on disk would write the whole guest to
+/// the disk (a sparse 1 TiB file becomes 1 TiB of zeros) for no gain, since pages
+/// the source sends as zero are not written where they already read as zero.
+enum PopulatePolicy: String, ExpressibleByArgument, CaseIterable {
+    case auto, always, never
+
+    func applies(to backing: GuestMemory.Backing) -> Bool {
+        switch self {
+        case .always: return true
+        case .never: return false
+        case .auto: return backing == .memory
         }
     }
 }

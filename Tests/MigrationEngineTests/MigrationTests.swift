@@ -149,11 +149,11 @@ struct ReadyDeadlineTests {
             let hello = Hello(sessionID: [UInt8](repeating: 7, count: 16), role: .destination, encodings: [.raw, .deflate],
                               devices: [DeviceDescriptor(name: "gpu0", pageSize: 4096, compatibility: "sim/v1 state=\(512 << 10)")],
                               memory: [MemoryRange(startPFN: 0, pageCount: 256, pageSize: 4096)])
-            try? stream.write(encoder.encode(.hello(hello)))
+            try? stream.write(try encoder.encode(.hello(hello)))
             stream.readTimeoutSeconds = 0.05
             while !stop.isSet {
                 _ = try? stream.read(maxCount: 1 << 20)        // swallow everything, apply nothing
-                try? stream.write(encoder.encode(.keepAlive))  // but look alive
+                try? stream.write(try encoder.encode(.keepAlive))  // but look alive
             }
             stream.close()
         }.start()

@@ -26,6 +26,11 @@ import Testing
             ("pages", FrameEncoder.serialize(.pages(pages), device: 0, sequence: 5)),
             ("device-data", FrameEncoder.serialize(.deviceData(DeviceData(phase: .stopcopy, encoding: .raw, originalLength: 6,
                                                                             payload: Array("state!".utf8))), device: 1, sequence: 6)),
+            ("device-data-first", FrameEncoder.serialize(.deviceData(DeviceData(phase: .stopcopy, encoding: .raw, originalLength: 4,
+                                                                                  payload: Array("big!".utf8), part: .first(chunkLength: 0x0140_0000))),
+                                                         device: 0, sequence: 7)),
+            ("device-data-next", FrameEncoder.serialize(.deviceData(DeviceData(phase: .stopcopy, encoding: .raw, originalLength: 2,
+                                                                                 payload: Array("..".utf8), part: .next)), device: 0, sequence: 8)),
             ("commit", FrameEncoder.serialize(.commit, device: 0, sequence: 9)),
         ]
     }

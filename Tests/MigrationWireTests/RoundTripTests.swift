@@ -20,17 +20,17 @@ import Testing
         #expect(seen == Set(FrameType.allCases))
     }
 
-    @Test func encoderNumbersFramesFromZeroContiguously() {
+    @Test func encoderNumbersFramesFromZeroContiguously() throws {
         var encoder = FrameEncoder()
         #expect(encoder.nextSequence == 0)
         for expected in 0..<5 as Range<UInt64> {
-            let bytes = encoder.encode(.keepAlive)
+            let bytes = try encoder.encode(.keepAlive)
             #expect(loadLE64(bytes, at: 16) == expected)
         }
         #expect(encoder.nextSequence == 5)
     }
 
-    @Test func appendingEncodesTheSameBytesAsSeparateFrames() {
+    @Test func appendingEncodesTheSameBytesAsSeparateFrames() throws {
         let bodies: [(FrameBody, UInt32)] = [
             (.keepAlive, 0),
             (.deviceData(DeviceData(phase: .precopy, encoding: .raw, originalLength: 3, payload: [1, 2, 3])), 2),
@@ -38,9 +38,9 @@ import Testing
         ]
         var separate = FrameEncoder(), appending = FrameEncoder()
         var expected: [UInt8] = []
-        for (b, d) in bodies { expected += separate.encode(b, device: d) }
+        for (b, d) in bodies { expected += try separate.encode(b, device: d) }
         var buffer: [UInt8] = [0xAA]  // appends after what is there
-        for (b, d) in bodies { appending.encode(b, device: d, appendingTo: &buffer) }
+        for (b, d) in bodies { try appending.encode(b, device: d, appendingTo: &buffer) }
         #expect(buffer == [0xAA] + expected)
         #expect(appending.nextSequence == 3)
     }

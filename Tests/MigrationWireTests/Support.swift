@@ -54,7 +54,7 @@ struct StreamBuilder {
     mutating func add(_ body: FrameBody, device: UInt32 = 0) {
         offsets.append(bytes.count)
         frames.append(Frame(device: device, sequence: encoder.nextSequence, body: body))
-        bytes += encoder.encode(body, device: device)
+        do { bytes += try encoder.encode(body, device: device) } catch { fatalError("test frame cannot be encoded: \(error)") }
     }
 
     /// Every device ended, then COMPLETE.
@@ -114,4 +114,14 @@ func textBytes(_ count: Int) -> [UInt8] {
     var i = 0
     while out.count < count { out.append(line[i % line.count] ^ UInt8(i / line.count % 3)); i += 1 }
     return out
+}
+
+extension FrameEncoder {
+    /// One frame with an explicit sequence number (tests build bad streams with it).
+    /// Test frames are small: a payload the header cannot describe is a test bug.
+    static func serialize(_ body: FrameBody, device: UInt32, sequence: UInt64) -> [UInt8] {
+        do { return try frame(body, device: device, sequence: sequence) } catch {
+            fatalError("test frame cannot be encoded: \(error)")
+        }
+    }
 }

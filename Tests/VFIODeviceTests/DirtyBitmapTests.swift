@@ -110,4 +110,39 @@ import Testing
         #expect(DirtySegment(startPFN: 4, pageSize: 4096, pfnCount: 3, pages: .none).dirtyPFNs().isEmpty)
         #expect(Bitmap.masked([0xFF, 0xFF], bits: 10) == [0xFF, 0x03])
     }
+
+    /// Runs come out of the bitmap a word at a time: across word edges, at the
+    /// segment's end, with padding bits set, and for a bitmap of every PFN.
+    @Test func dirtyRunsWalkTheBitmapByWords() {
+        func runs(_ s: DirtySegment) -> [PFNRun] { Array(s.dirtyRuns) }
+        var bytes = [UInt8](repeating: 0, count: 24)   // 192 bits
+        for i in [0, 1, 2, 63, 64, 65, 127, 128, 190] { bytes[i / 8] |= 1 << UInt8(i % 8) }
+        let s = DirtySegment(startPFN: 1000, pageSize: 4096, pfnCount: 191, pages: .bitmap(bytes))
+        #expect(runs(s) == [PFNRun(startPFN: 1000, count: 3), PFNRun(startPFN: 1063, count: 3),
+                            PFNRun(startPFN: 1127, count: 2), PFNRun(startPFN: 1190, count: 1)])
+        #expect(s.dirtyCount == 9)
+        let padded = DirtySegment(startPFN: 0, pageSize: 4096, pfnCount: 10, pages: .bitmap([0, 0xFC]))
+        #expect(runs(padded).isEmpty)  // bits ≥ 10 are padding
+        #expect(padded.dirtyCount == 0)
+        let full = DirtySegment(startPFN: 5, pageSize: 4096, pfnCount: 130, pages: .bitmap([UInt8](repeating: 0xFF, count: 17)))
+        #expect(runs(full) == [PFNRun(startPFN: 5, count: 130)])
+        #expect(runs(DirtySegment(startPFN: 4, pageSize: 4096, pfnCount: 1 << 40, pages: .all)) == [PFNRun(startPFN: 4, count: 1 << 40)])
+        #expect(runs(DirtySegment(startPFN: 4, pageSize: 4096, pfnCount: 1 << 40, pages: .none)).isEmpty)
+    }
+
+    /// A segment larger than a frame's limit splits on byte boundaries into pieces
+    /// that together report exactly the same PFNs.
+    @Test func segmentsSplitAtTheFrameLimit() {
+        var bytes = [UInt8](repeating: 0, count: 13)   // 100 bits
+        for i in [0, 15, 16, 17, 63, 64, 99] { bytes[i / 8] |= 1 << UInt8(i % 8) }
+        let s = DirtySegment(startPFN: 7, pageSize: 4096, pfnCount: 100, pages: .bitmap(bytes))
+        let pieces = s.split(maxPFNs: 16)
+        #expect(pieces.map(\.pfnCount) == [16, 16, 16, 16, 16, 16, 4])
+        #expect(pieces.map(\.startPFN) == [7, 23, 39, 55, 71, 87, 103])
+        #expect(pieces.flatMap { $0.dirtyPFNs() } == s.dirtyPFNs())
+        for p in pieces { if case .bitmap(let b) = p.pages { #expect(b.count == Bitmap.byteCount(bits: p.pfnCount)) } }
+        let all = DirtySegment(startPFN: 0, pageSize: 4096, pfnCount: 40, pages: .all).split(maxPFNs: 16)
+        #expect(all.map(\.pfnCount) == [16, 16, 8] && all.allSatisfy { $0.pages == .all })
+        #expect(s.split(maxPFNs: 104) == [s])
+    }
 }

@@ -57,4 +57,33 @@ import Testing
         #expect(thrownError { try GuestMemory(path: path, size: 16 * 4096, create: false, pageSize: 4096) }?.kind == "invalidArgument")
         #expect(thrownError { try GuestMemory(path: dir + "/none", size: nil, create: false, pageSize: 4096) }?.errnoCode == ENOENT)
     }
+
+    /// Zeroing a destination page that already reads as zero writes nothing: a hole
+    /// of a sparse file stays a hole (no block, no page cache), a zero page stays
+    /// untouched, and only a page with data is cleared.
+    @Test func zeroPagesWritesOnlyWhatIsNotZeroAlready() throws {
+        let dir = makeTempDir()
+        defer { removeTree(dir) }
+        let path = dir + "/sparse"
+        let mem = try GuestMemory(path: path, size: 1024 * 4096, create: true, pageSize: 4096)
+        #expect(mem.backing == .diskFile)
+        #expect(try mem.isHole(startPFN: 0, count: 1024))
+        try mem.zeroPages(startPFN: 0, count: 1024)
+        try mem.sync()
+        #expect(allocatedBytes(path) == 0, "zeroing a hole allocated blocks")
+        try mem.writePages(startPFN: 700, bytes: [UInt8](repeating: 7, count: 2 * 4096))
+        #expect(try !mem.isHole(startPFN: 512, count: 256))
+        #expect(try mem.isHole(startPFN: 0, count: 512))
+        try mem.zeroPages(startPFN: 512, count: 512)
+        #expect(try mem.isZeroPage(700) && mem.isZeroPage(701))
+        let memfd = try makeGuest(pages: 4)
+        #expect(memfd.backing == .memory)
+    }
+}
+
+/// Bytes the file occupies on disk (st_blocks × 512).
+private func allocatedBytes(_ path: String) -> Int {
+    var st = stat()
+    guard stat(path, &st) == 0 else { return -1 }
+    return Int(st.st_blocks) * 512
 }

@@ -23,7 +23,7 @@ func migrateSource(_ config: SimulatedDevice.Configuration, precopyChunks: Int =
     #expect(changed, "the workload must have changed the state during pre-copy")
     while let chunk = try save.nextChunk() { chunks.append(chunk) }
     #expect(try dev.pendingBytes() == 0)
-    #expect(save.chunksRead == chunks.count)
+    #expect(save.chunksStaged == chunks.count)
     return (chunks, snapshot, source)
 }
 
@@ -200,7 +200,7 @@ func resume(_ chunks: [[UInt8]], config: SimulatedDevice.Configuration) throws -
         _ = try save.nextChunk()
         let e = thrownError { try save.nextChunk() }
         #expect(e?.kind == "deviceIOError" && e?.errnoCode == EIO)
-        #expect(save.chunksRead == 2)
+        #expect(save.chunksStaged == 3)  // the third was staged (a–c); its data read (d) failed
         #expect(sim.pendingFaults.isEmpty)
         try dev.setState(.running)                       // the engine rolls back
         #expect(sim.currentState == .running)

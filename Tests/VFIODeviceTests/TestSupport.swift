@@ -79,3 +79,10 @@ extension VFIOKernel {
             msync: { _, _ throws(Errno) in throw .invalidArgument })
     }
 }
+
+extension DirtySegment {
+    /// Every dirty PFN, expanded from the runs (tests only: small ranges).
+    func dirtyPFNs() -> [UInt64] {
+        dirtyRuns.flatMap { $0.startPFN..<($0.startPFN + $0.count) }
+    }
+}

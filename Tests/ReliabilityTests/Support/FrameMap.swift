@@ -105,7 +105,7 @@ final class RecordingDestination: @unchecked Sendable {
         var sent: [FrameMap.Entry] = []
         var sentBytes = 0
         func send(_ body: FrameBody) throws {
-            let bytes = encoder.encode(body)
+            let bytes = try encoder.encode(body)
             sent.append(.init(type: UInt16(bytes[4]), device: 0, plain: sentBytes..<(sentBytes + bytes.count), detail: 0))
             sentBytes += bytes.count
             try stream.write(bytes)

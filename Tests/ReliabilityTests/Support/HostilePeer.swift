@@ -102,7 +102,7 @@ enum HostilePeer: String, CaseIterable, Sendable {
         var mine = theirs
         mine.role = .source
         let pages = theirs.memory.first?.pageCount ?? 0
-        if self != .garbageAfterHandshake { try stream.write(encoder.encode(.hello(mine))) }
+        if self != .garbageAfterHandshake { try stream.write(try encoder.encode(.hello(mine))) }
         switch self {
         case .garbageAfterHandshake:
             var rng = SystemRandomNumberGenerator()
@@ -115,21 +115,21 @@ enum HostilePeer: String, CaseIterable, Sendable {
         case .decompressionBomb:
             // 64 MiB of zeros deflate to ~64 KiB; declared as a 64 KiB chunk.
             let bomb = try Deflater(level: 9).compress([UInt8](repeating: 0, count: 64 << 20))
-            try stream.write(encoder.encode(.deviceData(DeviceData(phase: .precopy, encoding: .deflate, originalLength: 64 << 10, payload: bomb)), device: 0))
+            try stream.write(try encoder.encode(.deviceData(DeviceData(phase: .precopy, encoding: .deflate, originalLength: 64 << 10, payload: bomb)), device: 0))
         case .pfnOutsideMemory:
             // Two raw pages from the last page of guest memory: the second is outside.
             let seg = PageSegment(startPFN: pages - 1, pageCount: 2, encoding: .raw, payload: [UInt8](repeating: 0xAB, count: 8192))
-            try stream.write(encoder.encode(.pages(Pages(pageSize: 4096, segments: [seg]))))
+            try stream.write(try encoder.encode(.pages(Pages(pageSize: 4096, segments: [seg]))))
         case .commitBeforeComplete:
-            try stream.write(encoder.encode(.commit))
+            try stream.write(try encoder.encode(.commit))
         case .digestMismatch:
             // A well-formed stream for every device whose DEVICE_END carries the wrong digest.
             let chunk = [UInt8](repeating: 7, count: 64)
             for d in theirs.devices.indices {
-                try stream.write(encoder.encode(.deviceData(DeviceData(phase: .precopy, encoding: .raw, originalLength: 64, payload: chunk)), device: UInt32(d)))
-                try stream.write(encoder.encode(.deviceEnd(DeviceEnd(totalBytes: 64, chunkCount: 1, sha256: [UInt8](repeating: 0xEE, count: 32))), device: UInt32(d)))
+                try stream.write(try encoder.encode(.deviceData(DeviceData(phase: .precopy, encoding: .raw, originalLength: 64, payload: chunk)), device: UInt32(d)))
+                try stream.write(try encoder.encode(.deviceEnd(DeviceEnd(totalBytes: 64, chunkCount: 1, sha256: [UInt8](repeating: 0xEE, count: 32))), device: UInt32(d)))
             }
-            try stream.write(encoder.encode(.complete))
+            try stream.write(try encoder.encode(.complete))
         default: break
         }
         // Read what the receiver says until it closes.
