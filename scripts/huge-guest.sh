@@ -50,13 +50,18 @@ peak() {  # peak RssAnon (kB) of PID while it lives
 }
 
 DEV="gpu0=sim:state=16M,dirty=8,chunk=1M"
+C=certs/dev   # the development set: loopback only, with --allow-dev-certs
 "$BIN" receive --listen 127.0.0.1:0 --port-file "$DIR/port" --memory "$DST" --device "$DEV" \
+  --ca $C/ca.pem --cert $C/destination.pem --key $C/destination-key.pem \
+  --peer-name source.vfio-migrate.test --allow-dev-certs \
   --json > "$DIR/receive.json" 2> "$DIR/receive.err" &
 RPID=$!
 for _ in $(seq 100); do [ -s "$DIR/port" ] && break; sleep 0.1; done
 PORT=$(cat "$DIR/port")
 START=$(date +%s.%N)
 "$BIN" send --connect "127.0.0.1:$PORT" --memory "$SRC" --device "$DEV" --workload-ms 5 \
+  --ca $C/ca.pem --cert $C/source.pem --key $C/source-key.pem \
+  --peer-name destination.vfio-migrate.test --allow-dev-certs \
   --json > "$DIR/send.json" 2> "$DIR/send.err" &
 SPID=$!
 peak $RPID > "$DIR/rpeak" & peak $SPID > "$DIR/speak" &
