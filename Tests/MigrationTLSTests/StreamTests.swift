@@ -144,7 +144,7 @@ extension TLSTests {
             #expect(error == .writeTimeout(seconds: 0.3))
         }
 
-        @Test func unixSocketEndpoint() throws {
+        @Test func aUNIXSocketEndpointCarriesAnAuthenticatedStream() throws {
             let (server, client) = try Self.contexts()
             let path = NSTemporaryDirectory() + "vfio-migrate-tls-\(getpid()).sock"
             let listener = try TLSListener(endpoint: .unix(path: path), context: server)

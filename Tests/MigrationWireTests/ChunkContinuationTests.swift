@@ -87,7 +87,7 @@ private let sha0 = [UInt8](repeating: 0, count: 32)
         #expect(throws: WireError.chunkPhaseChanged(device: 0)) { try decodeAll(s.bytes) }
     }
 
-    @Test func malformedParts() {
+    @Test func malformedPiecesAreRejected() {
         var empty = StreamBuilder.source()
         empty.add(piece([], .first(chunkLength: 5)), device: 0)
         #expect(throws: WireError.invalidValue(frame: .deviceData, field: "original length of a piece", value: 0)) { try decodeAll(empty.bytes) }

@@ -62,7 +62,7 @@ func inflaters() throws -> [any RawDeflateInflater] { [try Inflater(), try FastI
         }
     }
 
-    @Test func inflatedLengthMismatch() throws {
+    @Test func inflatedLengthMustEqualTheDeclaredLength() throws {
         let packed = try Deflater(level: 6).compress(textBytes(1000))
         let decompressor = try PayloadDecompressor()
         #expect(throws: WireError.inflatedLengthMismatch(frame: .deviceData, declared: 2000, actual: 1000)) {
@@ -74,7 +74,7 @@ func inflaters() throws -> [any RawDeflateInflater] { [try Inflater(), try FastI
         #expect(try decompressor.decode(DeviceData(phase: .precopy, encoding: .deflate, originalLength: 1000, payload: packed)) == textBytes(1000))
     }
 
-    @Test func corruptStreams() throws {
+    @Test func corruptDeflateStreamsAreErrors() throws {
         let packed = try Deflater(level: 6).compress(textBytes(5000))
         for inflater in try inflaters() {
             #expect(throws: WireError.corruptDeflateStream(frame: nil, detail: "2 byte(s) after the end of the stream")) {
@@ -96,7 +96,7 @@ func inflaters() throws -> [any RawDeflateInflater] { [try Inflater(), try FastI
 }
 
 @Suite struct PolicyTests {
-    @Test func parsing() throws {
+    @Test func compressionPolicyParsesOnlyItsSpelledForms() throws {
         #expect(try CompressionPolicy(parsing: "none") == .none)
         #expect(try CompressionPolicy(parsing: "auto") == .auto)
         for level in 1...9 { #expect(try CompressionPolicy(parsing: "zlib:\(level)") == .zlib(level: level)) }
@@ -162,7 +162,7 @@ func inflaters() throws -> [any RawDeflateInflater] { [try Inflater(), try FastI
         #expect(try segments.flatMap { try decompressor.decode($0, pageSize: ps) } == bytes)
     }
 
-    @Test func encodePagesSegments() throws {
+    @Test func pagesAreEncodedAsSegmentsOfOneEncoding() throws {
         var rng = SeededRNG(seed: 5)
         let ps = 4096
         // zero×3, text×2, zero×1, random×1, zero×1, text×100 (cut at 64-page segments)

@@ -17,26 +17,26 @@ private func raw(_ bytes: [UInt8], phase: Phase = .precopy) -> FrameBody {
         #expect(throws: WireError.payloadTooLarge(frame: .deviceData, declared: 0xFFFF_FFF0, limit: 1 << 20)) { try decoder.next() }
     }
 
-    @Test func unknownFrameType() {
+    @Test func unknownFrameTypeIsRejected() {
         var s = StreamBuilder.source()
         s.bytes += rawFrame(type: 99, sequence: 1, payload: [])
         #expect(throws: WireError.unknownFrameType(99)) { try decodeAll(s.bytes) }
         #expect(throws: WireError.unknownFrameType(0)) { try decodeAll([UInt8](FrameHeader.magic) + [UInt8](repeating: 0, count: 20)) }
     }
 
-    @Test func unknownFlags() {
+    @Test func unknownFlagsAreRejected() {
         var s = StreamBuilder.source()
         s.bytes += rawFrame(type: FrameType.keepAlive.rawValue, flags: 0x8000, sequence: 1, payload: [])
         #expect(throws: WireError.unknownFlags(frame: .keepAlive, flags: 0x8000)) { try decodeAll(s.bytes) }
     }
 
-    @Test func badFrameMagic() {
+    @Test func frameWithoutTheMagicIsRejected() {
         var bytes = StreamBuilder.source().bytes
         bytes[0] = 0x00
         #expect(throws: WireError.badFrameMagic(found: 0x4749_4D00)) { try decodeAll(bytes) }
     }
 
-    @Test func sequenceGapAndReplay() {
+    @Test func sequenceGapsAndReplaysAreRejected() {
         var s = StreamBuilder.source()
         s.add(.keepAlive)
         let gap = s.bytes + FrameEncoder.serialize(.keepAlive, device: 0, sequence: 3)
@@ -66,7 +66,7 @@ private func raw(_ bytes: [UInt8], phase: Phase = .precopy) -> FrameBody {
         #expect(decoder.bufferedByteCount == 24 + 9)
     }
 
-    @Test func errorsAreSticky() throws {
+    @Test func aDecoderStaysFailedAfterItsFirstError() throws {
         var decoder = FrameDecoder(peer: .source)
         decoder.feed(FrameEncoder.serialize(.keepAlive, device: 0, sequence: 0))
         #expect(throws: WireError.unexpectedFrame(type: .keepAlive, state: .awaitingHello)) { try decoder.next() }
@@ -92,7 +92,7 @@ private func raw(_ bytes: [UInt8], phase: Phase = .precopy) -> FrameBody {
         #expect(throws: WireError.unexpectedRole(expected: .source, got: .destination)) { try decodeAll(bytes, peer: .source) }
     }
 
-    @Test func wrongRoleFrames() {
+    @Test func framesOfThePeersRoleAreRejected() {
         var s = StreamBuilder.source()
         s.add(.ready)
         #expect(throws: WireError.wrongRole(frame: .ready, sender: .source)) { try decodeAll(s.bytes) }
@@ -157,20 +157,20 @@ private func raw(_ bytes: [UInt8], phase: Phase = .precopy) -> FrameBody {
         #expect(try decodeAll(s.bytes).count == s.frames.count)
     }
 
-    @Test func commitBeforeComplete() {
+    @Test func commitBeforeCompleteIsRejected() {
         var s = StreamBuilder.source()
         s.add(.commit)
         #expect(throws: WireError.unexpectedFrame(type: .commit, state: .established)) { try decodeAll(s.bytes) }
     }
 
-    @Test func nothingAfterAbort() {
+    @Test func nothingIsAcceptedAfterAbort() {
         var s = StreamBuilder.source()
         s.add(.abort(Abort(reason: .cancelled, message: "SIGINT")))
         s.add(.keepAlive)
         #expect(throws: WireError.unexpectedFrame(type: .keepAlive, state: .aborted)) { try decodeAll(s.bytes) }
     }
 
-    @Test func destinationOrder() throws {
+    @Test func destinationFramesMustComeInTheirOrder() throws {
         var early = StreamBuilder.destination()
         early.add(.resumed)
         #expect(throws: WireError.unexpectedFrame(type: .resumed, state: .established)) { try decodeAll(early.bytes, peer: .destination) }
@@ -185,7 +185,7 @@ private func raw(_ bytes: [UInt8], phase: Phase = .precopy) -> FrameBody {
         #expect(throws: WireError.unexpectedFrame(type: .abort, state: .resumed)) { try decodeAll(after.bytes, peer: .destination) }
     }
 
-    @Test func deviceIndexRules() {
+    @Test func deviceIndexMustNameAnAnnouncedDevice() {
         var out = StreamBuilder.source(devices: 2)
         out.add(raw([1]), device: 2)
         #expect(throws: WireError.deviceIndexOutOfRange(frame: .deviceData, index: 2, deviceCount: 2)) { try decodeAll(out.bytes) }
@@ -214,7 +214,7 @@ private func raw(_ bytes: [UInt8], phase: Phase = .precopy) -> FrameBody {
         #expect(throws: WireError.phaseRegression(device: 1)) { try decodeAll(s.bytes) }
     }
 
-    @Test func deflateNeedsToBeAnnounced() {
+    @Test func deflateMustBeAnnouncedBeforeItIsUsed() {
         var s = StreamBuilder.source(encodings: [.raw])
         s.add(.deviceData(DeviceData(phase: .precopy, encoding: .deflate, originalLength: 4, payload: [3, 0])), device: 0)
         #expect(throws: WireError.encodingNotAnnounced(frame: .deviceData, encoding: "deflate")) { try decodeAll(s.bytes) }
@@ -329,7 +329,7 @@ private func raw(_ bytes: [UInt8], phase: Phase = .precopy) -> FrameBody {
         #expect(throws: WireError.pfnOutsideMemory(frame: .dirtyBitmap, startPFN: UInt64.max - 1, count: 8)) { try decodeAll(wrap.bytes) }
     }
 
-    @Test func pagesStructure() throws {
+    @Test func malformedPagesFramesAreRejected() throws {
         var unknown = StreamBuilder.source()
         var payload = payloadBytes(.pages(Pages(pageSize: 4096, segments: [PageSegment(startPFN: 0, pageCount: 1, encoding: .zero, payload: [])])))
         payload[8 + 12] = 3
@@ -355,7 +355,7 @@ private func raw(_ bytes: [UInt8], phase: Phase = .precopy) -> FrameBody {
         #expect(throws: WireError.invalidPageSize(frame: .pages, pageSize: 3000)) { try decodeAll(pageSize.bytes) }
     }
 
-    @Test func pfnsPerFrameLimit() {
+    @Test func pfnsAboveThePerFrameLimitAreRejected() {
         let limits = WireLimits(maxPFNsPerFrame: 100)
         var bitmap = StreamBuilder.source(memory: [])
         bitmap.add(.dirtyBitmap(DirtyBitmap(startPFN: 0, pageSize: 4096, totalPFNs: 101, copied: .none)), device: 0)
@@ -366,7 +366,7 @@ private func raw(_ bytes: [UInt8], phase: Phase = .precopy) -> FrameBody {
         #expect(throws: WireError.tooManyPFNs(frame: .pages, count: 101, limit: 100)) { try decodeAll(pages.bytes, limits: limits) }
     }
 
-    @Test func fixedSizePayloads() {
+    @Test func fixedSizePayloadsMustHaveExactlyTheirSize() {
         var s = StreamBuilder.source()
         s.bytes += rawFrame(type: FrameType.keepAlive.rawValue, sequence: 1, payload: [0])
         #expect(throws: WireError.invalidPayloadLength(frame: .keepAlive, expected: 0, actual: 1)) { try decodeAll(s.bytes) }

@@ -67,7 +67,7 @@ import Testing
         if update { try doc.write(to: Self.docURL, atomically: true, encoding: .utf8) }
     }
 
-    @Test func examplesDecode() throws {
+    @Test func specExamplesDecodeToTheirFrames() throws {
         let examples = Self.examples()
         var destination = FrameDecoder(peer: .destination)
         destination.feed(examples[0].bytes)

@@ -3,7 +3,7 @@ import Testing
 @testable import VFIODevice
 
 @Suite struct GuestMemoryTests {
-    @Test func readWriteAndBounds() throws {
+    @Test func pagesReadBackAsWrittenAndOutOfRangeIsRefused() throws {
         let mem = try makeGuest(pages: 16)
         #expect(mem.pageCount == 16 && mem.size == 65536 && mem.path == nil)
         let page = (0..<8192).map { UInt8(truncatingIfNeeded: $0 &* 31 &+ 1) }

@@ -24,7 +24,7 @@ import Testing
         #expect(F.deviceState.access == .readWrite && F.dataSize.access == .readWrite)
     }
 
-    @Test func stateBitsAndDescriptions() {
+    @Test func stateBitsHaveTheHeadersValuesAndReadableNames() {
         #expect(DeviceState.running.rawValue == 1 && DeviceState.saving.rawValue == 2 && DeviceState.resuming.rawValue == 4)
         #expect(DeviceState([.saving, .running]).description == "SAVING|RUNNING")
         #expect(DeviceState.stopped.description == "STOPPED")
@@ -35,7 +35,7 @@ import Testing
         #expect(DeviceState([.resuming]).isValid && DeviceState([.saving, .running]).isValid)
     }
 
-    @Test func fieldAccessRules() throws {
+    @Test func eachFieldHasItsOffsetWidthAndDirection() throws {
         #expect(try MigrationInfo.field(at: 0, width: 4, access: .read) == .deviceState)
         #expect(try MigrationInfo.field(at: 56, width: 8, access: .write) == .copiedPFNs)
         #expect(thrownError { try MigrationInfo.field(at: 8, width: 4, access: .read) }?.kind == "wrongWidth")
