@@ -32,7 +32,7 @@ let package = Package(
             providers: [.apt(["libdeflate-dev"])]),
         // VFIO ioctl numbers and uAPI structs, re-exported as constants (no library to link).
         .systemLibrary(name: "CVFIO", path: "Sources/CVFIO"),
-        // malloc tuning for the executable (mallopt is not in the Glibc module).
+        // malloc tuning for the executables (mallopt is not in the Glibc module).
         .systemLibrary(name: "CProcess", path: "Sources/CProcess"),
 
         .target(name: "VFIODevice", dependencies: ["CVFIO"]),
@@ -47,10 +47,15 @@ let package = Package(
                 "VFIODevice", "MigrationWire", "MigrationTLS",
                 .product(name: "Logging", package: "swift-log"),
             ]),
+        // What both executables share: sizes as operators type them, byte
+        // formatting, process tuning (so baselines run under the migrations' allocator).
+        .target(
+            name: "CommandLineSupport",
+            dependencies: ["CProcess", .product(name: "ArgumentParser", package: "swift-argument-parser")]),
         .executableTarget(
             name: "vfio-migrate",
             dependencies: [
-                "MigrationEngine", "VFIODevice", "VFIOSimulator", "MigrationWire", "MigrationTLS", "CProcess",
+                "MigrationEngine", "VFIODevice", "VFIOSimulator", "MigrationWire", "MigrationTLS", "CommandLineSupport",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ]),

@@ -1,3 +1,4 @@
+import CommandLineSupport
 import Foundation
 
 /// Everything one bench invocation measured, the targets evaluated, and
