@@ -27,12 +27,13 @@ struct BenchRunner {
             row.wallSeconds = d.seconds; row.corpusBytes = corpus.totalBytes; row.payloadBytes = d.inputBytes; row.wireBytes = d.outputBytes
             report.baselines.append(row)
             say("baseline: TLS layer alone (two processes)")
-            report.baselines.append(try pairBaseline(name: "TLS layer (non-zero pages)", sink: ["bench-tls-sink"] + s.tls("destination", "source"),
-                                                     source: { ["bench-tls-source", "--connect", "127.0.0.1:\($0)"] + files.flatMap { ["--file", $0] } + s.tls("source", "destination") },
+            let certs = ["--certificate-dir", s.certificates.directory]
+            report.baselines.append(try pairBaseline(name: "TLS layer (non-zero pages)", sink: ["tls-sink"] + certs,
+                                                     source: { ["tls-source", "--connect", "127.0.0.1:\($0)"] + files.flatMap { ["--file", $0] } + certs },
                                                      dir: dir, corpus: corpus))
             say("baseline: plain TCP copy (two processes)")
-            report.baselines.append(try pairBaseline(name: "plain TCP (non-zero pages)", sink: ["bench-tcp-sink"],
-                                                     source: { ["bench-tcp-source", "--port", "\($0)"] + files.flatMap { ["--file", $0] } },
+            report.baselines.append(try pairBaseline(name: "plain TCP (non-zero pages)", sink: ["tcp-sink"],
+                                                     source: { ["tcp-source", "--port", "\($0)"] + files.flatMap { ["--file", $0] } },
                                                      dir: dir, corpus: corpus))
         }
         for mode in s.modes {
@@ -67,13 +68,13 @@ struct BenchRunner {
     private func pairBaseline(name: String, sink: [String], source: (UInt16) -> [String], dir: String, corpus: BenchCorpus) throws -> BenchRow {
         let portFile = "\(dir)/\(sink[0]).port"
         try? FileManager.default.removeItem(atPath: portFile)
-        let dst = BenchChild(name: sink[0], arguments: sink + ["--port-file", portFile])
+        let dst = BenchChild(name: sink[0], executable: settings.executables.bench, arguments: sink + ["--port-file", portFile])
         try dst.start()
         let sampler = BenchSampler(children: [dst])
         defer { sampler.stop() }
         let port: UInt16
         do { port = try benchWaitForPort(portFile, child: dst) } catch { dst.terminate(); throw error }
-        let src = BenchChild(name: sink[0].replacingOccurrences(of: "sink", with: "source"), arguments: source(port))
+        let src = BenchChild(name: sink[0].replacingOccurrences(of: "sink", with: "source"), executable: settings.executables.bench, arguments: source(port))
         try src.start()
         let srcSampler = BenchSampler(children: [src])
         let watchdog = Watchdog(seconds: settings.runTimeout, children: [src, dst])
@@ -113,18 +114,18 @@ struct BenchRunner {
         // Every run starts from the corpus: the previous run's workload changed the source memory.
         try fm.copyItem(atPath: corpus.memoryPath, toPath: src)
         let state = "state=\(corpus.stateBytes),seed=1,dirty=\(s.dirtyPages),churn=\(s.churn),chunk=1M"
-        let receiver = BenchChild(name: "receiver", arguments: [
+        let receiver = BenchChild(name: "receiver", executable: s.executables.migrate, arguments: [
             "receive", "--listen", "127.0.0.1:0", "--port-file", portFile, "--accept-timeout", "120",
             "--memory", dst, "--memory-size", "\(corpus.memoryBytes)", "--create-memory",
-            "--device", "dev0=sim:\(state)", "--dump-state", dstDump, "--json"] + s.tls("destination", "source"))
+            "--device", "dev0=sim:\(state)", "--dump-state", dstDump, "--json"] + s.certificates.migrateArguments(.destination))
         try receiver.start()
         let rSampler = BenchSampler(children: [receiver])
         let port: UInt16
         do { port = try benchWaitForPort(portFile, child: receiver) } catch { receiver.terminate(); rSampler.stop(); throw error }
-        let sender = BenchChild(name: "sender", arguments: [
+        let sender = BenchChild(name: "sender", executable: s.executables.migrate, arguments: [
             "send", "--connect", "127.0.0.1:\(port)", "--memory", src,
             "--device", "dev0=sim:\(state),image=\(corpus.statePath)", "--dump-state", srcDump, "--json",
-            "--workload-ms", "\(s.workloadMs)", "--compress", mode, "--downtime-ms", "\(s.downtimeMs)"] + s.tls("source", "destination"))
+            "--workload-ms", "\(s.workloadMs)", "--compress", mode, "--downtime-ms", "\(s.downtimeMs)"] + s.certificates.migrateArguments(.source))
         try sender.start()
         let sSampler = BenchSampler(children: [sender])
         let watchdog = Watchdog(seconds: s.runTimeout, children: [sender, receiver])
@@ -170,31 +171,5 @@ struct BenchRunner {
             if p != q { return false }
             if p == nil || p!.isEmpty { return true }
         }
-    }
-}
-
-/// Kills the children of a run that takes longer than allowed.
-final class Watchdog: @unchecked Sendable {
-    private let c = NSCondition()
-    private var cancelled = false
-    private var fired = false
-
-    init(seconds: Double, children: [BenchChild]) {
-        Thread.detachNewThread { [self] in
-            c.lock()
-            let deadline = Date(timeIntervalSinceNow: seconds)
-            while !cancelled, c.wait(until: deadline) {}
-            if !cancelled { fired = true; for ch in children { ch.terminate() } }
-            c.unlock()
-        }
-    }
-
-    /// Stops the watchdog; true if it had fired.
-    @discardableResult
-    func cancel() -> Bool {
-        c.lock(); defer { c.unlock() }
-        cancelled = true
-        c.broadcast()
-        return fired
     }
 }

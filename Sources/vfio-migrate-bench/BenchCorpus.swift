@@ -1,4 +1,5 @@
 import Foundation
+import MigrationEngine  // Duration.seconds
 import VFIOSimulator
 
 /// The benchmark's deterministic input: one `GuestCorpus` written to two files,
@@ -19,9 +20,7 @@ struct BenchCorpus {
     static func generate(directory: String, memoryBytes: UInt64, stateBytes: UInt64, seed: UInt64) throws -> BenchCorpus {
         let start = ContinuousClock.now
         let ps = UInt64(pageSize)
-        guard memoryBytes % ps == 0, stateBytes % ps == 0, memoryBytes > 0, stateBytes > 0 else {
-            throw CLIError.config("memory and state sizes must be positive multiples of \(pageSize)")
-        }
+        precondition(memoryBytes % ps == 0 && stateBytes % ps == 0 && memoryBytes > 0 && stateBytes > 0, "sizes are validated as whole pages")
         var corpus = BenchCorpus(memoryPath: "\(directory)/corpus.mem", statePath: "\(directory)/state.img",
                                  memoryBytes: memoryBytes, stateBytes: stateBytes)
         let memPages = Int(memoryBytes / ps), statePages = Int(stateBytes / ps)
@@ -38,7 +37,7 @@ struct BenchCorpus {
     /// The corpus's next `count` pages into a new file, 1 MiB at a time.
     private static func write(_ pages: inout GuestCorpus, count: Int, to path: String) throws {
         guard FileManager.default.createFile(atPath: path, contents: nil),
-              let out = FileHandle(forWritingAtPath: path) else { throw CLIError.config("cannot create \(path)") }
+              let out = FileHandle(forWritingAtPath: path) else { throw BenchError.cannotCreate(path: path) }
         defer { try? out.close() }
         let batch = 256
         var buffer = [UInt8](repeating: 0, count: batch * pageSize)
