@@ -1,14 +1,17 @@
 // swift-tools-version:6.1
 import PackageDescription
 
-// Layers (imports go one way, top to bottom):
+// Layers (imports go one way, top to bottom; README.md, "Modules", draws them):
 //   vfio-migrate (CLI) -> MigrationEngine -> MigrationTLS, MigrationWire, VFIODevice -> C system libraries
-//   vfio-migrate (CLI), tests -> VFIOSimulator -> VFIODevice (public API only; the engine never sees it)
+//   vfio-migrate (CLI), vfio-migrate-bench, tests -> VFIOSimulator -> VFIODevice (public API only; the engine never sees it)
+//   vfio-migrate, vfio-migrate-bench -> CommandLineSupport -> CProcess
+//   vfio-migrate-bench runs the `vfio-migrate` binary; it never imports it.
 let package = Package(
     name: "vfio-migrate",
     platforms: [.macOS(.v15)],
     products: [
         .executable(name: "vfio-migrate", targets: ["vfio-migrate"]),
+        .executable(name: "vfio-migrate-bench", targets: ["vfio-migrate-bench"]),
         .library(name: "MigrationEngine", targets: ["MigrationEngine"]),
     ],
     dependencies: [
@@ -32,7 +35,7 @@ let package = Package(
             providers: [.apt(["libdeflate-dev"])]),
         // VFIO ioctl numbers and uAPI structs, re-exported as constants (no library to link).
         .systemLibrary(name: "CVFIO", path: "Sources/CVFIO"),
-        // malloc tuning for the executable (mallopt is not in the Glibc module).
+        // malloc tuning for the executables (mallopt is not in the Glibc module).
         .systemLibrary(name: "CProcess", path: "Sources/CProcess"),
 
         // The one lock vocabulary (pthread mutex + condition, which ThreadSanitizer sees).
@@ -49,12 +52,26 @@ let package = Package(
                 "VFIODevice", "MigrationWire", "MigrationTLS",
                 .product(name: "Logging", package: "swift-log"),
             ]),
+        // What both executables share: sizes as operators type them, byte
+        // formatting, process tuning (so baselines run under the migrations' allocator).
+        .target(
+            name: "CommandLineSupport",
+            dependencies: ["CProcess", .product(name: "ArgumentParser", package: "swift-argument-parser")]),
         .executableTarget(
             name: "vfio-migrate",
             dependencies: [
-                "MigrationEngine", "VFIODevice", "VFIOSimulator", "MigrationWire", "MigrationTLS", "CProcess", "SyncPrimitives",
+                "MigrationEngine", "VFIODevice", "VFIOSimulator", "MigrationWire", "MigrationTLS", "CommandLineSupport", "SyncPrimitives",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
+            ]),
+        // The benchmark: corpus, runs of the sibling `vfio-migrate` binary (built
+        // alongside), baselines, reports. It never links the CLI; the libraries
+        // it imports serve its baselines (TLS layer, deflate) and its corpus.
+        .executableTarget(
+            name: "vfio-migrate-bench",
+            dependencies: [
+                "CommandLineSupport", "MigrationEngine", "MigrationTLS", "MigrationWire", "VFIODevice", "VFIOSimulator",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]),
 
         // Helpers shared by the test targets (PKI, result boxes, a recording region);
@@ -68,8 +85,8 @@ let package = Package(
         .testTarget(name: "MigrationEngineTests", dependencies: ["MigrationEngine", "VFIODevice", "VFIOSimulator", "MigrationWire", "MigrationTLS", "TestSupport"]),
         // Argument parsing and validation of the executable, in-process (no child processes).
         .testTarget(name: "CLITests", dependencies: ["vfio-migrate"]),
-        // Runs the built `vfio-migrate` binary; imports no module of this package.
-        .testTarget(name: "IntegrationTests", dependencies: ["vfio-migrate"]),
+        // Runs the built `vfio-migrate` and `vfio-migrate-bench` binaries; imports no module of this package.
+        .testTarget(name: "IntegrationTests", dependencies: ["vfio-migrate", "vfio-migrate-bench"]),
         // Fault injection and hostile peers (issue 7): proxies, killed processes, crafted frames.
         .testTarget(
             name: "ReliabilityTests",

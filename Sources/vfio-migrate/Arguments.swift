@@ -6,24 +6,6 @@ import MigrationWire
 // Typed option values: a bad value is a usage error (exit 64) at parse time, with
 // the accepted values listed, never a crash or a silent default inside `run()`.
 
-/// A byte count: `4096`, `64K`, `256M`, `1G`, `1T` (binary units) or `0x1000`.
-struct ByteCount: ExpressibleByArgument, Sendable, CustomStringConvertible {
-    let bytes: UInt64
-    init(bytes: UInt64) { self.bytes = bytes }
-    init?(argument: String) {
-        guard let v = try? parseSize(argument, what: "") else { return nil }
-        bytes = v
-    }
-    /// The shortest exact form (`256M`), as `--help` shows defaults.
-    var description: String {
-        for (shift, unit) in [(40, "T"), (30, "G"), (20, "M"), (10, "K")] where bytes != 0 && bytes % (1 << shift) == 0 {
-            return "\(bytes >> shift)\(unit)"
-        }
-        return "\(bytes)"
-    }
-    static var defaultCompletionKind: CompletionKind { .default }
-}
-
 extension CompressionPolicy: ExpressibleByArgument {
     public init?(argument: String) { try? self.init(parsing: argument) }
     public static var allValueStrings: [String] { ["none", "zlib:1", "...", "zlib:9", "auto"] }

@@ -1,4 +1,5 @@
 import ArgumentParser
+import CommandLineSupport
 import Foundation
 import Logging
 import MigrationEngine
@@ -64,7 +65,7 @@ struct Demo: ParsableCommand {
             let srcMemory = try GuestMemory(anonymousNamed: "demo-source", size: memBytes, pageSize: 4096)
             let dstMemory = try GuestMemory(anonymousNamed: "demo-destination", size: memBytes, pageSize: 4096)
             let fillStart = ContinuousClock.now
-            try DemoContent.fill(srcMemory, seed: 42)
+            try GuestCorpus.fill(srcMemory, seed: 42)
             say(String(format: "filled source guest memory (25%% zero, 50%% binary, 25%% random pages) in %.2f s", (ContinuousClock.now - fillStart).seconds))
 
             let specs = (0..<devices).map { i in "dev\(i)=sim:state=\(state),seed=\(i + 1),dirty=4,churn=1K,chunk=1M" }
@@ -87,7 +88,7 @@ struct Demo: ParsableCommand {
             for (s, d) in zip(srcDevices.simulated, dstDevices.simulated) where s.device.stateSnapshot() != d.device.stateSnapshot() {
                 mismatches.append("device \(s.name) state differs")
             }
-            if let page = try DemoContent.firstDifference(srcMemory, dstMemory) { mismatches.append("guest page \(page) differs") }
+            if let page = try DemoVerification.firstDifference(srcMemory, dstMemory) { mismatches.append("guest page \(page) differs") }
             for (name, sim) in dstDevices.simulated where sim.currentState != .running {
                 mismatches.append("device \(name) is \(sim.currentState) on the destination, not RUNNING")
             }
@@ -110,36 +111,8 @@ struct Demo: ParsableCommand {
     }
 }
 
-/// Realistic guest memory: 25 % zero pages, 50 % binary content (pages of
-/// this program's own executable, compressible like real code and data),
-/// 25 % seeded random; interleaved by a seeded shuffle.
-enum DemoContent {
-    static func fill(_ memory: GuestMemory, seed: UInt64) throws {
-        let pageSize = memory.pageSize
-        let binary = (try? Data(contentsOf: URL(fileURLWithPath: CommandLine.arguments[0]).resolvingSymlinksInPath())).map { [UInt8]($0) } ?? []
-        var rng = SplitMix64(seed: seed)
-        let batch = 256
-        var pfn: UInt64 = 0
-        while pfn < memory.pageCount {
-            let n = Int(min(UInt64(batch), memory.pageCount - pfn))
-            var bytes = [UInt8](repeating: 0, count: n * pageSize)
-            for p in 0..<n {
-                let kind = rng.next() % 4
-                let base = p * pageSize
-                if kind == 0 { continue }
-                if kind == 3 || binary.count < pageSize {
-                    rng.fill(&bytes, range: base..<(base + pageSize))
-                } else {
-                    let pages = binary.count / pageSize
-                    let src = Int(rng.next() % UInt64(pages)) * pageSize
-                    for k in 0..<pageSize { bytes[base + k] = binary[src + k] }
-                }
-            }
-            try memory.writePages(startPFN: pfn, bytes: bytes)
-            pfn += UInt64(n)
-        }
-    }
-
+/// Checks the demo's result: the first guest page that differs between source and destination.
+enum DemoVerification {
     static func firstDifference(_ a: GuestMemory, _ b: GuestMemory) throws -> UInt64? {
         guard a.pageCount == b.pageCount else { return 0 }
         var pfn: UInt64 = 0

@@ -1,3 +1,4 @@
+import CommandLineSupport
 import Foundation
 import MigrationEngine
 import VFIODevice
@@ -109,24 +110,11 @@ private func stateImageSize(_ path: String, spec: String) throws -> Int {
     return size
 }
 
-/// `4096`, `64K`, `256M`, `1G` (binary units).
+/// `4096`, `64K`, `256M`, `1G` (binary units) inside a `--device` spec, where
+/// the error names the spec's field (`what`).
 func parseSize(_ text: String, what: String) throws -> UInt64 {
-    let t = text.trimmingCharacters(in: .whitespaces)
-    guard let last = t.last else { throw CLIError.badSize(what, text) }
-    var mult: UInt64 = 1
-    var digits = t
-    switch last.uppercased() {
-    case "K": mult = 1 << 10; digits.removeLast()
-    case "M": mult = 1 << 20; digits.removeLast()
-    case "G": mult = 1 << 30; digits.removeLast()
-    case "T": mult = 1 << 40; digits.removeLast()
-    default: break
-    }
-    let value = digits.hasPrefix("0x") ? UInt64(digits.dropFirst(2), radix: 16) : UInt64(digits)
-    guard let v = value else { throw CLIError.badSize(what, text) }
-    let (r, o) = v.multipliedReportingOverflow(by: mult)
-    if o { throw CLIError.badSize(what, text) }
-    return r
+    guard let size = ByteCount(parsing: text) else { throw CLIError.badSize(what, text) }
+    return size.bytes
 }
 
 enum CLIError: Error, CustomStringConvertible {

@@ -1,5 +1,5 @@
 import ArgumentParser
-internal import CProcess
+import CommandLineSupport
 import Foundation
 import Logging
 import MigrationEngine
@@ -132,29 +132,6 @@ final class InterruptHandler: @unchecked Sendable {
             s.resume()
             sources.append(s)
         }
-    }
-}
-
-/// Process-wide settings every subcommand wants before moving data.
-enum ProcessSetup {
-    static func apply() {
-        ignoreSIGPIPE()
-        // Lines on stdout appear when written, in order with stderr's progress,
-        // also when an orchestrator reads them through a pipe.
-        cprocess_line_buffer_stdout()
-        // The pipeline allocates and frees ~1 MiB buffers at a high rate. glibc
-        // serves those with mmap/munmap (or trims the heap after each free),
-        // so every buffer costs page faults and kernel page clearing — measured
-        // at a third of the receiver's CPU. Keep them on the heap and keep the
-        // heap: memory stays bounded by the pipeline window all the same.
-        mallopt(M_MMAP_THRESHOLD, 64 << 20)
-        mallopt(M_TRIM_THRESHOLD, 32 << 20)
-        // Buffers are made on one thread and freed on another; with an arena per
-        // thread, variable-size compressed outputs fragment every arena and the
-        // resident heap creeps up with the length of the run (measured: peak
-        // RssAnon 26 → 36 MiB from a 1 to a 4 GiB guest; one arena: 18 → 22).
-        // About one allocation per MiB moved, so one arena's lock costs nothing.
-        mallopt(M_ARENA_MAX, 1)
     }
 }
 

@@ -1,3 +1,4 @@
+import CommandLineSupport
 import Foundation
 import MigrationEngine
 import MigrationTLS
@@ -132,14 +133,6 @@ final class EventPrinter: @unchecked Sendable {  // mutable display state only u
         }
         return lines.joined(separator: "\n")
     }
-}
-
-func formatBytes(_ n: UInt64) -> String {
-    let units = ["B", "KiB", "MiB", "GiB", "TiB"]
-    var v = Double(n)
-    var u = 0
-    while v >= 1024 && u < units.count - 1 { v /= 1024; u += 1 }
-    return u == 0 ? "\(n) B" : String(format: "%.1f %@", v, units[u])
 }
 
 /// Seconds since 1970 UTC as an RFC 3339 timestamp (`2026-11-30T05:32:00Z`).

@@ -1,4 +1,5 @@
 import ArgumentParser
+import CommandLineSupport
 import Foundation
 import MigrationEngine
 import MigrationTLS
@@ -16,7 +17,7 @@ struct VfioMigrate: ParsableCommand {
         3 failed after COMMIT (an operator must check where the VM runs); \
         4 failed before COMMIT and a source device refused to run again (operator must act); 64 usage error.
         """,
-        subcommands: [Demo.self, Send.self, Receive.self, Bench.self, BenchTLSSink.self, BenchTLSSource.self, BenchTCPSink.self, BenchTCPSource.self],
+        subcommands: [Demo.self, Send.self, Receive.self],
         defaultSubcommand: Demo.self)
 }
 

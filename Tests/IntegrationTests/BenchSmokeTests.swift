@@ -1,24 +1,34 @@
 import Foundation
 import Testing
 
-/// `vfio-migrate bench` end to end on a tiny corpus: the corpus is generated,
-/// one migration runs as two processes and is verified byte for byte.
+/// `vfio-migrate-bench` end to end on a tiny corpus: the corpus is generated,
+/// one migration runs as two processes of the sibling `vfio-migrate` binary and
+/// is verified byte for byte.
 struct BenchSmokeTests {
-    @Test func benchProducesAVerifiedResult() throws {
-        let dir = NSTemporaryDirectory() + "vfio-migrate-bench-smoke-\(UUID().uuidString)"
-        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
-        defer { try? FileManager.default.removeItem(atPath: dir) }
+    /// The bench binary SwiftPM built next to `vfio-migrate`.
+    static let bench = URL(fileURLWithPath: TwoProcessTests.binary).deletingLastPathComponent().appendingPathComponent("vfio-migrate-bench").path
+
+    static func run(_ executable: String, _ arguments: [String]) throws -> (status: Int32, out: Data, err: String) {
         let p = Process()
-        p.executableURL = URL(fileURLWithPath: TwoProcessTests.binary)
-        p.arguments = ["bench", "--memory-size", "8M", "--state-size", "2M", "--compress", "auto", "--skip-baselines",
-                       "--json", "--dir", dir, "--certs", "\(TwoProcessTests.root)/certs/dev", "--run-timeout", "60"]
+        p.executableURL = URL(fileURLWithPath: executable)
+        p.arguments = arguments
         let out = Pipe(), err = Pipe()
         p.standardOutput = out
         p.standardError = err
         try p.run()
+        // Both pipes drained at once: a chatty stderr must not block the child.
         let (code, o, e) = ChildOutput(stdout: out, stderr: err).wait(for: p)
-        #expect(code == 0, "bench: \(String(decoding: e, as: UTF8.self))")
-        let report = try #require(try JSONSerialization.jsonObject(with: o) as? [String: Any])
+        return (code, o, String(decoding: e, as: UTF8.self))
+    }
+
+    @Test func benchProducesAVerifiedResult() throws {
+        let dir = NSTemporaryDirectory() + "vfio-migrate-bench-smoke-\(UUID().uuidString)"
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let result = try Self.run(Self.bench, ["--memory-size", "8M", "--state-size", "2M", "--compress", "auto", "--skip-baselines",
+                                               "--json", "--dir", dir, "--certs", "\(TwoProcessTests.root)/certs/dev", "--run-timeout", "60"])
+        #expect(result.status == 0, "bench: \(result.err)")
+        let report = try #require(try JSONSerialization.jsonObject(with: result.out) as? [String: Any])
         #expect(report["verified"] as? Bool == true)
         let runs = try #require(report["runs"] as? [[String: Any]])
         #expect(runs.count == 1)
@@ -34,5 +44,20 @@ struct BenchSmokeTests {
                 "25 % zero, 50 % binary, 25 % random over 8 MiB + 2 MiB")
         // --dir is the parent: the bench removes its own corpus directory afterwards.
         #expect((try? FileManager.default.contentsOfDirectory(atPath: dir))?.isEmpty == true)
+    }
+
+    @Test func benchWithoutTheSiblingBinaryNamesItsPath() throws {
+        let dir = NSTemporaryDirectory() + "vfio-migrate-bench-alone-\(UUID().uuidString)"
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        try FileManager.default.copyItem(atPath: Self.bench, toPath: "\(dir)/vfio-migrate-bench")
+        let result = try Self.run("\(dir)/vfio-migrate-bench", ["--memory-size", "1M", "--state-size", "4K", "--certs", "\(TwoProcessTests.root)/certs/dev"])
+        #expect(result.status == 1)
+        #expect(result.err.contains("\(dir)/vfio-migrate is missing") && result.err.contains("swift build -c release"), "\(result.err)")
+    }
+
+    @Test func theMigrationCLINoLongerCarriesTheBench() throws {
+        let result = try Self.run(TwoProcessTests.binary, ["bench", "--skip-baselines"])
+        #expect(result.status == 64, "\(result.err)")
     }
 }

@@ -1,9 +1,20 @@
 import Foundation
 import MigrationEngine
 
-/// This program's own executable: the benchmark runs its children from it.
-func benchSelfExecutable() -> String {
-    (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")) ?? CommandLine.arguments[0]
+/// The binaries a bench run starts: the sibling `vfio-migrate` for the
+/// migrations (what is measured is the shipped program, not a copy linked into
+/// the bench), and this binary itself for the baselines' processes.
+struct BenchExecutables {
+    let bench: String
+    let migrate: String
+
+    /// `vfio-migrate` in the bench's own folder (the same build), or an error naming the path.
+    static func locate() throws(BenchError) -> BenchExecutables {
+        let own = (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")) ?? CommandLine.arguments[0]
+        let migrate = URL(fileURLWithPath: own).deletingLastPathComponent().appendingPathComponent("vfio-migrate").path
+        guard FileManager.default.isExecutableFile(atPath: migrate) else { throw .migrateBinaryMissing(path: migrate) }
+        return BenchExecutables(bench: own, migrate: migrate)
+    }
 }
 
 /// One figure set read from /proc/PID/status and /proc/PID/stat.
@@ -59,9 +70,9 @@ final class BenchChild: @unchecked Sendable {
     private(set) var wallSeconds: Double = 0
     var pid: Int32 { process.processIdentifier }
 
-    init(name: String, arguments: [String]) {
+    init(name: String, executable: String, arguments: [String]) {
         self.name = name
-        process.executableURL = URL(fileURLWithPath: benchSelfExecutable())
+        process.executableURL = URL(fileURLWithPath: executable)
         process.arguments = arguments
     }
 
@@ -181,10 +192,36 @@ func benchWaitForPort(_ path: String, child: BenchChild, seconds: Double = 60) t
         if let s = try? String(contentsOfFile: path, encoding: .utf8),
            let port = UInt16(s.trimmingCharacters(in: .whitespacesAndNewlines)) { return port }
         if !child.isRunning {
-            child.wait()
-            throw CLIError.config("\(child.name) exited before listening: \(child.stderr)")
+            let status = child.wait()
+            throw BenchError.childExitedEarly(name: child.name, status: status, stderr: child.stderr)
         }
         usleep(10_000)
     }
-    throw CLIError.config("\(child.name) did not write its port file \(path) within \(Int(seconds)) s")
+    throw BenchError.portFileTimeout(name: child.name, path: path, seconds: Int(seconds))
+}
+
+/// Kills the children of a run that takes longer than allowed.
+final class Watchdog: @unchecked Sendable {
+    private let c = NSCondition()
+    private var cancelled = false
+    private var fired = false
+
+    init(seconds: Double, children: [BenchChild]) {
+        Thread.detachNewThread { [self] in
+            c.lock()
+            let deadline = Date(timeIntervalSinceNow: seconds)
+            while !cancelled, c.wait(until: deadline) {}
+            if !cancelled { fired = true; for ch in children { ch.terminate() } }
+            c.unlock()
+        }
+    }
+
+    /// Stops the watchdog; true if it had fired.
+    @discardableResult
+    func cancel() -> Bool {
+        c.lock(); defer { c.unlock() }
+        cancelled = true
+        c.broadcast()
+        return fired
+    }
 }

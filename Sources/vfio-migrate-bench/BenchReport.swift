@@ -1,6 +1,7 @@
+import CommandLineSupport
 import Foundation
 
-/// Everything one bench invocation measured, the issue's targets evaluated, and
+/// Everything one bench invocation measured, the targets evaluated, and
 /// the two renderings (table, JSON).
 struct BenchReport {
     let settings: BenchSettings
@@ -96,7 +97,7 @@ struct BenchReport {
     func table() -> String {
         var out: [String] = []
         let s = settings
-        out.append("vfio-migrate bench: guest \(formatBytes(corpus.memoryBytes)) + device state \(formatBytes(corpus.stateBytes)) = \(String(format: "%.0f", Double(corpus.totalBytes) / 1e6)) MB; pages \(corpus.zeroPages) zero / \(corpus.binaryPages) binary / \(corpus.randomPages) random (seed \(s.seed), \(corpus.libraries.count) libraries)")
+        out.append("vfio-migrate-bench: guest \(formatBytes(corpus.memoryBytes)) + device state \(formatBytes(corpus.stateBytes)) = \(String(format: "%.0f", Double(corpus.totalBytes) / 1e6)) MB; pages \(corpus.zeroPages) zero / \(corpus.binaryPages) binary / \(corpus.randomPages) random (seed \(s.seed), \(corpus.libraries.count) libraries)")
         out.append("workload \(s.workloadName) every \(s.workloadMs) ms (dirty \(s.dirtyPages) pages, churn \(formatBytes(UInt64(s.churn))) per step), --downtime-ms \(Int(s.downtimeMs)), \(ProcessInfo.processInfo.activeProcessorCount) cores, load average at start \(loadAverage); MB = 10^6 bytes of guest+device data per second of wall time")
         out.append("")
         let header = ["row", "wall s", "MB/s", "wire MiB", "downtime ms", "iter", "RssAnon src/dst MiB", "CPU s src/dst", "ratio", "target"]
@@ -122,7 +123,7 @@ struct BenchReport {
         }
         if runs.contains(where: { $0.converged == false }) { out.append("* the sender reported that pre-copy did not converge (switched over at the iteration or time limit)") }
         out.append("")
-        out.append("targets (issue 8):")
+        out.append("targets:")
         for t in targets { out.append("  \(t.pass ? "PASS" : "FAIL")  \(t.name): \(t.detail)") }
         if targets.isEmpty { out.append("  (none evaluated)") }
         if settings.skipBaselines { out.append("  (baselines skipped: ratio targets not evaluated)") }

@@ -1,4 +1,5 @@
 import ArgumentParser
+import CommandLineSupport
 import Foundation
 import Glibc
 import MigrationEngine
@@ -7,8 +8,8 @@ import MigrationWire
 import VFIODevice
 
 // The benchmark's baselines on the same bytes: the project's TLS layer alone and
-// a plain TCP copy (each a hidden sink/source process pair over 127.0.0.1), and
-// zlib level 1 on one core (in process).
+// a plain TCP copy (each a sink/source pair of this binary's hidden subcommands
+// over 127.0.0.1), and zlib level 1 on one core (in process).
 
 /// The non-zero 4 KiB pages of the corpus files, in order, 1 MiB of file at a
 /// time (read through a shared mapping, as the engine reads guest memory).
@@ -42,16 +43,17 @@ private func printResult(_ role: String, bytes: UInt64, seconds: Double) {
     }
 }
 
-struct BenchTLSSink: ParsableCommand {
-    static let configuration = CommandConfiguration(commandName: "bench-tls-sink", abstract: "Benchmark baseline: receive one TLS stream and discard it.", shouldDisplay: false)
+struct TLSSink: ParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "tls-sink", abstract: "Benchmark baseline: receive one TLS stream and discard it.", shouldDisplay: false)
     @Option(name: .customLong("port-file")) var portFile: String
-    @OptionGroup var tls: TLSOptions
+    // Not `--certs`: the parent command's own option of that name would take it.
+    @Option(name: .customLong("certificate-dir")) var certs: String
 
     func run() throws {
         ProcessSetup.apply()
-        let context = try TLSContext(configuration: tls.configuration(), role: .server)
+        let context = try TLSContext(configuration: BenchCertificates(directory: certs).configuration(.destination), role: .server)
         let listener = try TLSListener(endpoint: .tcp(host: "127.0.0.1", port: 0), context: context)
-        guard case .tcp(_, let port) = listener.boundEndpoint else { throw CLIError.config("not a TCP listener") }
+        guard case .tcp(_, let port) = listener.boundEndpoint else { throw BenchError.notTCPListener }
         try "\(port)\n".write(toFile: portFile, atomically: true, encoding: .utf8)
         let stream = try listener.accept(timeoutSeconds: 60)
         let start = ContinuousClock.now
@@ -69,15 +71,16 @@ struct BenchTLSSink: ParsableCommand {
     }
 }
 
-struct BenchTLSSource: ParsableCommand {
-    static let configuration = CommandConfiguration(commandName: "bench-tls-source", abstract: "Benchmark baseline: push the non-zero pages of files through one TLS stream.", shouldDisplay: false)
+struct TLSSource: ParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "tls-source", abstract: "Benchmark baseline: push the non-zero pages of files through one TLS stream.", shouldDisplay: false)
     @Option var connect: String
     @Option(name: .customLong("file")) var files: [String]
-    @OptionGroup var tls: TLSOptions
+    // Not `--certs`: the parent command's own option of that name would take it.
+    @Option(name: .customLong("certificate-dir")) var certs: String
 
     func run() throws {
         ProcessSetup.apply()
-        let context = try TLSContext(configuration: tls.configuration(), role: .client)
+        let context = try TLSContext(configuration: BenchCertificates(directory: certs).configuration(.source), role: .client)
         let stream = try TLSConnector.connect(to: try Endpoint(parsing: connect), context: context, timeoutSeconds: 10)
         let start = ContinuousClock.now
         var total: UInt64 = 0
@@ -92,8 +95,8 @@ struct BenchTLSSource: ParsableCommand {
     }
 }
 
-struct BenchTCPSink: ParsableCommand {
-    static let configuration = CommandConfiguration(commandName: "bench-tcp-sink", abstract: "Benchmark baseline: receive one plain TCP stream and discard it.", shouldDisplay: false)
+struct TCPSink: ParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "tcp-sink", abstract: "Benchmark baseline: receive one plain TCP stream and discard it.", shouldDisplay: false)
     @Option(name: .customLong("port-file")) var portFile: String
 
     func run() throws {
@@ -115,8 +118,8 @@ struct BenchTCPSink: ParsableCommand {
     }
 }
 
-struct BenchTCPSource: ParsableCommand {
-    static let configuration = CommandConfiguration(commandName: "bench-tcp-source", abstract: "Benchmark baseline: push the non-zero pages of files through one plain TCP stream.", shouldDisplay: false)
+struct TCPSource: ParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "tcp-source", abstract: "Benchmark baseline: push the non-zero pages of files through one plain TCP stream.", shouldDisplay: false)
     @Option var port: UInt16
     @Option(name: .customLong("file")) var files: [String]
 
@@ -138,69 +141,6 @@ struct BenchTCPSource: ParsableCommand {
     }
 }
 
-/// Thin wrapper over the BSD socket calls for the plain-TCP baseline (the
-/// project's Socket type is internal to MigrationTLS). Blocking, IPv4 loopback only.
-enum PlainTCP {
-    static func fail(_ what: String) -> CLIError { .config("\(what): \(String(cString: strerror(errno)))") }
-
-    private static func loopback(port: UInt16) -> sockaddr_in {
-        var a = sockaddr_in()
-        a.sin_family = sa_family_t(AF_INET)
-        a.sin_port = port.bigEndian
-        a.sin_addr.s_addr = UInt32(0x7F00_0001).bigEndian
-        return a
-    }
-
-    static func listenLoopback() throws -> (fd: Int32, port: UInt16) {
-        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
-        guard fd >= 0 else { throw fail("socket") }
-        var addr = loopback(port: 0)
-        let bound = withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }
-        guard bound == 0, listen(fd, 1) == 0 else { Glibc.close(fd); throw fail("bind/listen 127.0.0.1:0") }
-        var len = socklen_t(MemoryLayout<sockaddr_in>.size)
-        let named = withUnsafeMutablePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &len) } }
-        guard named == 0 else { Glibc.close(fd); throw fail("getsockname") }
-        return (fd, UInt16(bigEndian: addr.sin_port))
-    }
-
-    static func accept(_ listener: Int32) throws -> Int32 {
-        while true {
-            let fd = Glibc.accept(listener, nil, nil)
-            if fd >= 0 { return fd }
-            if errno != EINTR { throw fail("accept") }
-        }
-    }
-
-    static func connectLoopback(port: UInt16) throws -> Int32 {
-        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
-        guard fd >= 0 else { throw fail("socket") }
-        var addr = loopback(port: port)
-        let r = withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { Glibc.connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }
-        guard r == 0 else { Glibc.close(fd); throw fail("connect 127.0.0.1:\(port)") }
-        return fd
-    }
-
-    static func writeAll(_ fd: Int32, _ bytes: [UInt8]) throws {
-        try bytes.withUnsafeBytes { buf in
-            var off = 0
-            while off < buf.count {
-                let n = Glibc.write(fd, buf.baseAddress! + off, buf.count - off)
-                if n < 0 { if errno == EINTR { continue }; throw fail("write") }
-                off += n
-            }
-        }
-    }
-
-    /// Bytes read into the front of `buffer`; 0 at EOF.
-    static func read(_ fd: Int32, into buffer: inout [UInt8]) throws -> Int {
-        while true {
-            let n = buffer.withUnsafeMutableBytes { Glibc.read(fd, $0.baseAddress, $0.count) }
-            if n >= 0 { return n }
-            if errno != EINTR { throw fail("read") }
-        }
-    }
-}
-
 /// zlib level 1 on one core over the same bytes (all pages, zero pages
 /// included) in 1 MiB chunks: the time just to compress, and the output size.
 func benchDeflateBaseline(files: [String]) throws -> (seconds: Double, inputBytes: UInt64, outputBytes: UInt64) {
@@ -208,7 +148,7 @@ func benchDeflateBaseline(files: [String]) throws -> (seconds: Double, inputByte
     var seconds = 0.0
     var input: UInt64 = 0, output: UInt64 = 0
     for path in files {
-        guard let h = FileHandle(forReadingAtPath: path) else { throw CLIError.config("cannot open \(path)") }
+        guard let h = FileHandle(forReadingAtPath: path) else { throw BenchError.cannotOpen(path: path) }
         defer { try? h.close() }
         while let d = try h.read(upToCount: 1 << 20), !d.isEmpty {
             let chunk = [UInt8](d)
