@@ -87,7 +87,7 @@ let package = Package(
         .testTarget(name: "CLITests", dependencies: ["vfio-migrate"]),
         // Runs the built `vfio-migrate` and `vfio-migrate-bench` binaries; imports no module of this package.
         .testTarget(name: "IntegrationTests", dependencies: ["vfio-migrate", "vfio-migrate-bench"]),
-        // Fault injection and hostile peers (issue 7): proxies, killed processes, crafted frames.
+        // Fault injection and hostile peers: proxies, killed processes, crafted frames.
         .testTarget(
             name: "ReliabilityTests",
             dependencies: ["vfio-migrate", "MigrationEngine", "MigrationTLS", "MigrationWire", "VFIODevice", "VFIOSimulator", "TestSupport"]),

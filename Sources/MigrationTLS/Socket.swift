@@ -43,7 +43,8 @@ final class Socket: @unchecked Sendable {
     }
 
     /// A non-blocking, close-on-exec pipe; both ends closed again if configuring one fails.
-    /// (pipe2/accept4 are _GNU_SOURCE, which Swift's Glibc module does not expose.)
+    /// (pipe(2) plus fcntl, and accept(2) plus fcntl: pipe2/accept4 are _GNU_SOURCE,
+    /// which Swift's Glibc module does not expose.)
     static func makeWakePipe(configure: (Int32) -> Bool) throws(TLSError) -> (read: Int32, write: Int32) {
         var fds: [Int32] = [-1, -1]
         guard pipe(&fds) == 0 else { throw .socketError(operation: "pipe", errno: errno) }

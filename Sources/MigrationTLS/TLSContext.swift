@@ -90,7 +90,7 @@ public final class TLSContext: @unchecked Sendable {
             }
         }
         // One long-lived connection per migration: resumption buys nothing, and unread
-        // tickets make a write-only client's close() reset the connection (INTEROP #2).
+        // tickets make a write-only client's close() reset the connection, and the peer loses the tail of the data.
         try require(SSL_CTX_set_num_tickets(ctx, 0) == 1, "SSL_CTX_set_num_tickets")
         _ = copenssl_SSL_CTX_set_session_cache_mode(ctx, COPENSSL_SSL_SESS_CACHE_OFF)  // returns the previous mode, not a status
         // A retried SSL_write may pass the same bytes at a different address.

@@ -1,7 +1,7 @@
 import Foundation
 import Testing
 
-/// Issue 11 §4: a child that writes more than a pipe holds to stderr before it closes
+/// A child that writes more than a pipe holds to stderr before it closes
 /// stdout must not deadlock the test that collects both.
 struct ChildOutputTests {
     @Test func chattyStderrDoesNotDeadlock() throws {

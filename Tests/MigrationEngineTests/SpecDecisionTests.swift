@@ -6,7 +6,7 @@ import MigrationWire
 import VFIODevice
 import VFIOSimulator
 
-/// Issue 11 §3: decisions of docs/PROTOCOL.md that the whole engine pins.
+/// Decisions of docs/PROTOCOL.md that the whole engine pins.
 @Suite(.serialized)
 struct SpecDecisionTests {
     /// §5.1: `raw` may be missing from the destination's list and is still permitted.

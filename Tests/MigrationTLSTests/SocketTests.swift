@@ -3,7 +3,7 @@ import Testing
 import TestSupport
 @testable import MigrationTLS
 
-/// Issue 11 §4: connecting tries every resolved address; no descriptor leaks on the
+/// Connecting tries every resolved address; no descriptor leaks on the
 /// error paths of socket set-up.
 @Suite struct SocketEdges {
     /// A TCP port on 127.0.0.1 that refuses connections (bound, never listening).

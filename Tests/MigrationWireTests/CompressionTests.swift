@@ -254,7 +254,7 @@ func inflaters() throws -> [any RawDeflateInflater] { [try Inflater(), try FastI
             for word in words { #expect(error.description.contains(word), "\(error.description)") }
         }
     }
-    /// Issue 11 §4: libdeflate returns 0 bytes when it fails; that must be an error,
+    /// libdeflate returns 0 bytes when it fails; that must be an error,
     /// never an empty deflate payload on the wire.
     @Test func libdeflateFailureIsAnErrorNotAnEmptyPayload() throws {
         let input = [UInt8](repeating: 0x5A, count: 4096)

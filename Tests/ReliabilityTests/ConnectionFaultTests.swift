@@ -6,7 +6,7 @@ import MigrationTLS
 import MigrationWire
 import VFIODevice
 
-/// Issue 7, items 1 and 2: a TCP proxy between the two ends cuts the connection in
+/// A TCP proxy between the two ends cuts the connection in
 /// each phase, flips one byte of the TLS stream, or stalls. The cut points are frame
 /// offsets measured in a clean run (`FrameMap`), not constants.
 @Suite(.serialized)

@@ -6,7 +6,7 @@ import MigrationWire
 import VFIODevice
 import VFIOSimulator
 
-/// Issue 7, item 4: device errors through the simulated vendor driver's fault hooks.
+/// Device errors through the simulated vendor driver's fault hooks.
 /// Two devices, the fault on the second, so a device that had already moved is
 /// checked to be rolled back too.
 @Suite(.serialized)

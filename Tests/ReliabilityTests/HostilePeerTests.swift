@@ -6,7 +6,7 @@ import MigrationTLS
 import MigrationWire
 import VFIODevice
 
-/// Issue 7, item 5: hostile peers against a listening receiver. Each is refused with
+/// Hostile peers against a listening receiver. Each is refused with
 /// a clear error, the receiver's devices are never RUNNING, nothing from a refused
 /// frame is applied, and the same listener and devices then accept a good source.
 @Suite(.serialized)

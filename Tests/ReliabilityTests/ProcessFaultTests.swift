@@ -3,7 +3,7 @@ import TestSupport
 import Glibc
 import Testing
 
-/// Issue 7, items 3 and 5 (the CLI's listening loop), and bounded memory: the real
+/// Killed and interrupted processes, the CLI's listening loop, and bounded memory: the real
 /// `vfio-migrate` binary as two processes. Device states are the ones each process
 /// reads back from its devices after the failure (`device_states` in the JSON
 /// `failed` event).
@@ -67,7 +67,7 @@ struct ProcessFaultTests {
         #expect(Self.states(r) == ["gpu0": "STOPPED", "nic0": "STOPPED"], "\(String(describing: r))")
     }
 
-    /// Issue 11: `--accept-timeout` with `--keep-listening` is per wait: sources that keep
+    /// `--accept-timeout` with `--keep-listening` is per wait: sources that keep
     /// arriving keep the receiver listening past it; once none comes, it gives up (exit 1).
     @Test func acceptTimeoutIsPerWaitWhileListening() throws {
         let pki = try TestPKI.get()

@@ -6,7 +6,7 @@ import MigrationTLS
 import MigrationWire
 import VFIODevice
 
-/// Issue 11 §3: where docs/PROTOCOL.md and the engine disagreed, a peer written from the
+/// Where docs/PROTOCOL.md and the engine disagreed, a peer written from the
 /// spec alone (`ScriptedPeer`) now gets what the spec says. One test per decided point.
 @Suite(.serialized)
 struct ProtocolConformanceTests {

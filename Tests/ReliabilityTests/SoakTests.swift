@@ -7,7 +7,7 @@ import MigrationWire
 import VFIODevice
 import VFIOSimulator
 
-/// Issue 7, item 6: 20 back-to-back migrations between the same two ends (same
+/// 20 back-to-back migrations between the same two ends (same
 /// listeners, receivers, devices and guest memory), alternating directions, with a
 /// workload running on the source each time; every one byte-exact.
 @Suite(.serialized)

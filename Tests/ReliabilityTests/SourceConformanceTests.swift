@@ -6,7 +6,7 @@ import MigrationTLS
 import MigrationWire
 import VFIODevice
 
-/// Issue 11 §3 and §4, the source's side: a destination written by hand from
+/// The source's side of PROTOCOL.md: a destination written by hand from
 /// docs/PROTOCOL.md sees every frame the engine's source sends.
 @Suite(.serialized)
 struct SourceConformanceTests {
@@ -75,7 +75,7 @@ struct SourceConformanceTests {
         if let stopCopy, let last = iterationEnds.last { #expect(last < stopCopy, "no ITERATION_END in stop-and-copy") }
     }
 
-    /// Issue 11 §4: a destination that stops reading and aborts is acted on at once; the
+    /// a destination that stops reading and aborts is acted on at once; the
     /// source does not wait out its 60 s peer timeout on a blocked write first.
     @Test func destinationAbortWhileTheSourceIsBlockedWritingIsActedOnAtOnce() throws {
         let pair = try SimPair(names: ["gpu0"], stateSize: 64 << 10, memoryPages: 16384, maxChunk: 8 << 10)
