@@ -97,9 +97,8 @@ struct DeviceSpec: Sendable, CustomStringConvertible {
     }
 }
 
-/// The initial device state from a file, read in 1 MiB pieces into one
-/// preallocated array (no transient second copy of a large image).
-/// The image's size; the simulated device reads it straight into its memory.
+/// The size of a state image, checked readable: the simulated device later reads
+/// the image straight into its device memory.
 private func stateImageSize(_ path: String, spec: String) throws -> Int {
     guard let attributes = try? FileManager.default.attributesOfItem(atPath: path),
           let size = (attributes[.size] as? NSNumber)?.intValue else {
