@@ -2,9 +2,8 @@ internal import CLibdeflate
 
 // libdeflate writes and reads the same raw DEFLATE format as zlib (a peer
 // that only has zlib inflates it unchanged), whole buffer at a time, which is
-// exactly how this protocol uses compression. Measured here on the benchmark
-// corpus: level 1 compresses at 220 MB/s vs zlib's 113 MB/s at the same
-// ratio, and inflates at 850 MB/s vs 450 MB/s.
+// exactly how this protocol uses compression, and about twice as fast as zlib
+// both ways at the same ratio (figures in docs/PERFORMANCE.md).
 
 /// One raw-DEFLATE compressor: zlib's `Deflater` or `FastDeflater`.
 protocol RawDeflateCompressor: AnyObject {
