@@ -70,7 +70,7 @@ let package = Package(
         .executableTarget(
             name: "vfio-migrate-bench",
             dependencies: [
-                "CommandLineSupport", "MigrationEngine", "MigrationTLS", "MigrationWire", "VFIODevice", "VFIOSimulator",
+                "CommandLineSupport", "MigrationEngine", "MigrationTLS", "MigrationWire", "SyncPrimitives", "VFIODevice", "VFIOSimulator",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]),
 

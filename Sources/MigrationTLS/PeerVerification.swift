@@ -2,7 +2,7 @@ internal import COpenSSL
 
 /// What the verify callback learnt about the peer during one handshake. Reached from
 /// the callback through the SSL's app-data slot; touched only by the handshaking thread.
-final class PeerVerification: @unchecked Sendable {
+final class PeerVerification: @unchecked Sendable {  // mutated only by the handshaking thread (C verify callback), read after it
     let expectedNames: [String]
     var matchedName: String?
     var failure: Failure?

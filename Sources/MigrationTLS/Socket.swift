@@ -19,7 +19,7 @@ enum WaitOutcome { case ready, timedOut, woken }
 /// blocked in `poll` on this socket wakes up at once. The fd is released only when
 /// no operation is in flight (`enter`/`leave`), so a concurrent `close()` can never
 /// make another thread use a closed — or reused — descriptor number.
-final class Socket: @unchecked Sendable {
+final class Socket: Sendable {
     let fd: Int32
     let isTCP: Bool
     /// Self-pipe: `close()` writes a byte, every `poll` watches the read end (never drained,

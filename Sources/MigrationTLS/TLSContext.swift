@@ -12,7 +12,7 @@ struct TLSTestHooks {
 /// A loaded, checked configuration (certs parsed, key matched) for one role.
 /// The SSL_CTX is fully configured in `init` and never changed afterwards, which is what
 /// makes sharing it between threads (SSL_new from several) safe.
-public final class TLSContext: @unchecked Sendable {
+public final class TLSContext: @unchecked Sendable {  // owns an SSL_CTX*, immutable after init
     let ctx: OpaquePointer
     let role: TLSRole
     let configuration: TLSConfiguration

@@ -2,7 +2,7 @@ import Glibc
 import SyncPrimitives
 
 /// Listens on an endpoint; each `accept` returns an authenticated stream.
-public final class TLSListener: @unchecked Sendable {
+public final class TLSListener: Sendable {
     private let socket: Socket
     private let context: TLSContext
     private let unixPath: String?

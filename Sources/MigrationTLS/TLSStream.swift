@@ -3,7 +3,7 @@ import Glibc
 import SyncPrimitives
 
 /// Owns one SSL*. Every call on it happens with `TLSStream.io` held.
-final class SSLHandle: @unchecked Sendable {
+final class SSLHandle: @unchecked Sendable {  // owns an SSL*, used only under TLSStream.io
     let pointer: OpaquePointer
     init(_ pointer: OpaquePointer) { self.pointer = pointer }
     deinit { SSL_free(pointer) }  // never touches the fd (SSL_set_fd does not own it)
@@ -15,7 +15,7 @@ final class SSLHandle: @unchecked Sendable {
 /// Design: the socket is non-blocking; each SSL_read_ex/SSL_write_ex/SSL_shutdown runs
 /// under `io`, and a WANT_READ/WANT_WRITE releases `io` before waiting in poll(2), so a
 /// reader blocked on an idle peer never stalls a writer (and vice versa).
-public final class TLSStream: @unchecked Sendable {
+public final class TLSStream: Sendable {
     private let socket: Socket
     private let ssl: SSLHandle
     /// Kept alive for the SSL's app-data slot, which the verify callback reads.

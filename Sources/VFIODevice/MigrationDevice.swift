@@ -25,7 +25,7 @@ extension MigrationRegion {
 }
 
 /// A named device and its region; state changes by read-modify-write.
-public final class MigrationDevice: @unchecked Sendable {
+public final class MigrationDevice: Sendable {
     public let name: String
     public let region: any MigrationRegion
     public init(name: String, region: any MigrationRegion) { self.name = name; self.region = region }

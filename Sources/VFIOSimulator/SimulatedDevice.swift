@@ -10,7 +10,7 @@ import VFIODevice
 /// docs/DEVICE.md for the transition table and the chunk format
 /// (`SimulatedStream`). All entry points take one lock, so an engine thread and a
 /// workload thread may use the device concurrently.
-public final class SimulatedDevice: MigrationRegion, @unchecked Sendable {
+public final class SimulatedDevice: MigrationRegion, @unchecked Sendable {  // all state under one Lock
     public struct Configuration: Sendable {
         public var stateSize: Int
         public var seed: UInt64

@@ -1,4 +1,5 @@
 import Foundation
+import SyncPrimitives
 import MigrationEngine
 
 /// The binaries a bench run starts: the sibling `vfio-migrate` for the
@@ -51,23 +52,33 @@ struct ProcSample: Sendable {
 /// A child process of the benchmark: its stdout JSON lines, stderr text, and
 /// `/proc` samples (peak RssAnon, VmHWM, CPU) up to its `finished` event, so
 /// that the state dump after the migration does not count.
-final class BenchChild: @unchecked Sendable {
+final class BenchChild: @unchecked Sendable {  // a Process, configured before start; the rest is `state`
     let name: String
     let process = Process()
-    private let lock = NSCondition()
-    private var events: [[String: Any]] = []
-    private var stderrText = Data()
-    private var stdoutDone = false, stderrDone = false
-    private var cutoff = false
-    private(set) var peakRssAnon: UInt64 = 0
-    private(set) var peakHWM: UInt64 = 0
-    private(set) var samples = 0
-    /// CPU seconds when the child reported it connected and when it finished (nil: not seen).
-    private(set) var cpuAtConnect: Double?
-    private(set) var cpuAtFinish: Double?
-    private(set) var lastCPU: Double = 0
-    private var started = ContinuousClock.now
-    private(set) var wallSeconds: Double = 0
+    let started = ContinuousClock.now
+
+    /// Everything the pipe readers and the sampler record, only under its lock.
+    private struct Observed {
+        var events: [[String: Any]] = []
+        var stderrText = Data()
+        var stdoutDone = false, stderrDone = false
+        var cutoff = false
+        var peakRssAnon: UInt64 = 0
+        var peakHWM: UInt64 = 0
+        var samples = 0
+        /// CPU seconds when the child reported it connected and when it finished (nil: not seen).
+        var cpuAtConnect: Double?
+        var cpuAtFinish: Double?
+        var lastCPU: Double = 0
+        var wallSeconds: Double = 0
+
+        mutating func record(_ s: ProcSample) {
+            peakRssAnon = max(peakRssAnon, s.rssAnon)
+            peakHWM = max(peakHWM, s.vmHWM)
+            samples += 1
+        }
+    }
+    private let state = ConditionValue(Observed())
     var pid: Int32 { process.processIdentifier }
 
     init(name: String, executable: String, arguments: [String]) {
@@ -81,7 +92,6 @@ final class BenchChild: @unchecked Sendable {
         process.standardOutput = out
         process.standardError = err
         process.standardInput = FileHandle.nullDevice
-        started = ContinuousClock.now
         try process.run()
         // Pipes are drained on their own threads (blocking reads) so a chatty child never stalls.
         Thread.detachNewThread { [self] in
@@ -97,11 +107,11 @@ final class BenchChild: @unchecked Sendable {
                     if let o = (try? JSONSerialization.jsonObject(with: line)) as? [String: Any] { handleEvent(o) }
                 }
             }
-            lock.lock(); stdoutDone = true; lock.broadcast(); lock.unlock()
+            state.withLock { $0.stdoutDone = true }
         }
         Thread.detachNewThread { [self] in
             let d = err.fileHandleForReading.readDataToEndOfFile()
-            lock.lock(); stderrText = d; stderrDone = true; lock.broadcast(); lock.unlock()
+            state.withLock { $0.stderrText = d; $0.stderrDone = true }
         }
     }
 
@@ -116,31 +126,25 @@ final class BenchChild: @unchecked Sendable {
         if Self.trace, event != "progress" { traceLine("event \(event ?? "?") \(o["phase"] ?? "")") }
         // CPU read at the event itself: separates start-up (corpus image, certificates) and the dump from the migration.
         let cpu = (event == "connected" || event == "finished") ? ProcSample.read(pid: pid) : nil
-        lock.lock()
-        events.append(o)
-        if event == "connected", cpuAtConnect == nil, let cpu, cpu.ok { cpuAtConnect = cpu.cpuSeconds }
-        if event == "finished", let cpu {
-            if cpu.ok { cpuAtFinish = cpu.cpuSeconds; record(cpu) }
-            cutoff = true
+        state.withLock { s in
+            s.events.append(o)
+            if event == "connected", s.cpuAtConnect == nil, let cpu, cpu.ok { s.cpuAtConnect = cpu.cpuSeconds }
+            if event == "finished", let cpu {
+                if cpu.ok { s.cpuAtFinish = cpu.cpuSeconds; s.record(cpu) }
+                s.cutoff = true
+            }
         }
-        lock.unlock()
     }
 
     /// Called by the sampler thread.
     func sample() {
-        let s = ProcSample.read(pid: pid)
-        guard s.ok else { return }
-        if Self.trace { traceLine("rssAnon \(s.rssAnon >> 20) MiB cpu \(s.cpuSeconds)") }
-        lock.lock()
-        lastCPU = max(lastCPU, s.cpuSeconds)
-        if !cutoff { record(s) }
-        lock.unlock()
-    }
-
-    private func record(_ s: ProcSample) {
-        peakRssAnon = max(peakRssAnon, s.rssAnon)
-        peakHWM = max(peakHWM, s.vmHWM)
-        samples += 1
+        let sample = ProcSample.read(pid: pid)
+        guard sample.ok else { return }
+        if Self.trace { traceLine("rssAnon \(sample.rssAnon >> 20) MiB cpu \(sample.cpuSeconds)") }
+        state.withLock { s in
+            s.lastCPU = max(s.lastCPU, sample.cpuSeconds)
+            if !s.cutoff { s.record(sample) }
+        }
     }
 
     var isRunning: Bool { process.isRunning }
@@ -149,26 +153,29 @@ final class BenchChild: @unchecked Sendable {
     @discardableResult
     func wait() -> Int32 {
         process.waitUntilExit()
-        lock.lock()
-        while !(stdoutDone && stderrDone) { lock.wait() }
-        lock.unlock()
-        wallSeconds = (ContinuousClock.now - started).seconds
+        let wall = (ContinuousClock.now - started).seconds
+        state.wait(until: { $0.stdoutDone && $0.stderrDone }) { s, _ in s.wallSeconds = wall }
         return process.terminationStatus
     }
 
     func terminate() { if process.isRunning { process.terminate() } }
 
-    var allEvents: [[String: Any]] { lock.lock(); defer { lock.unlock() }; return events }
-    var stderr: String { lock.lock(); defer { lock.unlock() }; return String(decoding: stderrText, as: UTF8.self) }
+    var allEvents: [[String: Any]] { state.withLock { $0.events } }
+    var stderr: String { state.withLock { String(decoding: $0.stderrText, as: UTF8.self) } }
+    var peakRssAnon: UInt64 { state.withLock { $0.peakRssAnon } }
+    var peakHWM: UInt64 { state.withLock { $0.peakHWM } }
+    var samples: Int { state.withLock { $0.samples } }
+    var wallSeconds: Double { state.withLock { $0.wallSeconds } }
     func event(_ name: String) -> [String: Any]? { allEvents.last { $0["event"] as? String == name } }
     var finishedStats: [String: Any]? { event("finished")?["stats"] as? [String: Any] }
     /// CPU seconds of the migration itself (connect → finished), else the whole life.
     var migrationCPU: Double {
-        lock.lock(); defer { lock.unlock() }
-        if let a = cpuAtConnect, let b = cpuAtFinish { return b - a }
-        return cpuAtFinish ?? lastCPU
+        state.withLock { s in
+            if let a = s.cpuAtConnect, let b = s.cpuAtFinish { return b - a }
+            return s.cpuAtFinish ?? s.lastCPU
+        }
     }
-    var totalCPU: Double { lock.lock(); defer { lock.unlock() }; return max(lastCPU, cpuAtFinish ?? 0) }
+    var totalCPU: Double { state.withLock { max($0.lastCPU, $0.cpuAtFinish ?? 0) } }
 }
 
 /// Samples the children's /proc figures every `intervalMs` on its own thread.
@@ -201,27 +208,27 @@ func benchWaitForPort(_ path: String, child: BenchChild, seconds: Double = 60) t
 }
 
 /// Kills the children of a run that takes longer than allowed.
-final class Watchdog: @unchecked Sendable {
-    private let c = NSCondition()
-    private var cancelled = false
-    private var fired = false
+final class Watchdog: Sendable {
+    private struct Flags { var cancelled = false, fired = false }
+    private let flags = ConditionValue(Flags())
 
     init(seconds: Double, children: [BenchChild]) {
-        Thread.detachNewThread { [self] in
-            c.lock()
-            let deadline = Date(timeIntervalSinceNow: seconds)
-            while !cancelled, c.wait(until: deadline) {}
-            if !cancelled { fired = true; for ch in children { ch.terminate() } }
-            c.unlock()
+        let deadline = monotonicSeconds() + seconds
+        Thread.detachNewThread { [flags] in
+            flags.wait(until: { $0.cancelled }, deadline: deadline) { f, timedOut in
+                guard timedOut, !f.cancelled else { return }
+                f.fired = true
+                for child in children { child.terminate() }
+            }
         }
     }
 
     /// Stops the watchdog; true if it had fired.
     @discardableResult
     func cancel() -> Bool {
-        c.lock(); defer { c.unlock() }
-        cancelled = true
-        c.broadcast()
-        return fired
+        flags.withLock { f in
+            f.cancelled = true
+            return f.fired
+        }
     }
 }

@@ -5,6 +5,7 @@ import Logging
 import MigrationEngine
 import MigrationTLS
 import MigrationWire
+import SyncPrimitives
 import VFIODevice
 
 struct TLSOptions: ParsableArguments {
@@ -116,21 +117,22 @@ func failureExit(for error: any Error, printer: EventPrinter, side: String, devi
     return ExitCode(FailureDisposition.notStarted.rawValue)
 }
 
-/// SIGINT/SIGTERM → `action` (cancel before commit). A second signal exits at once.
-final class InterruptHandler: @unchecked Sendable {
-    private var sources: [DispatchSourceSignal] = []
+/// SIGINT/SIGTERM → `action` (cancel before commit). A second signal, of either
+/// kind, exits at once.
+final class InterruptHandler: @unchecked Sendable {  // dispatch sources, immutable after init
+    private let sources: [any DispatchSourceSignal]
+
     init(_ action: @escaping @Sendable () -> Void) {
-        for sig in [SIGINT, SIGTERM] {
+        let received = LockedValue(0)
+        sources = [SIGINT, SIGTERM].map { sig in
             signal(sig, SIG_IGN)
-            let s = DispatchSource.makeSignalSource(signal: sig, queue: .global())
-            var count = 0
-            s.setEventHandler {
-                count += 1
-                if count > 1 { exit(130) }
+            let source = DispatchSource.makeSignalSource(signal: sig, queue: .global())
+            source.setEventHandler {
+                if received.withLock({ count in count += 1; return count }) > 1 { exit(130) }
                 action()
             }
-            s.resume()
-            sources.append(s)
+            source.resume()
+            return source
         }
     }
 }
