@@ -97,7 +97,7 @@ final class ActivatedChild {
         posix_spawn_file_actions_adddup2(&actions, err.fileHandleForWriting.fileDescriptor, 2)
         let pidSetting = listenPID.map { "LISTEN_PID=\($0)" } ?? "LISTEN_PID=$$"
         let argv = ["/bin/sh", "-c", "\(pidSetting); export LISTEN_PID; exec \"$0\" \"$@\"", TwoProcessTests.binary] + arguments
-        var env = ProcessInfo.processInfo.environment.filter { !$0.key.hasPrefix("LISTEN_") }
+        var env = ProcessInfo.processInfo.environment.filter { !$0.key.hasPrefix("LISTEN_") && $0.key != "NOTIFY_SOCKET" }
         env["LISTEN_FDS"] = "1"
         let envp = env.map { "\($0.key)=\($0.value)" }
         var child: pid_t = 0
