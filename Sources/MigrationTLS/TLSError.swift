@@ -53,6 +53,8 @@ public enum TLSError: Error, Sendable, Equatable, CustomStringConvertible {
     case connectTimeout(endpoint: Endpoint, seconds: Double)
     case connectFailed(endpoint: Endpoint, errno: Int32)
     case listenFailed(endpoint: Endpoint, errno: Int32)
+    /// A descriptor handed over to listen on (socket activation) is not a listening stream socket.
+    case notAListeningSocket(descriptor: Int32, reason: String)
     case resolveFailed(host: String, detail: String)
     case socketError(operation: String, errno: Int32)
     /// The peer closed the connection without a TLS close_notify: data may be missing.
@@ -132,6 +134,8 @@ public enum TLSError: Error, Sendable, Equatable, CustomStringConvertible {
             return "cannot connect to \(endpoint): \(Self.strerror(err))"
         case let .listenFailed(endpoint, err):
             return "cannot listen on \(endpoint): \(Self.strerror(err))"
+        case let .notAListeningSocket(fd, reason):
+            return "descriptor \(fd) cannot be listened on: \(reason)"
         case let .resolveFailed(host, detail):
             return "cannot resolve '\(host)': \(detail)"
         case let .socketError(op, err):

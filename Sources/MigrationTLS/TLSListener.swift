@@ -27,6 +27,14 @@ public final class TLSListener: Sendable {
         }
     }
 
+    /// For initializers that obtain the listening socket another way (InheritedListener.swift).
+    init(socket: Socket, context: TLSContext, boundEndpoint: Endpoint) {
+        self.socket = socket
+        self.context = context
+        self.unixPath = nil  // a socket file this listener did not create is not its to remove
+        self.boundEndpoint = boundEndpoint
+    }
+
     deinit { close() }
 
     /// Waits up to `timeoutSeconds` (nil: forever) for a peer, then runs the server

@@ -17,8 +17,20 @@ struct VfioMigrate: ParsableCommand {
         3 failed after COMMIT (an operator must check where the VM runs); \
         4 failed before COMMIT and a source device refused to run again (operator must act); 64 usage error.
         """,
+        version: BuildInfo.versionLine,
         subcommands: [Demo.self, Send.self, Receive.self],
         defaultSubcommand: Demo.self)
+
+    /// `--config FILE` is applied before ArgumentParser parses (see ConfigExpansion).
+    static func main() {
+        let arguments = Array(CommandLine.arguments.dropFirst())
+        let expanded: [String]
+        do { expanded = try ConfigExpansion.expand(arguments, commands: ["send": Send.self, "receive": Receive.self]) } catch {
+            FileHandle.standardError.write(Data("Error: \(error)\n".utf8))
+            Foundation.exit(ExitCode.validationFailure.rawValue)
+        }
+        main(expanded)
+    }
 }
 
 struct SenderTuning: ParsableArguments {
@@ -84,6 +96,7 @@ struct Send: ParsableCommand {
     @OptionGroup var devices: DeviceOptions
     @OptionGroup var tuning: SenderTuning
     @OptionGroup var output: OutputOptions
+    @OptionGroup var config: ConfigOption
 
     func run() throws {
         output.bootstrapLogging()
@@ -124,7 +137,9 @@ struct Send: ParsableCommand {
 
 struct Receive: ParsableCommand {
     static let configuration = CommandConfiguration(abstract: "Destination host: accept one authenticated source and resume its devices on COMMIT.")
-    @Option(help: "Listen endpoint: HOST:PORT, [IPV6]:PORT or unix:PATH.")
+    /// `--listen systemd`: the socket a service manager passed (socket activation).
+    static let systemdListen = "systemd"
+    @Option(help: "Listen endpoint: HOST:PORT, [IPV6]:PORT or unix:PATH; or systemd: the listening socket systemd passes (LISTEN_FDS, LISTEN_PID).")
     var listen: String
     @Option(name: .customLong("accept-timeout"), help: "Give up if no authenticated source arrives within this many seconds; with --keep-listening the wait starts again after each session.")
     var acceptTimeout: Double?
@@ -149,34 +164,61 @@ struct Receive: ParsableCommand {
     @OptionGroup var tls: TLSOptions
     @OptionGroup var devices: DeviceOptions
     @OptionGroup var output: OutputOptions
+    @OptionGroup var config: ConfigOption
+
+    /// What a started receiver holds while it waits for sources.
+    struct Started {
+        let listener: TLSListener
+        let receiver: Receiver
+        let opened: OpenedDevices
+    }
 
     func run() throws {
         output.bootstrapLogging()
         ProcessSetup.apply()
         let printer = EventPrinter(mode: output.json ? .json : .human, side: "destination")
-        let listener: TLSListener
-        let receiver: Receiver
-        let opened: OpenedDevices
+        let notifier = SystemdNotifier()
+        let started: Started
         do {
-            let context = try TLSContext(configuration: tls.configuration(), role: .server)
-            warnAboutCertificates(context, command: "receive")
-            let memory = try devices.openMemory(create: createMemory)
-            if let memory, populate.applies(to: memory.backing) { try memory.populate() }
-            opened = try devices.open(memory: memory)
-            var options = ReceiverOptions()
-            options.peerTimeoutSeconds = peerTimeout
-            if let workers { options.workers = workers }
-            receiver = Receiver(devices: opened.destinationDevices, memory: memory, options: options, events: printer.handle)
-            listener = try TLSListener(endpoint: try Endpoint(parsing: listen), context: context)
-            if let portFile, case .tcp(_, let port) = listener.boundEndpoint {
-                try "\(port)\n".write(toFile: portFile, atomically: true, encoding: .utf8)
-            }
+            started = try start(events: { event in printer.handle(event); notifier?.report(event) })
             printer.handle(.phase(.connect))
+            notifier?.ready(listeningOn: started.listener.boundEndpoint)
         } catch {
             throw failureExit(for: error, printer: printer, side: "destination")
         }
+        let (receiver, listener) = (started.receiver, started.listener)
         let interrupts = InterruptHandler { receiver.cancel(); listener.close() }
         defer { withExtendedLifetime(interrupts) {} }
+        try serve(started, printer: printer, notifier: notifier)
+    }
+
+    /// Certificates, guest memory (populated before listening), devices, then the listener.
+    private func start(events: @escaping EventSink) throws -> Started {
+        let context = try TLSContext(configuration: tls.configuration(), role: .server)
+        warnAboutCertificates(context, command: "receive")
+        let memory = try devices.openMemory(create: createMemory)
+        if let memory, populate.applies(to: memory.backing) { try memory.populate() }
+        let opened = try devices.open(memory: memory)
+        var options = ReceiverOptions()
+        options.peerTimeoutSeconds = peerTimeout
+        if let workers { options.workers = workers }
+        let receiver = Receiver(devices: opened.destinationDevices, memory: memory, options: options, events: events)
+        let listener = try makeListener(context: context)
+        if let portFile, case .tcp(_, let port) = listener.boundEndpoint {
+            try "\(port)\n".write(toFile: portFile, atomically: true, encoding: .utf8)
+        }
+        return Started(listener: listener, receiver: receiver, opened: opened)
+    }
+
+    private func makeListener(context: TLSContext) throws -> TLSListener {
+        guard listen == Self.systemdListen else {
+            return try TLSListener(endpoint: try Endpoint(parsing: listen), context: context)
+        }
+        return try TLSListener(inheritedDescriptor: try SystemdActivation.listeningDescriptor(), context: context)
+    }
+
+    /// Accepts sources until one session succeeds (or, without --keep-listening, fails).
+    private func serve(_ s: Started, printer: EventPrinter, notifier: SystemdNotifier?) throws {
         // Per wait: refused handshakes do not extend it, a finished session starts a new one.
         func newDeadline() -> ContinuousClock.Instant? { acceptTimeout.map { ContinuousClock.now + .milliseconds(Int64($0 * 1000)) } }
         var deadline = newDeadline()
@@ -184,7 +226,7 @@ struct Receive: ParsableCommand {
             let stream: TLSStream
             do {
                 let left = deadline.map { max(($0 - ContinuousClock.now).seconds, 0.001) }
-                stream = try listener.accept(timeoutSeconds: left)
+                stream = try s.listener.accept(timeoutSeconds: left)
             } catch {
                 if let deadline, ContinuousClock.now >= deadline {
                     throw failureExit(for: MigrationError(phase: .connect, failure: .timeout("no authenticated source within --accept-timeout"), disposition: .notStarted), printer: printer, side: "destination")
@@ -192,17 +234,20 @@ struct Receive: ParsableCommand {
                 // The listener was closed by SIGINT/SIGTERM: stop waiting.
                 if let e = error as? TLSError, case .closed = e { throw ExitCode(130) }
                 printer.handle(.sessionRefused("\(error)"))
+                notifier?.report(.sessionRefused("\(error)"))
                 continue
             }
             printer.handle(.connected(peer: stream.peerName))
+            notifier?.report(.connected(peer: stream.peerName))
             do {
-                _ = try receiver.run(stream: stream)
-                if let dir = output.dumpState { try opened.dumpState(to: dir) }
+                _ = try s.receiver.run(stream: stream)
+                if let dir = output.dumpState { try s.opened.dumpState(to: dir) }
                 return
             } catch {
-                let code = failureExit(for: error, printer: printer, side: "destination", devices: opened)
+                let code = failureExit(for: error, printer: printer, side: "destination", devices: s.opened)
                 if keepListening, let m = error as? MigrationError, m.disposition != .afterCommit,
                    !(m.failure.isCancelled) {
+                    notifier?.status("waiting for a source; the last session failed: \(m.description)")
                     deadline = newDeadline()
                     continue
                 }

@@ -21,6 +21,13 @@ final class ChildOutput: @unchecked Sendable {
         }.start()
     }
 
+    /// Waits for both pipes to reach end of file (a child not started by `Process`).
+    func drained() -> (out: Data, err: Data) {
+        group.wait()
+        lock.lock(); defer { lock.unlock() }
+        return (out, err)
+    }
+
     /// Waits for the child to exit and both pipes to reach end of file.
     func wait(for process: Process) -> (code: Int32, out: Data, err: Data) {
         process.waitUntilExit()

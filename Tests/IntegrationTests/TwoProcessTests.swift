@@ -30,10 +30,11 @@ struct TwoProcessTests {
         }
     }
 
-    static func start(_ args: [String]) throws -> Run {
+    static func start(_ args: [String], environment: [String: String] = [:]) throws -> Run {
         let p = Process()
         p.executableURL = URL(fileURLWithPath: binary)
         p.arguments = args
+        if !environment.isEmpty { p.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 } }
         let o = Pipe(), e = Pipe()
         p.standardOutput = o
         p.standardError = e
