@@ -1,0 +1,194 @@
+import Foundation
+
+/// The knobs of the convergence model. Defaults are the documented ones
+/// (docs/PERFORMANCE.md, "Convergence model").
+public struct ConvergenceParameters: Sendable, Equatable {
+    public var downtimeTargetMs: Double = 300
+    /// K: iterations in a row without a meaningful shrink before `stalled` (`--max-stalled-iterations`).
+    public var maxStalledIterations: Int = 3
+    /// A shrink smaller than this fraction of the remaining set is noise, not progress.
+    public var minimumShrinkFraction: Double = 0.10
+    /// Iterations in a row with dirty rate ≥ transfer rate before `diverging`:
+    /// one slow iteration (a hiccup on the link) is not a trend.
+    public var divergingIterations: Int = 2
+    /// Iterations whose dirtied/moved ratio makes the projection's trend.
+    public var trendWindow: Int = 3
+    /// Switch-over cost that is not bytes: device state changes, DEVICE_END and
+    /// COMPLETE, the destination's digest check, COMMIT→RESUMED. Measured on
+    /// loopback with (almost) nothing left to send: 3–16 ms over 20 runs (median
+    /// 11); 20 ms covers it. On a real network add 2 × RTT (COMPLETE→READY, COMMIT→RESUMED).
+    public var switchoverOverheadMs: Double = 20
+    /// Shorter iterations are measured as this long (the loop's rate floor).
+    public var minimumIterationSeconds: Double = 0.05
+
+    public init() {}
+
+    /// For the command line: every rule in one place, with a typed error.
+    public func validate() throws(ConvergenceParameterError) {
+        guard downtimeTargetMs.isFinite, downtimeTargetMs > 0 else { throw .downtimeTargetMs(downtimeTargetMs) }
+        guard maxStalledIterations >= 1 else { throw .maxStalledIterations(maxStalledIterations) }
+        guard minimumShrinkFraction > 0, minimumShrinkFraction < 1 else { throw .minimumShrinkFraction(minimumShrinkFraction) }
+        guard divergingIterations >= 1 else { throw .divergingIterations(divergingIterations) }
+        guard trendWindow >= 1 else { throw .trendWindow(trendWindow) }
+        guard switchoverOverheadMs.isFinite, switchoverOverheadMs >= 0 else { throw .switchoverOverheadMs(switchoverOverheadMs) }
+        guard minimumIterationSeconds > 0 else { throw .minimumIterationSeconds(minimumIterationSeconds) }
+    }
+}
+
+/// A parameter out of range; the case names the parameter, the value is what was given.
+public enum ConvergenceParameterError: Error, Equatable, Sendable {
+    case downtimeTargetMs(Double)
+    case maxStalledIterations(Int)
+    case minimumShrinkFraction(Double)
+    case divergingIterations(Int)
+    case trendWindow(Int)
+    case switchoverOverheadMs(Double)
+    case minimumIterationSeconds(Double)
+    case throttlePercents(initial: Int, increment: Int, max: Int)
+}
+
+/// Pre-copy convergence, fed once per iteration. A value type with no clock and
+/// no I/O: the loop measures, the model judges.
+public struct ConvergenceModel: Sendable {
+    public let parameters: ConvergenceParameters
+    public private(set) var iterations = 0
+    public private(set) var latest: ConvergenceFigures?
+
+    private var previousPendingBytes: UInt64?
+    private var stall: StallTracker
+    private var trend: DirtyTrend
+    private var divergingStreak = 0
+
+    public init(parameters: ConvergenceParameters = ConvergenceParameters()) {
+        self.parameters = parameters
+        stall = StallTracker(minimumShrinkFraction: parameters.minimumShrinkFraction)
+        trend = DirtyTrend(window: parameters.trendWindow)
+    }
+
+    /// Takes one iteration's measurements; returns the figures and the verdict.
+    @discardableResult
+    public mutating func record(_ sample: IterationSample) -> ConvergenceFigures {
+        iterations += 1
+        let rates = IterationRates(sample, previousPendingBytes: previousPendingBytes,
+                                   minimumSeconds: parameters.minimumIterationSeconds)
+        previousPendingBytes = sample.devicePendingBytes
+        let remaining = Double(sample.deviceRemainingBytes) + Double(sample.dirtyPageBytes)
+        stall.observe(remaining)
+        if let dirtied = rates.dirtiedBytes {
+            trend.append(dirtied: dirtied, capacity: rates.rawCapacityBytes)
+            divergingStreak = dirtied >= rates.rawCapacityBytes ? divergingStreak + 1 : 0
+        }
+        let estimateMs = DowntimeEstimate.milliseconds(
+            remainingBytes: remaining, inFlightBytes: Double(sample.inFlightRawBytes),
+            rawBytesPerSecond: rates.rawBytesPerSecond, overheadMs: parameters.switchoverOverheadMs)
+        let projected = sample.isFullPass ? nil : DowntimeEstimate.iterationsToTarget(
+            remainingBytes: remaining, inFlightBytes: Double(sample.inFlightRawBytes),
+            rawBytesPerSecond: rates.rawBytesPerSecond, dirtiedPerMoved: trend.dirtiedPerMoved,
+            targetMs: parameters.downtimeTargetMs, overheadMs: parameters.switchoverOverheadMs)
+        let verdict = judge(isFullPass: sample.isFullPass, remaining: remaining, estimateMs: estimateMs)
+        var figures = ConvergenceFigures(
+            iteration: iterations, dirtyBytesPerSecond: rates.dirtyBytesPerSecond,
+            transferWireBytesPerSecond: rates.wireBytesPerSecond, transferRawBytesPerSecond: rates.rawBytesPerSecond,
+            remainingBytes: UInt64(remaining), projectedIterations: projected,
+            estimatedDowntimeMs: estimateMs, downtimeTargetMs: parameters.downtimeTargetMs,
+            stalledIterations: stall.iterationsWithoutShrink, verdict: verdict, reason: "")
+        figures.reason = explain(figures)
+        latest = figures
+        return figures
+    }
+
+    /// The rules in order: the target first (if it can be met, stop iterating),
+    /// then the stronger statement (diverging) before the weaker (stalled).
+    private func judge(isFullPass: Bool, remaining: Double, estimateMs: Double) -> ConvergenceVerdict {
+        // After the full pass the dirty log has not been read: nothing is known yet.
+        if isFullPass { return .keepIterating }
+        // Nothing left: another pass cannot lower the estimate, even one the overhead keeps above the target.
+        if estimateMs <= parameters.downtimeTargetMs || remaining == 0 { return .switchover }
+        if divergingStreak >= parameters.divergingIterations { return .diverging }
+        if stall.iterationsWithoutShrink >= parameters.maxStalledIterations { return .stalled }
+        return .keepIterating
+    }
+
+    private func explain(_ f: ConvergenceFigures) -> String {
+        typealias W = ConvergenceWording
+        let estimate = "estimated downtime \(W.ms(f.estimatedDowntimeMs))"
+        switch f.verdict {
+        case .switchover where f.remainingBytes == 0:
+            return "nothing left to send; \(estimate)"
+        case .switchover:
+            return "\(estimate) ≤ target \(W.ms(f.downtimeTargetMs))"
+        case .diverging:
+            let dirty = W.rate(f.dirtyBytesPerSecond ?? 0), moved = W.rate(f.transferRawBytesPerSecond)
+            return "not converging: dirty rate \(dirty) ≥ transfer rate \(moved) for \(divergingStreak) iterations; \(estimate)"
+        case .stalled:
+            return "not converging: remaining \(W.bytes(Double(f.remainingBytes))) has not shrunk by "
+                + "\(W.percent(parameters.minimumShrinkFraction)) for \(f.stalledIterations) iterations; \(estimate)"
+        case .keepIterating:
+            let left = f.projectedIterations.map { "\($0) more iterations projected" } ?? "no projection yet"
+            return "\(estimate) > target \(W.ms(f.downtimeTargetMs)); \(left)"
+        }
+    }
+}
+
+/// Counts iterations since the remaining set last shrank by the minimum fraction.
+/// The reference is the remaining set at that last real shrink, so a slow creep
+/// (5 % a pass) still counts as progress once it adds up, and one bad pass
+/// neither resets the count nor moves the reference.
+struct StallTracker: Sendable {
+    let minimumShrinkFraction: Double
+    private(set) var reference: Double?
+    private(set) var iterationsWithoutShrink = 0
+
+    mutating func observe(_ remaining: Double) {
+        if let reference, remaining > 0, remaining > reference * (1 - minimumShrinkFraction) {
+            iterationsWithoutShrink += 1
+        } else {
+            reference = remaining
+            iterationsWithoutShrink = 0
+        }
+    }
+}
+
+/// Bytes dirtied per byte the link could move, over a short window: the
+/// trend the projection extrapolates (ratios of sums, so a long iteration weighs more).
+struct DirtyTrend: Sendable {
+    let window: Int
+    private var points: [(dirtied: Double, capacity: Double)] = []
+
+    init(window: Int) { self.window = max(window, 1) }
+
+    mutating func append(dirtied: Double, capacity: Double) {
+        points.append((dirtied, capacity))
+        if points.count > window { points.removeFirst(points.count - window) }
+    }
+
+    /// nil until the dirty log has been read once.
+    var dirtiedPerMoved: Double? {
+        let capacity = points.reduce(0) { $0 + $1.capacity }
+        guard !points.isEmpty, capacity > 0 else { return nil }
+        return points.reduce(0) { $0 + $1.dirtied } / capacity
+    }
+}
+
+/// The downtime formula and its projection, as pure functions.
+enum DowntimeEstimate {
+    /// (device stop-and-copy bytes + final dirty round + pipeline in flight) at the
+    /// last iteration's raw rate, plus the fixed switch-over overhead.
+    static func milliseconds(remainingBytes: Double, inFlightBytes: Double,
+                             rawBytesPerSecond: Double, overheadMs: Double) -> Double {
+        (remainingBytes + inFlightBytes) / rawBytesPerSecond * 1000 + overheadMs
+    }
+
+    /// Each pass sends the remaining set R at rate T while ρ·R gets dirtied, so
+    /// after n passes R·ρⁿ is left: the smallest n with R·ρⁿ + in-flight ≤ (target − overhead)·T.
+    /// nil when ρ ≥ 1, or when the overhead and the in-flight bytes alone exceed the target.
+    static func iterationsToTarget(remainingBytes: Double, inFlightBytes: Double, rawBytesPerSecond: Double,
+                                   dirtiedPerMoved: Double?, targetMs: Double, overheadMs: Double) -> Int? {
+        let budget = (targetMs - overheadMs) / 1000 * rawBytesPerSecond - inFlightBytes
+        if budget >= remainingBytes { return 0 }
+        guard budget > 0, let rho = dirtiedPerMoved, rho < 1 else { return nil }
+        if rho <= 0 { return 1 }
+        let passes = (log(budget / remainingBytes) / log(rho)).rounded(.up)
+        return passes < 1_000_000 ? max(Int(passes), 1) : nil
+    }
+}
