@@ -36,6 +36,9 @@ public struct ConvergenceFigures: Sendable, Codable, Equatable {
     public var downtimeTargetMs: Double
     /// Iterations in a row without a meaningful shrink of the remaining set.
     public var stalledIterations: Int
+    /// The dirty log reported every guest page: the dirty rate is a lower bound,
+    /// and the next round is the whole guest again.
+    public var dirtyLogSaturated: Bool
     public var verdict: ConvergenceVerdict
     /// One sentence for the log and the switch-over event.
     public var reason: String

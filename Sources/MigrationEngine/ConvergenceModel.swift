@@ -54,7 +54,9 @@ public struct ConvergenceModel: Sendable {
     public private(set) var iterations = 0
     public private(set) var latest: ConvergenceFigures?
 
-    private var previousPendingBytes: UInt64?
+    private var previous: PreviousIteration?
+    /// Every guest page, as the full pass reported them.
+    private var guestPages: UInt64?
     private var stall: StallTracker
     private var trend: DirtyTrend
     private var divergingStreak = 0
@@ -69,9 +71,10 @@ public struct ConvergenceModel: Sendable {
     @discardableResult
     public mutating func record(_ sample: IterationSample) -> ConvergenceFigures {
         iterations += 1
-        let rates = IterationRates(sample, previousPendingBytes: previousPendingBytes,
-                                   minimumSeconds: parameters.minimumIterationSeconds)
-        previousPendingBytes = sample.devicePendingBytes
+        let rates = IterationRates(sample, previous: previous, minimumSeconds: parameters.minimumIterationSeconds)
+        previous = PreviousIteration(devicePendingBytes: sample.devicePendingBytes, seconds: rates.seconds)
+        if sample.isFullPass { guestPages = sample.dirtyPages }
+        let saturated = !sample.isFullPass && guestPages.map { sample.dirtyPages >= $0 } == true
         let remaining = Double(sample.deviceRemainingBytes) + Double(sample.dirtyPageBytes)
         stall.observe(remaining)
         if let dirtied = rates.dirtiedBytes {
@@ -81,7 +84,9 @@ public struct ConvergenceModel: Sendable {
         let estimateMs = DowntimeEstimate.milliseconds(
             remainingBytes: remaining, inFlightBytes: Double(sample.inFlightRawBytes),
             rawBytesPerSecond: rates.rawBytesPerSecond, overheadMs: parameters.switchoverOverheadMs)
-        let projected = sample.isFullPass ? nil : DowntimeEstimate.iterationsToTarget(
+        // A log that found every page dirty only bounds the dirty rate from below, and at
+        // this pace the next round is the whole guest again: no projection can be made.
+        let projected = sample.isFullPass || saturated ? nil : DowntimeEstimate.iterationsToTarget(
             remainingBytes: remaining, inFlightBytes: Double(sample.inFlightRawBytes),
             rawBytesPerSecond: rates.rawBytesPerSecond, dirtiedPerMoved: trend.dirtiedPerMoved,
             targetMs: parameters.downtimeTargetMs, overheadMs: parameters.switchoverOverheadMs)
@@ -91,7 +96,7 @@ public struct ConvergenceModel: Sendable {
             transferWireBytesPerSecond: rates.wireBytesPerSecond, transferRawBytesPerSecond: rates.rawBytesPerSecond,
             remainingBytes: UInt64(remaining), projectedIterations: projected,
             estimatedDowntimeMs: estimateMs, downtimeTargetMs: parameters.downtimeTargetMs,
-            stalledIterations: stall.iterationsWithoutShrink, verdict: verdict, reason: "")
+            stalledIterations: stall.iterationsWithoutShrink, dirtyLogSaturated: saturated, verdict: verdict, reason: "")
         figures.reason = explain(figures)
         latest = figures
         return figures
@@ -121,8 +126,9 @@ public struct ConvergenceModel: Sendable {
             let dirty = W.rate(f.dirtyBytesPerSecond ?? 0), moved = W.rate(f.transferRawBytesPerSecond)
             return "not converging: dirty rate \(dirty) ≥ transfer rate \(moved) for \(divergingStreak) iterations; \(estimate)"
         case .stalled:
+            let every = f.dirtyLogSaturated ? " (every guest page dirtied each pass)" : ""
             return "not converging: remaining \(W.bytes(Double(f.remainingBytes))) has not shrunk by "
-                + "\(W.percent(parameters.minimumShrinkFraction)) for \(f.stalledIterations) iterations; \(estimate)"
+                + "\(W.percent(parameters.minimumShrinkFraction)) for \(f.stalledIterations) iterations\(every); \(estimate)"
         case .keepIterating:
             let left = f.projectedIterations.map { "\($0) more iterations projected" } ?? "no projection yet"
             return "\(estimate) > target \(W.ms(f.downtimeTargetMs)); \(left)"
@@ -130,22 +136,25 @@ public struct ConvergenceModel: Sendable {
     }
 }
 
-/// Counts iterations since the remaining set last shrank by the minimum fraction.
-/// The reference is the remaining set at that last real shrink, so a slow creep
-/// (5 % a pass) still counts as progress once it adds up, and one bad pass
-/// neither resets the count nor moves the reference.
+/// Counts iterations in a row in which the remaining set did not shrink by the
+/// minimum fraction below the reference. The reference is the remaining set at the
+/// last real shrink, so a slow creep (5 % a pass) still counts as progress once it
+/// adds up. A setback (the set grows, e.g. after one slow iteration) counts as no
+/// progress and moves the reference up to it: a series that then shrinks fast again
+/// is converging, however far it has to go to get back below its earlier low.
 struct StallTracker: Sendable {
     let minimumShrinkFraction: Double
     private(set) var reference: Double?
     private(set) var iterationsWithoutShrink = 0
 
     mutating func observe(_ remaining: Double) {
-        if let reference, remaining > 0, remaining > reference * (1 - minimumShrinkFraction) {
-            iterationsWithoutShrink += 1
-        } else {
+        guard let reference, remaining > 0, remaining > reference * (1 - minimumShrinkFraction) else {
             reference = remaining
             iterationsWithoutShrink = 0
+            return
         }
+        iterationsWithoutShrink += 1
+        if remaining > reference { self.reference = remaining }
     }
 }
 

@@ -19,6 +19,11 @@ public struct IterationSample: Sendable, Equatable {
     /// pass this is every page, which says nothing about dirtying.
     public var dirtyPages: UInt64
     public var pageSize: UInt64
+    /// Seconds between the dirty-log read that found `dirtyPages` and the one
+    /// before it (the pages were dirtied over that span, not over this iteration);
+    /// nil = the previous iteration's duration (the log is read at the start of
+    /// each page pass, after a short device pass).
+    public var dirtyLogIntervalSeconds: Double?
     /// Raw bytes per wire byte in effect (above 1 when compression helps);
     /// nil = this iteration's `rawBytes / wireBytes`.
     public var compressionRatio: Double?
@@ -33,7 +38,7 @@ public struct IterationSample: Sendable, Equatable {
 
     public init(durationSeconds: Double, wireBytes: UInt64, rawBytes: UInt64,
                 deviceBytesRead: UInt64, devicePendingBytes: UInt64, deviceStopCopyBytes: UInt64? = nil,
-                dirtyPages: UInt64, pageSize: UInt64, compressionRatio: Double? = nil,
+                dirtyPages: UInt64, pageSize: UInt64, dirtyLogIntervalSeconds: Double? = nil, compressionRatio: Double? = nil,
                 bandwidthLimit: UInt64? = nil, inFlightRawBytes: UInt64 = 0, isFullPass: Bool = false) {
         self.durationSeconds = durationSeconds
         self.wireBytes = wireBytes
@@ -43,6 +48,7 @@ public struct IterationSample: Sendable, Equatable {
         self.deviceStopCopyBytes = deviceStopCopyBytes
         self.dirtyPages = dirtyPages
         self.pageSize = pageSize
+        self.dirtyLogIntervalSeconds = dirtyLogIntervalSeconds
         self.compressionRatio = compressionRatio
         self.bandwidthLimit = bandwidthLimit
         self.inFlightRawBytes = inFlightRawBytes
@@ -62,16 +68,17 @@ struct IterationRates: Sendable, Equatable {
     var wireBytesPerSecond: Double
     /// The wire rate through the compression ratio: what the link moves in state bytes.
     var rawBytesPerSecond: Double
-    /// Device state growth plus dirtied pages; nil on the full pass (the dirty log was not read).
-    var dirtiedBytes: Double?
+    /// Device state growth plus dirtied pages, per second; nil on the full pass
+    /// (the dirty log was not read).
+    var dirtyBytesPerSecond: Double?
 
-    var dirtyBytesPerSecond: Double? { dirtiedBytes.map { $0 / seconds } }
     /// What the link could move in this iteration, in state bytes.
     var rawCapacityBytes: Double { rawBytesPerSecond * seconds }
+    /// What was dirtied at this iteration's dirty rate over the same time.
+    var dirtiedBytes: Double? { dirtyBytesPerSecond.map { $0 * seconds } }
 
-    /// `previousPendingBytes`: the devices' pending bytes after the previous
-    /// iteration; nil on the first, whose budget was what was pending at its start.
-    init(_ sample: IterationSample, previousPendingBytes: UInt64?, minimumSeconds: Double) {
+    /// `previous`: the iteration before, nil for the first.
+    init(_ sample: IterationSample, previous: PreviousIteration?, minimumSeconds: Double) {
         // A very short iteration would turn a few bytes into an absurd rate.
         seconds = max(sample.durationSeconds, minimumSeconds)
         var wireRate = Double(sample.wireBytes) / seconds
@@ -81,10 +88,18 @@ struct IterationRates: Sendable, Equatable {
             ?? (sample.wireBytes > 0 ? Double(sample.rawBytes) / Double(sample.wireBytes) : 1)
         // Floor of 1 B/s: the estimate stays finite (and JSON-encodable) on an idle link.
         rawBytesPerSecond = max(wireRate * ratio, 1)
-        guard !sample.isFullPass else { dirtiedBytes = nil; return }
-        // New device data = what is pending now, plus what was read, minus what was pending before.
-        let before = Double(previousPendingBytes ?? sample.deviceBytesRead)
+        guard !sample.isFullPass else { dirtyBytesPerSecond = nil; return }
+        // New device data = pending now + read - pending before. Without a previous
+        // iteration, the budget read was what was pending at the start.
+        let before = Double(previous?.devicePendingBytes ?? sample.deviceBytesRead)
         let growth = max(Double(sample.devicePendingBytes) + Double(sample.deviceBytesRead) - before, 0)
-        dirtiedBytes = growth + Double(sample.dirtyPageBytes)
+        let logSpan = max(sample.dirtyLogIntervalSeconds ?? previous?.seconds ?? seconds, minimumSeconds)
+        dirtyBytesPerSecond = growth / seconds + Double(sample.dirtyPageBytes) / logSpan
     }
+}
+
+/// What the rates of the next iteration need from the one before.
+struct PreviousIteration: Sendable, Equatable {
+    var devicePendingBytes: UInt64
+    var seconds: Double
 }
