@@ -11,7 +11,7 @@ public struct ConvergenceParameters: Sendable, Equatable {
     /// Iterations in a row with dirty rate ≥ transfer rate before `diverging`:
     /// one slow iteration (a hiccup on the link) is not a trend.
     public var divergingIterations: Int = 2
-    /// Iterations whose dirtied/moved ratio makes the projection's trend.
+    /// Iterations whose dirtied/moved ratios (their median) make the projection's trend.
     public var trendWindow: Int = 3
     /// Switch-over cost that is not bytes: device state changes, DEVICE_END and
     /// COMPLETE, the destination's digest check, COMMIT→RESUMED. Measured on
@@ -158,24 +158,27 @@ struct StallTracker: Sendable {
     }
 }
 
-/// Bytes dirtied per byte the link could move, over a short window: the
-/// trend the projection extrapolates (ratios of sums, so a long iteration weighs more).
+/// Bytes dirtied per byte the link could move (ρ), over a short window: the trend
+/// the projection extrapolates. The median, so one odd iteration (a link hiccup
+/// that ran ten times as long) does not drag the trend with it.
 struct DirtyTrend: Sendable {
     let window: Int
-    private var points: [(dirtied: Double, capacity: Double)] = []
+    private var ratios: [Double] = []
 
     init(window: Int) { self.window = max(window, 1) }
 
     mutating func append(dirtied: Double, capacity: Double) {
-        points.append((dirtied, capacity))
-        if points.count > window { points.removeFirst(points.count - window) }
+        guard capacity > 0 else { return }
+        ratios.append(dirtied / capacity)
+        if ratios.count > window { ratios.removeFirst(ratios.count - window) }
     }
 
     /// nil until the dirty log has been read once.
     var dirtiedPerMoved: Double? {
-        let capacity = points.reduce(0) { $0 + $1.capacity }
-        guard !points.isEmpty, capacity > 0 else { return nil }
-        return points.reduce(0) { $0 + $1.dirtied } / capacity
+        let sorted = ratios.sorted()
+        guard !sorted.isEmpty else { return nil }
+        let mid = sorted.count / 2
+        return sorted.count % 2 == 1 ? sorted[mid] : (sorted[mid - 1] + sorted[mid]) / 2
     }
 }
 

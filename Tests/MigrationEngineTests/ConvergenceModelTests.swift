@@ -114,6 +114,16 @@ private func simpleEstimateSwitchover(_ samples: [IterationSample], targetMs: Do
         }
     }
 
+    /// Stalled, and the estimate meets the target at the same iteration: switch over (by any policy).
+    @Test func targetMetWinsOverStalled() {
+        var probe = ConvergenceModel(parameters: parameters())
+        let estimates = probe.run(Self.flat.samples(4)).map(\.estimatedDowntimeMs)
+        var model = ConvergenceModel(parameters: parameters(targetMs: (estimates[2] + estimates[3]) / 2))
+        let figures = model.run(Self.flat.samples(4))
+        #expect(figures[3].stalledIterations == 3)
+        #expect(figures.map(\.verdict) == [.keepIterating, .keepIterating, .keepIterating, .switchover])
+    }
+
     /// The device makes state 1.5 × faster than the link moves it.
     @Test func growingSeriesIsDivergingOnTheSecondIterationAboveTheTransferRate() {
         let growing = SyntheticLoop(guestPages: 256, initialDeviceBytes: 64 << 20, deviceGrowthPerSecond: 150e6,
@@ -126,19 +136,21 @@ private func simpleEstimateSwitchover(_ samples: [IterationSample], targetMs: Do
         #expect(figures[2].reason.contains("dirty rate"))
     }
 
-    /// ρ ≈ 0.7, and in iteration 3 the link crawls at a fifth of its rate: that one
+    /// ρ ≈ 0.7, and in iteration 5 the link crawls at a fifth of its rate: that one
     /// iteration moves less than is dirtied, and the next finds more dirty pages.
     @Test func oneNoisyIterationDoesNotFlipTheVerdict() {
         var loop = SyntheticLoop(guestPages: 65_536, initialDeviceBytes: 4 << 20, deviceGrowthPerSecond: 1e6,
                                  pageDirtyBytesPerSecond: 70e6, wireBytesPerSecond: 50e6, compressionRatio: 2)
-        loop.slowIteration = (index: 2, slowdown: 5)
+        loop.slowIteration = (index: 4, slowdown: 5)
         var model = ConvergenceModel(parameters: parameters())
-        let figures = model.run(loop.samples(12))
-        #expect(figures[2].dirtyBytesPerSecond! >= figures[2].transferRawBytesPerSecond, "the noise is real")
-        #expect(figures[3].remainingBytes > figures[2].remainingBytes, "and it sets the remaining set back")
+        let figures = model.run(loop.samples(16))
+        #expect(figures[4].dirtyBytesPerSecond! >= figures[4].transferRawBytesPerSecond, "the noise is real")
+        #expect(figures[5].remainingBytes > figures[4].remainingBytes, "and it sets the remaining set back")
         let verdicts = figures.map(\.verdict)
         #expect(!verdicts.contains(.diverging) && !verdicts.contains(.stalled), "\(verdicts)")
         #expect(verdicts.contains(.switchover))
+        // The trend is the median of three iterations: the odd one does not erase the projection.
+        #expect(figures[4].projectedIterations != nil)
     }
 
     /// The scenario: 64 MiB guest, `sim:state=4M` (4.4 MB pending), every page dirtied
@@ -194,6 +206,15 @@ private func simpleEstimateSwitchover(_ samples: [IterationSample], targetMs: Do
         // With nothing left the estimate is the overhead alone, and iterating more cannot help.
         let empty = estimate(pending: 0)
         #expect(empty.estimatedDowntimeMs == 20 && empty.verdict == .switchover && empty.reason.hasPrefix("nothing left"))
+        // Even under a target below the overhead: another pass cannot lower it.
+        var tight = ConvergenceModel(parameters: parameters(targetMs: 10))
+        let full = IterationSample(durationSeconds: 1, wireBytes: 1_000_000, rawBytes: 1_000_000, deviceBytesRead: 0,
+                                   devicePendingBytes: 0, dirtyPages: 1, pageSize: 4096, isFullPass: true)
+        tight.record(full)
+        var nothing = full
+        nothing.isFullPass = false
+        nothing.dirtyPages = 0
+        #expect(tight.record(nothing).verdict == .switchover)
     }
 
     @Test func fullPassNeverSwitchesOverEvenWhenTiny() {
