@@ -130,7 +130,9 @@ public struct ConvergenceModel: Sendable {
             return "not converging: remaining \(W.bytes(Double(f.remainingBytes))) has not shrunk by "
                 + "\(W.percent(parameters.minimumShrinkFraction)) for \(f.stalledIterations) iterations\(every); \(estimate)"
         case .keepIterating:
-            let left = f.projectedIterations.map { "\($0) more iterations projected" } ?? "no projection yet"
+            let left = if let n = f.projectedIterations { "\(n) more iterations projected" }
+                else if f.dirtyBytesPerSecond == nil { "no projection before the dirty log is read" }
+                else { "not converging at this iteration's pace" }
             return "\(estimate) > target \(W.ms(f.downtimeTargetMs)); \(left)"
         }
     }

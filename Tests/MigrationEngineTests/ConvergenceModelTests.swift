@@ -87,6 +87,8 @@ private func simpleEstimateSwitchover(_ samples: [IterationSample], targetMs: Do
         #expect(figures[switchAt].estimatedDowntimeMs <= 300)
         // Projections: unknown after the full pass, then strictly falling to 0 at the switch-over.
         #expect(figures[0].projectedIterations == nil && figures[0].dirtyBytesPerSecond == nil)
+        #expect(figures[0].reason.hasSuffix("no projection before the dirty log is read"))
+        #expect(figures[1].reason.hasSuffix("2 more iterations projected"))
         let projected = figures[1...switchAt].map { $0.projectedIterations ?? -1 }
         #expect(projected == [2, 1, 0])
         // The projection made after iteration 2 came true: 2 more passes.
