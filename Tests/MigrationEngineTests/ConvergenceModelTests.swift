@@ -170,6 +170,7 @@ private func simpleEstimateSwitchover(_ samples: [IterationSample], targetMs: Do
         let estimate = figures[stopAt!].estimatedDowntimeMs
         #expect(estimate > 1600 && estimate < 2000, "\(estimate) ms")
         #expect(figures[stopAt!].projectedIterations == nil)
+        #expect(figures[stopAt!].dirtyLogSaturated && figures[stopAt!].reason.contains("every guest page dirtied"))
     }
 
     /// Light, medium and heavy demo workloads (4, 16, 32 pages and 1, 4, 8 KiB of
