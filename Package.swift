@@ -46,7 +46,7 @@ let package = Package(
         .target(
             name: "MigrationEngine",
             dependencies: [
-                "VFIODevice", "MigrationWire", "MigrationTLS",
+                "VFIODevice", "MigrationWire", "MigrationTLS", "SyncPrimitives",
                 .product(name: "Logging", package: "swift-log"),
             ]),
         .executableTarget(
