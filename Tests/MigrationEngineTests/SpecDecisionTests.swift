@@ -60,7 +60,7 @@ struct SpecDecisionTests {
     }
 
     /// §5.7: the ABORT reason for each way a session can end badly.
-    @Test func abortReasons() {
+    @Test func everyFailureMapsToTheAbortReasonTheSpecNames() {
         #expect(MigrationFailure.tls(.readTimeout(seconds: 30)).abortReason == .timeout)
         #expect(MigrationFailure.tls(.writeTimeout(seconds: 30)).abortReason == .timeout)
         #expect(MigrationFailure.timeout("no READY").abortReason == .timeout)
