@@ -23,6 +23,15 @@ final class DestinationSession {
             case .done, .failed: return .done
             }
         }
+
+        /// What a failure in this state leaves behind, i.e. the exit code.
+        var disposition: FailureDisposition {
+            switch self {
+            case .hello: return .notStarted
+            case .precopy, .stopCopy, .complete, .ready: return .rolledBack
+            case .committed, .done, .failed: return .afterCommit
+            }
+        }
     }
     typealias Pipeline = OrderedPipeline<Frame, DecodedFrame, MigrationFailure>
 
@@ -151,7 +160,7 @@ final class DestinationSession {
     private func fail(_ cause: MigrationFailure) -> MigrationError {
         let reached = state.current
         defer { state.advance(to: .failed) }
-        if reached >= .committed { return failAfterCommit(cause) }
+        if reached.disposition == .afterCommit { return failAfterCommit(cause) }
         var failure = cancellation.isCancelled ? .cancelled : cause
         // The applier's reason beats the broken pipe it caused.
         if case .peerClosed = cause, let applierFailure = pipeline?.error { failure = applierFailure }
@@ -163,8 +172,7 @@ final class DestinationSession {
         keepAlive?.stop()
         writer.endWithAbort(failure, message: failure.abortMessage(side: "destination", phase: reached.phase))
         options.logger.notice("migration failed", metadata: ["phase": "\(reached.phase)", "device": "\(failure.device ?? "-")", "cause": "\(failure)"])
-        return MigrationError(phase: reached.phase, device: failure.device, failure: failure,
-                              disposition: reached == .hello ? .notStarted : .rolledBack)
+        return MigrationError(phase: reached.phase, device: failure.device, failure: failure, disposition: reached.disposition)
     }
 
     /// After COMMIT nothing is undone: the source will not run its devices again, so
@@ -175,7 +183,8 @@ final class DestinationSession {
             ?? cause.abortMessage(side: "destination", phase: .resume)
         try? writer.send(.abort(Abort(reason: cause.abortReason, message: text)))
         stream.close()
-        return MigrationError(phase: .resume, device: cause.device, failure: cause, disposition: .afterCommit)
+        let reached = state.current
+        return MigrationError(phase: reached.phase, device: cause.device, failure: cause, disposition: reached.disposition)
     }
 
     // MARK: - pieces

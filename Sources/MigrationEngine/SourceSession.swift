@@ -27,6 +27,16 @@ final class SourceSession {
             case .done, .failed: return .done
             }
         }
+
+        /// What a failure in this state leaves behind, i.e. the exit code (unless the
+        /// rollback itself fails).
+        var disposition: FailureDisposition {
+            switch self {
+            case .hello: return .notStarted
+            case .committed, .done, .failed: return .afterCommit
+            case .precopy, .stopCopy, .awaitingReady: return .rolledBack
+            }
+        }
     }
     typealias Pipeline = OrderedPipeline<SendItem, SendOutput, MigrationFailure>
     /// What one pre-copy pass left behind.
@@ -179,7 +189,7 @@ final class SourceSession {
     private func fail(_ cause: MigrationFailure) -> MigrationError {
         let reached = state
         defer { state = .failed }
-        if case .committed = reached { return failAfterCommit(cause) }
+        if reached.disposition == .afterCommit { return failAfterCommit(cause) }
         // A write blocked on a destination that stopped reading gives up within 2 s
         // (not the peer timeout it started with), so the ABORT is not held back.
         stream.writeTimeoutSeconds = 2
@@ -195,9 +205,8 @@ final class SourceSession {
         let rolledBack = devices.leftRunning.map { devices[$0].name }
         options.logger.notice("migration failed", metadata: ["phase": "\(reached.phase)", "device": "\(failure.device ?? "-")",
                                                              "cause": "\(failure)", "rolled_back": "\(rolledBack)"])
-        let disposition: FailureDisposition = !rollbackProblems.isEmpty ? .rollbackFailed
-            : (reached.phase == .hello ? .notStarted : .rolledBack)
-        return MigrationError(phase: reached.phase, device: failure.device, failure: failure, disposition: disposition,
+        return MigrationError(phase: reached.phase, device: failure.device, failure: failure,
+                              disposition: rollbackProblems.isEmpty ? reached.disposition : .rollbackFailed,
                               rollbackFailure: rollbackProblems.isEmpty ? nil : rollbackProblems.joined(separator: "; "))
     }
 
@@ -215,7 +224,7 @@ final class SourceSession {
     private func failAfterCommit(_ cause: MigrationFailure) -> MigrationError {
         keepAlive?.stop()
         stream.close()
-        return MigrationError(phase: .commit, device: cause.device, failure: cause, disposition: .afterCommit)
+        return MigrationError(phase: state.phase, device: cause.device, failure: cause, disposition: state.disposition)
     }
 
     // MARK: - pre-copy passes
