@@ -49,7 +49,7 @@ let package = Package(
         .target(
             name: "MigrationEngine",
             dependencies: [
-                "VFIODevice", "MigrationWire", "MigrationTLS",
+                "VFIODevice", "MigrationWire", "MigrationTLS", "SyncPrimitives",
                 .product(name: "Logging", package: "swift-log"),
             ]),
         // What both executables share: sizes as operators type them, byte

@@ -1,5 +1,6 @@
 import Foundation
 import MigrationTLS
+import SyncPrimitives
 
 /// Both ends of a migration in one process over a TLS listener: the receiver
 /// on a thread of its own, the sender on the calling thread. For the demo,
@@ -39,13 +40,8 @@ public enum InProcessMigration {
 }
 
 /// One result handed from a thread to its waiter.
-final class OutcomeBox: @unchecked Sendable {
-    private let condition = NSCondition()
-    private var value: Result<MigrationStats, any Error>?
-    func set(_ v: Result<MigrationStats, any Error>) { condition.lock(); value = v; condition.broadcast(); condition.unlock() }
-    func wait() -> Result<MigrationStats, any Error> {
-        condition.lock(); defer { condition.unlock() }
-        while value == nil { condition.wait() }
-        return value!
-    }
+final class OutcomeBox: Sendable {
+    private let value = ConditionValue<Result<MigrationStats, any Error>?>(nil)
+    func set(_ v: Result<MigrationStats, any Error>) { value.withLock { $0 = v } }
+    func wait() -> Result<MigrationStats, any Error> { value.wait(until: { $0 != nil }) { v, _ in v! } }
 }

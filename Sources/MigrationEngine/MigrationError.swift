@@ -22,9 +22,14 @@ public enum FailureDisposition: Int32, Sendable, Codable {
 }
 
 /// The cause of a failed migration.
-public enum MigrationFailure: Sendable, CustomStringConvertible {
-    case device(DeviceError)
-    case deviceOther(String)
+/// Every error inside the engine is one of these (`throws(MigrationFailure)`), so the
+/// compiler sees that each maps to an ABORT reason and, with the session's state, to
+/// an exit code. A device's failure names the device (nil: guest memory).
+public enum MigrationFailure: Error, CustomStringConvertible {
+    case device(DeviceError, device: String?)
+    /// A device call threw something other than `DeviceError` (a region implemented
+    /// outside VFIODevice): still that device's failure.
+    case deviceOther(String, device: String?)
     case wire(WireError)
     case tls(TLSError)
     case incompatible(String)
@@ -40,8 +45,8 @@ public enum MigrationFailure: Sendable, CustomStringConvertible {
 
     public var description: String {
         switch self {
-        case .device(let e): return "device: \(e)"
-        case .deviceOther(let s): return "device: \(s)"
+        case .device(let e, _): return "device: \(e)"
+        case .deviceOther(let s, _): return "device: \(s)"
         case .wire(let e): return "protocol: \(e)"
         case .tls(let e): return "TLS: \(e)"
         case .incompatible(let s): return "incompatible peer: \(s)"
@@ -112,26 +117,50 @@ public struct MigrationError: Error, Sendable, CustomStringConvertible {
     }
 }
 
-/// Wraps any thrown error into a MigrationFailure.
-func classify(_ error: any Error) -> MigrationFailure {
-    switch error {
-    case let e as MigrationError: return e.failure
-    case let e as DeviceError: return .device(e)
-    // §10: a peer of another version fails the compatibility check, it is not a protocol error.
-    case let e as WireError:
-        if case .unsupportedVersion = e { return .incompatible(e.description) }
-        return .wire(e)
-    case let e as TLSError: return .tls(e)
-    case let e as MigrationFailureBox: return e.failure
-    default: return .deviceOther(String(describing: error))
+extension MigrationFailure {
+    /// §10: a peer of another version fails the compatibility check; it is not a protocol error.
+    init(_ error: WireError) {
+        if case .unsupportedVersion = error { self = .incompatible(error.description) } else { self = .wire(error) }
+    }
+
+    /// A call into the device layer failed: its `DeviceError`, or whatever else a
+    /// region threw, is the failure of `device` (nil: guest memory).
+    init(device: String?, _ error: any Error) {
+        if let e = error as? DeviceError { self = .device(e, device: device) } else {
+            self = .deviceOther(String(describing: error), device: device)
+        }
+    }
+
+    /// The device to blame, if one is.
+    var device: String? {
+        switch self {
+        case .device(_, let d), .deviceOther(_, let d): return d
+        case .digestMismatch(let d, _, _), .lengthMismatch(let d, _, _, _): return d
+        default: return nil
+        }
+    }
+
+    /// The device layer's own words (a device failure's description without its prefix).
+    var deviceMessage: String? {
+        switch self {
+        case .device(let e, _): return "\(e)"
+        case .deviceOther(let s, _): return s
+        default: return nil
+        }
+    }
+
+    var isPeerAbort: Bool { if case .peerAborted = self { return true } else { return false } }
+
+    /// The text of this side's ABORT: side, phase, device and cause, so the peer's
+    /// operator learns what failed where.
+    func abortMessage(side: String, phase: MigrationPhase) -> String {
+        "\(side), phase \(phase)\(device.map { ", device \($0)" } ?? ""): \(self)"
     }
 }
 
-/// Carries a failure (with an optional device) through `throws` inside the engine.
-struct MigrationFailureBox: Error {
-    var failure: MigrationFailure
-    var device: String?
-    init(_ failure: MigrationFailure, device: String? = nil) { self.failure = failure; self.device = device }
+/// Runs one call into the device layer; its failure becomes `device`'s (nil: guest memory).
+func deviceCall<T>(_ device: String?, _ body: () throws -> T) throws(MigrationFailure) -> T {
+    do { return try body() } catch { throw MigrationFailure(device: device, error) }
 }
 
 func hex(_ bytes: [UInt8]) -> String {

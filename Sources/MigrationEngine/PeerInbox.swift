@@ -1,89 +1,71 @@
-import Foundation
 import MigrationWire
+import SyncPrimitives
 
-/// Frames from the peer, read on a dedicated thread so the main flow can keep
+/// Frames from the peer, read on a thread of their own so the session can keep
 /// sending while it waits (an ABORT is seen at once, not after the next write).
-final class PeerInbox: @unchecked Sendable {
-    private let condition = NSCondition()
-    private var frames: [Frame] = []
-    private var failure: (any Error)?
-    private var done = false
-    private var problemHandler: (@Sendable (any Error) -> Void)?
+final class PeerInbox: Sendable {
+    private struct State {
+        var frames: [Frame] = []
+        var failure: MigrationFailure?
+        var done = false
+        var problemHandler: (@Sendable (MigrationFailure) -> Void)?
+    }
+    private let state = ConditionValue(State())
 
-    /// Reads until `isLast` says the frame ends the conversation, or an error.
-    init(channel: FrameChannel, isLast: @escaping @Sendable (Frame) -> Bool) {
-        let t = Thread { [self] in
-            while true {
-                do {
-                    let frame = try channel.receive()
-                    condition.lock()
-                    frames.append(frame)
-                    condition.broadcast()
-                    condition.unlock()
-                    if case .abort(let a) = frame.body { reportProblem(MigrationFailureBox(.peerAborted(a.reason, a.message))) }
-                    if isLast(frame) { break }
-                } catch {
-                    condition.lock()
-                    failure = error
-                    condition.broadcast()
-                    condition.unlock()
-                    reportProblem(error)
-                    break
-                }
+    /// Takes over `reader` and reads until `isLast` says the frame ends the
+    /// conversation, or an error.
+    init(reader: sending FrameReader, isLast: @escaping @Sendable (Frame) -> Bool) {
+        startThread(named: "peer-reader") { self.read(reader, until: isLast) }
+    }
+
+    private func read(_ reader: FrameReader, until isLast: (Frame) -> Bool) {
+        while true {
+            let frame: Frame
+            do { frame = try reader.receive() } catch {
+                state.withLock { $0.failure = error }
+                report(error)
+                break
             }
-            condition.lock(); done = true; condition.broadcast(); condition.unlock()
+            state.withLock { $0.frames.append(frame) }
+            if case .abort(let a) = frame.body { report(.peerAborted(a.reason, a.message)) }
+            if isLast(frame) { break }
         }
-        t.name = "peer-reader"
-        t.start()
+        state.withLock { $0.done = true }
     }
 
     /// Calls `handler` (on the reader thread) when the peer aborts or reading fails, or at
     /// once if that already happened: the producer may be blocked where it cannot look.
-    func onProblem(_ handler: @escaping @Sendable (any Error) -> Void) {
-        condition.lock()
-        problemHandler = handler
-        condition.unlock()
+    func onProblem(_ handler: @escaping @Sendable (MigrationFailure) -> Void) {
+        state.withLock { $0.problemHandler = handler }
         if let problem = pendingProblem() { handler(problem) }
     }
 
-    private func reportProblem(_ error: any Error) {
-        condition.lock(); let handler = problemHandler; condition.unlock()
-        handler?(error)
+    private func report(_ problem: MigrationFailure) {
+        state.withLock { $0.problemHandler }?(problem)
     }
 
     /// The peer's abort or the reader's error, if one happened (non-blocking).
-    func pendingProblem() -> (any Error)? {
-        condition.lock(); defer { condition.unlock() }
-        if let abort = frames.first(where: { if case .abort = $0.body { return true } else { return false } }),
-           case .abort(let a) = abort.body {
-            return MigrationFailureBox(.peerAborted(a.reason, a.message))
+    func pendingProblem() -> MigrationFailure? {
+        state.withLock { s in
+            for frame in s.frames { if case .abort(let a) = frame.body { return .peerAborted(a.reason, a.message) } }
+            return s.failure
         }
-        return failure
     }
 
     /// Blocks for the next frame; throws the reader's error once frames run out.
     /// With a deadline, throws a timeout naming `waitingFor` once it passes
     /// (a peer that sends keep-alives but never answers is still stuck).
-    func next(deadlineSeconds: Double? = nil, waitingFor: String = "the peer") throws -> Frame {
-        let deadline = deadlineSeconds.map { Date(timeIntervalSinceNow: $0) }
-        condition.lock(); defer { condition.unlock() }
-        while frames.isEmpty && failure == nil {
-            if let deadline {
-                if !condition.wait(until: deadline) && frames.isEmpty && failure == nil {
-                    throw MigrationFailureBox(.timeout("no \(waitingFor) within \(Int(deadlineSeconds!)) s"))
-                }
-            } else {
-                condition.wait()
-            }
+    func next(deadlineSeconds: Double? = nil, waitingFor: String = "the peer") throws(MigrationFailure) -> Frame {
+        try state.wait(until: { !$0.frames.isEmpty || $0.failure != nil },
+                       deadline: deadlineSeconds.map { monotonicSeconds() + $0 }) { (s, timedOut) throws(MigrationFailure) -> Frame in
+            if timedOut { throw .timeout("no \(waitingFor) within \(Int(deadlineSeconds ?? 0)) s") }
+            if !s.frames.isEmpty { return s.frames.removeFirst() }
+            throw s.failure!
         }
-        if !frames.isEmpty { return frames.removeFirst() }
-        throw failure!
     }
 
     /// Waits until the reader thread has stopped.
     func join() {
-        condition.lock()
-        while !done { condition.wait() }
-        condition.unlock()
+        state.wait(until: { $0.done }) { _, _ in }
     }
 }

@@ -136,33 +136,39 @@ public final class TLSStream: Sendable {
     // MARK: I/O
 
     /// Writes all of `bytes` or throws.
-    public func write(_ bytes: [UInt8]) throws {
+    public func write(_ bytes: [UInt8]) throws(TLSError) {
         guard !bytes.isEmpty else { return }
         try socket.enter()
         defer { socket.leave() }
-        try bytes.withUnsafeBytes { (buffer: UnsafeRawBufferPointer) in
-            while true {
-                let step: Step = io.withLock { state in
-                    if let failure = state.failure { return .fail(failure) }
-                    ERR_clear_error()
-                    var written = 0
-                    // Partial writes are off: success means every byte went into TLS records.
-                    let r = SSL_write_ex(ssl.pointer, buffer.baseAddress, buffer.count, &written)
-                    if r == 1 { return .done(written) }
-                    let step = failedStep(r, state: &state)
-                    if case .fail(.connectionReset) = step, let alert = pendingAlert() {
-                        state.failure = alert
-                        return .fail(alert)
-                    }
-                    return step
+        // `withUnsafeBytes` only rethrows untyped: carry the TLSError out as a value.
+        let failure: TLSError? = bytes.withUnsafeBytes { buffer in
+            do throws(TLSError) { try write(buffer); return nil } catch { return error }
+        }
+        if let failure { throw failure }
+    }
+
+    private func write(_ buffer: UnsafeRawBufferPointer) throws(TLSError) {
+        while true {
+            let step: Step = io.withLock { state in
+                if let failure = state.failure { return .fail(failure) }
+                ERR_clear_error()
+                var written = 0
+                // Partial writes are off: success means every byte went into TLS records.
+                let r = SSL_write_ex(ssl.pointer, buffer.baseAddress, buffer.count, &written)
+                if r == 1 { return .done(written) }
+                let step = failedStep(r, state: &state)
+                if case .fail(.connectionReset) = step, let alert = pendingAlert() {
+                    state.failure = alert
+                    return .fail(alert)
                 }
-                switch step {
-                case .done: return
-                case .endOfStream: throw TLSError.protocolError(detail: "unexpected end of stream while writing")
-                case let .fail(error): throw error
-                case let .wait(events):
-                    try waitUntilWritable(events)
-                }
+                return step
+            }
+            switch step {
+            case .done: return
+            case .endOfStream: throw TLSError.protocolError(detail: "unexpected end of stream while writing")
+            case let .fail(error): throw error
+            case let .wait(events):
+                try waitUntilWritable(events)
             }
         }
     }
@@ -192,14 +198,14 @@ public final class TLSStream: Sendable {
     /// Up to `maxCount` bytes; [] only after the peer's clean close_notify. A close
     /// without close_notify throws a truncation error. Throws a timeout error after
     /// `readTimeoutSeconds` (if set) without any byte.
-    public func read(maxCount: Int) throws -> [UInt8] {
+    public func read(maxCount: Int) throws(TLSError) -> [UInt8] {
         precondition(maxCount > 0, "read(maxCount:) needs room for at least one byte")
         try socket.enter()
         defer { socket.leave() }
         let timeout = readTimeoutSeconds
         let deadline = timeout.map { monotonicNow() + $0 }
         // Decrypt straight into the result's storage: no intermediate copy, no zero-fill.
-        return try [UInt8](unsafeUninitializedCapacity: maxCount) { buffer, count in
+        return try [UInt8](unsafeUninitializedCapacity: maxCount) { (buffer, count) throws(TLSError) in
             count = 0
             while true {
                 let step: Step = io.withLock { state in
@@ -270,7 +276,7 @@ public final class TLSStream: Sendable {
     }
 
     /// Sends close_notify and waits (bounded) for the peer's.
-    public func shutdown() throws {
+    public func shutdown() throws(TLSError) {
         try socket.enter()
         defer { socket.leave() }
         let deadline = monotonicNow() + shutdownTimeoutSeconds

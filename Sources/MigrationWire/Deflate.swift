@@ -10,7 +10,7 @@ public final class Deflater: @unchecked Sendable {
     private let stream: UnsafeMutablePointer<z_stream>
     public let level: Int
 
-    public init(level: Int) throws {
+    public init(level: Int) throws(WireError) {
         guard (0...9).contains(level) else { throw WireError.invalidCompressionLevel(level) }
         self.level = level
         stream = .allocate(capacity: 1)
@@ -64,7 +64,7 @@ public final class Deflater: @unchecked Sendable {
 public final class Inflater: @unchecked Sendable {
     private let stream: UnsafeMutablePointer<z_stream>
 
-    public init() throws {
+    public init() throws(WireError) {
         stream = .allocate(capacity: 1)
         stream.initialize(to: z_stream())
         let rc = czlib_inflateInit2(stream, -15)

@@ -73,7 +73,7 @@ public struct FrameDecoder: Sendable {
     }
 
     /// The next whole frame, nil if more bytes are needed.
-    public mutating func next() throws -> Frame? {
+    public mutating func next() throws(WireError) -> Frame? {
         if let failure { throw failure }
         do {
             return try step()

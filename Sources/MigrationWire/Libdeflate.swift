@@ -25,7 +25,7 @@ public final class FastDeflater: RawDeflateCompressor, @unchecked Sendable {
     private let compressor: OpaquePointer
     public let level: Int
 
-    public init(level: Int) throws {
+    public init(level: Int) throws(WireError) {
         guard (1...12).contains(level) else { throw WireError.invalidCompressionLevel(level) }
         guard let c = libdeflate_alloc_compressor(Int32(level)) else {
             throw WireError.compressionFailed(library: "libdeflate", operation: "libdeflate_alloc_compressor", detail: "out of memory")
@@ -64,7 +64,7 @@ public final class FastDeflater: RawDeflateCompressor, @unchecked Sendable {
 final class FastInflater: RawDeflateInflater, @unchecked Sendable {
     private let decompressor: OpaquePointer
 
-    init() throws {
+    init() throws(WireError) {
         guard let d = libdeflate_alloc_decompressor() else {
             throw WireError.compressionFailed(library: "libdeflate", operation: "libdeflate_alloc_decompressor", detail: "out of memory")
         }

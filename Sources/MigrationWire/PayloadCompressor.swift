@@ -39,7 +39,7 @@ public final class PayloadCompressor: @unchecked Sendable {
     public private(set) var counters = Counters()
     private let deflater: (any RawDeflateCompressor)?
 
-    public init(policy: CompressionPolicy) throws {
+    public init(policy: CompressionPolicy) throws(WireError) {
         self.policy = policy
         switch policy {
         case .none: deflater = nil
@@ -51,7 +51,7 @@ public final class PayloadCompressor: @unchecked Sendable {
         }
     }
 
-    public func encode(_ input: [UInt8]) throws -> (Encoding, [UInt8]) {
+    public func encode(_ input: [UInt8]) throws(WireError) -> (Encoding, [UInt8]) {
         try encode(input[...])
     }
 
@@ -116,7 +116,7 @@ public final class PayloadCompressor: @unchecked Sendable {
     /// deflate at all, and the rest are deflated in runs of their own — which
     /// on that corpus is 4 % smaller than deflating 1 MiB chunks whole, since
     /// deflate spends nothing on random pages.
-    public func encodePages(startPFN: UInt64, pageSize: Int, bytes: [UInt8]) throws -> [PageSegment] {
+    public func encodePages(startPFN: UInt64, pageSize: Int, bytes: [UInt8]) throws(WireError) -> [PageSegment] {
         guard pageSize > 0, bytes.count % pageSize == 0 else { throw WireError.unalignedPages(byteCount: bytes.count, pageSize: pageSize) }
         let pageCount = bytes.count / pageSize
         let classes: [PageClass] = (0..<pageCount).map { p in
@@ -183,12 +183,12 @@ public final class PayloadDecompressor: @unchecked Sendable {
     public let limits: WireLimits
     private let inflater: FastInflater
 
-    public init(limits: WireLimits = .default) throws {
+    public init(limits: WireLimits = .default) throws(WireError) {
         self.limits = limits
         inflater = try FastInflater()
     }
 
-    public func decode(_ data: DeviceData) throws -> [UInt8] {
+    public func decode(_ data: DeviceData) throws(WireError) -> [UInt8] {
         let declared = Int(data.originalLength)
         switch data.encoding {
         case .raw:
@@ -202,7 +202,7 @@ public final class PayloadDecompressor: @unchecked Sendable {
     }
 
     /// The bytes of one segment (zero pages as zeroes), exactly pageCount*pageSize.
-    public func decode(_ segment: PageSegment, pageSize: Int) throws -> [UInt8] {
+    public func decode(_ segment: PageSegment, pageSize: Int) throws(WireError) -> [UInt8] {
         guard pageSize > 0, isValidPageSize(UInt64(pageSize)) else { throw WireError.invalidPageSize(frame: .pages, pageSize: UInt64(max(0, pageSize))) }
         let (size, overflow) = Int(segment.pageCount).multipliedReportingOverflow(by: pageSize)
         guard !overflow, size <= limits.maxInflated else {

@@ -163,7 +163,7 @@ struct ReadyDeadlineTests {
         let stream = try TLSConnector.connect(to: listener.boundEndpoint, context: client, timeoutSeconds: 10)
         let started = ContinuousClock.now
         var failure: MigrationError?
-        do { _ = try sender.run(stream: stream) } catch let e as MigrationError { failure = e }
+        do { _ = try sender.run(stream: stream) } catch { failure = error }
         stop.set()
         guard let failure else { Issue.record("the source should give up"); return }
         #expect(failure.phase == .ready)

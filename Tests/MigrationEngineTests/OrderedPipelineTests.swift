@@ -21,18 +21,18 @@ final class Payload: @unchecked Sendable {
 }
 
 @Suite struct OrderedPipelineTests {
-    @Test func consumesInOrderAndHoldsNoMoreThanTheWindow() throws {
+    @Test func consumesInOrderAndHoldsNoMoreThanTheWindow() {
         let counter = LiveCounter()
         let consumed = LockedArray()
         let window = 6
-        let pipeline = OrderedPipeline<Payload, Payload>(
+        let pipeline = OrderedPipeline<Payload, Payload, Never>(
             name: "test", workers: 3, window: window,
             makeTransform: { { p in
                 usleep(UInt32.random(in: 0...300))          // workers finish out of order
                 return Payload(p.value * 2, p.counter) } },
-            consume: { p in usleep(100); consumed.append(p.value) })
-        for i in 0..<300 { try pipeline.submit(Payload(i, counter)) }
-        try pipeline.finish()
+            makeConsumer: { { p in usleep(100); consumed.append(p.value) } })
+        for i in 0..<300 { pipeline.submit(Payload(i, counter)) }
+        pipeline.finish()
         #expect(consumed.values == (0..<300).map { $0 * 2 })
         // Each item in flight is at most an input and an output; consumed items are let go.
         #expect(counter.peak <= 2 * window + 2, "peak live payloads \(counter.peak)")
@@ -41,12 +41,12 @@ final class Payload: @unchecked Sendable {
 
     @Test func firstErrorStopsThePipeline() throws {
         struct Boom: Error {}
-        let pipeline = OrderedPipeline<Int, Int>(
+        let pipeline = OrderedPipeline<Int, Int, Boom>(
             name: "test", workers: 2, window: 4,
-            makeTransform: { { i in if i == 17 { throw Boom() }; return i } },
-            consume: { _ in })
+            makeTransform: { { (i: Int) throws(Boom) -> Int in if i == 17 { throw Boom() }; return i } },
+            makeConsumer: { { _ in } })
         var thrown = false
-        do { for i in 0..<1000 { try pipeline.submit(i) }; try pipeline.finish() } catch is Boom { thrown = true }
+        do { for i in 0..<1000 { try pipeline.submit(i) }; try pipeline.finish() } catch { thrown = true }
         #expect(thrown)
     }
 }

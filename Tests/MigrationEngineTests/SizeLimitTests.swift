@@ -179,7 +179,7 @@ extension SizeLimitTests {
         let pair = RecordedSimPair(source: big, destination: small)
         let outcome = try pair.migrate(options: Loopback.quickOptions(), receiver: Loopback.quickReceiver())
         guard case .failure(let e as MigrationError) = outcome.destination else { Issue.record("destination should fail"); return }
-        guard case .device(.chunkDoesNotFit(let chunk, _, _, _)) = e.failure else { Issue.record("expected chunkDoesNotFit, got \(e.failure)"); return }
+        guard case .device(.chunkDoesNotFit(let chunk, _, _, _), _) = e.failure else { Issue.record("expected chunkDoesNotFit, got \(e.failure)"); return }
         #expect(chunk == 0 && e.device == "gpu0" && e.disposition == .rolledBack)
         #expect(!pair.destinationRegion.events.contains { if case .write = $0 { return true } else { return false } })
         guard case .failure(let s as MigrationError) = outcome.source else { Issue.record("source should fail"); return }

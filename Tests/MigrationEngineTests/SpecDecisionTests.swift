@@ -60,17 +60,17 @@ struct SpecDecisionTests {
     }
 
     /// §5.7: the ABORT reason for each way a session can end badly.
-    @Test func abortReasons() {
+    @Test func everyFailureMapsToTheAbortReasonTheSpecNames() {
         #expect(MigrationFailure.tls(.readTimeout(seconds: 30)).abortReason == .timeout)
         #expect(MigrationFailure.tls(.writeTimeout(seconds: 30)).abortReason == .timeout)
         #expect(MigrationFailure.timeout("no READY").abortReason == .timeout)
         #expect(MigrationFailure.peerClosed.abortReason == .protocolError)
         #expect(MigrationFailure.tls(.truncated).abortReason == .protocolError)
         #expect(MigrationFailure.peerAborted(.cancelled, "").isPeerAbort, "never answered")
-        guard case .incompatible = classify(WireError.unsupportedVersion(2, supported: 1)) else {
+        guard case .incompatible = MigrationFailure(WireError.unsupportedVersion(2, supported: 1)) else {
             Issue.record("another version is incompatible"); return
         }
-        #expect(classify(WireError.unsupportedVersion(2, supported: 1)).abortReason == .incompatible)
+        #expect(MigrationFailure(WireError.unsupportedVersion(2, supported: 1)).abortReason == .incompatible)
     }
 
     /// §7: both ends share one keep-alive policy; no side is silent for more than 5 s,

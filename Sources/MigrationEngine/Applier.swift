@@ -1,0 +1,136 @@
+import MigrationWire
+import SyncPrimitives
+import VFIODevice
+
+/// What the applier has done so far, read by the destination session's thread.
+struct ApplyProgress: Sendable {
+    var devices: [DeviceStats]
+    var iterations = 0
+    var rawBytes: UInt64 = 0
+    var pages: UInt64 = 0
+    var zeroPages: UInt64 = 0
+    var readySent = false
+    /// When the first stop-and-copy frame arrived (the destination's downtime starts).
+    var stopCopyStarted: ContinuousClock.Instant?
+}
+
+/// Applies decoded frames in stream order on the destination: device chunks through
+/// their resume sequences, pages into guest memory, digests checked at DEVICE_END,
+/// READY after COMPLETE. Lives on the pipeline's consumer thread only.
+final class Applier {
+    private let devices: [DestinationDevice]
+    private let memory: GuestMemory?
+    private let writer: FrameWriter
+    private let events: EventSink
+    private let progress: LockedValue<ApplyProgress>
+    private let state: LockedValue<DestinationSession.State>
+    private var sequences: [ResumeSequence]
+    private let digests: [SHA256Digest]
+    private var ended: [Bool]
+
+    init(devices: [DestinationDevice], memory: GuestMemory?, writer: FrameWriter, events: @escaping EventSink,
+         progress: LockedValue<ApplyProgress>, state: LockedValue<DestinationSession.State>) {
+        self.devices = devices; self.memory = memory; self.writer = writer; self.events = events
+        self.progress = progress; self.state = state
+        sequences = devices.map { ResumeSequence(device: $0.device) }
+        digests = devices.map { _ in SHA256Digest() }
+        ended = devices.map { _ in false }
+    }
+
+    func apply(_ item: DecodedFrame) throws(MigrationFailure) {
+        switch item {
+        case .chunk(let i, let phase, let part, let bytes): try applyChunk(bytes, part: part, phase: phase, device: i)
+        case .pages(let writes): try applyPages(writes)
+        case .control(let frame):
+            switch frame.body {
+            case .iterationEnd(let it): progress.withLock { $0.iterations = Int(it.iteration) + 1 }
+            case .deviceEnd(let end): try verify(end, device: Int(frame.device))
+            case .complete: try sendReady()
+            case .dirtyBitmap: break  // informational: the pages that follow carry the data
+            default: throw .unexpectedFrame("\(frame.body.name) in the data stream")
+            }
+        }
+    }
+
+    private func applyChunk(_ bytes: [UInt8], part: ChunkPart, phase: Phase, device i: Int) throws(MigrationFailure) {
+        let completed = try deviceCall(devices[i].name) { try write(bytes, part: part, device: i) }
+        digests[i].update(bytes)
+        let n = UInt64(bytes.count)
+        progress.withLock { p in
+            p.devices[i].bytes += n
+            if completed { p.devices[i].chunks += 1 }
+            if phase == .precopy { p.devices[i].precopyBytes += n } else { p.devices[i].stopcopyBytes += n }
+            p.rawBytes += n
+        }
+        if phase != .precopy { state.advance(to: .stopCopy) }
+    }
+
+    /// One frame's bytes through the resume sequence; a chunk in pieces is begun at
+    /// its first piece (which checks it fits) and finished with its last. The decoder
+    /// has already enforced the order of pieces. Returns whether a chunk completed.
+    private func write(_ bytes: [UInt8], part: ChunkPart, device i: Int) throws -> Bool {
+        switch part {
+        case .whole:
+            try sequences[i].apply(bytes)
+            return true
+        case .first(let length):
+            try sequences[i].begin(length: length)
+            try sequences[i].write(bytes)
+        case .next:
+            try sequences[i].write(bytes)
+        }
+        guard sequences[i].missingBytes == 0 else { return false }
+        try sequences[i].finish()
+        return true
+    }
+
+    private func applyPages(_ writes: [DecodedFrame.PageWrite]) throws(MigrationFailure) {
+        guard let memory else { throw .unexpectedFrame("PAGES without announced guest memory") }
+        var n: UInt64 = 0, z: UInt64 = 0
+        for w in writes {
+            if let bytes = w.bytes {
+                try deviceCall(nil) { try memory.writePages(startPFN: w.startPFN, bytes: bytes) }
+            } else {
+                try deviceCall(nil) { try memory.zeroPages(startPFN: w.startPFN, count: w.count) }
+                z += UInt64(w.count)
+            }
+            n += UInt64(w.count)
+        }
+        let raw = n * UInt64(memory.pageSize)
+        progress.withLock { $0.pages += n; $0.zeroPages += z; $0.rawBytes += raw }
+    }
+
+    /// DEVICE_END: the totals and the SHA-256 of everything applied must match (§5.6).
+    private func verify(_ end: DeviceEnd, device i: Int) throws(MigrationFailure) {
+        let name = devices[i].name
+        let s = progress.withLock { $0.devices[i] }
+        if end.chunkCount != s.chunks {
+            throw .lengthMismatch(device: name, field: "chunk count", expected: end.chunkCount, actual: s.chunks)
+        }
+        if end.totalBytes != s.bytes {
+            throw .lengthMismatch(device: name, field: "byte count", expected: end.totalBytes, actual: s.bytes)
+        }
+        let digest = digests[i].finalize()
+        if digest != end.sha256 { throw .digestMismatch(device: name, expected: end.sha256, actual: digest) }
+        ended[i] = true
+        progress.withLock { $0.devices[i].sha256 = hex(digest) }
+        events(.deviceEnd(device: name, bytes: s.bytes, chunks: s.chunks))
+    }
+
+    /// COMPLETE with everything applied and verified: READY.
+    private func sendReady() throws(MigrationFailure) {
+        if let missing = ended.firstIndex(of: false) {
+            throw .unexpectedFrame("COMPLETE before DEVICE_END of \(devices[missing].name)")
+        }
+        // No msync here: MAP_SHARED writes are already visible to the VMM that maps
+        // the same file; forcing them to disk is not migration's job and would add
+        // the write-back of the whole guest to the downtime.
+        state.advance(to: .ready)
+        try writer.send(.ready)
+        progress.withLock { $0.readySent = true }
+        events(.phase(.ready))
+    }
+}
+
+@available(*, unavailable, message: "an Applier belongs to the pipeline's consumer thread")
+extension Applier: Sendable {}

@@ -1,0 +1,235 @@
+import Foundation
+import MigrationTLS
+import MigrationWire
+import SyncPrimitives
+import VFIODevice
+
+/// One migration from the destination's side, as an explicit state machine. The
+/// state only moves forward and two threads move it: this one with what arrived
+/// (stop-and-copy data, COMPLETE) and the applier with what it applied (READY sent).
+/// A failure's phase and disposition are read from it.
+final class DestinationSession {
+    enum State: Comparable {
+        case hello, precopy, stopCopy, complete, ready, committed, done, failed
+
+        var phase: MigrationPhase {
+            switch self {
+            case .hello: return .hello
+            case .precopy: return .precopy
+            case .stopCopy: return .stopcopy
+            case .complete: return .complete
+            case .ready: return .ready
+            case .committed: return .resume
+            case .done, .failed: return .done
+            }
+        }
+
+        /// What a failure in this state leaves behind, i.e. the exit code.
+        var disposition: FailureDisposition {
+            switch self {
+            case .hello: return .notStarted
+            case .precopy, .stopCopy, .complete, .ready: return .rolledBack
+            case .committed, .done, .failed: return .afterCommit
+            }
+        }
+    }
+    typealias Pipeline = OrderedPipeline<Frame, DecodedFrame, MigrationFailure>
+
+    /// How long one read waits before the session looks at the applier and the cancel again.
+    private static let pollSeconds = 0.2
+
+    private let state = LockedValue(State.hello)
+    private var devices: DestinationDeviceSet
+    private let memory: GuestMemory?
+    private let options: ReceiverOptions
+    private let events: EventSink
+    private let cancellation: Cancellation
+    private let stream: TLSStream
+    private let reader: FrameReader
+    private let writer: FrameWriter
+    private let progress: LockedValue<ApplyProgress>
+    private let started = ContinuousClock.now
+    private var keepAlive: PeriodicTask?
+    private var pipeline: Pipeline?
+    private var downtimeMs: Double = 0
+
+    init(devices: [DestinationDevice], memory: GuestMemory?, options: ReceiverOptions, events: @escaping EventSink,
+         stream: TLSStream, cancellation: Cancellation) {
+        self.devices = DestinationDeviceSet(devices)
+        self.memory = memory; self.options = options; self.events = events
+        self.stream = stream; self.cancellation = cancellation
+        reader = FrameReader(stream: stream, peer: .source, limits: options.limits)
+        writer = FrameWriter(stream: stream)
+        progress = LockedValue(ApplyProgress(devices: devices.map { DeviceStats(name: $0.name) }))
+        stream.readTimeoutSeconds = options.peerTimeoutSeconds
+        stream.writeTimeoutSeconds = options.peerTimeoutSeconds
+    }
+
+    func run() throws(MigrationError) -> MigrationStats {
+        do throws(MigrationFailure) {
+            try hello()
+            try transfer()
+            try commit()
+            return finish()
+        } catch {
+            throw fail(error)
+        }
+    }
+
+    // MARK: - phases
+
+    private func hello() throws(MigrationFailure) {
+        let exchange = HelloExchange(names: devices.devices.map(\.name), compatibility: devices.devices.map(\.compatibility), memory: memory)
+        _ = try exchange.asDestination(reader: reader, writer: writer, encodings: options.encodings)
+        events(.helloAccepted(devices: devices.devices.map(\.name), memoryBytes: memory?.size ?? 0, security: stream.security))
+        keepAlive = startKeepAlive(writer: writer, peerTimeoutSeconds: options.peerTimeoutSeconds)
+    }
+
+    /// Devices to RESUMING, then frames until COMMIT, everything before it applied
+    /// in received order through the pipeline.
+    private func transfer() throws(MigrationFailure) {
+        state.advance(to: .precopy)
+        events(.phase(.precopy))
+        try devices.startResuming()
+        let pipeline = makePipeline()
+        self.pipeline = pipeline
+        // Short reads: an applier or decompression failure is acted on at once, even
+        // while the source only sends keep-alives (which `receive` swallows).
+        stream.readTimeoutSeconds = min(Self.pollSeconds, options.peerTimeoutSeconds)
+        while true {
+            if cancellation.isCancelled { throw .cancelled }
+            if let e = pipeline.error { throw e }
+            let frame = try receive(failingWith: pipeline)
+            switch frame.body {
+            case .commit:
+                try pipeline.finish()
+                self.pipeline = nil
+                return
+            case .abort(let a):
+                throw .peerAborted(a.reason, a.message)
+            case .deviceData(let d) where d.phase == .stopcopy:
+                progress.withLock { if $0.stopCopyStarted == nil { $0.stopCopyStarted = .now } }
+                state.advance(to: .stopCopy)
+            case .complete:
+                state.advance(to: .complete)
+            default:
+                break
+            }
+            try pipeline.submit(frame)
+        }
+    }
+
+    /// COMMIT, and READY went out before it: resume. A failure from here on is after
+    /// commit; an operator must act.
+    private func commit() throws(MigrationFailure) {
+        guard progress.withLock({ $0.readySent }) else {
+            throw .unexpectedFrame("COMMIT arrived before this side sent READY")
+        }
+        state.advance(to: .committed)
+        events(.phase(.resume))
+        try devices.resume()
+        downtimeMs = progress.withLock { $0.stopCopyStarted }.map { (ContinuousClock.now - $0).milliseconds } ?? 0
+        try writer.send(.resumed)
+    }
+
+    private func finish() -> MigrationStats {
+        keepAlive?.stop()
+        // §2.5: after RESUMED both ends send close_notify at once and read until the
+        // other's; neither waits for the other to go first.
+        try? stream.shutdown()
+        stream.close()
+        state.advance(to: .done)
+        let applied = progress.current
+        var stats = MigrationStats(role: "destination")
+        stats.downtimeMs = downtimeMs
+        stats.totalSeconds = (ContinuousClock.now - started).seconds
+        stats.wireBytes = reader.wireBytesReceived
+        stats.iterations = applied.iterations
+        stats.rawBytes = applied.rawBytes
+        stats.pagesSent = applied.pages
+        stats.zeroPages = applied.zeroPages
+        stats.devices = applied.devices
+        stats.deviceBytes = stats.devices.reduce(0) { $0 + $1.bytes }
+        events(.phase(.done))
+        events(.finished(stats))
+        return stats
+    }
+
+    // MARK: - failure
+
+    private func fail(_ cause: MigrationFailure) -> MigrationError {
+        let reached = state.current
+        defer { state.advance(to: .failed) }
+        if reached.disposition == .afterCommit { return failAfterCommit(cause) }
+        var failure = cancellation.isCancelled ? .cancelled : cause
+        // The applier's reason beats the broken pipe it caused.
+        if case .peerClosed = cause, let applierFailure = pipeline?.error { failure = applierFailure }
+        // A READY or keep-alive blocked on a source that stopped reading must not hold
+        // the ABORT back for the whole peer timeout.
+        stream.writeTimeoutSeconds = 2
+        pipeline?.abort(failure)
+        devices.abandon()
+        keepAlive?.stop()
+        writer.endWithAbort(failure, message: failure.abortMessage(side: "destination", phase: reached.phase))
+        options.logger.notice("migration failed", metadata: ["phase": "\(reached.phase)", "device": "\(failure.device ?? "-")", "cause": "\(failure)"])
+        return MigrationError(phase: reached.phase, device: failure.device, failure: failure, disposition: reached.disposition)
+    }
+
+    /// After COMMIT nothing is undone: the source will not run its devices again, so
+    /// the devices stay as they are and the operator decides (exit 3).
+    private func failAfterCommit(_ cause: MigrationFailure) -> MigrationError {
+        keepAlive?.stop()
+        let text = cause.deviceMessage.map { "destination: device \(cause.device ?? "-") failed to resume: \($0)" }
+            ?? cause.abortMessage(side: "destination", phase: .resume)
+        try? writer.send(.abort(Abort(reason: cause.abortReason, message: text)))
+        stream.close()
+        let reached = state.current
+        return MigrationError(phase: reached.phase, device: cause.device, failure: cause, disposition: reached.disposition)
+    }
+
+    // MARK: - pieces
+
+    /// The next frame. Throws the pipeline's error as soon as it fails, and a read
+    /// timeout only after `peerTimeoutSeconds` without a byte (keep-alives count).
+    private func receive(failingWith pipeline: Pipeline) throws(MigrationFailure) -> Frame {
+        var seen = reader.wireBytesReceived
+        var lastByte = ContinuousClock.now
+        while true {
+            if let e = pipeline.error { throw e }
+            if cancellation.isCancelled { throw .cancelled }
+            do { return try reader.receive() } catch {
+                guard case .tls(.readTimeout) = error else { throw error }
+                if reader.wireBytesReceived != seen {
+                    seen = reader.wireBytesReceived
+                    lastByte = .now
+                } else if (ContinuousClock.now - lastByte).seconds >= options.peerTimeoutSeconds {
+                    throw .tls(.readTimeout(seconds: options.peerTimeoutSeconds))
+                }
+            }
+        }
+    }
+
+    private func makePipeline() -> Pipeline {
+        let (limits, devices, memory, writer, events) = (options.limits, self.devices.devices, self.memory, self.writer, self.events)
+        let (progress, state) = (self.progress, self.state)
+        return Pipeline(
+            name: "receive", workers: options.workers, window: options.workers * 4 + 4,
+            makeTransform: { () throws(MigrationFailure) -> Pipeline.Transform in
+                let decompressor: PayloadDecompressor
+                do throws(WireError) { decompressor = try PayloadDecompressor(limits: limits) } catch { throw MigrationFailure(error) }
+                return { (frame: Frame) throws(MigrationFailure) -> DecodedFrame in try DecodedFrame(frame, decompressor: decompressor) }
+            },
+            makeConsumer: {
+                let applier = Applier(devices: devices, memory: memory, writer: writer, events: events, progress: progress, state: state)
+                return { (item: DecodedFrame) throws(MigrationFailure) in try applier.apply(item) }
+            })
+    }
+}
+
+extension LockedValue where Value == DestinationSession.State {
+    /// Moves the state forward, never back: the reader and the applier each report
+    /// how far they got, and the later one counts.
+    func advance(to next: DestinationSession.State) {
+        withLock { if next > $0 { $0 = next } }
+    }
+}

@@ -1,0 +1,100 @@
+import MigrationWire
+import VFIODevice
+
+/// The HELLO exchange (docs/PROTOCOL.md §2.3, §5.1), the same checks on both ends:
+/// the destination speaks first; each side checks the other's HELLO before any
+/// device moves, and a mismatch is named in words.
+struct HelloExchange: Sendable {
+    let devices: [DeviceDescriptor]
+    let memory: [MemoryRange]
+
+    init(names: [String], compatibility: [String], memory: GuestMemory?) {
+        let pageSize = UInt32(memory?.pageSize ?? 4096)
+        devices = zip(names, compatibility).map { DeviceDescriptor(name: $0, pageSize: pageSize, compatibility: $1) }
+        if let memory, memory.pageCount > 0 {
+            self.memory = [MemoryRange(startPFN: 0, pageCount: memory.pageCount, pageSize: UInt32(memory.pageSize))]
+        } else {
+            self.memory = []
+        }
+    }
+
+    /// Source: reads the destination's HELLO and answers with its own once it is compatible.
+    func asSource(reader: FrameReader, writer: FrameWriter, encodings: [Encoding]) throws(MigrationFailure) -> Hello {
+        let theirs = try Self.receiveHello(reader)
+        var mine = Hello(sessionID: theirs.sessionID, role: .source, encodings: encodings, devices: devices, memory: memory)
+        mine.version = Hello.currentVersion
+        if let reason = Self.mismatch(source: mine, destination: theirs) { throw .incompatible(reason) }
+        try writer.send(.hello(mine))
+        reader.constrainInbound(memory: [], deviceCount: devices.count)
+        return theirs
+    }
+
+    /// Destination: speaks first with a fresh session id; returns the source's HELLO once
+    /// it is compatible.
+    func asDestination(reader: FrameReader, writer: FrameWriter, encodings: [Encoding]) throws(MigrationFailure) -> Hello {
+        let sessionID = (0..<16).map { _ in UInt8.random(in: 0...255) }
+        let mine = Hello(sessionID: sessionID, role: .destination, encodings: encodings, devices: devices, memory: memory)
+        try writer.send(.hello(mine))
+        let theirs = try Self.receiveHello(reader)
+        if let reason = Self.mismatch(source: theirs, destination: mine) { throw .incompatible(reason) }
+        // PFNs are checked against what the source announced (it lies inside ours).
+        reader.constrainInbound(memory: theirs.memory, deviceCount: devices.count)
+        return theirs
+    }
+
+    private static func receiveHello(_ reader: FrameReader) throws(MigrationFailure) -> Hello {
+        let frame = try reader.receive()
+        switch frame.body {
+        case .hello(let hello): return hello
+        case .abort(let a): throw .peerAborted(a.reason, a.message)
+        default: throw .unexpectedFrame("expected HELLO, got \(frame.body.name)")
+        }
+    }
+
+    /// nil when compatible, else the reason in words. The checks of docs/PROTOCOL.md §5.1,
+    /// made by both ends: a failed one is answered with ABORT `incompatible`.
+    static func mismatch(source: Hello, destination: Hello) -> String? {
+        if source.version != destination.version {
+            return "protocol version \(source.version) on the source, \(destination.version) on the destination"
+        }
+        if source.sessionID != destination.sessionID {
+            return "the source's HELLO carries another session id than the destination chose"
+        }
+        if source.devices.count != destination.devices.count {
+            return "the source migrates \(source.devices.count) device(s) (\(source.devices.map(\.name).joined(separator: ", "))), the destination has \(destination.devices.count) (\(destination.devices.map(\.name).joined(separator: ", ")))"
+        }
+        for (s, d) in zip(source.devices, destination.devices) {
+            if s.name != d.name { return "device name \(s.name) on the source, \(d.name) on the destination" }
+            if s.pageSize != d.pageSize { return "device \(s.name): page size \(s.pageSize) on the source, \(d.pageSize) on the destination" }
+            if s.compatibility != d.compatibility {
+                return "device \(s.name): compatibility \"\(s.compatibility)\" on the source, \"\(d.compatibility)\" on the destination"
+            }
+        }
+        if let outside = source.memory.first(where: { !lies($0, inside: destination.memory) }) {
+            return "guest memory: \(describe([outside])) on the source is not inside the destination's \(describe(destination.memory))"
+        }
+        // raw is always permitted, listed or not (§5.1).
+        if let e = source.encodings.first(where: { $0 != .raw && !destination.encodings.contains($0) }) {
+            return "the source wants encoding \(e), which the destination does not accept"
+        }
+        return nil
+    }
+
+    /// Whether `range` is covered by `ranges` of the same page size (adjacent ones may
+    /// cover it together): the source may send less memory than the destination has.
+    static func lies(_ range: MemoryRange, inside ranges: [MemoryRange]) -> Bool {
+        var pfn = range.startPFN
+        let end = range.startPFN + range.pageCount
+        while pfn < end {
+            guard let cover = ranges.first(where: { $0.pageSize == range.pageSize && pfn >= $0.startPFN && pfn - $0.startPFN < $0.pageCount }) else {
+                return false
+            }
+            pfn = cover.startPFN + cover.pageCount
+        }
+        return true
+    }
+
+    private static func describe(_ r: [MemoryRange]) -> String {
+        r.isEmpty ? "none" : r.map { "\($0.pageCount) pages of \($0.pageSize) bytes at PFN \($0.startPFN)" }.joined(separator: ", ")
+    }
+}

@@ -1,0 +1,13 @@
+import Foundation
+import Logging
+import MigrationWire
+
+public struct ReceiverOptions: Sendable {
+    public var workers: Int = max(ProcessInfo.processInfo.activeProcessorCount, 1)
+    public var peerTimeoutSeconds: Double = 30
+    public var limits: WireLimits = .default
+    public var encodings: [Encoding] = [.raw, .deflate]
+    /// Diagnostics (phases at info, frames at trace).
+    public var logger = Logger(label: "vfio-migrate.destination")
+    public init() {}
+}

@@ -1,0 +1,41 @@
+import MigrationWire
+import VFIODevice
+
+/// What the source's producer hands to the compression workers.
+enum SendItem: Sendable {
+    case chunk(device: UInt32, phase: Phase, part: ChunkPart, bytes: [UInt8])
+    /// Read and encode these guest pages in the worker.
+    case pages(startPFN: UInt64, count: Int)
+    case control(FrameBody, device: UInt32)
+
+    /// The frames for this item, encoded on a worker thread with its own compressor.
+    func encode(compressor: PayloadCompressor, memory: GuestMemory?, counters: Counters) throws(MigrationFailure) -> SendOutput {
+        switch self {
+        case .chunk(let device, let phase, let part, let bytes):
+            guard let length = UInt32(exactly: bytes.count) else {
+                throw MigrationFailure(WireError.sizeNotRepresentable(what: "DEVICE_DATA piece", bytes: UInt64(bytes.count), limit: UInt64(UInt32.max)))
+            }
+            let (encoding, payload): (Encoding, [UInt8])
+            do { (encoding, payload) = try compressor.encode(bytes) } catch { throw MigrationFailure(error) }
+            return SendOutput(frames: [(.deviceData(DeviceData(phase: phase, encoding: encoding, originalLength: length, payload: payload, part: part)), device)])
+        case .pages(let start, let count):
+            let memory = memory!
+            let bytes = try deviceCall(nil) { try memory.readPages(startPFN: start, count: count) }
+            let segments: [PageSegment]
+            do { segments = try compressor.encodePages(startPFN: start, pageSize: memory.pageSize, bytes: bytes) } catch {
+                throw MigrationFailure(error)
+            }
+            var zero: UInt64 = 0
+            for s in segments where s.encoding == .zero { zero += UInt64(s.pageCount) }
+            counters.addPages(UInt64(count), zero: zero)
+            return SendOutput(frames: [(.pages(Pages(pageSize: UInt32(memory.pageSize), segments: segments)), 0)])
+        case .control(let body, let device):
+            return SendOutput(frames: [(body, device)])
+        }
+    }
+}
+
+/// A worker's result: frames for the writer, in order.
+struct SendOutput: Sendable {
+    var frames: [(FrameBody, UInt32)]
+}

@@ -1,0 +1,43 @@
+import Foundation
+import Logging
+import MigrationWire
+
+public enum TimeoutAction: String, Sendable, Codable, CaseIterable {
+    /// Cancel and roll back: the source keeps running.
+    case rollback
+    /// Stop iterating and switch over now, whatever the downtime.
+    case switchover
+}
+
+public struct SenderOptions: Sendable {
+    public var compression: CompressionPolicy = .auto
+    public var downtimeTargetMs: Double = 300
+    public var maxIterations: Int = 30
+    /// Pre-copy time budget; nil = none.
+    public var timeoutSeconds: Double?
+    public var onTimeout: TimeoutAction = .rollback
+    public var bandwidthBytesPerSecond: UInt64?
+    public var workers: Int = max(ProcessInfo.processInfo.activeProcessorCount, 1)
+    /// A peer silent for this long (no frame, no keep-alive) is gone.
+    public var peerTimeoutSeconds: Double = 30
+    public var limits: WireLimits = .default
+    /// Guest pages per PAGES frame.
+    public var pagesPerFrame: Int = 256
+    /// Device data per DEVICE_DATA frame: a larger chunk is read from the region and
+    /// sent in pieces of this size (PROTOCOL.md §5.2), so memory stays bounded by the
+    /// pipeline window whatever the driver stages. Capped by `limits`.
+    public var devicePieceBytes: Int = 1 << 20
+    /// After COMPLETE, how long the destination may take to apply, verify and
+    /// answer READY (keep-alives alone do not extend it).
+    public var readyTimeoutSeconds: Double = 120
+    /// Diagnostics (phases at info, iterations at debug, frames at trace).
+    public var logger = Logger(label: "vfio-migrate.source")
+    public init() {}
+
+    /// The piece size actually used: the option, within what the receiver's limits
+    /// accept in one frame (raw data after the 16-byte `first` prefix; deflate
+    /// output is never larger, the compressor sends raw when it does not pay).
+    var effectivePieceBytes: Int {
+        max(1, min(devicePieceBytes, limits.maxInflated, limits.maxPayload - 16))
+    }
+}

@@ -1,0 +1,420 @@
+import Foundation
+import MigrationTLS
+import MigrationWire
+import VFIODevice
+
+/// One migration from the source's side, as an explicit state machine:
+/// hello → precopy(iteration) → stopCopy → awaitingReady → committed → done, or
+/// failed from any of them. One method per phase; a failure's phase and disposition
+/// (the exit code) are read from the state it happened in.
+final class SourceSession {
+    enum State {
+        case hello
+        case precopy(iteration: Int)
+        case stopCopy
+        case awaitingReady
+        case committed
+        case done
+        case failed
+
+        var phase: MigrationPhase {
+            switch self {
+            case .hello: return .hello
+            case .precopy: return .precopy
+            case .stopCopy: return .stopcopy
+            case .awaitingReady: return .ready
+            case .committed: return .commit
+            case .done, .failed: return .done
+            }
+        }
+
+        /// What a failure in this state leaves behind, i.e. the exit code (unless the
+        /// rollback itself fails).
+        var disposition: FailureDisposition {
+            switch self {
+            case .hello: return .notStarted
+            case .committed, .done, .failed: return .afterCommit
+            case .precopy, .stopCopy, .awaitingReady: return .rolledBack
+            }
+        }
+    }
+    typealias Pipeline = OrderedPipeline<SendItem, SendOutput, MigrationFailure>
+    /// What one pre-copy pass left behind.
+    private struct Pass { var pending: UInt64; var dirtyPages: UInt64 }
+
+    private(set) var state = State.hello
+    private var devices: SourceDeviceSet
+    private let memory: GuestMemory?
+    private let options: SenderOptions
+    private let events: EventSink
+    private let cancellation: Cancellation
+    private let cancelledBeforeStart: Bool
+    private let stream: TLSStream
+    private let writer: FrameWriter
+    private let counters = Counters()
+    private let started = ContinuousClock.now
+    private var stats = MigrationStats(role: "source")
+    private var inbox: PeerInbox?
+    private var keepAlive: PeriodicTask?
+    private var pipeline: Pipeline?
+    private var sequences: [SaveSequence]
+    private var digests: [SHA256Digest]
+    private var passStarted = ContinuousClock.now
+    private var passStartBytes: UInt64 = 0
+    private var stoppedAt = ContinuousClock.now
+
+    init(devices: [SourceDevice], memory: GuestMemory?, options: SenderOptions, events: @escaping EventSink,
+         stream: TLSStream, cancellation: Cancellation, cancelledBeforeStart: Bool) {
+        self.devices = SourceDeviceSet(devices)
+        self.memory = memory; self.options = options; self.events = events
+        self.stream = stream; self.cancellation = cancellation; self.cancelledBeforeStart = cancelledBeforeStart
+        writer = FrameWriter(stream: stream, bandwidthBytesPerSecond: options.bandwidthBytesPerSecond)
+        stats.devices = devices.map { DeviceStats(name: $0.name) }
+        sequences = devices.map { SaveSequence(device: $0.device) }
+        digests = devices.map { _ in SHA256Digest() }
+        stream.readTimeoutSeconds = options.peerTimeoutSeconds
+        stream.writeTimeoutSeconds = options.peerTimeoutSeconds
+    }
+
+    func run() throws(MigrationError) -> MigrationStats {
+        let reader = FrameReader(stream: stream, peer: .destination, limits: options.limits)
+        do throws(MigrationFailure) {
+            if cancelledBeforeStart { throw .cancelled }
+            let exchange = HelloExchange(names: devices.devices.map(\.name), compatibility: devices.devices.map(\.compatibility), memory: memory)
+            _ = try exchange.asSource(reader: reader, writer: writer, encodings: options.compression == .none ? [.raw] : [.raw, .deflate])
+            events(.helloAccepted(devices: devices.devices.map(\.name), memoryBytes: memory?.size ?? 0, security: stream.security))
+            // From here on the destination's frames are read on a thread of their own.
+            inbox = PeerInbox(reader: reader) { frame in
+                switch frame.body { case .resumed, .abort: return true; default: return false }
+            }
+            keepAlive = startKeepAlive(writer: writer, peerTimeoutSeconds: options.peerTimeoutSeconds)
+            try precopy()
+            try stopAndCopy()
+            try awaitReady()
+            try commit()
+            return finish()
+        } catch {
+            throw fail(error)
+        }
+    }
+
+    // MARK: - phases
+
+    /// RUNNING → SAVING|RUNNING, then passes until the downtime estimate meets the
+    /// target, the iteration limit or the time budget.
+    private func precopy() throws(MigrationFailure) {
+        state = .precopy(iteration: 0)
+        events(.phase(.precopy))
+        try devices.startSaving()
+        let pipeline = makePipeline()
+        self.pipeline = pipeline
+        // A destination that aborts (or vanishes) while this thread waits for room in a
+        // full pipeline must not have to wait for our blocked writer to time out.
+        inbox?.onProblem { pipeline.interruptSubmit($0) }
+        passStarted = .now
+        passStartBytes = counters.rawProduced
+        var iteration = 0
+        var done = false
+        while !done {
+            state = .precopy(iteration: iteration)
+            let pass = try precopyPass(iteration)
+            iteration += 1
+            stats.iterations = iteration
+            done = try shouldSwitchOver(after: iteration, pass)
+        }
+    }
+
+    /// SAVING (stopped), drain every device until pending_bytes == 0, the last dirty
+    /// pages, DEVICE_END per device, COMPLETE; then wait until all of it is written.
+    private func stopAndCopy() throws(MigrationFailure) {
+        state = .stopCopy
+        events(.phase(.stopcopy))
+        stoppedAt = .now
+        try devices.stop()
+        for i in devices.indices { try sendDeviceData(i, phase: .stopcopy) }
+        if let memory { _ = try sendDirtyPages(memory) }
+        for i in devices.indices {
+            let digest = digests[i].finalize()
+            let device = stats.devices[i]
+            stats.devices[i].sha256 = hex(digest)
+            try submit(.control(.deviceEnd(DeviceEnd(totalBytes: device.bytes, chunkCount: device.chunks, sha256: digest)), device: UInt32(i)))
+            events(.deviceEnd(device: devices[i].name, bytes: device.bytes, chunks: device.chunks))
+        }
+        digests = []
+        try submit(.control(.complete, device: 0))
+        try pipeline?.finish()
+        pipeline = nil
+        emitProgress(.stopcopy, pass: Pass(pending: 0, dirtyPages: 0), rate: 0, remaining: 0)
+    }
+
+    /// READY: the destination has applied and verified everything.
+    private func awaitReady() throws(MigrationFailure) {
+        state = .awaitingReady
+        events(.phase(.ready))
+        try expect(.ready, deadlineSeconds: options.readyTimeoutSeconds, waitingFor: "READY from the destination")
+    }
+
+    /// COMMIT: from here on the source never runs the devices again.
+    private func commit() throws(MigrationFailure) {
+        guard cancellation.commit() else { throw .cancelled }
+        state = .committed
+        events(.phase(.commit))
+        try writer.send(.commit)
+        try expect(.resumed)
+    }
+
+    private func finish() -> MigrationStats {
+        stats.downtimeMs = (ContinuousClock.now - stoppedAt).milliseconds
+        keepAlive?.stop()
+        inbox?.join()
+        devices.release()
+        try? stream.shutdown()
+        stream.close()
+        state = .done
+        let totals = counters.current
+        stats.totalSeconds = (ContinuousClock.now - started).seconds
+        stats.rawBytes = totals.produced
+        stats.wireBytes = writer.wireBytesSent
+        stats.pagesSent = totals.pages
+        stats.zeroPages = totals.zeroPages
+        (stats.bitmapsNone, stats.bitmapsAll, stats.bitmapsPartial) = (totals.bitmapsNone, totals.bitmapsAll, totals.bitmapsPartial)
+        stats.deviceBytes = stats.devices.reduce(0) { $0 + $1.bytes }
+        events(.phase(.done))
+        events(.finished(stats))
+        return stats
+    }
+
+    // MARK: - failure
+
+    private func fail(_ cause: MigrationFailure) -> MigrationError {
+        let reached = state
+        defer { state = .failed }
+        if reached.disposition == .afterCommit { return failAfterCommit(cause) }
+        // A write blocked on a destination that stopped reading gives up within 2 s
+        // (not the peer timeout it started with), so the ABORT is not held back.
+        stream.writeTimeoutSeconds = 2
+        // Roll back first: the VM must run again on the source as soon as possible.
+        let rollbackProblems = devices.rollBack()
+        let failure = settled(cause)
+        pipeline?.abort(failure)
+        keepAlive?.stop()
+        // A refused HELLO tells the destination the mismatch in its own words (§5.1).
+        var message = failure.abortMessage(side: "source", phase: reached.phase)
+        if case .hello = reached, case .incompatible(let reason) = failure { message = reason }
+        writer.endWithAbort(failure, message: message)
+        let rolledBack = devices.leftRunning.map { devices[$0].name }
+        options.logger.notice("migration failed", metadata: ["phase": "\(reached.phase)", "device": "\(failure.device ?? "-")",
+                                                             "cause": "\(failure)", "rolled_back": "\(rolledBack)"])
+        return MigrationError(phase: reached.phase, device: failure.device, failure: failure,
+                              disposition: rollbackProblems.isEmpty ? reached.disposition : .rollbackFailed,
+                              rollbackFailure: rollbackProblems.isEmpty ? nil : rollbackProblems.joined(separator: "; "))
+    }
+
+    /// What ended the session: the operator's cancel beats the error it caused (it
+    /// closed the stream), and a destination's ABORT beats the broken pipe or timeout
+    /// it caused here.
+    private func settled(_ cause: MigrationFailure) -> MigrationFailure {
+        if cancellation.isCancelled { return .cancelled }
+        if let problem = inbox?.pendingProblem(), problem.isPeerAbort { return problem }
+        return cause
+    }
+
+    /// COMMIT was sent: the devices stay stopped whatever happens (no split brain), and
+    /// an operator must decide (exit 3).
+    private func failAfterCommit(_ cause: MigrationFailure) -> MigrationError {
+        keepAlive?.stop()
+        stream.close()
+        return MigrationError(phase: state.phase, device: cause.device, failure: cause, disposition: state.disposition)
+    }
+
+    // MARK: - pre-copy passes
+
+    private func precopyPass(_ iteration: Int) throws(MigrationFailure) -> Pass {
+        try checkHealth()
+        // Device data: at most what was pending when the pass began, so a
+        // device that keeps producing cannot hold the iteration forever.
+        for i in devices.indices { try sendDeviceData(i, phase: .precopy, budget: pendingBytes(i)) }
+        // Guest pages: all of them first, then what the devices dirtied.
+        var dirtyPages: UInt64 = 0
+        if let memory {
+            if iteration == 0 {
+                dirtyPages = memory.pageCount
+                try submitPages(startPFN: 0, count: memory.pageCount)
+            } else {
+                dirtyPages = try sendDirtyPages(memory)
+            }
+        }
+        var pending: UInt64 = 0
+        for i in devices.indices { pending += try pendingBytes(i) }
+        try submit(.control(.iterationEnd(IterationEnd(iteration: UInt32(iteration), pendingBytes: pending, dirtyPages: dirtyPages)), device: 0))
+        return Pass(pending: pending, dirtyPages: dirtyPages)
+    }
+
+    /// Reports the pass and decides: switch over (true), or another pass (false).
+    /// Throws when the time budget ran out and the policy is to roll back.
+    private func shouldSwitchOver(after iteration: Int, _ pass: Pass) throws(MigrationFailure) -> Bool {
+        // The rate of this pass, not the average since the start: the first pass is
+        // full of zero pages that cost nothing, and would make the dirty pages of the
+        // last pass look cheaper than they are.
+        let now = ContinuousClock.now
+        let produced = counters.rawProduced
+        let rate = max(Double(produced - passStartBytes) / max((now - passStarted).seconds, 0.05), 1)
+        (passStarted, passStartBytes) = (now, produced)
+        let remaining = Double(pass.pending) + Double(pass.dirtyPages) * Double(memory?.pageSize ?? 0)
+        let estimateMs = remaining / rate * 1000
+        events(.iterationEnd(iteration: iteration, pendingBytes: pass.pending, dirtyPages: pass.dirtyPages, estimatedDowntimeMs: estimateMs))
+        emitProgress(.precopy, pass: pass, rate: rate, remaining: remaining)
+
+        if iteration > 1 && estimateMs <= options.downtimeTargetMs {
+            events(.switchover(reason: "estimated downtime \(Int(estimateMs)) ms ≤ target \(Int(options.downtimeTargetMs)) ms"))
+            return true
+        }
+        if iteration >= options.maxIterations {
+            stats.converged = false
+            events(.switchover(reason: "reached --max-iterations \(options.maxIterations); estimated downtime \(Int(estimateMs)) ms"))
+            return true
+        }
+        guard let timeout = options.timeoutSeconds, (ContinuousClock.now - started).seconds >= timeout else { return false }
+        switch options.onTimeout {
+        case .rollback: throw .timeout("pre-copy exceeded --timeout \(timeout) s")
+        case .switchover:
+            stats.converged = false
+            events(.switchover(reason: "--timeout \(timeout) s reached; switching over"))
+            return true
+        }
+    }
+
+    // MARK: - pieces
+
+    /// The destination's next frame, which must be `expected`; its ABORT ends the session.
+    private func expect(_ expected: FrameBody, deadlineSeconds: Double? = nil, waitingFor: String = "the peer") throws(MigrationFailure) {
+        guard let inbox else { preconditionFailure("no peer reader before HELLO") }
+        let frame = try inbox.next(deadlineSeconds: deadlineSeconds, waitingFor: waitingFor)
+        switch frame.body {
+        case expected: return
+        case .abort(let a): throw .peerAborted(a.reason, a.message)
+        default: throw .unexpectedFrame("expected \(expected.name), got \(frame.body.name)")
+        }
+    }
+
+    private func checkHealth() throws(MigrationFailure) {
+        if cancellation.isCancelled { throw .cancelled }
+        if let problem = inbox?.pendingProblem() { throw problem }
+        if let problem = pipeline?.error { throw problem }
+    }
+
+    private func submit(_ item: SendItem) throws(MigrationFailure) {
+        guard let pipeline else { preconditionFailure("no pipeline outside pre-copy and stop-and-copy") }
+        try pipeline.submit(item)
+    }
+
+    private func pendingBytes(_ i: Int) throws(MigrationFailure) -> UInt64 {
+        try deviceCall(devices[i].name) { try devices[i].device.pendingBytes() }
+    }
+
+    /// Device `i`'s staged chunks, up to `budget` bytes (stop-and-copy: until none is left).
+    private func sendDeviceData(_ i: Int, phase: Phase, budget: UInt64 = .max) throws(MigrationFailure) {
+        var sent: UInt64 = 0
+        while sent < budget, let chunk = try deviceCall(devices[i].name, { try sequences[i].stageChunk() }) {
+            sent += chunk.size
+            try send(chunk, device: i, phase: phase)
+        }
+    }
+
+    /// Step d of one staged chunk, piece by piece into the pipeline: one `whole`
+    /// frame when it fits a piece, else a `first` piece and continuations. At most
+    /// one piece is in this function's hands; the pipeline window bounds the rest.
+    private func send(_ chunk: StagedChunk, device i: Int, phase: Phase) throws(MigrationFailure) {
+        let pieceSize = UInt64(options.effectivePieceBytes)
+        var offset: UInt64 = 0
+        repeat {
+            let count = Int(min(pieceSize, chunk.size - offset))
+            let bytes = try deviceCall(devices[i].name) { [offset] in try sequences[i].read(chunk, at: offset, count: count) }
+            let part: ChunkPart = chunk.size <= pieceSize ? .whole : (offset == 0 ? .first(chunkLength: chunk.size) : .next)
+            digests[i].update(bytes)
+            counters.addProduced(UInt64(count))
+            try submit(.chunk(device: UInt32(i), phase: phase, part: part, bytes: bytes))
+            offset += UInt64(count)
+            try checkHealth()
+        } while offset < chunk.size
+        stats.devices[i].bytes += chunk.size
+        stats.devices[i].chunks += 1
+        if phase == .precopy { stats.devices[i].precopyBytes += chunk.size } else { stats.devices[i].stopcopyBytes += chunk.size }
+    }
+
+    private func submitPages(startPFN: UInt64, count: UInt64) throws(MigrationFailure) {
+        var pfn = startPFN
+        let end = startPFN + count
+        let batch = UInt64(options.pagesPerFrame)
+        while pfn < end {
+            let n = min(batch, end - pfn)
+            try submit(.pages(startPFN: pfn, count: Int(n)))
+            counters.addProduced(n * UInt64(memory!.pageSize))
+            pfn += n
+            try checkHealth()
+        }
+    }
+
+    /// Each device's dirty pages, asked for window by window: a DIRTY_BITMAP frame
+    /// per reported segment (never more PFNs than the receiver accepts in one
+    /// frame), then the dirtied pages, walked run by run out of the bitmap.
+    /// Memory is one window's answer, whatever the size of the guest.
+    private func sendDirtyPages(_ memory: GuestMemory) throws(MigrationFailure) -> UInt64 {
+        var total: UInt64 = 0
+        let window = DirtyWindow.pfns(for: options.limits)
+        for i in devices.indices {
+            guard let source = devices[i].dirtyPages else { continue }
+            var start: UInt64 = 0
+            while start < memory.pageCount {
+                let count = min(window, memory.pageCount - start)
+                let segments = try deviceCall(devices[i].name) { [start] in
+                    try source.query(startPFN: start, pageSize: UInt64(memory.pageSize), totalPFNs: count)
+                }
+                // A source answers inside the window; split anyway so no frame can exceed the limit.
+                for segment in segments.flatMap({ $0.split(maxPFNs: window) }) {
+                    total += try send(segment, device: i)
+                }
+                start += count
+            }
+        }
+        return total
+    }
+
+    /// One DIRTY_BITMAP frame and the pages it reports dirty; returns their count.
+    private func send(_ segment: DirtySegment, device i: Int) throws(MigrationFailure) -> UInt64 {
+        let copied: DirtyCopied
+        switch segment.pages {
+        case .none: copied = .none; counters.addBitmap(none: 1)
+        case .all: copied = .all; counters.addBitmap(all: 1)
+        case .bitmap(let bits): copied = .bitmap(bits); counters.addBitmap(partial: 1)
+        }
+        try submit(.control(.dirtyBitmap(DirtyBitmap(startPFN: segment.startPFN, pageSize: segment.pageSize, totalPFNs: segment.pfnCount, copied: copied)), device: UInt32(i)))
+        var pages: UInt64 = 0
+        for run in segment.dirtyRuns {
+            pages += run.count
+            try submitPages(startPFN: run.startPFN, count: run.count)
+        }
+        return pages
+    }
+
+    private func emitProgress(_ phase: MigrationPhase, pass: Pass, rate: Double, remaining: Double) {
+        events(.progress(Progress(phase: phase, iteration: stats.iterations, rawBytes: counters.rawProduced,
+                                  wireBytes: writer.wireBytesSent, bytesPerSecond: rate,
+                                  pendingBytes: pass.pending, dirtyPages: pass.dirtyPages,
+                                  etaSeconds: rate > 0 ? remaining / rate : nil)))
+    }
+
+    private func makePipeline() -> Pipeline {
+        let (policy, memory, counters, writer) = (options.compression, self.memory, self.counters, self.writer)
+        return Pipeline(
+            name: "send", workers: options.workers, window: options.workers * 4 + 4,
+            makeTransform: { () throws(MigrationFailure) -> Pipeline.Transform in
+                let compressor: PayloadCompressor
+                do throws(WireError) { compressor = try PayloadCompressor(policy: policy) } catch { throw MigrationFailure(error) }
+                return { (item: SendItem) throws(MigrationFailure) -> SendOutput in
+                    try item.encode(compressor: compressor, memory: memory, counters: counters)
+                }
+            },
+            makeConsumer: { { (output: SendOutput) throws(MigrationFailure) in try writer.send(batch: output.frames) } })
+    }
+}
