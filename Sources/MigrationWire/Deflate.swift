@@ -6,7 +6,7 @@ internal import CZlib
 // so it must never move (a Swift struct property could).
 
 /// Reusable raw-deflate compressor; one per worker thread.
-public final class Deflater: @unchecked Sendable {
+public final class Deflater {
     private let stream: UnsafeMutablePointer<z_stream>
     public let level: Int
 
@@ -61,7 +61,7 @@ public final class Deflater: @unchecked Sendable {
 }
 
 /// Reusable raw-deflate decompressor; the output must be exactly `expectedLength` bytes and never exceed `limit`.
-public final class Inflater: @unchecked Sendable {
+public final class Inflater {
     private let stream: UnsafeMutablePointer<z_stream>
 
     public init() throws(WireError) {
@@ -148,3 +148,11 @@ public final class Inflater: @unchecked Sendable {
         return output
     }
 }
+
+/// Per-thread: owns C state that one thread at a time may use; never shared.
+@available(*, unavailable)
+extension Deflater: Sendable {}
+
+/// Per-thread: owns C state that one thread at a time may use; never shared.
+@available(*, unavailable)
+extension Inflater: Sendable {}

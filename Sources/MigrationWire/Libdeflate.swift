@@ -21,7 +21,7 @@ protocol RawDeflateInflater: AnyObject {
 extension Inflater: RawDeflateInflater {}
 
 /// libdeflate compressor; one per worker thread.
-public final class FastDeflater: RawDeflateCompressor, @unchecked Sendable {
+public final class FastDeflater: RawDeflateCompressor {
     private let compressor: OpaquePointer
     public let level: Int
 
@@ -61,7 +61,7 @@ public final class FastDeflater: RawDeflateCompressor, @unchecked Sendable {
 /// libdeflate decompressor with this protocol's rules: the output is exactly
 /// the declared length (the buffer is that size, so a bomb cannot make it
 /// allocate more) and no byte may follow the end of the stream.
-final class FastInflater: RawDeflateInflater, @unchecked Sendable {
+final class FastInflater: RawDeflateInflater {
     private let decompressor: OpaquePointer
 
     init() throws(WireError) {
@@ -106,3 +106,11 @@ final class FastInflater: RawDeflateInflater, @unchecked Sendable {
         }
     }
 }
+
+/// Per-thread: owns C state that one thread at a time may use; never shared.
+@available(*, unavailable)
+extension FastDeflater: Sendable {}
+
+/// Per-thread: owns C state that one thread at a time may use; never shared.
+@available(*, unavailable)
+extension FastInflater: Sendable {}

@@ -7,7 +7,7 @@
 /// buffer instead of all of it. A byte-histogram entropy estimate was the other
 /// candidate; it misses repetition (LZ matches) and over-rates text, the sample
 /// does not. Buffers under `probeMinimum` are simply deflated: the probe would cost as much.
-public final class PayloadCompressor: @unchecked Sendable {
+public final class PayloadCompressor {
     /// What the compressor did; the engine reports these, tests observe the probe with them.
     public struct Counters: Sendable, Equatable {
         public var buffers = 0
@@ -179,7 +179,7 @@ public final class PayloadCompressor: @unchecked Sendable {
 }
 
 /// Decodes payloads back, checking declared lengths against limits.
-public final class PayloadDecompressor: @unchecked Sendable {
+public final class PayloadDecompressor {
     public let limits: WireLimits
     private let inflater: FastInflater
 
@@ -224,3 +224,11 @@ public final class PayloadDecompressor: @unchecked Sendable {
         }
     }
 }
+
+/// Per-thread: owns C state that one thread at a time may use; never shared.
+@available(*, unavailable)
+extension PayloadCompressor: Sendable {}
+
+/// Per-thread: owns C state that one thread at a time may use; never shared.
+@available(*, unavailable)
+extension PayloadDecompressor: Sendable {}

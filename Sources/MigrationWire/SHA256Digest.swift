@@ -2,7 +2,7 @@ internal import COpenSSL
 
 /// Incremental SHA-256 (OpenSSL libcrypto EVP).
 /// `finalize()` returns the digest and resets the object for the next stream.
-public final class SHA256Digest: @unchecked Sendable {
+public final class SHA256Digest {
     public static let size = 32
     private let context: OpaquePointer
 
@@ -45,3 +45,7 @@ public final class SHA256Digest: @unchecked Sendable {
         return digest.finalize()
     }
 }
+
+/// Per-thread: owns C state that one thread at a time may use; never shared.
+@available(*, unavailable)
+extension SHA256Digest: Sendable {}
