@@ -8,8 +8,11 @@ public struct SourceDevice: @unchecked Sendable {
     public var device: MigrationDevice
     public var dirtyPages: (any DirtyPageSource)?
     public var compatibility: String
+    /// `compatibility` goes into HELLO behind the device's interface (v2 and its flags;
+    /// nothing for the region protocol), so the ends agree on it before anything moves.
     public init(device: MigrationDevice, dirtyPages: (any DirtyPageSource)?, compatibility: String) {
-        self.name = device.name; self.device = device; self.dirtyPages = dirtyPages; self.compatibility = compatibility
+        self.name = device.name; self.device = device; self.dirtyPages = dirtyPages
+        self.compatibility = device.interface.helloPrefix + compatibility
     }
 }
 
@@ -18,8 +21,10 @@ public struct DestinationDevice: @unchecked Sendable {
     public var name: String
     public var device: MigrationDevice
     public var compatibility: String
+    /// As for `SourceDevice`: the interface prefix is part of what HELLO compares.
     public init(device: MigrationDevice, compatibility: String) {
-        self.name = device.name; self.device = device; self.compatibility = compatibility
+        self.name = device.name; self.device = device
+        self.compatibility = device.interface.helloPrefix + compatibility
     }
 }
 

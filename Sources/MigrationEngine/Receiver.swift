@@ -369,6 +369,12 @@ final class Applier: @unchecked Sendable {
                 if let missing = locked({ ended.firstIndex(of: false) }) {
                     throw MigrationFailureBox(.unexpectedFrame("COMPLETE before DEVICE_END of \(devices[missing].name)"), device: devices[missing].name)
                 }
+                // v2 devices leave RESUMING for STOP here, before READY: the driver validates
+                // the stream at that arc, so a refusal is an ABORT the source rolls back
+                // from, not a failure after COMMIT. Nothing for v1 (docs/DEVICE.md).
+                for (i, d) in devices.enumerated() {
+                    do { try d.device.finishResuming() } catch { throw MigrationFailureBox(classify(error), device: devices[i].name) }
+                }
                 // No msync here: MAP_SHARED writes are already visible to the VMM that maps
                 // the same file; forcing them to disk is not migration's job and would add
                 // the write-back of the whole guest to the downtime.

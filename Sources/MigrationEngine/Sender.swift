@@ -206,6 +206,10 @@ public final class Sender: @unchecked Sendable {
             phase = .stopcopy
             events(.phase(.stopcopy))
             let stopped = ContinuousClock.now
+            // v2 devices offering P2P: all quiesced before any stops (docs/DEVICE.md); nothing for v1.
+            for (i, d) in devices.enumerated() {
+                try deviceCall(i) { try d.device.quiesceP2P() }
+            }
             for (i, d) in devices.enumerated() {
                 try deviceCall(i) { try d.device.setState([.saving]) }
             }

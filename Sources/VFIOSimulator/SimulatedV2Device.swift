@@ -2,6 +2,16 @@ import Glibc
 import SyncPrimitives
 import VFIODevice
 
+/// One log for several simulated devices, in the order their calls reached the
+/// drivers: what "all devices P2P before any stops" is checked against.
+public final class V2Journal: @unchecked Sendable {  // `lines` only under `lock`
+    private let lock = Lock()
+    private var lines: [String] = []
+    public init() {}
+    public var entries: [String] { lock.withLock { lines } }
+    func append(_ line: String) { lock.withLock { lines.append(line) } }
+}
+
 /// A fault armed on the simulated v2 driver; each fires once.
 public enum V2SimFault: Sendable, Equatable {
     /// The driver fails the arc `from` → `to` (one step of a combination transition)
@@ -77,6 +87,7 @@ public final class SimulatedV2Device: @unchecked Sendable {  // all state guarde
     private var logLines: [String] = []
     private var logDropped = 0
     private var resets = 0
+    private var journal: (V2Journal, String)?
 
     /// One data_fd session: the user's pipe end and the driver's.
     private final class Session {
@@ -193,6 +204,8 @@ public final class SimulatedV2Device: @unchecked Sendable {  // all state guarde
     public var log: [String] { lock.withLock { logLines + (logDropped > 0 ? ["… \(logDropped) more"] : []) } }
     public func clearLog() { lock.withLock { logLines.removeAll(); logDropped = 0 } }
     public var resetCount: Int { lock.withLock { resets } }
+    /// Also writes every log line, prefixed "NAME: ", into `journal`.
+    public func record(into journal: V2Journal, as name: String) { lock.withLock { self.journal = (journal, name) } }
     public var dmaLoggingActive: Bool { lock.withLock { loggedRanges != nil } }
     /// DMA_LOGGING_STOP calls that reached the driver.
     public var dmaLoggingStopCount: Int { lock.withLock { loggingStops } }
@@ -806,6 +819,7 @@ public final class SimulatedV2Device: @unchecked Sendable {  // all state guarde
     // MARK: - Log
 
     private func note(_ line: String) {
+        if let (j, name) = journal { j.append("\(name): \(line)") }
         if logLines.count < Self.logCapacity { logLines.append(line) } else { logDropped += 1 }
     }
 
