@@ -274,16 +274,16 @@ public final class VFIOMigrationV2: @unchecked Sendable {
         try set(.stop)
     }
 
-    /// pending_bytes' role: in PRE_COPY what PRECOPY_INFO says is still readable now
-    /// (initial + dirty), at least MIG_DATA_SIZE's estimate of the STOP_COPY stream
-    /// (the downtime must move that; both are estimates, the max avoids counting the
-    /// dirty data twice). Without a PRE_COPY session, MIG_DATA_SIZE or 0.
+    /// pending_bytes' role. In PRE_COPY: what PRECOPY_INFO says is still readable now
+    /// (initial + dirty), QEMU's estimate; it reaches 0 when the device is quiet, so an
+    /// idle device converges. MIG_DATA_SIZE is not added there: every driver reports a
+    /// non-zero STOP_COPY size, which would keep the estimate above any target. Without
+    /// PRE_COPY all device data moves in the downtime: MIG_DATA_SIZE (0 where not offered).
     func pendingBytes() throws(DeviceError) -> UInt64 {
-        let stopCopy = try stopCopyLength() ?? 0
-        guard state.isPreCopy else { return stopCopy }
+        guard state.isPreCopy else { return try stopCopyLength() ?? 0 }
         let info = try precopyInfo()
         let (sum, overflow) = info.initial.addingReportingOverflow(info.dirty)
-        return max(overflow ? .max : sum, stopCopy)
+        return overflow ? .max : sum
     }
 
     /// Reads the next save chunk and keeps it for `stagedBytes`.

@@ -117,6 +117,46 @@ struct V2MigrationTests {
         #expect(validated.count == 3 && running.count == 3 && validated.max()! < running.min()!)
     }
 
+    /// One small device, no workload: the calls the simulator logged, in order, are the
+    /// v2 sequence of docs/DEVICE.md (printed with VFIO_V2_LOG=1 for the docs).
+    @Test func oneMigrationFollowsTheV2Sequence() throws {
+        let memory = try GuestMemory(anonymousNamed: "s", size: 16 * 4096, pageSize: 4096)
+        let target = try GuestMemory(anonymousNamed: "d", size: 16 * 4096, pageSize: 4096)
+        var c = SimulatedV2Device.Configuration(stateSize: 6000, seed: 1, flags: [.stopCopy, .p2p, .preCopy], dirtyPagesPerStep: 2, stateBytesPerStep: 100)
+        c.maxReadBytes = 4096
+        let src = SimulatedV2Device(configuration: c, guestMemory: memory)
+        let dst = SimulatedV2Device(configuration: c, guestMemory: target)
+        let journal = V2Journal()
+        src.record(into: journal, as: "source")
+        dst.record(into: journal, as: "destination")
+        let sd = try src.migrationDevice(name: "gpu0", chunkBytes: 4096)
+        let dirty = DeviceDMALogDirtyPageSource(device: sd.v2!, guestBytes: 16 * 4096)
+        var options = Loopback.quickOptions()
+        options.downtimeTargetMs = 10_000
+        let outcome = try Loopback.migrate(source: [SourceDevice(device: sd, dirtyPages: dirty, compatibility: "sim")], sourceMemory: memory,
+                                           destination: [DestinationDevice(device: try dst.migrationDevice(name: "gpu0"), compatibility: "sim")],
+                                           destinationMemory: target, options: options)
+        _ = try outcome.source.get()
+        _ = try outcome.destination.get()
+        #expect(src.stateSnapshot() == dst.stateSnapshot())
+        let lines = journal.entries
+        if ProcessInfo.processInfo.environment["VFIO_V2_LOG"] != nil { print(lines.joined(separator: "\n")) }
+        let order = ["source: ioctl(dev \(src.deviceFD), VFIO_DEVICE_FEATURE SET MIG_DEVICE_STATE PRE_COPY",
+                     "source: ioctl(dev \(src.deviceFD), VFIO_DEVICE_FEATURE SET DMA_LOGGING_START",
+                     "= -1 ENOMSG", "VFIO_MIG_GET_PRECOPY_INFO) = 0", "GET DMA_LOGGING_REPORT",
+                     "SET MIG_DEVICE_STATE PRE_COPY_P2P", "SET MIG_DEVICE_STATE STOP_COPY [PRE_COPY_P2P→STOP_COPY]",
+                     "destination: ioctl(dev \(dst.deviceFD), VFIO_DEVICE_FEATURE SET MIG_DEVICE_STATE STOP [RESUMING→STOP]) = 0",
+                     "destination: ioctl(dev \(dst.deviceFD), VFIO_DEVICE_FEATURE SET MIG_DEVICE_STATE RUNNING",
+                     "source: ioctl(dev \(src.deviceFD), VFIO_DEVICE_FEATURE SET DMA_LOGGING_STOP",
+                     "source: ioctl(dev \(src.deviceFD), VFIO_DEVICE_FEATURE SET MIG_DEVICE_STATE STOP [STOP_COPY→STOP]) = 0"]
+        var at = 0
+        for step in order {
+            guard let i = lines[at...].firstIndex(where: { $0.contains(step) }) else { Issue.record("missing, in order: \(step)"); return }
+            at = i
+        }
+        #expect(lines.contains { $0.hasPrefix("source: read(") && $0.hasSuffix(") = 0") }, "STOP_COPY read until 0")
+    }
+
     @Test func interfaceFlagsMismatchIsRefusedInHello() throws {
         let set = try V2SimSet(destinationFlags: [[.stopCopy, .p2p, .preCopy], [.stopCopy, .p2p], [.stopCopy, .p2p]])
         let outcome = try Loopback.migrate(source: set.source, sourceMemory: set.sourceMemory,
