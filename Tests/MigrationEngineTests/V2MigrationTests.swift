@@ -202,6 +202,9 @@ struct V2MigrationTests {
         guard case .failure(let s as MigrationError) = outcome.source, case .failure(let d as MigrationError) = outcome.destination else {
             Issue.record("both ends must fail"); return
         }
+        if ProcessInfo.processInfo.environment["VFIO_V2_LOG"] != nil {
+            print("FAULT \(fault): source \(s.phase)/\(s.device ?? "-")/\(s.disposition) — destination \(d.phase)/\(d.device ?? "-")/\(d.disposition): \(d.failure)")
+        }
         if fault == .destinationStopToRunningP2P {
             // After COMMIT: the destination's RUNNING failed; the source never runs again.
             #expect(s.disposition == .afterCommit && d.disposition == .afterCommit && d.phase == .resume)
