@@ -18,6 +18,10 @@ static const unsigned long CVFIO_GROUP_GET_DEVICE_FD = VFIO_GROUP_GET_DEVICE_FD;
 static const unsigned long CVFIO_DEVICE_GET_INFO = VFIO_DEVICE_GET_INFO;
 static const unsigned long CVFIO_DEVICE_GET_REGION_INFO = VFIO_DEVICE_GET_REGION_INFO;
 static const unsigned long CVFIO_IOMMU_DIRTY_PAGES = VFIO_IOMMU_DIRTY_PAGES;
+// Device migration uAPI v2 (Linux 5.18+). VFIO_MIG_GET_PRECOPY_INFO (6.2) is not in
+// every installed header: VFIODevice computes it and tests compare the arithmetic.
+static const unsigned long CVFIO_DEVICE_FEATURE = VFIO_DEVICE_FEATURE;
+static const unsigned long CVFIO_DEVICE_RESET = VFIO_DEVICE_RESET;
 
 // The uAPI constants the discovery code needs, as typed values.
 static const unsigned int CVFIO_API_VERSION = VFIO_API_VERSION;
@@ -34,6 +38,21 @@ static const unsigned long CVFIO_SIZEOF_REGION_INFO = sizeof(struct vfio_region_
 static const unsigned long CVFIO_SIZEOF_DEVICE_INFO = sizeof(struct vfio_device_info);
 static const unsigned long CVFIO_SIZEOF_DIRTY_BITMAP = sizeof(struct vfio_iommu_type1_dirty_bitmap);
 static const unsigned long CVFIO_SIZEOF_DIRTY_BITMAP_GET = sizeof(struct vfio_iommu_type1_dirty_bitmap_get);
+#include <stddef.h>
+static const unsigned long CVFIO_SIZEOF_DEVICE_FEATURE = sizeof(struct vfio_device_feature);
+static const unsigned long CVFIO_SIZEOF_FEATURE_MIGRATION = sizeof(struct vfio_device_feature_migration);
+static const unsigned long CVFIO_SIZEOF_FEATURE_MIG_STATE = sizeof(struct vfio_device_feature_mig_state);
+static const unsigned long CVFIO_OFFSETOF_MIG_STATE_DATA_FD = offsetof(struct vfio_device_feature_mig_state, data_fd);
+static const unsigned long CVFIO_SIZEOF_DMA_LOGGING_CONTROL = sizeof(struct vfio_device_feature_dma_logging_control);
+static const unsigned long CVFIO_OFFSETOF_DMA_LOGGING_CONTROL_RANGES = offsetof(struct vfio_device_feature_dma_logging_control, ranges);
+static const unsigned long CVFIO_SIZEOF_DMA_LOGGING_RANGE = sizeof(struct vfio_device_feature_dma_logging_range);
+static const unsigned long CVFIO_SIZEOF_DMA_LOGGING_REPORT = sizeof(struct vfio_device_feature_dma_logging_report);
+static const unsigned long CVFIO_OFFSETOF_DMA_LOGGING_REPORT_BITMAP = offsetof(struct vfio_device_feature_dma_logging_report, bitmap);
+static const unsigned int CVFIO_FEATURE_MIGRATION = VFIO_DEVICE_FEATURE_MIGRATION;
+static const unsigned int CVFIO_FEATURE_MIG_DEVICE_STATE = VFIO_DEVICE_FEATURE_MIG_DEVICE_STATE;
+static const unsigned int CVFIO_FEATURE_DMA_LOGGING_START = VFIO_DEVICE_FEATURE_DMA_LOGGING_START;
+static const unsigned int CVFIO_FEATURE_DMA_LOGGING_STOP = VFIO_DEVICE_FEATURE_DMA_LOGGING_STOP;
+static const unsigned int CVFIO_FEATURE_DMA_LOGGING_REPORT = VFIO_DEVICE_FEATURE_DMA_LOGGING_REPORT;
 
 // glibc declares memfd_create only under _GNU_SOURCE, which the Glibc module
 // does not set; the raw syscall keeps the module map free of feature macros.

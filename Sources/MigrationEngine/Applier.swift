@@ -122,6 +122,10 @@ final class Applier {
         if let missing = ended.firstIndex(of: false) {
             throw .unexpectedFrame("COMPLETE before DEVICE_END of \(devices[missing].name)")
         }
+        // v2 devices leave RESUMING for STOP here, before READY: the driver validates
+        // the stream at that arc, so a refusal is an ABORT the source rolls back from,
+        // not a failure after COMMIT. Nothing for v1 (docs/DEVICE.md).
+        for d in devices { try deviceCall(d.name) { try d.device.finishResuming() } }
         // No msync here: MAP_SHARED writes are already visible to the VMM that maps
         // the same file; forcing them to disk is not migration's job and would add
         // the write-back of the whole guest to the downtime.

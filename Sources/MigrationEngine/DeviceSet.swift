@@ -21,8 +21,11 @@ struct SourceDeviceSet {
         }
     }
 
-    /// SAVING|RUNNING → SAVING: the devices stop, downtime starts.
+    /// SAVING|RUNNING → SAVING: the devices stop, downtime starts. v2 devices that
+    /// offer P2P are all quiesced first, before any of them stops (docs/DEVICE.md);
+    /// nothing for v1.
     func stop() throws(MigrationFailure) {
+        for d in devices { try deviceCall(d.name) { try d.device.quiesceP2P() } }
         for d in devices { try deviceCall(d.name) { try d.device.setState([.saving]) } }
     }
 

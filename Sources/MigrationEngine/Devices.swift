@@ -7,8 +7,11 @@ public struct SourceDevice: @unchecked Sendable {  // DirtyPageSource is not dec
     public var device: MigrationDevice
     public var dirtyPages: (any DirtyPageSource)?
     public var compatibility: String
+    /// `compatibility` goes into HELLO behind the device's interface (v2 and its flags;
+    /// nothing for the region protocol), so the ends agree on it before anything moves.
     public init(device: MigrationDevice, dirtyPages: (any DirtyPageSource)?, compatibility: String) {
-        self.name = device.name; self.device = device; self.dirtyPages = dirtyPages; self.compatibility = compatibility
+        self.name = device.name; self.device = device; self.dirtyPages = dirtyPages
+        self.compatibility = device.interface.helloPrefix + compatibility
     }
 }
 
@@ -17,7 +20,9 @@ public struct DestinationDevice: Sendable {
     public var name: String
     public var device: MigrationDevice
     public var compatibility: String
+    /// As for `SourceDevice`: the interface prefix is part of what HELLO compares.
     public init(device: MigrationDevice, compatibility: String) {
-        self.name = device.name; self.device = device; self.compatibility = compatibility
+        self.name = device.name; self.device = device
+        self.compatibility = device.interface.helloPrefix + compatibility
     }
 }

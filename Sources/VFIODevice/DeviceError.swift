@@ -58,11 +58,28 @@ public enum DeviceError: Error, Sendable, Equatable, CustomStringConvertible {
     /// refused before any of it is written.
     case chunkDoesNotFit(chunk: Int, bytes: UInt64, dataOffset: UInt64, regionSize: UInt64)
 
+    // Device interface v2 (FSM + data_fd). Each names the device, the arc or call, the errno.
+    /// SET MIG_DEVICE_STATE `from` → `to` failed; `landed` is the state GET reported
+    /// afterwards (the original or one along the kernel's combination path), nil if unreadable.
+    case v2TransitionFailed(device: String, from: V2State, to: V2State, errno: Int32, landed: V2State?)
+    /// A read/write/VFIO_MIG_GET_PRECOPY_INFO on the data_fd failed in `state`.
+    case v2DataStream(device: String, operation: String, state: V2State, errno: Int32)
+    /// A VFIO_DEVICE_FEATURE call other than a state change (MIGRATION, MIG_DATA_SIZE,
+    /// DMA logging), or VFIO_DEVICE_RESET, failed.
+    case v2Feature(device: String, operation: String, errno: Int32)
+    /// The source rollback found the device in ERROR and reset it: it runs again, but
+    /// the device state it had is gone (the header allows nothing else, §2.3).
+    case v2RecoveredByReset(device: String, from: V2State, errno: Int32)
+    /// A region access on a device that speaks v2 (or the reverse): a wiring mistake.
+    case wrongInterface(device: String, detail: String)
+
     /// The errno a kernel vendor driver / syscall would report for this error.
     public var errnoCode: Int32 {
         switch self {
         case .transitionFailed(_, _, let e, _), .deviceIOError(_, _, _, let e, _),
-             .resumeDataRejected(_, let e, _), .systemCall(_, _, let e), .noSuchGroup(_, let e):
+             .resumeDataRejected(_, let e, _), .systemCall(_, _, let e), .noSuchGroup(_, let e),
+             .v2TransitionFailed(_, _, _, let e, _), .v2DataStream(_, _, _, let e), .v2Feature(_, _, let e),
+             .v2RecoveredByReset(_, _, let e):
             return e
         case .shortTransfer, .protocolViolation: return EIO
         case .noMigrationRegion: return ENODEV
@@ -122,6 +139,17 @@ public enum DeviceError: Error, Sendable, Equatable, CustomStringConvertible {
         case let .chunkDoesNotFit(chunk, bytes, offset, size):
             let section = size > offset ? size - offset : 0
             return "resume chunk \(chunk) of \(bytes) bytes does not fit the data section at data_offset \(offset) (\(section) bytes up to the region's end at \(size)); nothing of it was written (EFBIG)"
+        case let .v2TransitionFailed(device, from, to, e, landed):
+            let now = landed.map { "the device is now in \($0)" } ?? "its state could not be read back"
+            return "device \(device): migration state change \(from) -> \(to) failed: \(errnoName(e)); \(now)"
+        case let .v2DataStream(device, operation, state, e):
+            return "device \(device): \(operation) on the migration data_fd in \(state) failed: \(errnoName(e))"
+        case let .v2Feature(device, operation, e):
+            return "device \(device): \(operation) failed: \(errnoName(e))"
+        case let .v2RecoveredByReset(device, from, e):
+            return "device \(device): RUNNING could not be set (\(errnoName(e))) and the device was in ERROR; VFIO_DEVICE_RESET brought it back to RUNNING, its migration state from \(from) is lost"
+        case let .wrongInterface(device, detail):
+            return "device \(device): \(detail)"
         }
     }
 }
@@ -133,6 +161,7 @@ func errnoName(_ e: Int32) -> String {
         EAGAIN: "EAGAIN", ENOMEM: "ENOMEM", EACCES: "EACCES", EFAULT: "EFAULT", EBUSY: "EBUSY",
         EEXIST: "EEXIST", ENODEV: "ENODEV", EINVAL: "EINVAL", ENOSPC: "ENOSPC", ENOTTY: "ENOTTY",
         ENOSYS: "ENOSYS", EOVERFLOW: "EOVERFLOW", EFBIG: "EFBIG",
+        ENOMSG: "ENOMSG", ESPIPE: "ESPIPE", E2BIG: "E2BIG", EPIPE: "EPIPE",
     ]
     let text = strerror(e).map { String(cString: $0) } ?? "errno \(e)"
     return "\(names[e] ?? "errno \(e)"): \(text)"

@@ -22,6 +22,11 @@ public struct ResumeSequence {
     /// written) when it would extend past the region.
     public mutating func begin(length: UInt64) throws {
         guard open == nil else { throw misuse("a chunk is already open") }
+        if device.v2 != nil {
+            // v2: a stream without driver chunks; the wire's chunk only counts bytes here.
+            open = OpenChunk(dataOffset: 0, length: length, written: 0)
+            return
+        }
         let region = device.region
         let dataOffset = try region.read(.dataOffset)                   // a
         guard dataOffset >= MigrationInfo.size else {
@@ -40,7 +45,11 @@ public struct ResumeSequence {
         guard UInt64(piece.count) <= chunk.length - chunk.written else {
             throw misuse("a \(piece.count)-byte piece exceeds the \(chunk.length - chunk.written) bytes the chunk still lacks")
         }
-        if !piece.isEmpty { try device.region.writeBytes(piece, at: chunk.dataOffset + chunk.written) }   // b
+        if let v2 = device.v2 {
+            try v2.write(piece)                                          // bytes in order, any segmentation
+        } else if !piece.isEmpty {
+            try device.region.writeBytes(piece, at: chunk.dataOffset + chunk.written)   // b
+        }
         chunk.written += UInt64(piece.count)
         open = chunk
     }
@@ -51,7 +60,9 @@ public struct ResumeSequence {
             throw misuse(open.map { "\($0.written) of \($0.length) bytes written" } ?? "no chunk is open")
         }
         open = nil   // consumed or refused by the driver: either way the chunk is over
-        try device.region.write(chunk.length, to: .dataSize)          // c: driver consumes
+        if device.v2 == nil {
+            try device.region.write(chunk.length, to: .dataSize)      // c: driver consumes
+        }
         applied += 1
         bytes += chunk.length
     }

@@ -34,6 +34,13 @@ public struct SaveSequence {
 
     /// Steps a–c. nil when pending_bytes == 0.
     public mutating func stageChunk() throws -> StagedChunk? {
+        if let v2 = device.v2 {
+            // v2: up to chunkBytes from the data_fd; nil = nothing now (PRE_COPY) or the end (STOP_COPY).
+            guard let chunk = try v2.stageChunk(index: chunksStaged) else { return nil }
+            chunksStaged += 1
+            bytesStaged += chunk.size
+            return chunk
+        }
         let region = device.region
         let pending = try region.read(.pendingBytes)                    // a
         guard pending > 0 else { return nil }
@@ -59,6 +66,7 @@ public struct SaveSequence {
             throw DeviceError.invalidArgument(operation: "read save chunk \(chunk.index)", detail: "\(count) bytes at \(offset) lie outside its \(chunk.size) bytes")
         }
         guard count > 0 else { return [] }
+        if let v2 = device.v2 { return try v2.stagedBytes(chunk, at: offset, count: count) }
         return try device.region.readBytes(count: count, at: chunk.dataOffset + offset)   // d
     }
 

@@ -54,6 +54,52 @@ public enum VFIODiscovery {
     public static func open(group: String, device: String,
                             containerPath: String = "/dev/vfio/vfio", groupDirectory: String = "/dev/vfio",
                             kernel: VFIOKernel = .live) throws(DeviceError) -> VFIODeviceHandle {
+        let opened = try openDeviceFD(group: group, device: device, containerPath: containerPath,
+                                      groupDirectory: groupDirectory, kernel: kernel)
+        return try regionHandle(opened, group: group, device: device, kernel: kernel)
+    }
+
+    /// Which interface to use: `auto` probes v2 first (GET MIGRATION; ENOTTY = none), then
+    /// the region; `v1`/`v2` force one (`--device NAME=vfio:G/D,interface=v1|v2`).
+    public enum InterfaceChoice: String, Sendable, CaseIterable { case auto, v1, v2 }
+
+    /// A device opened for migration, with the interface it speaks.
+    public enum Opened: Sendable {
+        case region(VFIODeviceHandle)
+        case v2(VFIOV2Handle)
+    }
+
+    /// Opens the device like `open`, then finds how it migrates: `VFIO_DEVICE_FEATURE` GET
+    /// MIGRATION first (what every driver of the last kernels speaks), the region
+    /// (type 3 / subtype 1) after it, unless `interface` forces one.
+    public static func openMigratable(group: String, device: String, interface: InterfaceChoice = .auto,
+                                      containerPath: String = "/dev/vfio/vfio", groupDirectory: String = "/dev/vfio",
+                                      kernel: VFIOKernel = .live) throws(DeviceError) -> Opened {
+        let opened = try openDeviceFD(group: group, device: device, containerPath: containerPath,
+                                      groupDirectory: groupDirectory, kernel: kernel)
+        if interface != .v1 {
+            if let flags = try VFIOMigrationV2.probe(deviceFD: opened.deviceFD, kernel: kernel, name: device) {
+                opened.descriptors.handOver()
+                return .v2(VFIOV2Handle(group: group, deviceName: device, containerFD: opened.container, groupFD: opened.groupFD,
+                                        deviceFD: opened.deviceFD, flags: flags, kernel: kernel))
+            }
+            if interface == .v2 {
+                throw .wrongInterface(device: device, detail: "interface=v2 was asked for, but VFIO_DEVICE_FEATURE GET MIGRATION answers ENOTTY (no v2 migration driver, or a kernel before 5.18)")
+            }
+        }
+        return .region(try regionHandle(opened, group: group, device: device, kernel: kernel))
+    }
+
+    /// What `openDeviceFD` opened; `descriptors` closes them all unless handed over.
+    private struct DeviceDescriptors {
+        let descriptors: Descriptors
+        let container: Int32
+        let groupFD: Int32
+        let deviceFD: Int32
+    }
+
+    private static func openDeviceFD(group: String, device: String, containerPath: String, groupDirectory: String,
+                                     kernel: VFIOKernel) throws(DeviceError) -> DeviceDescriptors {
         let descriptors = Descriptors(kernel: kernel)
         let container = try descriptors.open(containerPath, operation: "open VFIO container")
 
@@ -89,6 +135,12 @@ public enum VFIODiscovery {
         var name = Array(device.utf8CString)
         let deviceFD = try call(kernel, groupFD, CVFIO_GROUP_GET_DEVICE_FD, "VFIO_GROUP_GET_DEVICE_FD", path: device, &name)
         descriptors.adopt(deviceFD)
+        return DeviceDescriptors(descriptors: descriptors, container: container, groupFD: groupFD, deviceFD: deviceFD)
+    }
+
+    private static func regionHandle(_ opened: DeviceDescriptors, group: String, device: String,
+                                     kernel: VFIOKernel) throws(DeviceError) -> VFIODeviceHandle {
+        let deviceFD = opened.deviceFD
 
         // struct vfio_device_info { argsz, flags, num_regions, num_irqs, cap_offset }
         var info: [UInt32] = [20, 0, 0, 0, 0]
@@ -114,8 +166,8 @@ public enum VFIODiscovery {
         guard region.size >= MigrationInfo.size else {
             throw .protocolViolation(step: "migration region info", detail: "region \(region.index) is \(region.size) bytes, smaller than the 64-byte header")
         }
-        descriptors.handOver()
-        return VFIODeviceHandle(group: group, deviceName: device, containerFD: container, groupFD: groupFD,
+        opened.descriptors.handOver()
+        return VFIODeviceHandle(group: group, deviceName: device, containerFD: opened.container, groupFD: opened.groupFD,
                                 deviceFD: deviceFD, regionCount: regionCount, migrationRegionInfo: region, kernel: kernel)
     }
 
@@ -126,6 +178,45 @@ public enum VFIODiscovery {
         try DeviceError.systemCall(name, path: path) { () throws(Errno) in
             try arg.withMutableBytes { (buffer) throws(Errno) in try kernel.ioctl(fd, request, .buffer(buffer)) }
         }
+    }
+}
+
+/// An opened VFIO device that speaks the v2 migration interface. Closes its
+/// descriptors when released; the `VFIOMigrationV2` made from it keeps it alive.
+public final class VFIOV2Handle: Sendable {
+    public let group: String
+    public let deviceName: String
+    public let containerFD: Int32
+    public let groupFD: Int32
+    public let deviceFD: Int32
+    /// What GET MIGRATION reported.
+    public let flags: V2MigrationFlags
+    public let kernel: VFIOKernel
+
+    init(group: String, deviceName: String, containerFD: Int32, groupFD: Int32, deviceFD: Int32,
+         flags: V2MigrationFlags, kernel: VFIOKernel) {
+        self.group = group; self.deviceName = deviceName
+        self.containerFD = containerFD; self.groupFD = groupFD; self.deviceFD = deviceFD
+        self.flags = flags; self.kernel = kernel
+    }
+
+    deinit {
+        for fd in [deviceFD, groupFD, containerFD] { try? kernel.close(fd) }
+    }
+
+    /// The engine's device. The state is read once: a device handed over by a VMM may
+    /// not be RUNNING, and ERROR must be seen before the migration starts.
+    public func migrationDevice(name: String? = nil, chunkBytes: Int = 1 << 20) throws(DeviceError) -> MigrationDevice {
+        let v2 = VFIOMigrationV2(name: name ?? deviceName, deviceFD: deviceFD, flags: flags, kernel: kernel,
+                                 chunkBytes: chunkBytes, owner: self)
+        _ = try v2.currentState()
+        return MigrationDevice(name: v2.name, v2: v2)
+    }
+
+    /// The container's dirty log (type1 only; reports every mapped page dirty for
+    /// devices that cannot track, VFIO-V2.md §6).
+    public func iommuDirtyPageSource(iovaBase: UInt64 = 0) -> IOMMUDirtyPageSource {
+        IOMMUDirtyPageSource(containerFD: containerFD, iovaBase: iovaBase, kernel: kernel)
     }
 }
 

@@ -17,6 +17,10 @@ public struct Errno: Error, Sendable, Hashable, CustomStringConvertible {
     public static let badFileDescriptor = Errno(rawValue: EBADF)
     public static let noSuchFileOrDirectory = Errno(rawValue: ENOENT)
     public static let notATerminal = Errno(rawValue: ENOTTY)
+    /// A v2 data_fd's temporary end of stream in PRE_COPY ("nothing now").
+    public static let noMessage = Errno(rawValue: ENOMSG)
+    /// pread/pwrite/lseek on a stream (a v2 data_fd, a pipe).
+    public static let illegalSeek = Errno(rawValue: ESPIPE)
 
     /// "EINVAL: Invalid argument".
     public var description: String { errnoName(rawValue) }
@@ -46,10 +50,10 @@ public func retryingOnInterrupt<T>(_ body: () throws(Errno) -> T) throws(Errno) 
 /// Offsets and modes are Swift integers (`off_t` is `Int`, `mode_t` `UInt32` on
 /// 64-bit Linux): the C typealiases would tie the public API to a C module.
 ///
-/// The device interface v2 fits unchanged: `VFIO_DEVICE_FEATURE` is a `.buffer`
-/// ioctl whose first u32 is argsz (8-byte aligned buffer, as QEMU builds it), and
-/// the `data_fd` it returns is one more descriptor for `close` (its `read`/`write`
-/// stream calls join this value when that backend lands).
+/// The device interface v2 fits: `VFIO_DEVICE_FEATURE` is a `.buffer` ioctl whose
+/// first u32 is argsz (8-byte aligned buffer, as QEMU builds it), and the `data_fd`
+/// it returns is one more descriptor for `read`/`write` (a stream: no offsets) and
+/// `close`.
 public struct VFIOKernel: Sendable {
     /// The third argument of `ioctl(2)`.
     public enum IoctlArgument {
@@ -84,6 +88,11 @@ public struct VFIOKernel: Sendable {
     /// `lseek(fd, offset, SEEK_DATA)`: where the next data at or after `offset` starts,
     /// nil when there is none up to the end of the file (ENXIO).
     public var seekData: @Sendable (_ fd: Int32, _ offset: Int) throws(Errno) -> Int?
+    /// `read(2)` on a stream (a v2 data_fd): bytes read, 0 at end of stream. There is
+    /// no offset: a data_fd is a stream, and `pread` on it fails with ESPIPE.
+    public var read: @Sendable (_ fd: Int32, _ into: UnsafeMutableRawBufferPointer) throws(Errno) -> Int
+    /// `write(2)` on a stream (a v2 resume data_fd): bytes written, possibly fewer than given.
+    public var write: @Sendable (_ fd: Int32, _ from: UnsafeRawBufferPointer) throws(Errno) -> Int
 
     public init(
         open: @escaping @Sendable (String, Int32, UInt32) throws(Errno) -> Int32,
@@ -101,13 +110,28 @@ public struct VFIOKernel: Sendable {
         // Defaults for a kernel played in tests: a disk file with data everywhere,
         // which is what a file system without hole reporting says (never wrong).
         fileSystemType: @escaping @Sendable (Int32) throws(Errno) -> Int = { _ in 0 },
-        seekData: @escaping @Sendable (Int32, Int) throws(Errno) -> Int? = { _, offset in offset }
+        seekData: @escaping @Sendable (Int32, Int) throws(Errno) -> Int? = { _, offset in offset },
+        // Streams default to the running kernel's: a played kernel that hands out real
+        // descriptors (pipes) gets real stream semantics, ESPIPE included.
+        read: @escaping @Sendable (Int32, UnsafeMutableRawBufferPointer) throws(Errno) -> Int = VFIOKernel.liveRead,
+        write: @escaping @Sendable (Int32, UnsafeRawBufferPointer) throws(Errno) -> Int = VFIOKernel.liveWrite
     ) {
         self.open = open; self.close = close; self.ioctl = ioctl
         self.pread = pread; self.pwrite = pwrite
         self.fileSize = fileSize; self.truncate = truncate; self.memfdCreate = memfdCreate
         self.mmap = mmap; self.munmap = munmap; self.madvise = madvise; self.msync = msync
         self.fileSystemType = fileSystemType; self.seekData = seekData
+        self.read = read; self.write = write
+    }
+
+    /// `read(2)` of the running kernel.
+    public static let liveRead: @Sendable (Int32, UnsafeMutableRawBufferPointer) throws(Errno) -> Int = { fd, buffer throws(Errno) in
+        try nonNegative(Glibc.read(fd, buffer.baseAddress, buffer.count))
+    }
+
+    /// `write(2)` of the running kernel.
+    public static let liveWrite: @Sendable (Int32, UnsafeRawBufferPointer) throws(Errno) -> Int = { fd, buffer throws(Errno) in
+        try nonNegative(Glibc.write(fd, buffer.baseAddress, buffer.count))
     }
 }
 
@@ -175,6 +199,14 @@ extension Array {
     /// rethrows as `any Error`): how ioctl buffers reach the kernel seam.
     mutating func withMutableBytes<R, E: Error>(_ body: (UnsafeMutableRawBufferPointer) throws(E) -> R) throws(E) -> R {
         let result: Result<R, E> = withUnsafeMutableBytes { buffer in
+            do throws(E) { return .success(try body(buffer)) } catch { return .failure(error) }
+        }
+        return try result.get()
+    }
+
+    /// `withUnsafeBytes` for a body with a typed error: how write buffers reach the seam.
+    func withBytes<R, E: Error>(_ body: (UnsafeRawBufferPointer) throws(E) -> R) throws(E) -> R {
+        let result: Result<R, E> = withUnsafeBytes { buffer in
             do throws(E) { return .success(try body(buffer)) } catch { return .failure(error) }
         }
         return try result.get()

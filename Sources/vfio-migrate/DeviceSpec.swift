@@ -6,14 +6,19 @@ import VFIOSimulator
 
 /// `--device NAME=BACKEND` as typed by the operator.
 ///   sim:[state=SIZE,seed=N,dirty=PAGES,churn=SIZE,chunk=SIZE,allevery=N,image=PATH]
+///   sim:interface=v2[,precopy=0|1,p2p=0|1,dmalog=0|1,precopyend=enomsg|zero,state=…,seed=…,dirty=…,churn=…,chunk=…]
 ///   file:PATH[@OFFSET][,size=SIZE]
-///   vfio:GROUP/DEVICE
+///   vfio:GROUP/DEVICE[,interface=v1|v2]
 /// Any form may end with `,compat=STRING` (the opaque compatibility string in HELLO).
 struct DeviceSpec: Sendable, CustomStringConvertible {
     enum Backend: Sendable {
         case sim(SimulatedDevice.Configuration)
         case file(path: String, offset: UInt64, size: UInt64?)
         case vfio(group: String, device: String)
+        /// `vfio:GROUP/DEVICE,interface=v1|v2`: one interface forced (plain `vfio:` probes v2 first).
+        case vfioForced(group: String, device: String, interface: VFIODiscovery.InterfaceChoice)
+        /// A simulated v2 device (DeviceSpecV2.swift); `chunkBytes` per DEVICE_DATA chunk.
+        case simV2(SimulatedV2Device.Configuration, chunkBytes: Int)
     }
     var name: String
     var backend: Backend
@@ -43,7 +48,10 @@ struct DeviceSpec: Sendable, CustomStringConvertible {
         }
         compatibility = compat
         switch kind {
+        case "sim" where parts.contains("interface=v2"):
+            backend = try DeviceSpec.simV2(parts.filter { $0 != "interface=v2" }, spec: text)
         case "sim":
+            parts.removeAll { $0 == "interface=v1" }
             var config = SimulatedDevice.Configuration()
             var stateGiven = false
             var image: String?
@@ -90,7 +98,8 @@ struct DeviceSpec: Sendable, CustomStringConvertible {
             guard gd.count == 2, !gd[0].isEmpty, !gd[1].isEmpty else {
                 throw CLIError.badDevice(text, "vfio: needs GROUP/DEVICE, e.g. vfio:26/0000:65:00.0")
             }
-            backend = .vfio(group: gd[0], device: gd[1])
+            let interface = try DeviceSpec.vfioInterface(parts.dropFirst(), spec: text)
+            backend = interface == .auto ? .vfio(group: gd[0], device: gd[1]) : .vfioForced(group: gd[0], device: gd[1], interface: interface)
         default:
             throw CLIError.badDevice(text, "unknown backend \(kind) (sim, file, vfio)")
         }

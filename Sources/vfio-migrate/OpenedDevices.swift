@@ -10,13 +10,25 @@ struct OpenedDevices {
     var compatibility: [String] = []
     var dirtySources: [(any DirtyPageSource)?] = []
     var simulated: [(name: String, device: SimulatedDevice)] = []
+    /// Simulated v2 devices (`sim:interface=v2,…`).
+    var simulatedV2: [(name: String, device: SimulatedV2Device)] = []
 
-    enum DirtyMode: String, CaseIterable { case region, iommu, none }
+    enum DirtyMode: String, CaseIterable {
+        case region, iommu, none
+        /// The v2 device's own DMA logging (VFIO_DEVICE_FEATURE DMA_LOGGING_*).
+        case deviceLog = "device-log"
+    }
 
     init(specs: [DeviceSpec], memory: GuestMemory?, dirty: DirtyMode) throws {
         var seen = Set<String>()
         for spec in specs {
             guard seen.insert(spec.name).inserted else { throw CLIError.config("device \(spec.name) is named twice") }
+            if let v2 = try openV2(spec, memory: memory, dirty: dirty) {
+                devices.append(v2.device)
+                compatibility.append(spec.compatibility ?? v2.compatibility)
+                dirtySources.append(v2.dirty)
+                continue
+            }
             let region: any MigrationRegion
             let defaultCompat: String
             var handle: VFIODeviceHandle?
@@ -29,11 +41,14 @@ struct OpenedDevices {
             case .file(let path, let offset, let size):
                 region = try FileRegion(path: path, baseOffset: offset, size: size)
                 defaultCompat = "file"
-            case .vfio(let group, let device):
+            case .vfio(let group, let device), .vfioForced(let group, let device, _):
+                // openV2 found no v2 interface (or interface=v1): the region.
                 let h = try VFIODiscovery.open(group: group, device: device)
                 handle = h
                 region = try h.region()
                 defaultCompat = "vfio"
+            case .simV2:
+                preconditionFailure("opened by openV2")
             }
             let device = MigrationDevice(name: spec.name, region: region)
             devices.append(device)
@@ -41,6 +56,8 @@ struct OpenedDevices {
             switch dirty {
             case .region: dirtySources.append(RegionDirtyPageSource(device: device))
             case .none: dirtySources.append(nil)
+            case .deviceLog:
+                throw CLIError.config("device \(spec.name): --dirty device-log needs a device with the v2 interface (DMA logging is a v2 feature)")
             case .iommu:
                 // The container's dirty log (Linux 5.8 form) exists only for a VFIO device we opened.
                 guard let handle else {
@@ -61,9 +78,9 @@ struct OpenedDevices {
     /// Writes each simulated device's internal state to DIR/NAME.state.
     func dumpState(to directory: String) throws {
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
-        for (name, sim) in simulated {
+        for (name, sim) in simulated.map({ ($0.name, $0.device.stateSnapshot) }) + simulatedV2.map({ ($0.name, $0.device.stateSnapshot) }) {
             let path = (directory as NSString).appendingPathComponent("\(name).state")
-            guard FileManager.default.createFile(atPath: path, contents: Data(sim.stateSnapshot())) else {
+            guard FileManager.default.createFile(atPath: path, contents: Data(sim())) else {
                 throw CLIError.config("cannot write \(path)")
             }
         }
@@ -75,10 +92,11 @@ struct OpenedDevices {
 final class SimWorkload: Sendable {
     private let task: PeriodicTask?
 
-    init(devices: [SimulatedDevice], intervalMs: Double) {
-        guard !devices.isEmpty, intervalMs > 0 else { task = nil; return }
+    init(devices: [SimulatedDevice], v2: [SimulatedV2Device] = [], intervalMs: Double) {
+        guard !devices.isEmpty || !v2.isEmpty, intervalMs > 0 else { task = nil; return }
         task = PeriodicTask(name: "sim-workload", interval: .microseconds(Int64(intervalMs * 1000))) {
             for d in devices { d.workloadStep() }
+            for d in v2 { d.workloadStep() }
             return true
         }
     }

@@ -62,7 +62,7 @@ struct DeviceOptions: ParsableArguments {
     var memorySize: ByteCount?
     @Option(name: .customLong("page-size"), help: "Guest page size in bytes (a power of two, 4096 to 1G).")
     var pageSize: Int = 4096
-    @Option(help: "Where dirty pages come from: region (the migration region's bitmap query), iommu (the VFIO container's dirty log, vfio: devices), none.")
+    @Option(help: "Where dirty pages come from: region (the migration region's bitmap query), iommu (the VFIO container's dirty log, vfio: devices), device-log (a v2 device's DMA logging), none.")
     var dirty: OpenedDevices.DirtyMode = .region
 
     func validate() throws {

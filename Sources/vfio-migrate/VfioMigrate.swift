@@ -121,7 +121,7 @@ struct Send: ParsableCommand {
         } catch {
             throw failureExit(for: error, printer: printer, side: "source")
         }
-        let workload = SimWorkload(devices: opened.simulated.map(\.device), intervalMs: workloadMs)
+        let workload = SimWorkload(devices: opened.simulated.map(\.device), v2: opened.simulatedV2.map(\.device), intervalMs: workloadMs)
         let interrupts = InterruptHandler { sender.cancel() }
         defer { withExtendedLifetime(interrupts) {} }
         do {
