@@ -20,6 +20,8 @@ struct Demo: ParsableCommand {
     var stateSize: ByteCount = ByteCount(bytes: 32 << 20)
     @Option(help: "Number of simulated devices (1...16).")
     var devices: Int = 2
+    @Option(help: "The simulated devices' kernel interface: v1 (the seed's migration region, dirty pages by region query) or v2 (Linux 5.18+ state machine and data_fd, dirty pages by device DMA logging).")
+    var interface: DemoInterface = .v1
     @Option(name: .customLong("workload-ms"), help: "Workload step interval in ms (state churn and DMA into guest memory).")
     var workloadMs: Double = 1
     @Option(name: .customLong("certs"), help: "Directory with the development certificates (ca.pem, source*.pem, destination*.pem).")
@@ -68,12 +70,12 @@ struct Demo: ParsableCommand {
             try GuestCorpus.fill(srcMemory, seed: 42)
             say(String(format: "filled source guest memory (25%% zero, 50%% binary, 25%% random pages) in %.2f s", (ContinuousClock.now - fillStart).seconds))
 
-            let specs = (0..<devices).map { i in "dev\(i)=sim:state=\(state),seed=\(i + 1),dirty=4,churn=1K,chunk=1M" }
-            let srcDevices = try OpenedDevices(specs: specs.map { try DeviceSpec(parsing: $0) }, memory: srcMemory, dirty: .region)
-            let dstDevices = try OpenedDevices(specs: specs.map { try DeviceSpec(parsing: $0) }, memory: dstMemory, dirty: .region)
+            let specs = (0..<devices).map { i in "dev\(i)=sim:\(interface.specPrefix)state=\(state),seed=\(i + 1),dirty=4,churn=1K,chunk=1M" }
+            let srcDevices = try OpenedDevices(specs: specs.map { try DeviceSpec(parsing: $0) }, memory: srcMemory, dirty: interface.dirtyMode)
+            let dstDevices = try OpenedDevices(specs: specs.map { try DeviceSpec(parsing: $0) }, memory: dstMemory, dirty: interface.dirtyMode)
 
             let receiver = Receiver(devices: dstDevices.destinationDevices, memory: dstMemory, options: ReceiverOptions(), events: dst.handle)
-            let workload = SimWorkload(devices: srcDevices.simulated.map(\.device), intervalMs: workloadMs)
+            let workload = SimWorkload(devices: srcDevices.simulated.map(\.device), v2: srcDevices.simulatedV2.map(\.device), intervalMs: workloadMs)
             let sender = Sender(devices: srcDevices.sourceDevices, memory: srcMemory, options: tuning.options(), events: out.handle)
             let interrupts = InterruptHandler { sender.cancel() }
             defer { withExtendedLifetime(interrupts) {} }
@@ -84,17 +86,8 @@ struct Demo: ParsableCommand {
             _ = try outcome.destination.get()
 
             // Verify: every device's state and every guest page are identical.
-            var mismatches: [String] = []
-            for (s, d) in zip(srcDevices.simulated, dstDevices.simulated) where s.device.stateSnapshot() != d.device.stateSnapshot() {
-                mismatches.append("device \(s.name) state differs")
-            }
+            var mismatches = DemoVerification.deviceMismatches(source: srcDevices, destination: dstDevices)
             if let page = try DemoVerification.firstDifference(srcMemory, dstMemory) { mismatches.append("guest page \(page) differs") }
-            for (name, sim) in dstDevices.simulated where sim.currentState != .running {
-                mismatches.append("device \(name) is \(sim.currentState) on the destination, not RUNNING")
-            }
-            for (name, sim) in srcDevices.simulated where sim.currentState.contains(.running) {
-                mismatches.append("device \(name) still runs on the source")
-            }
             if mismatches.isEmpty {
                 say("verified: destination device state and guest memory are byte-identical to the source; devices run on the destination only")
             } else {
@@ -127,5 +120,32 @@ enum DemoVerification {
             pfn += UInt64(n)
         }
         return nil
+    }
+}
+
+/// `demo --interface`: which simulated vendor driver the devices are.
+enum DemoInterface: String, CaseIterable, ExpressibleByArgument {
+    case v1, v2
+    var specPrefix: String { self == .v2 ? "interface=v2," : "" }
+    var dirtyMode: OpenedDevices.DirtyMode { self == .v2 ? .deviceLog : .region }
+}
+
+extension DemoVerification {
+    /// Device state differs, a destination device does not run, or a source device still does.
+    static func deviceMismatches(source: OpenedDevices, destination: OpenedDevices) -> [String] {
+        var found: [String] = []
+        for (s, d) in zip(source.simulated, destination.simulated) where s.device.stateSnapshot() != d.device.stateSnapshot() {
+            found.append("device \(s.name) state differs")
+        }
+        for (s, d) in zip(source.simulatedV2, destination.simulatedV2) where s.device.stateSnapshot() != d.device.stateSnapshot() {
+            found.append("device \(s.name) state differs")
+        }
+        let destinationStates = destination.simulated.map { ($0.name, $0.device.currentState == .running) }
+            + destination.simulatedV2.map { ($0.name, $0.device.currentState == .running) }
+        for (name, runs) in destinationStates where !runs { found.append("device \(name) is not RUNNING on the destination") }
+        let sourceStates = source.simulated.map { ($0.name, $0.device.currentState.contains(.running)) }
+            + source.simulatedV2.map { ($0.name, $0.device.currentState == .running) }
+        for (name, runs) in sourceStates where runs { found.append("device \(name) still runs on the source") }
+        return found
     }
 }

@@ -134,8 +134,10 @@ struct TwoProcessTests {
     }
 
     /// The README's first command, small: both ends in one process, verified at the end.
-    @Test func demoMigratesAndVerifies() throws {
-        let demo = try Self.start(["demo", "--memory-size", "16M", "--state-size", "1M", "--certs", "\(Self.root)/certs/dev"])
+    @Test(arguments: ["v1", "v2"])
+    func demoMigratesAndVerifies(interface: String) throws {
+        let demo = try Self.start(["demo", "--memory-size", "16M", "--state-size", "1M", "--interface", interface,
+                                   "--certs", "\(Self.root)/certs/dev"])
         let r = demo.wait()
         #expect(r.code == 0, "demo: \(r.err)\n\(r.out)")
         #expect(r.out.contains("verified: destination device state and guest memory are byte-identical"))
