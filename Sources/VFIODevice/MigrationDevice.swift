@@ -53,7 +53,7 @@ public enum DeviceInterface: Sendable, Equatable, CustomStringConvertible {
 /// protocol (v1, `region`) or the v2 interface (`v2`); the engine's calls are the same
 /// (start saving = SAVING|RUNNING, stop-and-copy = SAVING, ... — see docs/DEVICE.md for
 /// how each becomes a v2 arc), and `SaveSequence`/`ResumeSequence` move its data.
-public final class MigrationDevice: @unchecked Sendable {
+public final class MigrationDevice: @unchecked Sendable {  // holds a VFIOMigrationV2 (descriptors, one thread at a time)
     public let name: String
     /// The migration region (v1). A v2 device has none: every access throws `wrongInterface`.
     public let region: any MigrationRegion

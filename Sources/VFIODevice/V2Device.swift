@@ -10,7 +10,7 @@ import Glibc
 /// leaves the saving group or RESUMING, or after a reset (which invalidates it).
 ///
 /// Like `MigrationDevice`, used by one thread at a time (the engine's device thread).
-public final class VFIOMigrationV2: @unchecked Sendable {
+public final class VFIOMigrationV2: @unchecked Sendable {  // owns the data_fd; one thread at a time (the session's)
     public let name: String
     public let deviceFD: Int32
     public let kernel: VFIOKernel
