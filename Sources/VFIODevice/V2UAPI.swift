@@ -2,9 +2,9 @@ internal import CVFIO
 
 // The Linux VFIO device-migration uAPI v2 (5.18+; PRE_COPY and MIG_DATA_SIZE 6.2,
 // DMA logging 6.1), as pure byte-level builders and parsers. Layouts and values are
-// those of include/uapi/linux/vfio.h as collected in ../shared/VFIO-V2.md §1; the
-// tests compare them with the installed header (CVFIO sizes/offsets) where it has
-// them, and with the rust-vmm layout asserts quoted there where it does not.
+// those of Linux include/uapi/linux/vfio.h (docs/DEVICE.md lists them); the tests
+// compare them with the installed header (CVFIO sizes/offsets) where it has them,
+// and with rust-vmm's vfio-bindings layout asserts where it does not.
 
 /// `enum vfio_device_mig_state`. The numbers differ from v1's bits (v2 STOP = 1 is v1 RUNNING).
 public enum V2State: UInt32, Sendable, CaseIterable, CustomStringConvertible {
