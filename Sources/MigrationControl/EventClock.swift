@@ -8,6 +8,11 @@ public struct EventTimestamp: Sendable, Equatable {
     public var epochMicroseconds: Int64
     public var monotonicSeconds: Double
 
+    public init(epochMicroseconds: Int64, monotonicSeconds: Double) {
+        self.epochMicroseconds = epochMicroseconds
+        self.monotonicSeconds = monotonicSeconds
+    }
+
     public var jsonObject: JSONValue {
         let seconds = epochMicroseconds / 1_000_000
         let micros = epochMicroseconds % 1_000_000
