@@ -11,8 +11,10 @@ final class ControlConnection {
     let fd: Int32
     let peer: PeerCredentials
     private var framer: LineFramer
-    /// Attachments by the stream offset of the message they came with, which the
-    /// kernel ties to that message's first byte: they belong to the line holding it.
+    /// Attachments by the stream offset of the last byte received with them. The
+    /// kernel ends a read with the message that carried descriptors (earlier
+    /// messages may be glued in front of it), so that last byte lies in the
+    /// sender's own message: the line holding it is the one the descriptors came with.
     private var attachments: [(offset: Int, attachment: Attachment)] = []
     private var receivedBytes = 0
     private var output: [UInt8] = []
@@ -26,12 +28,14 @@ final class ControlConnection {
     }
 
     var wantsToWrite: Bool { !output.isEmpty }
+    /// Output was refused for lack of room: the controller does not read what it is sent.
+    private(set) var overflowed = false
 
     /// Queues one JSON line; false when the controller has stopped reading (too much queued).
     func enqueue(_ message: JSONValue) -> Bool { enqueue(line: message.jsonLine) }
 
     func enqueue(line: String) -> Bool {
-        guard output.count + line.utf8.count < maxOutputBytes else { return false }
+        guard output.count + line.utf8.count < maxOutputBytes else { overflowed = true; return false }
         output += Array(line.utf8) + [UInt8(ascii: "\n")]
         return true
     }
@@ -41,9 +45,9 @@ final class ControlConnection {
     func readAvailable(_ execute: (_ line: [UInt8], _ descriptors: inout [Int32]) -> JSONValue) throws(ControlError) -> Bool {
         while let received = try DescriptorPassing.receive(from: fd, maxBytes: 16 * 1024) {
             if received.bytes.isEmpty { return false }
-            for descriptor in received.descriptors { attachments.append((receivedBytes, .descriptor(descriptor))) }
-            if received.truncated { attachments.append((receivedBytes, .truncated)) }
             receivedBytes += received.bytes.count
+            for descriptor in received.descriptors { attachments.append((receivedBytes - 1, .descriptor(descriptor))) }
+            if received.truncated { attachments.append((receivedBytes - 1, .truncated)) }
             for item in framer.append(received.bytes) { handle(item, execute) }
             closeAttachments(before: framer.consumedOffset)  // bytes of a discarded line
         }

@@ -59,7 +59,7 @@ final class ServerLoop: @unchecked Sendable {  // handed to its thread once, use
         let (lines, overflowed, stopping) = shared.take()
         if let controller {
             let fits = !overflowed && lines.allSatisfy { controller.enqueue($0) }
-            if !fits { disconnect(reason: "it does not read its events (more than \(configuration.maxQueuedOutputBytes) bytes queued)") }
+            if !fits { disconnect(reason: unreadOutput) }
         }
         return !stopping
     }
@@ -100,12 +100,15 @@ final class ServerLoop: @unchecked Sendable {  // handed to its thread once, use
             if revents & Int16(POLLIN | POLLHUP | POLLERR) != 0 {
                 let open = try controller.readAvailable { line, descriptors in dispatcher.reply(to: line, descriptors: &descriptors) }
                 guard open else { return disconnect(reason: nil) }
+                if controller.overflowed { return disconnect(reason: unreadOutput) }
                 try controller.flush()  // replies go out at once, not on the next POLLOUT
             }
         } catch {
             disconnect(reason: "\(error)")
         }
     }
+
+    private var unreadOutput: String { "it does not read its replies and events (\(configuration.maxQueuedOutputBytes) bytes queued)" }
 
     private func disconnect(reason: String?) {
         guard let controller else { return }
