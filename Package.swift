@@ -46,6 +46,8 @@ let package = Package(
         .target(name: "VFIOSimulator", dependencies: ["VFIODevice", "SyncPrimitives"]),
         .target(name: "MigrationWire", dependencies: ["CZlib", "CLibdeflate", "COpenSSL"]),
         .target(name: "MigrationTLS", dependencies: ["COpenSSL", "SyncPrimitives"]),
+        // The control socket a VMM or orchestrator drives a migration through (QMP-shaped JSON lines).
+        .target(name: "MigrationControl", dependencies: ["SyncPrimitives"]),
         .target(
             name: "MigrationEngine",
             dependencies: [
@@ -81,6 +83,7 @@ let package = Package(
         .testTarget(name: "VFIODeviceTests", dependencies: ["VFIODevice", "VFIOSimulator", "CVFIO", "TestSupport"]),
         .testTarget(name: "SyncPrimitivesTests", dependencies: ["SyncPrimitives"]),
         .testTarget(name: "MigrationWireTests", dependencies: ["MigrationWire"]),
+        .testTarget(name: "MigrationControlTests", dependencies: ["MigrationControl", "SyncPrimitives"]),
         .testTarget(name: "MigrationTLSTests", dependencies: ["MigrationTLS", "MigrationWire", "TestSupport"]),
         .testTarget(name: "MigrationEngineTests", dependencies: ["MigrationEngine", "VFIODevice", "VFIOSimulator", "MigrationWire", "MigrationTLS", "TestSupport"]),
         // Argument parsing and validation of the executable, in-process (no child processes).
