@@ -1,3 +1,5 @@
+import SystemPackage
+
 /// Dirty pages logged by the device itself (`VFIO_DEVICE_FEATURE` DMA_LOGGING_START /
 /// REPORT / STOP, Linux 6.1+; mlx5, pds, the mtty stubs): the third `DirtyPageSource`,
 /// feeding the same DIRTY_BITMAP frames. Guest PFN p is IOVA `iovaBase + p * pageSize`.
@@ -35,10 +37,10 @@ public final class DeviceDMALogDirtyPageSource: DirtyPageSource {
                 try arg.withArgument { (a) throws(Errno) in try device.kernel.ioctl(device.deviceFD, VFIOv2.deviceFeature, a) }
             }
             return true
-        } catch where error == .notATerminal {
+        } catch where error == .inappropriateIOCTLForDevice {
             return false
         } catch {
-            throw .v2Feature(device: device.name, operation: "VFIO_DEVICE_FEATURE PROBE DMA_LOGGING_START", errno: error.rawValue)
+            throw .v2Feature(device: device.name, operation: "VFIO_DEVICE_FEATURE PROBE DMA_LOGGING_START", errno: error)
         }
     }
 
@@ -101,7 +103,7 @@ public final class DeviceDMALogDirtyPageSource: DirtyPageSource {
                 try arg.withArgument { (a) throws(Errno) in try kernel.ioctl(deviceFD, VFIOv2.deviceFeature, a) }
             }
         } catch {
-            throw .v2Feature(device: device, operation: operation, errno: error.rawValue)
+            throw .v2Feature(device: device, operation: operation, errno: error)
         }
     }
 }

@@ -1,4 +1,5 @@
 import Glibc
+import SystemPackage
 
 /// A migration region reached through a file descriptor at `baseOffset`: a VFIO
 /// device fd (offset from `VFIO_DEVICE_GET_REGION_INFO`), a vendor-driver emulator's
@@ -30,7 +31,7 @@ public final class FileRegion: MigrationRegion, Sendable {
                 if fileSize > baseOffset { resolved = fileSize - baseOffset }
             } catch {
                 try? kernel.close(fd)
-                throw .systemCall("fstat", path: path, errno: error.rawValue)
+                throw .systemCall("fstat", path: path, errno: error)
             }
         }
         guard let regionSize = resolved, regionSize >= MigrationInfo.size else {
@@ -122,7 +123,7 @@ public final class FileRegion: MigrationRegion, Sendable {
             n = try retryingOnInterrupt { () throws(Errno) in try transfer(access, buffer, at: position) }
         } catch {
             let field = MigrationInfo.Field.containing(offset)?.name ?? "offset \(offset)"
-            throw .deviceIOError(access, field: field, offset: offset, errno: error.rawValue,
+            throw .deviceIOError(access, field: field, offset: offset, errno: error,
                                  reason: access == .read ? "pread failed" : "pwrite failed")
         }
         guard n == buffer.count else {
@@ -140,7 +141,7 @@ public final class FileRegion: MigrationRegion, Sendable {
             do throws(Errno) {
                 n = try retryingOnInterrupt { () throws(Errno) in try transfer(access, rest, at: position) }
             } catch {
-                throw .deviceIOError(access, field: "data section", offset: offset + UInt64(done), errno: error.rawValue,
+                throw .deviceIOError(access, field: "data section", offset: offset + UInt64(done), errno: error,
                                      reason: access == .read ? "pread failed" : "pwrite failed")
             }
             if n == 0 { throw .shortTransfer(access, offset: offset, expected: buffer.count, transferred: done) }

@@ -1,5 +1,6 @@
 internal import CVFIO
 import Glibc
+import SystemPackage
 
 /// Guest RAM mapped from a shared file; pages addressed by PFN.
 ///
@@ -95,7 +96,7 @@ public final class GuestMemory: @unchecked Sendable {  // owns a raw mapping; sh
         } catch where error == .invalidArgument {
             return
         } catch {
-            throw .systemCall("populate guest memory (MADV_POPULATE_WRITE)", path: path, errno: error.rawValue)
+            throw .systemCall("populate guest memory (MADV_POPULATE_WRITE)", path: path, errno: error)
         }
     }
 

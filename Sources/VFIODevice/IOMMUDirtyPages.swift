@@ -1,4 +1,5 @@
 internal import CVFIO
+import SystemPackage
 
 /// Pure builders and parsers for the Linux 5.8 `VFIO_IOMMU_DIRTY_PAGES` argument:
 /// `struct vfio_iommu_type1_dirty_bitmap` { argsz u32, flags u32, data[] }, with, for

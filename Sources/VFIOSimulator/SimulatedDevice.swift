@@ -1,5 +1,6 @@
 import Glibc
 import SyncPrimitives
+import SystemPackage
 import VFIODevice
 
 /// Strict in-process vendor driver.
@@ -308,7 +309,7 @@ public final class SimulatedDevice: MigrationRegion, @unchecked Sendable {  // a
                 let window = try slice(of: bytes, at: base, offset: offset, count: count, area: "staged device data")
                 if let i = faults.firstIndex(of: .failSaveRead(chunk: chunk)) {
                     faults.remove(at: i)
-                    throw DeviceError.deviceIOError(.read, field: "data section", offset: offset, errno: EIO,
+                    throw DeviceError.deviceIOError(.read, field: "data section", offset: offset, errno: .ioError,
                                                     reason: "injected fault: device failed reading save chunk \(chunk)")
                 }
                 let at = Int(offset - base)
@@ -575,7 +576,7 @@ public final class SimulatedDevice: MigrationRegion, @unchecked Sendable {  // a
         if let i = faults.firstIndex(of: .rejectResumeData(chunk: chunk)) {
             faults.remove(at: i)
             if incoming != nil, incoming!.defect == nil { incoming!.defect = "chunk \(chunk) was rejected" }
-            throw DeviceError.resumeDataRejected(chunk: chunk, errno: EINVAL, reason: "injected fault: driver refused the chunk")
+            throw DeviceError.resumeDataRejected(chunk: chunk, errno: .invalidArgument, reason: "injected fault: driver refused the chunk")
         }
         incoming?.consume(Array(staging[0..<Int(value)]), index: chunk)
     }
@@ -607,7 +608,7 @@ public final class SimulatedDevice: MigrationRegion, @unchecked Sendable {  // a
         }
         if let i = faults.firstIndex(of: .failTransition(to: to)) {
             faults.remove(at: i)
-            throw DeviceError.transitionFailed(from: from, to: to, errno: EIO, reason: "injected fault: device did not reach \(to)")
+            throw DeviceError.transitionFailed(from: from, to: to, errno: .ioError, reason: "injected fault: device did not reach \(to)")
         }
         switch (from, to) {
         case (.running, [.saving, .running]):
@@ -619,7 +620,7 @@ public final class SimulatedDevice: MigrationRegion, @unchecked Sendable {  // a
             step = .idle
         case (.resuming, .running):
             if let problem = incoming?.validate() {
-                throw DeviceError.transitionFailed(from: from, to: to, errno: EINVAL, reason: "device data stream refused: \(problem)")
+                throw DeviceError.transitionFailed(from: from, to: to, errno: .invalidArgument, reason: "device data stream refused: \(problem)")
             }
             // The assembled buffer becomes the state (no 256 MiB copy inside the
             // downtime); the old state buffer stages the next resume session.
