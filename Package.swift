@@ -49,7 +49,7 @@ let package = Package(
         // only: proof that MigrationRegion is the whole contract a driver needs.
         .target(name: "VFIOSimulator", dependencies: ["VFIODevice", "SyncPrimitives", "SystemErrno", .product(name: "SystemPackage", package: "swift-system")]),
         .target(name: "MigrationWire", dependencies: ["CZlib", "CLibdeflate", "COpenSSL"]),
-        .target(name: "MigrationTLS", dependencies: ["COpenSSL", "SyncPrimitives"]),
+        .target(name: "MigrationTLS", dependencies: ["COpenSSL", "SyncPrimitives", "SystemErrno", .product(name: "SystemPackage", package: "swift-system")]),
         .target(
             name: "MigrationEngine",
             dependencies: [
@@ -74,8 +74,9 @@ let package = Package(
         .executableTarget(
             name: "vfio-migrate-bench",
             dependencies: [
-                "CommandLineSupport", "MigrationEngine", "MigrationTLS", "MigrationWire", "SyncPrimitives", "VFIODevice", "VFIOSimulator",
+                "CommandLineSupport", "MigrationEngine", "MigrationTLS", "MigrationWire", "SyncPrimitives", "SystemErrno", "VFIODevice", "VFIOSimulator",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "SystemPackage", package: "swift-system"),
             ]),
 
         // Helpers shared by the test targets (PKI, result boxes, a recording region);
@@ -87,7 +88,9 @@ let package = Package(
             dependencies: ["VFIODevice", "VFIOSimulator", "CVFIO", "TestSupport", "SystemErrno", .product(name: "SystemPackage", package: "swift-system")]),
         .testTarget(name: "SyncPrimitivesTests", dependencies: ["SyncPrimitives"]),
         .testTarget(name: "MigrationWireTests", dependencies: ["MigrationWire"]),
-        .testTarget(name: "MigrationTLSTests", dependencies: ["MigrationTLS", "MigrationWire", "TestSupport"]),
+        .testTarget(
+            name: "MigrationTLSTests",
+            dependencies: ["MigrationTLS", "MigrationWire", "TestSupport", .product(name: "SystemPackage", package: "swift-system")]),
         .testTarget(
             name: "MigrationEngineTests",
             dependencies: ["MigrationEngine", "VFIODevice", "VFIOSimulator", "MigrationWire", "MigrationTLS", "TestSupport",
