@@ -44,7 +44,7 @@ public final class DeviceDMALogDirtyPageSource: DirtyPageSource {
         }
     }
 
-    public func start() throws {
+    public func start() throws(DeviceError) {
         guard !started, guestBytes > 0 else { return }   // nothing to log: START with no range is EINVAL
         var ranges = V2Argument.dmaLoggingRanges([(iovaBase, guestBytes)])
         var chosen: UInt64 = 0
@@ -60,7 +60,7 @@ public final class DeviceDMALogDirtyPageSource: DirtyPageSource {
         loggingPageSize = chosen
     }
 
-    public func stop() throws {
+    public func stop() throws(DeviceError) {
         guard started else { return }
         started = false   // a failed STOP is reported, never retried in a loop
         var arg = V2Argument.dmaLoggingStop()
@@ -69,7 +69,7 @@ public final class DeviceDMALogDirtyPageSource: DirtyPageSource {
 
     /// One REPORT for the window: reads and clears the log. An error means "the log is
     /// corrupted, consider all memory dirty" (header): the window is answered ALL.
-    public func query(startPFN: UInt64, pageSize: UInt64, totalPFNs: UInt64) throws -> [DirtySegment] {
+    public func query(startPFN: UInt64, pageSize: UInt64, totalPFNs: UInt64) throws(DeviceError) -> [DirtySegment] {
         guard totalPFNs > 0 else { return [] }
         guard pageSize >= 4096, pageSize & (pageSize - 1) == 0 else {
             throw DeviceError.invalidArgument(operation: "DMA_LOGGING_REPORT", detail: "page size \(pageSize) is not a power of two ≥ 4096")

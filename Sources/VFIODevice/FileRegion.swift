@@ -74,43 +74,52 @@ public final class FileRegion: MigrationRegion, Sendable {
         if ownsFD { try? kernel.close(fd) }
     }
 
-    public func read32(at offset: UInt64) throws -> UInt32 {
+    public func read32(at offset: UInt64) throws(DeviceError) -> UInt32 {
         _ = try MigrationInfo.field(at: offset, width: 4, access: .read)
         var value: UInt32 = 0
-        try withUnsafeMutableBytes(of: &value) { try fieldTransfer(.read, $0, at: offset) }
+        try fieldTransfer(.read, &value, at: offset)
         return UInt32(littleEndian: value)
     }
 
-    public func write32(_ value: UInt32, at offset: UInt64) throws {
+    public func write32(_ value: UInt32, at offset: UInt64) throws(DeviceError) {
         _ = try MigrationInfo.field(at: offset, width: 4, access: .write)
         var le = value.littleEndian
-        try withUnsafeMutableBytes(of: &le) { try fieldTransfer(.write, $0, at: offset) }
+        try fieldTransfer(.write, &le, at: offset)
     }
 
-    public func read64(at offset: UInt64) throws -> UInt64 {
+    public func read64(at offset: UInt64) throws(DeviceError) -> UInt64 {
         _ = try MigrationInfo.field(at: offset, width: 8, access: .read)
         var value: UInt64 = 0
-        try withUnsafeMutableBytes(of: &value) { try fieldTransfer(.read, $0, at: offset) }
+        try fieldTransfer(.read, &value, at: offset)
         return UInt64(littleEndian: value)
     }
 
-    public func write64(_ value: UInt64, at offset: UInt64) throws {
+    public func write64(_ value: UInt64, at offset: UInt64) throws(DeviceError) {
         _ = try MigrationInfo.field(at: offset, width: 8, access: .write)
         var le = value.littleEndian
-        try withUnsafeMutableBytes(of: &le) { try fieldTransfer(.write, $0, at: offset) }
+        try fieldTransfer(.write, &le, at: offset)
     }
 
-    public func readBytes(count: Int, at offset: UInt64) throws -> [UInt8] {
+    public func readBytes(count: Int, at offset: UInt64) throws(DeviceError) -> [UInt8] {
         try MigrationInfo.checkDataRange(offset: offset, count: count, regionSize: regionSize, access: .read)
         var bytes = [UInt8](repeating: 0, count: count)
-        try bytes.withUnsafeMutableBytes { try rangeTransfer(.read, $0, at: offset) }
+        try bytes.withMutableBytes { (buffer) throws(DeviceError) in try rangeTransfer(.read, buffer, at: offset) }
         return bytes
     }
 
-    public func writeBytes(_ bytes: [UInt8], at offset: UInt64) throws {
+    public func writeBytes(_ bytes: [UInt8], at offset: UInt64) throws(DeviceError) {
         try MigrationInfo.checkDataRange(offset: offset, count: bytes.count, regionSize: regionSize, access: .write)
         var copy = bytes
-        try copy.withUnsafeMutableBytes { try rangeTransfer(.write, $0, at: offset) }
+        try copy.withMutableBytes { (buffer) throws(DeviceError) in try rangeTransfer(.write, buffer, at: offset) }
+    }
+
+    /// A field's bytes in place (`withUnsafeMutableBytes(of:)` rethrows only untyped
+    /// errors, so the DeviceError is carried out as a value).
+    private func fieldTransfer<T: FixedWidthInteger>(_ access: RegionAccess, _ field: inout T, at offset: UInt64) throws(DeviceError) {
+        let result: Result<Void, DeviceError> = withUnsafeMutableBytes(of: &field) { buffer in
+            do throws(DeviceError) { return .success(try fieldTransfer(access, buffer, at: offset)) } catch { return .failure(error) }
+        }
+        try result.get()
     }
 
     /// One syscall of exactly the field width: retrying a partial field access would

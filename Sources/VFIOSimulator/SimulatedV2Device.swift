@@ -186,7 +186,7 @@ public final class SimulatedV2Device: @unchecked Sendable {  // all state guarde
     }
 
     /// The engine's device for this simulated driver, as discovery would build it.
-    public func migrationDevice(name: String, chunkBytes: Int = 1 << 20) throws -> MigrationDevice {
+    public func migrationDevice(name: String, chunkBytes: Int = 1 << 20) throws(DeviceError) -> MigrationDevice {
         let k = kernel
         guard let flags = try VFIOMigrationV2.probe(deviceFD: deviceFD, kernel: k, name: name) else {
             throw DeviceError.wrongInterface(device: name, detail: "the simulated device answers ENOTTY to GET MIGRATION")
