@@ -1,6 +1,6 @@
 import Glibc
-import SystemPackage
 import SystemErrno
+import SystemPackage
 
 // Socket activation: a service manager (systemd) binds and listens, then hands the
 // socket over as a descriptor. The same rules apply as to a socket this side opens.
@@ -10,13 +10,13 @@ extension TLSListener {
     /// e.g. fd 3 from systemd's LISTEN_FDS. Ownership passes at the call: on any
     /// failure the descriptor is closed. The development certificates are refused
     /// unless the socket's local address is loopback or UNIX, as for `init(endpoint:context:)`.
-    public convenience init(inheritedDescriptor descriptor: Int32, context: TLSContext) throws {
+    public convenience init(inheritedDescriptor descriptor: Int32, context: TLSContext) throws(TLSError) {
         guard context.role == .server else {
             Glibc.close(descriptor)
             throw TLSError.invalidConfiguration("a listener needs a server-role TLSContext")
         }
         let endpoint: Endpoint
-        do {
+        do throws(TLSError) {
             try Socket.checkListening(descriptor)
             endpoint = try Socket.localEndpoint(of: descriptor)
             try context.checkEndpoint(endpoint)

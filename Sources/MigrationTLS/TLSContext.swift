@@ -24,7 +24,7 @@ public final class TLSContext: @unchecked Sendable {  // owns an SSL_CTX*, immut
     /// The own certificate's notAfter, seconds since 1970-01-01 UTC (nil without one).
     public let ownCertificateNotAfter: Int64?
 
-    public convenience init(configuration: TLSConfiguration, role: TLSRole) throws {
+    public convenience init(configuration: TLSConfiguration, role: TLSRole) throws(TLSError) {
         try self.init(configuration: configuration, role: role, hooks: TLSTestHooks())
     }
 
