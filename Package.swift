@@ -3,6 +3,7 @@ import PackageDescription
 
 // Layers (imports go one way, top to bottom; README.md, "Modules", draws them):
 //   vfio-migrate (CLI) -> MigrationEngine -> MigrationTLS, MigrationWire, VFIODevice -> C system libraries
+//   VFIODevice, MigrationTLS -> SystemErrno -> SystemPackage (swift-system's `Errno`, the one errno type)
 //   vfio-migrate (CLI), vfio-migrate-bench, tests -> VFIOSimulator -> VFIODevice (public API only; the engine never sees it)
 //   vfio-migrate, vfio-migrate-bench -> CommandLineSupport -> CProcess
 //   vfio-migrate-bench runs the `vfio-migrate` binary; it never imports it.
@@ -17,6 +18,7 @@ let package = Package(
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
         .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
+        .package(url: "https://github.com/apple/swift-system", from: "1.8.1"),
     ],
     targets: [
         // System libraries. Each module map also carries `static inline` shims for
@@ -40,12 +42,14 @@ let package = Package(
 
         // The one lock vocabulary (pthread mutex + condition, which ThreadSanitizer sees).
         .target(name: "SyncPrimitives"),
-        .target(name: "VFIODevice", dependencies: ["CVFIO"]),
+        // swift-system's `Errno` as this project reads and prints it (errno, "ENOENT").
+        .target(name: "SystemErrno", dependencies: [.product(name: "SystemPackage", package: "swift-system")]),
+        .target(name: "VFIODevice", dependencies: ["CVFIO", "SystemErrno", .product(name: "SystemPackage", package: "swift-system")]),
         // The strict simulated vendor driver, written against VFIODevice's public API
         // only: proof that MigrationRegion is the whole contract a driver needs.
-        .target(name: "VFIOSimulator", dependencies: ["VFIODevice", "SyncPrimitives"]),
+        .target(name: "VFIOSimulator", dependencies: ["VFIODevice", "SyncPrimitives", "SystemErrno", .product(name: "SystemPackage", package: "swift-system")]),
         .target(name: "MigrationWire", dependencies: ["CZlib", "CLibdeflate", "COpenSSL"]),
-        .target(name: "MigrationTLS", dependencies: ["COpenSSL", "SyncPrimitives"]),
+        .target(name: "MigrationTLS", dependencies: ["COpenSSL", "SyncPrimitives", "SystemErrno", .product(name: "SystemPackage", package: "swift-system")]),
         // The control socket a VMM or orchestrator drives a migration through (QMP-shaped JSON lines).
         .target(name: "MigrationControl", dependencies: ["SyncPrimitives"]),
         .target(
@@ -72,20 +76,28 @@ let package = Package(
         .executableTarget(
             name: "vfio-migrate-bench",
             dependencies: [
-                "CommandLineSupport", "MigrationEngine", "MigrationTLS", "MigrationWire", "SyncPrimitives", "VFIODevice", "VFIOSimulator",
+                "CommandLineSupport", "MigrationEngine", "MigrationTLS", "MigrationWire", "SyncPrimitives", "SystemErrno", "VFIODevice", "VFIOSimulator",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "SystemPackage", package: "swift-system"),
             ]),
 
         // Helpers shared by the test targets (PKI, result boxes, a recording region);
         // a regular target so each test target can depend on it.
         .target(name: "TestSupport", dependencies: ["VFIODevice", "MigrationTLS"], path: "Tests/TestSupport"),
 
-        .testTarget(name: "VFIODeviceTests", dependencies: ["VFIODevice", "VFIOSimulator", "CVFIO", "TestSupport"]),
+        .testTarget(
+            name: "VFIODeviceTests",
+            dependencies: ["VFIODevice", "VFIOSimulator", "CVFIO", "TestSupport", "SystemErrno", .product(name: "SystemPackage", package: "swift-system")]),
         .testTarget(name: "SyncPrimitivesTests", dependencies: ["SyncPrimitives"]),
         .testTarget(name: "MigrationWireTests", dependencies: ["MigrationWire"]),
         .testTarget(name: "MigrationControlTests", dependencies: ["MigrationControl", "SyncPrimitives"]),
-        .testTarget(name: "MigrationTLSTests", dependencies: ["MigrationTLS", "MigrationWire", "TestSupport"]),
-        .testTarget(name: "MigrationEngineTests", dependencies: ["MigrationEngine", "VFIODevice", "VFIOSimulator", "MigrationWire", "MigrationTLS", "TestSupport"]),
+        .testTarget(
+            name: "MigrationTLSTests",
+            dependencies: ["MigrationTLS", "MigrationWire", "TestSupport", .product(name: "SystemPackage", package: "swift-system")]),
+        .testTarget(
+            name: "MigrationEngineTests",
+            dependencies: ["MigrationEngine", "VFIODevice", "VFIOSimulator", "MigrationWire", "MigrationTLS", "TestSupport",
+                           .product(name: "SystemPackage", package: "swift-system")]),
         // Argument parsing and validation of the executable, in-process (no child processes).
         .testTarget(name: "CLITests", dependencies: ["vfio-migrate"]),
         // Runs the built `vfio-migrate` and `vfio-migrate-bench` binaries; imports no module of this package.

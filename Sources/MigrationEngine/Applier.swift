@@ -53,7 +53,7 @@ final class Applier {
     }
 
     private func applyChunk(_ bytes: [UInt8], part: ChunkPart, phase: Phase, device i: Int) throws(MigrationFailure) {
-        let completed = try deviceCall(devices[i].name) { try write(bytes, part: part, device: i) }
+        let completed = try deviceCall(devices[i].name) { () throws(DeviceError) in try write(bytes, part: part, device: i) }
         digests[i].update(bytes)
         let n = UInt64(bytes.count)
         progress.withLock { p in
@@ -68,7 +68,7 @@ final class Applier {
     /// One frame's bytes through the resume sequence; a chunk in pieces is begun at
     /// its first piece (which checks it fits) and finished with its last. The decoder
     /// has already enforced the order of pieces. Returns whether a chunk completed.
-    private func write(_ bytes: [UInt8], part: ChunkPart, device i: Int) throws -> Bool {
+    private func write(_ bytes: [UInt8], part: ChunkPart, device i: Int) throws(DeviceError) -> Bool {
         switch part {
         case .whole:
             try sequences[i].apply(bytes)
@@ -89,9 +89,9 @@ final class Applier {
         var n: UInt64 = 0, z: UInt64 = 0
         for w in writes {
             if let bytes = w.bytes {
-                try deviceCall(nil) { try memory.writePages(startPFN: w.startPFN, bytes: bytes) }
+                try deviceCall(nil) { () throws(DeviceError) in try memory.writePages(startPFN: w.startPFN, bytes: bytes) }
             } else {
-                try deviceCall(nil) { try memory.zeroPages(startPFN: w.startPFN, count: w.count) }
+                try deviceCall(nil) { () throws(DeviceError) in try memory.zeroPages(startPFN: w.startPFN, count: w.count) }
                 z += UInt64(w.count)
             }
             n += UInt64(w.count)
@@ -125,7 +125,7 @@ final class Applier {
         // v2 devices leave RESUMING for STOP here, before READY: the driver validates
         // the stream at that arc, so a refusal is an ABORT the source rolls back from,
         // not a failure after COMMIT. Nothing for v1 (docs/DEVICE.md).
-        for d in devices { try deviceCall(d.name) { try d.device.finishResuming() } }
+        for d in devices { try deviceCall(d.name) { () throws(DeviceError) in try d.device.finishResuming() } }
         // No msync here: MAP_SHARED writes are already visible to the VMM that maps
         // the same file; forcing them to disk is not migration's job and would add
         // the write-back of the whole guest to the downtime.

@@ -15,9 +15,9 @@ struct SourceDeviceSet {
     /// RUNNING → SAVING|RUNNING and dirty tracking on, device by device.
     mutating func startSaving() throws(MigrationFailure) {
         for (i, d) in devices.enumerated() {
-            try deviceCall(d.name) { try d.device.setState([.saving, .running]) }
+            try deviceCall(d.name) { () throws(DeviceError) in try d.device.setState([.saving, .running]) }
             leftRunning.append(i)
-            try deviceCall(d.name) { try d.dirtyPages?.start() }
+            try deviceCall(d.name) { () throws(DeviceError) in try d.dirtyPages?.start() }
         }
     }
 
@@ -25,8 +25,8 @@ struct SourceDeviceSet {
     /// offer P2P are all quiesced first, before any of them stops (docs/DEVICE.md);
     /// nothing for v1.
     func stop() throws(MigrationFailure) {
-        for d in devices { try deviceCall(d.name) { try d.device.quiesceP2P() } }
-        for d in devices { try deviceCall(d.name) { try d.device.setState([.saving]) } }
+        for d in devices { try deviceCall(d.name) { () throws(DeviceError) in try d.device.quiesceP2P() } }
+        for d in devices { try deviceCall(d.name) { () throws(DeviceError) in try d.device.setState([.saving]) } }
     }
 
     /// Before COMMIT: every device that left RUNNING runs again, the last moved first.
@@ -62,7 +62,7 @@ struct DestinationDeviceSet {
     mutating func startResuming() throws(MigrationFailure) {
         for d in devices {
             touched = true
-            try deviceCall(d.name) { try d.device.setState([.resuming]) }
+            try deviceCall(d.name) { () throws(DeviceError) in try d.device.setState([.resuming]) }
         }
     }
 
@@ -74,6 +74,6 @@ struct DestinationDeviceSet {
 
     /// After COMMIT: RESUMING → RUNNING in order; the first failure stops it there.
     func resume() throws(MigrationFailure) {
-        for d in devices { try deviceCall(d.name) { try d.device.setState([.running]) } }
+        for d in devices { try deviceCall(d.name) { () throws(DeviceError) in try d.device.setState([.running]) } }
     }
 }

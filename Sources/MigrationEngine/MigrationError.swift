@@ -27,9 +27,6 @@ public enum FailureDisposition: Int32, Sendable, Codable {
 /// an exit code. A device's failure names the device (nil: guest memory).
 public enum MigrationFailure: Error, CustomStringConvertible {
     case device(DeviceError, device: String?)
-    /// A device call threw something other than `DeviceError` (a region implemented
-    /// outside VFIODevice): still that device's failure.
-    case deviceOther(String, device: String?)
     case wire(WireError)
     case tls(TLSError)
     case incompatible(String)
@@ -46,7 +43,6 @@ public enum MigrationFailure: Error, CustomStringConvertible {
     public var description: String {
         switch self {
         case .device(let e, _): return "device: \(e)"
-        case .deviceOther(let s, _): return "device: \(s)"
         case .wire(let e): return "protocol: \(e)"
         case .tls(let e): return "TLS: \(e)"
         case .incompatible(let s): return "incompatible peer: \(s)"
@@ -68,7 +64,7 @@ public enum MigrationFailure: Error, CustomStringConvertible {
     /// own ABORT is never answered (`isPeerAbort`), so its mapping is never sent.
     var abortReason: AbortReason {
         switch self {
-        case .device, .deviceOther: return .deviceError
+        case .device: return .deviceError
         case .wire(.unsupportedVersion): return .incompatible   // §10: another version is a failed compatibility check
         case .wire, .unexpectedFrame: return .protocolError
         case .incompatible: return .incompatible
@@ -123,18 +119,10 @@ extension MigrationFailure {
         if case .unsupportedVersion = error { self = .incompatible(error.description) } else { self = .wire(error) }
     }
 
-    /// A call into the device layer failed: its `DeviceError`, or whatever else a
-    /// region threw, is the failure of `device` (nil: guest memory).
-    init(device: String?, _ error: any Error) {
-        if let e = error as? DeviceError { self = .device(e, device: device) } else {
-            self = .deviceOther(String(describing: error), device: device)
-        }
-    }
-
     /// The device to blame, if one is.
     var device: String? {
         switch self {
-        case .device(_, let d), .deviceOther(_, let d): return d
+        case .device(_, let d): return d
         case .digestMismatch(let d, _, _), .lengthMismatch(let d, _, _, _): return d
         default: return nil
         }
@@ -144,7 +132,6 @@ extension MigrationFailure {
     var deviceMessage: String? {
         switch self {
         case .device(let e, _): return "\(e)"
-        case .deviceOther(let s, _): return s
         default: return nil
         }
     }
@@ -159,8 +146,10 @@ extension MigrationFailure {
 }
 
 /// Runs one call into the device layer; its failure becomes `device`'s (nil: guest memory).
-func deviceCall<T>(_ device: String?, _ body: () throws -> T) throws(MigrationFailure) -> T {
-    do { return try body() } catch { throw MigrationFailure(device: device, error) }
+/// The device layer's public API throws only `DeviceError` (regions and dirty sources
+/// included), so there is no "some other error" case to guess a meaning for.
+func deviceCall<T>(_ device: String?, _ body: () throws(DeviceError) -> T) throws(MigrationFailure) -> T {
+    do throws(DeviceError) { return try body() } catch { throw .device(error, device: device) }
 }
 
 func hex(_ bytes: [UInt8]) -> String {

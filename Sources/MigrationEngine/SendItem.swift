@@ -20,7 +20,7 @@ enum SendItem: Sendable {
             return SendOutput(frames: [(.deviceData(DeviceData(phase: phase, encoding: encoding, originalLength: length, payload: payload, part: part)), device)])
         case .pages(let start, let count):
             let memory = memory!
-            let bytes = try deviceCall(nil) { try memory.readPages(startPFN: start, count: count) }
+            let bytes = try deviceCall(nil) { () throws(DeviceError) in try memory.readPages(startPFN: start, count: count) }
             let segments: [PageSegment]
             do { segments = try compressor.encodePages(startPFN: start, pageSize: memory.pageSize, bytes: bytes) } catch {
                 throw MigrationFailure(error)

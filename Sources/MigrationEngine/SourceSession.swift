@@ -309,13 +309,13 @@ final class SourceSession {
     }
 
     private func pendingBytes(_ i: Int) throws(MigrationFailure) -> UInt64 {
-        try deviceCall(devices[i].name) { try devices[i].device.pendingBytes() }
+        try deviceCall(devices[i].name) { () throws(DeviceError) in try devices[i].device.pendingBytes() }
     }
 
     /// Device `i`'s staged chunks, up to `budget` bytes (stop-and-copy: until none is left).
     private func sendDeviceData(_ i: Int, phase: Phase, budget: UInt64 = .max) throws(MigrationFailure) {
         var sent: UInt64 = 0
-        while sent < budget, let chunk = try deviceCall(devices[i].name, { try sequences[i].stageChunk() }) {
+        while sent < budget, let chunk = try deviceCall(devices[i].name, { () throws(DeviceError) in try sequences[i].stageChunk() }) {
             sent += chunk.size
             try send(chunk, device: i, phase: phase)
         }
@@ -329,7 +329,7 @@ final class SourceSession {
         var offset: UInt64 = 0
         repeat {
             let count = Int(min(pieceSize, chunk.size - offset))
-            let bytes = try deviceCall(devices[i].name) { [offset] in try sequences[i].read(chunk, at: offset, count: count) }
+            let bytes = try deviceCall(devices[i].name) { [offset] () throws(DeviceError) in try sequences[i].read(chunk, at: offset, count: count) }
             let part: ChunkPart = chunk.size <= pieceSize ? .whole : (offset == 0 ? .first(chunkLength: chunk.size) : .next)
             digests[i].update(bytes)
             counters.addProduced(UInt64(count))
@@ -367,7 +367,7 @@ final class SourceSession {
             var start: UInt64 = 0
             while start < memory.pageCount {
                 let count = min(window, memory.pageCount - start)
-                let segments = try deviceCall(devices[i].name) { [start] in
+                let segments = try deviceCall(devices[i].name) { [start] () throws(DeviceError) in
                     try source.query(startPFN: start, pageSize: UInt64(memory.pageSize), totalPFNs: count)
                 }
                 // A source answers inside the window; split anyway so no frame can exceed the limit.

@@ -7,7 +7,7 @@ public enum Endpoint: Sendable, Equatable, CustomStringConvertible {
     /// sockaddr_un.sun_path holds 108 bytes including the terminating NUL.
     static let maxUnixPathBytes = 107
 
-    public init(parsing text: String) throws {
+    public init(parsing text: String) throws(TLSError) {
         func bad(_ reason: String) -> TLSError { .invalidEndpoint(text, reason: reason) }
         if text.hasPrefix("unix:") {
             let path = String(text.dropFirst(5))

@@ -1,4 +1,6 @@
 import Glibc
+import SystemErrno
+import SystemPackage
 
 // Socket activation: a service manager (systemd) binds and listens, then hands the
 // socket over as a descriptor. The same rules apply as to a socket this side opens.
@@ -8,13 +10,13 @@ extension TLSListener {
     /// e.g. fd 3 from systemd's LISTEN_FDS. Ownership passes at the call: on any
     /// failure the descriptor is closed. The development certificates are refused
     /// unless the socket's local address is loopback or UNIX, as for `init(endpoint:context:)`.
-    public convenience init(inheritedDescriptor descriptor: Int32, context: TLSContext) throws {
+    public convenience init(inheritedDescriptor descriptor: Int32, context: TLSContext) throws(TLSError) {
         guard context.role == .server else {
             Glibc.close(descriptor)
             throw TLSError.invalidConfiguration("a listener needs a server-role TLSContext")
         }
         let endpoint: Endpoint
-        do {
+        do throws(TLSError) {
             try Socket.checkListening(descriptor)
             endpoint = try Socket.localEndpoint(of: descriptor)
             try context.checkEndpoint(endpoint)
@@ -38,8 +40,8 @@ extension Socket {
             var value: Int32 = 0
             var len = socklen_t(MemoryLayout<Int32>.size)
             guard getsockopt(fd, SOL_SOCKET, name, &value, &len) == 0 else {
-                let err = errno
-                let why = err == ENOTSOCK ? "not a socket" : err == EBADF ? "not an open descriptor" : TLSError.strerror(err)
+                let err = Errno.current
+                let why = err == .notSocket ? "not a socket" : err == .badFileDescriptor ? "not an open descriptor" : err.explanation
                 throw .notAListeningSocket(descriptor: fd, reason: why)
             }
             return value
@@ -62,7 +64,7 @@ extension Socket {
         let rc = withUnsafeMutablePointer(to: &storage) {
             $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &len) }
         }
-        guard rc == 0 else { throw .socketError(operation: "getsockname", errno: errno) }
+        guard rc == 0 else { throw .socketError(operation: "getsockname", errno: .current) }
         switch Int32(storage.ss_family) {
         case AF_INET, AF_INET6:
             return try numericEndpoint(storage, length: len)
@@ -81,7 +83,7 @@ extension Socket {
                 getnameinfo($0, length, &host, socklen_t(host.count), &serv, socklen_t(serv.count), NI_NUMERICHOST | NI_NUMERICSERV)
             }
         }
-        guard gai == 0 else { throw .socketError(operation: "getnameinfo", errno: EINVAL) }
+        guard gai == 0 else { throw .socketError(operation: "getnameinfo", errno: .invalidArgument) }
         let text = { (chars: [CChar]) in String(decoding: chars.prefix(while: { $0 != 0 }).map { UInt8(bitPattern: $0) }, as: UTF8.self) }
         return .tcp(host: text(host), port: UInt16(text(serv)) ?? 0)
     }

@@ -1,5 +1,6 @@
 internal import COpenSSL
 import Glibc
+import SystemPackage
 
 /// One entry of OpenSSL's (per-thread) error queue.
 struct OpenSSLError {
@@ -34,8 +35,8 @@ private let alertReasonOffset: Int32 = 1000
 
 extension TLSError {
     /// Turns a failed SSL_* call into an operator-readable error. Must run on the thread
-    /// that made the call, with `errnoValue` saved right after it.
-    static func fromFailedCall(sslError: Int32, errnoValue: Int32, duringHandshake: Bool,
+    /// that made the call, with `errno` saved right after it.
+    static func fromFailedCall(sslError: Int32, errno: Errno, duringHandshake: Bool,
                                verification: PeerVerification) -> TLSError {
         let queue = OpenSSLError.drainQueue()
         // This side's verify callback refused the peer's certificate: its record is precise.
@@ -63,9 +64,10 @@ extension TLSError {
         }
         switch sslError {
         case SSL_ERROR_SYSCALL:
-            if errnoValue == ECONNRESET || errnoValue == EPIPE { return .connectionReset }
-            if errnoValue == 0 { return duringHandshake ? .peerClosedDuringHandshake : .truncated }
-            return .socketError(operation: duringHandshake ? "TLS handshake" : "TLS I/O", errno: errnoValue)
+            if errno == .connectionReset || errno == .brokenPipe { return .connectionReset }
+            // errno 0: the socket reported end of file, not an error.
+            if errno.rawValue == 0 { return duringHandshake ? .peerClosedDuringHandshake : .truncated }
+            return .socketError(operation: duringHandshake ? "TLS handshake" : "TLS I/O", errno: errno)
         default:
             let detail = OpenSSLError.summary(queue, fallback: "SSL error \(sslError)")
             return duringHandshake ? .handshakeFailed(detail: detail) : .protocolError(detail: detail)

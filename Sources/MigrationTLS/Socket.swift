@@ -1,5 +1,7 @@
 import Glibc
 import SyncPrimitives
+import SystemErrno
+import SystemPackage
 
 /// Monotonic seconds, for deadlines that wall-clock changes cannot stretch.
 func monotonicNow() -> Double {
@@ -47,9 +49,9 @@ final class Socket: Sendable {
     /// which Swift's Glibc module does not expose.)
     static func makeWakePipe(configure: (Int32) -> Bool) throws(TLSError) -> (read: Int32, write: Int32) {
         var fds: [Int32] = [-1, -1]
-        guard pipe(&fds) == 0 else { throw .socketError(operation: "pipe", errno: errno) }
+        guard pipe(&fds) == 0 else { throw .socketError(operation: "pipe", errno: .current) }
         for end in fds where !configure(end) {
-            let err = errno  // before close() can overwrite it
+            let err = Errno.current  // before close() can overwrite it
             Glibc.close(fds[0])
             Glibc.close(fds[1])
             throw .socketError(operation: "fcntl", errno: err)
@@ -123,8 +125,8 @@ final class Socket: Sendable {
             }
             let r = poll(&fds, nfds_t(fds.count), timeoutMS)
             if r < 0 {
-                let err = errno
-                if err == EINTR { continue }
+                let err = Errno.current
+                if err == .interrupted { continue }
                 throw .socketError(operation: "poll", errno: err)
             }
             if fds.dropFirst().contains(where: { $0.revents != 0 }) { return .woken }
@@ -138,9 +140,9 @@ final class Socket: Sendable {
     func rawWrite(_ bytes: [UInt8]) throws(TLSError) -> Int {
         let n = bytes.withUnsafeBytes { Glibc.send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
         if n < 0 {
-            let err = errno
-            if err == EAGAIN || err == EWOULDBLOCK { return 0 }
-            throw err == EPIPE || err == ECONNRESET ? .connectionReset : .socketError(operation: "send", errno: err)
+            let err = Errno.current
+            if err == .resourceTemporarilyUnavailable || err == .wouldBlock { return 0 }
+            throw err == .brokenPipe || err == .connectionReset ? .connectionReset : .socketError(operation: "send", errno: err)
         }
         return n
     }
@@ -150,9 +152,9 @@ final class Socket: Sendable {
         var buffer = [UInt8](repeating: 0, count: maxCount)
         let n = buffer.withUnsafeMutableBytes { Glibc.recv(fd, $0.baseAddress, $0.count, 0) }
         if n < 0 {
-            let err = errno
-            if err == EAGAIN || err == EWOULDBLOCK { return nil }
-            throw err == ECONNRESET ? .connectionReset : .socketError(operation: "recv", errno: err)
+            let err = Errno.current
+            if err == .resourceTemporarilyUnavailable || err == .wouldBlock { return nil }
+            throw err == .connectionReset ? .connectionReset : .socketError(operation: "recv", errno: err)
         }
         return Array(buffer.prefix(n))
     }
@@ -188,7 +190,7 @@ final class Socket: Sendable {
     /// share of the time left, so an unreachable first address cannot eat it all.
     static func connect(to addresses: [SocketAddress], endpoint: Endpoint, timeoutSeconds: Double) throws(TLSError) -> Socket {
         let deadline = monotonicNow() + timeoutSeconds
-        var lastErrno: Int32 = ECONNREFUSED
+        var lastError = Errno.connectionRefused
         var timedOut = false
         for (i, address) in addresses.enumerated() {
             let left = deadline - monotonicNow()
@@ -196,29 +198,30 @@ final class Socket: Sendable {
             let share = monotonicNow() + left / Double(addresses.count - i)
             switch try attempt(address, until: share) {
             case .connected(let socket): return socket
-            case .failed(let err): lastErrno = err
+            case .failed(let err): lastError = err
             case .timedOut: timedOut = true
             }
         }
         if timedOut || monotonicNow() >= deadline { throw .connectTimeout(endpoint: endpoint, seconds: timeoutSeconds) }
-        throw .connectFailed(endpoint: endpoint, errno: lastErrno)
+        throw .connectFailed(endpoint: endpoint, errno: lastError)
     }
 
-    private enum Attempt { case connected(Socket), failed(Int32), timedOut }
+    private enum Attempt { case connected(Socket), failed(Errno), timedOut }
 
     /// One non-blocking connect. Address-specific failures (including an address family
     /// this host lacks) are returned so the caller tries the next address.
     private static func attempt(_ address: SocketAddress, until deadline: Double) throws(TLSError) -> Attempt {
         let fd = Glibc.socket(address.family, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_NONBLOCK.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
-        guard fd >= 0 else { return .failed(errno) }
+        guard fd >= 0 else { return .failed(.current) }
         let socket = try Socket(fd: fd, isTCP: address.family != AF_UNIX)
         let rc = address.withSockaddr { Glibc.connect(fd, $0, $1) }
-        var err = rc == 0 ? 0 : errno
-        if err == EINPROGRESS {
+        // A C int, not an Errno yet: SO_ERROR hands the connect's outcome back as one.
+        var err: Int32 = rc == 0 ? 0 : Errno.current.rawValue
+        if err == Errno.nowInProgress.rawValue {
             switch try socket.wait(for: Int16(POLLOUT), until: deadline) {
             case .ready:
                 var len = socklen_t(MemoryLayout<Int32>.size)
-                if getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len) != 0 { err = errno }
+                if getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len) != 0 { err = Errno.current.rawValue }
             case .timedOut:
                 socket.close()
                 return .timedOut
@@ -229,7 +232,7 @@ final class Socket: Sendable {
         }
         guard err == 0 else {
             socket.close()
-            return .failed(err)
+            return .failed(Errno(rawValue: err))
         }
         if socket.isTCP { socket.setNoDelay() }
         return .connected(socket)
@@ -243,17 +246,17 @@ final class Socket: Sendable {
 
     static func listen(on endpoint: Endpoint) throws(TLSError) -> Socket {
         let addresses = try SocketAddress.resolve(endpoint, passive: true)
-        guard let address = addresses.first else { throw .listenFailed(endpoint: endpoint, errno: EADDRNOTAVAIL) }
+        guard let address = addresses.first else { throw .listenFailed(endpoint: endpoint, errno: .addressNotAvailable) }
         if case let .unix(path) = endpoint { try removeStaleUnixSocket(path, endpoint: endpoint) }
         let fd = Glibc.socket(address.family, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_NONBLOCK.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
-        guard fd >= 0 else { throw .socketError(operation: "socket", errno: errno) }
+        guard fd >= 0 else { throw .socketError(operation: "socket", errno: .current) }
         let socket = try Socket(fd: fd, isTCP: address.family != AF_UNIX)
         if socket.isTCP {
             var one: Int32 = 1
             _ = setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, socklen_t(MemoryLayout<Int32>.size))
         }
         guard address.withSockaddr({ Glibc.bind(fd, $0, $1) }) == 0, Glibc.listen(fd, 64) == 0 else {
-            let err = errno
+            let err = Errno.current  // before close() can overwrite it
             socket.close()
             throw .listenFailed(endpoint: endpoint, errno: err)
         }
@@ -270,23 +273,23 @@ final class Socket: Sendable {
         defer { Glibc.close(probe) }
         let address = SocketAddress(unixPath: path)
         if address.withSockaddr({ Glibc.connect(probe, $0, $1) }) == 0 {
-            throw .listenFailed(endpoint: endpoint, errno: EADDRINUSE)
+            throw .listenFailed(endpoint: endpoint, errno: .addressInUse)
         }
-        if errno == ECONNREFUSED { unlink(path) }
+        if Errno.current == .connectionRefused { unlink(path) }
     }
 
     /// One pending connection, or nil if none is queued right now.
     func acceptConnection() throws(TLSError) -> Socket? {
         let conn = Glibc.accept(fd, nil, nil)
         if conn < 0 {
-            let err = errno
+            let err = Errno.current
             switch err {
-            case EAGAIN, EWOULDBLOCK, EINTR, ECONNABORTED, EPROTO: return nil
+            case .resourceTemporarilyUnavailable, .wouldBlock, .interrupted, .connectionAbort, .protocolError: return nil
             default: throw .socketError(operation: "accept", errno: err)
             }
         }
         if !setNonBlockingCloseOnExec(conn) {
-            let err = errno  // before close() can overwrite it
+            let err = Errno.current  // before close() can overwrite it
             Glibc.close(conn)
             throw .socketError(operation: "fcntl", errno: err)
         }
@@ -302,7 +305,7 @@ final class Socket: Sendable {
         let rc = withUnsafeMutablePointer(to: &storage) {
             $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &len) }
         }
-        guard rc == 0 else { throw .socketError(operation: "getsockname", errno: errno) }
+        guard rc == 0 else { throw .socketError(operation: "getsockname", errno: .current) }
         var host = [CChar](repeating: 0, count: Int(NI_MAXHOST))
         var serv = [CChar](repeating: 0, count: Int(NI_MAXSERV))
         let gai = withUnsafePointer(to: &storage) {
@@ -310,7 +313,7 @@ final class Socket: Sendable {
                 getnameinfo($0, len, &host, socklen_t(host.count), &serv, socklen_t(serv.count), NI_NUMERICHOST | NI_NUMERICSERV)
             }
         }
-        guard gai == 0 else { throw .socketError(operation: "getnameinfo", errno: EINVAL) }
+        guard gai == 0 else { throw .socketError(operation: "getnameinfo", errno: .invalidArgument) }
         let hostText = String(decoding: host.prefix(while: { $0 != 0 }).map { UInt8(bitPattern: $0) }, as: UTF8.self)
         let servText = String(decoding: serv.prefix(while: { $0 != 0 }).map { UInt8(bitPattern: $0) }, as: UTF8.self)
         return .tcp(host: hostText, port: UInt16(servText) ?? 0)

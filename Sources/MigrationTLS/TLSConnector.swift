@@ -1,9 +1,9 @@
 public enum TLSConnector {
     /// Connects within `timeoutSeconds`, then runs the client handshake (bounded by the
     /// configuration's handshake timeout), verifying the server's certificate and name.
-    public static func connect(to endpoint: Endpoint, context: TLSContext, timeoutSeconds: Double) throws -> TLSStream {
+    public static func connect(to endpoint: Endpoint, context: TLSContext, timeoutSeconds: Double) throws(TLSError) -> TLSStream {
         guard context.role == .client else {
-            throw TLSError.invalidConfiguration("connecting needs a client-role TLSContext")
+            throw .invalidConfiguration("connecting needs a client-role TLSContext")
         }
         try context.checkEndpoint(endpoint)
         let socket = try Socket.connect(to: endpoint, timeoutSeconds: timeoutSeconds)

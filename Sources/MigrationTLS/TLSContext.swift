@@ -1,5 +1,7 @@
 internal import COpenSSL
 import Glibc
+import SystemErrno
+import SystemPackage
 
 /// Knobs the tests need to impersonate broken peers. Not reachable from the public API:
 /// production contexts are always TLS 1.3-only, always present a valid certificate.
@@ -22,7 +24,7 @@ public final class TLSContext: @unchecked Sendable {  // owns an SSL_CTX*, immut
     /// The own certificate's notAfter, seconds since 1970-01-01 UTC (nil without one).
     public let ownCertificateNotAfter: Int64?
 
-    public convenience init(configuration: TLSConfiguration, role: TLSRole) throws {
+    public convenience init(configuration: TLSConfiguration, role: TLSRole) throws(TLSError) {
         try self.init(configuration: configuration, role: role, hooks: TLSTestHooks())
     }
 
@@ -75,7 +77,7 @@ public final class TLSContext: @unchecked Sendable {  // owns an SSL_CTX*, immut
 
     private static func checkReadable(_ path: String) throws(TLSError) {
         let fd = open(path, O_RDONLY | O_CLOEXEC)
-        guard fd >= 0 else { throw .fileUnreadable(path: path, errno: errno) }
+        guard fd >= 0 else { throw .fileUnreadable(path: path, errno: .current) }
         Glibc.close(fd)
     }
 
@@ -176,7 +178,7 @@ public final class TLSContext: @unchecked Sendable {  // owns an SSL_CTX*, immut
     /// A key that group or others can read is refused, as ssh refuses one.
     private static func checkPrivateKeyMode(_ path: String) throws(TLSError) {
         var info = stat()
-        guard stat(path, &info) == 0 else { throw .fileUnreadable(path: path, errno: errno) }
+        guard stat(path, &info) == 0 else { throw .fileUnreadable(path: path, errno: .current) }
         if info.st_mode & 0o077 != 0 { throw .privateKeyTooOpen(path: path, mode: info.st_mode) }
     }
 

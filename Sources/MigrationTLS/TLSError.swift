@@ -1,11 +1,12 @@
-import Glibc
+import SystemErrno
+import SystemPackage
 
 /// Every failure of the TLS layer, with enough context for an operator to act.
 /// Cases about the *peer's* certificate are reported by the side that verified it;
 /// the other side sees `.refusedByPeer` carrying the TLS alert it received.
 public enum TLSError: Error, Sendable, Equatable, CustomStringConvertible {
     // MARK: Configuration (thrown by TLSContext.init, before any connection)
-    case fileUnreadable(path: String, errno: Int32)
+    case fileUnreadable(path: String, errno: Errno)
     case invalidPEM(path: String, detail: String)
     case keyDoesNotMatchCertificate(certificate: String, key: String)
     case encryptedPrivateKey(path: String)
@@ -51,12 +52,12 @@ public enum TLSError: Error, Sendable, Equatable, CustomStringConvertible {
     case writeTimeout(seconds: Double)
     case acceptTimeout(seconds: Double)
     case connectTimeout(endpoint: Endpoint, seconds: Double)
-    case connectFailed(endpoint: Endpoint, errno: Int32)
-    case listenFailed(endpoint: Endpoint, errno: Int32)
+    case connectFailed(endpoint: Endpoint, errno: Errno)
+    case listenFailed(endpoint: Endpoint, errno: Errno)
     /// A descriptor handed over to listen on (socket activation) is not a listening stream socket.
     case notAListeningSocket(descriptor: Int32, reason: String)
     case resolveFailed(host: String, detail: String)
-    case socketError(operation: String, errno: Int32)
+    case socketError(operation: String, errno: Errno)
     /// The peer closed the connection without a TLS close_notify: data may be missing.
     case truncated
     /// The peer reset the connection (or it was gone when written to).
@@ -67,7 +68,7 @@ public enum TLSError: Error, Sendable, Equatable, CustomStringConvertible {
     public var description: String {
         switch self {
         case let .fileUnreadable(path, err):
-            return "cannot read \(path): \(Self.strerror(err))"
+            return "cannot read \(path): \(err.explanation)"
         case let .invalidPEM(path, detail):
             return "\(path) is not a usable PEM file: \(detail)"
         case let .keyDoesNotMatchCertificate(cert, key):
@@ -131,15 +132,15 @@ public enum TLSError: Error, Sendable, Equatable, CustomStringConvertible {
         case let .connectTimeout(endpoint, s):
             return "connecting to \(endpoint) timed out after \(s) s"
         case let .connectFailed(endpoint, err):
-            return "cannot connect to \(endpoint): \(Self.strerror(err))"
+            return "cannot connect to \(endpoint): \(err.explanation)"
         case let .listenFailed(endpoint, err):
-            return "cannot listen on \(endpoint): \(Self.strerror(err))"
+            return "cannot listen on \(endpoint): \(err.explanation)"
         case let .notAListeningSocket(fd, reason):
             return "descriptor \(fd) cannot be listened on: \(reason)"
         case let .resolveFailed(host, detail):
             return "cannot resolve '\(host)': \(detail)"
         case let .socketError(op, err):
-            return "\(op) failed: \(Self.strerror(err))"
+            return "\(op) failed: \(err.explanation)"
         case .truncated:
             return "the peer closed the connection without a TLS close_notify (data may be truncated)"
         case .connectionReset:
@@ -147,9 +148,5 @@ public enum TLSError: Error, Sendable, Equatable, CustomStringConvertible {
         case .closed:
             return "the connection was closed locally"
         }
-    }
-
-    static func strerror(_ err: Int32) -> String {
-        String(cString: Glibc.strerror(err)) + " (errno \(err))"
     }
 }

@@ -10,7 +10,7 @@ public final class TLSListener: Sendable {
     /// The bound endpoint (with the real port when 0 was asked).
     public let boundEndpoint: Endpoint
 
-    public init(endpoint: Endpoint, context: TLSContext) throws {
+    public init(endpoint: Endpoint, context: TLSContext) throws(TLSError) {
         guard context.role == .server else {
             throw TLSError.invalidConfiguration("a listener needs a server-role TLSContext")
         }
@@ -23,7 +23,7 @@ public final class TLSListener: Sendable {
             boundEndpoint = endpoint
         case .tcp:
             unixPath = nil
-            do { boundEndpoint = try socket.localTCPEndpoint() } catch { socket.close(); throw error }
+            do throws(TLSError) { boundEndpoint = try socket.localTCPEndpoint() } catch { socket.close(); throw error }
         }
     }
 
@@ -40,7 +40,7 @@ public final class TLSListener: Sendable {
     /// Waits up to `timeoutSeconds` (nil: forever) for a peer, then runs the server
     /// handshake (bounded by the configuration's handshake timeout). A peer that fails
     /// the handshake makes this call throw; the listener stays usable.
-    public func accept(timeoutSeconds: Double?) throws -> TLSStream {
+    public func accept(timeoutSeconds: Double?) throws(TLSError) -> TLSStream {
         try socket.enter()
         defer { socket.leave() }
         let deadline = timeoutSeconds.map { monotonicNow() + $0 }

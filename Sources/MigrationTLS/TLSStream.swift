@@ -1,5 +1,7 @@
 internal import COpenSSL
 import Glibc
+import SystemErrno
+import SystemPackage
 import SyncPrimitives
 
 /// Owns one SSL*. Every call on it happens with `TLSStream.io` held.
@@ -96,14 +98,14 @@ public final class TLSStream: Sendable {
                 ERR_clear_error()
                 let r = context.role == .client ? SSL_connect(raw) : SSL_accept(raw)
                 if r == 1 { break }
-                let savedErrno = errno
+                let savedErrno = Errno.current
                 let e = SSL_get_error(raw, r)
                 let events: Int16
                 switch e {
                 case SSL_ERROR_WANT_READ: events = Int16(POLLIN)
                 case SSL_ERROR_WANT_WRITE: events = Int16(POLLOUT)
                 default:
-                    throw TLSError.fromFailedCall(sslError: e, errnoValue: savedErrno, duringHandshake: true,
+                    throw TLSError.fromFailedCall(sslError: e, errno: savedErrno, duringHandshake: true,
                                                   verification: verification)
                 }
                 switch try socket.wait(for: events, until: deadline, alsoWatching: other) {
@@ -241,7 +243,7 @@ public final class TLSStream: Sendable {
 
     /// Classifies a failed SSL_* call; call with `io` held, right after the call.
     private func failedStep(_ result: Int32, state: inout IOState) -> Step {
-        let savedErrno = errno
+        let savedErrno = Errno.current
         let e = SSL_get_error(ssl.pointer, result)
         switch e {
         case SSL_ERROR_WANT_READ: return .wait(Int16(POLLIN))
@@ -250,7 +252,7 @@ public final class TLSStream: Sendable {
             _ = OpenSSLError.drainQueue()
             return .endOfStream
         default:
-            let error = TLSError.fromFailedCall(sslError: e, errnoValue: savedErrno, duringHandshake: false,
+            let error = TLSError.fromFailedCall(sslError: e, errno: savedErrno, duringHandshake: false,
                                                 verification: verification)
             state.failure = error
             return .fail(error)
@@ -265,10 +267,10 @@ public final class TLSStream: Sendable {
         var scratch = [UInt8](repeating: 0, count: 256)
         var got = 0
         let r = scratch.withUnsafeMutableBytes { SSL_read_ex(ssl.pointer, $0.baseAddress, $0.count, &got) }
-        let savedErrno = errno  // before SSL_get_error, which may make calls of its own
+        let savedErrno = Errno.current  // before SSL_get_error, which may make calls of its own
         guard r != 1 else { return nil }
         let e = SSL_get_error(ssl.pointer, r)
-        let error = TLSError.fromFailedCall(sslError: e, errnoValue: savedErrno, duringHandshake: false,
+        let error = TLSError.fromFailedCall(sslError: e, errno: savedErrno, duringHandshake: false,
                                             verification: verification)
         if case .refusedByPeer = error { return error }
         if case .protocolVersion = error { return error }

@@ -4,7 +4,7 @@ public enum CompressionPolicy: Sendable, Equatable, CustomStringConvertible {
     case zlib(level: Int)
     case auto
 
-    public init(parsing text: String) throws {
+    public init(parsing text: String) throws(WireError) {
         switch text {
         case "none": self = .none
         case "auto": self = .auto

@@ -29,7 +29,7 @@ public final class Deflater {
         stream.deallocate()
     }
 
-    public func compress(_ input: [UInt8]) throws -> [UInt8] { try compress(input[...]) }
+    public func compress(_ input: [UInt8]) throws(WireError) -> [UInt8] { try compress(input[...]) }
 
     /// One complete raw-deflate stream of `input`, in a single deflate call
     /// (the output buffer is deflateBound-sized, so Z_FINISH always completes).
@@ -81,7 +81,7 @@ public final class Inflater {
         stream.deallocate()
     }
 
-    public func inflate(_ input: [UInt8], expectedLength: Int, limit: Int) throws -> [UInt8] {
+    public func inflate(_ input: [UInt8], expectedLength: Int, limit: Int) throws(WireError) -> [UInt8] {
         try inflate(input, expectedLength: expectedLength, limit: limit, frame: nil)
     }
 

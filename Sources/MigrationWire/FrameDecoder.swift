@@ -88,7 +88,7 @@ public struct FrameDecoder: Sendable {
 
     /// Call at end of stream, after `next()` returned nil: throws `truncatedHeader` or
     /// `truncatedPayload` if a partial frame is buffered (or the error already thrown).
-    public func finish() throws {
+    public func finish() throws(WireError) {
         if let failure { throw failure }
         let buffered = bufferedByteCount
         guard buffered > 0 else { return }

@@ -1,3 +1,5 @@
+import SystemPackage
+
 /// Dirty pages logged by the device itself (`VFIO_DEVICE_FEATURE` DMA_LOGGING_START /
 /// REPORT / STOP, Linux 6.1+; mlx5, pds, the mtty stubs): the third `DirtyPageSource`,
 /// feeding the same DIRTY_BITMAP frames. Guest PFN p is IOVA `iovaBase + p * pageSize`.
@@ -35,14 +37,14 @@ public final class DeviceDMALogDirtyPageSource: DirtyPageSource {
                 try arg.withArgument { (a) throws(Errno) in try device.kernel.ioctl(device.deviceFD, VFIOv2.deviceFeature, a) }
             }
             return true
-        } catch where error == .notATerminal {
+        } catch where error == .inappropriateIOCTLForDevice {
             return false
         } catch {
-            throw .v2Feature(device: device.name, operation: "VFIO_DEVICE_FEATURE PROBE DMA_LOGGING_START", errno: error.rawValue)
+            throw .v2Feature(device: device.name, operation: "VFIO_DEVICE_FEATURE PROBE DMA_LOGGING_START", errno: error)
         }
     }
 
-    public func start() throws {
+    public func start() throws(DeviceError) {
         guard !started, guestBytes > 0 else { return }   // nothing to log: START with no range is EINVAL
         var ranges = V2Argument.dmaLoggingRanges([(iovaBase, guestBytes)])
         var chosen: UInt64 = 0
@@ -58,7 +60,7 @@ public final class DeviceDMALogDirtyPageSource: DirtyPageSource {
         loggingPageSize = chosen
     }
 
-    public func stop() throws {
+    public func stop() throws(DeviceError) {
         guard started else { return }
         started = false   // a failed STOP is reported, never retried in a loop
         var arg = V2Argument.dmaLoggingStop()
@@ -67,7 +69,7 @@ public final class DeviceDMALogDirtyPageSource: DirtyPageSource {
 
     /// One REPORT for the window: reads and clears the log. An error means "the log is
     /// corrupted, consider all memory dirty" (header): the window is answered ALL.
-    public func query(startPFN: UInt64, pageSize: UInt64, totalPFNs: UInt64) throws -> [DirtySegment] {
+    public func query(startPFN: UInt64, pageSize: UInt64, totalPFNs: UInt64) throws(DeviceError) -> [DirtySegment] {
         guard totalPFNs > 0 else { return [] }
         guard pageSize >= 4096, pageSize & (pageSize - 1) == 0 else {
             throw DeviceError.invalidArgument(operation: "DMA_LOGGING_REPORT", detail: "page size \(pageSize) is not a power of two ≥ 4096")
@@ -101,7 +103,7 @@ public final class DeviceDMALogDirtyPageSource: DirtyPageSource {
                 try arg.withArgument { (a) throws(Errno) in try kernel.ioctl(deviceFD, VFIOv2.deviceFeature, a) }
             }
         } catch {
-            throw .v2Feature(device: device, operation: operation, errno: error.rawValue)
+            throw .v2Feature(device: device, operation: operation, errno: error)
         }
     }
 }

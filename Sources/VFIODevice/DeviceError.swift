@@ -1,4 +1,5 @@
-import Glibc
+import SystemErrno
+import SystemPackage
 
 /// Direction of a region access, for error messages.
 public enum RegionAccess: String, Sendable, Equatable {
@@ -31,19 +32,19 @@ public enum DeviceError: Error, Sendable, Equatable, CustomStringConvertible {
     /// A state change the vendor driver does not support.
     case invalidTransition(from: DeviceState, to: DeviceState)
     /// The driver refused a supported transition (device error, stream validation).
-    case transitionFailed(from: DeviceState, to: DeviceState, errno: Int32, reason: String)
+    case transitionFailed(from: DeviceState, to: DeviceState, errno: Errno, reason: String)
     /// The driver failed an otherwise valid access.
-    case deviceIOError(RegionAccess, field: String, offset: UInt64, errno: Int32, reason: String)
+    case deviceIOError(RegionAccess, field: String, offset: UInt64, errno: Errno, reason: String)
     /// The driver rejected a resume chunk at its data_size write.
-    case resumeDataRejected(chunk: Int, errno: Int32, reason: String)
+    case resumeDataRejected(chunk: Int, errno: Errno, reason: String)
     /// The driver reported something the header does not allow (e.g. data past the region).
     case protocolViolation(step: String, detail: String)
     /// A system call failed.
-    case systemCall(String, path: String?, errno: Int32)
+    case systemCall(String, path: String?, errno: Errno)
     /// pread/pwrite transferred fewer bytes than a field access needs, or hit end of file.
     case shortTransfer(RegionAccess, offset: UInt64, expected: Int, transferred: Int)
     /// /dev/vfio/GROUP cannot be opened.
-    case noSuchGroup(path: String, errno: Int32)
+    case noSuchGroup(path: String, errno: Errno)
     /// Not all devices of the IOMMU group are bound to vfio drivers.
     case groupNotViable(group: String)
     /// No region of the device carries the type 3 / subtype 1 capability.
@@ -61,32 +62,32 @@ public enum DeviceError: Error, Sendable, Equatable, CustomStringConvertible {
     // Device interface v2 (FSM + data_fd). Each names the device, the arc or call, the errno.
     /// SET MIG_DEVICE_STATE `from` → `to` failed; `landed` is the state GET reported
     /// afterwards (the original or one along the kernel's combination path), nil if unreadable.
-    case v2TransitionFailed(device: String, from: V2State, to: V2State, errno: Int32, landed: V2State?)
+    case v2TransitionFailed(device: String, from: V2State, to: V2State, errno: Errno, landed: V2State?)
     /// A read/write/VFIO_MIG_GET_PRECOPY_INFO on the data_fd failed in `state`.
-    case v2DataStream(device: String, operation: String, state: V2State, errno: Int32)
+    case v2DataStream(device: String, operation: String, state: V2State, errno: Errno)
     /// A VFIO_DEVICE_FEATURE call other than a state change (MIGRATION, MIG_DATA_SIZE,
     /// DMA logging), or VFIO_DEVICE_RESET, failed.
-    case v2Feature(device: String, operation: String, errno: Int32)
+    case v2Feature(device: String, operation: String, errno: Errno)
     /// The source rollback found the device in ERROR and reset it: it runs again, but
     /// the device state it had is gone (the header allows nothing else, §2.3).
-    case v2RecoveredByReset(device: String, from: V2State, errno: Int32)
+    case v2RecoveredByReset(device: String, from: V2State, errno: Errno)
     /// A region access on a device that speaks v2 (or the reverse): a wiring mistake.
     case wrongInterface(device: String, detail: String)
 
     /// The errno a kernel vendor driver / syscall would report for this error.
-    public var errnoCode: Int32 {
+    public var errnoCode: Errno {
         switch self {
         case .transitionFailed(_, _, let e, _), .deviceIOError(_, _, _, let e, _),
              .resumeDataRejected(_, let e, _), .systemCall(_, _, let e), .noSuchGroup(_, let e),
              .v2TransitionFailed(_, _, _, let e, _), .v2DataStream(_, _, _, let e), .v2Feature(_, _, let e),
              .v2RecoveredByReset(_, _, let e):
             return e
-        case .shortTransfer, .protocolViolation: return EIO
-        case .noMigrationRegion: return ENODEV
-        case .pageOutOfRange, .outOfRange: return EFAULT
-        case .groupNotViable: return EPERM
-        case .chunkDoesNotFit: return EFBIG
-        default: return EINVAL
+        case .shortTransfer, .protocolViolation: return .ioError
+        case .noMigrationRegion: return .operationNotSupportedByDevice   // ENODEV
+        case .pageOutOfRange, .outOfRange: return .badAddress            // EFAULT
+        case .groupNotViable: return .notPermitted
+        case .chunkDoesNotFit: return .fileTooLarge                      // EFBIG
+        default: return .invalidArgument
         }
     }
 
@@ -113,19 +114,19 @@ public enum DeviceError: Error, Sendable, Equatable, CustomStringConvertible {
         case let .invalidTransition(from, to):
             return "device state transition \(from) -> \(to) is not supported by the driver (EINVAL)"
         case let .transitionFailed(from, to, e, reason):
-            return "device state transition \(from) -> \(to) failed: \(reason) (\(errnoName(e)))"
+            return "device state transition \(from) -> \(to) failed: \(reason): \(e.explanation)"
         case let .deviceIOError(a, field, offset, e, reason):
-            return "\(a) of \(field) at offset \(offset) failed: \(reason) (\(errnoName(e)))"
+            return "\(a) of \(field) at offset \(offset) failed: \(reason): \(e.explanation)"
         case let .resumeDataRejected(chunk, e, reason):
-            return "resume chunk \(chunk) rejected at its data_size write: \(reason) (\(errnoName(e)))"
+            return "resume chunk \(chunk) rejected at its data_size write: \(reason): \(e.explanation)"
         case let .protocolViolation(step, detail):
             return "vendor driver broke the migration protocol at \(step): \(detail)"
         case let .systemCall(op, path, e):
-            return "\(op)\(path.map { " \($0)" } ?? "") failed: \(errnoName(e))"
+            return "\(op)\(path.map { " \($0)" } ?? "") failed: \(e.explanation)"
         case let .shortTransfer(a, offset, expected, got):
             return "short \(a) at offset \(offset): \(got) of \(expected) bytes (end of file or partial field access)"
         case let .noSuchGroup(path, e):
-            return "VFIO group \(path) cannot be opened: \(errnoName(e)) (is the device bound to vfio-pci and the group number right?)"
+            return "VFIO group \(path) cannot be opened: \(e.explanation); is the device bound to vfio-pci and the group number right?"
         case let .groupNotViable(group):
             return "VFIO group \(group) is not viable: bind every device of the IOMMU group to vfio-pci (or unbind it)"
         case let .noMigrationRegion(device, n):
@@ -141,28 +142,15 @@ public enum DeviceError: Error, Sendable, Equatable, CustomStringConvertible {
             return "resume chunk \(chunk) of \(bytes) bytes does not fit the data section at data_offset \(offset) (\(section) bytes up to the region's end at \(size)); nothing of it was written (EFBIG)"
         case let .v2TransitionFailed(device, from, to, e, landed):
             let now = landed.map { "the device is now in \($0)" } ?? "its state could not be read back"
-            return "device \(device): migration state change \(from) -> \(to) failed: \(errnoName(e)); \(now)"
+            return "device \(device): migration state change \(from) -> \(to) failed: \(e.explanation); \(now)"
         case let .v2DataStream(device, operation, state, e):
-            return "device \(device): \(operation) on the migration data_fd in \(state) failed: \(errnoName(e))"
+            return "device \(device): \(operation) on the migration data_fd in \(state) failed: \(e.explanation)"
         case let .v2Feature(device, operation, e):
-            return "device \(device): \(operation) failed: \(errnoName(e))"
+            return "device \(device): \(operation) failed: \(e.explanation)"
         case let .v2RecoveredByReset(device, from, e):
-            return "device \(device): RUNNING could not be set (\(errnoName(e))) and the device was in ERROR; VFIO_DEVICE_RESET brought it back to RUNNING, its migration state from \(from) is lost"
+            return "device \(device): RUNNING could not be set (\(e.explanation)) and the device was in ERROR; VFIO_DEVICE_RESET brought it back to RUNNING, its migration state from \(from) is lost"
         case let .wrongInterface(device, detail):
             return "device \(device): \(detail)"
         }
     }
-}
-
-/// "EINVAL (Invalid argument)" — the symbolic name operators search for, then strerror.
-func errnoName(_ e: Int32) -> String {
-    let names: [Int32: String] = [
-        EPERM: "EPERM", ENOENT: "ENOENT", EINTR: "EINTR", EIO: "EIO", EBADF: "EBADF",
-        EAGAIN: "EAGAIN", ENOMEM: "ENOMEM", EACCES: "EACCES", EFAULT: "EFAULT", EBUSY: "EBUSY",
-        EEXIST: "EEXIST", ENODEV: "ENODEV", EINVAL: "EINVAL", ENOSPC: "ENOSPC", ENOTTY: "ENOTTY",
-        ENOSYS: "ENOSYS", EOVERFLOW: "EOVERFLOW", EFBIG: "EFBIG",
-        ENOMSG: "ENOMSG", ESPIPE: "ESPIPE", E2BIG: "E2BIG", EPIPE: "EPIPE",
-    ]
-    let text = strerror(e).map { String(cString: $0) } ?? "errno \(e)"
-    return "\(names[e] ?? "errno \(e)"): \(text)"
 }

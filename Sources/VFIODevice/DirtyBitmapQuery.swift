@@ -11,7 +11,7 @@ public struct DirtyBitmapQuery {
     public init(device: MigrationDevice) { self.device = device }
 
     /// Segments covering exactly [startPFN, startPFN+totalPFNs), in order.
-    public mutating func run(startPFN: UInt64, pageSize: UInt64, totalPFNs: UInt64) throws -> [DirtySegment] {
+    public mutating func run(startPFN: UInt64, pageSize: UInt64, totalPFNs: UInt64) throws(DeviceError) -> [DirtySegment] {
         rounds = 0
         guard totalPFNs > 0 else { return [] }
         guard pageSize > 0, pageSize & (pageSize - 1) == 0 else {

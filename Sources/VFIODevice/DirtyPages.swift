@@ -124,10 +124,10 @@ public enum Bitmap {
 
 /// Dirty-page reporting: the seed's in-region query or the IOMMU container ioctl.
 public protocol DirtyPageSource: AnyObject {
-    func start() throws
+    func start() throws(DeviceError)
     /// Segments covering exactly [startPFN, startPFN+totalPFNs), in order.
-    func query(startPFN: UInt64, pageSize: UInt64, totalPFNs: UInt64) throws -> [DirtySegment]
-    func stop() throws
+    func query(startPFN: UInt64, pageSize: UInt64, totalPFNs: UInt64) throws(DeviceError) -> [DirtySegment]
+    func stop() throws(DeviceError)
 }
 
 /// The seed's in-region query, one `DirtyBitmapQuery` loop per call. Start and stop
@@ -138,12 +138,12 @@ public final class RegionDirtyPageSource: DirtyPageSource {
     public private(set) var lastRounds = 0
 
     public init(device: MigrationDevice) { self.device = device }
-    public func start() throws {}
-    public func query(startPFN: UInt64, pageSize: UInt64, totalPFNs: UInt64) throws -> [DirtySegment] {
+    public func start() throws(DeviceError) {}
+    public func query(startPFN: UInt64, pageSize: UInt64, totalPFNs: UInt64) throws(DeviceError) -> [DirtySegment] {
         var q = DirtyBitmapQuery(device: device)
         let segments = try q.run(startPFN: startPFN, pageSize: pageSize, totalPFNs: totalPFNs)
         lastRounds = q.rounds
         return segments
     }
-    public func stop() throws {}
+    public func stop() throws(DeviceError) {}
 }

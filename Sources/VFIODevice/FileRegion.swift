@@ -1,4 +1,5 @@
 import Glibc
+import SystemPackage
 
 /// A migration region reached through a file descriptor at `baseOffset`: a VFIO
 /// device fd (offset from `VFIO_DEVICE_GET_REGION_INFO`), a vendor-driver emulator's
@@ -30,7 +31,7 @@ public final class FileRegion: MigrationRegion, Sendable {
                 if fileSize > baseOffset { resolved = fileSize - baseOffset }
             } catch {
                 try? kernel.close(fd)
-                throw .systemCall("fstat", path: path, errno: error.rawValue)
+                throw .systemCall("fstat", path: path, errno: error)
             }
         }
         guard let regionSize = resolved, regionSize >= MigrationInfo.size else {
@@ -73,43 +74,52 @@ public final class FileRegion: MigrationRegion, Sendable {
         if ownsFD { try? kernel.close(fd) }
     }
 
-    public func read32(at offset: UInt64) throws -> UInt32 {
+    public func read32(at offset: UInt64) throws(DeviceError) -> UInt32 {
         _ = try MigrationInfo.field(at: offset, width: 4, access: .read)
         var value: UInt32 = 0
-        try withUnsafeMutableBytes(of: &value) { try fieldTransfer(.read, $0, at: offset) }
+        try fieldTransfer(.read, &value, at: offset)
         return UInt32(littleEndian: value)
     }
 
-    public func write32(_ value: UInt32, at offset: UInt64) throws {
+    public func write32(_ value: UInt32, at offset: UInt64) throws(DeviceError) {
         _ = try MigrationInfo.field(at: offset, width: 4, access: .write)
         var le = value.littleEndian
-        try withUnsafeMutableBytes(of: &le) { try fieldTransfer(.write, $0, at: offset) }
+        try fieldTransfer(.write, &le, at: offset)
     }
 
-    public func read64(at offset: UInt64) throws -> UInt64 {
+    public func read64(at offset: UInt64) throws(DeviceError) -> UInt64 {
         _ = try MigrationInfo.field(at: offset, width: 8, access: .read)
         var value: UInt64 = 0
-        try withUnsafeMutableBytes(of: &value) { try fieldTransfer(.read, $0, at: offset) }
+        try fieldTransfer(.read, &value, at: offset)
         return UInt64(littleEndian: value)
     }
 
-    public func write64(_ value: UInt64, at offset: UInt64) throws {
+    public func write64(_ value: UInt64, at offset: UInt64) throws(DeviceError) {
         _ = try MigrationInfo.field(at: offset, width: 8, access: .write)
         var le = value.littleEndian
-        try withUnsafeMutableBytes(of: &le) { try fieldTransfer(.write, $0, at: offset) }
+        try fieldTransfer(.write, &le, at: offset)
     }
 
-    public func readBytes(count: Int, at offset: UInt64) throws -> [UInt8] {
+    public func readBytes(count: Int, at offset: UInt64) throws(DeviceError) -> [UInt8] {
         try MigrationInfo.checkDataRange(offset: offset, count: count, regionSize: regionSize, access: .read)
         var bytes = [UInt8](repeating: 0, count: count)
-        try bytes.withUnsafeMutableBytes { try rangeTransfer(.read, $0, at: offset) }
+        try bytes.withMutableBytes { (buffer) throws(DeviceError) in try rangeTransfer(.read, buffer, at: offset) }
         return bytes
     }
 
-    public func writeBytes(_ bytes: [UInt8], at offset: UInt64) throws {
+    public func writeBytes(_ bytes: [UInt8], at offset: UInt64) throws(DeviceError) {
         try MigrationInfo.checkDataRange(offset: offset, count: bytes.count, regionSize: regionSize, access: .write)
         var copy = bytes
-        try copy.withUnsafeMutableBytes { try rangeTransfer(.write, $0, at: offset) }
+        try copy.withMutableBytes { (buffer) throws(DeviceError) in try rangeTransfer(.write, buffer, at: offset) }
+    }
+
+    /// A field's bytes in place (`withUnsafeMutableBytes(of:)` rethrows only untyped
+    /// errors, so the DeviceError is carried out as a value).
+    private func fieldTransfer<T: FixedWidthInteger>(_ access: RegionAccess, _ field: inout T, at offset: UInt64) throws(DeviceError) {
+        let result: Result<Void, DeviceError> = withUnsafeMutableBytes(of: &field) { buffer in
+            do throws(DeviceError) { return .success(try fieldTransfer(access, buffer, at: offset)) } catch { return .failure(error) }
+        }
+        try result.get()
     }
 
     /// One syscall of exactly the field width: retrying a partial field access would
@@ -122,7 +132,7 @@ public final class FileRegion: MigrationRegion, Sendable {
             n = try retryingOnInterrupt { () throws(Errno) in try transfer(access, buffer, at: position) }
         } catch {
             let field = MigrationInfo.Field.containing(offset)?.name ?? "offset \(offset)"
-            throw .deviceIOError(access, field: field, offset: offset, errno: error.rawValue,
+            throw .deviceIOError(access, field: field, offset: offset, errno: error,
                                  reason: access == .read ? "pread failed" : "pwrite failed")
         }
         guard n == buffer.count else {
@@ -140,7 +150,7 @@ public final class FileRegion: MigrationRegion, Sendable {
             do throws(Errno) {
                 n = try retryingOnInterrupt { () throws(Errno) in try transfer(access, rest, at: position) }
             } catch {
-                throw .deviceIOError(access, field: "data section", offset: offset + UInt64(done), errno: error.rawValue,
+                throw .deviceIOError(access, field: "data section", offset: offset + UInt64(done), errno: error,
                                      reason: access == .read ? "pread failed" : "pwrite failed")
             }
             if n == 0 { throw .shortTransfer(access, offset: offset, expected: buffer.count, transferred: done) }

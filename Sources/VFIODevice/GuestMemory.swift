@@ -1,5 +1,6 @@
 internal import CVFIO
 import Glibc
+import SystemPackage
 
 /// Guest RAM mapped from a shared file; pages addressed by PFN.
 ///
@@ -95,7 +96,7 @@ public final class GuestMemory: @unchecked Sendable {  // owns a raw mapping; sh
         } catch where error == .invalidArgument {
             return
         } catch {
-            throw .systemCall("populate guest memory (MADV_POPULATE_WRITE)", path: path, errno: error.rawValue)
+            throw .systemCall("populate guest memory (MADV_POPULATE_WRITE)", path: path, errno: error)
         }
     }
 
@@ -114,7 +115,7 @@ public final class GuestMemory: @unchecked Sendable {  // owns a raw mapping; sh
     }
 
     /// Byte offset of `[startPFN, startPFN+count)` after a bounds check.
-    private func offset(startPFN: UInt64, count: UInt64) throws -> Int {
+    private func offset(startPFN: UInt64, count: UInt64) throws(DeviceError) -> Int {
         let (end, overflow) = startPFN.addingReportingOverflow(count)
         guard !overflow, end <= pageCount else {
             throw DeviceError.pageOutOfRange(startPFN: startPFN, count: count, pageCount: pageCount)
@@ -123,14 +124,14 @@ public final class GuestMemory: @unchecked Sendable {  // owns a raw mapping; sh
     }
 
     /// A copy of `count` pages from `startPFN`.
-    public func readPages(startPFN: UInt64, count: Int) throws -> [UInt8] {
+    public func readPages(startPFN: UInt64, count: Int) throws(DeviceError) -> [UInt8] {
         guard count >= 0 else { throw DeviceError.invalidArgument(operation: "readPages", detail: "negative count \(count)") }
         let start = try offset(startPFN: startPFN, count: UInt64(count))
         return [UInt8](UnsafeRawBufferPointer(start: base + start, count: count * pageSize))
     }
 
     /// Writes whole pages from `startPFN`; `bytes.count` must be a multiple of the page size.
-    public func writePages(startPFN: UInt64, bytes: [UInt8]) throws {
+    public func writePages(startPFN: UInt64, bytes: [UInt8]) throws(DeviceError) {
         guard bytes.count % pageSize == 0 else {
             throw DeviceError.invalidArgument(operation: "writePages", detail: "\(bytes.count) bytes is not a whole number of \(pageSize)-byte pages")
         }
@@ -145,7 +146,7 @@ public final class GuestMemory: @unchecked Sendable {  // owns a raw mapping; sh
     /// of the backing file is skipped without touching it (no page allocated, no
     /// page cache), other pages are compared before they are cleared. A fresh
     /// destination of mostly zero guest RAM then costs reads, not writes.
-    public func zeroPages(startPFN: UInt64, count: Int) throws {
+    public func zeroPages(startPFN: UInt64, count: Int) throws(DeviceError) {
         guard count >= 0 else { throw DeviceError.invalidArgument(operation: "zeroPages", detail: "negative count \(count)") }
         let start = try offset(startPFN: startPFN, count: UInt64(count))
         guard !isHole(byteOffset: start, length: count * pageSize) else { return }
@@ -169,12 +170,12 @@ public final class GuestMemory: @unchecked Sendable {  // owns a raw mapping; sh
     }
 
     /// True when no page of the range holds data in the backing file (a hole).
-    public func isHole(startPFN: UInt64, count: Int) throws -> Bool {
+    public func isHole(startPFN: UInt64, count: Int) throws(DeviceError) -> Bool {
         let start = try offset(startPFN: startPFN, count: UInt64(count))
         return isHole(byteOffset: start, length: count * pageSize)
     }
 
-    public func isZeroPage(_ pfn: UInt64) throws -> Bool {
+    public func isZeroPage(_ pfn: UInt64) throws(DeviceError) -> Bool {
         let start = try offset(startPFN: pfn, count: 1)
         return GuestMemory.isZero(UnsafeRawBufferPointer(start: base + start, count: pageSize))
     }

@@ -1,4 +1,5 @@
 internal import CVFIO
+import SystemPackage
 
 /// Pure builders and parsers for the Linux 5.8 `VFIO_IOMMU_DIRTY_PAGES` argument:
 /// `struct vfio_iommu_type1_dirty_bitmap` { argsz u32, flags u32, data[] }, with, for
@@ -46,7 +47,7 @@ public enum IOMMUDirtyBitmap {
         return b
     }
 
-    public static func parseGetBitmapRequest(_ b: [UInt8]) throws -> GetBitmapRequest {
+    public static func parseGetBitmapRequest(_ b: [UInt8]) throws(DeviceError) -> GetBitmapRequest {
         guard b.count >= getRequestSize else {
             throw DeviceError.invalidArgument(operation: "parse vfio_iommu_type1_dirty_bitmap", detail: "\(b.count) bytes, \(getRequestSize) needed")
         }
@@ -62,7 +63,7 @@ public enum IOMMUDirtyBitmap {
     /// The kernel's bitmap (bit i of the u64 array = page i; little-endian, so byte
     /// order equals the region form's LSB-first bytes) as one segment; all-clear and
     /// all-set collapse to `.none` / `.all` like the region query's answers.
-    public static func segment(fromBitmap bitmap: [UInt8], startPFN: UInt64, pageSize: UInt64, pfnCount: UInt64) throws -> DirtySegment {
+    public static func segment(fromBitmap bitmap: [UInt8], startPFN: UInt64, pageSize: UInt64, pfnCount: UInt64) throws(DeviceError) -> DirtySegment {
         let needed = Bitmap.byteCount(bits: pfnCount)
         guard bitmap.count >= needed else {
             throw DeviceError.invalidArgument(operation: "IOMMU dirty bitmap", detail: "\(bitmap.count) bytes for \(pfnCount) pages")
@@ -88,10 +89,10 @@ public final class IOMMUDirtyPageSource: DirtyPageSource {
         self.kernel = kernel
     }
 
-    public func start() throws { try control(IOMMUDirtyBitmap.flagStart, "START") }
-    public func stop() throws { try control(IOMMUDirtyBitmap.flagStop, "STOP") }
+    public func start() throws(DeviceError) { try control(IOMMUDirtyBitmap.flagStart, "START") }
+    public func stop() throws(DeviceError) { try control(IOMMUDirtyBitmap.flagStop, "STOP") }
 
-    private func control(_ flags: UInt32, _ name: String) throws {
+    private func control(_ flags: UInt32, _ name: String) throws(DeviceError) {
         var arg = IOMMUDirtyBitmap.control(flags: flags)
         try dirtyPagesIoctl(&arg, name)
     }
@@ -104,7 +105,7 @@ public final class IOMMUDirtyPageSource: DirtyPageSource {
         }
     }
 
-    public func query(startPFN: UInt64, pageSize: UInt64, totalPFNs: UInt64) throws -> [DirtySegment] {
+    public func query(startPFN: UInt64, pageSize: UInt64, totalPFNs: UInt64) throws(DeviceError) -> [DirtySegment] {
         guard totalPFNs > 0 else { return [] }
         guard pageSize > 0, pageSize & (pageSize - 1) == 0 else {
             throw DeviceError.invalidArgument(operation: "IOMMU dirty bitmap", detail: "page size \(pageSize) is not a power of two")

@@ -2,23 +2,23 @@
 /// only, and byte ranges inside the data section.
 public protocol MigrationRegion: AnyObject, Sendable {
     var regionSize: UInt64 { get }
-    func read32(at offset: UInt64) throws -> UInt32
-    func write32(_ value: UInt32, at offset: UInt64) throws
-    func read64(at offset: UInt64) throws -> UInt64
-    func write64(_ value: UInt64, at offset: UInt64) throws
-    func readBytes(count: Int, at offset: UInt64) throws -> [UInt8]
-    func writeBytes(_ bytes: [UInt8], at offset: UInt64) throws
+    func read32(at offset: UInt64) throws(DeviceError) -> UInt32
+    func write32(_ value: UInt32, at offset: UInt64) throws(DeviceError)
+    func read64(at offset: UInt64) throws(DeviceError) -> UInt64
+    func write64(_ value: UInt64, at offset: UInt64) throws(DeviceError)
+    func readBytes(count: Int, at offset: UInt64) throws(DeviceError) -> [UInt8]
+    func writeBytes(_ bytes: [UInt8], at offset: UInt64) throws(DeviceError)
 }
 
 extension MigrationRegion {
     /// Reads a u64 header field (`read64` at the field's offset).
-    func read(_ field: MigrationInfo.Field) throws -> UInt64 {
+    func read(_ field: MigrationInfo.Field) throws(DeviceError) -> UInt64 {
         precondition(field.width == 8, "\(field.name) is not a u64 field")
         return try read64(at: field.offset)
     }
 
     /// Writes a u64 header field (`write64` at the field's offset).
-    func write(_ value: UInt64, to field: MigrationInfo.Field) throws {
+    func write(_ value: UInt64, to field: MigrationInfo.Field) throws(DeviceError) {
         precondition(field.width == 8, "\(field.name) is not a u64 field")
         try write64(value, at: field.offset)
     }
@@ -70,18 +70,18 @@ public final class MigrationDevice: @unchecked Sendable {  // holds a VFIOMigrat
 
     /// The whole device_state field, reserved bits included. For v2 the nearest region
     /// state of the v2 state (ERROR reads as SAVING|RESUMING, v1's error encoding).
-    public func readRawState() throws -> UInt32 {
+    public func readRawState() throws(DeviceError) -> UInt32 {
         if let v2 { return try v2.currentStateAsRegion().rawValue }
         return try region.read32(at: MigrationInfo.Field.deviceState.offset)
     }
 
     /// The three defined bits of device_state.
-    public func readState() throws -> DeviceState {
+    public func readState() throws(DeviceError) -> DeviceState {
         DeviceState(rawValue: try readRawState()).defined
     }
 
     /// Keeps reserved bits 3–31; refuses `SAVING|RESUMING` without touching the device.
-    public func setState(_ state: DeviceState) throws {
+    public func setState(_ state: DeviceState) throws(DeviceError) {
         if let v2 { return try v2.perform(state) }
         // Validate before any access: an invalid value must never reach the driver,
         // and a caller's stray reserved bits must not overwrite the device's.
@@ -96,14 +96,14 @@ public final class MigrationDevice: @unchecked Sendable {  // holds a VFIOMigrat
         try region.write32(next, at: MigrationInfo.Field.deviceState.offset)
     }
 
-    public func pendingBytes() throws -> UInt64 {
+    public func pendingBytes() throws(DeviceError) -> UInt64 {
         if let v2 { return try v2.pendingBytes() }
         return try region.read(.pendingBytes)
     }
 
     /// Before any device is stopped at switch-over: v2 devices that offer P2P go to
     /// PRE_COPY_P2P / RUNNING_P2P first (all of them, then STOP_COPY). Nothing for v1.
-    public func quiesceP2P() throws {
+    public func quiesceP2P() throws(DeviceError) {
         try v2?.quiesceP2P()
     }
 
@@ -111,7 +111,7 @@ public final class MigrationDevice: @unchecked Sendable {  // holds a VFIOMigrat
     /// where the driver validates the stream (a refusal fails the session before
     /// COMMIT). Nothing for the region protocol: see docs/DEVICE.md for why it keeps
     /// RESUMING until COMMIT.
-    public func finishResuming() throws {
+    public func finishResuming() throws(DeviceError) {
         try v2?.finishResuming()
     }
 }
@@ -146,10 +146,10 @@ final class NoMigrationRegion: MigrationRegion {
     private func refuse() -> DeviceError {
         .wrongInterface(device: device, detail: "the device speaks the v2 interface and has no migration region (use --dirty device-log or iommu, not region)")
     }
-    func read32(at offset: UInt64) throws -> UInt32 { throw refuse() }
-    func write32(_ value: UInt32, at offset: UInt64) throws { throw refuse() }
-    func read64(at offset: UInt64) throws -> UInt64 { throw refuse() }
-    func write64(_ value: UInt64, at offset: UInt64) throws { throw refuse() }
-    func readBytes(count: Int, at offset: UInt64) throws -> [UInt8] { throw refuse() }
-    func writeBytes(_ bytes: [UInt8], at offset: UInt64) throws { throw refuse() }
+    func read32(at offset: UInt64) throws(DeviceError) -> UInt32 { throw refuse() }
+    func write32(_ value: UInt32, at offset: UInt64) throws(DeviceError) { throw refuse() }
+    func read64(at offset: UInt64) throws(DeviceError) -> UInt64 { throw refuse() }
+    func write64(_ value: UInt64, at offset: UInt64) throws(DeviceError) { throw refuse() }
+    func readBytes(count: Int, at offset: UInt64) throws(DeviceError) -> [UInt8] { throw refuse() }
+    func writeBytes(_ bytes: [UInt8], at offset: UInt64) throws(DeviceError) { throw refuse() }
 }

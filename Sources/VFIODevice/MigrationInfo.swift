@@ -78,7 +78,7 @@ public enum MigrationInfo {
     /// its native width and alignment. Does not check read/write permission (that is
     /// the driver's business; a `FileRegion` only guarantees it never issues a
     /// wrong-width access).
-    public static func field(at offset: UInt64, width: Int, access: RegionAccess) throws -> Field {
+    public static func field(at offset: UInt64, width: Int, access: RegionAccess) throws(DeviceError) -> Field {
         guard offset < size else { throw DeviceError.notAHeaderField(access, offset: offset, width: width) }
         guard offset % UInt64(width) == 0 else { throw DeviceError.misaligned(access, offset: offset, width: width) }
         guard let field = Field.containing(offset) else {
@@ -92,7 +92,7 @@ public enum MigrationInfo {
 
     /// Checks a byte-range access lies inside the data section [64, regionSize):
     /// byte access to the header would be a wrong-width field access.
-    public static func checkDataRange(offset: UInt64, count: Int, regionSize: UInt64, access: RegionAccess) throws {
+    public static func checkDataRange(offset: UInt64, count: Int, regionSize: UInt64, access: RegionAccess) throws(DeviceError) {
         guard count >= 0 else {
             throw DeviceError.invalidArgument(operation: "\(access) of data section", detail: "negative byte count \(count)")
         }

@@ -20,7 +20,7 @@ public struct ResumeSequence {
 
     /// Step a for a chunk of `length` bytes; throws `chunkDoesNotFit` (nothing
     /// written) when it would extend past the region.
-    public mutating func begin(length: UInt64) throws {
+    public mutating func begin(length: UInt64) throws(DeviceError) {
         guard open == nil else { throw misuse("a chunk is already open") }
         if device.v2 != nil {
             // v2: a stream without driver chunks; the wire's chunk only counts bytes here.
@@ -40,7 +40,7 @@ public struct ResumeSequence {
     }
 
     /// Step b for the next piece, right after the previous one.
-    public mutating func write(_ piece: [UInt8]) throws {
+    public mutating func write(_ piece: [UInt8]) throws(DeviceError) {
         guard var chunk = open else { throw misuse("no chunk is open") }
         guard UInt64(piece.count) <= chunk.length - chunk.written else {
             throw misuse("a \(piece.count)-byte piece exceeds the \(chunk.length - chunk.written) bytes the chunk still lacks")
@@ -55,7 +55,7 @@ public struct ResumeSequence {
     }
 
     /// Step c: the driver consumes the whole chunk.
-    public mutating func finish() throws {
+    public mutating func finish() throws(DeviceError) {
         guard let chunk = open, chunk.written == chunk.length else {
             throw misuse(open.map { "\($0.written) of \($0.length) bytes written" } ?? "no chunk is open")
         }
@@ -68,7 +68,7 @@ public struct ResumeSequence {
     }
 
     /// A whole chunk: steps a–c.
-    public mutating func apply(_ chunk: [UInt8]) throws {
+    public mutating func apply(_ chunk: [UInt8]) throws(DeviceError) {
         try begin(length: UInt64(chunk.count))
         try write(chunk)
         try finish()

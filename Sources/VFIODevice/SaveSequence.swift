@@ -33,7 +33,7 @@ public struct SaveSequence {
     public init(device: MigrationDevice) { self.device = device }
 
     /// Steps a–c. nil when pending_bytes == 0.
-    public mutating func stageChunk() throws -> StagedChunk? {
+    public mutating func stageChunk() throws(DeviceError) -> StagedChunk? {
         if let v2 = device.v2 {
             // v2: up to chunkBytes from the data_fd; nil = nothing now (PRE_COPY) or the end (STOP_COPY).
             guard let chunk = try v2.stageChunk(index: chunksStaged) else { return nil }
@@ -61,7 +61,7 @@ public struct SaveSequence {
     }
 
     /// Step d for `count` bytes at `offset` within the staged chunk.
-    public func read(_ chunk: StagedChunk, at offset: UInt64, count: Int) throws -> [UInt8] {
+    public func read(_ chunk: StagedChunk, at offset: UInt64, count: Int) throws(DeviceError) -> [UInt8] {
         guard count >= 0, offset <= chunk.size, UInt64(count) <= chunk.size - offset else {
             throw DeviceError.invalidArgument(operation: "read save chunk \(chunk.index)", detail: "\(count) bytes at \(offset) lie outside its \(chunk.size) bytes")
         }
@@ -71,7 +71,7 @@ public struct SaveSequence {
     }
 
     /// Steps a–d in one, the chunk whole in memory (small chunks, tests).
-    public mutating func nextChunk() throws -> SavedChunk? {
+    public mutating func nextChunk() throws(DeviceError) -> SavedChunk? {
         guard let chunk = try stageChunk() else { return nil }
         guard let count = Int(exactly: chunk.size) else {
             throw DeviceError.invalidArgument(operation: "read save chunk \(chunk.index)", detail: "\(chunk.size) bytes do not fit in memory; read it in pieces")

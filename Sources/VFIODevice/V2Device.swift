@@ -1,4 +1,5 @@
 import Glibc
+import SystemPackage
 
 /// One device that speaks the VFIO migration interface v2: a state machine set with
 /// `VFIO_DEVICE_FEATURE` SET `MIG_DEVICE_STATE`, device data as a byte stream on the
@@ -51,10 +52,10 @@ public final class VFIOMigrationV2: @unchecked Sendable {  // owns the data_fd; 
             _ = try retryingOnInterrupt { () throws(Errno) in
                 try arg.withArgument { (a) throws(Errno) in try kernel.ioctl(deviceFD, VFIOv2.deviceFeature, a) }
             }
-        } catch where error == .notATerminal {
+        } catch where error == .inappropriateIOCTLForDevice {
             return nil
         } catch {
-            throw .v2Feature(device: name, operation: "VFIO_DEVICE_FEATURE GET MIGRATION", errno: error.rawValue)
+            throw .v2Feature(device: name, operation: "VFIO_DEVICE_FEATURE GET MIGRATION", errno: error)
         }
         let flags = V2Argument.migrationFlags(arg)
         guard flags.contains(.stopCopy) else {
@@ -92,7 +93,7 @@ public final class VFIOMigrationV2: @unchecked Sendable {  // owns the data_fd; 
         } catch {
             let landed = try? currentState()
             if let landed, !landed.hasDataSession { closeDataFD() }
-            throw .v2TransitionFailed(device: name, from: from, to: target, errno: error.rawValue, landed: landed)
+            throw .v2TransitionFailed(device: name, from: from, to: target, errno: error, landed: landed)
         }
         state = target
         if !continues && from != target { closeDataFD() }
@@ -119,7 +120,7 @@ public final class VFIOMigrationV2: @unchecked Sendable {  // owns the data_fd; 
         do throws(Errno) {
             _ = try retryingOnInterrupt { () throws(Errno) in try kernel.ioctl(deviceFD, VFIOv2.deviceReset, .none) }
         } catch {
-            throw .v2Feature(device: name, operation: "VFIO_DEVICE_RESET", errno: error.rawValue)
+            throw .v2Feature(device: name, operation: "VFIO_DEVICE_RESET", errno: error)
         }
         closeDataFD()
         resumeSession = false
@@ -129,7 +130,7 @@ public final class VFIOMigrationV2: @unchecked Sendable {  // owns the data_fd; 
     /// VFIO_MIG_GET_PRECOPY_INFO on the data_fd (PRE_COPY / PRE_COPY_P2P only).
     public func precopyInfo() throws(DeviceError) -> (initial: UInt64, dirty: UInt64) {
         guard let fd = dataFD else {
-            throw .v2DataStream(device: name, operation: "VFIO_MIG_GET_PRECOPY_INFO (no data_fd)", state: state, errno: EBADF)
+            throw .v2DataStream(device: name, operation: "VFIO_MIG_GET_PRECOPY_INFO (no data_fd)", state: state, errno: .badFileDescriptor)
         }
         var arg = V2Argument.precopyInfo()
         do throws(Errno) {
@@ -137,7 +138,7 @@ public final class VFIOMigrationV2: @unchecked Sendable {  // owns the data_fd; 
                 try arg.withArgument { (a) throws(Errno) in try kernel.ioctl(fd, VFIOv2.migGetPrecopyInfo, a) }
             }
         } catch {
-            throw .v2DataStream(device: name, operation: "VFIO_MIG_GET_PRECOPY_INFO", state: state, errno: error.rawValue)
+            throw .v2DataStream(device: name, operation: "VFIO_MIG_GET_PRECOPY_INFO", state: state, errno: error)
         }
         return V2Argument.precopyBytes(arg)
     }
@@ -151,11 +152,11 @@ public final class VFIOMigrationV2: @unchecked Sendable {  // owns the data_fd; 
             _ = try retryingOnInterrupt { () throws(Errno) in
                 try arg.withArgument { (a) throws(Errno) in try kernel.ioctl(deviceFD, VFIOv2.deviceFeature, a) }
             }
-        } catch where error == .notATerminal {
+        } catch where error == .inappropriateIOCTLForDevice {
             dataSizeOffered = false
             return nil
         } catch {
-            throw .v2Feature(device: name, operation: "VFIO_DEVICE_FEATURE GET MIG_DATA_SIZE", errno: error.rawValue)
+            throw .v2Feature(device: name, operation: "VFIO_DEVICE_FEATURE GET MIG_DATA_SIZE", errno: error)
         }
         dataSizeOffered = true
         return V2Argument.stopCopyLength(arg)
@@ -184,7 +185,7 @@ public final class VFIOMigrationV2: @unchecked Sendable {  // owns the data_fd; 
                 }
                 break
             } catch {
-                throw .v2DataStream(device: name, operation: "read", state: state, errno: error.rawValue)
+                throw .v2DataStream(device: name, operation: "read", state: state, errno: error)
             }
             if n == 0 { break }
             filled += n
@@ -198,7 +199,7 @@ public final class VFIOMigrationV2: @unchecked Sendable {  // owns the data_fd; 
     public func write(_ bytes: [UInt8]) throws(DeviceError) {
         guard !bytes.isEmpty else { return }
         guard let fd = dataFD, state == .resuming else {
-            throw .v2DataStream(device: name, operation: "write (no RESUMING data_fd)", state: state, errno: EBADF)
+            throw .v2DataStream(device: name, operation: "write (no RESUMING data_fd)", state: state, errno: .badFileDescriptor)
         }
         var done = 0
         while done < bytes.count {
@@ -208,10 +209,10 @@ public final class VFIOMigrationV2: @unchecked Sendable {  // owns the data_fd; 
                         try kernel.write(fd, UnsafeRawBufferPointer(rebasing: raw[done...]))
                     }
                 }
-                guard n > 0 else { throw Errno(rawValue: EIO) }
+                guard n > 0 else { throw Errno.ioError }
                 done += n
             } catch {
-                throw .v2DataStream(device: name, operation: "write", state: state, errno: error.rawValue)
+                throw .v2DataStream(device: name, operation: "write", state: state, errno: error)
             }
         }
     }
@@ -325,7 +326,7 @@ public final class VFIOMigrationV2: @unchecked Sendable {  // owns the data_fd; 
                 try arg.withArgument { (a) throws(Errno) in try kernel.ioctl(deviceFD, VFIOv2.deviceFeature, a) }
             }
         } catch {
-            throw .v2Feature(device: name, operation: operation, errno: error.rawValue)
+            throw .v2Feature(device: name, operation: operation, errno: error)
         }
     }
 }

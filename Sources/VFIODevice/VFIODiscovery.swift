@@ -1,5 +1,6 @@
 internal import CVFIO
 import Glibc
+import SystemPackage
 
 /// An opened VFIO device: container, group and device descriptors, and the migration
 /// region found on it. Closes the descriptors when released; regions made from it
@@ -114,7 +115,7 @@ public enum VFIODiscovery {
         do throws(Errno) {
             groupFD = try descriptors.open(groupPath)
         } catch {
-            throw .noSuchGroup(path: groupPath, errno: error.rawValue)
+            throw .noSuchGroup(path: groupPath, errno: error)
         }
 
         // struct vfio_group_status { argsz, flags }
@@ -154,7 +155,7 @@ public enum VFIODiscovery {
                 buffer = try VFIORegionInfo.query(index: index) { (request) throws(DeviceError) in
                     try call(kernel, deviceFD, CVFIO_DEVICE_GET_REGION_INFO, "VFIO_DEVICE_GET_REGION_INFO(\(index))", path: device, &request)
                 }
-            } catch .systemCall(_, _, EINVAL) {
+            } catch .systemCall(_, _, .invalidArgument) {
                 continue  // vfio-pci refuses some fixed indexes (e.g. VGA) on devices without them
             }
             if try VFIORegionInfo.isMigrationRegion(buffer) {

@@ -1,30 +1,7 @@
 internal import CVFIO
 import Glibc
-
-/// The reason a system call failed: an errno value as a type, so the kernel seam
-/// can `throw` it and callers can match it (`.interrupted`) instead of reading a
-/// thread-local after the fact.
-public struct Errno: Error, Sendable, Hashable, CustomStringConvertible {
-    public let rawValue: Int32
-    public init(rawValue: Int32) { self.rawValue = rawValue }
-
-    /// errno of the last failed libc call on this thread.
-    public static var current: Errno { Errno(rawValue: Glibc.errno) }
-
-    public static let interrupted = Errno(rawValue: EINTR)
-    public static let invalidArgument = Errno(rawValue: EINVAL)
-    public static let ioError = Errno(rawValue: EIO)
-    public static let badFileDescriptor = Errno(rawValue: EBADF)
-    public static let noSuchFileOrDirectory = Errno(rawValue: ENOENT)
-    public static let notATerminal = Errno(rawValue: ENOTTY)
-    /// A v2 data_fd's temporary end of stream in PRE_COPY ("nothing now").
-    public static let noMessage = Errno(rawValue: ENOMSG)
-    /// pread/pwrite/lseek on a stream (a v2 data_fd, a pipe).
-    public static let illegalSeek = Errno(rawValue: ESPIPE)
-
-    /// "EINVAL: Invalid argument".
-    public var description: String { errnoName(rawValue) }
-}
+import SystemErrno
+import SystemPackage
 
 /// Runs `body` again for as long as it fails with EINTR: a signal arrived before
 /// the call transferred anything, so the same call is still the right one.
@@ -171,7 +148,7 @@ extension VFIOKernel {
             let next = lseek(fd, off_t(offset), CVFIO_SEEK_DATA)
             if next >= 0 { return Int(next) }
             let error = Errno.current
-            if error.rawValue == ENXIO { return nil }
+            if error == .noSuchAddressOrDevice { return nil }   // ENXIO: no data up to the end
             throw error
         }
     )
@@ -189,7 +166,7 @@ extension DeviceError {
         do throws(Errno) {
             return try body()
         } catch {
-            throw .systemCall(operation, path: path, errno: error.rawValue)
+            throw .systemCall(operation, path: path, errno: error)
         }
     }
 }

@@ -1,4 +1,5 @@
 import Glibc
+import SystemPackage
 import VFIODevice
 
 /// The simulated device's on-board memory. It lives in a memfd mapping, not

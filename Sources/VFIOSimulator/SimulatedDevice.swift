@@ -1,5 +1,6 @@
 import Glibc
 import SyncPrimitives
+import SystemPackage
 import VFIODevice
 
 /// Strict in-process vendor driver.
@@ -249,16 +250,16 @@ public final class SimulatedDevice: MigrationRegion, @unchecked Sendable {  // a
 
     // MARK: - Region access
 
-    public func read32(at offset: UInt64) throws -> UInt32 {
-        try lock.withLock {
+    public func read32(at offset: UInt64) throws(DeviceError) -> UInt32 {
+        try lock.withLock { () throws(DeviceError) -> UInt32 in
             accesses += 1
             let f = try MigrationInfo.field(at: offset, width: 4, access: .read)
             return f == .deviceState ? field : 0
         }
     }
 
-    public func write32(_ value: UInt32, at offset: UInt64) throws {
-        try lock.withLock {
+    public func write32(_ value: UInt32, at offset: UInt64) throws(DeviceError) {
+        try lock.withLock { () throws(DeviceError) -> Void in
             accesses += 1
             let f = try MigrationInfo.field(at: offset, width: 4, access: .write)
             guard f == .deviceState else { throw DeviceError.readOnlyField(field: f.name, offset: offset) }
@@ -267,8 +268,8 @@ public final class SimulatedDevice: MigrationRegion, @unchecked Sendable {  // a
         }
     }
 
-    public func read64(at offset: UInt64) throws -> UInt64 {
-        try lock.withLock {
+    public func read64(at offset: UInt64) throws(DeviceError) -> UInt64 {
+        try lock.withLock { () throws(DeviceError) -> UInt64 in
             accesses += 1
             let f = try MigrationInfo.field(at: offset, width: 8, access: .read)
             if f.access == .writeOnly { throw DeviceError.writeOnlyField(field: f.name, offset: offset) }
@@ -282,8 +283,8 @@ public final class SimulatedDevice: MigrationRegion, @unchecked Sendable {  // a
         }
     }
 
-    public func write64(_ value: UInt64, at offset: UInt64) throws {
-        try lock.withLock {
+    public func write64(_ value: UInt64, at offset: UInt64) throws(DeviceError) {
+        try lock.withLock { () throws(DeviceError) -> Void in
             accesses += 1
             let f = try MigrationInfo.field(at: offset, width: 8, access: .write)
             if f.access == .readOnly { throw DeviceError.readOnlyField(field: f.name, offset: offset) }
@@ -295,8 +296,8 @@ public final class SimulatedDevice: MigrationRegion, @unchecked Sendable {  // a
         }
     }
 
-    public func readBytes(count: Int, at offset: UInt64) throws -> [UInt8] {
-        try lock.withLock {
+    public func readBytes(count: Int, at offset: UInt64) throws(DeviceError) -> [UInt8] {
+        try lock.withLock { () throws(DeviceError) -> [UInt8] in
             accesses += 1
             try MigrationInfo.checkDataRange(offset: offset, count: count, regionSize: regionSize, access: .read)
             try requireSaving(.read, "data section")
@@ -308,7 +309,7 @@ public final class SimulatedDevice: MigrationRegion, @unchecked Sendable {  // a
                 let window = try slice(of: bytes, at: base, offset: offset, count: count, area: "staged device data")
                 if let i = faults.firstIndex(of: .failSaveRead(chunk: chunk)) {
                     faults.remove(at: i)
-                    throw DeviceError.deviceIOError(.read, field: "data section", offset: offset, errno: EIO,
+                    throw DeviceError.deviceIOError(.read, field: "data section", offset: offset, errno: .ioError,
                                                     reason: "injected fault: device failed reading save chunk \(chunk)")
                 }
                 let at = Int(offset - base)
@@ -323,8 +324,8 @@ public final class SimulatedDevice: MigrationRegion, @unchecked Sendable {  // a
         }
     }
 
-    public func writeBytes(_ bytes: [UInt8], at offset: UInt64) throws {
-        try lock.withLock {
+    public func writeBytes(_ bytes: [UInt8], at offset: UInt64) throws(DeviceError) {
+        try lock.withLock { () throws(DeviceError) -> Void in
             accesses += 1
             try MigrationInfo.checkDataRange(offset: offset, count: bytes.count, regionSize: regionSize, access: .write)
             try requireResuming(.write, "data section")
@@ -346,27 +347,27 @@ public final class SimulatedDevice: MigrationRegion, @unchecked Sendable {  // a
 
     private var current: DeviceState { DeviceState(rawValue: field).defined }
 
-    private func requireSaving(_ access: RegionAccess, _ what: String) throws {
+    private func requireSaving(_ access: RegionAccess, _ what: String) throws(DeviceError) {
         guard current.contains(.saving) else {
             throw DeviceError.wrongDeviceState(access, field: what, state: current, needs: "SAVING (pre-copy or stop-and-copy)")
         }
     }
 
-    private func requireResuming(_ access: RegionAccess, _ what: String) throws {
+    private func requireResuming(_ access: RegionAccess, _ what: String) throws(DeviceError) {
         guard current == .resuming else {
             throw DeviceError.wrongDeviceState(access, field: what, state: current, needs: "RESUMING")
         }
     }
 
     /// A save chunk the user staged but never read would silently lose device data.
-    private func requireNoUnreadChunk(_ access: RegionAccess, _ what: String) throws {
+    private func requireNoUnreadChunk(_ access: RegionAccess, _ what: String) throws(DeviceError) {
         if case .saveStaged(_, let bytes, let chunk, _, let read) = step, SimulatedDevice.coveredPrefix(read) < bytes.count {
             let done = SimulatedDevice.coveredPrefix(read)
             throw DeviceError.outOfSequence(access, field: what, expected: "save chunk \(chunk) is staged but only \(done) of its \(bytes.count) bytes were read from data_offset: read data_size and all the data first", state: current)
         }
     }
 
-    private func slice(of bytes: [UInt8], at base: UInt64, offset: UInt64, count: Int, area: String) throws -> [UInt8] {
+    private func slice(of bytes: [UInt8], at base: UInt64, offset: UInt64, count: Int, area: String) throws(DeviceError) -> [UInt8] {
         guard offset >= base, offset - base <= UInt64(bytes.count), UInt64(count) <= UInt64(bytes.count) - (offset - base) else {
             throw DeviceError.outOfRange(.read, offset: offset, count: count, limit: base + UInt64(bytes.count),
                                          area: "\(area) [\(base), \(base + UInt64(bytes.count)))")
@@ -402,7 +403,7 @@ public final class SimulatedDevice: MigrationRegion, @unchecked Sendable {  // a
         min(SimulatedDevice.stateBlockSize, state.count - b * SimulatedDevice.stateBlockSize)
     }
 
-    private func readPendingBytes() throws -> UInt64 {
+    private func readPendingBytes() throws(DeviceError) -> UInt64 {
         try requireSaving(.read, "pending_bytes")
         try requireNoUnreadChunk(.read, "pending_bytes")
         let p = pendingNow()
@@ -410,7 +411,7 @@ public final class SimulatedDevice: MigrationRegion, @unchecked Sendable {  // a
         return p
     }
 
-    private func readDataOffset() throws -> UInt64 {
+    private func readDataOffset() throws(DeviceError) -> UInt64 {
         if current == .resuming {
             if case .resumeStaged(let base, _) = step {
                 throw DeviceError.outOfSequence(.read, field: "data_offset", expected: "data_offset \(base) was already read for this chunk: write the data, then data_size", state: current)
@@ -440,7 +441,7 @@ public final class SimulatedDevice: MigrationRegion, @unchecked Sendable {  // a
         }
     }
 
-    private func readDataSize() throws -> UInt64 {
+    private func readDataSize() throws(DeviceError) -> UInt64 {
         if current == .resuming {
             throw DeviceError.wrongDeviceState(.read, field: "data_size", state: current, needs: "SAVING (while RESUMING data_size is written, not read)")
         }
@@ -500,7 +501,7 @@ public final class SimulatedDevice: MigrationRegion, @unchecked Sendable {  // a
         return out
     }
 
-    private func writeQueryParameter(_ f: MigrationInfo.Field, _ value: UInt64) throws {
+    private func writeQueryParameter(_ f: MigrationInfo.Field, _ value: UInt64) throws(DeviceError) {
         try requireSaving(.write, f.name)
         try requireNoUnreadChunk(.write, f.name)
         switch f {
@@ -511,7 +512,7 @@ public final class SimulatedDevice: MigrationRegion, @unchecked Sendable {  // a
         step = .idle  // a new query round begins; any staged bitmap is gone
     }
 
-    private func readCopiedPFNs() throws -> UInt64 {
+    private func readCopiedPFNs() throws(DeviceError) -> UInt64 {
         try requireSaving(.read, "copied_pfns")
         guard let start = queryStart, let pageSize = queryPageSize, let total = queryTotal else {
             let missing = [("start_pfn", queryStart), ("page_size", queryPageSize), ("total_pfns", queryTotal)]
@@ -553,7 +554,7 @@ public final class SimulatedDevice: MigrationRegion, @unchecked Sendable {  // a
         return cap
     }
 
-    private func writeDataSize(_ value: UInt64) throws {
+    private func writeDataSize(_ value: UInt64) throws(DeviceError) {
         guard current == .resuming else {
             throw DeviceError.wrongDeviceState(.write, field: "data_size", state: current, needs: "RESUMING (while SAVING data_size is read, not written)")
         }
@@ -575,7 +576,7 @@ public final class SimulatedDevice: MigrationRegion, @unchecked Sendable {  // a
         if let i = faults.firstIndex(of: .rejectResumeData(chunk: chunk)) {
             faults.remove(at: i)
             if incoming != nil, incoming!.defect == nil { incoming!.defect = "chunk \(chunk) was rejected" }
-            throw DeviceError.resumeDataRejected(chunk: chunk, errno: EINVAL, reason: "injected fault: driver refused the chunk")
+            throw DeviceError.resumeDataRejected(chunk: chunk, errno: .invalidArgument, reason: "injected fault: driver refused the chunk")
         }
         incoming?.consume(Array(staging[0..<Int(value)]), index: chunk)
     }
@@ -592,7 +593,7 @@ public final class SimulatedDevice: MigrationRegion, @unchecked Sendable {  // a
 
     // MARK: - device_state
 
-    private func writeDeviceState(_ value: UInt32) throws {
+    private func writeDeviceState(_ value: UInt32) throws(DeviceError) {
         let from = current
         let to = DeviceState(rawValue: value & DeviceState.mask)
         guard value & ~DeviceState.mask == field & ~DeviceState.mask else {
@@ -607,7 +608,7 @@ public final class SimulatedDevice: MigrationRegion, @unchecked Sendable {  // a
         }
         if let i = faults.firstIndex(of: .failTransition(to: to)) {
             faults.remove(at: i)
-            throw DeviceError.transitionFailed(from: from, to: to, errno: EIO, reason: "injected fault: device did not reach \(to)")
+            throw DeviceError.transitionFailed(from: from, to: to, errno: .ioError, reason: "injected fault: device did not reach \(to)")
         }
         switch (from, to) {
         case (.running, [.saving, .running]):
@@ -619,7 +620,7 @@ public final class SimulatedDevice: MigrationRegion, @unchecked Sendable {  // a
             step = .idle
         case (.resuming, .running):
             if let problem = incoming?.validate() {
-                throw DeviceError.transitionFailed(from: from, to: to, errno: EINVAL, reason: "device data stream refused: \(problem)")
+                throw DeviceError.transitionFailed(from: from, to: to, errno: .invalidArgument, reason: "device data stream refused: \(problem)")
             }
             // The assembled buffer becomes the state (no 256 MiB copy inside the
             // downtime); the old state buffer stages the next resume session.

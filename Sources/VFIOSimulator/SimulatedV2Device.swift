@@ -1,5 +1,7 @@
 import Glibc
 import SyncPrimitives
+import SystemErrno
+import SystemPackage
 import VFIODevice
 
 /// One log for several simulated devices, in the order their calls reached the
@@ -16,7 +18,7 @@ public final class V2Journal: @unchecked Sendable {  // `lines` only under `lock
 public enum V2SimFault: Sendable, Equatable {
     /// The driver fails the arc `from` → `to` (one step of a combination transition)
     /// with `errno`; the device stays in `from`, or lands in `landIn` (e.g. ERROR).
-    case failArc(from: V2State, to: V2State, errno: Int32 = EIO, landIn: V2State? = nil)
+    case failArc(from: V2State, to: V2State, errno: Errno = .ioError, landIn: V2State? = nil)
     /// read() on the save data_fd fails with EIO once this many stream bytes were read.
     case failRead(afterBytes: UInt64)
     /// write() on the resume data_fd fails with EIO once this many bytes were accepted.
@@ -184,7 +186,7 @@ public final class SimulatedV2Device: @unchecked Sendable {  // all state guarde
     }
 
     /// The engine's device for this simulated driver, as discovery would build it.
-    public func migrationDevice(name: String, chunkBytes: Int = 1 << 20) throws -> MigrationDevice {
+    public func migrationDevice(name: String, chunkBytes: Int = 1 << 20) throws(DeviceError) -> MigrationDevice {
         let k = kernel
         guard let flags = try VFIOMigrationV2.probe(deviceFD: deviceFD, kernel: k, name: name) else {
             throw DeviceError.wrongInterface(device: name, detail: "the simulated device answers ENOTTY to GET MIGRATION")
@@ -298,7 +300,7 @@ public final class SimulatedV2Device: @unchecked Sendable {  // all state guarde
     }
 
     private func readLocked(_ s: Session, _ buffer: UnsafeMutableRawBufferPointer) throws(Errno) -> Int {
-        if s.disabled { throw Errno(rawValue: ENODEV) }
+        if s.disabled { throw .operationNotSupportedByDevice }
         guard s.saving else { return try VFIOKernel.live.read(s.userFD, buffer) }   // the write end: EBADF
         if let i = faults.firstIndex(where: { if case .failRead(let after) = $0 { return streamRead >= after } else { return false } }) {
             faults.remove(at: i)
@@ -363,7 +365,7 @@ public final class SimulatedV2Device: @unchecked Sendable {  // all state guarde
     }
 
     private func writeLocked(_ s: Session, _ buffer: UnsafeRawBufferPointer) throws(Errno) -> Int {
-        if s.disabled { throw Errno(rawValue: ENODEV) }
+        if s.disabled { throw .operationNotSupportedByDevice }
         guard !s.saving else { return try VFIOKernel.live.write(s.userFD, buffer) }   // the read end: EBADF
         if let i = faults.firstIndex(where: { if case .failWrite(let after) = $0 { return resumeWritten >= after } else { return false } }) {
             faults.remove(at: i)
@@ -423,20 +425,20 @@ public final class SimulatedV2Device: @unchecked Sendable {  // all state guarde
             }
         default:
             note("ioctl(dev \(deviceFD), 0x\(String(request, radix: 16))) = -1 ENOTTY")
-            throw .notATerminal
+            throw .inappropriateIOCTLForDevice
         }
     }
 
     /// `vfio_ioctl_device_feature` and the feature handlers behind it.
     private func feature(_ raw: UnsafeMutableRawBufferPointer, describe: inout String) throws(Errno) -> Int32 {
-        guard raw.count >= VFIOv2.headerSize else { throw Errno(rawValue: EFAULT) }
+        guard raw.count >= VFIOv2.headerSize else { throw .badAddress }
         var arg = UAPIBuffer(bytes: Array(raw))
         let (argsz, flags) = V2Argument.header(arg)
         let id = flags & VFIOv2.featureMask
         let ops = flags & ~VFIOv2.featureMask
         describe = "VFIO_DEVICE_FEATURE \(Self.describe(ops: ops, id: id)) argsz \(argsz)"
         guard argsz >= UInt32(VFIOv2.headerSize) else { throw .invalidArgument }
-        guard Int(argsz) <= raw.count else { throw Errno(rawValue: EFAULT) }   // copy_from_user past the buffer
+        guard Int(argsz) <= raw.count else { throw .badAddress }   // copy_from_user past the buffer
         guard ops & ~(VFIOv2.featureGet | VFIOv2.featureSet | VFIOv2.featureProbe) == 0 else { throw .invalidArgument }
         let get = ops & VFIOv2.featureGet != 0, set = ops & VFIOv2.featureSet != 0, probe = ops & VFIOv2.featureProbe != 0
         guard probe || !(get && set) else { throw .invalidArgument }
@@ -472,30 +474,30 @@ public final class SimulatedV2Device: @unchecked Sendable {  // all state guarde
                 arg.put(UInt32(bitPattern: fd), at: 12)
             }
         case .migDataSize:
-            guard configuration.offersDataSize else { throw .notATerminal }
+            guard configuration.offersDataSize else { throw .inappropriateIOCTLForDevice }
             guard try check(true, false, minimum: VFIOv2.migDataSizePayloadSize) else { return 0 }
             let length = stopCopyLength()
             arg.put(length, at: 8)
             describe += " → \(length)"
         case .dmaLoggingStart:
-            guard configuration.dmaLogging else { throw .notATerminal }
+            guard configuration.dmaLogging else { throw .inappropriateIOCTLForDevice }
             guard try check(false, true, minimum: VFIOv2.dmaLoggingControlSize) else { return 0 }
             let chosen = try startLogging(pageSize: arg.u64(at: 8), count: arg.u32(at: 16), address: arg.u64(at: 24))
             arg.put(chosen, at: 8)
             describe += " \(loggedRanges!.map { "[0x\(String($0.iova, radix: 16)), +0x\(String($0.length, radix: 16))]" }.joined(separator: " ")) page \(chosen)"
         case .dmaLoggingStop:
-            guard configuration.dmaLogging else { throw .notATerminal }
+            guard configuration.dmaLogging else { throw .inappropriateIOCTLForDevice }
             guard try check(false, true, minimum: 0) else { return 0 }
             loggedRanges = nil
             loggingStops += 1
             dmaLog.clearAll()
         case .dmaLoggingReport:
-            guard configuration.dmaLogging else { throw .notATerminal }
+            guard configuration.dmaLogging else { throw .inappropriateIOCTLForDevice }
             guard try check(true, false, minimum: VFIOv2.dmaLoggingReportSize) else { return 0 }
             let set = try report(iova: arg.u64(at: 8), length: arg.u64(at: 16), pageSize: arg.u64(at: 24), address: arg.u64(at: 32))
             describe += " [0x\(String(arg.u64(at: 8), radix: 16)), +0x\(String(arg.u64(at: 16), radix: 16))] → \(set) dirty"
         case nil:
-            throw .notATerminal
+            throw .inappropriateIOCTLForDevice
         }
         arg.copy(into: raw)
         return 0
@@ -589,7 +591,7 @@ public final class SimulatedV2Device: @unchecked Sendable {  // all state guarde
             faults.remove(at: i)
             if let landIn { mig = landIn }
             if mig == .error { disableActive() }
-            throw Errno(rawValue: e)
+            throw e
         }
         var opened: Int32?
         switch (from, to) {
@@ -744,13 +746,13 @@ public final class SimulatedV2Device: @unchecked Sendable {  // all state guarde
     private func dataFDIoctl(_ fd: Int32, _ request: UInt, _ argument: VFIOKernel.IoctlArgument) throws(Errno) -> Int32 {
         guard request == VFIOv2.migGetPrecopyInfo, let s = sessions[fd], s.saving else {
             note("ioctl(data_fd \(fd), 0x\(String(request, radix: 16))) = -1 ENOTTY")
-            throw .notATerminal   // the resume file has no ioctl; nothing else exists
+            throw .inappropriateIOCTLForDevice   // the resume file has no ioctl; nothing else exists
         }
         do throws(Errno) {
-            guard case .buffer(let raw) = argument, raw.count >= 8 else { throw Errno(rawValue: EFAULT) }
+            guard case .buffer(let raw) = argument, raw.count >= 8 else { throw .badAddress }
             var arg = UAPIBuffer(bytes: Array(raw))
             guard arg.u32(at: 0) >= UInt32(VFIOv2.precopyInfoSize), raw.count >= VFIOv2.precopyInfoSize else { throw .invalidArgument }
-            guard !s.disabled else { throw Errno(rawValue: ENODEV) }
+            guard !s.disabled else { throw .operationNotSupportedByDevice }
             guard mig.isPreCopy else { throw .invalidArgument }
             if let i = faults.firstIndex(of: .failPrecopyInfo) { faults.remove(at: i); throw .ioError }
             let (initial, dirty) = precopyBytes()
@@ -771,18 +773,18 @@ public final class SimulatedV2Device: @unchecked Sendable {  // all state guarde
     /// The core's checks of DMA_LOGGING_START, then the driver's page size choice.
     private func startLogging(pageSize: UInt64, count: UInt32, address: UInt64) throws(Errno) -> UInt64 {
         guard count > 0 else { throw .invalidArgument }
-        guard count <= UInt32(VFIOv2.dmaLoggingMaxRanges) else { throw Errno(rawValue: E2BIG) }
+        guard count <= UInt32(VFIOv2.dmaLoggingMaxRanges) else { throw .argListTooLong }
         guard pageSize > 0, pageSize & (pageSize - 1) == 0 else { throw .invalidArgument }
-        guard loggedRanges == nil else { throw Errno(rawValue: EBUSY) }   // one START until STOP
+        guard loggedRanges == nil else { throw .resourceBusy }   // one START until STOP
         guard let bytes = UserMemory.copyIn(address: address, count: Int(count) * VFIOv2.dmaLoggingRangeSize) else {
-            throw Errno(rawValue: EFAULT)
+            throw .badAddress
         }
         let table = UAPIBuffer(bytes: bytes)
         var ranges: [(iova: UInt64, length: UInt64)] = []
         for i in 0..<Int(count) {
             let iova = table.u64(at: i * 16), length = table.u64(at: i * 16 + 8)
             guard iova % pageSize == 0, length % pageSize == 0 else { throw .invalidArgument }
-            guard !iova.addingReportingOverflow(length).overflow else { throw Errno(rawValue: EOVERFLOW) }
+            guard !iova.addingReportingOverflow(length).overflow else { throw .overflow }
             guard !ranges.contains(where: { iova < $0.iova + $0.length && $0.iova < iova + length }) else { throw .invalidArgument }
             ranges.append((iova, length))
         }
@@ -795,13 +797,13 @@ public final class SimulatedV2Device: @unchecked Sendable {  // all state guarde
     /// range and clears them from the log. Returns how many bits it set.
     private func report(iova: UInt64, length: UInt64, pageSize: UInt64, address: UInt64) throws(Errno) -> Int {
         guard pageSize >= 4096, pageSize & (pageSize - 1) == 0 else { throw .invalidArgument }
-        guard !iova.addingReportingOverflow(length).overflow else { throw Errno(rawValue: EOVERFLOW) }
+        guard !iova.addingReportingOverflow(length).overflow else { throw .overflow }
         guard let ranges = loggedRanges else { throw .invalidArgument }   // not started
         guard ranges.contains(where: { iova >= $0.iova && iova + length <= $0.iova + $0.length }) else { throw .invalidArgument }
         if let i = faults.firstIndex(of: .failReport) { faults.remove(at: i); throw .ioError }
         let bits = Int((length + pageSize - 1) / pageSize)
         let byteCount = (bits + 63) / 64 * 8
-        guard var bitmap = UserMemory.copyIn(address: address, count: byteCount) else { throw Errno(rawValue: EFAULT) }
+        guard var bitmap = UserMemory.copyIn(address: address, count: byteCount) else { throw .badAddress }
         let guestPage = UInt64(guestMemory?.pageSize ?? 4096)
         var set = 0
         for i in 0..<bits {
@@ -812,7 +814,7 @@ public final class SimulatedV2Device: @unchecked Sendable {  // all state guarde
             bitmap[i / 8] |= 1 << UInt8(i % 8)    // u64 word i/64, bit i%64, little-endian = byte i/8, bit i%8
             set += 1
         }
-        guard UserMemory.copyOut(bitmap, to: address) else { throw Errno(rawValue: EFAULT) }
+        guard UserMemory.copyOut(bitmap, to: address) else { throw .badAddress }
         return set
     }
 
@@ -823,7 +825,7 @@ public final class SimulatedV2Device: @unchecked Sendable {  // all state guarde
         if logLines.count < Self.logCapacity { logLines.append(line) } else { logDropped += 1 }
     }
 
-    private func name(_ e: Errno) -> String { String(e.description.prefix { $0 != ":" }) }
+    private func name(_ e: Errno) -> String { e.symbolicName }
 
     static func describe(ops: UInt32, id: UInt32) -> String {
         var parts: [String] = []

@@ -1,4 +1,6 @@
 import Foundation
+import SystemErrno
+import SystemPackage
 
 /// Why a bench invocation (or one of its baseline processes) could not run.
 /// A migration that runs but fails is not an error: its row says so.
@@ -12,7 +14,7 @@ enum BenchError: Error, CustomStringConvertible {
     case childExitedEarly(name: String, status: Int32, stderr: String)
     case portFileTimeout(name: String, path: String, seconds: Int)
     /// A socket call of the plain-TCP baseline failed.
-    case socket(call: String, errno: Int32)
+    case socket(call: String, errno: Errno)
     case notTCPListener
 
     var description: String {
@@ -27,7 +29,7 @@ enum BenchError: Error, CustomStringConvertible {
             return "\(name) exited with status \(status) before listening: \(stderr.suffix(400))"
         case .portFileTimeout(let name, let path, let seconds):
             return "\(name) did not write its port file \(path) within \(seconds) s"
-        case .socket(let call, let code): return "\(call): \(String(cString: strerror(code)))"
+        case .socket(let call, let code): return "\(call): \(code.explanation)"
         case .notTCPListener: return "the baseline listener is not a TCP listener"
         }
     }

@@ -1,9 +1,11 @@
 import Glibc
+import SystemErrno
+import SystemPackage
 
 /// Thin wrapper over the BSD socket calls for the plain-TCP baseline (the
 /// project's Socket type is internal to MigrationTLS). Blocking, IPv4 loopback only.
 enum PlainTCP {
-    static func fail(_ call: String) -> BenchError { .socket(call: call, errno: errno) }
+    static func fail(_ call: String) -> BenchError { .socket(call: call, errno: .current) }
 
     private static func loopback(port: UInt16) -> sockaddr_in {
         var a = sockaddr_in()
@@ -29,7 +31,7 @@ enum PlainTCP {
         while true {
             let fd = Glibc.accept(listener, nil, nil)
             if fd >= 0 { return fd }
-            if errno != EINTR { throw fail("accept") }
+            if Errno.current != .interrupted { throw fail("accept") }
         }
     }
 
@@ -47,7 +49,7 @@ enum PlainTCP {
             var off = 0
             while off < buf.count {
                 let n = Glibc.write(fd, buf.baseAddress! + off, buf.count - off)
-                if n < 0 { if errno == EINTR { continue }; throw fail("write") }
+                if n < 0 { if Errno.current == .interrupted { continue }; throw fail("write") }
                 off += n
             }
         }
@@ -58,7 +60,7 @@ enum PlainTCP {
         while true {
             let n = buffer.withUnsafeMutableBytes { Glibc.read(fd, $0.baseAddress, $0.count) }
             if n >= 0 { return n }
-            if errno != EINTR { throw fail("read") }
+            if Errno.current != .interrupted { throw fail("read") }
         }
     }
 }

@@ -113,9 +113,11 @@ struct Send: ParsableCommand {
             opened = try devices.open(memory: memory)
             sender = Sender(devices: opened.sourceDevices, memory: memory, options: options, events: printer.handle)
             let endpoint = try Endpoint(parsing: connect)
-            do { stream = try TLSConnector.connect(to: endpoint, context: context, timeoutSeconds: connectTimeout) } catch let e as TLSError {
+            do throws(TLSError) {
+                stream = try TLSConnector.connect(to: endpoint, context: context, timeoutSeconds: connectTimeout)
+            } catch {
                 // Not a configuration problem: name the step that failed and the TLS cause.
-                throw MigrationError(phase: e.isConnectStep ? .connect : .handshake, failure: .tls(e), disposition: .notStarted)
+                throw MigrationError(phase: error.isConnectStep ? .connect : .handshake, failure: .tls(error), disposition: .notStarted)
             }
             printer.handle(.connected(peer: "\(endpoint) (\(stream.peerName))"))
         } catch {
@@ -232,7 +234,7 @@ struct Receive: ParsableCommand {
                     throw failureExit(for: MigrationError(phase: .connect, failure: .timeout("no authenticated source within --accept-timeout"), disposition: .notStarted), printer: printer, side: "destination")
                 }
                 // The listener was closed by SIGINT/SIGTERM: stop waiting.
-                if let e = error as? TLSError, case .closed = e { throw ExitCode(130) }
+                if case .closed = error { throw ExitCode(130) }
                 printer.handle(.sessionRefused("\(error)"))
                 notifier?.report(.sessionRefused("\(error)"))
                 continue

@@ -12,9 +12,9 @@ final class OneSegmentDirtySource: DirtyPageSource, @unchecked Sendable {
     private let inner: RegionDirtyPageSource
     private(set) var largestQuery: UInt64 = 0
     init(device: MigrationDevice) { inner = RegionDirtyPageSource(device: device) }
-    func start() throws {}
-    func stop() throws {}
-    func query(startPFN: UInt64, pageSize: UInt64, totalPFNs: UInt64) throws -> [DirtySegment] {
+    func start() throws(DeviceError) {}
+    func stop() throws(DeviceError) {}
+    func query(startPFN: UInt64, pageSize: UInt64, totalPFNs: UInt64) throws(DeviceError) -> [DirtySegment] {
         largestQuery = max(largestQuery, totalPFNs)
         var bytes = [UInt8](repeating: 0, count: Int((totalPFNs + 7) / 8))
         for segment in try inner.query(startPFN: startPFN, pageSize: pageSize, totalPFNs: totalPFNs) {
@@ -74,20 +74,20 @@ final class RecordingRegion: MigrationRegion, @unchecked Sendable {
     private func note(_ e: Event) { lock.lock(); log.append(e); lock.unlock() }
 
     var regionSize: UInt64 { inner.regionSize }
-    func read32(at offset: UInt64) throws -> UInt32 { try inner.read32(at: offset) }
-    func write32(_ value: UInt32, at offset: UInt64) throws { try inner.write32(value, at: offset) }
-    func read64(at offset: UInt64) throws -> UInt64 {
+    func read32(at offset: UInt64) throws(DeviceError) -> UInt32 { try inner.read32(at: offset) }
+    func write32(_ value: UInt32, at offset: UInt64) throws(DeviceError) { try inner.write32(value, at: offset) }
+    func read64(at offset: UInt64) throws(DeviceError) -> UInt64 {
         let v = try inner.read64(at: offset)
         if offset == MigrationInfo.Field.dataOffset.offset { note(.dataOffset(v)) }
         if offset == MigrationInfo.Field.dataSize.offset { note(.dataSizeRead(v)) }
         return v
     }
-    func write64(_ value: UInt64, at offset: UInt64) throws {
+    func write64(_ value: UInt64, at offset: UInt64) throws(DeviceError) {
         try inner.write64(value, at: offset)
         if offset == MigrationInfo.Field.dataSize.offset { note(.dataSizeWrite(value)) }
     }
-    func readBytes(count: Int, at offset: UInt64) throws -> [UInt8] { try inner.readBytes(count: count, at: offset) }
-    func writeBytes(_ bytes: [UInt8], at offset: UInt64) throws {
+    func readBytes(count: Int, at offset: UInt64) throws(DeviceError) -> [UInt8] { try inner.readBytes(count: count, at: offset) }
+    func writeBytes(_ bytes: [UInt8], at offset: UInt64) throws(DeviceError) {
         try inner.writeBytes(bytes, at: offset)
         note(.write(offset: offset, count: bytes.count))
     }

@@ -184,7 +184,7 @@ struct V2MigrationTests {
         let (src, dst) = (set.sourceSims, set.destinationSims)
         switch fault {
         case .sourceRunningToPreCopy: src[1].inject(.failArc(from: .running, to: .preCopy))
-        case .sourcePreCopyToP2P: src[0].inject(.failArc(from: .preCopy, to: .preCopyP2P, errno: EIO, landIn: .error))
+        case .sourcePreCopyToP2P: src[0].inject(.failArc(from: .preCopy, to: .preCopyP2P, errno: .ioError, landIn: .error))
         case .sourceRunningToRunningP2P: src[2].inject(.failArc(from: .running, to: .runningP2P))
         case .sourceP2PToStopCopy: src[1].inject(.failArc(from: .preCopyP2P, to: .stopCopy))
         case .sourceRunningP2PToStop: src[2].inject(.failArc(from: .runningP2P, to: .stop))
@@ -193,7 +193,7 @@ struct V2MigrationTests {
         case .sourcePrecopyInfo: src[1].inject(.failPrecopyInfo)
         case .destinationStopToResuming: dst[2].inject(.failArc(from: .stop, to: .resuming))
         case .destinationWrite: dst[0].inject(.failWrite(afterBytes: 10_000))
-        case .destinationResumingToStop: dst[1].inject(.failArc(from: .resuming, to: .stop, errno: EINVAL))
+        case .destinationResumingToStop: dst[1].inject(.failArc(from: .resuming, to: .stop, errno: .invalidArgument))
         case .corruptStream: src[0].inject(.corruptStream(atByte: 30_000))
         case .destinationStopToRunningP2P: dst[1].inject(.failArc(from: .stop, to: .runningP2P))
         }

@@ -1,4 +1,5 @@
 import Glibc
+import SystemPackage
 import Testing
 @testable import MigrationTLS
 import TestSupport
@@ -15,12 +16,12 @@ extension TLSTests {
             let pki = try TestPKI.get()
             var config = pki.clientConfig()
             config.certificateFile = pki.path("no-such-cert.pem")
-            #expect(throws: TLSError.fileUnreadable(path: pki.path("no-such-cert.pem"), errno: ENOENT)) {
+            #expect(throws: TLSError.fileUnreadable(path: pki.path("no-such-cert.pem"), errno: .noSuchFileOrDirectory)) {
                 try TLSContext(configuration: config, role: .client)
             }
             config = pki.clientConfig()
             config.crlFile = pki.path("no-such-crl.pem")
-            #expect(throws: TLSError.fileUnreadable(path: pki.path("no-such-crl.pem"), errno: ENOENT)) {
+            #expect(throws: TLSError.fileUnreadable(path: pki.path("no-such-crl.pem"), errno: .noSuchFileOrDirectory)) {
                 try TLSContext(configuration: config, role: .client)
             }
         }
@@ -90,8 +91,8 @@ extension TLSTests {
         }
 
         @Test func errorDescriptionsAreReadable() {
-            #expect(TLSError.fileUnreadable(path: "/x.pem", errno: ENOENT).description
-                .contains("No such file or directory"))
+            #expect(TLSError.fileUnreadable(path: "/x.pem", errno: .noSuchFileOrDirectory).description
+                == "cannot read /x.pem: No such file or directory (ENOENT)")
             #expect(TLSError.peerNameMismatch(expected: ["a.test"], presented: ["b.test"]).description
                 .contains("b.test"))
         }

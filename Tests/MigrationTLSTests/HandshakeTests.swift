@@ -1,4 +1,5 @@
 import Glibc
+import SystemPackage
 import Testing
 @testable import MigrationTLS
 import TestSupport
@@ -227,7 +228,7 @@ extension TLSTests {
             let endpoint = listener.boundEndpoint
             listener.close()
             let client = try TLSContext(configuration: pki.clientConfig(), role: .client)
-            #expect(throws: TLSError.connectFailed(endpoint: endpoint, errno: ECONNREFUSED)) {
+            #expect(throws: TLSError.connectFailed(endpoint: endpoint, errno: .connectionRefused)) {
                 try TLSConnector.connect(to: endpoint, context: client, timeoutSeconds: 5)
             }
         }

@@ -33,16 +33,16 @@ public final class RecordingRegion: MigrationRegion, @unchecked Sendable {  // l
     private func record(_ op: Op) { locked { ops.append(op) } }
 
     public var regionSize: UInt64 { inner.regionSize }
-    public func read32(at o: UInt64) throws -> UInt32 { record(.r32(o)); return try inner.read32(at: o) }
-    public func write32(_ v: UInt32, at o: UInt64) throws {
+    public func read32(at o: UInt64) throws(DeviceError) -> UInt32 { record(.r32(o)); return try inner.read32(at: o) }
+    public func write32(_ v: UInt32, at o: UInt64) throws(DeviceError) {
         locked {
             ops.append(.w32(o))
             if o == MigrationInfo.Field.deviceState.offset { states.append(DeviceState(rawValue: v).defined) }
         }
         try inner.write32(v, at: o)
     }
-    public func read64(at o: UInt64) throws -> UInt64 { record(.r64(o)); return try inner.read64(at: o) }
-    public func write64(_ v: UInt64, at o: UInt64) throws { record(.w64(o)); try inner.write64(v, at: o) }
-    public func readBytes(count: Int, at o: UInt64) throws -> [UInt8] { record(.rb(o, count)); return try inner.readBytes(count: count, at: o) }
-    public func writeBytes(_ b: [UInt8], at o: UInt64) throws { record(.wb(o, b.count)); try inner.writeBytes(b, at: o) }
+    public func read64(at o: UInt64) throws(DeviceError) -> UInt64 { record(.r64(o)); return try inner.read64(at: o) }
+    public func write64(_ v: UInt64, at o: UInt64) throws(DeviceError) { record(.w64(o)); try inner.write64(v, at: o) }
+    public func readBytes(count: Int, at o: UInt64) throws(DeviceError) -> [UInt8] { record(.rb(o, count)); return try inner.readBytes(count: count, at: o) }
+    public func writeBytes(_ b: [UInt8], at o: UInt64) throws(DeviceError) { record(.wb(o, b.count)); try inner.writeBytes(b, at: o) }
 }

@@ -1,5 +1,6 @@
 import CVFIO
 import Glibc
+import SystemPackage
 import Testing
 @testable import VFIODevice
 @testable import VFIOSimulator
@@ -152,10 +153,10 @@ struct RegionInfoBuilder {
 
     @Test func discoveryErrorsAreClear() {
         let missing = thrownError { try VFIODiscovery.open(group: "42", device: "0000:00:00.0", containerPath: "/nonexistent/vfio") }
-        #expect(missing == .systemCall("open VFIO container", path: "/nonexistent/vfio", errno: ENOENT))
+        #expect(missing == .systemCall("open VFIO container", path: "/nonexistent/vfio", errno: .noSuchFileOrDirectory))
         let notVFIO = thrownError { try VFIODiscovery.open(group: "42", device: "x", containerPath: "/dev/null") }
         #expect(notVFIO?.kind == "invalidArgument")
-        #expect(DeviceError.noSuchGroup(path: "/dev/vfio/42", errno: ENOENT).description.contains("/dev/vfio/42"))
+        #expect(DeviceError.noSuchGroup(path: "/dev/vfio/42", errno: .noSuchFileOrDirectory).description.contains("/dev/vfio/42"))
         #expect(DeviceError.groupNotViable(group: "42").description.contains("not viable"))
         #expect(DeviceError.noMigrationRegion(device: "0000:01:00.0", regionsScanned: 9).description.contains("type 3 / subtype 1"))
     }

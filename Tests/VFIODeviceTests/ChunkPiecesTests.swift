@@ -1,4 +1,5 @@
 import Glibc
+import SystemPackage
 import Testing
 @testable import VFIODevice
 @testable import VFIOSimulator
@@ -56,7 +57,7 @@ import Testing
         let e = thrownError { try resume.begin(length: sim.regionSize) }
         guard case .chunkDoesNotFit(let chunk, let bytes, let offset, let size)? = e else { Issue.record("expected chunkDoesNotFit, got \(String(describing: e))"); return }
         #expect(chunk == 0 && bytes == sim.regionSize && offset >= 4096 && size == sim.regionSize)
-        #expect(e?.errnoCode == EFBIG)
+        #expect(e?.errnoCode == .fileTooLarge)
         #expect(sim.accessCount == before + 1, "only data_offset was read")
     }
 

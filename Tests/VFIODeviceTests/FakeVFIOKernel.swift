@@ -1,5 +1,6 @@
 import CVFIO
 import Foundation
+import SystemPackage
 @testable import VFIODevice
 
 /// Plays the Linux VFIO kernel through the `VFIOKernel` seam: a container, one
@@ -233,7 +234,7 @@ final class FakeVFIOKernel: @unchecked Sendable {  // all state guarded by `lock
         case (.device, UInt(CVFIO_DEVICE_GET_REGION_INFO), .buffer(let b)):
             return try regionInfo(b)
         default:
-            throw .notATerminal  // what the kernel says to an ioctl the descriptor does not know
+            throw .inappropriateIOCTLForDevice  // what the kernel says to an ioctl the descriptor does not know
         }
     }
 

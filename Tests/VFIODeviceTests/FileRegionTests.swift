@@ -1,4 +1,5 @@
 import Glibc
+import SystemPackage
 import Testing
 @testable import VFIODevice
 
@@ -68,7 +69,7 @@ import Testing
         #expect(try region.read64(at: 8) == 42)
         #expect(thrownError { try region.readBytes(count: 100, at: 1000) }?.kind == "shortTransfer")
         #expect(thrownError { try FileRegion(fd: -1, baseOffset: 0, size: 4096) }?.kind == "invalidArgument")
-        #expect(thrownError { try FileRegion(path: dir + "/missing") }?.errnoCode == ENOENT)
+        #expect(thrownError { try FileRegion(path: dir + "/missing") }?.errnoCode == .noSuchFileOrDirectory)
         #expect(thrownError { try FileRegion(path: path, baseOffset: 1000) }?.kind == "invalidArgument")  // 24 bytes left
     }
 

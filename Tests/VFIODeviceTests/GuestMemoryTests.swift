@@ -1,4 +1,5 @@
 import Glibc
+import SystemPackage
 import Testing
 @testable import VFIODevice
 
@@ -55,7 +56,7 @@ import Testing
         #expect(again.pageCount == 8)
         #expect(try again.readPages(startPFN: 5, count: 1) == [UInt8](repeating: 0xAB, count: 4096))
         #expect(thrownError { try GuestMemory(path: path, size: 16 * 4096, create: false, pageSize: 4096) }?.kind == "invalidArgument")
-        #expect(thrownError { try GuestMemory(path: dir + "/none", size: nil, create: false, pageSize: 4096) }?.errnoCode == ENOENT)
+        #expect(thrownError { try GuestMemory(path: dir + "/none", size: nil, create: false, pageSize: 4096) }?.errnoCode == .noSuchFileOrDirectory)
     }
 
     /// Zeroing a destination page that already reads as zero writes nothing: a hole

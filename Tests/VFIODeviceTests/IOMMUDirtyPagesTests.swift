@@ -1,6 +1,7 @@
 import CVFIO
 import Glibc
 import TestSupport
+import SystemPackage
 import Testing
 @testable import VFIODevice
 @testable import VFIOSimulator
@@ -73,8 +74,8 @@ import Testing
         #expect(r.iova == 0x4000_0000 + 60 * 4096 && r.size == 140 * 4096 && r.pageSize == 4096 && r.bitmapSize == 24)
 
         let failing = IOMMUDirtyPageSource(containerFD: 1, iovaBase: 0, kernel: .ioctlOnly { _, _, _ in -ENOTTY })
-        #expect(thrownError { try failing.start() } == .systemCall("VFIO_IOMMU_DIRTY_PAGES START", path: nil, errno: ENOTTY))
-        #expect(thrownError { try failing.query(startPFN: 0, pageSize: 4096, totalPFNs: 8) }?.errnoCode == ENOTTY)
+        #expect(thrownError { try failing.start() } == .systemCall("VFIO_IOMMU_DIRTY_PAGES START", path: nil, errno: .inappropriateIOCTLForDevice))
+        #expect(thrownError { try failing.query(startPFN: 0, pageSize: 4096, totalPFNs: 8) }?.errnoCode == .inappropriateIOCTLForDevice)
         #expect(thrownError { try failing.query(startPFN: 0, pageSize: 3000, totalPFNs: 8) }?.kind == "invalidArgument")
         #expect(try failing.query(startPFN: 0, pageSize: 4096, totalPFNs: 0).isEmpty)
     }

@@ -1,5 +1,7 @@
 import CVFIO
 import Glibc
+import SystemErrno
+import SystemPackage
 import Testing
 @testable import VFIODevice
 
@@ -90,7 +92,7 @@ import Testing
 
     @Test func aMissingGroupNamesItsPath() {
         let fake = FakeVFIOKernel(Self.setup(), failing: ["open /dev/vfio/42": .noSuchFileOrDirectory])
-        #expect(thrownError { try discover(fake) } == .noSuchGroup(path: "/dev/vfio/42", errno: ENOENT))
+        #expect(thrownError { try discover(fake) } == .noSuchGroup(path: "/dev/vfio/42", errno: .noSuchFileOrDirectory))
         #expect(fake.openDescriptors.isEmpty)
     }
 
@@ -127,7 +129,7 @@ import Testing
         #expect(try shortRegion.readBytes(count: 300, at: 1024) == bytes)
         let failing = FakeVFIOKernel(setup, failing: ["pread": .ioError])
         let failingRegion = try FileRegion(path: path, kernel: failing.kernel)
-        #expect(thrownError { try failingRegion.read32(at: 0) }?.errnoCode == EIO)
+        #expect(thrownError { try failingRegion.read32(at: 0) }?.errnoCode == .ioError)
     }
 
     @Test func fileRegionClosesWhatItOpenedOnEveryPath() throws {
@@ -135,7 +137,7 @@ import Testing
         setup.files["/tiny"] = [UInt8](repeating: 0, count: 16)
         setup.files["/region"] = [UInt8](repeating: 0, count: 4096)
         let fake = FakeVFIOKernel(setup, failing: ["fstat": .ioError])
-        #expect(thrownError { try FileRegion(path: "/region", kernel: fake.kernel) } == .systemCall("fstat", path: "/region", errno: EIO))
+        #expect(thrownError { try FileRegion(path: "/region", kernel: fake.kernel) } == .systemCall("fstat", path: "/region", errno: .ioError))
         let tiny = FakeVFIOKernel(setup)
         #expect(thrownError { try FileRegion(path: "/tiny", kernel: tiny.kernel) }?.kind == "invalidArgument")
         do {
@@ -163,17 +165,17 @@ import Testing
 
         for step in ["fstat", "ftruncate", "mmap"] {
             let failing = FakeVFIOKernel(setup, failing: [step: .ioError])
-            #expect(thrownError { try GuestMemory(path: "/guest", size: 4096, create: true, pageSize: 4096, kernel: failing.kernel) }?.errnoCode == EIO)
+            #expect(thrownError { try GuestMemory(path: "/guest", size: 4096, create: true, pageSize: 4096, kernel: failing.kernel) }?.errnoCode == .ioError)
             #expect(failing.openDescriptors.isEmpty && failing.mappingCount == 0, "a failing \(step) leaks")
         }
         let anonymous = FakeVFIOKernel(setup, failing: ["mmap": .ioError])
-        #expect(thrownError { try GuestMemory(anonymousNamed: "g", size: 4096, pageSize: 4096, kernel: anonymous.kernel) } == .systemCall("mmap guest memory", path: "g", errno: EIO))
+        #expect(thrownError { try GuestMemory(anonymousNamed: "g", size: 4096, pageSize: 4096, kernel: anonymous.kernel) } == .systemCall("mmap guest memory", path: "g", errno: .ioError))
         #expect(anonymous.openDescriptors.isEmpty)
         // Kernels before 5.14 lack MADV_POPULATE_WRITE (EINVAL): populating is skipped, not failed.
         let old = FakeVFIOKernel(setup, failing: ["madvise": .invalidArgument])
         try GuestMemory(path: "/guest4k", size: nil, create: false, pageSize: 4096, kernel: old.kernel).populate()
         let broken = FakeVFIOKernel(setup, failing: ["madvise": .ioError])
-        #expect(thrownError { try GuestMemory(path: "/guest4k", size: nil, create: false, pageSize: 4096, kernel: broken.kernel).populate() }?.errnoCode == EIO)
+        #expect(thrownError { try GuestMemory(path: "/guest4k", size: nil, create: false, pageSize: 4096, kernel: broken.kernel).populate() }?.errnoCode == .ioError)
     }
 
     @Test func retryingOnInterruptRetriesOnlyEINTR() {
@@ -192,6 +194,11 @@ import Testing
             }
         }
         #expect(attempts == 1)
-        #expect(Errno.notATerminal.description.hasPrefix("ENOTTY"))
+    }
+
+    @Test func anErrnoPrintsItsTextThenItsName() {
+        #expect(Errno.inappropriateIOCTLForDevice.explanation == "Inappropriate ioctl for device (ENOTTY)")
+        #expect(Errno.noSuchFileOrDirectory.explanation == "No such file or directory (ENOENT)")
+        #expect(Errno(rawValue: 4095).symbolicName == "errno 4095")   // no name: still the number
     }
 }

@@ -1,3 +1,4 @@
+import SystemPackage
 import Testing
 @testable import VFIODevice
 
@@ -53,9 +54,9 @@ import Testing
     @Test func errorsReadWellForOperators() {
         let e = DeviceError.wrongWidth(.read, field: "pending_bytes", offset: 8, width: 4, nativeWidth: 8)
         #expect(e.description.contains("pending_bytes") && e.description.contains("EINVAL") && e.description.contains("width 4"))
-        let t = DeviceError.transitionFailed(from: .resuming, to: .running, errno: 5, reason: "stream incomplete")
-        #expect(t.description == "device state transition RESUMING -> RUNNING failed: stream incomplete (EIO: Input/output error)")
-        #expect(t.errnoCode == 5)
-        #expect(DeviceError.misaligned(.write, offset: 2, width: 4).errnoCode == 22)
+        let t = DeviceError.transitionFailed(from: .resuming, to: .running, errno: .ioError, reason: "stream incomplete")
+        #expect(t.description == "device state transition RESUMING -> RUNNING failed: stream incomplete: Input/output error (EIO)")
+        #expect(t.errnoCode == .ioError)
+        #expect(DeviceError.misaligned(.write, offset: 2, width: 4).errnoCode == .invalidArgument)
     }
 }

@@ -1,5 +1,6 @@
 import Glibc
 import TestSupport
+import SystemPackage
 import Testing
 @testable import VFIODevice
 @testable import VFIOSimulator
@@ -183,7 +184,7 @@ func resume(_ chunks: [[UInt8]], config: SimulatedDevice.Configuration) throws -
         sim.inject(.failTransition(to: .saving))
         try dev.setState([.saving, .running])            // another target: unaffected
         let e = thrownError { try dev.setState(.saving) }
-        #expect(e == .transitionFailed(from: [.saving, .running], to: .saving, errno: EIO, reason: "injected fault: device did not reach SAVING"))
+        #expect(e == .transitionFailed(from: [.saving, .running], to: .saving, errno: .ioError, reason: "injected fault: device did not reach SAVING"))
         #expect(sim.currentState == [.saving, .running])
         #expect(sim.pendingFaults.isEmpty)
         try dev.setState(.saving)
@@ -199,7 +200,7 @@ func resume(_ chunks: [[UInt8]], config: SimulatedDevice.Configuration) throws -
         _ = try save.nextChunk()
         _ = try save.nextChunk()
         let e = thrownError { try save.nextChunk() }
-        #expect(e?.kind == "deviceIOError" && e?.errnoCode == EIO)
+        #expect(e?.kind == "deviceIOError" && e?.errnoCode == .ioError)
         #expect(save.chunksStaged == 3)  // the third was staged (a–c); its data read (d) failed
         #expect(sim.pendingFaults.isEmpty)
         try dev.setState(.running)                       // the engine rolls back

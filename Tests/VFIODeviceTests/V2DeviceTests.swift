@@ -1,5 +1,6 @@
 import Foundation
 import Glibc
+import SystemPackage
 import Testing
 import CVFIO
 @testable import VFIODevice
@@ -18,7 +19,7 @@ import CVFIO
     }
 
     @Test func rule1_probeENOTTYMeansNoV2AndMissingStopCopyIsRefused() throws {
-        let noV2 = VFIOKernel(open: { _, _, _ in 3 }, close: { _ in }, ioctl: { _, _, _ throws(Errno) in throw .notATerminal },
+        let noV2 = VFIOKernel(open: { _, _, _ in 3 }, close: { _ in }, ioctl: { _, _, _ throws(Errno) in throw .inappropriateIOCTLForDevice },
                               pread: { _, _, _ in 0 }, pwrite: { _, _, _ in 0 }, fileSize: { _ in 0 }, truncate: { _, _ in },
                               memfdCreate: { _ in 3 }, mmap: { _, _ throws(Errno) in throw .invalidArgument }, munmap: { _, _ in },
                               madvise: { _, _, _ in }, msync: { _, _ in })
@@ -75,21 +76,21 @@ import CVFIO
     @Test func rule2_simulatorRejectsWhatTheCoreRejects() {
         let sim = v2Sim()
         var short = V2Argument.getMigration(); short.put(UInt32(7), at: 0)                  // argsz < 8
-        #expect(rawFeature(sim, &short) == EINVAL)
+        #expect(rawFeature(sim, &short) == .invalidArgument)
         var noPayload = V2Argument.getMigration(); noPayload.put(UInt32(12), at: 0)         // payload < 8
-        #expect(rawFeature(sim, &noPayload) == EINVAL)
+        #expect(rawFeature(sim, &noPayload) == .invalidArgument)
         var unknownBit = V2Argument.getMigration(); unknownBit.put(UInt32(0x10001 | 1 << 19), at: 4)
-        #expect(rawFeature(sim, &unknownBit) == EINVAL)
+        #expect(rawFeature(sim, &unknownBit) == .invalidArgument)
         var both = V2Argument.getState(); both.put(UInt32(0x30002), at: 4)                  // GET|SET without PROBE
-        #expect(rawFeature(sim, &both) == EINVAL)
+        #expect(rawFeature(sim, &both) == .invalidArgument)
         var setMigration = V2Argument.getMigration(); setMigration.put(UInt32(0x20001), at: 4)   // MIGRATION is GET-only
-        #expect(rawFeature(sim, &setMigration) == EINVAL)
+        #expect(rawFeature(sim, &setMigration) == .invalidArgument)
         var unknownFeature = V2Argument.getMigration(); unknownFeature.put(UInt32(0x10000 | 42), at: 4)
-        #expect(rawFeature(sim, &unknownFeature) == ENOTTY)
+        #expect(rawFeature(sim, &unknownFeature) == .inappropriateIOCTLForDevice)
         var probe = V2Argument.probeDMALogging()
         #expect(rawFeature(sim, &probe) == nil)
         var overlong = V2Argument.getMigration(); overlong.put(UInt32(64), at: 0)           // argsz beyond the buffer
-        #expect(rawFeature(sim, &overlong) == EFAULT)
+        #expect(rawFeature(sim, &overlong) == .badAddress)
         #expect(sim.currentState == .running)
     }
 
@@ -127,11 +128,11 @@ import CVFIO
         let d = try v2Device(sim)
         try d.setState(.saving)
         let e = v2Error { try d.v2!.set(.preCopy) }       // STOP_COPY → PRE_COPY is not permitted
-        guard case .v2TransitionFailed(_, .stopCopy, .preCopy, EINVAL, .stopCopy)? = e else { Issue.record("\(String(describing: e))"); return }
+        guard case .v2TransitionFailed(_, .stopCopy, .preCopy, .invalidArgument, .stopCopy)? = e else { Issue.record("\(String(describing: e))"); return }
         let plain = v2Sim(flags: .stopCopy)
         let pd = try v2Device(plain)
         let e2 = v2Error { try pd.v2!.set(.preCopy) }    // not offered
-        guard case .v2TransitionFailed(_, .running, .preCopy, EINVAL, .running)? = e2 else { Issue.record("\(String(describing: e2))"); return }
+        guard case .v2TransitionFailed(_, .running, .preCopy, .invalidArgument, .running)? = e2 else { Issue.record("\(String(describing: e2))"); return }
         #expect(throws: Errno.invalidArgument) { try SimulatedV2Device.nextState(from: .running, to: .runningP2P, flags: .stopCopy) }
         #expect(try SimulatedV2Device.nextState(from: .running, to: .stop, flags: .stopCopy) == .stop)   // RUNNING_P2P skipped
     }
@@ -154,21 +155,21 @@ import CVFIO
         try d.setState(.saving)
         while try seq.nextChunk() != nil {}
         #expect(sim.log.last?.hasSuffix(") = 0") == true && sim.log.last?.hasPrefix("read(") == true)
-        #expect(v2Error { _ = try d.v2!.precopyInfo() }.map { $0.errnoCode } == EINVAL)   // outside PRE_COPY
+        #expect(v2Error { _ = try d.v2!.precopyInfo() }.map { $0.errnoCode } == .invalidArgument)   // outside PRE_COPY
         try d.setState(.stopped)
     }
 
     @Test func rule4_precopyInfoRules() throws {
         let sim = v2Sim()
         let d = try v2Device(sim)
-        #expect(v2Error { _ = try d.v2!.precopyInfo() }.map { $0.errnoCode } == EBADF)   // no session
+        #expect(v2Error { _ = try d.v2!.precopyInfo() }.map { $0.errnoCode } == .badFileDescriptor)   // no session
         try d.setState([.saving, .running])
         let fd = try #require(d.v2?.dataFD)
         let k = sim.kernel
         var short = V2Argument.precopyInfo(); short.put(UInt32(16), at: 0)
-        #expect(errnoOf { () throws(Errno) in _ = try short.withArgument { (a) throws(Errno) in try k.ioctl(fd, VFIOv2.migGetPrecopyInfo, a) } } == EINVAL)
+        #expect(errnoOf { () throws(Errno) in _ = try short.withArgument { (a) throws(Errno) in try k.ioctl(fd, VFIOv2.migGetPrecopyInfo, a) } } == .invalidArgument)
         var other = V2Argument.precopyInfo()
-        #expect(errnoOf { () throws(Errno) in _ = try other.withArgument { (a) throws(Errno) in try k.ioctl(fd, 0x3B7F, a) } } == ENOTTY)
+        #expect(errnoOf { () throws(Errno) in _ = try other.withArgument { (a) throws(Errno) in try k.ioctl(fd, 0x3B7F, a) } } == .inappropriateIOCTLForDevice)
     }
 
     @Test func rule4_dataFDIsAStream() throws {
@@ -178,9 +179,9 @@ import CVFIO
         let fd = try #require(d.v2?.dataFD)
         let k = sim.kernel
         var buf = [UInt8](repeating: 0, count: 16)
-        #expect(errnoOf { () throws(Errno) in _ = try buf.withMutableBytes { (b) throws(Errno) in try k.pread(fd, b, 0) } } == ESPIPE)
-        #expect(errnoOf { () throws(Errno) in _ = try buf.withBytes { (b) throws(Errno) in try k.pwrite(fd, b, 0) } } == ESPIPE)
-        #expect(errnoOf { () throws(Errno) in _ = try buf.withBytes { (b) throws(Errno) in try k.write(fd, b) } } == EBADF)   // O_RDONLY end
+        #expect(errnoOf { () throws(Errno) in _ = try buf.withMutableBytes { (b) throws(Errno) in try k.pread(fd, b, 0) } } == .illegalSeek)
+        #expect(errnoOf { () throws(Errno) in _ = try buf.withBytes { (b) throws(Errno) in try k.pwrite(fd, b, 0) } } == .illegalSeek)
+        #expect(errnoOf { () throws(Errno) in _ = try buf.withBytes { (b) throws(Errno) in try k.write(fd, b) } } == .badFileDescriptor)   // O_RDONLY end
     }
 
     // MARK: Rule 5 — restore: RESUMING, any segmentation, validation at RESUMING → STOP
@@ -208,7 +209,7 @@ import CVFIO
         let dst = v2Sim(seed: 6)
         let t = try v2Device(dst)
         let e = v2Error { try v2Resume(t, stream: Array(stream.dropLast(100)), piece: 4096) }
-        guard case .v2TransitionFailed(_, .resuming, .stop, EINVAL, .resuming)? = e else { Issue.record("\(String(describing: e))"); return }
+        guard case .v2TransitionFailed(_, .resuming, .stop, .invalidArgument, .resuming)? = e else { Issue.record("\(String(describing: e))"); return }
         #expect(dst.log.contains { $0.contains("refuses the stream at RESUMING→STOP: stream incomplete") })
         // Abort = reset, then STOP: never RUNNING without COMMIT.
         try t.setState(.stopped)
@@ -220,7 +221,7 @@ import CVFIO
         let dst2 = v2Sim(seed: 7, configure: { $0.refusedStreamLandsInError = true })
         let t2 = try v2Device(dst2)
         let e2 = v2Error { try v2Resume(t2, stream: bad, piece: 4096) }
-        guard case .v2TransitionFailed(_, .resuming, .stop, EINVAL, .error)? = e2 else { Issue.record("\(String(describing: e2))"); return }
+        guard case .v2TransitionFailed(_, .resuming, .stop, .invalidArgument, .error)? = e2 else { Issue.record("\(String(describing: e2))"); return }
         try t2.setState(.stopped)
         #expect(dst2.currentState == .stop && dst2.resetCount == 1)
     }
@@ -231,7 +232,7 @@ import CVFIO
         try t.setState(.resuming)
         var seq = ResumeSequence(device: t)
         let e = v2Error { try seq.apply(Array("this is not a VSV2 stream header".utf8)) }
-        guard case .v2DataStream(_, "write", .resuming, EINVAL)? = e else { Issue.record("\(String(describing: e))"); return }
+        guard case .v2DataStream(_, "write", .resuming, .invalidArgument)? = e else { Issue.record("\(String(describing: e))"); return }
     }
 
     // MARK: Rule 6 — ERROR, reset
@@ -239,14 +240,14 @@ import CVFIO
     @Test func rule6_errorIsLeftOnlyByReset() throws {
         let sim = v2Sim()
         let d = try v2Device(sim)
-        sim.inject(.failArc(from: .preCopy, to: .preCopyP2P, errno: EIO, landIn: .error))
+        sim.inject(.failArc(from: .preCopy, to: .preCopyP2P, errno: .ioError, landIn: .error))
         try d.setState([.saving, .running])
         let e = v2Error { try d.quiesceP2P() }
-        guard case .v2TransitionFailed(_, .preCopy, .preCopyP2P, EIO, .error)? = e else { Issue.record("\(String(describing: e))"); return }
+        guard case .v2TransitionFailed(_, .preCopy, .preCopyP2P, .ioError, .error)? = e else { Issue.record("\(String(describing: e))"); return }
         #expect(d.v2?.dataFD == nil)                                    // the session is gone with ERROR
         for target in V2State.allCases where target != .error {
             let e = v2Error { try d.v2!.set(target) }
-            #expect(e?.errnoCode == EINVAL, "ERROR → \(target) must be refused")
+            #expect(e?.errnoCode == .invalidArgument, "ERROR → \(target) must be refused")
         }
         #expect(sim.currentState == .error)
         try d.v2!.reset()
@@ -258,9 +259,9 @@ import CVFIO
         let d = try v2Device(sim)
         try d.setState([.saving, .running])
         try d.setState(.saving)
-        sim.inject(.failArc(from: .stopCopy, to: .stop, errno: EIO, landIn: .error))
+        sim.inject(.failArc(from: .stopCopy, to: .stop, errno: .ioError, landIn: .error))
         let e = v2Error { try d.setState(.running) }
-        guard case .v2RecoveredByReset(_, .stopCopy, EIO)? = e else { Issue.record("\(String(describing: e))"); return }
+        guard case .v2RecoveredByReset(_, .stopCopy, .ioError)? = e else { Issue.record("\(String(describing: e))"); return }
         #expect(sim.currentState == .running && sim.resetCount == 1 && sim.openDataFDs == 0)
     }
 
@@ -272,7 +273,7 @@ import CVFIO
         let k = sim.kernel
         try k.ioctl(sim.deviceFD, VFIOv2.deviceReset, .none)     // behind the device's back
         var buf = [UInt8](repeating: 0, count: 64)
-        #expect(errnoOf { () throws(Errno) in _ = try buf.withMutableBytes { (b) throws(Errno) in try k.read(fd, b) } } == ENODEV)
+        #expect(errnoOf { () throws(Errno) in _ = try buf.withMutableBytes { (b) throws(Errno) in try k.read(fd, b) } } == .operationNotSupportedByDevice)
         #expect(sim.currentState == .running)
     }
 
@@ -281,7 +282,7 @@ import CVFIO
         let d = try v2Device(sim)
         sim.inject(.failArc(from: .runningP2P, to: .stop))
         let e = v2Error { try d.setState(.saving) }   // RUNNING → RUNNING_P2P → (fails) STOP → STOP_COPY
-        guard case .v2TransitionFailed(_, .running, .stopCopy, EIO, .runningP2P)? = e else { Issue.record("\(String(describing: e))"); return }
+        guard case .v2TransitionFailed(_, .running, .stopCopy, .ioError, .runningP2P)? = e else { Issue.record("\(String(describing: e))"); return }
         try d.setState(.running)
         #expect(sim.currentState == .running)
     }
@@ -348,24 +349,24 @@ import CVFIO
     @Test func rule9_dmaLoggingStartValidationAndFailures() throws {
         let memory = try GuestMemory(anonymousNamed: "g", size: 64 * 4096, pageSize: 4096)
         let sim = v2Sim(memory: memory)
-        func start(_ ranges: [(UInt64, UInt64)], pageSize: UInt64 = 4096, count: UInt32? = nil) -> Int32? {
+        func start(_ ranges: [(UInt64, UInt64)], pageSize: UInt64 = 4096, count: UInt32? = nil) -> Errno? {
             var table = V2Argument.dmaLoggingRanges(ranges.map { (iova: $0.0, length: $0.1) })
-            return table.withArgument { t -> Int32? in
-                guard case .buffer(let r) = t else { return -1 }
+            return table.withArgument { t -> Errno? in
+                guard case .buffer(let r) = t else { return Errno(rawValue: -1) }   // never: a table is a buffer
                 var arg = V2Argument.dmaLoggingStart(pageSize: pageSize, rangeCount: count ?? UInt32(ranges.count),
                                                      rangesAddress: UInt64(UInt(bitPattern: r.baseAddress)))
                 return rawFeature(sim, &arg)
             }
         }
-        #expect(start([]) == EINVAL)                                     // no range
-        #expect(start([(0, 4096)], count: 257) == E2BIG)                 // more than a page of ranges
-        #expect(start([(100, 4096)]) == EINVAL)                          // unaligned
-        #expect(start([(0, 8192), (4096, 4096)]) == EINVAL)              // overlap
-        #expect(start([(UInt64.max - 4095, 8192)]) == EOVERFLOW)
+        #expect(start([]) == .invalidArgument)                                     // no range
+        #expect(start([(0, 4096)], count: 257) == .argListTooLong)                 // more than a page of ranges
+        #expect(start([(100, 4096)]) == .invalidArgument)                          // unaligned
+        #expect(start([(0, 8192), (4096, 4096)]) == .invalidArgument)              // overlap
+        #expect(start([(UInt64.max - 4095, 8192)]) == .overflow)
         var report = V2Argument.dmaLoggingReport(iova: 0, length: 4096, pageSize: 4096, bitmapAddress: 0)
-        #expect(rawFeature(sim, &report) == EINVAL)                      // not started
+        #expect(rawFeature(sim, &report) == .invalidArgument)                      // not started
         #expect(start([(0, 64 * 4096)]) == nil)
-        #expect(start([(0, 4096)]) == EBUSY)                             // one START until STOP
+        #expect(start([(0, 4096)]) == .resourceBusy)                             // one START until STOP
         // A failed REPORT means "consider all memory dirty".
         let d = try v2Device(sim)
         let source = DeviceDMALogDirtyPageSource(device: d.v2!, guestBytes: 64 * 4096)
@@ -414,7 +415,7 @@ import CVFIO
             case UInt(CVFIO_GROUP_GET_DEVICE_FD): return deviceFD
             case UInt(CVFIO_DEVICE_GET_INFO): return 0   // num_regions 0
             default:
-                if fd == deviceFD && deviceFD == 77 { throw .notATerminal }
+                if fd == deviceFD && deviceFD == 77 { throw .inappropriateIOCTLForDevice }
                 return try simulated.ioctl(fd, request, argument)
             }
         }

@@ -1,5 +1,6 @@
 import Foundation
 import Glibc
+import SystemPackage
 import Testing
 @testable import VFIODevice
 @testable import VFIOSimulator
@@ -53,12 +54,12 @@ func v2Error(_ body: () throws -> Void) -> DeviceError? {
 }
 
 /// errno of a raw seam call.
-func errnoOf(_ body: () throws(Errno) -> Void) -> Int32? {
-    do throws(Errno) { try body(); return nil } catch { return error.rawValue }
+func errnoOf(_ body: () throws(Errno) -> Void) -> Errno? {
+    do throws(Errno) { try body(); return nil } catch { return error }
 }
 
 /// One raw VFIO_DEVICE_FEATURE call with `arg`; errno or nil.
-func rawFeature(_ sim: SimulatedV2Device, _ arg: inout UAPIBuffer) -> Int32? {
+func rawFeature(_ sim: SimulatedV2Device, _ arg: inout UAPIBuffer) -> Errno? {
     let k = sim.kernel
     let fd = sim.deviceFD
     return errnoOf { () throws(Errno) in
