@@ -1,0 +1,119 @@
+import Foundation
+import Testing
+import MigrationEngine
+import VFIODevice
+import VFIOSimulator
+
+/// Issue 18's scenario through the engine, one test per `--on-stall` policy. Scaled
+/// down to keep the suite fast (4 MiB guest, 512 KiB device state, 8 MB/s instead
+/// of 64 MiB, 4 MiB, 16 MB/s, and uncompressed), with the simulator's default
+/// workload (64 pages and 16 KiB of state per 1 ms step): it still dirties every
+/// guest page many times over in each pass (262 MB/s), far faster than the link
+/// moves them.
+@Suite(.serialized)
+struct StallPolicyTests {
+    struct Run {
+        var outcome: Loopback.Outcome
+        var pair: SimPair
+        var log: EventLog
+        var throttle: RecordingThrottle?
+    }
+
+    /// `controller`: attach a VMM stand-in that throttles the workload.
+    static func stalledScenario(_ policy: StallPolicy, controller: Bool = false, maxIterations: Int = 30) throws -> Run {
+        let pair = try SimPair(stateSize: 512 << 10, memoryPages: 1024, dirtyPagesPerStep: 64, stateBytesPerStep: 16 << 10)
+        let workload = Workload(pair.sourceSims, intervalMicroseconds: 1000)
+        var options = Loopback.quickOptions()
+        options.downtimeTargetMs = 300
+        options.maxIterations = maxIterations
+        options.bandwidthBytesPerSecond = 8_000_000
+        // Raw on the wire: at the CLI's 2.7× compression the scaled-down guest's final
+        // round (4 MiB) would fit the 300 ms target and converge, which the issue's
+        // 64 MiB does not. Uncompressed, it does not fit either.
+        options.compression = .none
+        options.onStall = policy
+        let throttle = controller ? RecordingThrottle(workload: workload) : nil
+        options.guestThrottle = throttle
+        let log = EventLog()
+        let outcome = try Loopback.migrate(source: pair.source, sourceMemory: pair.sourceMemory,
+                                           destination: pair.destination, destinationMemory: pair.destinationMemory,
+                                           options: options, events: log.sink)
+        workload.stop()
+        return Run(outcome: outcome, pair: pair, log: log, throttle: throttle)
+    }
+
+    /// Switched over, byte-exact, devices running on the destination only.
+    static func expectMigrated(_ run: Run) throws -> MigrationStats {
+        let src = try run.outcome.source.get()
+        _ = try run.outcome.destination.get()
+        #expect(run.pair.sourceSims[0].stateSnapshot() == run.pair.destinationSims[0].stateSnapshot())
+        #expect(try run.pair.identicalMemory())
+        #expect(run.pair.destinationSims[0].currentState == .running)
+        #expect(!run.pair.sourceSims[0].currentState.contains(.running))
+        return src
+    }
+
+    @Test func switchoverPolicyEndsWithinFourIterations() throws {
+        let run = try Self.stalledScenario(.switchover)
+        let src = try Self.expectMigrated(run)
+        #expect(src.iterations <= 4, "stopped wasting passes: \(src.iterations) iterations")
+        #expect(!src.converged)
+        #expect(run.log.switchoverReasons.last?.contains("not converging") == true)
+        #expect(run.log.switchoverReasons.last?.hasSuffix("--on-stall switchover") == true)
+        #expect(run.log.figures.last?.verdict.isStall == true)
+        let comparison = try #require(src.downtimeComparison)
+        #expect(comparison.estimatedMs == run.log.figures.last?.estimatedDowntimeMs)
+        #expect(comparison.measuredMs == src.downtimeMs)
+    }
+
+    @Test func rollbackPolicyLeavesTheDevicesRunningOnTheSource() throws {
+        let run = try Self.stalledScenario(.rollback)
+        guard case .failure(let e as MigrationError) = run.outcome.source else { Issue.record("the source should roll back"); return }
+        guard case .notConverged(let iterations, let reason) = e.failure else { Issue.record("expected notConverged, got \(e.failure)"); return }
+        #expect(iterations <= 4)
+        #expect(e.phase == .precopy)
+        #expect(e.disposition == .rolledBack)
+        #expect(e.disposition.rawValue == 2, "exit 2")
+        #expect(reason.contains("not converging") && reason.contains("estimated downtime") && reason.contains("keeps running on the source"))
+        #expect(run.pair.sourceSims[0].currentState == .running)
+        guard case .failure = run.outcome.destination else { Issue.record("the destination should fail"); return }
+        #expect(run.pair.destinationSims[0].currentState != .running)
+    }
+
+    @Test func throttlePolicyWithoutAControllerSwitchesOverAndSaysSo() throws {
+        let run = try Self.stalledScenario(.throttle)
+        let src = try Self.expectMigrated(run)
+        #expect(src.iterations <= 4)
+        #expect(run.log.switchoverReasons.last?.contains("without a VMM controller") == true)
+    }
+
+    /// With a controller, the ladder steps up per stalled iteration (QEMU's 20, 30, …)
+    /// and the throttle is lifted when the migration ends.
+    @Test func throttlePolicyStepsTheGuestThrottleUpAndLiftsIt() throws {
+        let run = try Self.stalledScenario(.throttle, controller: true, maxIterations: 6)
+        _ = try Self.expectMigrated(run)
+        let asked = run.throttle?.percents ?? []
+        #expect(asked.count >= 3, "asked: \(asked)")
+        #expect(asked.first == 20)
+        #expect(zip(asked.dropLast(), asked.dropFirst().dropLast()).allSatisfy { $1 == $0 + 10 }, "asked: \(asked)")
+        #expect(asked.last == 0, "lifted at the end")
+    }
+}
+
+/// A VMM stand-in: records the requests and slows the simulated workload accordingly.
+final class RecordingThrottle: GuestThrottle, @unchecked Sendable {  // `percents` only under `lock`
+    private let lock = NSLock()
+    private var asked: [Int] = []
+    private let workload: Workload
+
+    init(workload: Workload) {
+        self.workload = workload
+    }
+
+    var percents: [Int] { lock.withLock { asked } }
+
+    func throttleGuest(percent: Int) throws {
+        lock.withLock { asked.append(percent) }
+        workload.setThrottle(percent: percent)
+    }
+}
