@@ -72,7 +72,9 @@ public struct ConvergenceModel: Sendable {
     public mutating func record(_ sample: IterationSample) -> ConvergenceFigures {
         iterations += 1
         let rates = IterationRates(sample, previous: previous, minimumSeconds: parameters.minimumIterationSeconds)
-        previous = PreviousIteration(devicePendingBytes: sample.devicePendingBytes, seconds: rates.seconds)
+        previous = PreviousIteration(devicePendingBytes: sample.devicePendingBytes, seconds: rates.seconds,
+                                     wireBytesPerSecond: rates.wireBytesPerSecond,
+                                     compressionRatio: rates.rawBytesPerSecond / max(rates.wireBytesPerSecond, 1))
         if sample.isFullPass { guestPages = sample.dirtyPages }
         let saturated = !sample.isFullPass && guestPages.map { sample.dirtyPages >= $0 } == true
         let remaining = Double(sample.deviceRemainingBytes) + Double(sample.dirtyPageBytes)

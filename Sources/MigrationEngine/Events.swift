@@ -9,7 +9,10 @@ public enum MigrationEvent: Sendable {
     case helloAccepted(devices: [String], memoryBytes: UInt64, security: SessionSecurity)
     case phase(MigrationPhase)
     case progress(Progress)
-    case iterationEnd(iteration: Int, pendingBytes: UInt64, dirtyPages: UInt64, estimatedDowntimeMs: Double)
+    /// One pre-copy iteration done: what is left, and the convergence model's figures
+    /// (dirty rate vs transfer rate, projection, verdict) behind the estimate.
+    case iterationEnd(iteration: Int, pendingBytes: UInt64, dirtyPages: UInt64, estimatedDowntimeMs: Double,
+                      convergence: ConvergenceFigures)
     case switchover(reason: String)
     case deviceEnd(device: String, bytes: UInt64, chunks: UInt64)
     case sessionRefused(String)
@@ -25,6 +28,8 @@ public struct Progress: Sendable, Codable {
     public var pendingBytes: UInt64
     public var dirtyPages: UInt64
     public var etaSeconds: Double?
+    /// Pre-copy: the convergence figures of the iteration that just ended.
+    public var convergence: ConvergenceFigures?
 }
 
 public struct DeviceStats: Sendable, Codable {
@@ -44,6 +49,8 @@ public struct MigrationStats: Sendable, Codable {
     public var downtimeMs: Double = 0
     public var iterations: Int = 0
     public var converged: Bool = true
+    /// Source: the estimate that ended pre-copy next to the measured downtime.
+    public var downtimeComparison: DowntimeComparison?
     public var rawBytes: UInt64 = 0
     public var wireBytes: UInt64 = 0
     public var pagesSent: UInt64 = 0
@@ -67,8 +74,9 @@ func logEvent(_ event: MigrationEvent, to logger: Logger) {
         logger.info("HELLO accepted", metadata: ["devices": "\(d)", "memory_bytes": "\(m)"])
         // notice, not warning: the CLI prints these itself (at start, and in the hello event).
         for warning in security.warnings() { logger.notice("\(warning)") }
-    case .iterationEnd(let i, let p, let d, let e):
-        logger.debug("iteration end", metadata: ["iteration": "\(i)", "pending": "\(p)", "dirty_pages": "\(d)", "estimated_downtime_ms": "\(Int(e))"])
+    case .iterationEnd(let i, let p, let d, let e, let c):
+        logger.debug("iteration end", metadata: ["iteration": "\(i)", "pending": "\(p)", "dirty_pages": "\(d)", "estimated_downtime_ms": "\(Int(e))",
+                                                 "verdict": "\(c.verdict)", "reason": "\(c.reason)"])
     case .switchover(let r): logger.info("switch-over: \(r)")
     case .deviceEnd(let d, let b, let c): logger.info("device end", metadata: ["device": "\(d)", "bytes": "\(b)", "chunks": "\(c)"])
     case .progress(let p): logger.trace("progress", metadata: ["raw": "\(p.rawBytes)", "wire": "\(p.wireBytes)"])

@@ -5,7 +5,8 @@ import SyncPrimitives
 
 /// Frames out, from any thread (pipeline consumer, keep-alive, session, applier):
 /// one encoder under one lock, so sequence numbers stay contiguous whoever writes
-/// and frames never interleave. Optional bandwidth limit.
+/// and frames never interleave. Optional bandwidth limit, which may change while
+/// frames flow (`BandwidthLimiter`).
 final class FrameWriter: Sendable {
     let stream: TLSStream
     private struct State {
@@ -14,12 +15,13 @@ final class FrameWriter: Sendable {
         var lastWrite = ContinuousClock.now
     }
     private let state = LockedValue(State())
-    private let started = ContinuousClock.now
-    private let bandwidth: UInt64?
+    private let limiter: BandwidthLimiter?
 
-    init(stream: TLSStream, bandwidthBytesPerSecond: UInt64? = nil) {
+    /// `limiter` starts counting now: its average is this session's.
+    init(stream: TLSStream, limiter: BandwidthLimiter? = nil) {
         self.stream = stream
-        self.bandwidth = bandwidthBytesPerSecond
+        self.limiter = limiter
+        limiter?.restart()
     }
 
     var wireBytesSent: UInt64 { state.withLock { $0.bytesOut } }
@@ -55,16 +57,8 @@ final class FrameWriter: Sendable {
             do throws(TLSError) { try stream.write(bytes) } catch { throw .tls(error) }
             s.bytesOut += UInt64(bytes.count)
             s.lastWrite = .now
-            throttle(bytesOut: s.bytesOut)
+            // Holding the write lock while it sleeps: nothing else may pass.
+            limiter?.pace(afterWriting: UInt64(bytes.count))
         }
-    }
-
-    /// Sleeps (holding the write lock: nothing else may pass) until the average
-    /// rate since the start is back under the limit.
-    private func throttle(bytesOut: UInt64) {
-        guard let bandwidth, bandwidth > 0 else { return }
-        let due = Double(bytesOut) / Double(bandwidth)
-        let elapsed = (ContinuousClock.now - started).seconds
-        if due > elapsed { Thread.sleep(forTimeInterval: due - elapsed) }
     }
 }

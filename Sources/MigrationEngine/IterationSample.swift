@@ -81,11 +81,11 @@ struct IterationRates: Sendable, Equatable {
     init(_ sample: IterationSample, previous: PreviousIteration?, minimumSeconds: Double) {
         // A very short iteration would turn a few bytes into an absurd rate.
         seconds = max(sample.durationSeconds, minimumSeconds)
-        var wireRate = Double(sample.wireBytes) / seconds
+        var wireRate = Self.linkRate(sample, previous: previous, seconds: seconds, minimumSeconds: minimumSeconds)
         if let limit = sample.bandwidthLimit, limit > 0 { wireRate = min(wireRate, Double(limit)) }
         wireBytesPerSecond = wireRate
         let ratio = sample.compressionRatio
-            ?? (sample.wireBytes > 0 ? Double(sample.rawBytes) / Double(sample.wireBytes) : 1)
+            ?? (sample.wireBytes > 0 ? Double(sample.rawBytes) / Double(sample.wireBytes) : previous?.compressionRatio ?? 1)
         // Floor of 1 B/s: the estimate stays finite (and JSON-encodable) on an idle link.
         rawBytesPerSecond = max(wireRate * ratio, 1)
         guard !sample.isFullPass else { dirtyBytesPerSecond = nil; return }
@@ -96,10 +96,28 @@ struct IterationRates: Sendable, Equatable {
         let logSpan = max(sample.dirtyLogIntervalSeconds ?? previous?.seconds ?? seconds, minimumSeconds)
         dirtyBytesPerSecond = growth / seconds + Double(sample.dirtyPageBytes) / logSpan
     }
+
+    /// Wire bytes per second the link showed. An iteration that moved nothing, or
+    /// lasted less than the floor, measured an idle writer rather than the link
+    /// (the pipeline had not started writing, or there was nothing to send): then
+    /// the previous iteration's rate, or the bandwidth limit, stands for the link.
+    /// Without either the floor of 1 B/s is all that is known.
+    private static func linkRate(_ sample: IterationSample, previous: PreviousIteration?,
+                                 seconds: Double, minimumSeconds: Double) -> Double {
+        let measured = Double(sample.wireBytes) / seconds
+        guard sample.wireBytes == 0 || sample.durationSeconds < minimumSeconds else { return measured }
+        let known = previous?.wireBytesPerSecond ?? 0
+        if known > 0 { return max(measured, known) }
+        if sample.wireBytes == 0, let limit = sample.bandwidthLimit, limit > 0 { return Double(limit) }
+        return measured
+    }
 }
 
 /// What the rates of the next iteration need from the one before.
 struct PreviousIteration: Sendable, Equatable {
     var devicePendingBytes: UInt64
     var seconds: Double
+    /// The link as the previous iteration saw it, for an iteration too idle to measure it.
+    var wireBytesPerSecond: Double
+    var compressionRatio: Double
 }

@@ -37,7 +37,9 @@ public enum MigrationFailure: Error, CustomStringConvertible {
     case peerClosed
     case timeout(String)
     case cancelled
-    case notConverged(iterations: Int)
+    /// Pre-copy stalled or diverged and `--on-stall rollback` chose to cancel;
+    /// `reason` names the figures (remaining set, rates, estimate).
+    case notConverged(iterations: Int, reason: String)
     case configuration(String)
 
     public var description: String {
@@ -55,7 +57,7 @@ public enum MigrationFailure: Error, CustomStringConvertible {
         case .peerClosed: return "the peer closed the connection"
         case .timeout(let s): return "timed out: \(s)"
         case .cancelled: return "cancelled by the operator"
-        case .notConverged(let n): return "did not converge within \(n) iterations"
+        case .notConverged(let n, let reason): return "did not converge after \(n) pre-copy iteration(s): \(reason)"
         case .configuration(let s): return "configuration: \(s)"
         }
     }

@@ -17,7 +17,8 @@ enum SendItem: Sendable {
             }
             let (encoding, payload): (Encoding, [UInt8])
             do { (encoding, payload) = try compressor.encode(bytes) } catch { throw MigrationFailure(error) }
-            return SendOutput(frames: [(.deviceData(DeviceData(phase: phase, encoding: encoding, originalLength: length, payload: payload, part: part)), device)])
+            return SendOutput(frames: [(.deviceData(DeviceData(phase: phase, encoding: encoding, originalLength: length, payload: payload, part: part)), device)],
+                              rawBytes: UInt64(bytes.count))
         case .pages(let start, let count):
             let memory = memory!
             let bytes = try deviceCall(nil) { () throws(DeviceError) in try memory.readPages(startPFN: start, count: count) }
@@ -28,9 +29,10 @@ enum SendItem: Sendable {
             var zero: UInt64 = 0
             for s in segments where s.encoding == .zero { zero += UInt64(s.pageCount) }
             counters.addPages(UInt64(count), zero: zero)
-            return SendOutput(frames: [(.pages(Pages(pageSize: UInt32(memory.pageSize), segments: segments)), 0)])
+            return SendOutput(frames: [(.pages(Pages(pageSize: UInt32(memory.pageSize), segments: segments)), 0)],
+                              rawBytes: UInt64(bytes.count))
         case .control(let body, let device):
-            return SendOutput(frames: [(body, device)])
+            return SendOutput(frames: [(body, device)], rawBytes: 0)
         }
     }
 }
@@ -38,4 +40,7 @@ enum SendItem: Sendable {
 /// A worker's result: frames for the writer, in order.
 struct SendOutput: Sendable {
     var frames: [(FrameBody, UInt32)]
+    /// The payload bytes (before compression) these frames carry, as counted in
+    /// `Counters.produced`; 0 for control frames.
+    var rawBytes: UInt64
 }

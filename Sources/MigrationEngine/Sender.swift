@@ -10,9 +10,12 @@ public final class Sender: Sendable {
     private let options: SenderOptions
     private let events: EventSink
     private let cancellation = Cancellation()
+    /// Shared with the running session's writer, so a change reaches the wire at once.
+    private let bandwidth: BandwidthLimiter
 
     public init(devices: [SourceDevice], memory: GuestMemory?, options: SenderOptions, events: @escaping EventSink = { _ in }) {
         self.devices = devices; self.memory = memory; self.options = options
+        bandwidth = BandwidthLimiter(bytesPerSecond: options.bandwidthBytesPerSecond)
         let logger = options.logger
         self.events = { event in logEvent(event, to: logger); events(event) }
     }
@@ -20,10 +23,20 @@ public final class Sender: Sendable {
     /// Cancels before COMMIT (clean rollback); ignored once COMMIT is on its way.
     public func cancel() { cancellation.cancel() }
 
+    /// Changes the wire limit, from any thread, also while a migration runs (the
+    /// control socket's `set bandwidth`); nil = no limit. It applies from the next
+    /// write on, and the convergence model uses it from the next iteration.
+    public func setBandwidth(_ bytesPerSecond: UInt64?) {
+        bandwidth.set(bytesPerSecond: bytesPerSecond == 0 ? nil : bytesPerSecond)
+    }
+
+    /// The wire limit in force; nil = none.
+    public var bandwidthBytesPerSecond: UInt64? { bandwidth.bytesPerSecond }
+
     /// Runs the migration over an authenticated stream.
     public func run(stream: TLSStream) throws(MigrationError) -> MigrationStats {
         let cancelledBeforeStart = cancellation.attach(stream)
         return try SourceSession(devices: devices, memory: memory, options: options, events: events, stream: stream,
-                                 cancellation: cancellation, cancelledBeforeStart: cancelledBeforeStart).run()
+                                 bandwidth: bandwidth, cancellation: cancellation, cancelledBeforeStart: cancelledBeforeStart).run()
     }
 }

@@ -16,7 +16,16 @@ public struct SenderOptions: Sendable {
     /// Pre-copy time budget; nil = none.
     public var timeoutSeconds: Double?
     public var onTimeout: TimeoutAction = .rollback
+    /// The wire limit at the start; `Sender.setBandwidth` changes it while the migration runs.
     public var bandwidthBytesPerSecond: UInt64?
+    /// K: pre-copy iterations in a row without a meaningful shrink of the remaining
+    /// set before it counts as stalled (`--max-stalled-iterations`).
+    public var maxStalledIterations: Int = 3
+    /// What to do when pre-copy stalls or diverges (`--on-stall`).
+    public var onStall: StallPolicy = .switchover
+    /// The VMM's handle for `--on-stall throttle`; nil = none attached (then
+    /// `throttle` acts as `switchover`).
+    public var guestThrottle: (any GuestThrottle)?
     public var workers: Int = max(ProcessInfo.processInfo.activeProcessorCount, 1)
     /// A peer silent for this long (no frame, no keep-alive) is gone.
     public var peerTimeoutSeconds: Double = 30
@@ -34,10 +43,27 @@ public struct SenderOptions: Sendable {
     public var logger = Logger(label: "vfio-migrate.source")
     public init() {}
 
+    /// The convergence model's knobs from these options; throws when one is out of range.
+    func convergenceParameters() throws(MigrationFailure) -> ConvergenceParameters {
+        var p = ConvergenceParameters()
+        p.downtimeTargetMs = downtimeTargetMs
+        p.maxStalledIterations = maxStalledIterations
+        do { try p.validate() } catch { throw .configuration("convergence parameter out of range: \(error)") }
+        return p
+    }
+
     /// The piece size actually used: the option, within what the receiver's limits
     /// accept in one frame (raw data after the 16-byte `first` prefix; deflate
     /// output is never larger, the compressor sends raw when it does not pay).
     var effectivePieceBytes: Int {
         max(1, min(devicePieceBytes, limits.maxInflated, limits.maxPayload - 16))
     }
+}
+
+
+/// The VMM's control over the guest's vCPUs (the control socket's `throttle`
+/// request), for `--on-stall throttle`: slowing the guest slows its dirtying.
+public protocol GuestThrottle: Sendable {
+    /// Slow the guest to `percent` % of its CPU time taken away (0 = not throttled).
+    func throttleGuest(percent: Int) throws
 }

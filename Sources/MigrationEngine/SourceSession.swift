@@ -39,8 +39,6 @@ final class SourceSession {
         }
     }
     typealias Pipeline = OrderedPipeline<SendItem, SendOutput, MigrationFailure>
-    /// What one pre-copy pass left behind.
-    private struct Pass { var pending: UInt64; var dirtyPages: UInt64 }
 
     private(set) var state = State.hello
     private var devices: SourceDeviceSet
@@ -51,6 +49,7 @@ final class SourceSession {
     private let cancelledBeforeStart: Bool
     private let stream: TLSStream
     private let writer: FrameWriter
+    private let bandwidth: BandwidthLimiter
     private let counters = Counters()
     private let started = ContinuousClock.now
     private var stats = MigrationStats(role: "source")
@@ -59,16 +58,19 @@ final class SourceSession {
     private var pipeline: Pipeline?
     private var sequences: [SaveSequence]
     private var digests: [SHA256Digest]
-    private var passStarted = ContinuousClock.now
-    private var passStartBytes: UInt64 = 0
     private var stoppedAt = ContinuousClock.now
+    /// The model's estimate at the iteration that ended pre-copy, for the stats.
+    private var estimatedDowntimeMs: Double?
+    /// The guest throttle this session asked the VMM for (0 = none): lifted at the end.
+    private var throttledPercent = 0
 
     init(devices: [SourceDevice], memory: GuestMemory?, options: SenderOptions, events: @escaping EventSink,
-         stream: TLSStream, cancellation: Cancellation, cancelledBeforeStart: Bool) {
+         stream: TLSStream, bandwidth: BandwidthLimiter, cancellation: Cancellation, cancelledBeforeStart: Bool) {
         self.devices = SourceDeviceSet(devices)
         self.memory = memory; self.options = options; self.events = events
         self.stream = stream; self.cancellation = cancellation; self.cancelledBeforeStart = cancelledBeforeStart
-        writer = FrameWriter(stream: stream, bandwidthBytesPerSecond: options.bandwidthBytesPerSecond)
+        self.bandwidth = bandwidth
+        writer = FrameWriter(stream: stream, limiter: bandwidth)
         stats.devices = devices.map { DeviceStats(name: $0.name) }
         sequences = devices.map { SaveSequence(device: $0.device) }
         digests = devices.map { _ in SHA256Digest() }
@@ -80,6 +82,7 @@ final class SourceSession {
         let reader = FrameReader(stream: stream, peer: .destination, limits: options.limits)
         do throws(MigrationFailure) {
             if cancelledBeforeStart { throw .cancelled }
+            let parameters = try options.convergenceParameters()
             let exchange = HelloExchange(names: devices.devices.map(\.name), compatibility: devices.devices.map(\.compatibility), memory: memory)
             _ = try exchange.asSource(reader: reader, writer: writer, encodings: options.compression == .none ? [.raw] : [.raw, .deflate])
             events(.helloAccepted(devices: devices.devices.map(\.name), memoryBytes: memory?.size ?? 0, security: stream.security))
@@ -88,7 +91,7 @@ final class SourceSession {
                 switch frame.body { case .resumed, .abort: return true; default: return false }
             }
             keepAlive = startKeepAlive(writer: writer, peerTimeoutSeconds: options.peerTimeoutSeconds)
-            try precopy()
+            try precopy(parameters)
             try stopAndCopy()
             try awaitReady()
             try commit()
@@ -100,28 +103,35 @@ final class SourceSession {
 
     // MARK: - phases
 
-    /// RUNNING → SAVING|RUNNING, then passes until the downtime estimate meets the
-    /// target, the iteration limit or the time budget.
-    private func precopy() throws(MigrationFailure) {
+    /// RUNNING → SAVING|RUNNING, then passes until the convergence model says to
+    /// switch over (or, under `--on-stall`, to roll back), the iteration limit or the
+    /// time budget.
+    private func precopy(_ parameters: ConvergenceParameters) throws(MigrationFailure) {
         state = .precopy(iteration: 0)
         events(.phase(.precopy))
         try devices.startSaving()
+        let loggingSince = ContinuousClock.now
         let pipeline = makePipeline()
         self.pipeline = pipeline
         // A destination that aborts (or vanishes) while this thread waits for room in a
         // full pipeline must not have to wait for our blocked writer to time out.
         inbox?.onProblem { pipeline.interruptSubmit($0) }
-        passStarted = .now
-        passStartBytes = counters.rawProduced
+        let policy = ConvergencePolicy(onStall: options.onStall, controllerAttached: options.guestThrottle != nil)
+        var convergence = PrecopyConvergence(parameters: parameters, policy: policy, start: mark(), loggingSince: loggingSince)
         var iteration = 0
         var done = false
         while !done {
             state = .precopy(iteration: iteration)
+            convergence.beginIteration(mark())
             let pass = try precopyPass(iteration)
+            let (figures, action) = convergence.endIteration(pass, isFullPass: iteration == 0, end: mark(),
+                                                             pageSize: UInt64(memory?.pageSize ?? 4096), bandwidthLimit: bandwidth.bytesPerSecond)
             iteration += 1
             stats.iterations = iteration
-            done = try shouldSwitchOver(after: iteration, pass)
+            report(pass, figures)
+            done = try shouldSwitchOver(after: iteration, figures, action)
         }
+        estimatedDowntimeMs = convergence.latest?.estimatedDowntimeMs
     }
 
     /// SAVING (stopped), drain every device until pending_bytes == 0, the last dirty
@@ -144,7 +154,7 @@ final class SourceSession {
         try submit(.control(.complete, device: 0))
         try pipeline?.finish()
         pipeline = nil
-        emitProgress(.stopcopy, pass: Pass(pending: 0, dirtyPages: 0), rate: 0, remaining: 0)
+        emitProgress(.stopcopy, pending: 0, dirtyPages: 0, rate: 0, remaining: 0)
     }
 
     /// READY: the destination has applied and verified everything.
@@ -165,6 +175,10 @@ final class SourceSession {
 
     private func finish() -> MigrationStats {
         stats.downtimeMs = (ContinuousClock.now - stoppedAt).milliseconds
+        stats.downtimeComparison = estimatedDowntimeMs.map {
+            DowntimeComparison(estimatedMs: $0, measuredMs: stats.downtimeMs, targetMs: options.downtimeTargetMs)
+        }
+        liftThrottle()
         keepAlive?.stop()
         inbox?.join()
         devices.release()
@@ -195,6 +209,7 @@ final class SourceSession {
         stream.writeTimeoutSeconds = 2
         // Roll back first: the VM must run again on the source as soon as possible.
         let rollbackProblems = devices.rollBack()
+        liftThrottle()
         let failure = settled(cause)
         pipeline?.abort(failure)
         keepAlive?.stop()
@@ -222,6 +237,7 @@ final class SourceSession {
     /// COMMIT was sent: the devices stay stopped whatever happens (no split brain), and
     /// an operator must decide (exit 3).
     private func failAfterCommit(_ cause: MigrationFailure) -> MigrationError {
+        liftThrottle()
         keepAlive?.stop()
         stream.close()
         return MigrationError(phase: state.phase, device: cause.device, failure: cause, disposition: state.disposition)
@@ -229,49 +245,49 @@ final class SourceSession {
 
     // MARK: - pre-copy passes
 
-    private func precopyPass(_ iteration: Int) throws(MigrationFailure) -> Pass {
+    private func precopyPass(_ iteration: Int) throws(MigrationFailure) -> PrecopyPass {
         try checkHealth()
         // Device data: at most what was pending when the pass began, so a
         // device that keeps producing cannot hold the iteration forever.
-        for i in devices.indices { try sendDeviceData(i, phase: .precopy, budget: pendingBytes(i)) }
+        var read: UInt64 = 0
+        for i in devices.indices { read += try sendDeviceData(i, phase: .precopy, budget: pendingBytes(i)) }
         // Guest pages: all of them first, then what the devices dirtied.
         var dirtyPages: UInt64 = 0
+        var logReadAt: ContinuousClock.Instant?
         if let memory {
             if iteration == 0 {
                 dirtyPages = memory.pageCount
                 try submitPages(startPFN: 0, count: memory.pageCount)
             } else {
+                logReadAt = .now
                 dirtyPages = try sendDirtyPages(memory)
             }
         }
         var pending: UInt64 = 0
         for i in devices.indices { pending += try pendingBytes(i) }
         try submit(.control(.iterationEnd(IterationEnd(iteration: UInt32(iteration), pendingBytes: pending, dirtyPages: dirtyPages)), device: 0))
-        return Pass(pending: pending, dirtyPages: dirtyPages)
+        return PrecopyPass(pending: pending, dirtyPages: dirtyPages, deviceBytesRead: read, dirtyLogReadAt: logReadAt)
     }
 
-    /// Reports the pass and decides: switch over (true), or another pass (false).
-    /// Throws when the time budget ran out and the policy is to roll back.
-    private func shouldSwitchOver(after iteration: Int, _ pass: Pass) throws(MigrationFailure) -> Bool {
-        // The rate of this pass, not the average since the start: the first pass is
-        // full of zero pages that cost nothing, and would make the dirty pages of the
-        // last pass look cheaper than they are.
-        let now = ContinuousClock.now
-        let produced = counters.rawProduced
-        let rate = max(Double(produced - passStartBytes) / max((now - passStarted).seconds, 0.05), 1)
-        (passStarted, passStartBytes) = (now, produced)
-        let remaining = Double(pass.pending) + Double(pass.dirtyPages) * Double(memory?.pageSize ?? 0)
-        let estimateMs = remaining / rate * 1000
-        events(.iterationEnd(iteration: iteration, pendingBytes: pass.pending, dirtyPages: pass.dirtyPages, estimatedDowntimeMs: estimateMs))
-        emitProgress(.precopy, pass: pass, rate: rate, remaining: remaining)
+    /// The iteration's events: the figures behind the estimate (the transfer rate is
+    /// this iteration's, not the average since the start: the first pass is full of
+    /// zero pages that cost nothing, and would make the last dirty pages look cheap).
+    private func report(_ pass: PrecopyPass, _ figures: ConvergenceFigures) {
+        events(.iterationEnd(iteration: figures.iteration, pendingBytes: pass.pending, dirtyPages: pass.dirtyPages,
+                             estimatedDowntimeMs: figures.estimatedDowntimeMs, convergence: figures))
+        emitProgress(.precopy, pending: pass.pending, dirtyPages: pass.dirtyPages, rate: figures.transferRawBytesPerSecond,
+                     remaining: Double(figures.remainingBytes), convergence: figures)
+    }
 
-        if iteration > 1 && estimateMs <= options.downtimeTargetMs {
-            events(.switchover(reason: "estimated downtime \(Int(estimateMs)) ms ≤ target \(Int(options.downtimeTargetMs)) ms"))
-            return true
-        }
+    /// Decides after an iteration: switch over (true), or another pass (false). The
+    /// model's verdict under `--on-stall` first; then the hard bounds, in this order:
+    /// `--max-iterations`, `--timeout`. Throws to roll back.
+    private func shouldSwitchOver(after iteration: Int, _ figures: ConvergenceFigures,
+                                  _ action: ConvergenceAction) throws(MigrationFailure) -> Bool {
+        if try act(on: action, figures) { return true }
         if iteration >= options.maxIterations {
             stats.converged = false
-            events(.switchover(reason: "reached --max-iterations \(options.maxIterations); estimated downtime \(Int(estimateMs)) ms"))
+            events(.switchover(reason: "reached --max-iterations \(options.maxIterations); estimated downtime \(Int(figures.estimatedDowntimeMs)) ms"))
             return true
         }
         guard let timeout = options.timeoutSeconds, (ContinuousClock.now - started).seconds >= timeout else { return false }
@@ -284,7 +300,57 @@ final class SourceSession {
         }
     }
 
+    /// Carries out the model's action; true = switch over now.
+    private func act(on action: ConvergenceAction, _ figures: ConvergenceFigures) throws(MigrationFailure) -> Bool {
+        switch action {
+        case .keepIterating:
+            return false
+        case .switchOver(let reason):
+            // Switching over on a stall is today's end state reached early: the
+            // downtime will exceed the target, so it did not converge.
+            if figures.verdict != .switchover { stats.converged = false }
+            events(.switchover(reason: reason))
+            return true
+        case .rollBack(let reason):
+            // Before stop-and-copy: the failure path sets the devices RUNNING again (exit 2).
+            throw .notConverged(iterations: figures.iteration, reason: reason)
+        case .throttle(let percent, let reason):
+            return throttleGuest(percent, reason)
+        }
+    }
+
+    /// Asks the VMM to slow the guest and keeps iterating (false); when it refuses,
+    /// switches over as without a controller (true).
+    private func throttleGuest(_ percent: Int, _ reason: String) -> Bool {
+        do {
+            try options.guestThrottle?.throttleGuest(percent: percent)
+        } catch {
+            stats.converged = false
+            events(.switchover(reason: "\(reason); the VMM refused the throttle (\(error)): switching over"))
+            return true
+        }
+        throttledPercent = percent
+        options.logger.notice("\(reason)")
+        return false
+    }
+
+    /// The throttle ladder never steps down by itself: whatever ends the session
+    /// gives the guest its CPU back.
+    private func liftThrottle() {
+        guard throttledPercent > 0, let throttle = options.guestThrottle else { return }
+        throttledPercent = 0
+        do { try throttle.throttleGuest(percent: 0) } catch {
+            options.logger.warning("could not lift the guest throttle: \(error)")
+        }
+    }
+
     // MARK: - pieces
+
+    /// The byte counters now, all from one snapshot (in flight = produced − written).
+    private func mark() -> TransferMark {
+        let totals = counters.current
+        return TransferMark(produced: totals.produced, rawWritten: totals.written, wireBytes: writer.wireBytesSent)
+    }
 
     /// The destination's next frame, which must be `expected`; its ABORT ends the session.
     private func expect(_ expected: FrameBody, deadlineSeconds: Double? = nil, waitingFor: String = "the peer") throws(MigrationFailure) {
@@ -312,13 +378,16 @@ final class SourceSession {
         try deviceCall(devices[i].name) { () throws(DeviceError) in try devices[i].device.pendingBytes() }
     }
 
-    /// Device `i`'s staged chunks, up to `budget` bytes (stop-and-copy: until none is left).
-    private func sendDeviceData(_ i: Int, phase: Phase, budget: UInt64 = .max) throws(MigrationFailure) {
+    /// Device `i`'s staged chunks, up to `budget` bytes (stop-and-copy: until none is
+    /// left); returns the bytes read.
+    @discardableResult
+    private func sendDeviceData(_ i: Int, phase: Phase, budget: UInt64 = .max) throws(MigrationFailure) -> UInt64 {
         var sent: UInt64 = 0
         while sent < budget, let chunk = try deviceCall(devices[i].name, { () throws(DeviceError) in try sequences[i].stageChunk() }) {
             sent += chunk.size
             try send(chunk, device: i, phase: phase)
         }
+        return sent
     }
 
     /// Step d of one staged chunk, piece by piece into the pipeline: one `whole`
@@ -397,11 +466,12 @@ final class SourceSession {
         return pages
     }
 
-    private func emitProgress(_ phase: MigrationPhase, pass: Pass, rate: Double, remaining: Double) {
+    private func emitProgress(_ phase: MigrationPhase, pending: UInt64, dirtyPages: UInt64, rate: Double, remaining: Double,
+                              convergence: ConvergenceFigures? = nil) {
         events(.progress(Progress(phase: phase, iteration: stats.iterations, rawBytes: counters.rawProduced,
                                   wireBytes: writer.wireBytesSent, bytesPerSecond: rate,
-                                  pendingBytes: pass.pending, dirtyPages: pass.dirtyPages,
-                                  etaSeconds: rate > 0 ? remaining / rate : nil)))
+                                  pendingBytes: pending, dirtyPages: dirtyPages,
+                                  etaSeconds: rate > 0 ? remaining / rate : nil, convergence: convergence)))
     }
 
     private func makePipeline() -> Pipeline {
@@ -415,6 +485,9 @@ final class SourceSession {
                     try item.encode(compressor: compressor, memory: memory, counters: counters)
                 }
             },
-            makeConsumer: { { (output: SendOutput) throws(MigrationFailure) in try writer.send(batch: output.frames) } })
+            makeConsumer: { { (output: SendOutput) throws(MigrationFailure) in
+                try writer.send(batch: output.frames)
+                counters.addWritten(output.rawBytes)
+            } })
     }
 }

@@ -162,6 +162,8 @@ struct BenchRow {
     var wireBytes: UInt64?
     var rawBytes: UInt64?
     var downtimeMs: Double?
+    /// The sender's estimate when it switched over (its convergence model).
+    var downtimeEstimatedMs: Double?
     var downtimeMsDestination: Double?
     var iterations: Int?
     var converged: Bool?

@@ -140,6 +140,7 @@ struct BenchReport {
             func put(_ k: String, _ v: Any?) { if let v { o[k] = v } }
             put("mode", r.mode); put("payload_bytes", r.payloadBytes); put("wire_bytes", r.wireBytes); put("raw_bytes", r.rawBytes)
             put("downtime_ms", r.downtimeMs); put("downtime_ms_destination", r.downtimeMsDestination)
+            put("downtime_estimated_ms", r.downtimeEstimatedMs)
             put("iterations", r.iterations); put("converged", r.converged)
             put("rss_anon_peak_source", r.rssAnonSource); put("rss_anon_peak_destination", r.rssAnonDestination)
             put("vm_hwm_source", r.hwmSource); put("vm_hwm_destination", r.hwmDestination)

@@ -183,6 +183,7 @@ struct BenchRunner {
         if let st = s.finishedStats {
             row.wallSeconds = (st["totalSeconds"] as? Double) ?? 0
             row.downtimeMs = st["downtimeMs"] as? Double
+            row.downtimeEstimatedMs = (st["downtimeComparison"] as? [String: Any])?["estimatedMs"] as? Double
             row.iterations = st["iterations"] as? Int
             row.converged = st["converged"] as? Bool
             row.rawBytes = (st["rawBytes"] as? NSNumber)?.uint64Value

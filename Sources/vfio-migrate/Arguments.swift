@@ -12,6 +12,7 @@ extension CompressionPolicy: ExpressibleByArgument {
 }
 
 extension TimeoutAction: ExpressibleByArgument {}
+extension StallPolicy: ExpressibleByArgument {}
 extension OpenedDevices.DirtyMode: ExpressibleByArgument {}
 extension Logger.Level: @retroactive ExpressibleByArgument {}
 

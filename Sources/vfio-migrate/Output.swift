@@ -62,17 +62,21 @@ final class EventPrinter: @unchecked Sendable {  // mutable display state only u
         case .phase(let p): if p != .done { line("\(side): phase \(p)") }
         case .progress(let p):
             let eta = p.etaSeconds.map { String(format: " eta %.1fs", $0) } ?? ""
-            let text = String(format: "%@: %@ iter %d  raw %@  wire %@  %@/s  pending %@  dirty %llu pages%@",
+            let converging = p.convergence.map { "  " + ConvergenceText.line($0) } ?? ""
+            let text = String(format: "%@: %@ iter %d  raw %@  wire %@  %@/s  pending %@  dirty %llu pages%@%@",
                               side, p.phase.rawValue, p.iteration, formatBytes(p.rawBytes), formatBytes(p.wireBytes),
-                              formatBytes(UInt64(p.bytesPerSecond)), formatBytes(p.pendingBytes), p.dirtyPages, eta)
+                              formatBytes(UInt64(p.bytesPerSecond)), formatBytes(p.pendingBytes), p.dirtyPages, eta, converging)
             if isTTY {
                 FileHandle.standardError.write(Data("\r\u{1B}[K\(text)".utf8))
                 lastLineWasProgress = true
             } else {
                 line(text)
             }
-        case .iterationEnd(let i, let pending, let dirty, let est):
-            if !isTTY { line(String(format: "%@: iteration %d done: pending %@, %llu dirty pages, estimated downtime %.0f ms", side, i, formatBytes(pending), dirty, est)) }
+        case .iterationEnd(let i, let pending, let dirty, let est, let c):
+            if !isTTY {
+                line(String(format: "%@: iteration %d done: pending %@, %llu dirty pages, estimated downtime %.0f ms; %@",
+                            side, i, formatBytes(pending), dirty, est, ConvergenceText.line(c)))
+            }
         case .switchover(let reason): line("\(side): switch-over: \(reason)")
         case .deviceEnd(let d, let bytes, let chunks): line("\(side): device \(d): \(formatBytes(bytes)) in \(chunks) chunks")
         case .sessionRefused(let why): line("\(side): refused a peer: \(why)")
@@ -105,8 +109,10 @@ final class EventPrinter: @unchecked Sendable {  // mutable display state only u
             o["raw_bytes"] = p.rawBytes; o["wire_bytes"] = p.wireBytes; o["bytes_per_second"] = p.bytesPerSecond
             o["pending_bytes"] = p.pendingBytes; o["dirty_pages"] = p.dirtyPages
             if let eta = p.etaSeconds { o["eta_seconds"] = eta }
-        case .iterationEnd(let i, let p, let d, let e):
+            if let c = p.convergence { o.merge(ConvergenceText.fields(c)) { a, _ in a } }
+        case .iterationEnd(let i, let p, let d, let e, let c):
             o["event"] = "iteration"; o["iteration"] = i; o["pending_bytes"] = p; o["dirty_pages"] = d; o["estimated_downtime_ms"] = e
+            o.merge(ConvergenceText.fields(c)) { a, _ in a }
         case .switchover(let r): o["event"] = "switchover"; o["reason"] = r
         case .deviceEnd(let d, let b, let c): o["event"] = "device_end"; o["device"] = d; o["bytes"] = b; o["chunks"] = c
         case .sessionRefused(let why): o["event"] = "refused"; o["reason"] = why
@@ -125,7 +131,8 @@ final class EventPrinter: @unchecked Sendable {  // mutable display state only u
     func summary(_ s: MigrationStats) -> String {
         var lines: [String] = []
         let rate = s.totalSeconds > 0 ? Double(s.rawBytes) / s.totalSeconds : 0
-        lines.append("\(side): migration complete in \(String(format: "%.2f", s.totalSeconds)) s, downtime \(String(format: "%.0f", s.downtimeMs)) ms, \(s.iterations) pre-copy iteration(s)\(s.converged ? "" : " (did not converge: switched over at the limit)")")
+        let estimate = s.downtimeComparison.map { String(format: " (estimated %.0f ms, target %.0f ms)", $0.estimatedMs, $0.targetMs) } ?? ""
+        lines.append("\(side): migration complete in \(String(format: "%.2f", s.totalSeconds)) s, downtime \(String(format: "%.0f", s.downtimeMs)) ms\(estimate), \(s.iterations) pre-copy iteration(s)\(s.converged ? "" : " (did not converge: switched over above the target)")")
         let ratio = s.rawBytes > 0 ? Double(s.wireBytes) / Double(s.rawBytes) * 100 : 0
         lines.append("\(side):   data \(formatBytes(s.rawBytes)) raw, \(formatBytes(s.wireBytes)) on the wire (\(String(format: "%.1f", ratio)) %), \(formatBytes(UInt64(rate)))/s; pages \(s.pagesSent) (\(s.zeroPages) zero)")
         for d in s.devices {
@@ -140,4 +147,33 @@ func rfc3339(_ epochSeconds: Int64) -> String {
     let f = ISO8601DateFormatter()
     f.formatOptions = [.withInternetDateTime]
     return f.string(from: Date(timeIntervalSince1970: TimeInterval(epochSeconds)))
+}
+
+/// The convergence figures for people (one clause) and for orchestrators (flat JSON fields).
+enum ConvergenceText {
+    /// `dirty 38.0 MB/s vs 40.0 MB/s, ~2 more iteration(s)`, or `... not converging`.
+    static func line(_ c: ConvergenceFigures) -> String {
+        guard let dirty = c.dirtyBytesPerSecond else {
+            return "transfer \(formatBytes(UInt64(c.transferRawBytesPerSecond)))/s, dirty rate not known before the dirty log is read"
+        }
+        let rates = "dirty \(formatBytes(UInt64(dirty)))/s vs \(formatBytes(UInt64(c.transferRawBytesPerSecond)))/s"
+        switch (c.verdict, c.projectedIterations) {
+        case (.switchover, _): return "\(rates), at the target"
+        case (.stalled, _), (.diverging, _), (.keepIterating, nil): return "\(rates), not converging"
+        case (.keepIterating, let n?): return "\(rates), ~\(n) more iteration(s)"
+        }
+    }
+
+    static func fields(_ c: ConvergenceFigures) -> [String: Any] {
+        var o: [String: Any] = [
+            "transfer_bytes_per_second": c.transferRawBytesPerSecond, "transfer_wire_bytes_per_second": c.transferWireBytesPerSecond,
+            "remaining_bytes": c.remainingBytes, "downtime_target_ms": c.downtimeTargetMs, "stalled_iterations": c.stalledIterations,
+            "dirty_log_saturated": c.dirtyLogSaturated, "verdict": c.verdict.rawValue, "convergence_reason": c.reason,
+            // Known and finite: the projection says it converges.
+            "converging": c.verdict == .switchover || c.projectedIterations != nil,
+        ]
+        if let d = c.dirtyBytesPerSecond { o["dirty_bytes_per_second"] = d }
+        if let n = c.projectedIterations { o["projected_iterations"] = n }
+        return o
+    }
 }

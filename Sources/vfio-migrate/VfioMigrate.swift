@@ -44,6 +44,10 @@ struct SenderTuning: ParsableArguments {
     var timeout: Double?
     @Option(name: .customLong("on-timeout"), help: "When --timeout fires: rollback (cancel, the source keeps running) or switchover (stop and copy now).")
     var onTimeout: TimeoutAction = .rollback
+    @Option(name: .customLong("max-stalled-iterations"), help: "Pre-copy iterations in a row without the remaining set shrinking by 10 % before it counts as stalled (1 or more; see --on-stall).")
+    var maxStalledIterations: Int = 3
+    @Option(name: .customLong("on-stall"), help: "When pre-copy stalls or the dirty rate outruns the link: switchover (stop and copy now), rollback (cancel, the source keeps running, exit 2) or throttle (slow the guest through the VMM; without a controller, switchover).")
+    var onStall: StallPolicy = .switchover
     @Option(help: "Bandwidth limit in bytes per second on the wire (e.g. 100M).")
     var bandwidth: ByteCount?
     @Option(help: "Compression worker threads (default: all cores).")
@@ -56,6 +60,7 @@ struct SenderTuning: ParsableArguments {
     func validate() throws {
         try ArgumentCheck.milliseconds(downtimeMs, "--downtime-ms")
         try ArgumentCheck.count(maxIterations, "--max-iterations", in: 1...1_000_000)
+        try ArgumentCheck.count(maxStalledIterations, "--max-stalled-iterations", in: 1...1_000_000)
         try ArgumentCheck.seconds(timeout, "--timeout")
         if let bandwidth, bandwidth.bytes == 0 { throw ValidationError("--bandwidth 0: expected a rate above 0 (omit it for no limit)") }
         try ArgumentCheck.count(workers, "--workers", in: 1...1024)
@@ -71,6 +76,8 @@ struct SenderTuning: ParsableArguments {
         o.maxIterations = maxIterations
         o.timeoutSeconds = timeout
         o.onTimeout = onTimeout
+        o.maxStalledIterations = maxStalledIterations
+        o.onStall = onStall
         o.bandwidthBytesPerSecond = bandwidth?.bytes
         if let workers { o.workers = workers }
         o.peerTimeoutSeconds = peerTimeout

@@ -256,6 +256,26 @@ private func simpleEstimateSwitchover(_ samples: [IterationSample], targetMs: Do
         }
     }
 
+    /// An iteration that moved nothing measured an idle writer, not the link (the full
+    /// pass still in the pipeline, or nothing to send): the previous rate or the limit
+    /// stands in, so the estimate is not in-flight bytes over 1 B/s.
+    @Test func anIdleIterationKeepsTheLastKnownLinkRate() {
+        var model = ConvergenceModel(parameters: parameters())
+        let measured = model.record(IterationSample(durationSeconds: 1, wireBytes: 10_000_000, rawBytes: 20_000_000, deviceBytesRead: 0,
+                                                    devicePendingBytes: 0, dirtyPages: 100, pageSize: 4096, isFullPass: true))
+        let idle = model.record(IterationSample(durationSeconds: 0.001, wireBytes: 0, rawBytes: 0, deviceBytesRead: 0,
+                                                devicePendingBytes: 0, dirtyPages: 0, pageSize: 4096, inFlightRawBytes: 2_000_000))
+        #expect(idle.transferWireBytesPerSecond == measured.transferWireBytesPerSecond)
+        #expect(idle.transferRawBytesPerSecond == measured.transferRawBytesPerSecond)
+        #expect(idle.estimatedDowntimeMs < 200, "2 MB in flight at 20 MB/s: \(idle.estimatedDowntimeMs) ms")
+
+        var limited = ConvergenceModel(parameters: parameters())
+        let first = limited.record(IterationSample(durationSeconds: 0.001, wireBytes: 0, rawBytes: 0, deviceBytesRead: 0,
+                                                   devicePendingBytes: 0, dirtyPages: 1024, pageSize: 4096,
+                                                   bandwidthLimit: 8_000_000, inFlightRawBytes: 4_000_000, isFullPass: true))
+        #expect(first.transferWireBytesPerSecond == 8e6)
+    }
+
     @Test func parametersOutOfRangeAreTypedErrors() {
         var p = ConvergenceParameters()
         #expect(throws: Never.self) { try p.validate() }

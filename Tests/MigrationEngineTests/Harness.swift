@@ -34,11 +34,12 @@ enum Loopback {
     static func migrate(source: [SourceDevice], sourceMemory: GuestMemory?,
                         destination: [DestinationDevice], destinationMemory: GuestMemory?,
                         options: SenderOptions = quickOptions(), receiverOptions: ReceiverOptions = quickReceiver(),
+                        events: @escaping EventSink = { _ in },
                         whileRunning: (@Sendable (Sender) -> Void)? = nil) throws -> Outcome {
         ignoreSIGPIPE()
         let (server, client) = try contexts()
         let receiver = Receiver(devices: destination, memory: destinationMemory, options: receiverOptions)
-        let sender = Sender(devices: source, memory: sourceMemory, options: options)
+        let sender = Sender(devices: source, memory: sourceMemory, options: options, events: events)
         let result = ResultBox<Outcome>()
         Thread {
             result.set(Result { try InProcessMigration.run(sender: sender, receiver: receiver, serverContext: server, clientContext: client) })
@@ -74,7 +75,8 @@ struct SimPair {
     var destination: [DestinationDevice]
 
     init(names: [String] = ["gpu0"], stateSize: Int = 512 << 10, memoryPages: UInt64 = 2048,
-         dirtyPagesPerStep: Int = 24, destinationNames: [String]? = nil, destinationMemoryPages: UInt64? = nil) throws {
+         dirtyPagesPerStep: Int = 24, stateBytesPerStep: Int = 4096,
+         destinationNames: [String]? = nil, destinationMemoryPages: UInt64? = nil) throws {
         sourceMemory = try GuestMemory(anonymousNamed: "src", size: memoryPages * 4096, pageSize: 4096)
         destinationMemory = try GuestMemory(anonymousNamed: "dst", size: (destinationMemoryPages ?? memoryPages) * 4096, pageSize: 4096)
         // Some initial content: every third page non-zero.
@@ -87,7 +89,7 @@ struct SimPair {
         var dst: [DestinationDevice] = []
         for (i, name) in names.enumerated() {
             let config = SimulatedDevice.Configuration(stateSize: stateSize, seed: UInt64(i + 1), dirtyPagesPerStep: dirtyPagesPerStep,
-                                                       stateBytesPerStep: 4096, maxChunkSize: 64 << 10)
+                                                       stateBytesPerStep: stateBytesPerStep, maxChunkSize: 64 << 10)
             let s = SimulatedDevice(configuration: config, guestMemory: sourceMemory)
             let d = SimulatedDevice(configuration: config, guestMemory: destinationMemory)
             srcSims.append(s); dstSims.append(d)
@@ -107,20 +109,38 @@ struct SimPair {
 }
 
 /// Steps the source devices' workload on a thread until stopped.
-final class Workload: @unchecked Sendable {
+final class Workload: @unchecked Sendable {  // `stopped`, `done`, `throttle` only under `c`
     private let c = NSCondition()
     private var stopped = false
     private var done = false
+    /// Percent of the guest's time taken away, as a VMM's vCPU throttle would: the
+    /// steps come that much less often.
+    private var throttle = 0
     init(_ sims: [SimulatedDevice], intervalMicroseconds: UInt32 = 500) {
         Thread { [self] in
             while true {
-                c.lock(); let s = stopped; c.unlock()
+                c.lock(); let s = stopped; let t = throttle; c.unlock()
                 if s { break }
                 for d in sims { d.workloadStep() }
-                usleep(intervalMicroseconds)
+                usleep(UInt32(Double(intervalMicroseconds) * 100 / Double(max(100 - t, 1))))
             }
             c.lock(); done = true; c.broadcast(); c.unlock()
         }.start()
     }
     func stop() { c.lock(); stopped = true; while !done { c.wait() }; c.unlock() }
+    func setThrottle(percent: Int) { c.lock(); throttle = percent; c.unlock() }
+}
+
+/// Every event a sender emitted, for tests to look at afterwards.
+final class EventLog: @unchecked Sendable {  // `events` only under `lock`
+    private let lock = NSLock()
+    private var events: [(at: ContinuousClock.Instant, event: MigrationEvent)] = []
+    var sink: EventSink { { [self] e in lock.withLock { events.append((.now, e)) } } }
+    var all: [MigrationEvent] { lock.withLock { events.map(\.event) } }
+    /// When the first event `matching` was emitted.
+    func firstInstant(_ matching: (MigrationEvent) -> Bool) -> ContinuousClock.Instant? {
+        lock.withLock { events.first { matching($0.event) }?.at }
+    }
+    var switchoverReasons: [String] { all.compactMap { if case .switchover(let r) = $0 { r } else { nil } } }
+    var figures: [ConvergenceFigures] { all.compactMap { if case .iterationEnd(_, _, _, _, let c) = $0 { c } else { nil } } }
 }

@@ -44,7 +44,7 @@ struct SizeLimitTests {
         var options = Loopback.quickOptions()
         options.limits = limits
         options.maxIterations = 4
-        options.downtimeTargetMs = 0   // iterate: every iteration queries the dirty sources
+        options.downtimeTargetMs = 0.000001   // iterate: every iteration queries the dirty sources (0 is refused)
         var receiver = Loopback.quickReceiver()
         receiver.limits = limits
         let workload = Workload(pair.sourceSims)

@@ -61,7 +61,7 @@ struct ConnectionFaultTests {
         let hook = { (pair: SimPair) -> @Sendable (MigrationEvent, FaultProxy?) -> Void in
             let sim = pair.sourceSims[0]
             return { event, proxy in
-                if case .iterationEnd(let i, _, _, _) = event, i == 1 {
+                if case .iterationEnd(let i, _, _, _, _) = event, i == 1 {
                     _ = proxy?.waitForwarded(.toReceiver, plain: iterationEnd, timeout: 20)
                     sim.simulateDMA(toPages: FrameMap.dmaPages)
                 }

@@ -47,7 +47,7 @@ struct FrameMap: Sendable {
     static func dmaHook(_ pair: SimPair, waitDelivered: @escaping @Sendable () -> Void) -> @Sendable (MigrationEvent) -> Void {
         let sim = pair.sourceSims[0]
         return { event in
-            if case .iterationEnd(let i, _, _, _) = event, i == 1 {
+            if case .iterationEnd(let i, _, _, _, _) = event, i == 1 {
                 waitDelivered()
                 sim.simulateDMA(toPages: dmaPages)
             }
