@@ -135,9 +135,9 @@ final class RecordingThrottle: GuestThrottle, @unchecked Sendable {  // `percent
 final class SaturatedDirtySource: DirtyPageSource {
     private let inner: RegionDirtyPageSource
     init(device: MigrationDevice) { inner = RegionDirtyPageSource(device: device) }
-    func start() throws { try inner.start() }
-    func stop() throws { try inner.stop() }
-    func query(startPFN: UInt64, pageSize: UInt64, totalPFNs: UInt64) throws -> [DirtySegment] {
+    func start() throws(DeviceError) { try inner.start() }
+    func stop() throws(DeviceError) { try inner.stop() }
+    func query(startPFN: UInt64, pageSize: UInt64, totalPFNs: UInt64) throws(DeviceError) -> [DirtySegment] {
         _ = try inner.query(startPFN: startPFN, pageSize: pageSize, totalPFNs: totalPFNs)
         return [DirtySegment(startPFN: startPFN, pageSize: pageSize, pfnCount: totalPFNs, pages: .all)]
     }
