@@ -10,7 +10,7 @@ import VFIODevice
 struct VfioMigrate: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "vfio-migrate",
-        abstract: "Live-migrate VFIO devices (migration region v1) over mutually authenticated TLS 1.3.",
+        abstract: "Live-migrate VFIO devices (Linux v2 migration interface or the v1 migration region) over mutually authenticated TLS 1.3.",
         discussion: """
         Exit codes: 0 success; 1 nothing started (configuration, certificates, devices); \
         2 failed before COMMIT and rolled back (the source runs the devices again, the destination never ran them); \
