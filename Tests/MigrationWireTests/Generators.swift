@@ -60,6 +60,21 @@ struct FrameGenerator {
         }
     }
 
+    /// Any version-2 resumption body.
+    mutating func resumptionBody() -> ResumptionBody {
+        let position = StreamPosition(nextSequence: UInt64(int(1...1 << 40)), deviceBytes: (0..<int(0...5)).map { _ in edgyU64() })
+        switch int(0...3) {
+        case 0: return .resume(Resume(sessionID: rng.bytes(16), role: rng.chance(0.5) ? .source : .destination, proof: rng.bytes(32)))
+        case 1:
+            let progress: [DestinationProgress] = [.receiving, .ready, .resuming, .resumed]
+            return .resumeAccept(ResumeAccept(progress: progress[int(0...3)], destinationNextSequence: edgyU64(), position: position))
+        case 2:
+            let reasons: [RefusalReason] = [.unspecified, .unknownSession, .wrongIdentity, .badProof, .busy]
+            return .refuse(Refusal(reason: reasons[int(0...4)], message: string(maxBytes: 200)))
+        default: return .ack(position)
+        }
+    }
+
     mutating func dirtyBitmap(start: UInt64, limit: Int, pageSize: UInt64 = 4096) -> DirtyBitmap {
         let total = UInt64(int(0...limit))
         let copied: DirtyCopied
