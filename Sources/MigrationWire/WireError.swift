@@ -44,6 +44,11 @@ public enum WireError: Error, Sendable, Equatable, CustomStringConvertible {
     case positionDeviceCount(frame: FrameType, declared: Int, announced: Int)
     /// ACK or RESUME_ACCEPT reports less than an earlier one did (a position never goes back).
     case positionRegressed(frame: FrameType, field: String, previous: UInt64, got: UInt64)
+    /// A position (ACK, RESUME_ACCEPT) whose resume point the source cannot replay
+    /// from: below the oldest frame it retains, or beyond the last frame it sent.
+    case resumePointOutsideWindow(frame: FrameType, resumePoint: UInt64, oldest: UInt64, next: UInt64)
+    /// A position whose DEVICE_DATA bytes for a device differ from what the source sent below it.
+    case positionMismatch(frame: FrameType, device: UInt32, reported: UInt64, sent: UInt64)
     /// RESUME_ACCEPT continues the destination's stream below a sequence already received.
     case destinationSequenceRegressed(expected: UInt64, got: UInt64)
     /// RESUME_ACCEPT reports less progress than the destination's frames already showed.
@@ -139,6 +144,10 @@ public enum WireError: Error, Sendable, Equatable, CustomStringConvertible {
             return "\(f) reports offsets for \(declared) device(s); HELLO announced \(announced)"
         case .positionRegressed(let f, let field, let previous, let got):
             return "\(f) \(field) went back from \(previous) to \(got); a reported position never decreases"
+        case .resumePointOutsideWindow(let f, let r, let oldest, let next):
+            return "\(f) resumes at #\(r), but the source can only send again #\(oldest)..<#\(next): the frames the destination lacks are gone"
+        case .positionMismatch(let f, let d, let reported, let sent):
+            return "\(f) reports \(reported) byte(s) of device #\(d), but the source sent \(sent) below that sequence: the two sides disagree about the device stream"
         case .destinationSequenceRegressed(let e, let g):
             return "RESUME_ACCEPT continues the destination's frames at #\(g), but #\(e) was the next expected: its stream cannot go back"
         case .destinationProgressRegressed(let previous, let got):
