@@ -6,13 +6,22 @@
 /// length, sequence, sender role, state, device index) is rejected as soon as the
 /// header is buffered, before waiting for the payload. Errors are sticky: after one,
 /// `next()` keeps throwing it, so a caller cannot resynchronise on garbage.
+///
+/// Version 2 (§13): one decoder per session direction outlives its connections.
+/// `suspend()` when a connection is lost (a partial frame is dropped, the stream
+/// state kept), a `ResumeHandshakeDecoder` reads the new connection's handshake,
+/// then `resume()` / `resume(with:)` and the stream continues where it stood.
 public struct FrameDecoder: Sendable {
     public static let headerSize: Int = FrameHeader.size
 
     /// The role of the side whose frames this decoder reads.
     public let peer: Role
     public let limits: WireLimits
+    /// The session's protocol version: 1, or what ALPN negotiated.
+    public let version: ProtocolVersion
     public private(set) var state: DecoderState = .awaitingHello
+    /// Between `suspend()` and `resume()`: no connection feeds this decoder.
+    public private(set) var isSuspended = false
 
     private var buffer: [UInt8] = []
     private var readIndex = 0
@@ -28,6 +37,13 @@ public struct FrameDecoder: Sendable {
     private var stopCopyDevices: Set<UInt32> = []
     /// A chunk sent in pieces whose continuations are still due (§5.2).
     private var openChunk: OpenChunk?
+    /// Decoded DEVICE_DATA bytes per device index, for the stream position (§13.3).
+    private var deviceBytes: [UInt32: UInt64] = [:]
+    /// The destination's last reported position (ACK, RESUME_ACCEPT): never goes back.
+    public private(set) var acknowledged: StreamPosition?
+    /// After a resume, until the peer's first numbered frame: it may still give up
+    /// with an unnumbered ABORT (§13.5).
+    private var awaitingFirstNumbered = false
 
     private struct OpenChunk {
         var device: UInt32
@@ -36,10 +52,12 @@ public struct FrameDecoder: Sendable {
     }
 
     /// `peer` is the role of the side whose frames this decoder reads; frames that
-    /// side may not send (e.g. READY from a source) are protocol errors.
-    public init(peer: Role, limits: WireLimits = .default) {
+    /// side may not send (e.g. READY from a source) are protocol errors. A version-1
+    /// decoder knows no frame type of a later version (they are unknown types).
+    public init(peer: Role, limits: WireLimits = .default, version: ProtocolVersion = .v1) {
         self.peer = peer
         self.limits = limits
+        self.version = version
     }
 
     /// Guest-memory ranges announced in HELLO; PAGES/DIRTY_BITMAP are checked against them.
@@ -57,6 +75,7 @@ public struct FrameDecoder: Sendable {
     }
 
     public mutating func feed(_ bytes: [UInt8]) {
+        precondition(!isSuspended, "a suspended decoder has no connection: resume() it first")
         // Nothing pending: take the caller's array as the buffer (no copy of the
         // bulk of the stream when reads line up with frames).
         if readIndex == buffer.count {
@@ -72,8 +91,19 @@ public struct FrameDecoder: Sendable {
         buffer.append(contentsOf: bytes)
     }
 
-    /// The next whole frame, nil if more bytes are needed.
+    /// The next whole frame, nil if more bytes are needed. For version 1; a
+    /// version-2 session also carries ACK frames: read it with `nextMessage()`.
     public mutating func next() throws(WireError) -> Frame? {
+        precondition(version == .v1, "a version-2 stream carries ACK frames: read it with nextMessage()")
+        switch try nextMessage() {
+        case .frame(let frame): return frame
+        case .resumption: preconditionFailure("no resumption frame decodes in version 1")
+        case nil: return nil
+        }
+    }
+
+    /// The next whole frame of the stream or ACK, nil if more bytes are needed.
+    public mutating func nextMessage() throws(WireError) -> WireMessage? {
         if let failure { throw failure }
         do {
             return try step()
@@ -81,6 +111,72 @@ public struct FrameDecoder: Sendable {
             failure = error
             throw error
         }
+    }
+
+    /// Where the peer's stream stands: the next sequence expected and the DEVICE_DATA
+    /// bytes per device received below it. A destination reports it in ACK and
+    /// RESUME_ACCEPT (§13.3); it counts frames decoded, so every frame below it is
+    /// held by this side and will be applied (or the session ends with ABORT).
+    public var position: StreamPosition {
+        let count = announcedDeviceCount ?? 0
+        return StreamPosition(nextSequence: expectedSequence, deviceBytes: (0..<UInt32(count)).map { deviceBytes[$0] ?? 0 })
+    }
+
+    /// The connection is lost (§13.4): a partial frame is dropped, everything decoded
+    /// stays. Only a version-2 session that got past HELLO can resume. Returns the
+    /// position at the loss (the destination's resume point, once no connection feeds it).
+    @discardableResult
+    public mutating func suspend() -> StreamPosition {
+        precondition(version >= .v2 && state != .awaitingHello, "only an established version-2 session can be suspended")
+        precondition(failure == nil, "a decoder that rejected its peer's bytes ends the session; it does not resume")
+        buffer.removeAll()
+        readIndex = 0
+        pendingHeader = nil
+        isSuspended = true
+        return position
+    }
+
+    /// Destination side: the source's RESUME was verified and RESUME_ACCEPT sent;
+    /// the source's frames continue at `position.nextSequence` on the new connection.
+    public mutating func resume() {
+        precondition(peer == .source, "the source's decoder of the destination resumes with(accept)")
+        precondition(isSuspended, "resume() follows suspend()")
+        isSuspended = false
+        awaitingFirstNumbered = true
+    }
+
+    /// Source side: the destination's RESUME_ACCEPT. Its frames continue at its next
+    /// sequence (its direction is not replayed: the reported progress stands for the
+    /// frames lost with the connection), which must not go back, nor may its
+    /// progress or its position.
+    public mutating func resume(with accept: ResumeAccept) throws(WireError) {
+        precondition(peer == .destination, "the destination's decoder of the source resumes without an accept")
+        precondition(isSuspended, "resume(with:) follows suspend()")
+        if let failure { throw failure }
+        do throws(WireError) {
+            try checkPosition(accept.position, frame: .resumeAccept)
+            guard accept.destinationNextSequence >= expectedSequence else {
+                throw .destinationSequenceRegressed(expected: expectedSequence, got: accept.destinationNextSequence)
+            }
+            let shown: DestinationProgress = switch state {
+            case .ready: .ready
+            case .resumed: .resumed
+            default: .receiving
+            }
+            guard accept.progress >= shown else { throw .destinationProgressRegressed(previous: shown, got: accept.progress) }
+            state = switch accept.progress {
+            case .receiving: .established
+            case .ready, .resuming: .ready
+            case .resumed: .resumed
+            }
+        } catch {
+            failure = error
+            throw error
+        }
+        acknowledged = accept.position
+        expectedSequence = accept.destinationNextSequence
+        isSuspended = false
+        awaitingFirstNumbered = true
     }
 
     /// Bytes buffered but not yet decoded (a non-zero value at EOF means truncation).
@@ -97,19 +193,19 @@ public struct FrameDecoder: Sendable {
         }
         if buffered >= FrameHeader.size {
             // A whole header nobody asked `next()` for: still a truncated payload.
-            let header = try FrameHeader.parse(buffer, at: readIndex)
+            let header = try FrameHeader.parse(buffer, at: readIndex, version: version)
             throw WireError.truncatedPayload(frame: header.type, declared: header.payloadLength, buffered: buffered - FrameHeader.size)
         }
         throw WireError.truncatedHeader(bufferedBytes: buffered)
     }
 
-    private mutating func step() throws(WireError) -> Frame? {
+    private mutating func step() throws(WireError) -> WireMessage? {
         let header: FrameHeader
         if let pending = pendingHeader {
             header = pending
         } else {
             guard bufferedByteCount >= FrameHeader.size else { return nil }
-            header = try FrameHeader.parse(buffer, at: readIndex)
+            header = try FrameHeader.parse(buffer, at: readIndex, version: version)
             try check(header)
             pendingHeader = header
         }
@@ -117,17 +213,27 @@ public struct FrameDecoder: Sendable {
         guard buffer.count - payloadStart >= header.payloadLength else { return nil }
 
         var reader = ByteReader(buffer, range: payloadStart..<(payloadStart + header.payloadLength), frame: header.type)
-        let body = try FrameBody.parsePayload(header.type, &reader, limits: limits)
-        try apply(body, device: header.device)
+        let message: WireMessage
+        if header.type.isResumption {
+            let body = try ResumptionBody.parsePayload(header.type, &reader, limits: limits)
+            try apply(body)
+            message = .resumption(ResumptionFrame(sequence: header.sequence, body: body))
+        } else {
+            let body = try FrameBody.parsePayload(header.type, &reader, limits: limits, version: version)
+            try apply(body, device: header.device)
+            message = .frame(Frame(device: header.device, sequence: header.sequence, body: body))
+        }
 
         readIndex = payloadStart + header.payloadLength
         pendingHeader = nil
-        expectedSequence += 1
+        // An ABORT that gives up a resume before the first numbered frame has no number.
+        if !(awaitingFirstNumbered && header.sequence == 0) { expectedSequence += 1 }
+        awaitingFirstNumbered = false
         if readIndex == buffer.count {
             buffer.removeAll(keepingCapacity: true)
             readIndex = 0
         }
-        return Frame(device: header.device, sequence: header.sequence, body: body)
+        return message
     }
 
     /// Header-only rules, in the order an operator would want them reported.
@@ -135,8 +241,11 @@ public struct FrameDecoder: Sendable {
         guard h.payloadLength <= limits.maxPayload else {
             throw .payloadTooLarge(frame: h.type, declared: h.payloadLength, limit: limits.maxPayload)
         }
-        if h.sequence > expectedSequence { throw .sequenceGap(expected: expectedSequence, got: h.sequence) }
-        if h.sequence < expectedSequence { throw .sequenceReplay(expected: expectedSequence, got: h.sequence) }
+        let unnumberedAbort = awaitingFirstNumbered && h.sequence == 0 && h.type == .abort
+        if !unnumberedAbort {
+            if h.sequence > expectedSequence { throw .sequenceGap(expected: expectedSequence, got: h.sequence) }
+            if h.sequence < expectedSequence { throw .sequenceReplay(expected: expectedSequence, got: h.sequence) }
+        }
         guard h.type.isSent(by: peer) else { throw .wrongRole(frame: h.type, sender: peer) }
         guard isAllowedNow(h.type) else { throw .unexpectedFrame(type: h.type, state: state) }
         // While a chunk is open only its continuations (and keep-alives, ABORT) may come.
@@ -166,8 +275,9 @@ public struct FrameDecoder: Sendable {
         case (.source, .complete): return [.commit, .abort, .keepAlive].contains(type)
         // ABORT after COMMIT cannot undo the commit; it only tells the destination why the source gives up.
         case (.source, .committed): return [.abort, .keepAlive].contains(type)
-        case (.destination, .established): return [.ready, .abort, .keepAlive].contains(type)
-        case (.destination, .ready): return [.resumed, .abort, .keepAlive].contains(type)
+        // ACK (version 2 only: older decoders do not know the type) while source frames still matter.
+        case (.destination, .established): return [.ready, .abort, .keepAlive, .ack].contains(type)
+        case (.destination, .ready): return [.resumed, .abort, .keepAlive, .ack].contains(type)
         case (.destination, .resumed): return type == .keepAlive
         default: return false
         }
@@ -187,6 +297,7 @@ public struct FrameDecoder: Sendable {
                 throw .encodingNotAnnounced(frame: .deviceData, encoding: "\(data.encoding)")
             }
             try track(data, device: device)
+            deviceBytes[device, default: 0] += UInt64(data.originalLength)
             switch data.phase {
             case .precopy: if stopCopyDevices.contains(device) { throw .phaseRegression(device: device) }
             case .stopcopy: stopCopyDevices.insert(device)
@@ -207,6 +318,28 @@ public struct FrameDecoder: Sendable {
         case .resumed: state = .resumed
         case .abort: state = .aborted
         case .iterationEnd, .keepAlive: break
+        }
+    }
+
+    /// Resumption frames in the numbered stream: only ACK gets here (the handshake
+    /// frames are refused by the state rules: they belong to `ResumeHandshakeDecoder`).
+    private mutating func apply(_ body: ResumptionBody) throws(WireError) {
+        guard case .ack(let position) = body else { preconditionFailure("\(body.type) passed the state rules") }
+        try checkPosition(position, frame: .ack)
+        acknowledged = position
+    }
+
+    /// A reported position names every announced device and never goes back.
+    private func checkPosition(_ p: StreamPosition, frame: FrameType) throws(WireError) {
+        if let count = announcedDeviceCount, p.deviceBytes.count != count {
+            throw .positionDeviceCount(frame: frame, declared: p.deviceBytes.count, announced: count)
+        }
+        guard let previous = acknowledged else { return }
+        if p.nextSequence < previous.nextSequence {
+            throw .positionRegressed(frame: frame, field: "next sequence", previous: previous.nextSequence, got: p.nextSequence)
+        }
+        for (i, (before, now)) in zip(previous.deviceBytes, p.deviceBytes).enumerated() where now < before {
+            throw .positionRegressed(frame: frame, field: "device #\(i) bytes", previous: before, got: now)
         }
     }
 

@@ -2,6 +2,8 @@
 public enum FrameType: UInt16, Sendable, CaseIterable, CustomStringConvertible {
     case hello = 1, deviceData = 2, dirtyBitmap = 3, pages = 4, iterationEnd = 5, deviceEnd = 6
     case complete = 7, ready = 8, commit = 9, resumed = 10, abort = 11, keepAlive = 12
+    // Version 2 (§13): session resumption.
+    case resume = 13, resumeAccept = 14, refuse = 15, ack = 16
 
     public var description: String {
         switch self {
@@ -17,8 +19,21 @@ public enum FrameType: UInt16, Sendable, CaseIterable, CustomStringConvertible {
         case .resumed: "RESUMED"
         case .abort: "ABORT"
         case .keepAlive: "KEEPALIVE"
+        case .resume: "RESUME"
+        case .resumeAccept: "RESUME_ACCEPT"
+        case .refuse: "REFUSE"
+        case .ack: "ACK"
         }
     }
+
+    /// The first version with this frame type; an older decoder does not know the code.
+    public var introduced: ProtocolVersion { rawValue >= FrameType.resume.rawValue ? .v2 : .v1 }
+
+    /// Frames that travel in `ResumptionBody`, not `FrameBody`.
+    var isResumption: Bool { introduced == .v2 }
+
+    /// The resume handshake's frames: outside the numbered stream, sequence 0.
+    var isHandshake: Bool { self == .resume || self == .resumeAccept || self == .refuse }
 
     /// Frames whose header device field names a device; every other frame carries 0 there.
     var isDeviceSpecific: Bool { self == .deviceData || self == .dirtyBitmap || self == .deviceEnd }
@@ -26,9 +41,9 @@ public enum FrameType: UInt16, Sendable, CaseIterable, CustomStringConvertible {
     /// Which role may send this frame.
     func isSent(by role: Role) -> Bool {
         switch self {
-        case .hello, .abort, .keepAlive: true
+        case .hello, .abort, .keepAlive, .resume, .refuse: true
         case .deviceData, .dirtyBitmap, .pages, .iterationEnd, .deviceEnd, .complete, .commit: role == .source
-        case .ready, .resumed: role == .destination
+        case .ready, .resumed, .resumeAccept, .ack: role == .destination
         }
     }
 }
@@ -82,12 +97,13 @@ struct FrameHeader: Equatable {
 
     /// Parses the header at `offset`; the caller guarantees 24 bytes are there.
     /// Checks only what the header itself can be wrong about (magic, type, flags).
-    static func parse(_ bytes: [UInt8], at offset: Int) throws(WireError) -> FrameHeader {
+    /// A type introduced after `version` is as unknown as any other code.
+    static func parse(_ bytes: [UInt8], at offset: Int, version: ProtocolVersion = .v1) throws(WireError) -> FrameHeader {
         precondition(offset + size <= bytes.count)
         let magic = loadLE32(bytes, at: offset)
         guard magic == magicValue else { throw .badFrameMagic(found: magic) }
         let rawType = loadLE16(bytes, at: offset + 4)
-        guard let type = FrameType(rawValue: rawType) else { throw .unknownFrameType(rawType) }
+        guard let type = FrameType(rawValue: rawType), type.introduced <= version else { throw .unknownFrameType(rawType) }
         let flags = loadLE16(bytes, at: offset + 6)
         guard flags == 0 else { throw .unknownFlags(frame: type, flags: flags) }
         let device = loadLE32(bytes, at: offset + 8)

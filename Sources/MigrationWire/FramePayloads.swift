@@ -31,9 +31,10 @@ extension FrameBody {
         }
     }
 
-    static func parsePayload(_ type: FrameType, _ r: inout ByteReader, limits: WireLimits) throws(WireError) -> FrameBody {
+    static func parsePayload(_ type: FrameType, _ r: inout ByteReader, limits: WireLimits,
+                             version: ProtocolVersion = .v1) throws(WireError) -> FrameBody {
         switch type {
-        case .hello: return .hello(try Hello.parse(&r, limits: limits))
+        case .hello: return .hello(try Hello.parse(&r, limits: limits, version: version))
         case .deviceData: return .deviceData(try DeviceData.parse(&r, limits: limits))
         case .dirtyBitmap: return .dirtyBitmap(try DirtyBitmap.parse(&r, limits: limits))
         case .pages: return .pages(try Pages.parse(&r, limits: limits))
@@ -56,6 +57,7 @@ extension FrameBody {
         case .commit: try fixedLength(type, r, 0); return .commit
         case .resumed: try fixedLength(type, r, 0); return .resumed
         case .keepAlive: try fixedLength(type, r, 0); return .keepAlive
+        case .resume, .resumeAccept, .refuse, .ack: preconditionFailure("\(type) is a resumption frame (ResumptionBody)")
         }
     }
 
@@ -230,13 +232,19 @@ extension Abort {
     static let maxMessageBytes = 1024
 
     func write(to w: inout ByteWriter) {
+        let text = Abort.operatorText(message)
+        w.u16(reason.rawValue); w.u16(UInt16(text.count)); w.append(text)
+    }
+
+    /// The message as sent: UTF-8, cut at a character boundary within `maxMessageBytes`.
+    static func operatorText(_ message: String) -> [UInt8] {
         var text: [UInt8] = []
         for scalar in message.unicodeScalars {
             let encoded = Array(String(scalar).utf8)
             if text.count + encoded.count > Abort.maxMessageBytes { break }
             text += encoded
         }
-        w.u16(reason.rawValue); w.u16(UInt16(text.count)); w.append(text)
+        return text
     }
 
     static func parse(_ r: inout ByteReader) throws(WireError) -> Abort {

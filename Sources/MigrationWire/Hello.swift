@@ -41,11 +41,13 @@ extension Hello {
         }
     }
 
-    static func parse(_ r: inout ByteReader, limits: WireLimits) throws(WireError) -> Hello {
+    /// `version` is the session's (version 1, or what ALPN negotiated): the layout is
+    /// the same in 1 and 2, and a HELLO of any other version is refused (§10).
+    static func parse(_ r: inout ByteReader, limits: WireLimits, version expected: ProtocolVersion = .v1) throws(WireError) -> Hello {
         let magic = try r.bytes(8, "magic")
         guard magic == Hello.magic else { throw .badHelloMagic(found: magic) }
         let version = try r.u16("version")
-        guard version == Hello.currentVersion else { throw .unsupportedVersion(version, supported: Hello.currentVersion) }
+        guard version == expected.rawValue else { throw .unsupportedVersion(version, supported: expected.rawValue) }
         let rawRole = try r.u8("role")
         guard let role = Role(rawValue: rawRole) else { throw .invalidValue(frame: .hello, field: "role", value: UInt64(rawRole)) }
         let encodingCount = Int(try r.u8("encoding count"))

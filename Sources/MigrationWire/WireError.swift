@@ -32,6 +32,28 @@ public enum WireError: Error, Sendable, Equatable, CustomStringConvertible {
     /// A continuation whose phase differs from its chunk's first piece.
     case chunkPhaseChanged(device: UInt32)
 
+    // Version 2: acknowledgements and the resume handshake (§13)
+    /// A handshake frame (RESUME, RESUME_ACCEPT, REFUSE, or an ABORT before the first
+    /// numbered frame) whose header sequence is not 0: handshake frames are unnumbered.
+    case handshakeFrameNumbered(frame: FrameType, sequence: UInt64)
+    /// A frame the resume handshake does not allow at this step.
+    case unexpectedHandshakeFrame(type: FrameType, step: ResumeHandshakeStep)
+    /// A RESUME naming another session than the one this connection is resuming.
+    case sessionMismatch(frame: FrameType)
+    /// ACK or RESUME_ACCEPT with per-device offsets for another number of devices than HELLO announced.
+    case positionDeviceCount(frame: FrameType, declared: Int, announced: Int)
+    /// ACK or RESUME_ACCEPT reports less than an earlier one did (a position never goes back).
+    case positionRegressed(frame: FrameType, field: String, previous: UInt64, got: UInt64)
+    /// A position (ACK, RESUME_ACCEPT) whose resume point the source cannot replay
+    /// from: below the oldest frame it retains, or beyond the last frame it sent.
+    case resumePointOutsideWindow(frame: FrameType, resumePoint: UInt64, oldest: UInt64, next: UInt64)
+    /// A position whose DEVICE_DATA bytes for a device differ from what the source sent below it.
+    case positionMismatch(frame: FrameType, device: UInt32, reported: UInt64, sent: UInt64)
+    /// RESUME_ACCEPT continues the destination's stream below a sequence already received.
+    case destinationSequenceRegressed(expected: UInt64, got: UInt64)
+    /// RESUME_ACCEPT reports less progress than the destination's frames already showed.
+    case destinationProgressRegressed(previous: DestinationProgress, got: DestinationProgress)
+
     // HELLO
     case badHelloMagic(found: [UInt8])
     case unsupportedVersion(UInt16, supported: UInt16)
@@ -112,6 +134,24 @@ public enum WireError: Error, Sendable, Equatable, CustomStringConvertible {
             return "DEVICE_DATA continuation for device #\(d) carries \(piece) byte(s); its chunk lacks only \(missing)"
         case .chunkPhaseChanged(let d):
             return "DEVICE_DATA continuation for device #\(d) changes phase within one chunk"
+        case .handshakeFrameNumbered(let f, let seq):
+            return "\(f) frame carries sequence \(seq); frames of the resume handshake are unnumbered and carry 0"
+        case .unexpectedHandshakeFrame(let t, let step):
+            return "\(t) frame not allowed in the resume handshake \(step)"
+        case .sessionMismatch(let f):
+            return "\(f) names another session than the one being resumed"
+        case .positionDeviceCount(let f, let declared, let announced):
+            return "\(f) reports offsets for \(declared) device(s); HELLO announced \(announced)"
+        case .positionRegressed(let f, let field, let previous, let got):
+            return "\(f) \(field) went back from \(previous) to \(got); a reported position never decreases"
+        case .resumePointOutsideWindow(let f, let r, let oldest, let next):
+            return "\(f) resumes at #\(r), but the source can only send again #\(oldest)..<#\(next): the frames the destination lacks are gone"
+        case .positionMismatch(let f, let d, let reported, let sent):
+            return "\(f) reports \(reported) byte(s) of device #\(d), but the source sent \(sent) below that sequence: the two sides disagree about the device stream"
+        case .destinationSequenceRegressed(let e, let g):
+            return "RESUME_ACCEPT continues the destination's frames at #\(g), but #\(e) was the next expected: its stream cannot go back"
+        case .destinationProgressRegressed(let previous, let got):
+            return "RESUME_ACCEPT reports the destination \(got), but its frames had already shown it \(previous)"
         case .badHelloMagic(let found):
             return "HELLO magic is \(found.map { String($0, radix: 16) }), expected \"VFIO-MIG\": the peer is not vfio-migrate"
         case .unsupportedVersion(let v, let supported):
@@ -170,6 +210,27 @@ public enum WireError: Error, Sendable, Equatable, CustomStringConvertible {
             return "\(n) bytes are not a whole number of \(ps)-byte pages"
         case .sizeNotRepresentable(let what, let n, let limit):
             return "\(what) of \(n) bytes cannot be represented (limit \(limit))"
+        }
+    }
+}
+
+/// Where a resume handshake (§13.5) stands, as its decoder sees the peer's frames.
+public enum ResumeHandshakeStep: Sendable, Equatable, CustomStringConvertible {
+    /// Before the peer's RESUME (a destination may greet with REFUSE or HELLO instead).
+    case awaitingResume
+    /// Destination's RESUME received: its RESUME_ACCEPT, REFUSE or ABORT is due.
+    case awaitingAccept
+    /// The peer completed its part: the connection carries the session's numbered frames.
+    case finished
+    /// The peer refused, aborted or greeted with a new session: nothing more on this connection.
+    case closed
+
+    public var description: String {
+        switch self {
+        case .awaitingResume: "before the peer's RESUME"
+        case .awaitingAccept: "before RESUME_ACCEPT"
+        case .finished: "after it finished"
+        case .closed: "after the connection was refused"
         }
     }
 }

@@ -16,7 +16,7 @@ import Glibc
 @Suite struct FuzzTests {
     static func environment(_ name: String) -> String? { getenv(name).map { String(cString: $0) } }
 
-    struct Entry { var bytes: [UInt8]; var offsets: [Int]; var peer: Role }
+    struct Entry { var bytes: [UInt8]; var offsets: [Int]; var peer: Role; var version: ProtocolVersion = .v1 }
 
     @Test func mutatedStreamsFailOnlyWithWireErrors() throws {
         let seconds = Double(Self.environment("WIRE_FUZZ_SECONDS") ?? "") ?? 2
@@ -32,6 +32,13 @@ import Glibc
             let s = gen.destinationSession()
             corpus.append(Entry(bytes: s.bytes, offsets: s.offsets, peer: .destination))
         }
+        // Version 2: the same source streams under a v2 HELLO, destination streams with ACKs.
+        for _ in 0..<3 {
+            let s = try gen.sourceSession(compressor: compressor, version: .v2)
+            corpus.append(Entry(bytes: s.bytes, offsets: s.offsets, peer: .source, version: .v2))
+            let d = gen.destinationSession(version: .v2)
+            corpus.append(Entry(bytes: d.bytes, offsets: d.offsets, peer: .destination, version: .v2))
+        }
 
         var rng = SeededRNG(seed: seed ^ 0xFFFF)
         let decompressor = try PayloadDecompressor()
@@ -46,7 +53,7 @@ import Glibc
                 mutate(&bytes, entry: entry, corpus: corpus, rng: &rng)
             }
             let limits = rng.chance(0.2) ? WireLimits(maxPayload: 4096, maxInflated: 4096, maxDevices: 2, maxPFNsPerFrame: 64) : .default
-            var decoder = FrameDecoder(peer: entry.peer, limits: limits)
+            var decoder = FrameDecoder(peer: entry.peer, limits: limits, version: entry.version)
             let inflateLimits = limits
             do {
                 var offset = 0
@@ -54,9 +61,9 @@ import Glibc
                     let end = min(bytes.count, offset + Int.random(in: 1...700, using: &rng))
                     decoder.feed(Array(bytes[offset..<end]))
                     offset = end
-                    while let frame = try decoder.next() {
+                    while let message = try decoder.nextMessage() {
                         framesSeen += 1
-                        try exercisePayloads(frame, decompressor: decompressor, limits: inflateLimits)
+                        if case .frame(let frame) = message { try exercisePayloads(frame, decompressor: decompressor, limits: inflateLimits) }
                     }
                 }
                 try decoder.finish()
@@ -74,6 +81,38 @@ import Glibc
         #expect(accepted > 0)
         #expect(errorKinds.count >= 20, "\(errorKinds.sorted())")
         print("fuzz: seed \(seed), \(iterations) cases in \(seconds) s: \(rejected) rejected, \(accepted) accepted, \(framesSeen) frames, \(errorKinds.count) error kinds: \(errorKinds.sorted().joined(separator: " "))")
+    }
+
+    /// Mutated resume handshakes (both roles, split anywhere): a message, the end of
+    /// the handshake, or a WireError; never a crash, never more than the handshake.
+    @Test func mutatedResumeHandshakesFailOnlyWithWireErrors() throws {
+        var gen = FrameGenerator(seed: 0x4E5)
+        var rng = SeededRNG(seed: 0x4E6)
+        var corpus: [Entry] = []
+        for _ in 0..<8 {
+            let h = try gen.resumeHandshake()
+            corpus.append(Entry(bytes: h.bytes, offsets: h.offsets, peer: h.peer, version: .v2))
+        }
+        var outcomes = [0, 0]
+        for _ in 0..<4000 {
+            let entry = corpus[Int.random(in: 0..<corpus.count, using: &rng)]
+            var bytes = entry.bytes
+            for _ in 0..<Int.random(in: 1...2, using: &rng) { mutate(&bytes, entry: entry, corpus: corpus, rng: &rng) }
+            var decoder = ResumeHandshakeDecoder(peer: entry.peer, sessionID: testSessionID, limits: rng.chance(0.2) ? WireLimits(maxPayload: 40) : .default)
+            do {
+                var offset = 0
+                while offset < bytes.count {
+                    let end = min(bytes.count, offset + Int.random(in: 1...90, using: &rng))
+                    decoder.feed(Array(bytes[offset..<end]))
+                    offset = end
+                    while try decoder.next() != nil {}
+                }
+                outcomes[0] += 1
+            } catch is WireError {
+                outcomes[1] += 1
+            }
+        }
+        #expect(outcomes[0] > 100 && outcomes[1] > 1000, "\(outcomes)")
     }
 
     /// Inflating mutated deflate streams: exactly the declared bytes or a WireError.

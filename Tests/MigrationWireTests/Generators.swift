@@ -60,6 +60,21 @@ struct FrameGenerator {
         }
     }
 
+    /// Any version-2 resumption body.
+    mutating func resumptionBody() -> ResumptionBody {
+        let position = StreamPosition(nextSequence: UInt64(int(1...1 << 40)), deviceBytes: (0..<int(0...5)).map { _ in edgyU64() })
+        switch int(0...3) {
+        case 0: return .resume(Resume(sessionID: rng.bytes(16), role: rng.chance(0.5) ? .source : .destination, proof: rng.bytes(32)))
+        case 1:
+            let progress: [DestinationProgress] = [.receiving, .ready, .resuming, .resumed]
+            return .resumeAccept(ResumeAccept(progress: progress[int(0...3)], destinationNextSequence: edgyU64(), position: position))
+        case 2:
+            let reasons: [RefusalReason] = [.unspecified, .unknownSession, .wrongIdentity, .badProof, .busy]
+            return .refuse(Refusal(reason: reasons[int(0...4)], message: string(maxBytes: 200)))
+        default: return .ack(position)
+        }
+    }
+
     mutating func dirtyBitmap(start: UInt64, limit: Int, pageSize: UInt64 = 4096) -> DirtyBitmap {
         let total = UInt64(int(0...limit))
         let copied: DirtyCopied
@@ -97,13 +112,13 @@ struct FrameGenerator {
 
     /// A complete, valid source stream: HELLO, iterations, stop-and-copy, DEVICE_END, COMPLETE, COMMIT.
     /// Small page sizes keep it fast; `compressor` (if any) produces real payloads.
-    mutating func sourceSession(compressor: PayloadCompressor? = nil) throws -> StreamBuilder {
+    mutating func sourceSession(compressor: PayloadCompressor? = nil, version: ProtocolVersion = .v1) throws -> StreamBuilder {
         let pageSize = 512
         let memory = [MemoryRange(startPFN: 0, pageCount: 256, pageSize: UInt32(pageSize)),
                       MemoryRange(startPFN: 256, pageCount: 64, pageSize: UInt32(pageSize)),  // adjacent: spans may cross
                       MemoryRange(startPFN: 4096, pageCount: 128, pageSize: UInt32(pageSize))]
         let devices = int(1...3)
-        var s = StreamBuilder.source(devices: devices, memory: memory)
+        var s = StreamBuilder.source(devices: devices, memory: memory, version: version)
         for iteration in 0..<int(0...3) {
             for _ in 0..<int(1...6) {
                 switch int(0...4) {
@@ -139,15 +154,45 @@ struct FrameGenerator {
         return s
     }
 
-    mutating func destinationSession() -> StreamBuilder {
-        var s = StreamBuilder.destination()
-        for _ in 0..<int(0...2) { s.add(.keepAlive) }
+    /// Version 2 adds ACKs, growing as a destination's would.
+    mutating func destinationSession(version: ProtocolVersion = .v1) -> StreamBuilder {
+        var s = StreamBuilder.destination(version: version)
+        var position = StreamPosition(nextSequence: 1, deviceBytes: [0, 0])
+        func acknowledge(_ s: inout StreamBuilder, _ gen: inout FrameGenerator) {
+            guard version == .v2 else { return }
+            position.nextSequence += UInt64(gen.int(0...40))
+            position.deviceBytes = position.deviceBytes.map { $0 + UInt64(gen.int(0...5000)) }
+            s.add(.ack(position))
+        }
+        for _ in 0..<int(0...2) { s.add(.keepAlive); acknowledge(&s, &self) }
         if rng.chance(0.2) {
             s.add(.abort(Abort(reason: .digestMismatch, message: "device 0 digest differs")))
             return s
         }
         s.add(.ready)
+        acknowledge(&s, &self)
         s.add(.resumed)
         return s
+    }
+
+    /// One side of a resume handshake: the destination's (RESUME, RESUME_ACCEPT, then
+    /// numbered frames) or the source's (RESUME, then its replay); sometimes a refusal.
+    mutating func resumeHandshake() throws -> (bytes: [UInt8], offsets: [Int], peer: Role) {
+        let peer: Role = rng.chance(0.5) ? .source : .destination
+        var s = StreamBuilder()
+        for _ in 0..<7 { _ = try s.encoder.encode(.keepAlive) }  // the stream stood at #7
+        if rng.chance(0.15) {
+            s.add(.refuse(Refusal(reason: .busy, message: string(maxBytes: 30))))
+            return (s.bytes, s.offsets, peer)
+        }
+        s.add(.resume(Resume(sessionID: testSessionID, role: peer, proof: rng.bytes(32))))
+        if peer == .destination {
+            s.add(.resumeAccept(ResumeAccept(progress: .receiving, destinationNextSequence: 7,
+                                             position: StreamPosition(nextSequence: 40, deviceBytes: [UInt64(int(0...9999)), 0]))))
+            s.add(.ack(StreamPosition(nextSequence: 41, deviceBytes: [10_000, 1])))
+        } else {
+            s.add(.keepAlive)
+        }
+        return (s.bytes, s.offsets, peer)
     }
 }

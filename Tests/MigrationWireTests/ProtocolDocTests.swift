@@ -32,6 +32,25 @@ import Testing
             ("device-data-next", FrameEncoder.serialize(.deviceData(DeviceData(phase: .stopcopy, encoding: .raw, originalLength: 2,
                                                                                  payload: Array("..".utf8), part: .next)), device: 0, sequence: 8)),
             ("commit", FrameEncoder.serialize(.commit, device: 0, sequence: 9)),
+        ] + versionTwoExamples()
+    }
+
+    /// §13.11. The position is shared by ACK and RESUME_ACCEPT.
+    static let examplePosition = StreamPosition(nextSequence: 42, deviceBytes: [0x10_0000, 6])
+    static let exampleSecret = [UInt8](repeating: 0x11, count: 32)
+    static let exampleBinding = [UInt8](repeating: 0x22, count: 32)
+
+    static func versionTwoExamples() -> [(id: String, bytes: [UInt8])] {
+        let session = Array(UInt8(0x00)...0x0f)
+        let proof = ResumeProof.compute(secret: exampleSecret, binding: exampleBinding, role: .source, sessionID: session)
+        func frame(_ body: ResumptionBody, _ sequence: UInt64) -> [UInt8] {
+            do { return try FrameEncoder.frame(body, sequence: sequence) } catch { fatalError("\(error)") }
+        }
+        return [
+            ("ack", frame(.ack(examplePosition), 12)),
+            ("resume", frame(.resume(Resume(sessionID: session, role: .source, proof: proof)), 0)),
+            ("resume-accept", frame(.resumeAccept(ResumeAccept(progress: .receiving, destinationNextSequence: 13, position: examplePosition)), 0)),
+            ("refuse", frame(.refuse(Refusal(reason: .busy, message: "retry")), 0)),
         ]
     }
 
@@ -78,5 +97,27 @@ import Testing
         guard case .pages(let pages) = try FrameBody.parsePayload(.pages, &reader, limits: .default) else { Issue.record("not PAGES"); return }
         let decompressor = try PayloadDecompressor()
         #expect(try decompressor.decode(pages.segments[1], pageSize: 4096) == [UInt8](repeating: 0xAB, count: 4096))
+    }
+
+    /// §13.11's frames are read back by the decoders that take them.
+    @Test func versionTwoExamplesDecode() throws {
+        let bytes = Dictionary(uniqueKeysWithValues: Self.examples().map { ($0.id, $0.bytes) })
+        let session = Array(UInt8(0x00)...0x0f)
+        var handshake = ResumeHandshakeDecoder(peer: .destination, sessionID: session)
+        handshake.feed(try #require(bytes["resume-accept"]))
+        #expect(throws: WireError.unexpectedHandshakeFrame(type: .resumeAccept, step: .awaitingResume)) { try handshake.next() }
+
+        var source = ResumeHandshakeDecoder(peer: .source, sessionID: session)
+        source.feed(try #require(bytes["resume"]))
+        guard case .resume(let resume) = try source.next() else { Issue.record("not RESUME"); return }
+        let expected = ResumeProof.compute(secret: Self.exampleSecret, binding: Self.exampleBinding, role: .source, sessionID: session)
+        #expect(ResumeProof.matches(resume.proof, expected))
+
+        var refused = ResumeHandshakeDecoder(peer: .source, sessionID: session)
+        refused.feed(try #require(bytes["refuse"]))
+        #expect(try refused.next() == .refuse(Refusal(reason: .busy, message: "retry")))
+
+        var reader = ByteReader(try #require(bytes["ack"]), range: 24..<56, frame: .ack)
+        #expect(try ResumptionBody.parsePayload(.ack, &reader, limits: .default) == .ack(Self.examplePosition))
     }
 }

@@ -25,8 +25,8 @@ let testMemory = [
 ]
 
 func testHello(role: Role = .source, devices: Int = 2, memory: [MemoryRange] = testMemory,
-               encodings: [Encoding] = [.raw, .deflate]) -> Hello {
-    Hello(sessionID: testSessionID, role: role, encodings: encodings,
+               encodings: [Encoding] = [.raw, .deflate], version: ProtocolVersion = .v1) -> Hello {
+    Hello(version: version.rawValue, sessionID: testSessionID, role: role, encodings: encodings,
           devices: (0..<devices).map { DeviceDescriptor(name: "dev\($0)", pageSize: 4096, compatibility: "vendor:model:rev\($0)") },
           memory: memory)
 }
@@ -39,16 +39,23 @@ struct StreamBuilder {
     /// Byte offset of each frame's header, for mutations that target fields.
     var offsets: [Int] = []
 
-    static func source(devices: Int = 2, memory: [MemoryRange] = testMemory, encodings: [Encoding] = [.raw, .deflate]) -> StreamBuilder {
+    static func source(devices: Int = 2, memory: [MemoryRange] = testMemory, encodings: [Encoding] = [.raw, .deflate],
+                       version: ProtocolVersion = .v1) -> StreamBuilder {
         var s = StreamBuilder()
-        s.add(.hello(testHello(role: .source, devices: devices, memory: memory, encodings: encodings)))
+        s.add(.hello(testHello(role: .source, devices: devices, memory: memory, encodings: encodings, version: version)))
         return s
     }
 
-    static func destination() -> StreamBuilder {
+    static func destination(devices: Int = 2, version: ProtocolVersion = .v1) -> StreamBuilder {
         var s = StreamBuilder()
-        s.add(.hello(testHello(role: .destination)))
+        s.add(.hello(testHello(role: .destination, devices: devices, version: version)))
         return s
+    }
+
+    /// A version-2 frame (ACK numbered; handshake frames unnumbered, not in `frames`).
+    mutating func add(_ body: ResumptionBody) {
+        offsets.append(bytes.count)
+        do { bytes += try encoder.encode(body) } catch { fatalError("test frame cannot be encoded: \(error)") }
     }
 
     mutating func add(_ body: FrameBody, device: UInt32 = 0) {
@@ -76,6 +83,10 @@ func rawFrame(type: UInt16, flags: UInt16 = 0, device: UInt32 = 0, sequence: UIn
 /// The payload bytes our encoder produces for a body (to patch, then wrap with rawFrame).
 func payloadBytes(_ body: FrameBody) -> [UInt8] {
     Array(FrameEncoder.serialize(body, device: 0, sequence: 0).dropFirst(FrameHeader.size))
+}
+
+func payloadBytes(_ body: ResumptionBody) -> [UInt8] {
+    do { return Array(try FrameEncoder.frame(body, sequence: 0).dropFirst(FrameHeader.size)) } catch { fatalError("\(error)") }
 }
 
 /// Decodes a whole stream: every frame, then the end-of-stream truncation check.
@@ -124,4 +135,16 @@ extension FrameEncoder {
             fatalError("test frame cannot be encoded: \(error)")
         }
     }
+}
+
+/// Decodes a whole version-2 stream into messages (frames and ACKs).
+func decodeMessages(_ bytes: [UInt8], peer: Role, limits: WireLimits = .default,
+                    configure: (inout FrameDecoder) -> Void = { _ in }) throws -> [WireMessage] {
+    var decoder = FrameDecoder(peer: peer, limits: limits, version: .v2)
+    configure(&decoder)
+    decoder.feed(bytes)
+    var messages: [WireMessage] = []
+    while let m = try decoder.nextMessage() { messages.append(m) }
+    try decoder.finish()
+    return messages
 }

@@ -1,0 +1,223 @@
+// Version 2: the frames that let a session survive a lost connection
+// (docs/PROTOCOL.md §13). They are kept apart from `FrameBody`, the migration
+// stream itself, because they never reach the applier or the session's data
+// path: the handshake frames belong to the connection manager and ACK to the
+// source's retained window. Version-1 code keeps its exhaustive switches.
+
+/// Where the receiver of a source stream stands: every source frame with a lower
+/// sequence number was received and checked (and will be applied), and how many
+/// decoded DEVICE_DATA bytes of each device those frames carried.
+public struct StreamPosition: Sendable, Equatable {
+    /// The first source sequence number not received: the resume point.
+    public var nextSequence: UInt64
+    /// Per device (HELLO order): the sum of the original lengths of its DEVICE_DATA
+    /// frames below `nextSequence`, as DEVICE_END's total bytes counts them.
+    public var deviceBytes: [UInt64]
+    public init(nextSequence: UInt64, deviceBytes: [UInt64]) {
+        self.nextSequence = nextSequence; self.deviceBytes = deviceBytes
+    }
+}
+
+/// What the destination has done with the session, as RESUME_ACCEPT reports it;
+/// it replaces the destination frames the source may have lost with the connection.
+public enum DestinationProgress: UInt8, Sendable, Comparable, CustomStringConvertible {
+    /// READY not sent yet: the source continues its stream from the resume point.
+    case receiving = 0
+    /// READY was sent: everything through COMPLETE is applied and verified.
+    case ready = 1
+    /// COMMIT was received; RESUMED or ABORT follows on this connection.
+    case resuming = 2
+    /// RESUMED was sent: the devices run on the destination. The session is over.
+    case resumed = 3
+
+    public static func < (a: DestinationProgress, b: DestinationProgress) -> Bool { a.rawValue < b.rawValue }
+
+    public var description: String {
+        switch self {
+        case .receiving: "receiving"
+        case .ready: "ready"
+        case .resuming: "resuming"
+        case .resumed: "resumed"
+        }
+    }
+}
+
+/// RESUME: the first frame of each side on a connection that resumes a session.
+public struct Resume: Sendable, Equatable {
+    public var sessionID: [UInt8]          // 16 bytes
+    public var role: Role
+    /// `ResumeProof.compute` for this side, this session and this connection.
+    public var proof: [UInt8]              // 32 bytes
+    public init(sessionID: [UInt8], role: Role, proof: [UInt8]) {
+        self.sessionID = sessionID; self.role = role; self.proof = proof
+    }
+}
+
+/// RESUME_ACCEPT: the destination took the connection; both directions continue.
+public struct ResumeAccept: Sendable, Equatable {
+    public var progress: DestinationProgress
+    /// The sequence number of the destination's next frame (its direction is not
+    /// replayed: `progress` stands for the frames the source may have missed).
+    public var destinationNextSequence: UInt64
+    /// The resume point and device offsets: the source resends from here.
+    public var position: StreamPosition
+    public init(progress: DestinationProgress, destinationNextSequence: UInt64, position: StreamPosition) {
+        self.progress = progress; self.destinationNextSequence = destinationNextSequence; self.position = position
+    }
+}
+
+/// Why a side will not resume the session on this connection. A refusal ends the
+/// connection, not the session: the refusing side keeps the session suspended.
+public enum RefusalReason: UInt16, Sendable {
+    case unspecified = 0
+    /// The peer names a session this side does not hold (or no longer holds).
+    case unknownSession = 1
+    /// The peer's certificate is not the identity the session was established with.
+    case wrongIdentity = 2
+    /// The peer's proof is wrong: it does not hold the session's resume secret.
+    case badProof = 3
+    /// Another connection is being attached to the session at this moment; retry.
+    case busy = 4
+
+    /// Whether a source may try again on a new connection (only `busy` passes).
+    public var isTransient: Bool { self == .busy }
+}
+
+public struct Refusal: Sendable, Equatable {
+    public var reason: RefusalReason
+    public var message: String
+    public init(reason: RefusalReason, message: String) { self.reason = reason; self.message = message }
+}
+
+public enum ResumptionBody: Sendable, Equatable {
+    case resume(Resume)
+    case resumeAccept(ResumeAccept)
+    case refuse(Refusal)
+    /// Destination → source: where it stands; the source frees its retained window below it.
+    case ack(StreamPosition)
+
+    public var type: FrameType {
+        switch self {
+        case .resume: .resume
+        case .resumeAccept: .resumeAccept
+        case .refuse: .refuse
+        case .ack: .ack
+        }
+    }
+
+    /// Handshake frames are outside the numbered stream (sequence 0); ACK is numbered.
+    public var isHandshake: Bool { type.isHandshake }
+}
+
+public struct ResumptionFrame: Sendable, Equatable {
+    public var sequence: UInt64
+    public var body: ResumptionBody
+    public init(sequence: UInt64, body: ResumptionBody) { self.sequence = sequence; self.body = body }
+}
+
+/// What a decoder yields: a frame of the migration stream (the version-1 set) or,
+/// in a version-2 session, a resumption frame.
+public enum WireMessage: Sendable, Equatable {
+    case frame(Frame)
+    case resumption(ResumptionFrame)
+}
+
+// MARK: - payloads
+
+/// StreamPosition: 0 u64 next sequence, 8 u32 device count N, 12 u32 reserved,
+/// 16 N × u64 device bytes. The same bytes in ACK and in RESUME_ACCEPT.
+extension StreamPosition {
+    static let fixedSize = 16
+
+    func write(to w: inout ByteWriter) {
+        w.u64(nextSequence); w.u32(UInt32(deviceBytes.count)); w.u32(0)
+        for b in deviceBytes { w.u64(b) }
+    }
+
+    static func parse(_ r: inout ByteReader) throws(WireError) -> StreamPosition {
+        let next = try r.u64("next sequence")
+        guard next > 0 else { throw .invalidValue(frame: r.frame, field: "next sequence (HELLO is always received)", value: 0) }
+        let count = Int(try r.u32("device count"))
+        try r.reserved(4, "reserved")
+        // The payload bounds the array (and the payload is bounded by maxPayload);
+        // the count is held to HELLO's by the decoder, which knows it.
+        guard count * 8 == r.remaining else {
+            if count * 8 > r.remaining {
+                throw .countExceedsPayload(frame: r.frame, field: "device count", count: UInt64(count), remainingBytes: r.remaining)
+            }
+            throw .trailingBytes(frame: r.frame, count: r.remaining - count * 8)
+        }
+        var bytes: [UInt64] = []
+        bytes.reserveCapacity(count)
+        for _ in 0..<count { bytes.append(try r.u64("device bytes")) }
+        return StreamPosition(nextSequence: next, deviceBytes: bytes)
+    }
+}
+
+extension ResumptionBody {
+    func writePayload(to w: inout ByteWriter) {
+        switch self {
+        case .resume(let r):
+            precondition(r.sessionID.count == Hello.sessionIDSize, "RESUME session id must be 16 bytes")
+            precondition(r.proof.count == ResumeProof.size, "RESUME proof must be 32 bytes")
+            w.append(r.sessionID); w.u8(r.role.rawValue); w.zeros(7); w.append(r.proof)
+        case .resumeAccept(let a):
+            w.u8(a.progress.rawValue); w.zeros(7); w.u64(a.destinationNextSequence)
+            a.position.write(to: &w)
+        case .refuse(let r):
+            // The ABORT layout and its cut rule: one reader for both.
+            let text = Abort.operatorText(r.message)
+            w.u16(r.reason.rawValue); w.u16(UInt16(text.count)); w.append(text)
+        case .ack(let p): p.write(to: &w)
+        }
+    }
+
+    var payloadSizeHint: Int {
+        switch self {
+        case .resume: Resume.payloadSize
+        case .resumeAccept(let a): 16 + StreamPosition.fixedSize + 8 * a.position.deviceBytes.count
+        case .refuse: 4 + Abort.maxMessageBytes
+        case .ack(let p): StreamPosition.fixedSize + 8 * p.deviceBytes.count
+        }
+    }
+
+    static func parsePayload(_ type: FrameType, _ r: inout ByteReader, limits: WireLimits) throws(WireError) -> ResumptionBody {
+        switch type {
+        case .resume:
+            guard r.remaining == Resume.payloadSize else {
+                throw .invalidPayloadLength(frame: type, expected: Resume.payloadSize, actual: r.remaining)
+            }
+            let session = try r.bytes(Hello.sessionIDSize, "session id")
+            let rawRole = try r.u8("role")
+            guard let role = Role(rawValue: rawRole) else { throw .invalidValue(frame: type, field: "role", value: UInt64(rawRole)) }
+            try r.reserved(7, "reserved")
+            let proof = try r.bytes(ResumeProof.size, "proof")
+            return .resume(Resume(sessionID: session, role: role, proof: proof))
+        case .resumeAccept:
+            let rawProgress = try r.u8("destination state")
+            guard let progress = DestinationProgress(rawValue: rawProgress) else {
+                throw .invalidValue(frame: type, field: "destination state", value: UInt64(rawProgress))
+            }
+            try r.reserved(7, "reserved")
+            let next = try r.u64("destination next sequence")
+            let position = try StreamPosition.parse(&r)
+            return .resumeAccept(ResumeAccept(progress: progress, destinationNextSequence: next, position: position))
+        case .refuse:
+            let rawReason = try r.u16("reason")
+            let length = Int(try r.u16("text length"))
+            let text = try r.bytes(length, "text")
+            try r.expectEnd()
+            // As ABORT: an unknown reason from a newer peer is a refusal all the same.
+            return .refuse(Refusal(reason: RefusalReason(rawValue: rawReason) ?? .unspecified, message: String(decoding: text, as: UTF8.self)))
+        case .ack:
+            return .ack(try StreamPosition.parse(&r))
+        default:
+            preconditionFailure("\(type) is not a resumption frame")
+        }
+    }
+}
+
+/// RESUME: 0 [16] session id, 16 u8 role, 17 [7] reserved, 24 [32] proof.
+extension Resume {
+    static let payloadSize = 56
+}
