@@ -9,7 +9,10 @@ import Testing
 @Suite(.serialized)
 struct StallPolicyTwoProcessTests {
     typealias T = TwoProcessTests
-    static let device = ["--device", "gpu0=sim:state=4M,seed=1"]
+    /// `allevery=1`: the driver answers ALL whenever anything in the range is dirty,
+    /// which is what the run saw (every page, every pass) — and stays so when
+    /// a loaded CI machine (the ThreadSanitizer run) starves the workload thread.
+    static let device = ["--device", "gpu0=sim:state=4M,seed=1,allevery=1"]
     static let pages = 16384
 
     /// Mixed pages like `TwoProcessTests.makeMemory`, 64 MiB of them, built fast

@@ -1,5 +1,6 @@
 import Foundation
 import Testing
+import TestSupport
 import MigrationEngine
 import VFIODevice
 import VFIOSimulator
@@ -11,7 +12,8 @@ struct ConvergingWorkloadTests {
     /// The demo's workload (4 pages and 1 KiB of state per 1 ms step, two devices,
     /// `auto`, 300 ms target, no bandwidth limit), on a 16 MiB guest and 2 MiB of
     /// state per device instead of 256 MiB and 32 MiB.
-    @Test func demoWorkloadConvergesAsBefore() throws {
+    @Test(.disabled(if: TestEnvironment.underSanitizer, "a workload converges only relative to the link's speed, which ThreadSanitizer divides by 5–10"))
+    func demoWorkloadConvergesAsBefore() throws {
         let pair = try SimPair(names: ["dev0", "dev1"], stateSize: 2 << 20, memoryPages: 4096, dirtyPagesPerStep: 4, stateBytesPerStep: 1 << 10)
         let workload = Workload(pair.sourceSims, intervalMicroseconds: 1000)
         var options = Loopback.quickOptions()
@@ -27,8 +29,8 @@ struct ConvergingWorkloadTests {
         #expect(try pair.identicalMemory())
         // Before the model: switch over at the first estimate under the target after the full pass.
         #expect(src.converged)
-        #expect((2...3).contains(src.iterations), "iterations: \(src.iterations)")
-        #expect(src.downtimeMs <= 1.5 * options.downtimeTargetMs, "downtime \(src.downtimeMs) ms")
+        // Today's 2–3 iterations, ± 1 (the downtime itself is a measurement: PERFORMANCE.md).
+        #expect((2...4).contains(src.iterations), "iterations: \(src.iterations)")
         #expect(log.figures.last?.verdict == .switchover)
         #expect(log.figures.dropFirst().allSatisfy { $0.dirtyBytesPerSecond != nil && $0.projectedIterations != nil })
         let comparison = try #require(src.downtimeComparison)
@@ -66,7 +68,10 @@ struct BandwidthChangeTests {
         let lifted = try #require(limits.changedAt)
         #expect(firstPassEnd > lifted, "the old limit was in force until the change")
         #expect(src.wireBytes > 3_000_000, "enough data that the old limit would have taken 6 s")
-        #expect(src.totalSeconds < 3, "took \(src.totalSeconds) s")
+        // The limiter's floor: at 500 kB/s these bytes cannot take less than this.
+        // Finishing below it proves the lift took effect, whatever the machine's speed.
+        let floorSeconds = Double(src.wireBytes) / 500_000
+        #expect(src.totalSeconds < 0.8 * floorSeconds, "took \(src.totalSeconds) s, the old limit's floor is \(floorSeconds) s")
     }
 }
 

@@ -1,5 +1,6 @@
 import Foundation
 import Testing
+import TestSupport
 import MigrationEngine
 import MigrationTLS
 import MigrationWire
@@ -57,7 +58,9 @@ struct SizeLimitTests {
         #expect(oneSegment.largestQuery == 256)
         // Two devices, 2048 / 256 = 8 windows each, per dirty-page pass (iterations 1… and the final one).
         #expect(src.bitmapsNone + src.bitmapsAll + src.bitmapsPartial >= 2 * 8 * src.iterations)
-        #expect(src.bitmapsPartial > 0 && src.bitmapsNone > 0)
+        // The mix of answers follows the workload's dirty rate against the query rate,
+        // which ThreadSanitizer's slowdown shifts (every window dirty: no NONE).
+        if !TestEnvironment.underSanitizer { #expect(src.bitmapsPartial > 0 && src.bitmapsNone > 0) }
         #expect(try pair.identicalMemory())
     }
 }
