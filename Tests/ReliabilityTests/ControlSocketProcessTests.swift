@@ -5,21 +5,37 @@ import TestSupport
 import Testing
 
 /// `--control` on the real binary: a controller steers a `send` in pre-copy. Each
-/// test starts the slow pair (8 MiB of guest at 2 MB/s, a workload, an
-/// unreachable target), so the full pass takes seconds: commands sent at its
+/// test starts the slow pair (8 MiB of guest at 2 MB/s uncompressed, a workload,
+/// an unreachable target), so the full pass takes seconds: commands sent at its
 /// start act at the boundary that ends it.
 @Suite(.serialized)
 struct ControlSocketProcessTests {
+    /// Uncompressed, so the full pass really takes seconds at 2 MB/s (compressed it is over in half a second).
+    static let slow = ProcessFaultTests.slow + ["--compress", "none"]
+
     /// The slow pair with `send --control unix:DIR/ctl.sock`, a controller connected,
     /// and pre-copy begun (the controller saw the `phase precopy` event).
     static func startControlled(_ dir: String, extra: [String] = []) throws -> (CLIProcess, CLIProcess, ControlClient) {
         try CLI.makeMemory("\(dir)/src.mem", pages: 2048)
         let (receiver, port) = try CLI.receiver(dir: dir, memory: "8M")
-        let sender = try CLI.sender(dir: dir, port: port, extra: ProcessFaultTests.slow + ["--control", "unix:\(dir)/ctl.sock"] + extra)
+        let sender = try CLI.sender(dir: dir, port: port, extra: Self.slow + ["--control", "unix:\(dir)/ctl.sock"] + extra)
         let client = try connect("\(dir)/ctl.sock", process: sender)
-        _ = try client.nextMessage()  // the greeting
-        while try client.nextEvent(named: "phase", timeoutSeconds: 20)["data"]?["phase"] != .string("precopy") {}
+        do {
+            _ = try client.nextMessage()  // the greeting
+            try waitForPrecopy(client)
+        } catch {
+            throw SetupError("waiting for pre-copy on the control socket: \(error); events \(client.events); source: \(sender.stderr)")
+        }
         return (sender, receiver, client)
+    }
+
+    /// Events are not replayed to a controller that connects late, so ask.
+    static func waitForPrecopy(_ client: ControlClient) throws {
+        for _ in 0..<2000 {
+            if try client.execute("query")["return"]?["phase"] == .string("precopy") { return }
+            usleep(10_000)
+        }
+        throw SetupError("pre-copy did not begin")
     }
 
     /// The socket exists before anything starts; retried while the process comes up.
@@ -73,10 +89,9 @@ struct ControlSocketProcessTests {
         #expect(sender.wait(timeout: 30) == 0, "\(sender.stderr)")
         #expect(receiver.wait(timeout: 30) == 0, "\(receiver.stderr)")
         let iterations = try #require(Self.finishedStats(sender)?["iterations"] as? Int)
-        #expect(iterations <= Int(asked) + 1, "asked at \(asked), finished after \(iterations)")
-        let reason = try client.nextEvent(named: "switchover")["data"]?["reason"]?.stringValue ?? ""
-        #expect(reason.contains("requested by the controller"), "\(reason)")
-        // Once stop-and-copy has begun (here: the process is gone) nothing more is taken.
+        let reasons = sender.events.filter { $0["event"] as? String == "switchover" }.compactMap { $0["reason"] as? String }
+        #expect(iterations <= Int(asked) + 1, "asked at \(asked), finished after \(iterations): \(reasons)")
+        #expect(reasons.contains { $0.contains("requested by the controller") }, "\(reasons)")
     }
 
     /// `cancel` rolls the source back (exit 2, devices RUNNING); the destination's
@@ -92,12 +107,63 @@ struct ControlSocketProcessTests {
         #expect(try destination.execute("switchover")["error"]?["desc"]?.stringValue?.contains("destination") == true)
         let sender = try CLI.sender(dir: dir, port: port, extra: ProcessFaultTests.slow + ["--control", "unix:\(dir)/ctl.sock"])
         let client = try Self.connect("\(dir)/ctl.sock", process: sender)
-        while try client.nextEvent(named: "phase", timeoutSeconds: 20)["data"]?["phase"] != .string("precopy") {}
+        _ = try client.nextMessage()  // the greeting
+        try Self.waitForPrecopy(client)
         #expect(try client.execute("cancel")["return"] != nil)
         #expect(sender.wait(timeout: 30) == 2, "\(sender.stderr)")
         #expect(receiver.wait(timeout: 30) == 2, "\(receiver.stderr)")
         let failed = try client.nextEvent(named: "failed")
         #expect(failed["data"]?["device_states"] == .object(["gpu0": .string("RUNNING"), "nic0": .string("RUNNING")]), "\(failed)")
         #expect(ProcessFaultTests.states(sender.failed) == ["gpu0": "RUNNING", "nic0": "RUNNING"])
+    }
+
+    /// The pair at 8 MB/s: the workload dirties faster than that, so pre-copy diverges
+    /// two iterations after the full pass and `--on-stall throttle` acts.
+    static let diverging = ["--on-stall", "throttle", "--bandwidth", "8M"]
+
+    /// `--on-stall throttle` with a controller: each step up the ladder is a `throttle`
+    /// request the VMM answers with `throttled`; the session lifts it (percent 0) at the end.
+    @Test func throttleAsksTheControllerAndLiftsItAtTheEnd() throws {
+        let dir = try CLI.tempDir()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let (sender, receiver, client) = try Self.startControlled(dir, extra: Self.diverging)
+        var percents: [Int64] = []
+        var switchedOver = false
+        var seen: [String] = []
+        while true {
+            let event: JSONValue
+            do { event = try client.nextMessage(timeoutSeconds: 20) } catch {
+                Issue.record("\(error) after \(seen); source: \(sender.stderr)")
+                break
+            }
+            guard let name = event["event"]?.stringValue else { continue }  // replies to our commands
+            seen.append(name)
+            if name == "finished" || name == "failed" { break }
+            guard name == "throttle", let data = event["data"], let request = data["request"] else { continue }
+            percents.append(data["percent"]?.intValue ?? -1)
+            try client.send(raw: Array((JSONValue.object(["execute": .string("throttled"), "arguments": .object(["request": request])]).jsonLine + "\n").utf8))
+            if percents.count >= 2, !switchedOver {
+                try client.send(raw: Array(#"{"execute": "switchover"}"#.utf8) + [10])
+                switchedOver = true
+            }
+        }
+        #expect(sender.wait(timeout: 30) == 0, "\(sender.stderr)")
+        #expect(receiver.wait(timeout: 30) == 0, "\(receiver.stderr)")
+        #expect(percents.prefix(2) == [20, 30], "\(percents)")
+        #expect(percents.last == 0, "the throttle is lifted at the end: \(percents)")
+    }
+
+    /// `--on-stall throttle` with the socket open but nobody connected: as without a
+    /// VMM, the stall switches over.
+    @Test func throttleWithoutAControllerSwitchesOver() throws {
+        let dir = try CLI.tempDir()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        try CLI.makeMemory("\(dir)/src.mem", pages: 2048)
+        let (receiver, port) = try CLI.receiver(dir: dir, memory: "8M")
+        let sender = try CLI.sender(dir: dir, port: port, extra: ProcessFaultTests.slow + Self.diverging + ["--control", "unix:\(dir)/ctl.sock"])
+        #expect(sender.wait(timeout: 30) == 0, "\(sender.stderr)")
+        #expect(receiver.wait(timeout: 30) == 0, "\(receiver.stderr)")
+        let reasons = sender.events.filter { $0["event"] as? String == "switchover" }.compactMap { $0["reason"] as? String }
+        #expect(reasons.contains { $0.contains("no controller is connected") }, "\(reasons)")
     }
 }
