@@ -129,7 +129,7 @@ struct ControlAdapter: ControlHandler {
 
 /// What `query` reports, from the latest phase, progress and iteration events.
 final class ControlStatusBox: Sendable {
-    private let status = LockedValue(ControlStatus(phase: "starting"))
+    private let status = LockedValue(ControlStatus(phase: "connect"))
 
     var current: ControlStatus { status.current }
 
