@@ -2,6 +2,7 @@
 import PackageDescription
 
 // Layers (imports go one way, top to bottom; README.md, "Modules", draws them):
+//   vfio-migrate (CLI) -> MigrationControl (the control socket) -> SyncPrimitives
 //   vfio-migrate (CLI) -> MigrationEngine -> MigrationTLS, MigrationWire, VFIODevice -> C system libraries
 //   VFIODevice, MigrationTLS -> SystemErrno -> SystemPackage (swift-system's `Errno`, the one errno type)
 //   vfio-migrate (CLI), vfio-migrate-bench, tests -> VFIOSimulator -> VFIODevice (public API only; the engine never sees it)
@@ -66,7 +67,7 @@ let package = Package(
         .executableTarget(
             name: "vfio-migrate",
             dependencies: [
-                "MigrationEngine", "VFIODevice", "VFIOSimulator", "MigrationWire", "MigrationTLS", "CommandLineSupport", "SyncPrimitives",
+                "MigrationEngine", "MigrationControl", "VFIODevice", "VFIOSimulator", "MigrationWire", "MigrationTLS", "CommandLineSupport", "SyncPrimitives",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ]),
@@ -105,7 +106,7 @@ let package = Package(
         // Fault injection and hostile peers: proxies, killed processes, crafted frames.
         .testTarget(
             name: "ReliabilityTests",
-            dependencies: ["vfio-migrate", "MigrationEngine", "MigrationTLS", "MigrationWire", "VFIODevice", "VFIOSimulator", "TestSupport"]),
+            dependencies: ["vfio-migrate", "MigrationEngine", "MigrationControl", "MigrationTLS", "MigrationWire", "VFIODevice", "VFIOSimulator", "TestSupport"]),
     ],
     swiftLanguageModes: [.v6]
 )

@@ -40,7 +40,7 @@ struct CommandDispatcher: Sendable {
             return .object([:])
         case "switchover":
             try expectNoArguments(request)
-            handler.switchover()
+            try handler.switchover()
             return .object([:])
         case "add-fd":
             return try addDescriptor(arguments, &attached)

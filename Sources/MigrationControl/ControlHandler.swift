@@ -8,8 +8,9 @@ public protocol ControlHandler: Sendable {
     /// Apply the given values (nil = leave as is); throw `.refused` when the
     /// migration cannot take them now (e.g. after switch-over).
     func set(_ parameters: ControlParameters) throws(ControlError)
-    /// Stop iterating and switch over at the next opportunity.
-    func switchover()
+    /// Stop iterating and switch over at the next opportunity; throw `.refused`
+    /// where there is nothing to switch over (the destination).
+    func switchover() throws(ControlError)
 }
 
 /// The bandwidth cap on the wire.

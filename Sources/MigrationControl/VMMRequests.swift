@@ -12,6 +12,9 @@ public enum VMMRequest: String, Sendable, CaseIterable {
     case startGuest = "start-guest"
     /// Source, each round with `--dirty vmm`: fill the dirty-log bitmap, then `dirty-synced`.
     case dirtySync = "dirty-sync"
+    /// Source, `--on-stall throttle`: take `percent` % of the vCPUs' time away
+    /// (0 lifts it), then `throttled`.
+    case throttle = "throttle"
 
     /// The command that answers this request.
     public var answer: String {
@@ -20,6 +23,7 @@ public enum VMMRequest: String, Sendable, CaseIterable {
         case .resumeGuest: "guest-resumed"
         case .startGuest: "guest-started"
         case .dirtySync: "dirty-synced"
+        case .throttle: "throttled"
         }
     }
 

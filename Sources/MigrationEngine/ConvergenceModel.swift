@@ -50,7 +50,7 @@ public enum ConvergenceParameterError: Error, Equatable, Sendable {
 /// Pre-copy convergence, fed once per iteration. A value type with no clock and
 /// no I/O: the loop measures, the model judges.
 public struct ConvergenceModel: Sendable {
-    public let parameters: ConvergenceParameters
+    public private(set) var parameters: ConvergenceParameters
     public private(set) var iterations = 0
     public private(set) var latest: ConvergenceFigures?
 
@@ -60,6 +60,10 @@ public struct ConvergenceModel: Sendable {
     private var stall: StallTracker
     private var trend: DirtyTrend
     private var divergingStreak = 0
+
+    /// The operator changed the target mid-migration (the control socket's `set`);
+    /// the history (stall count, trend) stays, only the bar moves.
+    public mutating func setDowntimeTarget(ms: Double) { parameters.downtimeTargetMs = ms }
 
     public init(parameters: ConvergenceParameters = ConvergenceParameters()) {
         self.parameters = parameters

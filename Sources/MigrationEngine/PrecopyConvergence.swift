@@ -43,6 +43,9 @@ struct PrecopyConvergence: Sendable {
     /// The figures of the last iteration recorded.
     var latest: ConvergenceFigures? { model.latest }
 
+    /// A downtime target `set` while pre-copy runs: the next verdict uses it.
+    mutating func setDowntimeTarget(ms: Double) { model.setDowntimeTarget(ms: ms) }
+
     mutating func beginIteration(_ mark: TransferMark) { iterationStart = mark }
 
     /// Records the iteration that just ended; returns its figures and what to do next.

@@ -12,10 +12,13 @@ public final class Sender: Sendable {
     private let cancellation = Cancellation()
     /// Shared with the running session's writer, so a change reaches the wire at once.
     private let bandwidth: BandwidthLimiter
+    /// Shared with the running session, read at each iteration boundary.
+    private let runtime: RuntimeControl
 
     public init(devices: [SourceDevice], memory: GuestMemory?, options: SenderOptions, events: @escaping EventSink = { _ in }) {
         self.devices = devices; self.memory = memory; self.options = options
         bandwidth = BandwidthLimiter(bytesPerSecond: options.bandwidthBytesPerSecond)
+        runtime = RuntimeControl(options)
         let logger = options.logger
         self.events = { event in logEvent(event, to: logger); events(event) }
     }
@@ -33,10 +36,34 @@ public final class Sender: Sendable {
     /// The wire limit in force; nil = none.
     public var bandwidthBytesPerSecond: UInt64? { bandwidth.bytesPerSecond }
 
+    /// Changes the downtime target the convergence model decides on, from the next
+    /// iteration boundary on. Refused once switch-over has begun.
+    public func setDowntimeTarget(ms: Double) throws(ParameterChangeError) {
+        guard ms.isFinite, ms > 0 else { throw .outOfRange(parameter: "downtime-ms", value: "\(ms)") }
+        try runtime.update { $0.downtimeTargetMs = ms }
+    }
+
+    /// Changes the iteration bound, checked at the next iteration boundary (a bound
+    /// already passed switches over there). Refused once switch-over has begun.
+    public func setMaxIterations(_ count: Int) throws(ParameterChangeError) {
+        guard count >= 1 else { throw .outOfRange(parameter: "max-iterations", value: "\(count)") }
+        try runtime.update { $0.maxIterations = count }
+    }
+
+    /// Switch over at the next iteration boundary, whatever the estimate (the
+    /// control socket's `switchover`). A no-op once switch-over has begun.
+    public func requestSwitchover() {
+        try? runtime.update { $0.switchoverRequested = true }
+    }
+
+    /// The live settings now (for `query`).
+    public var runtimeParameters: RuntimeParameters { runtime.current }
+
     /// Runs the migration over an authenticated stream.
     public func run(stream: TLSStream) throws(MigrationError) -> MigrationStats {
         let cancelledBeforeStart = cancellation.attach(stream)
+        runtime.startSession()
         return try SourceSession(devices: devices, memory: memory, options: options, events: events, stream: stream,
-                                 bandwidth: bandwidth, cancellation: cancellation, cancelledBeforeStart: cancelledBeforeStart).run()
+                                 bandwidth: bandwidth, runtime: runtime, cancellation: cancellation, cancelledBeforeStart: cancelledBeforeStart).run()
     }
 }

@@ -50,6 +50,7 @@ final class SourceSession {
     private let stream: TLSStream
     private let writer: FrameWriter
     private let bandwidth: BandwidthLimiter
+    private let runtime: RuntimeControl
     private let counters = Counters()
     private let started = ContinuousClock.now
     private var stats = MigrationStats(role: "source")
@@ -61,15 +62,19 @@ final class SourceSession {
     private var stoppedAt = ContinuousClock.now
     /// The model's estimate at the iteration that ended pre-copy, for the stats.
     private var estimatedDowntimeMs: Double?
+    /// The downtime target in force when pre-copy ended (it may have been `set`).
+    private var finalDowntimeTargetMs: Double
     /// The guest throttle this session asked the VMM for (0 = none): lifted at the end.
     private var throttledPercent = 0
 
     init(devices: [SourceDevice], memory: GuestMemory?, options: SenderOptions, events: @escaping EventSink,
-         stream: TLSStream, bandwidth: BandwidthLimiter, cancellation: Cancellation, cancelledBeforeStart: Bool) {
+         stream: TLSStream, bandwidth: BandwidthLimiter, runtime: RuntimeControl, cancellation: Cancellation, cancelledBeforeStart: Bool) {
         self.devices = SourceDeviceSet(devices)
         self.memory = memory; self.options = options; self.events = events
         self.stream = stream; self.cancellation = cancellation; self.cancelledBeforeStart = cancelledBeforeStart
         self.bandwidth = bandwidth
+        self.runtime = runtime
+        finalDowntimeTargetMs = options.downtimeTargetMs
         writer = FrameWriter(stream: stream, limiter: bandwidth)
         stats.devices = devices.map { DeviceStats(name: $0.name) }
         sequences = devices.map { SaveSequence(device: $0.device) }
@@ -124,13 +129,16 @@ final class SourceSession {
             state = .precopy(iteration: iteration)
             convergence.beginIteration(mark())
             let pass = try precopyPass(iteration)
+            let live = runtime.current
+            convergence.setDowntimeTarget(ms: live.downtimeTargetMs)
             let (figures, action) = convergence.endIteration(pass, isFullPass: iteration == 0, end: mark(),
                                                              pageSize: UInt64(memory?.pageSize ?? 4096), bandwidthLimit: bandwidth.bytesPerSecond)
             iteration += 1
             stats.iterations = iteration
             report(pass, figures)
-            done = try shouldSwitchOver(after: iteration, figures, action)
+            done = try shouldSwitchOver(after: iteration, figures, action, live)
         }
+        finalDowntimeTargetMs = runtime.beginSwitchover().downtimeTargetMs
         estimatedDowntimeMs = convergence.latest?.estimatedDowntimeMs
     }
 
@@ -176,7 +184,7 @@ final class SourceSession {
     private func finish() -> MigrationStats {
         stats.downtimeMs = (ContinuousClock.now - stoppedAt).milliseconds
         stats.downtimeComparison = estimatedDowntimeMs.map {
-            DowntimeComparison(estimatedMs: $0, measuredMs: stats.downtimeMs, targetMs: options.downtimeTargetMs)
+            DowntimeComparison(estimatedMs: $0, measuredMs: stats.downtimeMs, targetMs: finalDowntimeTargetMs)
         }
         liftThrottle()
         keepAlive?.stop()
@@ -280,14 +288,20 @@ final class SourceSession {
     }
 
     /// Decides after an iteration: switch over (true), or another pass (false). The
-    /// model's verdict under `--on-stall` first; then the hard bounds, in this order:
-    /// `--max-iterations`, `--timeout`. Throws to roll back.
+    /// model's verdict under `--on-stall` first; then the controller's `switchover`;
+    /// then the hard bounds, in this order: `--max-iterations` (as last `set`),
+    /// `--timeout`. Throws to roll back.
     private func shouldSwitchOver(after iteration: Int, _ figures: ConvergenceFigures,
-                                  _ action: ConvergenceAction) throws(MigrationFailure) -> Bool {
+                                  _ action: ConvergenceAction, _ live: RuntimeParameters) throws(MigrationFailure) -> Bool {
         if try act(on: action, figures) { return true }
-        if iteration >= options.maxIterations {
+        if live.switchoverRequested {
+            if figures.verdict != .switchover { stats.converged = false }
+            events(.switchover(reason: "switchover requested by the controller; estimated downtime \(Int(figures.estimatedDowntimeMs)) ms"))
+            return true
+        }
+        if iteration >= live.maxIterations {
             stats.converged = false
-            events(.switchover(reason: "reached --max-iterations \(options.maxIterations); estimated downtime \(Int(figures.estimatedDowntimeMs)) ms"))
+            events(.switchover(reason: "reached --max-iterations \(live.maxIterations); estimated downtime \(Int(figures.estimatedDowntimeMs)) ms"))
             return true
         }
         guard let timeout = options.timeoutSeconds, (ContinuousClock.now - started).seconds >= timeout else { return false }

@@ -14,17 +14,20 @@ final class EventPrinter: @unchecked Sendable {  // mutable display state only u
     private let isTTY = isatty(STDERR_FILENO) == 1
     private var lastLineWasProgress = false
     private let quiet: Bool
+    /// Gets every event as its `--json` line, whatever the mode (the control socket).
+    private var mirror: (@Sendable (Data) -> Void)?
 
     init(mode: Mode, side: String, quiet: Bool = false) {
         self.mode = mode; self.side = side; self.quiet = quiet
     }
 
+    /// From now on every event also goes to `sink`, as the line `--json` prints.
+    func mirror(to sink: @escaping @Sendable (Data) -> Void) { lock.withLock { mirror = sink } }
+
     func handle(_ event: MigrationEvent) {
         lock.withLock {
-            switch mode {
-            case .json: emitJSON(event)
-            case .human: if !quiet { emitHuman(event) }
-            }
+            if mode == .json || mirror != nil { output(EventFields.json(event, side: side)) }
+            if mode == .human, !quiet { emitHuman(event) }
         }
     }
 
@@ -34,15 +37,9 @@ final class EventPrinter: @unchecked Sendable {  // mutable display state only u
     }
 
     private func failedLocked(_ error: MigrationError, deviceStates: [(name: String, state: String)]) {
+        if mode == .json || mirror != nil { output(EventFields.failed(error, side: side, deviceStates: deviceStates)) }
         switch mode {
-        case .json:
-            var o: [String: Any] = ["event": "failed", "side": side, "phase": error.phase.rawValue,
-                                    "cause": "\(error.failure)", "disposition": "\(error.disposition)",
-                                    "exit_code": Int(error.disposition.rawValue), "message": error.description]
-            if let d = error.device { o["device"] = d }
-            if let r = error.rollbackFailure { o["rollback_failure"] = r }
-            if !deviceStates.isEmpty { o["device_states"] = Dictionary(deviceStates.map { ($0.name, $0.state) }, uniquingKeysWith: { a, _ in a }) }
-            writeJSON(o)
+        case .json: break
         case .human:
             endProgressLine()
             var text = "vfio-migrate \(side): \(error.description)\n"
@@ -93,39 +90,11 @@ final class EventPrinter: @unchecked Sendable {  // mutable display state only u
         if lastLineWasProgress { FileHandle.standardError.write(Data("\n".utf8)); lastLineWasProgress = false }
     }
 
-    private func emitJSON(_ event: MigrationEvent) {
-        var o: [String: Any] = ["side": side]
-        switch event {
-        case .connected(let peer): o["event"] = "connected"; o["peer"] = peer
-        case .helloAccepted(let d, let m, let security):
-            o["event"] = "hello"; o["devices"] = d; o["memory_bytes"] = m
-            o["development_certificates"] = security.developmentCertificates
-            if let t = security.ownCertificateNotAfter { o["certificate_not_after"] = rfc3339(t) }
-            if let t = security.peerCertificateNotAfter { o["peer_certificate_not_after"] = rfc3339(t) }
-            o["warnings"] = security.warnings()
-        case .phase(let p): o["event"] = "phase"; o["phase"] = p.rawValue
-        case .progress(let p):
-            o["event"] = "progress"; o["phase"] = p.phase.rawValue; o["iteration"] = p.iteration
-            o["raw_bytes"] = p.rawBytes; o["wire_bytes"] = p.wireBytes; o["bytes_per_second"] = p.bytesPerSecond
-            o["pending_bytes"] = p.pendingBytes; o["dirty_pages"] = p.dirtyPages
-            if let eta = p.etaSeconds { o["eta_seconds"] = eta }
-            if let c = p.convergence { o.merge(ConvergenceText.fields(c)) { a, _ in a } }
-        case .iterationEnd(let i, let p, let d, let e, let c):
-            o["event"] = "iteration"; o["iteration"] = i; o["pending_bytes"] = p; o["dirty_pages"] = d; o["estimated_downtime_ms"] = e
-            o.merge(ConvergenceText.fields(c)) { a, _ in a }
-        case .switchover(let r): o["event"] = "switchover"; o["reason"] = r
-        case .deviceEnd(let d, let b, let c): o["event"] = "device_end"; o["device"] = d; o["bytes"] = b; o["chunks"] = c
-        case .sessionRefused(let why): o["event"] = "refused"; o["reason"] = why
-        case .finished(let s):
-            o["event"] = "finished"
-            if let data = try? JSONEncoder().encode(s), let stats = try? JSONSerialization.jsonObject(with: data) { o["stats"] = stats }
-        }
-        writeJSON(o)
-    }
-
-    private func writeJSON(_ o: [String: Any]) {
-        guard let data = try? JSONSerialization.data(withJSONObject: o, options: [.sortedKeys]) else { return }
-        FileHandle.standardOutput.write(data + Data("\n".utf8))
+    /// One event's `--json` line: printed with `--json`, mirrored to the control socket.
+    private func output(_ fields: [String: Any]) {
+        guard let data = try? JSONSerialization.data(withJSONObject: fields, options: [.sortedKeys]) else { return }
+        if mode == .json { FileHandle.standardOutput.write(data + Data("\n".utf8)) }
+        mirror?(data)
     }
 
     func summary(_ s: MigrationStats) -> String {
@@ -174,6 +143,56 @@ enum ConvergenceText {
         ]
         if let d = c.dirtyBytesPerSecond { o["dirty_bytes_per_second"] = d }
         if let n = c.projectedIterations { o["projected_iterations"] = n }
+        return o
+    }
+}
+
+/// Each event as the flat JSON object `--json` prints (and the control socket
+/// sends as the event's `data`): one place for the field names.
+enum EventFields {
+    static func json(_ event: MigrationEvent, side: String) -> [String: Any] {
+        var o: [String: Any] = ["side": side]
+        switch event {
+        case .connected(let peer): o["event"] = "connected"; o["peer"] = peer
+        case .helloAccepted(let d, let m, let security):
+            o["event"] = "hello"; o["devices"] = d; o["memory_bytes"] = m
+            o["development_certificates"] = security.developmentCertificates
+            if let t = security.ownCertificateNotAfter { o["certificate_not_after"] = rfc3339(t) }
+            if let t = security.peerCertificateNotAfter { o["peer_certificate_not_after"] = rfc3339(t) }
+            o["warnings"] = security.warnings()
+        case .phase(let p): o["event"] = "phase"; o["phase"] = p.rawValue
+        case .progress(let p): o.merge(progress(p)) { a, _ in a }
+        case .iterationEnd(let i, let p, let d, let e, let c):
+            o["event"] = "iteration"; o["iteration"] = i; o["pending_bytes"] = p; o["dirty_pages"] = d; o["estimated_downtime_ms"] = e
+            o.merge(ConvergenceText.fields(c)) { a, _ in a }
+        case .switchover(let r): o["event"] = "switchover"; o["reason"] = r
+        case .deviceEnd(let d, let b, let c): o["event"] = "device_end"; o["device"] = d; o["bytes"] = b; o["chunks"] = c
+        case .sessionRefused(let why): o["event"] = "refused"; o["reason"] = why
+        case .finished(let s):
+            o["event"] = "finished"
+            if let data = try? JSONEncoder().encode(s), let stats = try? JSONSerialization.jsonObject(with: data) { o["stats"] = stats }
+        }
+        return o
+    }
+
+    private static func progress(_ p: MigrationEngine.Progress) -> [String: Any] {
+        var o: [String: Any] = [
+            "event": "progress", "phase": p.phase.rawValue, "iteration": p.iteration,
+            "raw_bytes": p.rawBytes, "wire_bytes": p.wireBytes, "bytes_per_second": p.bytesPerSecond,
+            "pending_bytes": p.pendingBytes, "dirty_pages": p.dirtyPages,
+        ]
+        if let eta = p.etaSeconds { o["eta_seconds"] = eta }
+        if let c = p.convergence { o.merge(ConvergenceText.fields(c)) { a, _ in a } }
+        return o
+    }
+
+    static func failed(_ error: MigrationError, side: String, deviceStates: [(name: String, state: String)]) -> [String: Any] {
+        var o: [String: Any] = ["event": "failed", "side": side, "phase": error.phase.rawValue,
+                                "cause": "\(error.failure)", "disposition": "\(error.disposition)",
+                                "exit_code": Int(error.disposition.rawValue), "message": error.description]
+        if let d = error.device { o["device"] = d }
+        if let r = error.rollbackFailure { o["rollback_failure"] = r }
+        if !deviceStates.isEmpty { o["device_states"] = Dictionary(deviceStates.map { ($0.name, $0.state) }, uniquingKeysWith: { a, _ in a }) }
         return o
     }
 }

@@ -103,22 +103,31 @@ struct Send: ParsableCommand {
     @OptionGroup var devices: DeviceOptions
     @OptionGroup var tuning: SenderTuning
     @OptionGroup var output: OutputOptions
+    @OptionGroup var controlOptions: ControlOptions
     @OptionGroup var config: ConfigOption
 
     func run() throws {
         output.bootstrapLogging()
         ProcessSetup.apply()
         let printer = EventPrinter(mode: output.json ? .json : .human, side: "source")
+        let control: ControlSession?
+        do { control = try controlOptions.start(role: .source, printer: printer) } catch {
+            throw failureExit(for: error, printer: printer, side: "source")
+        }
+        defer { control?.close() }
         let sender: Sender
         let opened: OpenedDevices
         let stream: TLSStream
         do {
-            let options = tuning.options()
+            var options = tuning.options()
+            if let control, options.onStall == .throttle { options.guestThrottle = control.guestThrottle }
             let context = try TLSContext(configuration: tls.configuration(), role: .client)
             warnAboutCertificates(context, command: "send")
             let memory = try devices.openMemory(create: false)
             opened = try devices.open(memory: memory)
-            sender = Sender(devices: opened.sourceDevices, memory: memory, options: options, events: printer.handle)
+            sender = Sender(devices: opened.sourceDevices, memory: memory, options: options,
+                            events: { event in control?.observe(event); printer.handle(event) })
+            control?.target.attach(sender: sender) { [sender] in sender.cancel() }
             let endpoint = try Endpoint(parsing: connect)
             do throws(TLSError) {
                 stream = try TLSConnector.connect(to: endpoint, context: context, timeoutSeconds: connectTimeout)
@@ -173,6 +182,7 @@ struct Receive: ParsableCommand {
     @OptionGroup var tls: TLSOptions
     @OptionGroup var devices: DeviceOptions
     @OptionGroup var output: OutputOptions
+    @OptionGroup var controlOptions: ControlOptions
     @OptionGroup var config: ConfigOption
 
     /// What a started receiver holds while it waits for sources.
@@ -187,9 +197,16 @@ struct Receive: ParsableCommand {
         ProcessSetup.apply()
         let printer = EventPrinter(mode: output.json ? .json : .human, side: "destination")
         let notifier = SystemdNotifier()
+        let control: ControlSession?
+        do { control = try controlOptions.start(role: .destination, printer: printer) } catch {
+            throw failureExit(for: error, printer: printer, side: "destination")
+        }
+        defer { control?.close() }
         let started: Started
         do {
-            started = try start(events: { event in printer.handle(event); notifier?.report(event) })
+            started = try start(events: { event in control?.observe(event); printer.handle(event); notifier?.report(event) })
+            let (receiver, listener) = (started.receiver, started.listener)
+            control?.target.attach(sender: nil) { receiver.cancel(); listener.close() }
             printer.handle(.phase(.connect))
             notifier?.ready(listeningOn: started.listener.boundEndpoint)
         } catch {

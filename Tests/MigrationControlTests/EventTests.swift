@@ -60,6 +60,25 @@ import Testing
         #expect(server.ask(.stopGuest, timeoutSeconds: 1) == .serverClosed)
     }
 
+    /// `--on-stall throttle`'s request: the percent goes out in the event, `throttled` answers it.
+    @Test func throttleWaitsForThrottled() throws {
+        let rig = try Rig()
+        let answer = LockedValue<VMMAnswer?>(nil)
+        let server = rig.server
+        for _ in 0..<500 where !server.hasController { usleep(10_000) }
+        Thread {
+            let got = server.ask(.throttle, data: ["percent": .int(20)], timeoutSeconds: 10)
+            answer.withLock { $0 = got }
+        }.start()
+        let event = try rig.client.nextEvent(named: "throttle")
+        #expect(event["data"]?["percent"] == .int(20))
+        let request = try #require(event["data"]?["request"])
+        #expect(try rig.client.execute("throttled", ["request": request])["return"] != nil)
+        for _ in 0..<500 where answer.current == nil { usleep(10_000) }
+        #expect(answer.current == .answered([:]))
+        rig.server.close()
+    }
+
     @Test func aControllerThatLeavesWithoutAnsweringEndsTheWait() throws {
         let scratch = Scratch()
         let server = try ControlServer(.init(address: .unix(path: scratch.socketPath)), handler: RecordingHandler())

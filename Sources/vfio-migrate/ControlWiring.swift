@@ -1,0 +1,176 @@
+import ArgumentParser
+import Foundation
+import MigrationControl
+import MigrationEngine
+import SyncPrimitives
+
+/// `--control unix:PATH|fd:N`, shared by `send` and `receive`.
+struct ControlOptions: ParsableArguments {
+    @Option(help: "Control socket for a VMM or orchestrator (QMP-shaped JSON lines; docs/EVENTS.md): unix:PATH (created mode 0600) or fd:N (inherited).")
+    var control: String?
+
+    func validate() throws {
+        guard let control else { return }
+        do { _ = try ControlAddress(parsing: control) } catch { throw ValidationError("--control: \(error)") }
+    }
+
+    /// Opens the socket (before anything starts, so a VMM can connect early); nil without `--control`.
+    func start(role: ControlTarget.Role, printer: EventPrinter) throws -> ControlSession? {
+        guard let control else { return nil }
+        return try ControlSession(address: ControlAddress(parsing: control), role: role, printer: printer)
+    }
+}
+
+/// The control server of one `send`/`receive` and what it controls: events are
+/// mirrored to it, `query` reads the latest ones, commands reach the engine.
+final class ControlSession: Sendable {
+    let server: ControlServer
+    let target: ControlTarget
+    private let status: ControlStatusBox
+
+    init(address: ControlAddress, role: ControlTarget.Role, printer: EventPrinter) throws {
+        let target = ControlTarget(role: role)
+        let status = ControlStatusBox()
+        server = try ControlServer(.init(address: address), handler: ControlAdapter(target: target, status: status))
+        self.target = target
+        self.status = status
+        printer.mirror { [server] line in
+            guard var data = try? JSONValue.parse(line).objectValue,
+                  let name = data.removeValue(forKey: "event")?.stringValue else { return }
+            server.emit(name, data: data)
+        }
+    }
+
+    /// Every engine event passes here before the printer (it keeps what `query` reports).
+    func observe(_ event: MigrationEvent) { status.observe(event) }
+
+    /// `--on-stall throttle` asks the VMM through this socket.
+    var guestThrottle: any GuestThrottle { ControlGuestThrottle(server: server) }
+
+    func close() { server.close() }
+}
+
+/// The migration the socket drives, once it exists. A `cancel` that comes before
+/// it is kept and applied when it is attached.
+final class ControlTarget: Sendable {
+    enum Role: Sendable { case source, destination }
+    private struct State {
+        var sender: Sender?
+        var cancel: (@Sendable () -> Void)?
+        var cancelled = false
+    }
+    let role: Role
+    private let state = LockedValue(State())
+
+    init(role: Role) { self.role = role }
+
+    /// `sender` is nil on the destination; `cancel` is what SIGINT does.
+    func attach(sender: Sender?, cancel: @escaping @Sendable () -> Void) {
+        let cancelNow = state.withLock { s in s.sender = sender; s.cancel = cancel; return s.cancelled }
+        if cancelNow { cancel() }
+    }
+
+    func cancel() {
+        let action = state.withLock { s in s.cancelled = true; return s.cancel }
+        action?()
+    }
+
+    /// The sender `set` and `switchover` act on; refused on the destination or before it exists.
+    func sender(for command: String) throws(ControlError) -> Sender {
+        guard role == .source else { throw .refused("\(command): the destination has no pre-copy to steer; send it to the source") }
+        guard let sender = state.withLock({ $0.sender }) else { throw .refused("\(command): the migration has not started yet") }
+        return sender
+    }
+
+    /// The live settings for `query` (empty on the destination).
+    var parameters: ControlParameters {
+        guard let sender = state.withLock({ $0.sender }) else { return ControlParameters() }
+        let live = sender.runtimeParameters
+        return ControlParameters(downtimeMs: live.downtimeTargetMs,
+                                 bandwidth: sender.bandwidthBytesPerSecond.map { .bytesPerSecond($0) } ?? .unlimited,
+                                 maxIterations: live.maxIterations)
+    }
+}
+
+/// The server's `ControlHandler`: each call returns at once (the engine acts at
+/// its next iteration boundary or write).
+struct ControlAdapter: ControlHandler {
+    let target: ControlTarget
+    let status: ControlStatusBox
+
+    func query() -> ControlStatus {
+        var s = status.current
+        s.parameters = target.parameters
+        return s
+    }
+
+    func cancel() { target.cancel() }
+
+    /// The two that can be refused first, so a refused `set` changes nothing.
+    func set(_ parameters: ControlParameters) throws(ControlError) {
+        let sender = try target.sender(for: "set")
+        do throws(ParameterChangeError) {
+            if let ms = parameters.downtimeMs { try sender.setDowntimeTarget(ms: ms) }
+            if let n = parameters.maxIterations { try sender.setMaxIterations(n) }
+        } catch {
+            throw .refused("set: \(error)")
+        }
+        switch parameters.bandwidth {
+        case .none: break
+        case .unlimited: sender.setBandwidth(nil)
+        case .bytesPerSecond(let rate): sender.setBandwidth(rate)
+        }
+    }
+
+    func switchover() throws(ControlError) {
+        try target.sender(for: "switchover").requestSwitchover()
+    }
+}
+
+/// What `query` reports, from the latest phase, progress and iteration events.
+final class ControlStatusBox: Sendable {
+    private let status = LockedValue(ControlStatus(phase: "connect"))
+
+    var current: ControlStatus { status.current }
+
+    func observe(_ event: MigrationEvent) {
+        status.withLock { s in
+            switch event {
+            case .phase(let p): s.phase = p.rawValue
+            case .iterationEnd(let i, let pending, let dirty, _, _):
+                s.iteration = i; s.pendingBytes = pending; s.dirtyPages = dirty
+            case .progress(let p):
+                s.phase = p.phase.rawValue; s.iteration = p.iteration
+                s.rawBytes = p.rawBytes; s.wireBytes = p.wireBytes; s.bytesPerSecond = p.bytesPerSecond
+                s.pendingBytes = p.pendingBytes; s.dirtyPages = p.dirtyPages; s.etaSeconds = p.etaSeconds
+            default: break
+            }
+        }
+    }
+}
+
+/// `--on-stall throttle` through the control socket: the VMM slows the vCPUs and
+/// answers `throttled`. No controller (or no answer) is a refusal, so the source
+/// switches over as it would without a VMM.
+struct ControlGuestThrottle: GuestThrottle {
+    let server: ControlServer
+    /// The pre-copy loop waits for the answer; a VMM that takes longer is not throttling.
+    static let answerTimeoutSeconds = 10.0
+
+    enum Refusal: Error, CustomStringConvertible {
+        case unanswered(VMMAnswer)
+        var description: String {
+            switch self {
+            case .unanswered(.noController): return "no controller is connected"
+            case .unanswered(let answer): return "no answer from the VMM (\(answer))"
+            }
+        }
+    }
+
+    func throttleGuest(percent: Int) throws {
+        // Lifting a throttle nobody can have applied is a no-op, not a failure.
+        if percent == 0, !server.hasController { return }
+        let answer = server.ask(.throttle, data: ["percent": .int(Int64(percent))], timeoutSeconds: Self.answerTimeoutSeconds)
+        guard case .answered = answer else { throw Refusal.unanswered(answer) }
+    }
+}
