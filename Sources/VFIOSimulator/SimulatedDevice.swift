@@ -202,21 +202,10 @@ public final class SimulatedDevice: MigrationRegion, @unchecked Sendable {  // a
     public func workloadStep() {
         lock.withLock {
             guard field & DeviceState.running.rawValue != 0 else { return }
-            var remaining = configuration.stateBytesPerStep
-            while remaining > 0 {
-                let run = min(remaining, 1 + Int(rng.next(below: 64)))
-                let start = Int(rng.next(below: UInt64(max(1, state.count - run + 1))))
-                let end = min(state.count, start + run)
-                state.fill(start..<end, with: &rng)
-                markStateDirty(start..<end)
-                remaining -= run
-            }
-            guard let memory = guestMemory, memory.pageCount > 0, configuration.dirtyPagesPerStep > 0 else { return }
-            // Half the writes as one contiguous burst (a DMA buffer), half scattered.
-            let burst = configuration.dirtyPagesPerStep / 2
-            let burstStart = rng.next(below: memory.pageCount)
-            for i in 0..<burst { dma(to: (burstStart + UInt64(i)) % memory.pageCount) }
-            for _ in burst..<configuration.dirtyPagesPerStep { dma(to: rng.next(below: memory.pageCount)) }
+            WorkloadWrites.rewriteState(state, bytes: configuration.stateBytesPerStep, maxRun: 64, rng: &rng) { markStateDirty($0) }
+            guard let memory = guestMemory else { return }
+            WorkloadWrites.dirtyGuest(pages: configuration.dirtyPagesPerStep, pageCount: memory.pageCount,
+                                      random: { rng.next(below: $0) }) { dma(to: $0) }
         }
     }
 

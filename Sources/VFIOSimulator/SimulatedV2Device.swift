@@ -226,20 +226,10 @@ public final class SimulatedV2Device: @unchecked Sendable {  // all state guarde
     public func workloadStep() {
         lock.withLock {
             guard [.running, .runningP2P, .preCopy, .preCopyP2P].contains(mig) else { return }
-            var remaining = configuration.stateBytesPerStep
-            while remaining > 0 {
-                let run = min(remaining, 1 + Int(rng.next(below: 256)))
-                let start = Int(rng.next(below: UInt64(max(1, state.count - run + 1))))
-                let end = min(state.count, start + run)
-                state.fill(start..<end, with: &rng)
-                markDirty(start..<end)
-                remaining -= run
-            }
-            guard let memory = guestMemory, memory.pageCount > 0, configuration.dirtyPagesPerStep > 0 else { return }
-            let burst = configuration.dirtyPagesPerStep / 2
-            let burstStart = rng.next(below: memory.pageCount)
-            for i in 0..<burst { dma(to: (burstStart + UInt64(i)) % memory.pageCount) }
-            for _ in burst..<configuration.dirtyPagesPerStep { dma(to: rng.next(below: memory.pageCount)) }
+            WorkloadWrites.rewriteState(state, bytes: configuration.stateBytesPerStep, maxRun: 256, rng: &rng) { markDirty($0) }
+            guard let memory = guestMemory else { return }
+            WorkloadWrites.dirtyGuest(pages: configuration.dirtyPagesPerStep, pageCount: memory.pageCount,
+                                      random: { rng.next(below: $0) }) { dma(to: $0) }
         }
     }
 
