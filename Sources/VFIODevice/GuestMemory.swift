@@ -79,8 +79,7 @@ public final class GuestMemory: @unchecked Sendable {  // owns a raw mapping; sh
     public init(descriptor: Int32, name: String, size: UInt64?, pageSize: Int, kernel: VFIOKernel = .live) throws(DeviceError) {
         try GuestMemory.checkPageSize(pageSize)
         let checked = try MemoryDescriptor(fd: descriptor, name: name, expectedSize: size)
-        let fd = fcntl(checked.fd, F_DUPFD_CLOEXEC, 0)
-        guard fd >= 0 else { throw .systemCall("dup guest memory descriptor", path: name, errno: .current) }
+        let fd = try checked.handed.duplicate(what: "guest memory \(name)")
         var ok = false
         defer { if !ok { try? kernel.close(fd) } }
         self.base = try GuestMemory.map(fd: fd, size: checked.size, pageSize: pageSize, what: name, kernel: kernel)

@@ -54,7 +54,7 @@ func warnAboutCertificates(_ context: TLSContext, command: String) {
 
 struct DeviceOptions: ParsableArguments {
     @Option(name: .customLong("device"), help: ArgumentHelp(
-        "A device: NAME=sim:[state=SIZE,seed=N,dirty=PAGES,churn=SIZE,chunk=SIZE,allevery=N,image=PATH], NAME=file:PATH[@OFFSET], NAME=vfio:GROUP/DEVICE; any may end in ,compat=STRING. Repeatable; order matters.",
+        "A device: NAME=sim:[state=SIZE,seed=N,dirty=PAGES,churn=SIZE,chunk=SIZE,allevery=N,image=PATH], NAME=file:PATH[@OFFSET] (PATH may be fd:N, a region file the VMM passed open read-write), NAME=vfio:GROUP/DEVICE; any may end in ,compat=STRING. Repeatable; order matters.",
         valueName: "name=backend"))
     var devices: [String] = []
     @Option(help: "Guest memory: a shared file (memory-backend-file, hugetlbfs), or fd:N, a memfd/hugetlbfs/shared-file descriptor the VMM passed open read-write (mapped MAP_SHARED; refused before anything starts if closed, read-only, not a regular file or not --memory-size bytes).")
