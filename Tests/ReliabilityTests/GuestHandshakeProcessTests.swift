@@ -52,4 +52,19 @@ struct GuestHandshakeProcessTests {
         #expect(cause.contains("vCPU 0 will not pause"), "the cause is named: \(String(describing: sender.failed))")
         #expect(ProcessFaultTests.states(sender.failed) == ["gpu0": "RUNNING", "nic0": "RUNNING"])
     }
+
+    /// The VMM goes away while `stop-guest` is outstanding: roll back, the cause says so.
+    @Test func controllerGoneDuringStopGuestRollsBack() throws {
+        let dir = try CLI.tempDir()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let (sender, receiver, client) = try ControlSocketProcessTests.startControlled(dir, extra: ["--guest-handshake"])
+        #expect(try client.execute("switchover")["return"] != nil)
+        while try client.nextMessage(timeoutSeconds: 40)["event"]?.stringValue != "stop-guest" {}
+        shutdown(client.fd, Int32(SHUT_RDWR))  // the VMM is gone (the fd itself is closed with the client)
+        #expect(sender.wait(timeout: 30) == 2, "\(sender.stderr)")
+        #expect(receiver.wait(timeout: 30) == 2, "\(receiver.stderr)")
+        let cause = sender.failed?["cause"] as? String ?? ""
+        #expect(cause.contains("disconnected before answering stop-guest"), "\(String(describing: sender.failed))")
+        #expect(ProcessFaultTests.states(sender.failed) == ["gpu0": "RUNNING", "nic0": "RUNNING"])
+    }
 }
