@@ -128,6 +128,8 @@ final class DestinationSession {
         state.advance(to: .committed)
         events(.phase(.resume))
         try devices.resume()
+        // Only now may the vCPUs run: every device is RUNNING and the source never will be again.
+        options.guestControl?.startGuest()
         downtimeMs = progress.withLock { $0.stopCopyStarted }.map { (ContinuousClock.now - $0).milliseconds } ?? 0
         try writer.send(.resumed)
     }

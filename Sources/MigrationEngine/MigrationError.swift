@@ -41,6 +41,9 @@ public enum MigrationFailure: Error, CustomStringConvertible {
     /// `reason` names the figures (remaining set, rates, estimate).
     case notConverged(iterations: Int, reason: String)
     case configuration(String)
+    /// The VMM did not confirm the guest stopped (refused, timed out, went away):
+    /// the final round is never copied from a running guest.
+    case guestNotStopped(String)
 
     public var description: String {
         switch self {
@@ -59,6 +62,7 @@ public enum MigrationFailure: Error, CustomStringConvertible {
         case .cancelled: return "cancelled by the operator"
         case .notConverged(let n, let reason): return "did not converge after \(n) pre-copy iteration(s): \(reason)"
         case .configuration(let s): return "configuration: \(s)"
+        case .guestNotStopped(let s): return "the VMM did not stop the guest: \(s)"
         }
     }
 
@@ -76,7 +80,7 @@ public enum MigrationFailure: Error, CustomStringConvertible {
         // Ending a session by closing, without ABORT, breaks §2.4.
         case .peerClosed, .tls(.truncated), .tls(.connectionReset): return .protocolError
         case .tls(.readTimeout), .tls(.writeTimeout): return .timeout   // peer silent or not reading
-        case .tls, .peerAborted, .configuration: return .internalError
+        case .tls, .peerAborted, .configuration, .guestNotStopped: return .internalError
         }
     }
 }

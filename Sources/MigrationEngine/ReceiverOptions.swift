@@ -7,6 +7,8 @@ public struct ReceiverOptions: Sendable {
     public var peerTimeoutSeconds: Double = 30
     public var limits: WireLimits = .default
     public var encodings: [Encoding] = [.raw, .deflate]
+    /// Told `startGuest()` after COMMIT once the devices run; nil = none.
+    public var guestControl: (any GuestControl)?
     /// Diagnostics (phases at info, frames at trace).
     public var logger = Logger(label: "vfio-migrate.destination")
     public init() {}

@@ -26,6 +26,9 @@ public struct SenderOptions: Sendable {
     /// The VMM's handle for `--on-stall throttle`; nil = none attached (then
     /// `throttle` acts as `switchover`).
     public var guestThrottle: (any GuestThrottle)?
+    /// The VMM's stop/resume handshake around stop-and-copy; nil = none (the
+    /// guest is not paused by the transport: today's behaviour).
+    public var guestControl: (any GuestControl)?
     public var workers: Int = max(ProcessInfo.processInfo.activeProcessorCount, 1)
     /// A peer silent for this long (no frame, no keep-alive) is gone.
     public var peerTimeoutSeconds: Double = 30
@@ -66,4 +69,20 @@ public struct SenderOptions: Sendable {
 public protocol GuestThrottle: Sendable {
     /// Slow the guest to `percent` % of its CPU time taken away (0 = not throttled).
     func throttleGuest(percent: Int) throws
+}
+
+/// The VMM's control over the guest's vCPUs at the edges of a migration (the
+/// control socket's `stop-guest`/`resume-guest`/`start-guest` requests). The
+/// transport owns the devices; the VMM owns the vCPUs: without this handshake a
+/// source would copy the last dirty pages of a guest that is still writing them.
+public protocol GuestControl: Sendable {
+    /// Source, before the final dirty round and stop-and-copy: returns once the
+    /// vCPUs are paused. Throws when the VMM refuses or does not answer in time;
+    /// the source then rolls back rather than copy a running guest.
+    func stopGuest() throws
+    /// Source, after a failure before COMMIT (the devices are RUNNING again).
+    /// Best effort: the VMM's answer is not awaited.
+    func resumeGuest()
+    /// Destination, after COMMIT and the devices are RUNNING.
+    func startGuest()
 }

@@ -66,6 +66,9 @@ final class SourceSession {
     private var finalDowntimeTargetMs: Double
     /// The guest throttle this session asked the VMM for (0 = none): lifted at the end.
     private var throttledPercent = 0
+    /// `stop-guest` was asked (answered or not): a rollback must ask to resume,
+    /// since a VMM that answered late may have paused the vCPUs anyway.
+    private var guestStopRequested = false
 
     init(devices: [SourceDevice], memory: GuestMemory?, options: SenderOptions, events: @escaping EventSink,
          stream: TLSStream, bandwidth: BandwidthLimiter, runtime: RuntimeControl, cancellation: Cancellation, cancelledBeforeStart: Bool) {
@@ -147,7 +150,9 @@ final class SourceSession {
     private func stopAndCopy() throws(MigrationFailure) {
         state = .stopCopy
         events(.phase(.stopcopy))
+        // Downtime starts when the guest is asked to stop: the handshake is part of it.
         stoppedAt = .now
+        try stopGuest()
         try devices.stop()
         for i in devices.indices { try sendDeviceData(i, phase: .stopcopy) }
         if let memory { _ = try sendDirtyPages(memory) }
@@ -217,6 +222,8 @@ final class SourceSession {
         stream.writeTimeoutSeconds = 2
         // Roll back first: the VM must run again on the source as soon as possible.
         let rollbackProblems = devices.rollBack()
+        // The vCPUs after the devices: a guest must not run against a stopped device.
+        if guestStopRequested { options.guestControl?.resumeGuest() }
         liftThrottle()
         let failure = settled(cause)
         pipeline?.abort(failure)
@@ -355,6 +362,16 @@ final class SourceSession {
         throttledPercent = 0
         do { try throttle.throttleGuest(percent: 0) } catch {
             options.logger.warning("could not lift the guest throttle: \(error)")
+        }
+    }
+
+    /// The VMM pauses the vCPUs before the devices stop and the last dirty round is
+    /// read; without a controller nothing is asked.
+    private func stopGuest() throws(MigrationFailure) {
+        guard let control = options.guestControl else { return }
+        guestStopRequested = true
+        do { try control.stopGuest() } catch {
+            throw .guestNotStopped("\(error); the guest keeps running on the source")
         }
     }
 

@@ -49,6 +49,26 @@ public final class FileRegion: MigrationRegion, Sendable {
         self.kernel = kernel
     }
 
+    /// A region on a descriptor the VMM handed over (`file:fd:N[@OFFSET]`): checked
+    /// open, read-write, a regular file (or a device file, given `size`), then
+    /// duplicated close-on-exec and owned. `name` is how the operator wrote it.
+    public convenience init(descriptor: Int32, name: String, baseOffset: UInt64, size: UInt64?,
+                            kernel: VFIOKernel = .live) throws(DeviceError) {
+        let what = "migration region \(name)"
+        let handed = try HandedDescriptor(fd: descriptor, what: what, allowCharacterDevice: size != nil)
+        let regionSize = size ?? (handed.size > baseOffset ? handed.size - baseOffset : 0)
+        guard regionSize >= MigrationInfo.size else {
+            throw .invalidArgument(operation: what, detail: "descriptor \(descriptor) has \(handed.size) bytes: no 64-byte region header at offset \(baseOffset)")
+        }
+        let fd = try handed.duplicate(what: what)
+        do throws(DeviceError) {
+            try self.init(fd: fd, baseOffset: baseOffset, size: regionSize, closeOnDeinit: true, owner: nil, kernel: kernel)
+        } catch {
+            try? kernel.close(fd)
+            throw error
+        }
+    }
+
     /// Wraps an existing descriptor. With `closeOnDeinit`, the region owns it.
     public convenience init(fd: Int32, baseOffset: UInt64, size: UInt64, closeOnDeinit: Bool = false,
                             kernel: VFIOKernel = .live) throws(DeviceError) {

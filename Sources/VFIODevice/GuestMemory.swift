@@ -72,6 +72,26 @@ public final class GuestMemory: @unchecked Sendable {  // owns a raw mapping; sh
         ok = true
     }
 
+    /// Maps a descriptor the VMM handed over (`--memory fd:N`), `MAP_SHARED` so the
+    /// VMM's vCPUs and this process see the same pages. `name` is how the operator
+    /// wrote it (`fd:3`), for the refusals. The descriptor is duplicated
+    /// (close-on-exec): the caller's stays its own, and no child inherits ours.
+    public init(descriptor: Int32, name: String, size: UInt64?, pageSize: Int, kernel: VFIOKernel = .live) throws(DeviceError) {
+        try GuestMemory.checkPageSize(pageSize)
+        let checked = try MemoryDescriptor(fd: descriptor, name: name, expectedSize: size)
+        let fd = try checked.handed.duplicate(what: "guest memory \(name)")
+        var ok = false
+        defer { if !ok { try? kernel.close(fd) } }
+        self.base = try GuestMemory.map(fd: fd, size: checked.size, pageSize: pageSize, what: name, kernel: kernel)
+        self.size = checked.size
+        self.pageSize = pageSize
+        self.path = name
+        self.kernel = kernel
+        self.fd = fd
+        self.backing = GuestMemory.backing(of: fd, kernel: kernel)
+        ok = true
+    }
+
     deinit {
         try? kernel.munmap(base, Int(size))
         try? kernel.close(fd)

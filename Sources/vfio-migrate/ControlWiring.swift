@@ -8,8 +8,13 @@ import SyncPrimitives
 struct ControlOptions: ParsableArguments {
     @Option(help: "Control socket for a VMM or orchestrator (QMP-shaped JSON lines; docs/EVENTS.md): unix:PATH (created mode 0600) or fd:N (inherited).")
     var control: String?
+    /// Opt-in because a controller that is only an orchestrator (query, set) never
+    /// answers `stop-guest`: with the handshake on, it would stall every switch-over.
+    @Flag(name: .customLong("guest-handshake"), help: "The controller on --control is the VMM: send asks it to stop the guest (stop-guest, waiting \(Int(ControlGuestControl.stopTimeoutSeconds)) s for guest-stopped; refused or unanswered: roll back) before stop-and-copy and to resume it (resume-guest) after a rollback; receive tells it start-guest after COMMIT. Without a connected controller nothing is asked.")
+    var guestHandshake = false
 
     func validate() throws {
+        if guestHandshake, control == nil { throw ValidationError("--guest-handshake needs --control (the VMM answers on the control socket)") }
         guard let control else { return }
         do { _ = try ControlAddress(parsing: control) } catch { throw ValidationError("--control: \(error)") }
     }
@@ -17,7 +22,7 @@ struct ControlOptions: ParsableArguments {
     /// Opens the socket (before anything starts, so a VMM can connect early); nil without `--control`.
     func start(role: ControlTarget.Role, printer: EventPrinter) throws -> ControlSession? {
         guard let control else { return nil }
-        return try ControlSession(address: ControlAddress(parsing: control), role: role, printer: printer)
+        return try ControlSession(address: ControlAddress(parsing: control), role: role, printer: printer, guestHandshake: guestHandshake)
     }
 }
 
@@ -27,8 +32,10 @@ final class ControlSession: Sendable {
     let server: ControlServer
     let target: ControlTarget
     private let status: ControlStatusBox
+    private let guestHandshake: Bool
 
-    init(address: ControlAddress, role: ControlTarget.Role, printer: EventPrinter) throws {
+    init(address: ControlAddress, role: ControlTarget.Role, printer: EventPrinter, guestHandshake: Bool) throws {
+        self.guestHandshake = guestHandshake
         let target = ControlTarget(role: role)
         let status = ControlStatusBox()
         server = try ControlServer(.init(address: address), handler: ControlAdapter(target: target, status: status))
@@ -46,6 +53,9 @@ final class ControlSession: Sendable {
 
     /// `--on-stall throttle` asks the VMM through this socket.
     var guestThrottle: any GuestThrottle { ControlGuestThrottle(server: server) }
+
+    /// The stop/resume/start handshake through this socket; nil without `--guest-handshake`.
+    var guestControl: (any GuestControl)? { guestHandshake ? ControlGuestControl(server: server) : nil }
 
     func close() { server.close() }
 }
@@ -173,4 +183,41 @@ struct ControlGuestThrottle: GuestThrottle {
         let answer = server.ask(.throttle, data: ["percent": .int(Int64(percent))], timeoutSeconds: Self.answerTimeoutSeconds)
         guard case .answered = answer else { throw Refusal.unanswered(answer) }
     }
+}
+
+/// `--guest-handshake`: the switch-over handshake through the control socket.
+/// No controller connected when it is time to stop the guest means no VMM in the
+/// loop (today's behaviour); a connected one that refuses, goes away or stays
+/// silent fails the step, and the source rolls back.
+struct ControlGuestControl: GuestControl {
+    let server: ControlServer
+    /// The downtime clock runs while we wait; a VMM slower than this is not coming.
+    static let stopTimeoutSeconds = 30.0
+
+    enum Refusal: Error, CustomStringConvertible {
+        case unanswered(VMMAnswer)
+        case refused(String)
+        var description: String {
+            switch self {
+            case .unanswered(.timedOut): return "no guest-stopped within \(Int(ControlGuestControl.stopTimeoutSeconds)) s of stop-guest"
+            case .unanswered(.controllerGone): return "the controller disconnected before answering stop-guest"
+            case .unanswered(let answer): return "stop-guest unanswered (\(answer))"
+            case .refused(let why): return "the VMM refused stop-guest: \(why)"
+            }
+        }
+    }
+
+    func stopGuest() throws {
+        let answer = server.ask(.stopGuest, timeoutSeconds: Self.stopTimeoutSeconds)
+        switch answer {
+        case .noController: return
+        case .answered(let arguments):
+            // A VMM that cannot pause answers with `error` rather than leaving us to time out.
+            if let why = arguments["error"] { throw Refusal.refused(why.stringValue ?? "\(why)") }
+        default: throw Refusal.unanswered(answer)
+        }
+    }
+
+    func resumeGuest() { server.notify(.resumeGuest) }
+    func startGuest() { server.notify(.startGuest) }
 }

@@ -1,5 +1,6 @@
 import CommandLineSupport
 import Foundation
+import MigrationControl
 import MigrationEngine
 import VFIODevice
 import VFIOSimulator
@@ -7,13 +8,15 @@ import VFIOSimulator
 /// `--device NAME=BACKEND` as typed by the operator.
 ///   sim:[state=SIZE,seed=N,dirty=PAGES,churn=SIZE,chunk=SIZE,allevery=N,image=PATH]
 ///   sim:interface=v2[,precopy=0|1,p2p=0|1,dmalog=0|1,precopyend=enomsg|zero,state=…,seed=…,dirty=…,churn=…,chunk=…]
-///   file:PATH[@OFFSET][,size=SIZE]
+///   file:PATH[@OFFSET][,size=SIZE]     (PATH may be fd:N, an inherited descriptor)
 ///   vfio:GROUP/DEVICE[,interface=v1|v2]
 /// Any form may end with `,compat=STRING` (the opaque compatibility string in HELLO).
 struct DeviceSpec: Sendable, CustomStringConvertible {
     enum Backend: Sendable {
         case sim(SimulatedDevice.Configuration)
         case file(path: String, offset: UInt64, size: UInt64?)
+        /// `file:fd:N[@OFFSET]`: a region file the VMM passed open (inherited).
+        case fileDescriptor(Int32, name: String, offset: UInt64, size: UInt64?)
         case vfio(group: String, device: String)
         /// `vfio:GROUP/DEVICE,interface=v1|v2`: one interface forced (plain `vfio:` probes v2 first).
         case vfioForced(group: String, device: String, interface: VFIODiscovery.InterfaceChoice)
@@ -92,7 +95,10 @@ struct DeviceSpec: Sendable, CustomStringConvertible {
                     throw CLIError.badDevice(text, "unknown file option \(p) (size, compat)")
                 }
             }
-            backend = .file(path: path, offset: offset, size: size)
+            switch try Self.descriptor(path, spec: text) {
+            case .some(let fd): backend = .fileDescriptor(fd, name: path, offset: offset, size: size)
+            case .none: backend = .file(path: path, offset: offset, size: size)
+            }
         case "vfio":
             let gd = (parts.first ?? "").split(separator: "/", maxSplits: 1).map(String.init)
             guard gd.count == 2, !gd[0].isEmpty, !gd[1].isEmpty else {
@@ -102,6 +108,21 @@ struct DeviceSpec: Sendable, CustomStringConvertible {
             backend = interface == .auto ? .vfio(group: gd[0], device: gd[1]) : .vfioForced(group: gd[0], device: gd[1], interface: interface)
         default:
             throw CLIError.badDevice(text, "unknown backend \(kind) (sim, file, vfio)")
+        }
+    }
+}
+
+extension DeviceSpec {
+    /// `fd:N` for the `file:` form; nil for a path. `fd:NAME` (passed with `add-fd`)
+    /// needs a `start` command that does not exist yet: refused, saying so.
+    static func descriptor(_ path: String, spec: String) throws -> Int32? {
+        let reference: DescriptorReference?
+        do { reference = try DescriptorReference(parsing: path) } catch { throw CLIError.badDevice(spec, "\(error)") }
+        switch reference {
+        case nil: return nil
+        case .inherited(let fd): return fd
+        case .named(let name):
+            throw CLIError.badDevice(spec, "a descriptor passed with add-fd (\(name)) is not supported yet; pass it inherited as fd:N")
         }
     }
 }

@@ -41,6 +41,9 @@ struct OpenedDevices {
             case .file(let path, let offset, let size):
                 region = try FileRegion(path: path, baseOffset: offset, size: size)
                 defaultCompat = "file"
+            case .fileDescriptor(let fd, let name, let offset, let size):
+                region = try FileRegion(descriptor: fd, name: name, baseOffset: offset, size: size)
+                defaultCompat = "file"
             case .vfio(let group, let device), .vfioForced(let group, let device, _):
                 // openV2 found no v2 interface (or interface=v1): the region.
                 let h = try VFIODiscovery.open(group: group, device: device)

@@ -1,6 +1,7 @@
 import ArgumentParser
 import CommandLineSupport
 import Foundation
+import MigrationControl
 import Logging
 import MigrationEngine
 import MigrationTLS
@@ -53,10 +54,10 @@ func warnAboutCertificates(_ context: TLSContext, command: String) {
 
 struct DeviceOptions: ParsableArguments {
     @Option(name: .customLong("device"), help: ArgumentHelp(
-        "A device: NAME=sim:[state=SIZE,seed=N,dirty=PAGES,churn=SIZE,chunk=SIZE,allevery=N,image=PATH], NAME=file:PATH[@OFFSET], NAME=vfio:GROUP/DEVICE; any may end in ,compat=STRING. Repeatable; order matters.",
+        "A device: NAME=sim:[state=SIZE,seed=N,dirty=PAGES,churn=SIZE,chunk=SIZE,allevery=N,image=PATH], NAME=file:PATH[@OFFSET] (PATH may be fd:N, a region file the VMM passed open read-write), NAME=vfio:GROUP/DEVICE; any may end in ,compat=STRING. Repeatable; order matters.",
         valueName: "name=backend"))
     var devices: [String] = []
-    @Option(help: "Guest memory: a shared file (memory-backend-file, hugetlbfs).")
+    @Option(help: "Guest memory: a shared file (memory-backend-file, hugetlbfs), or fd:N, a memfd/hugetlbfs/shared-file descriptor the VMM passed open read-write (mapped MAP_SHARED; refused before anything starts if closed, read-only, not a regular file or not --memory-size bytes).")
     var memory: String?
     @Option(name: .customLong("memory-size"), help: "Guest memory size (e.g. 1G); default: the file's size.")
     var memorySize: ByteCount?
@@ -75,10 +76,30 @@ struct DeviceOptions: ParsableArguments {
         }
         if memorySize != nil && memory == nil { throw ValidationError("--memory-size needs --memory PATH") }
         if memorySize?.bytes == 0 { throw ValidationError("--memory-size 0: expected a size above 0") }
+        if let memory { _ = try Self.memoryDescriptor(memory) }
+    }
+
+    /// `--memory fd:N`: the inherited descriptor; nil for a path. `fd:NAME` (a
+    /// descriptor passed with `add-fd`) would need the migration to wait for the
+    /// VMM's `start` command, which does not exist yet: refused, saying so.
+    static func memoryDescriptor(_ text: String) throws -> Int32? {
+        let reference: DescriptorReference?
+        do { reference = try DescriptorReference(parsing: text) } catch { throw ValidationError("--memory \(text): \(error)") }
+        switch reference {
+        case nil: return nil
+        case .inherited(let fd): return fd
+        case .named(let name):
+            throw ValidationError("--memory \(text): a descriptor passed with add-fd (\(name)) is not supported yet; pass it inherited as fd:N")
+        }
     }
 
     func openMemory(create: Bool) throws -> GuestMemory? {
         guard let memory else { return nil }
+        if let fd = try Self.memoryDescriptor(memory) {
+            // The VMM sized and owns its memory: creating or extending it is not ours to do.
+            if create { throw ValidationError("--create-memory does not apply to --memory \(memory) (the VMM's own memory)") }
+            return try GuestMemory(descriptor: fd, name: memory, size: memorySize?.bytes, pageSize: pageSize)
+        }
         return try GuestMemory(path: memory, size: memorySize?.bytes, create: create, pageSize: pageSize)
     }
 

@@ -121,6 +121,7 @@ struct Send: ParsableCommand {
         do {
             var options = tuning.options()
             if let control, options.onStall == .throttle { options.guestThrottle = control.guestThrottle }
+            options.guestControl = control?.guestControl
             let context = try TLSContext(configuration: tls.configuration(), role: .client)
             warnAboutCertificates(context, command: "send")
             let memory = try devices.openMemory(create: false)
@@ -204,7 +205,8 @@ struct Receive: ParsableCommand {
         defer { control?.close() }
         let started: Started
         do {
-            started = try start(events: { event in control?.observe(event); printer.handle(event); notifier?.report(event) })
+            started = try start(guestControl: control?.guestControl,
+                                events: { event in control?.observe(event); printer.handle(event); notifier?.report(event) })
             let (receiver, listener) = (started.receiver, started.listener)
             control?.target.attach(sender: nil) { receiver.cancel(); listener.close() }
             printer.handle(.phase(.connect))
@@ -219,7 +221,7 @@ struct Receive: ParsableCommand {
     }
 
     /// Certificates, guest memory (populated before listening), devices, then the listener.
-    private func start(events: @escaping EventSink) throws -> Started {
+    private func start(guestControl: (any GuestControl)?, events: @escaping EventSink) throws -> Started {
         let context = try TLSContext(configuration: tls.configuration(), role: .server)
         warnAboutCertificates(context, command: "receive")
         let memory = try devices.openMemory(create: createMemory)
@@ -227,6 +229,7 @@ struct Receive: ParsableCommand {
         let opened = try devices.open(memory: memory)
         var options = ReceiverOptions()
         options.peerTimeoutSeconds = peerTimeout
+        options.guestControl = guestControl
         if let workers { options.workers = workers }
         let receiver = Receiver(devices: opened.destinationDevices, memory: memory, options: options, events: events)
         let listener = try makeListener(context: context)

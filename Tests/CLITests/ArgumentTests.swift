@@ -99,6 +99,12 @@ import Testing
         #expect(spec.compatibility == nil)
     }
 
+    @Test func fileRegionOnAnInheritedDescriptor() throws {
+        let spec = try DeviceSpec(parsing: "nic=file:fd:4@0x1000,size=64K")
+        guard case .fileDescriptor(let fd, let name, let offset, let size) = spec.backend else { Issue.record("\(spec.backend)"); return }
+        #expect(fd == 4 && name == "fd:4" && offset == 4096 && size == 65536)
+    }
+
     @Test func vfioGroupAndDevice() throws {
         let spec = try DeviceSpec(parsing: "gpu=vfio:26/0000:65:00.0")
         guard case .vfio(let group, let device) = spec.backend else { Issue.record("\(spec.backend)"); return }
@@ -110,7 +116,8 @@ import Testing
                       ("d=sim:seed=x", "seed must be a number"), ("d=sim:dirty=-1", "dirty must be"),
                       ("d=sim:state=lots", "not a size"), ("d=file:", "needs a path"), ("d=file:/x,mode=rw", "unknown file option"),
                       ("d=vfio:26", "GROUP/DEVICE"), ("d=vfio:/x", "GROUP/DEVICE"),
-                      ("d=sim:image=/no/such/image", "cannot open image")])
+                      ("d=sim:image=/no/such/image", "cannot open image"),
+                      ("d=file:fd:-1", "0 or more"), ("d=file:fd:nic-state", "not supported yet")])
     func malformedSpecIsRefusedSayingWhy(text: String, why: String) {
         #expect {
             try DeviceSpec(parsing: text)

@@ -17,9 +17,16 @@ final class CLIProcess: @unchecked Sendable {
     private var stderrText = ""
     private var readersDone = 0
 
-    init(_ args: [String]) throws {
-        process.executableURL = URL(fileURLWithPath: Self.binary)
-        process.arguments = args
+    /// `redirections`: shell redirections applied before the binary runs (`3<>FILE`),
+    /// for descriptors the child must inherit: Foundation's `Process` passes only 0–2.
+    init(_ args: [String], redirections: String? = nil) throws {
+        if let redirections {
+            process.executableURL = URL(fileURLWithPath: "/bin/sh")
+            process.arguments = ["-c", "exec \"$0\" \"$@\" \(redirections)", Self.binary] + args
+        } else {
+            process.executableURL = URL(fileURLWithPath: Self.binary)
+            process.arguments = args
+        }
         process.currentDirectoryURL = URL(fileURLWithPath: repositoryRoot)
         process.standardOutput = out
         process.standardError = err
