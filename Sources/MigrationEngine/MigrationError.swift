@@ -44,6 +44,9 @@ public enum MigrationFailure: Error, CustomStringConvertible {
     /// The VMM did not confirm the guest stopped (refused, timed out, went away):
     /// the final round is never copied from a running guest.
     case guestNotStopped(String)
+    /// `--dirty vmm`: no usable bitmap, or the VMM did not answer `dirty-sync`;
+    /// without the guest's dirty pages the copy would be stale, so it fails.
+    case guestDirtyLog(String)
 
     public var description: String {
         switch self {
@@ -63,6 +66,7 @@ public enum MigrationFailure: Error, CustomStringConvertible {
         case .notConverged(let n, let reason): return "did not converge after \(n) pre-copy iteration(s): \(reason)"
         case .configuration(let s): return "configuration: \(s)"
         case .guestNotStopped(let s): return "the VMM did not stop the guest: \(s)"
+        case .guestDirtyLog(let s): return "the guest's dirty log (--dirty vmm): \(s)"
         }
     }
 
@@ -80,7 +84,7 @@ public enum MigrationFailure: Error, CustomStringConvertible {
         // Ending a session by closing, without ABORT, breaks §2.4.
         case .peerClosed, .tls(.truncated), .tls(.connectionReset): return .protocolError
         case .tls(.readTimeout), .tls(.writeTimeout): return .timeout   // peer silent or not reading
-        case .tls, .peerAborted, .configuration, .guestNotStopped: return .internalError
+        case .tls, .peerAborted, .configuration, .guestNotStopped, .guestDirtyLog: return .internalError
         }
     }
 }

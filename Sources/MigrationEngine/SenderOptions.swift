@@ -29,6 +29,9 @@ public struct SenderOptions: Sendable {
     /// The VMM's stop/resume handshake around stop-and-copy; nil = none (the
     /// guest is not paused by the transport: today's behaviour).
     public var guestControl: (any GuestControl)?
+    /// `--dirty vmm`: the guest's own dirty pages, re-sent with the devices' (the
+    /// union); nil = only the devices' sources.
+    public var guestDirtyLog: (any GuestDirtyLog)?
     public var workers: Int = max(ProcessInfo.processInfo.activeProcessorCount, 1)
     /// A peer silent for this long (no frame, no keep-alive) is gone.
     public var peerTimeoutSeconds: Double = 30

@@ -117,6 +117,8 @@ final class SourceSession {
     private func precopy(_ parameters: ConvergenceParameters) throws(MigrationFailure) {
         state = .precopy(iteration: 0)
         events(.phase(.precopy))
+        // Refused here, before any device leaves RUNNING: nothing to roll back.
+        try startGuestDirtyLog()
         try devices.startSaving()
         let loggingSince = ContinuousClock.now
         let pipeline = makePipeline()
@@ -476,6 +478,34 @@ final class SourceSession {
                 }
                 start += count
             }
+        }
+        total += try sendGuestDirtyPages(memory, window: window)
+        return total
+    }
+
+    private func startGuestDirtyLog() throws(MigrationFailure) {
+        guard let log = options.guestDirtyLog else { return }
+        guard let memory else { throw .guestDirtyLog("there is no guest memory to track (--memory)") }
+        do { try log.start(pageSize: UInt64(memory.pageSize), pageCount: memory.pageCount) } catch {
+            throw .guestDirtyLog(error.reason)
+        }
+    }
+
+    /// The guest's dirty pages: one sync, then the snapshot cut into the same
+    /// windows as the devices'. Its DIRTY_BITMAP frames are tagged device 0 (the
+    /// receiver treats them as informational). A page also dirty in a device's
+    /// report is sent again: the later copy carries the same or newer bytes and
+    /// the pipeline keeps order, so the destination ends with the latest.
+    private func sendGuestDirtyPages(_ memory: GuestMemory, window: UInt64) throws(MigrationFailure) -> UInt64 {
+        guard let log = options.guestDirtyLog else { return 0 }
+        let snapshot: GuestDirtySnapshot
+        do { snapshot = try log.sync() } catch { throw .guestDirtyLog(error.reason) }
+        var total: UInt64 = 0
+        var start: UInt64 = 0
+        while start < memory.pageCount {
+            let count = min(window, memory.pageCount - start)
+            total += try send(snapshot.segment(startPFN: start, count: count, pageSize: UInt64(memory.pageSize)), device: 0)
+            start += count
         }
         return total
     }
