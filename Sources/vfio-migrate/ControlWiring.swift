@@ -57,6 +57,9 @@ final class ControlSession: Sendable {
     /// The stop/resume/start handshake through this socket; nil without `--guest-handshake`.
     var guestControl: (any GuestControl)? { guestHandshake ? ControlGuestControl(server: server) : nil }
 
+    /// `--dirty vmm` / `--guest-dirty-log`: the guest's dirty pages through this socket.
+    var guestDirtyLog: any GuestDirtyLog { ControlGuestDirtyLog(server: server) }
+
     func close() { server.close() }
 }
 
@@ -220,4 +223,67 @@ struct ControlGuestControl: GuestControl {
 
     func resumeGuest() { server.notify(.resumeGuest) }
     func startGuest() { server.notify(.startGuest) }
+}
+
+/// `--dirty vmm` / `--guest-dirty-log`: the guest's dirty pages from the VMM on
+/// the control socket. Each round is one `dirty-sync` (the VMM overwrites the
+/// shared bitmap, then answers `dirty-synced`), then one copy of the bitmap, so
+/// the round's windows all read the same harvest and the VMM may refill the
+/// bitmap as soon as it answered.
+final class ControlGuestDirtyLog: GuestDirtyLog, Sendable {
+    let server: ControlServer
+    /// The copy happens inside the downtime on the last round; a VMM slower than this is not answering.
+    static let syncTimeoutSeconds = 10.0
+    private let mapping = LockedValue<DirtyLogMapping?>(nil)
+
+    init(server: ControlServer) { self.server = server }
+
+    func start(pageSize: UInt64, pageCount: UInt64) throws(GuestDirtyLogError) {
+        guard let layout = server.dirtyLogLayout,
+              let fd = server.descriptors.descriptor(named: DirtyLogLayout.descriptorName) else {
+            throw GuestDirtyLogError("no dirty-log-setup was done on the control socket; the VMM must hand over its bitmap before the migration starts")
+        }
+        // A bitmap of other pages would re-send the wrong ones: refuse rather than translate.
+        guard layout.pageSize == pageSize, layout.pageCount == pageCount else {
+            throw GuestDirtyLogError("dirty-log-setup covers \(layout.pageCount) pages of \(layout.pageSize) bytes; the guest memory is \(pageCount) pages of \(pageSize) bytes")
+        }
+        let mapped = try DirtyLogMapping(fd: fd, layout: layout)
+        mapping.withLock { $0 = mapped }
+    }
+
+    func sync() throws(GuestDirtyLogError) -> GuestDirtySnapshot {
+        guard let mapped = mapping.current else { throw GuestDirtyLogError("dirty-sync before the log was started") }
+        let answer = server.ask(.dirtySync, timeoutSeconds: Self.syncTimeoutSeconds)
+        guard case .answered(let arguments) = answer else {
+            // Without the VMM's harvest the destination would miss guest writes: fail, never guess.
+            throw GuestDirtyLogError("dirty-sync unanswered (\(answer))")
+        }
+        if let why = arguments["error"] { throw GuestDirtyLogError("the VMM refused dirty-sync: \(why.stringValue ?? "\(why)")") }
+        return mapped.snapshot()
+    }
+}
+
+/// The VMM's bitmap, mapped read-only and shared (we never write it; the VMM's
+/// stores are seen without a copy through the descriptor). Unmapped when released.
+final class DirtyLogMapping: @unchecked Sendable {  // `base` is only read, the mapping is immutable
+    private let base: UnsafeRawPointer
+    private let byteCount: Int
+    let layout: DirtyLogLayout
+
+    init(fd: Int32, layout: DirtyLogLayout) throws(GuestDirtyLogError) {
+        guard let p = mmap(nil, layout.byteCount, PROT_READ, MAP_SHARED, fd, 0), p != MAP_FAILED else {
+            throw GuestDirtyLogError("cannot map the dirty-log descriptor: \(String(cString: strerror(errno)))")
+        }
+        base = UnsafeRawPointer(p)
+        byteCount = layout.byteCount
+        self.layout = layout
+    }
+
+    deinit { munmap(UnsafeMutableRawPointer(mutating: base), byteCount) }
+
+    /// The words as they are now (little-endian in the file, whatever the host).
+    func snapshot() -> GuestDirtySnapshot {
+        let words = (0..<(byteCount / 8)).map { UInt64(littleEndian: base.loadUnaligned(fromByteOffset: $0 * 8, as: UInt64.self)) }
+        return GuestDirtySnapshot(words: words, pageCount: layout.pageCount)
+    }
 }

@@ -86,7 +86,7 @@ extension OpenedDevices {
         }
         let source: (any DirtyPageSource)?
         switch dirty {
-        case .none: source = nil
+        case .none, .vmm: source = nil  // vmm: the guest's pages come from the VMM, not the device
         case .deviceLog:
             guard try DeviceDMALogDirtyPageSource.isSupported(by: device.v2!) else {
                 throw CLIError.config("device \(spec.name): --dirty device-log, but the device does not offer DMA logging (PROBE DMA_LOGGING_START answers ENOTTY)")

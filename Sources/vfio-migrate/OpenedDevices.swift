@@ -17,6 +17,9 @@ struct OpenedDevices {
         case region, iommu, none
         /// The v2 device's own DMA logging (VFIO_DEVICE_FEATURE DMA_LOGGING_*).
         case deviceLog = "device-log"
+        /// The guest's own dirty pages from the VMM (control socket), and no
+        /// device source; `--guest-dirty-log` adds them to any other mode.
+        case vmm
     }
 
     init(specs: [DeviceSpec], memory: GuestMemory?, dirty: DirtyMode) throws {
@@ -58,7 +61,7 @@ struct OpenedDevices {
             compatibility.append(spec.compatibility ?? defaultCompat)
             switch dirty {
             case .region: dirtySources.append(RegionDirtyPageSource(device: device))
-            case .none: dirtySources.append(nil)
+            case .none, .vmm: dirtySources.append(nil)
             case .deviceLog:
                 throw CLIError.config("device \(spec.name): --dirty device-log needs a device with the v2 interface (DMA logging is a v2 feature)")
             case .iommu:

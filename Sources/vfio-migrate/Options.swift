@@ -63,8 +63,15 @@ struct DeviceOptions: ParsableArguments {
     var memorySize: ByteCount?
     @Option(name: .customLong("page-size"), help: "Guest page size in bytes (a power of two, 4096 to 1G).")
     var pageSize: Int = 4096
-    @Option(help: "Where dirty pages come from: region (the migration region's bitmap query), iommu (the VFIO container's dirty log, vfio: devices), device-log (a v2 device's DMA logging), none.")
+    @Option(help: "Where dirty pages come from: region (the migration region's bitmap query), iommu (the VFIO container's dirty log, vfio: devices), device-log (a v2 device's DMA logging), vmm (only the guest's own dirty pages, from the VMM on --control: dirty-sync each round), none.")
     var dirty: OpenedDevices.DirtyMode = .region
+    /// A separate flag because `--dirty` picks one device source; the guest's
+    /// pages come from the VMM whatever the devices use, and the union is re-sent.
+    @Flag(name: .customLong("guest-dirty-log"), help: "send: also re-send the pages the guest's vCPUs dirtied, from the VMM on --control (dirty-log-setup before the migration, dirty-sync each round); combinable with any --dirty. --dirty vmm implies it.")
+    var guestDirtyLog = false
+
+    /// Whether the source asks the VMM for the guest's dirty pages.
+    var wantsGuestDirtyLog: Bool { guestDirtyLog || dirty == .vmm }
 
     func validate() throws {
         guard !devices.isEmpty else { throw ValidationError("name at least one --device NAME=BACKEND") }

@@ -99,6 +99,9 @@ struct Send: ParsableCommand {
     func validate() throws {
         try ArgumentCheck.seconds(connectTimeout, "--connect-timeout")
         try ArgumentCheck.milliseconds(workloadMs, "--workload-ms", allowZero: true)
+        if devices.wantsGuestDirtyLog, controlOptions.control == nil {
+            throw ValidationError("\(devices.dirty == .vmm ? "--dirty vmm" : "--guest-dirty-log") needs --control (the VMM reports the guest's dirty pages on the control socket)")
+        }
     }
     @OptionGroup var devices: DeviceOptions
     @OptionGroup var tuning: SenderTuning
@@ -122,6 +125,7 @@ struct Send: ParsableCommand {
             var options = tuning.options()
             if let control, options.onStall == .throttle { options.guestThrottle = control.guestThrottle }
             options.guestControl = control?.guestControl
+            if devices.wantsGuestDirtyLog { options.guestDirtyLog = control?.guestDirtyLog }
             let context = try TLSContext(configuration: tls.configuration(), role: .client)
             warnAboutCertificates(context, command: "send")
             let memory = try devices.openMemory(create: false)

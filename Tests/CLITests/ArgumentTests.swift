@@ -29,6 +29,8 @@ import Testing
         (send + ["--bandwidth", "99999999999999999999T"], "--bandwidth"),
         (send + ["--log-level", "verbose"], "--log-level"),
         (send + ["--dirty", "everything"], "--dirty"),
+        (send + ["--dirty", "vmm"], "--dirty vmm needs --control"),
+        (send + ["--guest-dirty-log"], "--guest-dirty-log needs --control"),
         (send + ["--page-size", "3000"], "--page-size 3000"),
         (send + ["--memory-size", "1G"], "--memory-size needs --memory"),
         (send + ["--device", "bad"], "expected NAME=BACKEND"),
