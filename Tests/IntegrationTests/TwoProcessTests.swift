@@ -71,6 +71,19 @@ struct TwoProcessTests {
         try Data(bytes).write(to: URL(fileURLWithPath: path))
     }
 
+    /// Both ends' state dumps (`--dump-state DIR/src`, `DIR/dst`) and guest-memory
+    /// files (`DIR/src.mem`, `DIR/dst.mem`) exist and are byte-identical.
+    static func expectByteIdentical(dir: String, devices: [String], sourceLocation: SourceLocation = #_sourceLocation) {
+        for name in devices {
+            let a = FileManager.default.contents(atPath: "\(dir)/src/\(name).state")
+            let b = FileManager.default.contents(atPath: "\(dir)/dst/\(name).state")
+            #expect(a != nil && a == b, "device \(name) state differs", sourceLocation: sourceLocation)
+        }
+        let srcMem = FileManager.default.contents(atPath: "\(dir)/src.mem")
+        let dstMem = FileManager.default.contents(atPath: "\(dir)/dst.mem")
+        #expect(srcMem != nil && srcMem == dstMem, "guest memory differs", sourceLocation: sourceLocation)
+    }
+
     static func events(_ out: String) -> [[String: Any]] {
         out.split(separator: "\n").compactMap { line in
             (try? JSONSerialization.jsonObject(with: Data(line.utf8))) as? [String: Any]
@@ -96,14 +109,7 @@ struct TwoProcessTests {
         let r = receiver.wait()
         #expect(s.code == 0, "sender: \(s.err)\n\(s.out)")
         #expect(r.code == 0, "receiver: \(r.err)\n\(r.out)")
-        for name in ["gpu0", "nic0"] {
-            let a = FileManager.default.contents(atPath: "\(dir)/src/\(name).state")
-            let b = FileManager.default.contents(atPath: "\(dir)/dst/\(name).state")
-            #expect(a != nil && a == b, "device \(name) state differs")
-        }
-        let srcMem = FileManager.default.contents(atPath: "\(dir)/src.mem")
-        let dstMem = FileManager.default.contents(atPath: "\(dir)/dst.mem")
-        #expect(srcMem != nil && srcMem == dstMem, "guest memory differs")
+        Self.expectByteIdentical(dir: dir, devices: ["gpu0", "nic0"])
 
         let finished = Self.events(s.out).first { $0["event"] as? String == "finished" }
         let stats = finished?["stats"] as? [String: Any]

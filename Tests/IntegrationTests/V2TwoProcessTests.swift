@@ -25,14 +25,7 @@ struct V2TwoProcessTests {
         let r = receiver.wait()
         #expect(s.code == 0, "sender: \(s.err)\n\(s.out)")
         #expect(r.code == 0, "receiver: \(r.err)\n\(r.out)")
-        for name in ["gpu0", "nic0", "ssd0"] {
-            let a = FileManager.default.contents(atPath: "\(dir)/src/\(name).state")
-            let b = FileManager.default.contents(atPath: "\(dir)/dst/\(name).state")
-            #expect(a != nil && a == b, "device \(name) state differs")
-        }
-        let srcMem = FileManager.default.contents(atPath: "\(dir)/src.mem")
-        let dstMem = FileManager.default.contents(atPath: "\(dir)/dst.mem")
-        #expect(srcMem != nil && srcMem == dstMem, "guest memory differs")
+        TwoProcessTests.expectByteIdentical(dir: dir, devices: ["gpu0", "nic0", "ssd0"])
         let finished = TwoProcessTests.events(s.out).first { $0["event"] as? String == "finished" }
         let stats = finished?["stats"] as? [String: Any]
         #expect((stats?["iterations"] as? Int ?? 0) > 1)
