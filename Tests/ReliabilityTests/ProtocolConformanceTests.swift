@@ -17,19 +17,14 @@ struct ProtocolConformanceTests {
     /// close_notify at once, without waiting for the source to close first.
     @Test(arguments: ["adjacent ranges", "half the memory"])
     func sourceMemoryInsideTheDestinationsMigrates(_ layout: String) throws {
-        ignoreSIGPIPE()
-        let pki = try TestPKI.get()
         let pair = try SimPair(names: ["gpu0"], stateSize: 32 << 10, memoryPages: 256, maxChunk: 8 << 10)
-        let receiver = try ListeningReceiver(pair, pki: pki)
-        defer { receiver.listener.close() }
-        let peer = try ScriptedPeer.source(port: receiver.port, pki: pki)
-        defer { peer.stream.close() }
-        var mine = try peer.readHello()
-        mine.role = .source
-        mine.memory = layout == "adjacent ranges"
+        var session = try ScriptedSession(pair)
+        defer { session.close() }
+        let (receiver, peer) = (session.receiver, session.peer)
+        session.hello.memory = layout == "adjacent ranges"
             ? [MemoryRange(startPFN: 0, pageCount: 100, pageSize: 4096), MemoryRange(startPFN: 100, pageCount: 156, pageSize: 4096)]
             : [MemoryRange(startPFN: 0, pageCount: 128, pageSize: 4096)]
-        try peer.send(.hello(mine))
+        try peer.send(.hello(session.hello))
         let last: UInt64 = layout == "adjacent ranges" ? 200 : 127
         try peer.send(.pages(Pages(pageSize: 4096, segments: [
             PageSegment(startPFN: 10, pageCount: 1, encoding: .raw, payload: Self.page(0xA1)),
@@ -56,17 +51,12 @@ struct ProtocolConformanceTests {
     /// check: ABORT `incompatible`, the destination's devices untouched.
     @Test(arguments: ["session id", "version"])
     func sessionIDOrVersionMismatchIsIncompatible(_ what: String) throws {
-        ignoreSIGPIPE()
-        let pki = try TestPKI.get()
         let pair = try SimPair(names: ["gpu0"], stateSize: 32 << 10, memoryPages: 64)
-        let receiver = try ListeningReceiver(pair, pki: pki)
-        defer { receiver.listener.close() }
-        let peer = try ScriptedPeer.source(port: receiver.port, pki: pki)
-        defer { peer.stream.close() }
-        var mine = try peer.readHello()
-        mine.role = .source
-        if what == "version" { mine.version = 2 } else { mine.sessionID = mine.sessionID.map { ~$0 } }
-        try peer.send(.hello(mine))
+        var session = try ScriptedSession(pair)
+        defer { session.close() }
+        let (receiver, peer) = (session.receiver, session.peer)
+        if what == "version" { session.hello.version = 2 } else { session.hello.sessionID = session.hello.sessionID.map { ~$0 } }
+        try peer.send(.hello(session.hello))
         let end = peer.readUntilClosed(timeoutSeconds: 10)
         peer.stream.close()
         #expect(end.closedCleanly, "one ABORT, then close_notify: \(end.error ?? "")")
@@ -81,16 +71,11 @@ struct ProtocolConformanceTests {
     /// frame and before any later one is applied. §6: a COMMIT that arrives before READY
     /// is never acted on before the state is verified: here it never is.
     @Test func digestMismatchStopsBeforeLaterFramesAndAnEarlyCommitResumesNothing() throws {
-        ignoreSIGPIPE()
-        let pki = try TestPKI.get()
         let pair = try SimPair(names: ["gpu0"], stateSize: 32 << 10, memoryPages: 64, maxChunk: 8 << 10)
-        let receiver = try ListeningReceiver(pair, pki: pki)
-        defer { receiver.listener.close() }
-        let peer = try ScriptedPeer.source(port: receiver.port, pki: pki)
-        defer { peer.stream.close() }
-        var mine = try peer.readHello()
-        mine.role = .source
-        try peer.send(.hello(mine))
+        let session = try ScriptedSession(pair)
+        defer { session.close() }
+        let (receiver, peer) = (session.receiver, session.peer)
+        try peer.send(.hello(session.hello))
         try peer.sendDeviceStreams(pair, corruptDigestOf: 0)
         try peer.send(.pages(Pages(pageSize: 4096, segments: [PageSegment(startPFN: 7, pageCount: 1, encoding: .raw, payload: Self.page(0xCD))])))
         try peer.send(.complete)
@@ -106,16 +91,11 @@ struct ProtocolConformanceTests {
 
     /// §5.7: an ABORT is answered with close_notify, never with an ABORT.
     @Test func abortIsNotAnsweredWithAnAbort() throws {
-        ignoreSIGPIPE()
-        let pki = try TestPKI.get()
         let pair = try SimPair(names: ["gpu0"], stateSize: 32 << 10, memoryPages: 64)
-        let receiver = try ListeningReceiver(pair, pki: pki)
-        defer { receiver.listener.close() }
-        let peer = try ScriptedPeer.source(port: receiver.port, pki: pki)
-        defer { peer.stream.close() }
-        var mine = try peer.readHello()
-        mine.role = .source
-        try peer.send(.hello(mine))
+        let session = try ScriptedSession(pair)
+        defer { session.close() }
+        let (receiver, peer) = (session.receiver, session.peer)
+        try peer.send(.hello(session.hello))
         try peer.send(.abort(Abort(reason: .cancelled, message: "operator pressed ^C")))
         let end = peer.readUntilClosed(timeoutSeconds: 10)
         peer.stream.close()
@@ -128,20 +108,44 @@ struct ProtocolConformanceTests {
     /// §5.7/§7: a silent source gets ABORT `timeout` (not `internalError`), and the
     /// destination kept sending KEEPALIVE while it waited.
     @Test func silentSourceIsAbortedWithTimeout() throws {
-        ignoreSIGPIPE()
-        let pki = try TestPKI.get()
         let pair = try SimPair(names: ["gpu0"], stateSize: 32 << 10, memoryPages: 64)
-        let receiver = try ListeningReceiver(pair, pki: pki, options: Rig.receiverOptions(peerTimeout: 1.5))
-        defer { receiver.listener.close() }
-        let peer = try ScriptedPeer.source(port: receiver.port, pki: pki)
-        defer { peer.stream.close() }
-        var mine = try peer.readHello()
-        mine.role = .source
-        try peer.send(.hello(mine))
+        let session = try ScriptedSession(pair, options: Rig.receiverOptions(peerTimeout: 1.5))
+        defer { session.close() }
+        let (receiver, peer) = (session.receiver, session.peer)
+        try peer.send(.hello(session.hello))
         let end = peer.readUntilClosed(timeoutSeconds: 20)
         peer.stream.close()
         #expect(peer.abort?.reason == .timeout, "\(String(describing: peer.abort)) \(end.error ?? "")")
         #expect(end.frames.contains { if case .keepAlive = $0.body { return true } else { return false } }, "keep-alives while waiting")
         guard let e = receiver.error, case .tls(.readTimeout) = e.failure else { Issue.record("receiver: \(receiver.result.wait())"); return }
+    }
+}
+
+/// A receiver listening on `pair`'s destination and a scripted source connected
+/// to it that has read the destination's HELLO; `hello` is that HELLO with the
+/// source's role, which a test sends back (changed or not) as its own.
+struct ScriptedSession {
+    let receiver: ListeningReceiver
+    let peer: ScriptedPeer
+    var hello: Hello
+
+    init(_ pair: SimPair, options: ReceiverOptions = Rig.receiverOptions(peerTimeout: 20)) throws {
+        ignoreSIGPIPE()
+        let pki = try TestPKI.get()
+        let receiver = try ListeningReceiver(pair, pki: pki, options: options)
+        do {
+            peer = try ScriptedPeer.source(port: receiver.port, pki: pki)
+            do { hello = try peer.readHello() } catch { peer.stream.close(); throw error }
+        } catch {
+            receiver.listener.close()
+            throw error
+        }
+        self.receiver = receiver
+        hello.role = .source
+    }
+
+    func close() {
+        peer.stream.close()
+        receiver.listener.close()
     }
 }
