@@ -13,15 +13,20 @@ struct GuestDirtyLogTests {
 
     static func pair() throws -> SimPair { try SimPair(memoryPages: pages, dirtyPagesPerStep: 0) }
 
-    @Test func pagesTheGuestDirtiedAreResentByteExact() throws {
-        let pair = try Self.pair()
-        let vmm = WritingVMM(memory: pair.sourceMemory, pageCount: Self.pages)
+    /// Three pre-copy rounds of `pair` with `vmm` as the guest's dirty log.
+    static func migrate(_ pair: SimPair, vmm: WritingVMM) throws -> Loopback.Outcome {
         var options = Loopback.quickOptions()
         options.guestDirtyLog = vmm
         options.maxIterations = 3
-        let outcome = try Loopback.migrate(source: pair.source, sourceMemory: pair.sourceMemory,
-                                           destination: pair.destination, destinationMemory: pair.destinationMemory,
-                                           options: options)
+        return try Loopback.migrate(source: pair.source, sourceMemory: pair.sourceMemory,
+                                    destination: pair.destination, destinationMemory: pair.destinationMemory,
+                                    options: options)
+    }
+
+    @Test func pagesTheGuestDirtiedAreResentByteExact() throws {
+        let pair = try Self.pair()
+        let vmm = WritingVMM(memory: pair.sourceMemory, pageCount: Self.pages)
+        let outcome = try Self.migrate(pair, vmm: vmm)
         _ = try outcome.source.get()
         _ = try outcome.destination.get()
         #expect(vmm.syncs >= 2, "one sync per dirty round, the last after the devices stopped: \(vmm.syncs)")
@@ -33,12 +38,7 @@ struct GuestDirtyLogTests {
         var pair = try Self.pair()
         let vmm = WritingVMM(memory: pair.sourceMemory, pageCount: Self.pages)
         pair.source[0].dirtyPages = EverythingDirty()
-        var options = Loopback.quickOptions()
-        options.guestDirtyLog = vmm
-        options.maxIterations = 3
-        let outcome = try Loopback.migrate(source: pair.source, sourceMemory: pair.sourceMemory,
-                                           destination: pair.destination, destinationMemory: pair.destinationMemory,
-                                           options: options)
+        let outcome = try Self.migrate(pair, vmm: vmm)
         _ = try outcome.source.get()
         _ = try outcome.destination.get()
         #expect(try pair.identicalMemory())

@@ -11,17 +11,22 @@ import VFIOSimulator
 struct GuestHandshakeTests {
     static func pair() throws -> SimPair { try SimPair(memoryPages: 512) }
 
-    @Test func stopGuestComesBeforeTheDevicesStopAndStartGuestAfterTheyRun() throws {
-        let pair = try Self.pair()
-        let source = RecordingGuest(devices: pair.sourceSims)
-        let destination = RecordingGuest(devices: pair.destinationSims)
+    /// One in-process migration of `pair` with a VMM on each side.
+    static func migrate(_ pair: SimPair, source: RecordingGuest, destination: RecordingGuest) throws -> Loopback.Outcome {
         var options = Loopback.quickOptions()
         options.guestControl = source
         var receiverOptions = Loopback.quickReceiver()
         receiverOptions.guestControl = destination
-        let outcome = try Loopback.migrate(source: pair.source, sourceMemory: pair.sourceMemory,
-                                           destination: pair.destination, destinationMemory: pair.destinationMemory,
-                                           options: options, receiverOptions: receiverOptions)
+        return try Loopback.migrate(source: pair.source, sourceMemory: pair.sourceMemory,
+                                    destination: pair.destination, destinationMemory: pair.destinationMemory,
+                                    options: options, receiverOptions: receiverOptions)
+    }
+
+    @Test func stopGuestComesBeforeTheDevicesStopAndStartGuestAfterTheyRun() throws {
+        let pair = try Self.pair()
+        let source = RecordingGuest(devices: pair.sourceSims)
+        let destination = RecordingGuest(devices: pair.destinationSims)
+        let outcome = try Self.migrate(pair, source: source, destination: destination)
         _ = try outcome.source.get()
         _ = try outcome.destination.get()
         #expect(try pair.identicalMemory())
@@ -37,13 +42,7 @@ struct GuestHandshakeTests {
         let pair = try Self.pair()
         let source = RecordingGuest(devices: pair.sourceSims, refuseStop: true)
         let destination = RecordingGuest(devices: pair.destinationSims)
-        var options = Loopback.quickOptions()
-        options.guestControl = source
-        var receiverOptions = Loopback.quickReceiver()
-        receiverOptions.guestControl = destination
-        let outcome = try Loopback.migrate(source: pair.source, sourceMemory: pair.sourceMemory,
-                                           destination: pair.destination, destinationMemory: pair.destinationMemory,
-                                           options: options, receiverOptions: receiverOptions)
+        let outcome = try Self.migrate(pair, source: source, destination: destination)
         guard case .failure(let e as MigrationError) = outcome.source else { Issue.record("the source should roll back"); return }
         guard case .guestNotStopped(let why) = e.failure else { Issue.record("expected guestNotStopped, got \(e.failure)"); return }
         #expect(why.contains("vCPUs busy"), "the cause is named: \(why)")
