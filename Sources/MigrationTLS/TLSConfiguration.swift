@@ -12,6 +12,10 @@ public struct TLSConfiguration: Sendable {
     /// own certificate. Even then listeners and connectors accept loopback and UNIX-socket
     /// endpoints only, and the development keys are exempt from the 0600 rule.
     public var allowDevelopmentCertificates: Bool
+    /// ALPN protocol identifiers, most preferred first: a client offers them, a server
+    /// selects the first of its own it finds offered, and selects none (never a fatal
+    /// alert) when none is. Empty: no ALPN at all.
+    public var applicationProtocols: [String] = []
     public init(caFile: String, certificateFile: String, privateKeyFile: String, peerName: String,
                 allowedPeerNames: [String] = [], crlFile: String? = nil, handshakeTimeoutSeconds: Double = 10,
                 allowDevelopmentCertificates: Bool = false) {

@@ -23,6 +23,8 @@ public final class TLSContext: @unchecked Sendable {  // owns an SSL_CTX*, immut
     public let usesDevelopmentCertificates: Bool
     /// The own certificate's notAfter, seconds since 1970-01-01 UTC (nil without one).
     public let ownCertificateNotAfter: Int64?
+    /// The server's ALPN choice, read by the select callback (which gets it as `arg`).
+    private let applicationProtocols: ApplicationProtocolPreference
 
     public convenience init(configuration: TLSConfiguration, role: TLSRole) throws(TLSError) {
         try self.init(configuration: configuration, role: role, hooks: TLSTestHooks())
@@ -39,6 +41,10 @@ public final class TLSContext: @unchecked Sendable {  // owns an SSL_CTX*, immut
         if !hooks.omitCertificate { files += [configuration.certificateFile, configuration.privateKeyFile] }
         if let crl = configuration.crlFile { files.append(crl) }
         for path in files { try Self.checkReadable(path) }
+        if let bad = configuration.applicationProtocols.first(where: { !(1...255).contains($0.utf8.count) }) {
+            throw .invalidConfiguration("ALPN identifier \"\(bad)\" must be 1 to 255 bytes")
+        }
+        let preference = ApplicationProtocolPreference(configuration.applicationProtocols)
 
         ERR_clear_error()
         guard let ctx = SSL_CTX_new(role == .client ? TLS_client_method() : TLS_server_method()) else {
@@ -47,6 +53,7 @@ public final class TLSContext: @unchecked Sendable {  // owns an SSL_CTX*, immut
         let facts: OwnCertificateFacts
         do {
             facts = try Self.configure(ctx, configuration, role: role, hooks: hooks)
+            try Self.configureApplicationProtocols(ctx, preference, role: role)
         } catch {
             SSL_CTX_free(ctx)
             throw error
@@ -57,6 +64,23 @@ public final class TLSContext: @unchecked Sendable {  // owns an SSL_CTX*, immut
         self.expectedPeerNames = names
         self.usesDevelopmentCertificates = facts.development
         self.ownCertificateNotAfter = facts.notAfter
+        self.applicationProtocols = preference
+    }
+
+    /// A client offers its identifiers; a server selects among the offered ones
+    /// through the callback. `preference` is kept by the context, so the callback's
+    /// unretained `arg` stays valid as long as the SSL_CTX.
+    private static func configureApplicationProtocols(_ ctx: OpaquePointer, _ preference: ApplicationProtocolPreference,
+                                                      role: TLSRole) throws(TLSError) {
+        guard !preference.identifiers.isEmpty else { return }
+        switch role {
+        case .client:
+            let wire = ApplicationProtocolPreference.wireForm(preference.identifiers.map { String(decoding: $0, as: UTF8.self) })
+            // 0 is success here (unlike most of OpenSSL).
+            try require(SSL_CTX_set_alpn_protos(ctx, wire, UInt32(wire.count)) == 0, "SSL_CTX_set_alpn_protos")
+        case .server:
+            SSL_CTX_set_alpn_select_cb(ctx, applicationProtocolSelectCallback, Unmanaged.passUnretained(preference).toOpaque())
+        }
     }
 
     /// What `configure` learned about the trust anchors and the own certificate.

@@ -35,7 +35,8 @@ public final class TLSStream: Sendable {
     let shutdownTimeoutSeconds: Double = 10
 
     private init(socket: Socket, ssl: SSLHandle, verification: PeerVerification, matchedName: String,
-                 security: SessionSecurity) {
+                 security: SessionSecurity, applicationProtocol: String?) {
+        self.applicationProtocol = applicationProtocol
         self.socket = socket
         self.ssl = ssl
         self.verification = verification
@@ -48,6 +49,25 @@ public final class TLSStream: Sendable {
 
     /// What an operator should know about the certificates of this session.
     public let security: SessionSecurity
+
+    /// The ALPN identifier the handshake selected; nil when none was.
+    public let applicationProtocol: String?
+
+    /// RFC 8446 §7.5 exporter (`SSL_export_keying_material` with a context): `length`
+    /// bytes both ends of this connection derive alike and nobody else can.
+    public func exportKeyingMaterial(label: String, context: [UInt8], length: Int) throws(TLSError) -> [UInt8] {
+        let label = Array(label.utf8)
+        return try io.withLock { (state: inout IOState) throws(TLSError) -> [UInt8] in
+            if let failure = state.failure { throw failure }
+            var out = [UInt8](repeating: 0, count: length)
+            ERR_clear_error()
+            let ok = SSL_export_keying_material(ssl.pointer, &out, length, label, label.count, context, context.count, 1)
+            guard ok == 1 else {
+                throw TLSError.protocolError(detail: "SSL_export_keying_material: " + OpenSSLError.summary(OpenSSLError.drainQueue()))
+            }
+            return out
+        }
+    }
 
     /// Seconds a `read` may wait without receiving a byte; nil waits forever.
     public var readTimeoutSeconds: Double? {
@@ -121,12 +141,21 @@ public final class TLSStream: Sendable {
             let security = SessionSecurity(developmentCertificates: context.usesDevelopmentCertificates,
                                            ownCertificateNotAfter: context.ownCertificateNotAfter,
                                            peerCertificateNotAfter: peerNotAfter(raw))
-            return TLSStream(socket: socket, ssl: ssl, verification: verification, matchedName: name, security: security)
+            return TLSStream(socket: socket, ssl: ssl, verification: verification, matchedName: name, security: security,
+                             applicationProtocol: selectedApplicationProtocol(raw))
         } catch {
             _ = OpenSSLError.drainQueue()
             socket.closeGracefully(lingerSeconds: 0.5)
             throw error
         }
+    }
+
+    private static func selectedApplicationProtocol(_ ssl: OpaquePointer) -> String? {
+        var data: UnsafePointer<UInt8>?
+        var length: UInt32 = 0
+        SSL_get0_alpn_selected(ssl, &data, &length)
+        guard let data, length > 0 else { return nil }
+        return String(decoding: UnsafeBufferPointer(start: data, count: Int(length)), as: UTF8.self)
     }
 
     private static func peerNotAfter(_ ssl: OpaquePointer) -> Int64? {
@@ -278,7 +307,11 @@ public final class TLSStream: Sendable {
     }
 
     /// Sends close_notify and waits (bounded) for the peer's.
-    public func shutdown() throws(TLSError) {
+    public func shutdown() throws(TLSError) { _ = try shutdownConfirmingPeer() }
+
+    /// `shutdown()`, returning whether the peer's close_notify arrived (false: it
+    /// closed without one, so it may not have read everything we sent).
+    public func shutdownConfirmingPeer() throws(TLSError) -> Bool {
         try socket.enter()
         defer { socket.leave() }
         let deadline = monotonicNow() + shutdownTimeoutSeconds
@@ -292,7 +325,7 @@ public final class TLSStream: Sendable {
                 return failedStep(r, state: &state)
             }
             switch step {
-            case .done(1), .endOfStream: return  // the peer's close_notify had already arrived
+            case .done(1), .endOfStream: return true  // the peer's close_notify had already arrived
             case .done: break sendCloseNotify
             case let .fail(error): throw error
             case let .wait(events):
@@ -317,7 +350,8 @@ public final class TLSStream: Sendable {
             }
             switch step {
             case .done: continue
-            case .endOfStream, .fail(.truncated): return
+            case .endOfStream: return true
+            case .fail(.truncated): return false
             case let .fail(error): throw error
             case let .wait(events):
                 switch try socket.wait(for: events, until: deadline) {
