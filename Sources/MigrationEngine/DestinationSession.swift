@@ -37,6 +37,8 @@ final class DestinationSession {
 
     /// How long one read waits before the session looks at the applier and the cancel again.
     private static let pollSeconds = 0.2
+    /// Version 2 reads in shorter slices: an ACK is due at most 250 ms after a frame.
+    private var pollSeconds: Double { acks == nil ? Self.pollSeconds : 0.1 }
 
     private let state = LockedValue(State.hello)
     private var devices: DestinationDeviceSet
@@ -44,8 +46,14 @@ final class DestinationSession {
     private let options: ReceiverOptions
     private let events: EventSink
     private let cancellation: Cancellation
+    /// The session's first connection (a resumed session reads `reader.currentStream`).
     private let stream: TLSStream
     private let reader: FrameReader
+    /// Version 2 (§13): where resuming connections arrive; nil = a lost connection fails.
+    private let listener: TLSListener?
+    private var acceptor: ResumeAcceptor?
+    private var acks: AckSchedule?
+    private let version: ProtocolVersion?
     private let writer: FrameWriter
     private let progress: LockedValue<ApplyProgress>
     private let started = ContinuousClock.now
@@ -54,11 +62,12 @@ final class DestinationSession {
     private var downtimeMs: Double = 0
 
     init(devices: [DestinationDevice], memory: GuestMemory?, options: ReceiverOptions, events: @escaping EventSink,
-         stream: TLSStream, cancellation: Cancellation) {
+         stream: TLSStream, listener: TLSListener?, cancellation: Cancellation) {
         self.devices = DestinationDeviceSet(devices)
         self.memory = memory; self.options = options; self.events = events
-        self.stream = stream; self.cancellation = cancellation
-        reader = FrameReader(stream: stream, peer: .source, limits: options.limits)
+        self.stream = stream; self.cancellation = cancellation; self.listener = listener
+        version = try? ResumeSettings.negotiated(stream, offered: options.applicationProtocols)
+        reader = FrameReader(stream: stream, peer: .source, limits: options.limits, version: version ?? .v1)
         writer = FrameWriter(stream: stream)
         progress = LockedValue(ApplyProgress(devices: devices.map { DeviceStats(name: $0.name) }))
         stream.readTimeoutSeconds = options.peerTimeoutSeconds
@@ -79,10 +88,22 @@ final class DestinationSession {
     // MARK: - phases
 
     private func hello() throws(MigrationFailure) {
+        guard let version else { throw .incompatible("the source selected an ALPN protocol this side does not speak") }
         let exchange = HelloExchange(names: devices.devices.map(\.name), compatibility: devices.devices.map(\.compatibility), memory: memory)
-        _ = try exchange.asDestination(reader: reader, writer: writer, encodings: options.encodings)
+        let mine = try exchange.asDestination(reader: reader, writer: writer, encodings: options.encodings, version: version)
         events(.helloAccepted(devices: devices.devices.map(\.name), memoryBytes: memory?.size ?? 0, security: stream.security))
+        if version >= .v2 { try enableResumption(sessionID: mine.sessionID) }
         keepAlive = startKeepAlive(writer: writer, peerTimeoutSeconds: options.peerTimeoutSeconds)
+    }
+
+    /// Version 2: ACKs (always), and with a listener the session survives a lost
+    /// connection: the resume secret is taken and resuming connections are accepted.
+    private func enableResumption(sessionID: [UInt8]) throws(MigrationFailure) {
+        acks = AckSchedule(bytesReceived: reader.wireBytesReceived)
+        guard let listener, options.reconnectTimeoutSeconds > 0 else { return }
+        let credentials = try ResumeCredentials(firstConnection: stream, sessionID: sessionID)
+        writer.enableResumption(policy: .drop, window: nil, deviceCount: devices.devices.count) { $0.close() }
+        acceptor = ResumeAcceptor(listener: listener, credentials: credentials, current: stream, limits: options.limits, events: events)
     }
 
     /// Devices to RESUMING, then frames until COMMIT, everything before it applied
@@ -95,7 +116,7 @@ final class DestinationSession {
         self.pipeline = pipeline
         // Short reads: an applier or decompression failure is acted on at once, even
         // while the source only sends keep-alives (which `receive` swallows).
-        stream.readTimeoutSeconds = min(Self.pollSeconds, options.peerTimeoutSeconds)
+        stream.readTimeoutSeconds = min(pollSeconds, options.peerTimeoutSeconds)
         while true {
             if cancellation.isCancelled { throw .cancelled }
             if let e = pipeline.error { throw e }
@@ -138,8 +159,14 @@ final class DestinationSession {
         keepAlive?.stop()
         // §2.5: after RESUMED both ends send close_notify at once and read until the
         // other's; neither waits for the other to go first.
-        try? stream.shutdown()
+        let stream = reader.currentStream
+        let confirmed = (try? stream.shutdownConfirmingPeer()) ?? false
         stream.close()
+        if let acceptor {
+            // §13.8: a source that lost RESUMED reconnects to learn the outcome.
+            if !confirmed { answerOutcome(acceptor) }
+            acceptor.stop()
+        }
         state.advance(to: .done)
         let applied = progress.current
         var stats = MigrationStats(role: "destination")
@@ -162,13 +189,15 @@ final class DestinationSession {
     private func fail(_ cause: MigrationFailure) -> MigrationError {
         let reached = state.current
         defer { state.advance(to: .failed) }
+        writer.abandonResumption(cause)
+        acceptor?.stop()
         if reached.disposition == .afterCommit { return failAfterCommit(cause) }
         var failure = cancellation.isCancelled ? .cancelled : cause
         // The applier's reason beats the broken pipe it caused.
         if case .peerClosed = cause, let applierFailure = pipeline?.error { failure = applierFailure }
         // A READY or keep-alive blocked on a source that stopped reading must not hold
         // the ABORT back for the whole peer timeout.
-        stream.writeTimeoutSeconds = 2
+        writer.stream.writeTimeoutSeconds = 2
         pipeline?.abort(failure)
         devices.abandon()
         keepAlive?.stop()
@@ -184,7 +213,7 @@ final class DestinationSession {
         let text = cause.deviceMessage.map { "destination: device \(cause.device ?? "-") failed to resume: \($0)" }
             ?? cause.abortMessage(side: "destination", phase: .resume)
         try? writer.send(.abort(Abort(reason: cause.abortReason, message: text)))
-        stream.close()
+        writer.stream.close()
         let reached = state.current
         return MigrationError(phase: reached.phase, device: cause.device, failure: cause, disposition: reached.disposition)
     }
@@ -199,15 +228,84 @@ final class DestinationSession {
         while true {
             if let e = pipeline.error { throw e }
             if cancellation.isCancelled { throw .cancelled }
-            do { return try reader.receive() } catch {
-                guard case .tls(.readTimeout) = error else { throw error }
-                if reader.wireBytesReceived != seen {
-                    seen = reader.wireBytesReceived
-                    lastByte = .now
-                } else if (ContinuousClock.now - lastByte).seconds >= options.peerTimeoutSeconds {
-                    throw .tls(.readTimeout(seconds: options.peerTimeoutSeconds))
+            do {
+                let frame = try reader.receive()
+                try acknowledgeIfDue()
+                return frame
+            } catch {
+                if case .tls(.readTimeout) = error {
+                    try acknowledgeIfDue()
+                    if reader.wireBytesReceived != seen {
+                        seen = reader.wireBytesReceived
+                        lastByte = .now
+                        continue
+                    }
+                    guard (ContinuousClock.now - lastByte).seconds >= options.peerTimeoutSeconds else { continue }
                 }
+                let loss: MigrationFailure = if case .tls(.readTimeout) = error { .tls(.readTimeout(seconds: options.peerTimeoutSeconds)) } else { error }
+                try resume(after: loss)
+                seen = reader.wireBytesReceived
+                lastByte = .now
             }
+        }
+    }
+
+    /// §13.3: an ACK after 1 MiB of source frames, or 250 ms after one not acknowledged.
+    private func acknowledgeIfDue() throws(MigrationFailure) {
+        guard var schedule = acks else { return }
+        defer { acks = schedule }
+        if schedule.isDue(bytesReceived: reader.wireBytesReceived) {
+            try writer.sendAck(reader.position)
+            schedule.sent(bytesReceived: reader.wireBytesReceived)
+        }
+    }
+
+    /// Version 2: a lost connection suspends the session until its source comes back
+    /// on a verified connection (`ResumeAcceptor`) within the reconnect timeout;
+    /// anything else, or no source in time, fails as in version 1.
+    private func resume(after cause: MigrationFailure) throws(MigrationFailure) {
+        guard let acceptor, cause.isConnectionLoss, !cancellation.isCancelled else { throw cancellation.isCancelled ? .cancelled : cause }
+        writer.markLost(reader.currentStream)
+        reader.suspend()
+        events(.connectionLost(reason: "\(cause)"))
+        let deadline = monotonicSeconds() + options.reconnectTimeoutSeconds
+        while let arrival = acceptor.waitForArrival(until: deadline, isCancelled: { cancellation.isCancelled }) {
+            let position = reader.position
+            do {
+                try writer.reattach(arrival.stream) { (sent, next) throws(MigrationFailure) in
+                    try ResumeCredentials.handshakeFrame(.resumeAccept(ResumeAccept(progress: sent, destinationNextSequence: next, position: position)))
+                }
+            } catch {
+                arrival.stream.close()  // that connection broke too: wait for the next
+                continue
+            }
+            arrival.stream.readTimeoutSeconds = min(pollSeconds, options.peerTimeoutSeconds)
+            arrival.stream.writeTimeoutSeconds = options.peerTimeoutSeconds
+            reader.resume(on: arrival.stream, bytes: arrival.bytes)
+            acceptor.setCurrent(arrival.stream)
+            if cancellation.attach(arrival.stream) { throw .cancelled }
+            acks = AckSchedule(bytesReceived: reader.wireBytesReceived)
+            events(.resumed(fromSequence: position.nextSequence, bytesReplayed: 0))
+            return
+        }
+        if cancellation.isCancelled { throw .cancelled }
+        throw .timeout("the connection to the source broke (\(cause)) and it did not come back within --reconnect-timeout \(options.reconnectTimeoutSeconds) s")
+    }
+
+    /// After RESUMED without the source's close_notify: a source that reconnects
+    /// within the reconnect timeout is told the devices run here (§13.8).
+    private func answerOutcome(_ acceptor: ResumeAcceptor) {
+        let deadline = monotonicSeconds() + options.reconnectTimeoutSeconds
+        while let arrival = acceptor.waitForArrival(until: deadline, isCancelled: { false }) {
+            let accept = ResumeAccept(progress: .resumed, destinationNextSequence: writer.nextSequence, position: reader.position)
+            guard let bytes = try? ResumeCredentials.handshakeFrame(.resumeAccept(accept)), (try? arrival.stream.write(bytes)) != nil else {
+                arrival.stream.close()
+                continue
+            }
+            events(.resumed(fromSequence: accept.position.nextSequence, bytesReplayed: 0))
+            let confirmed = (try? arrival.stream.shutdownConfirmingPeer()) ?? false
+            arrival.stream.close()
+            if confirmed { return }
         }
     }
 

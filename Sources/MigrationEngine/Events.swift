@@ -17,6 +17,14 @@ public enum MigrationEvent: Sendable {
     case deviceEnd(device: String, bytes: UInt64, chunks: UInt64)
     case sessionRefused(String)
     case finished(MigrationStats)
+    /// Version 2 (PROTOCOL.md §13): the connection broke and the session is kept;
+    /// `reason` is how it broke.
+    case connectionLost(reason: String)
+    /// Source: the `attempt`-th reconnection, `elapsedSeconds` after the loss.
+    case reconnecting(attempt: Int, elapsedSeconds: Double)
+    /// The session continues on a new connection from the source's frame
+    /// `fromSequence`; `bytesReplayed` were sent again (the source's count).
+    case resumed(fromSequence: UInt64, bytesReplayed: UInt64)
 }
 
 public struct Progress: Sendable, Codable {
@@ -82,6 +90,9 @@ func logEvent(_ event: MigrationEvent, to logger: Logger) {
     case .progress(let p): logger.trace("progress", metadata: ["raw": "\(p.rawBytes)", "wire": "\(p.wireBytes)"])
     case .connected(let peer): logger.info("connected to \(peer)")
     case .sessionRefused(let why): logger.warning("refused a peer: \(why)")
+    case .connectionLost(let why): logger.warning("connection lost, session kept: \(why)")
+    case .reconnecting(let n, let s): logger.notice("reconnecting", metadata: ["attempt": "\(n)", "elapsed_s": "\(s)"])
+    case .resumed(let r, let b): logger.notice("session resumed", metadata: ["from_sequence": "\(r)", "bytes_replayed": "\(b)"])
     case .finished(let s): logger.info("finished", metadata: ["seconds": "\(s.totalSeconds)", "downtime_ms": "\(s.downtimeMs)"])
     }
 }

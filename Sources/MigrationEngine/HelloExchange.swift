@@ -19,10 +19,10 @@ struct HelloExchange: Sendable {
     }
 
     /// Source: reads the destination's HELLO and answers with its own once it is compatible.
-    func asSource(reader: FrameReader, writer: FrameWriter, encodings: [Encoding]) throws(MigrationFailure) -> Hello {
+    func asSource(reader: FrameReader, writer: FrameWriter, encodings: [Encoding], version: ProtocolVersion = .v1) throws(MigrationFailure) -> Hello {
         let theirs = try Self.receiveHello(reader)
         var mine = Hello(sessionID: theirs.sessionID, role: .source, encodings: encodings, devices: devices, memory: memory)
-        mine.version = Hello.currentVersion
+        mine.version = version.rawValue
         if let reason = Self.mismatch(source: mine, destination: theirs) { throw .incompatible(reason) }
         try writer.send(.hello(mine))
         reader.constrainInbound(memory: [], deviceCount: devices.count)
@@ -31,9 +31,9 @@ struct HelloExchange: Sendable {
 
     /// Destination: speaks first with a fresh session id; returns the source's HELLO once
     /// it is compatible.
-    func asDestination(reader: FrameReader, writer: FrameWriter, encodings: [Encoding]) throws(MigrationFailure) -> Hello {
+    func asDestination(reader: FrameReader, writer: FrameWriter, encodings: [Encoding], version: ProtocolVersion = .v1) throws(MigrationFailure) -> Hello {
         let sessionID = (0..<16).map { _ in UInt8.random(in: 0...255) }
-        let mine = Hello(sessionID: sessionID, role: .destination, encodings: encodings, devices: devices, memory: memory)
+        let mine = Hello(version: version.rawValue, sessionID: sessionID, role: .destination, encodings: encodings, devices: devices, memory: memory)
         try writer.send(.hello(mine))
         let theirs = try Self.receiveHello(reader)
         if let reason = Self.mismatch(source: theirs, destination: mine) { throw .incompatible(reason) }

@@ -21,9 +21,12 @@ public final class Receiver: Sendable {
     /// Abandons the session (before COMMIT the devices stay stopped).
     public func cancel() { cancellation.cancel() }
 
-    public func run(stream: TLSStream) throws(MigrationError) -> MigrationStats {
+    /// With `listener` (the one `stream` came from) and a version-2 stream (ALPN,
+    /// `ReceiverOptions.applicationProtocols`), the session survives a lost
+    /// connection: its source may come back on the listener within `reconnectTimeoutSeconds`.
+    public func run(stream: TLSStream, listener: TLSListener? = nil) throws(MigrationError) -> MigrationStats {
         _ = cancellation.attach(stream)  // a cancel that came first is seen once the devices are ready
         return try DestinationSession(devices: devices, memory: memory, options: options, events: events,
-                                      stream: stream, cancellation: cancellation).run()
+                                      stream: stream, listener: listener, cancellation: cancellation).run()
     }
 }

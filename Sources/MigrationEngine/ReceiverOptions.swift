@@ -9,6 +9,9 @@ public struct ReceiverOptions: Sendable {
     public var encodings: [Encoding] = [.raw, .deflate]
     /// Told `startGuest()` after COMMIT once the devices run; nil = none.
     public var guestControl: (any GuestControl)?
+    /// `--reconnect-timeout`: how long a session whose connection broke waits for its
+    /// source to come back (PROTOCOL.md §13); 0 = version 1 only.
+    public var reconnectTimeoutSeconds: Double = 30
     /// Diagnostics (phases at info, frames at trace).
     public var logger = Logger(label: "vfio-migrate.destination")
     public init() {}

@@ -59,11 +59,13 @@ public final class Sender: Sendable {
     /// The live settings now (for `query`).
     public var runtimeParameters: RuntimeParameters { runtime.current }
 
-    /// Runs the migration over an authenticated stream.
-    public func run(stream: TLSStream) throws(MigrationError) -> MigrationStats {
+    /// Runs the migration over an authenticated stream. With `reconnect` and a
+    /// version-2 stream (ALPN, `SenderOptions.applicationProtocols`), a lost
+    /// connection is replaced within `reconnectTimeoutSeconds` and the session resumes.
+    public func run(stream: TLSStream, reconnect: Reconnect? = nil) throws(MigrationError) -> MigrationStats {
         let cancelledBeforeStart = cancellation.attach(stream)
         runtime.startSession()
-        return try SourceSession(devices: devices, memory: memory, options: options, events: events, stream: stream,
+        return try SourceSession(devices: devices, memory: memory, options: options, events: events, stream: stream, reconnect: reconnect,
                                  bandwidth: bandwidth, runtime: runtime, cancellation: cancellation, cancelledBeforeStart: cancelledBeforeStart).run()
     }
 }

@@ -45,6 +45,11 @@ public struct SenderOptions: Sendable {
     /// After COMPLETE, how long the destination may take to apply, verify and
     /// answer READY (keep-alives alone do not extend it).
     public var readyTimeoutSeconds: Double = 120
+    /// `--reconnect-timeout`: how long a broken connection may take to come back
+    /// (PROTOCOL.md §13); 0 = version 1 only, a broken connection fails as before.
+    public var reconnectTimeoutSeconds: Double = 30
+    /// `--resume-window`: bytes of sent, unacknowledged frames kept for a replay.
+    public var resumeWindowBytes: Int = 64 << 20
     /// Diagnostics (phases at info, iterations at debug, frames at trace).
     public var logger = Logger(label: "vfio-migrate.source")
     public init() {}

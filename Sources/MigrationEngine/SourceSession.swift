@@ -47,8 +47,11 @@ final class SourceSession {
     private let events: EventSink
     private let cancellation: Cancellation
     private let cancelledBeforeStart: Bool
+    /// The session's first connection (a resumed session writes on `writer.stream`).
     private let stream: TLSStream
     private let writer: FrameWriter
+    /// Version 2: how to reach the destination again; nil = a lost connection fails.
+    private let reconnect: Reconnect?
     private let bandwidth: BandwidthLimiter
     private let runtime: RuntimeControl
     private let counters = Counters()
@@ -71,7 +74,8 @@ final class SourceSession {
     private var guestStopRequested = false
 
     init(devices: [SourceDevice], memory: GuestMemory?, options: SenderOptions, events: @escaping EventSink,
-         stream: TLSStream, bandwidth: BandwidthLimiter, runtime: RuntimeControl, cancellation: Cancellation, cancelledBeforeStart: Bool) {
+         stream: TLSStream, reconnect: Reconnect?, bandwidth: BandwidthLimiter, runtime: RuntimeControl, cancellation: Cancellation, cancelledBeforeStart: Bool) {
+        self.reconnect = reconnect
         self.devices = SourceDeviceSet(devices)
         self.memory = memory; self.options = options; self.events = events
         self.stream = stream; self.cancellation = cancellation; self.cancelledBeforeStart = cancelledBeforeStart
@@ -87,15 +91,22 @@ final class SourceSession {
     }
 
     func run() throws(MigrationError) -> MigrationStats {
-        let reader = FrameReader(stream: stream, peer: .destination, limits: options.limits)
         do throws(MigrationFailure) {
             if cancelledBeforeStart { throw .cancelled }
             let parameters = try options.convergenceParameters()
+            let version = try ResumeSettings.negotiated(stream, offered: options.applicationProtocols)
+            let reader = FrameReader(stream: stream, peer: .destination, limits: options.limits, version: version)
             let exchange = HelloExchange(names: devices.devices.map(\.name), compatibility: devices.devices.map(\.compatibility), memory: memory)
-            _ = try exchange.asSource(reader: reader, writer: writer, encodings: options.compression == .none ? [.raw] : [.raw, .deflate])
+            let theirs = try exchange.asSource(reader: reader, writer: writer, encodings: options.compression == .none ? [.raw] : [.raw, .deflate],
+                                               version: version)
             events(.helloAccepted(devices: devices.devices.map(\.name), memoryBytes: memory?.size ?? 0, security: stream.security))
+            let recovery = try enableResumption(version, sessionID: theirs.sessionID)
+            if version >= .v2 {
+                let writer = self.writer
+                reader.onAck = { (position: StreamPosition) throws(MigrationFailure) in try writer.acknowledge(position) }
+            }
             // From here on the destination's frames are read on a thread of their own.
-            inbox = PeerInbox(reader: reader) { frame in
+            inbox = PeerInbox(reader: reader, recovery: recovery) { frame in
                 switch frame.body { case .resumed, .abort: return true; default: return false }
             }
             keepAlive = startKeepAlive(writer: writer, peerTimeoutSeconds: options.peerTimeoutSeconds)
@@ -107,6 +118,19 @@ final class SourceSession {
         } catch {
             throw fail(error)
         }
+    }
+
+    /// Version 2 with a way to reconnect (PROTOCOL.md §13): the resume secret and the
+    /// retained window; returns the reconnection the reader thread runs.
+    private func enableResumption(_ version: ProtocolVersion, sessionID: [UInt8]) throws(MigrationFailure) -> SourceReconnect? {
+        guard version >= .v2, let reconnect, options.reconnectTimeoutSeconds > 0 else { return nil }
+        guard options.resumeWindowBytes >= options.minimumResumeWindowBytes else {
+            throw .configuration("the resume window of \(options.resumeWindowBytes) bytes is below the minimum of \(options.minimumResumeWindowBytes)")
+        }
+        let credentials = try ResumeCredentials(firstConnection: stream, sessionID: sessionID)
+        writer.enableResumption(policy: .waitForReplay, window: options.resumeWindowBytes, deviceCount: devices.devices.count) { $0.close() }
+        return SourceReconnect(credentials: credentials, writer: writer, connect: reconnect, options: options, memory: memory,
+                               events: events, cancellation: cancellation)
     }
 
     // MARK: - phases
@@ -197,6 +221,7 @@ final class SourceSession {
         keepAlive?.stop()
         inbox?.join()
         devices.release()
+        let stream = writer.stream
         try? stream.shutdown()
         stream.close()
         state = .done
@@ -218,10 +243,12 @@ final class SourceSession {
     private func fail(_ cause: MigrationFailure) -> MigrationError {
         let reached = state
         defer { state = .failed }
+        // Writers waiting for a reconnection give up now (the threads below are joined).
+        writer.abandonResumption(cause)
         if reached.disposition == .afterCommit { return failAfterCommit(cause) }
         // A write blocked on a destination that stopped reading gives up within 2 s
         // (not the peer timeout it started with), so the ABORT is not held back.
-        stream.writeTimeoutSeconds = 2
+        writer.stream.writeTimeoutSeconds = 2
         // Roll back first: the VM must run again on the source as soon as possible.
         let rollbackProblems = devices.rollBack()
         // The vCPUs after the devices: a guest must not run against a stopped device.
@@ -256,7 +283,7 @@ final class SourceSession {
     private func failAfterCommit(_ cause: MigrationFailure) -> MigrationError {
         liftThrottle()
         keepAlive?.stop()
-        stream.close()
+        writer.stream.close()
         return MigrationError(phase: state.phase, device: cause.device, failure: cause, disposition: state.disposition)
     }
 
@@ -431,6 +458,8 @@ final class SourceSession {
         var offset: UInt64 = 0
         repeat {
             let count = Int(min(pieceSize, chunk.size - offset))
+            // Version 2: device data cannot be read twice; read no more than the window can keep.
+            try writer.waitForRoom(count + FrameDecoder.headerSize + 16)
             let bytes = try deviceCall(devices[i].name) { [offset] () throws(DeviceError) in try sequences[i].read(chunk, at: offset, count: count) }
             let part: ChunkPart = chunk.size <= pieceSize ? .whole : (offset == 0 ? .first(chunkLength: chunk.size) : .next)
             digests[i].update(bytes)

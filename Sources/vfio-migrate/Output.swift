@@ -77,6 +77,9 @@ final class EventPrinter: @unchecked Sendable {  // mutable display state only u
         case .switchover(let reason): line("\(side): switch-over: \(reason)")
         case .deviceEnd(let d, let bytes, let chunks): line("\(side): device \(d): \(formatBytes(bytes)) in \(chunks) chunks")
         case .sessionRefused(let why): line("\(side): refused a peer: \(why)")
+        case .connectionLost(let why): line("\(side): connection lost, session kept: \(why)")
+        case .reconnecting(let n, let s): line(String(format: "%@: reconnecting, attempt %d, %.1f s after the loss", side, n, s))
+        case .resumed(let r, let b): line("\(side): session resumed from frame \(r), \(formatBytes(b)) replayed")
         case .finished(let s): line(summary(s))
         }
     }
@@ -168,6 +171,9 @@ enum EventFields {
         case .switchover(let r): o["event"] = "switchover"; o["reason"] = r
         case .deviceEnd(let d, let b, let c): o["event"] = "device_end"; o["device"] = d; o["bytes"] = b; o["chunks"] = c
         case .sessionRefused(let why): o["event"] = "refused"; o["reason"] = why
+        case .connectionLost(let why): o["event"] = "connection-lost"; o["reason"] = why
+        case .reconnecting(let n, let s): o["event"] = "reconnecting"; o["attempt"] = n; o["elapsed_seconds"] = s
+        case .resumed(let r, let b): o["event"] = "resumed"; o["from_sequence"] = r; o["bytes_replayed"] = b
         case .finished(let s):
             o["event"] = "finished"
             if let data = try? JSONEncoder().encode(s), let stats = try? JSONSerialization.jsonObject(with: data) { o["stats"] = stats }

@@ -69,8 +69,10 @@ final class SystemdNotifier: Sendable {
         case .helloAccepted(let devices, _, _): status("HELLO accepted: \(devices.joined(separator: ", "))")
         case .phase(let phase): status("phase \(phase)")
         case .sessionRefused(let why): status("refused a peer: \(why)")
+        case .connectionLost(let why): status("connection lost, session kept: \(why)")
+        case .resumed(let r, _): status("session resumed from frame \(r)")
         case .finished: status("migration complete")
-        case .progress, .iterationEnd, .switchover, .deviceEnd: break
+        case .progress, .iterationEnd, .switchover, .deviceEnd, .reconnecting: break
         }
     }
 

@@ -56,6 +56,10 @@ struct SenderTuning: ParsableArguments {
     var peerTimeout: Double = 30
     @Option(name: .customLong("ready-timeout"), help: "Seconds the destination may take after COMPLETE to verify and answer READY.")
     var readyTimeout: Double = 120
+    @Option(name: .customLong("reconnect-timeout"), help: "Seconds a broken connection may take to come back before the migration fails (the session resumes where it stood); 0: never resume (protocol version 1).")
+    var reconnectTimeout: Double = 30
+    @Option(name: .customLong("resume-window"), help: "Sent device data kept until the destination acknowledges it, for a resume (at least 17M; the source stops reading devices while it is full).")
+    var resumeWindow: ByteCount = ByteCount(bytes: 64 << 20)
 
     func validate() throws {
         try ArgumentCheck.milliseconds(downtimeMs, "--downtime-ms")
@@ -66,6 +70,11 @@ struct SenderTuning: ParsableArguments {
         try ArgumentCheck.count(workers, "--workers", in: 1...1024)
         try ArgumentCheck.seconds(peerTimeout, "--peer-timeout")
         try ArgumentCheck.seconds(readyTimeout, "--ready-timeout")
+        try ArgumentCheck.seconds(reconnectTimeout, "--reconnect-timeout", allowZero: true)
+        let minimum = SenderOptions().minimumResumeWindowBytes
+        if resumeWindow.bytes < UInt64(minimum) {
+            throw ValidationError("--resume-window \(resumeWindow): below the minimum of \(ByteCount(bytes: UInt64(minimum))) (the largest frame plus the 1 MiB acknowledgement interval), which might never make room again")
+        }
     }
 
     /// Call after `validate()`.
@@ -82,6 +91,8 @@ struct SenderTuning: ParsableArguments {
         if let workers { o.workers = workers }
         o.peerTimeoutSeconds = peerTimeout
         o.readyTimeoutSeconds = readyTimeout
+        o.reconnectTimeoutSeconds = reconnectTimeout
+        o.resumeWindowBytes = Int(clamping: resumeWindow.bytes)
         return o
     }
 }
@@ -121,12 +132,15 @@ struct Send: ParsableCommand {
         let sender: Sender
         let opened: OpenedDevices
         let stream: TLSStream
+        let reconnect: Reconnect
         do {
             var options = tuning.options()
             if let control, options.onStall == .throttle { options.guestThrottle = control.guestThrottle }
             options.guestControl = control?.guestControl
             if devices.wantsGuestDirtyLog { options.guestDirtyLog = control?.guestDirtyLog }
-            let context = try TLSContext(configuration: tls.configuration(), role: .client)
+            var tlsConfiguration = tls.configuration()
+            tlsConfiguration.applicationProtocols = options.applicationProtocols
+            let context = try TLSContext(configuration: tlsConfiguration, role: .client)
             warnAboutCertificates(context, command: "send")
             let memory = try devices.openMemory(create: false)
             opened = try devices.open(memory: memory)
@@ -134,6 +148,9 @@ struct Send: ParsableCommand {
                             events: { event in control?.observe(event); printer.handle(event) })
             control?.target.attach(sender: sender) { [sender] in sender.cancel() }
             let endpoint = try Endpoint(parsing: connect)
+            reconnect = { [connectTimeout] () throws(TLSError) -> TLSStream in
+                try TLSConnector.connect(to: endpoint, context: context, timeoutSeconds: connectTimeout)
+            }
             do throws(TLSError) {
                 stream = try TLSConnector.connect(to: endpoint, context: context, timeoutSeconds: connectTimeout)
             } catch {
@@ -148,7 +165,7 @@ struct Send: ParsableCommand {
         let interrupts = InterruptHandler { sender.cancel() }
         defer { withExtendedLifetime(interrupts) {} }
         do {
-            _ = try sender.run(stream: stream)
+            _ = try sender.run(stream: stream, reconnect: reconnect)
             workload.stop()
             if let dir = output.dumpState { try opened.dumpState(to: dir) }
         } catch {
@@ -178,11 +195,14 @@ struct Receive: ParsableCommand {
     var workers: Int?
     @Option(name: .customLong("port-file"), help: "Write the bound port here once listening (for scripts using port 0).")
     var portFile: String?
+    @Option(name: .customLong("reconnect-timeout"), help: "Seconds a session whose connection broke waits for its source to come back (resuming where it stood) before it fails; 0: never resume (protocol version 1).")
+    var reconnectTimeout: Double = 30
 
     func validate() throws {
         try ArgumentCheck.seconds(acceptTimeout, "--accept-timeout")
         try ArgumentCheck.seconds(peerTimeout, "--peer-timeout")
         try ArgumentCheck.count(workers, "--workers", in: 1...1024)
+        try ArgumentCheck.seconds(reconnectTimeout, "--reconnect-timeout", allowZero: true)
     }
     @OptionGroup var tls: TLSOptions
     @OptionGroup var devices: DeviceOptions
@@ -226,12 +246,15 @@ struct Receive: ParsableCommand {
 
     /// Certificates, guest memory (populated before listening), devices, then the listener.
     private func start(guestControl: (any GuestControl)?, events: @escaping EventSink) throws -> Started {
-        let context = try TLSContext(configuration: tls.configuration(), role: .server)
+        var options = ReceiverOptions()
+        options.reconnectTimeoutSeconds = reconnectTimeout
+        var tlsConfiguration = tls.configuration()
+        tlsConfiguration.applicationProtocols = options.applicationProtocols
+        let context = try TLSContext(configuration: tlsConfiguration, role: .server)
         warnAboutCertificates(context, command: "receive")
         let memory = try devices.openMemory(create: createMemory)
         if let memory, populate.applies(to: memory.backing) { try memory.populate() }
         let opened = try devices.open(memory: memory)
-        var options = ReceiverOptions()
         options.peerTimeoutSeconds = peerTimeout
         options.guestControl = guestControl
         if let workers { options.workers = workers }
@@ -273,7 +296,7 @@ struct Receive: ParsableCommand {
             printer.handle(.connected(peer: stream.peerName))
             notifier?.report(.connected(peer: stream.peerName))
             do {
-                _ = try s.receiver.run(stream: stream)
+                _ = try s.receiver.run(stream: stream, listener: s.listener)
                 if let dir = output.dumpState { try s.opened.dumpState(to: dir) }
                 return
             } catch {

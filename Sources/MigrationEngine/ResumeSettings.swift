@@ -1,0 +1,41 @@
+import MigrationTLS
+import MigrationWire
+
+/// The protocol versions a side speaks follow from its reconnect timeout (§13.1: a
+/// side that does not resume neither offers nor selects version 2).
+enum ResumeSettings {
+    static func versions(reconnectTimeoutSeconds: Double) -> Set<ProtocolVersion> {
+        reconnectTimeoutSeconds > 0 ? [.v1, .v2] : [.v1]
+    }
+
+    /// The version a finished TLS handshake agreed on; a peer that selected an
+    /// identifier this side did not offer is broken (RFC 7301).
+    static func negotiated(_ stream: TLSStream, offered: [String]) throws(MigrationFailure) -> ProtocolVersion {
+        guard let version = ProtocolVersion.negotiated(alpn: stream.applicationProtocol, offered: offered) else {
+            throw .incompatible("the peer selected ALPN protocol \(stream.applicationProtocol ?? "-"), which this side did not offer")
+        }
+        return version
+    }
+
+    /// The smallest `--resume-window` that always makes room again (§13.3).
+    static func minimumWindowBytes(_ limits: WireLimits) -> Int {
+        RetainedWindow.minimumCapacity(largestFrame: limits.maxPayload + FrameDecoder.headerSize)
+    }
+}
+
+extension SenderOptions {
+    /// ALPN identifiers the source offers (`TLSConfiguration.applicationProtocols`).
+    public var applicationProtocols: [String] {
+        ProtocolVersion.alpnOffer(speaking: ResumeSettings.versions(reconnectTimeoutSeconds: reconnectTimeoutSeconds))
+    }
+
+    /// The smallest `resumeWindowBytes` accepted (the largest frame plus the ACK interval).
+    public var minimumResumeWindowBytes: Int { ResumeSettings.minimumWindowBytes(limits) }
+}
+
+extension ReceiverOptions {
+    /// ALPN identifiers the destination selects among, most preferred first.
+    public var applicationProtocols: [String] {
+        ProtocolVersion.alpnOffer(speaking: ResumeSettings.versions(reconnectTimeoutSeconds: reconnectTimeoutSeconds))
+    }
+}

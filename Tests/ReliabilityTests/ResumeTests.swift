@@ -1,0 +1,239 @@
+import Foundation
+import Testing
+import MigrationEngine
+import MigrationTLS
+import MigrationWire
+import SyncPrimitives
+import TestSupport
+
+/// Session resumption (PROTOCOL.md §13, issue 16): a connection cut in any phase is
+/// replaced and the migration ends byte-exact with success on both sides; a source
+/// that stays away past the reconnect timeout rolls back as before; a peer with
+/// another identity or without the session's secret is refused while the real
+/// source still resumes.
+@Suite(.serialized) struct SessionResumption {
+    /// Where the connection is cut (the first three by raw bytes into the first
+    /// connection, the others when a side reaches the phase).
+    enum Cut: String, CaseIterable, CustomTestStringConvertible {
+        case earlyPrecopy, midDeviceData, latePrecopyPages, latePrecopyIteration, stopAndCopy, completeToReady, commitToResumed
+        var testDescription: String { rawValue }
+        var rawBytes: Int? {
+            switch self {
+            case .earlyPrecopy: return 6 << 10           // just past HELLO
+            case .midDeviceData: return 100 << 10        // inside the first pass's device data (8 KiB pieces of 32 KiB chunks)
+            case .latePrecopyPages: return 1200 << 10    // inside the first pass's pages
+            default: return nil
+            }
+        }
+    }
+
+    @Test(arguments: Cut.allCases)
+    func aCutInAnyPhaseResumesAndMigratesByteExact(cut: Cut) throws {
+        let pair = try SimPair(maxChunk: 32 << 10)
+        var options = ResumeRig.senderOptions()
+        options.devicePieceBytes = 8 << 10
+        let run = try ResumeRig.migrate(pair, options: options, cutFirstAfterRawBytes: cut.rawBytes,
+                                        senderEvents: { event, proxy in
+            switch (cut, event) {
+            case (.latePrecopyIteration, .iterationEnd(1, _, _, _, _)), (.stopAndCopy, .phase(.stopcopy)), (.completeToReady, .phase(.ready)):
+                proxy.cut()
+            default: break
+            }
+        }, receiverEvents: { event, proxy in
+            if cut == .commitToResumed, case .phase(.resume) = event { proxy.cut() }
+        })
+        try Guarantee.migrated(run.outcome, pair)
+        #expect(run.proxy.cuts >= 1 && run.proxy.connections >= 2, "the cut happened and the source reconnected: \(run.events)")
+        #expect(run.events.source.contains("resumed"), "source events: \(run.events.source)")
+        #expect(run.events.destination.contains("resumed"), "destination events: \(run.events.destination)")
+    }
+
+    /// Cut 1 inside the first pass, cut 2 after it, cut 3 when stop-and-copy begins;
+    /// each waits for the resume before it (on the session thread: the reader
+    /// thread reconnects meanwhile).
+    @Test func threeCutsInOneMigrationStillSucceed() throws {
+        let pair = try SimPair()
+        let resumes = ConditionValue(0)
+        let run = try ResumeRig.migrate(pair, cutFirstAfterRawBytes: 100 << 10, senderEvents: { event, proxy in
+            switch event {
+            case .resumed: resumes.withLock { $0 += 1 }
+            case .iterationEnd(1, _, _, _, _): resumes.wait(until: { $0 >= 1 }) { _, _ in }; proxy.cut()
+            case .phase(.stopcopy): resumes.wait(until: { $0 >= 2 }) { _, _ in }; proxy.cut()
+            default: break
+            }
+        })
+        try Guarantee.migrated(run.outcome, pair)
+        #expect(run.proxy.cuts == 3)
+        #expect(run.events.source.filter { $0 == "resumed" }.count == 3, "\(run.events.source)")
+        #expect(run.events.destination.filter { $0 == "resumed" }.count == 3, "\(run.events.destination)")
+    }
+
+    @Test func aSourceAwayPastTheReconnectTimeoutRollsBackAsBefore() throws {
+        let pair = try SimPair()
+        var options = ResumeRig.senderOptions()
+        options.reconnectTimeoutSeconds = 1.5
+        var receiverOptions = ResumeRig.receiverOptions()
+        receiverOptions.reconnectTimeoutSeconds = 1.5
+        let run = try ResumeRig.migrate(pair, options: options, receiverOptions: receiverOptions, senderEvents: { event, proxy in
+            if case .iterationEnd(1, _, _, _, _) = event {
+                proxy.setRefusing(true)  // the link stays down
+                proxy.cut()
+            }
+        })
+        try Guarantee.rolledBack(run.outcome, pair)
+        #expect("\(run.outcome.sourceError.map { "\($0)" } ?? "")".contains("--reconnect-timeout"))
+        #expect("\(run.outcome.destinationError.map { "\($0)" } ?? "")".contains("--reconnect-timeout"))
+        #expect(run.events.source.contains("reconnecting"))
+        #expect(!run.events.source.contains("resumed"))
+    }
+
+    /// While the real source cannot get through, a peer with another certificate and
+    /// one with the right certificate but no secret try to take the session over.
+    @Test func anotherIdentityAndAForgedProofAreRefusedAndTheRealSourceResumes() throws {
+        let pair = try SimPair()
+        let lost = ConditionValue(false)
+        let impostors = LockedValue<[String]>([])
+        let run = try ResumeRig.migrate(pair, allowedSourceNames: ["somebody-else.test"], senderEvents: { event, proxy in
+            if case .iterationEnd(1, _, _, _, _) = event {
+                proxy.setRefusing(true)
+                proxy.cut()
+            }
+        }, receiverEvents: { event, _ in
+            if case .connectionLost = event { lost.withLock { $0 = true } }
+        }, whileRunning: { listenerPort, proxy in
+            lost.wait(until: { $0 }) { _, _ in }
+            impostors.withLock { $0.append(ResumeRig.impostor(port: listenerPort, certificate: "wrongname", forgeProof: false)) }
+            impostors.withLock { $0.append(ResumeRig.impostor(port: listenerPort, certificate: "source", forgeProof: true)) }
+            proxy.setRefusing(false)
+        })
+        let answers = impostors.current
+        #expect(answers.count == 2)
+        #expect(answers.first == "REFUSE wrongIdentity", "\(answers)")
+        #expect(answers.last == "REFUSE badProof", "\(answers)")
+        try Guarantee.migrated(run.outcome, pair)
+        #expect(run.events.source.contains("resumed"))
+        #expect(run.events.destination.filter { $0 == "refused" }.count >= 2, "\(run.events.destination)")
+    }
+}
+
+/// An in-process migration over version 2 through a `ReconnectProxy`.
+enum ResumeRig {
+    struct Run {
+        var outcome: Outcome
+        var proxy: ReconnectProxy
+        var events: (source: [String], destination: [String])
+    }
+
+    static func senderOptions() -> SenderOptions {
+        var o = Rig.senderOptions(peerTimeout: 10)
+        o.reconnectTimeoutSeconds = 8
+        return o
+    }
+
+    static func receiverOptions() -> ReceiverOptions {
+        var o = Rig.receiverOptions(peerTimeout: 10)
+        o.reconnectTimeoutSeconds = 8
+        return o
+    }
+
+    static func migrate(_ pair: SimPair, options: SenderOptions = senderOptions(), receiverOptions: ReceiverOptions = receiverOptions(),
+                        cutFirstAfterRawBytes: Int? = nil, allowedSourceNames: [String] = [],
+                        senderEvents: @escaping @Sendable (MigrationEvent, ReconnectProxy) -> Void = { _, _ in },
+                        receiverEvents: @escaping @Sendable (MigrationEvent, ReconnectProxy) -> Void = { _, _ in },
+                        whileRunning: (@Sendable (UInt16, ReconnectProxy) -> Void)? = nil) throws -> Run {
+        ignoreSIGPIPE()
+        let pki = try TestPKI.get()
+        var serverConfig = pki.serverConfig(allowed: allowedSourceNames)
+        serverConfig.applicationProtocols = receiverOptions.applicationProtocols
+        var clientConfig = pki.clientConfig()
+        clientConfig.applicationProtocols = options.applicationProtocols
+        let listener = try TLSListener(endpoint: .tcp(host: "127.0.0.1", port: 0), context: TLSContext(configuration: serverConfig, role: .server))
+        defer { listener.close() }
+        guard case .tcp(_, let port) = listener.boundEndpoint else { throw SetupError("no port") }
+        let proxy = try ReconnectProxy(targetPort: port, cutFirstAfterRawBytes: cutFirstAfterRawBytes)
+        defer { proxy.close() }
+        let sourceEvents = LockedValue<[String]>([]), destinationEvents = LockedValue<[String]>([])
+        let receiver = Receiver(devices: pair.destination, memory: pair.destinationMemory, options: receiverOptions, events: { e in
+            destinationEvents.withLock { $0.append(name(e)) }
+            receiverEvents(e, proxy)
+        })
+        let dst = background { () throws -> MigrationStats in
+            try receiver.run(stream: try listener.accept(timeoutSeconds: 30), listener: listener)
+        }
+        let sender = Sender(devices: pair.source, memory: pair.sourceMemory, options: options, events: { e in
+            sourceEvents.withLock { $0.append(name(e)) }
+            senderEvents(e, proxy)
+        })
+        let client = try TLSContext(configuration: clientConfig, role: .client)
+        let endpoint = Endpoint.tcp(host: "127.0.0.1", port: proxy.port)
+        let src = background { () throws -> MigrationStats in
+            let reconnect: Reconnect = { () throws(TLSError) -> TLSStream in try TLSConnector.connect(to: endpoint, context: client, timeoutSeconds: 5) }
+            return try sender.run(stream: try reconnect(), reconnect: reconnect)
+        }
+        whileRunning?(port, proxy)
+        let outcome = Outcome(source: src.wait(timeout: 150), destination: dst.wait(timeout: 150))
+        return Run(outcome: outcome, proxy: proxy, events: (sourceEvents.current, destinationEvents.current))
+    }
+
+    private static func name(_ event: MigrationEvent) -> String {
+        switch event {
+        case .connectionLost: return "connection-lost"
+        case .reconnecting: return "reconnecting"
+        case .resumed: return "resumed"
+        case .sessionRefused: return "refused"
+        case .phase(let p): return "phase \(p)"
+        default: return "other"
+        }
+    }
+
+    /// A peer that tries to resume the session straight at the destination's
+    /// listener; returns the destination's first answer to it ("REFUSE reason", ...).
+    static func impostor(port: UInt16, certificate: String, forgeProof: Bool) -> String {
+        do {
+            let pki = try TestPKI.get()
+            var config = pki.clientConfig(cert: certificate)
+            config.applicationProtocols = [ProtocolVersion.v2.alpnIdentifier]
+            let stream = try TLSConnector.connect(to: .tcp(host: "127.0.0.1", port: port),
+                                                  context: TLSContext(configuration: config, role: .client), timeoutSeconds: 5)
+            defer { stream.close() }
+            stream.readTimeoutSeconds = 5
+            var decoder: ResumeHandshakeDecoder?
+            var buffer: [UInt8] = []
+            while true {
+                let bytes = try stream.read(maxCount: 4096)
+                if bytes.isEmpty { return "closed" }
+                buffer += bytes
+                // The session id is only known from the destination's RESUME: peek at it.
+                if decoder == nil, buffer.count >= 24 + 16 {
+                    decoder = ResumeHandshakeDecoder(peer: .destination, sessionID: Array(buffer[24..<40]))
+                }
+                guard var d = decoder else { continue }
+                d.feed(buffer)
+                buffer = []
+                decoder = d
+                switch try d.next() {
+                case .refuse(let r): return "REFUSE \(r.reason)"
+                case .resume(let r) where forgeProof:
+                    var encoder = FrameEncoder()
+                    let forged = Resume(sessionID: r.sessionID, role: .source, proof: [UInt8](repeating: 0x5A, count: ResumeProof.size))
+                    try stream.write(try encoder.encode(.resume(forged)))
+                    decoder = d
+                    // Its answer follows.
+                    while true {
+                        if let m = try decoder!.next() {
+                            if case .refuse(let r) = m { return "REFUSE \(r.reason)" }
+                            return "\(m)"
+                        }
+                        let more = try stream.read(maxCount: 4096)
+                        if more.isEmpty { return "closed" }
+                        decoder!.feed(more)
+                    }
+                case let m?: return "\(m)"
+                case nil: continue
+                }
+            }
+        } catch {
+            return "error: \(error)"
+        }
+    }
+}
