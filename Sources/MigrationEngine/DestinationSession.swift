@@ -102,7 +102,7 @@ final class DestinationSession {
         acks = AckSchedule(bytesReceived: reader.wireBytesReceived)
         guard let listener, options.reconnectTimeoutSeconds > 0 else { return }
         let credentials = try ResumeCredentials(firstConnection: stream, sessionID: sessionID)
-        writer.enableResumption(policy: .drop, window: nil, deviceCount: devices.devices.count) { $0.close() }
+        writer.enableResumption(policy: .drop, window: nil, deviceCount: devices.devices.count)
         acceptor = ResumeAcceptor(listener: listener, credentials: credentials, current: stream, limits: options.limits, events: events)
     }
 

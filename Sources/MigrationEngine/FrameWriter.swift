@@ -9,17 +9,16 @@ import SyncPrimitives
 /// frames flow (`BandwidthLimiter`).
 ///
 /// Version 2 (PROTOCOL.md §13), once `enableResumption` is called: a failed write
-/// does not fail the session but marks the link lost (`Link`) and tells the
-/// session's `onLoss`. On the source every frame is numbered into the retained
-/// window and writers wait while the link is lost (the replay after `reattach`
-/// sends what they encoded); on the destination, whose direction is not replayed,
-/// frames written while lost are numbered and dropped.
+/// does not fail the session but marks the link lost and closes the stream (the
+/// session's reader wakes and reconnects). On the source every frame is numbered
+/// into the retained window and writers wait while the link is lost (the replay
+/// after `reattach` sends what they encoded); on the destination, whose direction
+/// is not replayed, frames written while lost are numbered and dropped.
+///
+/// Three locks, always taken in this order: `output` (encoder and the write
+/// itself, held while a write blocks), `link`, `retention`. Nothing that must not
+/// wait for a blocked write (an ACK, giving up, the current stream) takes `output`.
 final class FrameWriter: Sendable {
-    enum Link: Sendable {
-        case attached
-        case lost
-        case failed(MigrationFailure)
-    }
     /// What a lost link does to writers.
     enum LossPolicy: Sendable {
         /// Source: wait for `reattach` (or `abandonResumption`).
@@ -27,51 +26,61 @@ final class FrameWriter: Sendable {
         /// Destination: drop the frame; RESUME_ACCEPT's progress stands for it.
         case drop
     }
-    private struct State {
-        var encoder = FrameEncoder()
+    private enum Status: Sendable {
+        case attached
+        case lost
+        case failed(MigrationFailure)
+    }
+    private struct Link {
         var stream: TLSStream
+        var status = Status.attached
+        /// nil: version 1 (or resumption abandoned): a failed write fails the session.
+        var lossPolicy: LossPolicy?
+        var writersWait: Bool { if case .lost = status { return lossPolicy == .waitForReplay } else { return false } }
+    }
+    private struct Output {
+        var encoder = FrameEncoder()
         var bytesOut: UInt64 = 0
         var lastWrite = ContinuousClock.now
-        var link = Link.attached
-        var lossPolicy: LossPolicy?
-        var onLoss: (@Sendable (TLSStream) -> Void)?
         /// Destination: the furthest of READY and RESUMED this writer has numbered.
         var progressSent = DestinationProgress.receiving
-        var isLost: Bool { if case .lost = link { return lossPolicy == .waitForReplay } else { return false } }
     }
-    private let state: ConditionValue<State>
-    /// The source's retained window, under a lock of its own: an ACK on the reader
-    /// thread must never wait behind a write blocked on the network.
-    private let retention = ConditionValue(Retention())
-    private let limiter: BandwidthLimiter?
-
     private struct Retention {
         var window: RetainedWindow?
         var failure: MigrationFailure?
     }
+    private enum Outcome {
+        case written
+        case retry
+        case lost(TLSStream, TLSError)
+    }
+    private let output = LockedValue(Output())
+    private let link: ConditionValue<Link>
+    /// The source's retained window: an ACK on the reader thread never waits for a write.
+    private let retention = ConditionValue(Retention())
+    private let limiter: BandwidthLimiter?
 
     /// `limiter` starts counting now: its average is this session's.
     init(stream: TLSStream, limiter: BandwidthLimiter? = nil) {
-        state = ConditionValue(State(stream: stream))
+        link = ConditionValue(Link(stream: stream))
         self.limiter = limiter
         limiter?.restart()
     }
 
-    var stream: TLSStream { state.withLock { $0.stream } }
-    var wireBytesSent: UInt64 { state.withLock { $0.bytesOut } }
-    var idleSinceLastWrite: Duration { state.withLock { .now - $0.lastWrite } }
-    var nextSequence: UInt64 { state.withLock { $0.encoder.nextSequence } }
+    /// The connection frames go to now.
+    var stream: TLSStream { link.withLock { $0.stream } }
+    var wireBytesSent: UInt64 { output.withLock { $0.bytesOut } }
+    var idleSinceLastWrite: Duration { output.withLock { .now - $0.lastWrite } }
+    var nextSequence: UInt64 { output.withLock { $0.encoder.nextSequence } }
 
     /// From now on a failed write loses the link instead of failing the session.
-    /// `window` (source) retains every frame from the next sequence on.
-    func enableResumption(policy: LossPolicy, window capacity: Int?, deviceCount: Int,
-                          onLoss: @escaping @Sendable (TLSStream) -> Void) {
-        state.withLock { s in
-            s.lossPolicy = policy
-            s.onLoss = onLoss
+    /// With `window` (source) every frame from the next sequence on is retained.
+    func enableResumption(policy: LossPolicy, window capacity: Int?, deviceCount: Int) {
+        output.withLock { o in
+            link.withLock { $0.lossPolicy = policy }
             if let capacity {
-                let next = s.encoder.nextSequence
-                retention.withLock { $0.window = RetainedWindow(capacity: capacity, deviceCount: deviceCount, nextSequence: next) }
+                let window = RetainedWindow(capacity: capacity, deviceCount: deviceCount, nextSequence: o.encoder.nextSequence)
+                retention.withLock { $0.window = window }
             }
         }
     }
@@ -79,9 +88,9 @@ final class FrameWriter: Sendable {
     /// Ends resumption (the session ends): an attached link writes and fails as in
     /// version 1 (so the ABORT still goes out); a lost one fails every waiting writer.
     func abandonResumption(_ failure: MigrationFailure) {
-        state.withLock { s in
-            s.lossPolicy = nil
-            if case .lost = s.link { s.link = .failed(failure) }
+        link.withLock { l in
+            l.lossPolicy = nil
+            if case .lost = l.status { l.status = .failed(failure) }
         }
         retention.withLock { if $0.failure == nil { $0.failure = failure } }
     }
@@ -140,17 +149,18 @@ final class FrameWriter: Sendable {
         }
     }
 
-    /// Marks the link lost (idempotent for the same stream) and closes `stream`, so a
-    /// reader or writer blocked on it wakes. Returns false once the session gave up.
+    /// Marks the link lost if `stream` is still the current one, and closes `stream`,
+    /// so a reader or writer blocked on it wakes. Returns false in version 1 or once
+    /// the session gave up resuming.
     @discardableResult
     func markLost(_ stream: TLSStream) -> Bool {
-        let lost = state.withLock { s -> Bool in
-            guard s.lossPolicy != nil, s.stream === stream else { return s.lossPolicy != nil }
-            if case .attached = s.link { s.link = .lost }
+        let resumable = link.withLock { l -> Bool in
+            guard l.lossPolicy != nil else { return false }
+            if l.stream === stream, case .attached = l.status { l.status = .lost }
             return true
         }
         stream.close()
-        return lost
+        return resumable
     }
 
     /// Source: the new connection is verified and RESUME_ACCEPT read. Sends the
@@ -160,64 +170,84 @@ final class FrameWriter: Sendable {
     /// a TLS error: this connection failed too (the link stays lost).
     func reattach(_ stream: TLSStream, replayingFrom position: StreamPosition,
                   regenerate: (RetainedWindow.ReplayItem, FrameEncoder) throws(MigrationFailure) -> [UInt8]) throws(MigrationFailure) -> UInt64 {
-        try state.withLock { (s: inout State) throws(MigrationFailure) -> UInt64 in
-            if case .failed(let failure) = s.link { throw failure }
+        try output.withLock { (o: inout Output) throws(MigrationFailure) -> UInt64 in
+            if case .failed(let failure) = link.withLock({ $0.status }) { throw failure }
             let items: [RetainedWindow.ReplayItem]
             do throws(WireError) {
                 items = try retention.withLock { (r: inout Retention) throws(WireError) in try r.window?.replay(from: position) ?? [] }
             } catch { throw MigrationFailure(error) }
             var replayed: UInt64 = 0
             for item in items {
-                let bytes = try regenerate(item, s.encoder)
+                let bytes = try regenerate(item, o.encoder)
                 do throws(TLSError) { try stream.write(bytes) } catch { throw .tls(error) }
                 replayed += UInt64(bytes.count)
             }
-            s.stream = stream
-            s.link = .attached
-            s.bytesOut += replayed
-            s.lastWrite = .now
+            o.bytesOut += replayed
+            o.lastWrite = .now
+            try attach(stream)
             return replayed
         }
     }
 
     /// Destination: sends `first(progress, nextSequence)` (RESUME_ACCEPT) on the new
-    /// connection and attaches it. `progress` is what this writer has sent so far
+    /// connection and attaches it. `progress` is what this writer has numbered so far
     /// (READY, RESUMED), so a frame dropped with the old connection is accounted for.
     func reattach(_ stream: TLSStream, first: (_ sent: DestinationProgress, _ nextSequence: UInt64) throws(MigrationFailure) -> [UInt8]) throws(MigrationFailure) {
-        try state.withLock { (s: inout State) throws(MigrationFailure) in
-            let bytes = try first(s.progressSent, s.encoder.nextSequence)
+        try output.withLock { (o: inout Output) throws(MigrationFailure) in
+            let bytes = try first(o.progressSent, o.encoder.nextSequence)
             do throws(TLSError) { try stream.write(bytes) } catch { throw .tls(error) }
-            s.stream = stream
-            s.link = .attached
-            s.lastWrite = .now
+            o.lastWrite = .now
+            try attach(stream)
+        }
+    }
+
+    /// With `output` held, so no writer slips in between the replay and the switch.
+    private func attach(_ stream: TLSStream) throws(MigrationFailure) {
+        try link.withLock { (l: inout Link) throws(MigrationFailure) in
+            if case .failed(let failure) = l.status { throw failure }
+            l.stream = stream
+            l.status = .attached
         }
     }
 
     private func write(progress: DestinationProgress? = nil,
                        _ encode: (inout FrameEncoder) throws(WireError) -> [UInt8]) throws(MigrationFailure) {
-        let lost = try state.wait(until: { !$0.isLost }) { (s: inout State, _) throws(MigrationFailure) -> TLSStream? in
-            if case .failed(let failure) = s.link { throw failure }
-            let bytes: [UInt8]
-            do throws(WireError) { bytes = try encode(&s.encoder) } catch { throw MigrationFailure(error) }
-            if let progress, progress > s.progressSent { s.progressSent = progress }
-            guard case .attached = s.link else { return nil }  // destination, lost: dropped
-            do throws(TLSError) { try s.stream.write(bytes) } catch {
-                guard s.lossPolicy != nil else { throw .tls(error) }
-                s.link = .lost
-                return s.stream
+        while true {
+            try waitWhileLost()
+            switch try attempt(progress: progress, encode) {
+            case .written: return
+            case .retry: continue
+            case .lost(let stream, let error):
+                guard markLost(stream) else { throw .tls(error) }
+                // Source: the frame is in the window; it goes out with the replay.
+                try waitWhileLost()
+                return
             }
-            s.bytesOut += UInt64(bytes.count)
-            s.lastWrite = .now
+        }
+    }
+
+    /// One encode and write with `output` held; the link is looked at again under it.
+    private func attempt(progress: DestinationProgress?, _ encode: (inout FrameEncoder) throws(WireError) -> [UInt8]) throws(MigrationFailure) -> Outcome {
+        try output.withLock { (o: inout Output) throws(MigrationFailure) -> Outcome in
+            let (stream, status, waits) = link.withLock { ($0.stream, $0.status, $0.writersWait) }
+            if case .failed(let failure) = status { throw failure }
+            if waits { return .retry }
+            let bytes: [UInt8]
+            do throws(WireError) { bytes = try encode(&o.encoder) } catch { throw MigrationFailure(error) }
+            if let progress, progress > o.progressSent { o.progressSent = progress }
+            guard case .attached = status else { return .written }  // destination, lost: dropped
+            do throws(TLSError) { try stream.write(bytes) } catch { return .lost(stream, error) }
+            o.bytesOut += UInt64(bytes.count)
+            o.lastWrite = .now
             // Holding the write lock while it sleeps: nothing else may pass.
             limiter?.pace(afterWriting: UInt64(bytes.count))
-            return nil
+            return .written
         }
-        guard let lost else { return }
-        let onLoss = state.withLock { $0.onLoss }
-        onLoss?(lost)
-        // Source: the frame is in the window; it goes out with the replay.
-        try state.wait(until: { !$0.isLost }) { (s: inout State, _) throws(MigrationFailure) in
-            if case .failed(let failure) = s.link { throw failure }
+    }
+
+    private func waitWhileLost() throws(MigrationFailure) {
+        try link.wait(until: { !$0.writersWait }) { (l: inout Link, _) throws(MigrationFailure) in
+            if case .failed(let failure) = l.status { throw failure }
         }
     }
 }

@@ -128,7 +128,7 @@ final class SourceSession {
             throw .configuration("the resume window of \(options.resumeWindowBytes) bytes is below the minimum of \(options.minimumResumeWindowBytes)")
         }
         let credentials = try ResumeCredentials(firstConnection: stream, sessionID: sessionID)
-        writer.enableResumption(policy: .waitForReplay, window: options.resumeWindowBytes, deviceCount: devices.devices.count) { $0.close() }
+        writer.enableResumption(policy: .waitForReplay, window: options.resumeWindowBytes, deviceCount: devices.devices.count)
         return SourceReconnect(credentials: credentials, writer: writer, connect: reconnect, options: options, memory: memory,
                                events: events, cancellation: cancellation)
     }

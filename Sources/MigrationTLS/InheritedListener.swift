@@ -20,6 +20,11 @@ extension TLSListener {
             try Socket.checkListening(descriptor)
             endpoint = try Socket.localEndpoint(of: descriptor)
             try context.checkEndpoint(endpoint)
+            // accept() must not block: a timed accept polls, then takes what is there
+            // (a service manager's socket usually comes blocking).
+            guard setNonBlockingCloseOnExec(descriptor) else {
+                throw TLSError.socketError(operation: "fcntl", errno: .current)
+            }
         } catch {
             Glibc.close(descriptor)
             throw error

@@ -17,7 +17,9 @@ struct ProcessFaultTests {
 
     static func startSlowPair(_ dir: String) throws -> (CLIProcess, CLIProcess) {
         try CLI.makeMemory("\(dir)/src.mem", pages: 2048)
-        let (receiver, port) = try CLI.receiver(dir: dir, memory: "8M")
+        // A source that dies or is interrupted cannot send ABORT: the destination keeps
+        // the session for its reconnect timeout (PROTOCOL.md §13.4), kept short here.
+        let (receiver, port) = try CLI.receiver(dir: dir, memory: "8M", extra: ["--reconnect-timeout", "3"])
         let sender = try CLI.sender(dir: dir, port: port, extra: slow)
         // Interrupt once pre-copy is moving data.
         let moving = sender.waitForEvent(timeout: 60) { $0["event"] as? String == "progress" || $0["event"] as? String == "iteration" }
