@@ -58,7 +58,7 @@ struct SenderTuning: ParsableArguments {
     var readyTimeout: Double = 120
     @Option(name: .customLong("reconnect-timeout"), help: "Seconds a broken connection may take to come back before the migration fails (the session resumes where it stood); 0: never resume (protocol version 1).")
     var reconnectTimeout: Double = 30
-    @Option(name: .customLong("resume-window"), help: "Sent device data kept until the destination acknowledges it, for a resume (at least 17M; the source stops reading devices while it is full).")
+    @Option(name: .customLong("resume-window"), help: "Sent device data kept until the destination acknowledges it, for a resume (at least 17 MiB + 24 bytes, e.g. 18M; the source stops reading devices while it is full).")
     var resumeWindow: ByteCount = ByteCount(bytes: 64 << 20)
 
     func validate() throws {
@@ -73,7 +73,7 @@ struct SenderTuning: ParsableArguments {
         try ArgumentCheck.seconds(reconnectTimeout, "--reconnect-timeout", allowZero: true)
         let minimum = SenderOptions().minimumResumeWindowBytes
         if resumeWindow.bytes < UInt64(minimum) {
-            throw ValidationError("--resume-window \(resumeWindow): below the minimum of \(ByteCount(bytes: UInt64(minimum))) (the largest frame plus the 1 MiB acknowledgement interval), which might never make room again")
+            throw ValidationError("--resume-window \(resumeWindow): below the minimum of \(minimum) bytes (the largest frame, 16 MiB and its header, plus the 1 MiB acknowledgement interval); a smaller window might never make room again (18M will do)")
         }
     }
 
