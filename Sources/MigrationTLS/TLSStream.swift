@@ -54,11 +54,12 @@ public final class TLSStream: Sendable {
     public let applicationProtocol: String?
 
     /// RFC 8446 §7.5 exporter (`SSL_export_keying_material` with a context): `length`
-    /// bytes both ends of this connection derive alike and nobody else can.
+    /// bytes both ends of this connection derive alike and nobody else can. It only
+    /// reads the handshake's key schedule, so it works after the connection broke too
+    /// (a read may already have met the end of a stream whose data is still decoded).
     public func exportKeyingMaterial(label: String, context: [UInt8], length: Int) throws(TLSError) -> [UInt8] {
         let label = Array(label.utf8)
-        return try io.withLock { (state: inout IOState) throws(TLSError) -> [UInt8] in
-            if let failure = state.failure { throw failure }
+        return try io.withLock { (_: inout IOState) throws(TLSError) -> [UInt8] in
             var out = [UInt8](repeating: 0, count: length)
             ERR_clear_error()
             let ok = SSL_export_keying_material(ssl.pointer, &out, length, label, label.count, context, context.count, 1)

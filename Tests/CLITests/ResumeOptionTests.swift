@@ -18,14 +18,7 @@ import Testing
         (send + ["--resume-window", "lots"], "--resume-window"),
     ])
     func badValueIsAUsageErrorNamingTheOption(arguments: [String], text: String) {
-        do {
-            _ = try VfioMigrate.parseAsRoot(arguments)
-            Issue.record("accepted: \(arguments)")
-        } catch {
-            #expect(VfioMigrate.exitCode(for: error) == .validationFailure, "\(arguments)")
-            let message = VfioMigrate.message(for: error)
-            #expect(message.contains(text), "\(arguments): \(message)")
-        }
+        ArgumentValidation().badValueIsAUsageErrorNamingTheOption(arguments: arguments, text: text)
     }
 
     @Test func defaultsResumeAndZeroMeansVersionOneOnly() throws {

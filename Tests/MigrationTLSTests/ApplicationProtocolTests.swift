@@ -52,6 +52,11 @@ extension TLSTests {
             #expect(try c.exportKeyingMaterial(label: "EXPERIMENTAL test", context: context, length: 32) == serverValue)
             #expect(try c.exportKeyingMaterial(label: "EXPERIMENTAL other", context: context, length: 32) != serverValue)
             #expect(try c.exportKeyingMaterial(label: "EXPERIMENTAL test", context: Array(1...16), length: 32) != serverValue)
+            // The secret is taken after HELLO, when a read may already have met the end of the stream.
+            c.close()
+            s.readTimeoutSeconds = 5
+            #expect(throws: TLSError.self) { _ = try s.read(maxCount: 16) }
+            #expect(try s.exportKeyingMaterial(label: "EXPERIMENTAL test", context: context, length: 32) == serverValue)
             let (s2, c2) = try pair(client: [], server: [])
             defer { s2.close(); c2.close() }
             #expect(try c2.exportKeyingMaterial(label: "EXPERIMENTAL test", context: context, length: 32) != serverValue)

@@ -86,6 +86,14 @@ final class FaultProxy: @unchecked Sendable {
         self.targetPort = targetPort
         self.fault = fault
         self.throttle = throttleSecondsPerChunk
+        (listenFD, port) = try Self.listenOnLoopback()
+        let t = Thread { [self] in acceptAndPump() }
+        t.name = "proxy-accept"
+        t.start()
+    }
+
+    /// A listening TCP socket on 127.0.0.1 and its port (the kernel's choice).
+    static func listenOnLoopback() throws -> (fd: Int32, port: UInt16) {
         let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
         guard fd >= 0 else { throw ProxyError("socket: errno \(errno)") }
         var one: Int32 = 1
@@ -96,11 +104,7 @@ final class FaultProxy: @unchecked Sendable {
         var bound = sockaddr_in()
         var len = socklen_t(MemoryLayout<sockaddr_in>.size)
         _ = withUnsafeMutablePointer(to: &bound) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &len) } }
-        listenFD = fd
-        port = UInt16(bigEndian: bound.sin_port)
-        let t = Thread { [self] in acceptAndPump() }
-        t.name = "proxy-accept"
-        t.start()
+        return (fd, UInt16(bigEndian: bound.sin_port))
     }
 
     static func loopback(port: UInt16) -> sockaddr_in {

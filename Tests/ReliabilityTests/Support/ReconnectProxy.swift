@@ -27,18 +27,7 @@ final class ReconnectProxy: Sendable {
     init(targetPort: UInt16, cutFirstAfterRawBytes: Int? = nil) throws {
         self.targetPort = targetPort
         self.cutFirstAfterRawBytes = cutFirstAfterRawBytes
-        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-        guard fd >= 0 else { throw ProxyError("socket: errno \(errno)") }
-        var one: Int32 = 1
-        setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, socklen_t(MemoryLayout<Int32>.size))
-        var addr = FaultProxy.loopback(port: 0)
-        let rc = withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }
-        guard rc == 0, listen(fd, 8) == 0 else { Glibc.close(fd); throw ProxyError("bind/listen: errno \(errno)") }
-        var bound = sockaddr_in()
-        var len = socklen_t(MemoryLayout<sockaddr_in>.size)
-        _ = withUnsafeMutablePointer(to: &bound) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &len) } }
-        listenFD = fd
-        port = UInt16(bigEndian: bound.sin_port)
+        (listenFD, port) = try FaultProxy.listenOnLoopback()
         let t = Thread { [self] in acceptLoop() }
         t.name = "reconnect-proxy"
         t.start()
