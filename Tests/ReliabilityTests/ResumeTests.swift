@@ -87,6 +87,21 @@ import TestSupport
         #expect(!run.events.source.contains("resumed"))
     }
 
+    /// A destination with `--reconnect-timeout 0` selects no ALPN protocol: the
+    /// session is version 1 and a cut fails at once, as before.
+    @Test func aDestinationThatDoesNotResumeGetsVersionOneAndACutRollsBack() throws {
+        let pair = try SimPair()
+        var receiverOptions = ResumeRig.receiverOptions()
+        receiverOptions.reconnectTimeoutSeconds = 0
+        let run = try ResumeRig.migrate(pair, receiverOptions: receiverOptions, senderEvents: { event, proxy in
+            if case .iterationEnd(1, _, _, _, _) = event { proxy.cut() }
+        })
+        try Guarantee.rolledBack(run.outcome, pair)
+        #expect(!run.events.source.contains("connection-lost"), "\(run.events.source)")
+        #expect(!run.events.destination.contains("connection-lost"), "\(run.events.destination)")
+        #expect(run.proxy.connections == 1)
+    }
+
     /// While the real source cannot get through, a peer with another certificate and
     /// one with the right certificate but no secret try to take the session over.
     @Test func anotherIdentityAndAForgedProofAreRefusedAndTheRealSourceResumes() throws {
