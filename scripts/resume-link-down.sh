@@ -14,7 +14,9 @@
 # leaf certificates (IP SANs of the veth addresses) are made in the work directory.
 #
 # Usage: sudo scripts/resume-link-down.sh [OUTAGE_S] [GUEST_MIB] [RATE]
-#        (default 5 s, 192 MiB, 200mbit; BIN=path/to/vfio-migrate, default the release build)
+#        (default 5 s, 192 MiB, 200mbit; BIN=path/to/vfio-migrate, default the release build;
+#        GPU_STATE=SIZE the first device's state, default 8M; SEND_ARGS="…" more send options,
+#        e.g. "--resume-window 64M")
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUTAGE=${1:-5}
@@ -61,7 +63,7 @@ ip -n "$NS_S" link set "$TAG-s" up; ip -n "$NS_D" link set "$TAG-d" up
 ip netns exec "$NS_S" tc qdisc add dev "$TAG-s" root tbf rate "$RATE" burst 64kb latency 50ms
 
 head -c $((MIB << 20)) /dev/urandom > "$DIR/src.mem"
-DEVICES=(--device "gpu0=sim:state=8M,seed=1,dirty=64,churn=16K,chunk=1M" --device "nic0=sim:state=2M,seed=2,dirty=16,churn=4K,chunk=256K")
+DEVICES=(--device "gpu0=sim:state=${GPU_STATE:-8M},seed=1,dirty=64,churn=16K,chunk=1M" --device "nic0=sim:state=2M,seed=2,dirty=16,churn=4K,chunk=256K")
 
 peak_rss() {  # peak_rss PID FILE: the highest RssAnon (kB) while PID lives
   local max=0 v
@@ -85,7 +87,7 @@ run() {
   sleep 1
   local start=$(date +%s.%N)
   ip netns exec "$NS_S" "$BIN" send --connect "$A_D:$PORT" --memory "$DIR/src.mem" "${DEVICES[@]}" $(tls source "$A_D") \
-    --peer-timeout 3 --max-iterations 4 --json --dump-state "$out/src" > "$out/s.json" 2> "$out/s.err" &
+    --peer-timeout 3 --max-iterations 4 ${SEND_ARGS:-} --json --dump-state "$out/src" > "$out/s.json" 2> "$out/s.err" &
   local spid=$!; PIDS+=("$spid")
   peak_rss "$spid" "$out/s.rss" & PIDS+=($!)
   if [ "$outage" -gt 0 ]; then
@@ -110,7 +112,7 @@ run() {
   [ "$sc" = 0 ] && [ "$rc" = 0 ]
 }
 
-echo "guest ${MIB} MiB + 10 MiB device state over a $RATE veth; outage ${OUTAGE} s"
+echo "guest ${MIB} MiB + ${GPU_STATE:-8M} + 2M device state over a $RATE veth; outage ${OUTAGE} s"
 run baseline 0
 run outage "$OUTAGE"
 echo "transfer time lost to a ${OUTAGE} s outage: $(printf %.1f "$(echo "$(cat "$DIR/outage/took") - $(cat "$DIR/baseline/took")" | bc)") s"
