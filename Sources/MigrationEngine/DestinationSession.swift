@@ -164,7 +164,13 @@ final class DestinationSession {
         stream.close()
         if let acceptor {
             // §13.8: a source that lost RESUMED reconnects to learn the outcome.
-            if !confirmed { answerOutcome(acceptor) }
+            if !confirmed {
+                answerOutcome(acceptor) { [writer, reader, events] () throws(MigrationFailure) -> [UInt8] in
+                    let accept = ResumeAccept(progress: .resumed, destinationNextSequence: writer.nextSequence, position: reader.position)
+                    defer { events(.resumed(fromSequence: accept.position.nextSequence, bytesReplayed: 0)) }
+                    return try ResumeCredentials.handshakeFrame(.resumeAccept(accept))
+                }
+            }
             acceptor.stop()
         }
         state.advance(to: .done)
@@ -190,8 +196,8 @@ final class DestinationSession {
         let reached = state.current
         defer { state.advance(to: .failed) }
         writer.abandonResumption(cause)
-        acceptor?.stop()
         if reached.disposition == .afterCommit { return failAfterCommit(cause) }
+        acceptor?.stop()
         var failure = cancellation.isCancelled ? .cancelled : cause
         // The applier's reason beats the broken pipe it caused.
         if case .peerClosed = cause, let applierFailure = pipeline?.error { failure = applierFailure }
@@ -212,8 +218,15 @@ final class DestinationSession {
         keepAlive?.stop()
         let text = cause.deviceMessage.map { "destination: device \(cause.device ?? "-") failed to resume: \($0)" }
             ?? cause.abortMessage(side: "destination", phase: .resume)
-        try? writer.send(.abort(Abort(reason: cause.abortReason, message: text)))
-        writer.stream.close()
+        let abort = Abort(reason: cause.abortReason, message: text)
+        let stream = writer.stream
+        let delivered = (try? writer.send(.abort(abort))) != nil && ((try? stream.shutdownConfirmingPeer()) ?? false)
+        stream.close()
+        if let acceptor {
+            // §13.8: a source that lost the ABORT reconnects; it gets the ABORT again.
+            if !delivered { answerOutcome(acceptor) { () throws(MigrationFailure) -> [UInt8] in FrameEncoder.handshakeAbort(abort) } }
+            acceptor.stop()
+        }
         let reached = state.current
         return MigrationError(phase: reached.phase, device: cause.device, failure: cause, disposition: reached.disposition)
     }
@@ -292,20 +305,15 @@ final class DestinationSession {
         throw .timeout("the connection to the source broke (\(cause)) and it did not come back within --reconnect-timeout \(options.reconnectTimeoutSeconds) s")
     }
 
-    /// After RESUMED without the source's close_notify: a source that reconnects
-    /// within the reconnect timeout is told the devices run here (§13.8).
-    private func answerOutcome(_ acceptor: ResumeAcceptor) {
+    /// The session ended (RESUMED sent, or an ABORT after COMMIT) and the source did
+    /// not confirm it got the end: a source that reconnects within the reconnect
+    /// timeout is told the outcome, `answer` (§13.8), until one confirms it.
+    private func answerOutcome(_ acceptor: ResumeAcceptor, answer: () throws(MigrationFailure) -> [UInt8]) {
         let deadline = monotonicSeconds() + options.reconnectTimeoutSeconds
         while let arrival = acceptor.waitForArrival(until: deadline, isCancelled: { false }) {
-            let accept = ResumeAccept(progress: .resumed, destinationNextSequence: writer.nextSequence, position: reader.position)
-            guard let bytes = try? ResumeCredentials.handshakeFrame(.resumeAccept(accept)), (try? arrival.stream.write(bytes)) != nil else {
-                arrival.stream.close()
-                continue
-            }
-            events(.resumed(fromSequence: accept.position.nextSequence, bytesReplayed: 0))
-            let confirmed = (try? arrival.stream.shutdownConfirmingPeer()) ?? false
-            arrival.stream.close()
-            if confirmed { return }
+            defer { arrival.stream.close() }
+            guard let bytes = try? answer(), (try? arrival.stream.write(bytes)) != nil else { continue }
+            if (try? arrival.stream.shutdownConfirmingPeer()) == true { return }
         }
     }
 

@@ -98,6 +98,7 @@ struct SourceReconnect: Sendable {
                     if refusal.reason.isTransient { return .failure(.retry("the destination is busy: \(refusal.message)")) }
                     return .failure(.end(.incompatible("the destination refused to resume the session (\(refusal.reason)): \(refusal.message)")))
                 case .abort(let abort):
+                    try? stream.shutdown()  // close_notify: the destination knows we have its outcome
                     stream.close()
                     return .failure(.end(.peerAborted(abort.reason, abort.message)))
                 case .hello:

@@ -283,6 +283,9 @@ final class SourceSession {
     private func failAfterCommit(_ cause: MigrationFailure) -> MigrationError {
         liftThrottle()
         keepAlive?.stop()
+        // The destination's ABORT arrived: say so with close_notify (a version-2
+        // destination would otherwise keep the outcome for a source that lost it).
+        if cause.isPeerAbort { try? writer.stream.shutdown() }
         writer.stream.close()
         return MigrationError(phase: state.phase, device: cause.device, failure: cause, disposition: state.disposition)
     }

@@ -87,6 +87,23 @@ import TestSupport
         #expect(!run.events.source.contains("resumed"))
     }
 
+    /// After COMMIT a destination device refuses RUNNING and the connection is cut
+    /// before the ABORT gets out: the source reconnects and gets the ABORT again,
+    /// so it fails naming the device instead of an unknown outcome.
+    @Test func aFailureAfterCommitLostWithTheConnectionIsToldAgain() throws {
+        let pair = try SimPair(names: ["gpu0", "nic0"])
+        pair.destinationSims[1].inject(.failTransition(to: .running))
+        let run = try ResumeRig.migrate(pair, receiverEvents: { event, proxy in
+            if case .phase(.resume) = event { proxy.cut() }
+        })
+        let s = try #require(run.outcome.sourceError), d = try #require(run.outcome.destinationError)
+        #expect(d.disposition == .afterCommit && d.device == "nic0", "\(d)")
+        #expect(s.disposition == .afterCommit, "\(s)")
+        guard case .peerAborted(.deviceError, let text) = s.failure else { Issue.record("source: \(s)"); return }
+        #expect(text.containsAll("nic0", "failed to resume"), "\(text)")
+        #expect(run.events.source.contains("reconnecting"), "\(run.events.source)")
+    }
+
     /// A destination with `--reconnect-timeout 0` selects no ALPN protocol: the
     /// session is version 1 and a cut fails at once, as before.
     @Test func aDestinationThatDoesNotResumeGetsVersionOneAndACutRollsBack() throws {
