@@ -124,13 +124,15 @@ final class FrameWriter: Sendable {
     /// Ends a failed session (PROTOCOL.md §5.7, §2.5): ABORT unless the peer's own ABORT
     /// ended it (never answered), then close_notify and a bounded read until the peer
     /// closes, so the ABORT is not lost to a reset; then the socket is closed.
-    func endWithAbort(_ failure: MigrationFailure, message: String) {
+    /// Returns whether our ABORT went out (false also when the peer's ended it).
+    @discardableResult
+    func endWithAbort(_ failure: MigrationFailure, message: String) -> Bool {
         abandonResumption(failure)
         let stream = self.stream
-        if failure.isPeerAbort || (try? send(.abort(Abort(reason: failure.abortReason, message: message)))) != nil {
-            try? stream.shutdown()
-        }
+        let sent = !failure.isPeerAbort && (try? send(.abort(Abort(reason: failure.abortReason, message: message)))) != nil
+        if sent || failure.isPeerAbort { try? stream.shutdown() }
         stream.close()
+        return sent
     }
 
     // MARK: - version 2

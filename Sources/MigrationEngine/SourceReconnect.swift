@@ -68,6 +68,21 @@ struct SourceReconnect: Sendable {
         while monotonicSeconds() < wake && !cancellation.isCancelled { Thread.sleep(forTimeInterval: 0.05) }
     }
 
+    /// The session ends before COMMIT while its connection is gone: one connection
+    /// that proves itself (RESUME) and gives up at once with an unnumbered ABORT
+    /// (§13.5), so the destination ends too instead of waiting for a resume. Best effort.
+    func deliverAbort(_ abort: Abort) {
+        guard let stream = try? connect() else { return }
+        defer { stream.close() }
+        guard ProtocolVersion.negotiated(alpn: stream.applicationProtocol, offered: options.applicationProtocols) == .v2,
+              stream.peerName == credentials.peerName else { return }
+        var handshake = ResumeHandshakeReader(stream: stream, peer: .destination, credentials: credentials, limits: options.limits)
+        guard case .resume(let theirs)? = try? handshake.next(), (try? credentials.verifies(theirs, on: stream)) == true,
+              let mine = try? credentials.resumeFrame(on: stream, role: .source) else { return }
+        try? stream.write(mine + FrameEncoder.handshakeAbort(abort))
+        try? stream.shutdown()
+    }
+
     /// One connection: TLS (version 2, the same destination name), the handshake, the replay.
     private func attemptResume(_ reader: FrameReader) -> Result<[Frame], AttemptFailure> {
         let stream: TLSStream

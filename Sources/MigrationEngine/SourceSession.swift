@@ -58,6 +58,8 @@ final class SourceSession {
     private let started = ContinuousClock.now
     private var stats = MigrationStats(role: "source")
     private var inbox: PeerInbox?
+    /// Version 2 with a way to reconnect: what the reader thread runs on a loss.
+    private var recovery: SourceReconnect?
     private var keepAlive: PeriodicTask?
     private var pipeline: Pipeline?
     private var sequences: [SaveSequence]
@@ -100,7 +102,7 @@ final class SourceSession {
             let theirs = try exchange.asSource(reader: reader, writer: writer, encodings: options.compression == .none ? [.raw] : [.raw, .deflate],
                                                version: version)
             events(.helloAccepted(devices: devices.devices.map(\.name), memoryBytes: memory?.size ?? 0, security: stream.security))
-            let recovery = try enableResumption(version, sessionID: theirs.sessionID)
+            recovery = try enableResumption(version, sessionID: theirs.sessionID)
             if version >= .v2 {
                 let writer = self.writer
                 reader.onAck = { (position: StreamPosition) throws(MigrationFailure) in try writer.acknowledge(position) }
@@ -260,7 +262,13 @@ final class SourceSession {
         // A refused HELLO tells the destination the mismatch in its own words (§5.1).
         var message = failure.abortMessage(side: "source", phase: reached.phase)
         if case .hello = reached, case .incompatible(let reason) = failure { message = reason }
-        writer.endWithAbort(failure, message: message)
+        let sent = writer.endWithAbort(failure, message: message)
+        // The connection was gone (a cancel closes it) but the destination still holds
+        // the session: tell it on a resuming connection rather than let it wait out
+        // its reconnect timeout. Not when reconnecting itself is what failed.
+        if !sent, !failure.isPeerAbort, let recovery, cancellation.isCancelled || inbox?.pendingProblem() == nil {
+            recovery.deliverAbort(Abort(reason: failure.abortReason, message: message))
+        }
         let rolledBack = devices.leftRunning.map { devices[$0].name }
         options.logger.notice("migration failed", metadata: ["phase": "\(reached.phase)", "device": "\(failure.device ?? "-")",
                                                              "cause": "\(failure)", "rolled_back": "\(rolledBack)"])

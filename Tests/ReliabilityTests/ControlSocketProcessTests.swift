@@ -100,9 +100,7 @@ struct ControlSocketProcessTests {
         let dir = try CLI.tempDir()
         defer { try? FileManager.default.removeItem(atPath: dir) }
         try CLI.makeMemory("\(dir)/src.mem", pages: 2048)
-        // The cancelled source's stream is closed before an ABORT can go out: the
-        // destination keeps the session for its reconnect timeout, kept short here.
-        let (receiver, port) = try CLI.receiver(dir: dir, memory: "8M", extra: ["--control", "unix:\(dir)/dst.sock", "--reconnect-timeout", "3"])
+        let (receiver, port) = try CLI.receiver(dir: dir, memory: "8M", extra: ["--control", "unix:\(dir)/dst.sock"])
         let destination = try Self.connect("\(dir)/dst.sock", process: receiver)
         _ = try destination.nextMessage()  // the greeting
         #expect(try destination.execute("set", ["downtime-ms": .int(5)])["error"]?["desc"]?.stringValue?.contains("destination") == true)

@@ -104,6 +104,29 @@ import TestSupport
         #expect(run.events.source.contains("reconnecting"), "\(run.events.source)")
     }
 
+    /// The operator cancels: the cancel closes the connection before an ABORT can go
+    /// out, so the source tells the destination on a resuming connection, and the
+    /// destination ends at once ("peer aborted (cancelled)") instead of waiting out
+    /// its reconnect timeout.
+    @Test func aCancelReachesTheDestinationAlthoughItClosedTheConnection() throws {
+        let pair = try SimPair()
+        let precopy = ConditionValue(false)
+        let run = try ResumeRig.migrate(pair, senderEvents: { event, _ in
+            if case .iterationEnd(1, _, _, _, _) = event {
+                precopy.withLock { $0 = true }
+                Thread.sleep(forTimeInterval: 0.3)  // the cancel comes while pre-copy goes on
+            }
+        }, whileRunning: { _, _, sender in
+            precopy.wait(until: { $0 }) { _, _ in }
+            sender.cancel()
+        })
+        try Guarantee.rolledBack(run.outcome, pair)
+        guard case .cancelled? = run.outcome.sourceError?.failure else { Issue.record("source: \(run.outcome.source)"); return }
+        guard case .peerAborted(.cancelled, _)? = run.outcome.destinationError?.failure else {
+            Issue.record("destination: \(run.outcome.destination)"); return
+        }
+    }
+
     /// A destination with `--reconnect-timeout 0` selects no ALPN protocol: the
     /// session is version 1 and a cut fails at once, as before.
     @Test func aDestinationThatDoesNotResumeGetsVersionOneAndACutRollsBack() throws {
@@ -132,7 +155,7 @@ import TestSupport
             }
         }, receiverEvents: { event, _ in
             if case .connectionLost = event { lost.withLock { $0 = true } }
-        }, whileRunning: { listenerPort, proxy in
+        }, whileRunning: { listenerPort, proxy, _ in
             lost.wait(until: { $0 }) { _, _ in }
             impostors.withLock { $0.append(ResumeRig.impostor(port: listenerPort, certificate: "wrongname", forgeProof: false)) }
             impostors.withLock { $0.append(ResumeRig.impostor(port: listenerPort, certificate: "source", forgeProof: true)) }
@@ -172,7 +195,7 @@ enum ResumeRig {
                         cutFirstAfterRawBytes: Int? = nil, allowedSourceNames: [String] = [],
                         senderEvents: @escaping @Sendable (MigrationEvent, ReconnectProxy) -> Void = { _, _ in },
                         receiverEvents: @escaping @Sendable (MigrationEvent, ReconnectProxy) -> Void = { _, _ in },
-                        whileRunning: (@Sendable (UInt16, ReconnectProxy) -> Void)? = nil) throws -> Run {
+                        whileRunning: (@Sendable (UInt16, ReconnectProxy, Sender) -> Void)? = nil) throws -> Run {
         ignoreSIGPIPE()
         let pki = try TestPKI.get()
         var serverConfig = pki.serverConfig(allowed: allowedSourceNames)
@@ -202,7 +225,7 @@ enum ResumeRig {
             let reconnect: Reconnect = { () throws(TLSError) -> TLSStream in try TLSConnector.connect(to: endpoint, context: client, timeoutSeconds: 5) }
             return try sender.run(stream: try reconnect(), reconnect: reconnect)
         }
-        whileRunning?(port, proxy)
+        whileRunning?(port, proxy, sender)
         let outcome = Outcome(source: src.wait(timeout: 150), destination: dst.wait(timeout: 150))
         return Run(outcome: outcome, proxy: proxy, events: (sourceEvents.current, destinationEvents.current))
     }
