@@ -5,6 +5,7 @@ import MigrationTLS
 import MigrationWire
 import SyncPrimitives
 import TestSupport
+import VFIODevice
 
 /// Session resumption (PROTOCOL.md §13, issue 16): a connection cut in any phase is
 /// replaced and the migration ends byte-exact with success on both sides; a source
@@ -46,6 +47,24 @@ import TestSupport
         #expect(run.proxy.cuts >= 1 && run.proxy.connections >= 2, "the cut happened and the source reconnected: \(run.events)")
         #expect(run.events.source.contains("resumed"), "source events: \(run.events.source)")
         #expect(run.events.destination.contains("resumed"), "destination events: \(run.events.destination)")
+    }
+
+    /// The cut lands inside the first DIRTY_BITMAP record: when the source asks its
+    /// device for the second round's dirty pages, the proxy cuts 40 bytes into the
+    /// next record toward the destination, the bitmap that answer becomes.
+    @Test func aCutInsideADirtyBitmapResumes() throws {
+        var pair = try SimPair()
+        let proxyBox = LockedValue<ReconnectProxy?>(nil)
+        let queries = LockedValue(0)
+        pair.source[0].dirtyPages = QueryHook(pair.source[0].dirtyPages!) {
+            if queries.withLock({ n in n += 1; return n }) == 1 { proxyBox.current?.cut(afterNextRawBytes: 40) }
+        }
+        let run = try ResumeRig.migrate(pair, senderEvents: { event, proxy in
+            if case .phase(.precopy) = event { proxyBox.withLock { $0 = proxy } }
+        })
+        try Guarantee.migrated(run.outcome, pair)
+        #expect(run.proxy.cuts == 1 && queries.current >= 1)
+        #expect(run.events.source.contains("resumed") && run.events.destination.contains("resumed"), "\(run.events)")
     }
 
     /// Cut 1 inside the first pass, cut 2 after it, cut 3 when stop-and-copy begins;
@@ -291,4 +310,17 @@ enum ResumeRig {
             return "error: \(error)"
         }
     }
+}
+
+/// A device's dirty-page source that calls `hook` before each query.
+final class QueryHook: DirtyPageSource {
+    private let wrapped: any DirtyPageSource
+    private let hook: () -> Void
+    init(_ wrapped: any DirtyPageSource, hook: @escaping () -> Void) { self.wrapped = wrapped; self.hook = hook }
+    func start() throws(DeviceError) { try wrapped.start() }
+    func query(startPFN: UInt64, pageSize: UInt64, totalPFNs: UInt64) throws(DeviceError) -> [DirtySegment] {
+        hook()
+        return try wrapped.query(startPFN: startPFN, pageSize: pageSize, totalPFNs: totalPFNs)
+    }
+    func stop() throws(DeviceError) { try wrapped.stop() }
 }

@@ -17,6 +17,8 @@ final class ReconnectProxy: Sendable {
         var refusing = false
         var closed = false
         var upBytesFirst = 0
+        /// Raw bytes toward the receiver still to forward before an armed cut.
+        var armedCut: Int?
         /// Every descriptor it opened, closed when the proxy goes (its pump threads hold it).
         var opened: [Int32] = []
     }
@@ -45,6 +47,9 @@ final class ReconnectProxy: Sendable {
         }
         for fd in fds { Glibc.shutdown(fd, Int32(SHUT_RDWR)) }
     }
+
+    /// Cuts once `rawBytes` more bytes went toward the receiver (inside the next TLS record).
+    func cut(afterNextRawBytes rawBytes: Int) { state.withLock { $0.armedCut = rawBytes } }
 
     /// While refusing, a new connection is closed at once (the link is still down).
     func setRefusing(_ refusing: Bool) { state.withLock { $0.refusing = refusing } }
@@ -77,7 +82,7 @@ final class ReconnectProxy: Sendable {
             state.withLock { $0.live += [client, server]; $0.opened += [client, server] }
             for (from, to, up) in [(client, server, true), (server, client, false)] {
                 let t = Thread { [self] in
-                    pump(from: from, to: to, countFirst: up && index == 1)
+                    pump(from: from, to: to, up: up, first: index == 1)
                     // The last pump of a pair closes both descriptors.
                     Glibc.shutdown(to, Int32(SHUT_WR))
                 }
@@ -87,17 +92,25 @@ final class ReconnectProxy: Sendable {
         }
     }
 
-    private func pump(from: Int32, to: Int32, countFirst: Bool) {
+    private func pump(from: Int32, to: Int32, up: Bool, first: Bool) {
         var chunk = [UInt8](repeating: 0, count: 64 << 10)
         while true {
             var n = chunk.withUnsafeMutableBytes { recv(from, $0.baseAddress, $0.count, 0) }
             if n < 0 && errno == EINTR { continue }
             guard n > 0 else { return }
             var cutAfter = false
-            if countFirst, let limit = cutFirstAfterRawBytes {
+            if up, first, let limit = cutFirstAfterRawBytes {
                 let already = state.withLock { s -> Int in defer { s.upBytesFirst += n }; return s.upBytesFirst }
                 if already >= limit { return }
                 if already + n >= limit { n = limit - already; cutAfter = true }
+            }
+            if up, let left = state.withLock({ s -> Int? in
+                guard let armed = s.armedCut else { return nil }
+                s.armedCut = armed > n ? armed - n : nil
+                return armed
+            }), left <= n {
+                n = left
+                cutAfter = true
             }
             var off = 0
             while off < n {
