@@ -1,0 +1,76 @@
+import Foundation
+import SyncPrimitives
+
+/// The guest's run loop on its own thread: one step at a time (one KVM_RUN until
+/// the next exit, or one page the writer thread stores), and between two steps
+/// the VMM's requests are honoured — pause, resume, stop. A pause therefore
+/// takes effect at the next exit, as a VMM pausing a vCPU does.
+final class GuestLoop: Sendable {
+    enum Phase: Equatable, Sendable {
+        case running
+        case pauseRequested
+        case paused
+        case stopRequested
+        /// The thread has ended; `failure` when a step threw.
+        case stopped(failure: String?)
+
+        var hasStopped: Bool { if case .stopped = self { true } else { false } }
+    }
+
+    private struct State {
+        var phase = Phase.running
+        var steps = 0
+        /// Pause once this many steps are done (a sweep boundary, for tests).
+        var pauseAtStep: Int?
+    }
+
+    private let state = ConditionValue(State())
+
+    init(step: @escaping @Sendable () throws -> Void) {
+        let thread = Thread { [state] in Self.run(step, state) }
+        thread.name = "guest vCPU"
+        thread.start()
+    }
+
+    var steps: Int { state.withLock { $0.steps } }
+    var phase: Phase { state.withLock { $0.phase } }
+
+    /// Returns once the guest is paused (or has stopped): no write happens until `resume`.
+    func pause(afterSteps target: Int? = nil) {
+        state.withLock { s in
+            if let target { s.pauseAtStep = max(target, s.steps) } else if s.phase == .running { s.phase = .pauseRequested }
+        }
+        state.wait(until: { $0.phase == .paused || $0.phase.hasStopped }) { _, _ in }
+    }
+
+    func resume() {
+        state.withLock { s in if s.phase == .paused || s.phase == .pauseRequested { s.phase = .running } }
+    }
+
+    /// Ends the thread and waits for it; a paused guest stops without another step.
+    func stop() {
+        state.withLock { s in if !s.phase.hasStopped { s.phase = .stopRequested } }
+        state.wait(until: { $0.phase.hasStopped }) { _, _ in }
+    }
+
+    private static func run(_ step: @Sendable () throws -> Void, _ state: ConditionValue<State>) {
+        while true {
+            let goOn = state.wait(until: { $0.phase != .paused }) { s, _ -> Bool in
+                if let target = s.pauseAtStep, s.steps >= target {
+                    s.pauseAtStep = nil
+                    s.phase = .paused
+                }
+                if s.phase == .pauseRequested { s.phase = .paused }
+                if s.phase == .stopRequested { s.phase = .stopped(failure: nil); return false }
+                return true
+            }
+            guard goOn else { return }
+            if state.withLock({ $0.phase == .paused }) { continue }  // just paused: wait for resume or stop
+            do { try step() } catch {
+                state.withLock { $0.phase = .stopped(failure: "\(error)") }
+                return
+            }
+            state.withLock { $0.steps += 1 }
+        }
+    }
+}
