@@ -24,9 +24,11 @@ final class GuestLoop: Sendable {
         var pauseAtStep: Int?
     }
 
-    private let state = ConditionValue(State())
+    private let state: ConditionValue<State>
 
-    init(step: @escaping @Sendable () throws -> Void) {
+    /// `startPaused`: the thread waits for `resume` or `run(untilSteps:)` before its first step.
+    init(startPaused: Bool = false, step: @escaping @Sendable () throws -> Void) {
+        state = ConditionValue(State(phase: startPaused ? .paused : .running))
         let thread = Thread { [state] in Self.run(step, state) }
         thread.name = "guest vCPU"
         thread.start()
@@ -36,11 +38,27 @@ final class GuestLoop: Sendable {
     var phase: Phase { state.withLock { $0.phase } }
 
     /// Returns once the guest is paused (or has stopped): no write happens until `resume`.
-    func pause(afterSteps target: Int? = nil) {
+    func pause() {
+        state.withLock { s in if s.phase == .running { s.phase = .pauseRequested } }
+        waitUntilHeld()
+    }
+
+    /// Runs (a paused loop too) until `target` steps are done, then holds it paused.
+    func run(untilSteps target: Int) {
         state.withLock { s in
-            if let target { s.pauseAtStep = max(target, s.steps) } else if s.phase == .running { s.phase = .pauseRequested }
+            s.pauseAtStep = max(target, s.steps)
+            if s.phase == .paused { s.phase = .running }
         }
-        state.wait(until: { $0.phase == .paused || $0.phase.hasStopped }) { _, _ in }
+        waitUntilHeld()
+    }
+
+    /// Waits until `target` steps are done (or the deadline, in `monotonicSeconds()`); true if they are.
+    func waitForSteps(_ target: Int, deadline: Double) -> Bool {
+        state.wait(until: { $0.steps >= target || $0.phase.hasStopped }, deadline: deadline) { s, _ in s.steps >= target }
+    }
+
+    private func waitUntilHeld() {
+        state.wait(until: { ($0.phase == .paused && $0.pauseAtStep == nil) || $0.phase.hasStopped }) { _, _ in }
     }
 
     func resume() {

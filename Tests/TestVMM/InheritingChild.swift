@@ -5,7 +5,7 @@ import Glibc
 /// hands its guest RAM and control socket to `vfio-migrate send` (`--memory
 /// fd:3 --control fd:4`). Foundation's `Process` passes only 0–2, so this is
 /// posix_spawn with dup2 file actions. stdout and stderr go to files.
-public final class InheritingChild: @unchecked Sendable {  // `exitCode` is set once by `wait`, on the test's thread
+public final class InheritingChild {
     public let pid: pid_t
     public let stdoutPath: String
     public let stderrPath: String

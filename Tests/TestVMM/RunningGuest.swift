@@ -25,14 +25,15 @@ public final class RunningGuest: Sendable {
     private let loop: GuestLoop
     private let harvest: @Sendable () throws(KVMError) -> [UInt64]
 
-    /// KVM when it works here (checked by running the guest's first page), else the writer thread.
-    public static func start(in memory: SharedMemoryFile, useKVM: Bool = true) -> RunningGuest {
+    /// KVM when it works here (checked by running the guest's first page), else
+    /// the writer thread. `paused`: held after that first page until `resume` or `run(untilPagesWritten:)`.
+    public static func start(in memory: SharedMemoryFile, useKVM: Bool = true, paused: Bool = false) -> RunningGuest {
         let program = CounterSweepProgram(pageCount: memory.byteCount / CounterSweepProgram.pageSize)
-        guard useKVM else { return writerThread(memory, program, reason: "KVM not wanted by this test") }
+        guard useKVM else { return writerThread(memory, program, paused: paused, reason: "KVM not wanted by this test") }
         do {
-            return try kvm(memory, program)
+            return try kvm(memory, program, paused: paused)
         } catch {
-            return writerThread(memory, program, reason: "\(error)")
+            return writerThread(memory, program, paused: paused, reason: "\(error)")
         }
     }
 
@@ -43,7 +44,7 @@ public final class RunningGuest: Sendable {
 
     deinit { loop.stop() }
 
-    private static func kvm(_ memory: SharedMemoryFile, _ program: CounterSweepProgram) throws(KVMError) -> RunningGuest {
+    private static func kvm(_ memory: SharedMemoryFile, _ program: CounterSweepProgram, paused: Bool) throws(KVMError) -> RunningGuest {
         let vm = try KVMSystem().createVM()
         memory.write(program.code, at: Int(CounterSweepProgram.entry))
         try vm.setMemoryRegion(slot: 0, guestPhysicalAddress: 0, memory: memory, logDirtyPages: true)
@@ -57,15 +58,15 @@ public final class RunningGuest: Sendable {
         }
         try step()  // the first page: proof that this host runs the guest, before the thread owns the vCPU
         let pages = program.pageCount
-        return RunningGuest(mode: .kvm, program: program, loop: GuestLoop { try step() },
+        return RunningGuest(mode: .kvm, program: program, loop: GuestLoop(startPaused: paused) { try step() },
                             harvest: { () throws(KVMError) -> [UInt64] in try vm.dirtyLog(slot: 0, pageCount: pages) })
     }
 
-    private static func writerThread(_ memory: SharedMemoryFile, _ program: CounterSweepProgram, reason: String) -> RunningGuest {
+    private static func writerThread(_ memory: SharedMemoryFile, _ program: CounterSweepProgram, paused: Bool, reason: String) -> RunningGuest {
         memory.write(program.code, at: Int(CounterSweepProgram.entry))
         let writer = PageWriter(memory: memory, program: program)
         writer.writeNextPage()  // as the KVM guest's first page, so both count alike
-        return RunningGuest(mode: .writerThread(reason: reason), program: program, loop: GuestLoop { writer.writeNextPage() },
+        return RunningGuest(mode: .writerThread(reason: reason), program: program, loop: GuestLoop(startPaused: paused) { writer.writeNextPage() },
                             harvest: { () throws(KVMError) -> [UInt64] in writer.harvest() })
     }
 
@@ -76,8 +77,13 @@ public final class RunningGuest: Sendable {
 
     /// Returns once no more guest writes happen (the vCPU is out of KVM_RUN and held).
     public func pause() { loop.pause() }
-    /// Pauses once `pagesWritten` reaches `pages`.
-    public func pause(afterPages pages: Int) { loop.pause(afterSteps: pages - 1) }
+    /// Runs (a paused guest too) until `pagesWritten` reaches `pages`, then holds it paused.
+    public func run(untilPagesWritten pages: Int) { loop.run(untilSteps: pages - 1) }
+    /// Waits until `pagesWritten` reaches `pages`, at most `seconds`; true if it did.
+    public func waitForPagesWritten(_ pages: Int, seconds: Double) -> Bool {
+        loop.waitForSteps(pages - 1, deadline: monotonicSeconds() + seconds)
+    }
+    public var isPaused: Bool { loop.phase == .paused }
     public func resume() { loop.resume() }
     public func stop() { loop.stop() }
 

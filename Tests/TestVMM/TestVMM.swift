@@ -26,6 +26,8 @@ public final class TestVMM {
     private let control: ControlClient
     /// The socket end the child inherits; ours is closed once it has it, so its exit reads as EOF here.
     private var childEnd: Int32?
+    /// `pagesWritten` at the previous harvest (or at `dirty-log-setup`).
+    private var pagesAtLastHarvest = 0
 
     public init(memoryBytes: Int, reporting: DirtyReporting, useKVM: Bool = true) throws(TestVMMError) {
         do {
@@ -68,6 +70,7 @@ public final class TestVMM {
             let setup = try control.execute("dirty-log-setup", ["page-size": JSONValue(Int(layout.pageSize)), "pages": JSONValue(layout.pageCount)],
                                             descriptor: bitmap.fd)
             guard setup["return"] != nil else { throw TestVMMError.setup("dirty-log-setup refused: \(setup)") }
+            pagesAtLastHarvest = guest.pagesWritten
             record.events = control.events.compactMap { $0["event"]?.stringValue }
             let deadline = monotonicSeconds() + timeoutSeconds
             while record.outcome == nil {
@@ -77,9 +80,10 @@ public final class TestVMM {
         } catch let error as TestVMMError {
             throw error
         } catch {
-            if case ControlError.serverClosed = error { record.outcome = .hungUp; return record }
+            if case ControlError.serverClosed = error { record.outcome = .hungUp; record.guestFailure = guest.failure; return record }
             throw .control("\(error) after events \(record.events)")
         }
+        record.guestFailure = guest.failure
         return record
     }
 
@@ -108,7 +112,13 @@ public final class TestVMM {
     }
 
     /// KVM_GET_DIRTY_LOG (or the writer's log) → the shared bitmap, word for word.
+    /// A running guest first completes a whole sweep since the previous harvest:
+    /// then every round holds guest writes however loaded the machine is (the
+    /// tests are about the transport, not the scheduler), and every page is
+    /// rewritten between two rounds.
     private func syncDirtyLog(_ record: inout VMMRecord) throws {
+        if !guest.isPaused { _ = guest.waitForPagesWritten(pagesAtLastHarvest + guest.program.dataPages, seconds: 5) }
+        pagesAtLastHarvest = guest.pagesWritten
         let words = try guest.harvestDirtyLog()
         record.harvestedPagesPerSync.append(words.reduce(0) { $0 + $1.nonzeroBitCount })
         switch reporting {
@@ -145,6 +155,8 @@ public struct VMMRecord: Sendable {
     public var pagesWrittenAtStop: Int?
     /// Error replies to the VMM's answers (none expected).
     public var refusedAnswers: [String] = []
+    /// Why the guest stopped on its own (none expected).
+    public var guestFailure: String?
     public var outcome: Outcome?
 
     init(mode: GuestMode) { self.mode = mode }
