@@ -27,7 +27,7 @@ final class GuestLoop: Sendable {
     private let state: ConditionValue<State>
 
     /// `startPaused`: the thread waits for `resume` or `run(untilSteps:)` before its first step.
-    init(startPaused: Bool = false, step: @escaping @Sendable () throws -> Void) {
+    init(startPaused: Bool = false, step: @escaping @Sendable () throws(KVMError) -> Void) {
         state = ConditionValue(State(phase: startPaused ? .paused : .running))
         let thread = Thread { [state] in Self.run(step, state) }
         thread.name = "guest vCPU"
@@ -71,7 +71,7 @@ final class GuestLoop: Sendable {
         state.wait(until: { $0.phase.hasStopped }) { _, _ in }
     }
 
-    private static func run(_ step: @Sendable () throws -> Void, _ state: ConditionValue<State>) {
+    private static func run(_ step: @Sendable () throws(KVMError) -> Void, _ state: ConditionValue<State>) {
         while true {
             let goOn = state.wait(until: { $0.phase != .paused }) { s, _ -> Bool in
                 if let target = s.pauseAtStep, s.steps >= target {

@@ -45,23 +45,25 @@ public final class InheritingChild {
     deinit { if exitCode == nil { kill(pid, SIGKILL); _ = wait(timeout: 5) } }
 
     /// The exit code (128 + signal when killed by one), waiting at most `timeout`
-    /// seconds; then SIGKILL and -1.
+    /// seconds; then SIGKILL and -1. -2 if someone else reaped the child.
     @discardableResult
     public func wait(timeout: Double) -> Int32 {
         if let exitCode { return exitCode }
         let deadline = Date(timeIntervalSinceNow: timeout)
         var status: Int32 = 0
-        while waitpid(pid, &status, WNOHANG) == 0 {
-            guard Date() < deadline else {
+        var reaped = waitpid(pid, &status, WNOHANG)
+        while reaped == 0 || (reaped < 0 && errno == EINTR) {
+            if Date() >= deadline {
                 kill(pid, SIGKILL)
                 waitpid(pid, &status, 0)
                 exitCode = -1
                 return -1
             }
             usleep(10_000)
+            reaped = waitpid(pid, &status, WNOHANG)
         }
         let signal = status & 0x7F
-        let code = signal == 0 ? (status >> 8) & 0xFF : 128 + signal
+        let code = reaped < 0 ? -2 : signal == 0 ? (status >> 8) & 0xFF : 128 + signal
         exitCode = code
         return code
     }

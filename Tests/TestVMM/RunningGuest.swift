@@ -58,7 +58,7 @@ public final class RunningGuest: Sendable {
         }
         try step()  // the first page: proof that this host runs the guest, before the thread owns the vCPU
         let pages = program.pageCount
-        return RunningGuest(mode: .kvm, program: program, loop: GuestLoop(startPaused: paused) { try step() },
+        return RunningGuest(mode: .kvm, program: program, loop: GuestLoop(startPaused: paused) { () throws(KVMError) in try step() },
                             harvest: { () throws(KVMError) -> [UInt64] in try vm.dirtyLog(slot: 0, pageCount: pages) })
     }
 
@@ -66,7 +66,7 @@ public final class RunningGuest: Sendable {
         memory.write(program.code, at: Int(CounterSweepProgram.entry))
         let writer = PageWriter(memory: memory, program: program)
         writer.writeNextPage()  // as the KVM guest's first page, so both count alike
-        return RunningGuest(mode: .writerThread(reason: reason), program: program, loop: GuestLoop(startPaused: paused) { writer.writeNextPage() },
+        return RunningGuest(mode: .writerThread(reason: reason), program: program, loop: GuestLoop(startPaused: paused) { () throws(KVMError) in writer.writeNextPage() },
                             harvest: { () throws(KVMError) -> [UInt64] in writer.harvest() })
     }
 

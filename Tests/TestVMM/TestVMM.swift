@@ -65,29 +65,32 @@ public final class TestVMM {
     /// up): hands over the dirty-log bitmap, then answers every request.
     public func serve(timeoutSeconds: Double = 60) throws(TestVMMError) -> VMMRecord {
         var record = VMMRecord(mode: guest.mode)
-        do {
+        let setup: JSONValue
+        do throws(ControlError) {
             _ = try control.nextMessage(timeoutSeconds: 10)  // the greeting
-            let setup = try control.execute("dirty-log-setup", ["page-size": JSONValue(Int(layout.pageSize)), "pages": JSONValue(layout.pageCount)],
-                                            descriptor: bitmap.fd)
-            guard setup["return"] != nil else { throw TestVMMError.setup("dirty-log-setup refused: \(setup)") }
-            pagesAtLastHarvest = guest.pagesWritten
-            record.events = control.events.compactMap { $0["event"]?.stringValue }
-            let deadline = monotonicSeconds() + timeoutSeconds
+            setup = try control.execute("dirty-log-setup", ["page-size": JSONValue(Int(layout.pageSize)), "pages": JSONValue(layout.pageCount)],
+                                        descriptor: bitmap.fd)
+        } catch {
+            throw .control("dirty-log-setup: \(error)")
+        }
+        guard setup["return"] != nil else { throw .setup("dirty-log-setup refused: \(setup)") }
+        pagesAtLastHarvest = guest.pagesWritten
+        record.events = control.events.compactMap { $0["event"]?.stringValue }
+        let deadline = monotonicSeconds() + timeoutSeconds
+        do throws(ControlError) {
             while record.outcome == nil {
                 let message = try control.nextMessage(timeoutSeconds: max(0.1, deadline - monotonicSeconds()))
                 try handle(message, &record)
             }
-        } catch let error as TestVMMError {
-            throw error
         } catch {
-            if case ControlError.serverClosed = error { record.outcome = .hungUp; record.guestFailure = guest.failure; return record }
-            throw .control("\(error) after events \(record.events)")
+            guard case .serverClosed = error else { throw .control("\(error) after events \(record.events)") }
+            record.outcome = .hungUp
         }
         record.guestFailure = guest.failure
         return record
     }
 
-    private func handle(_ message: JSONValue, _ record: inout VMMRecord) throws {
+    private func handle(_ message: JSONValue, _ record: inout VMMRecord) throws(ControlError) {
         guard let name = message["event"]?.stringValue else {
             if let error = message["error"] { record.refusedAnswers.append("\(error)") }  // a reply to one of our answers
             return
@@ -96,15 +99,15 @@ public final class TestVMM {
         let request = message["data"]?["request"] ?? .null
         switch name {
         case "dirty-sync":
-            try answer("dirty-synced", request: request) { try self.syncDirtyLog(&record) }
+            try answer("dirty-synced", request: request) { () throws(KVMError) in try self.syncDirtyLog(&record) }
         case "stop-guest":
-            try answer("guest-stopped", request: request) {
+            try answer("guest-stopped", request: request) { () throws(KVMError) in
                 guest.pause()
                 record.pagesWrittenAtStop = guest.pagesWritten
                 record.snapshotAtStop = memory.snapshot()
             }
         case "resume-guest":
-            try answer("guest-resumed", request: request) { guest.resume() }
+            try answer("guest-resumed", request: request) { () throws(KVMError) in guest.resume() }
         case "finished": record.outcome = .finished
         case "failed": record.outcome = .failed(message["data"]?["cause"]?.stringValue ?? "\(message)")
         default: break
@@ -116,7 +119,7 @@ public final class TestVMM {
     /// then every round holds guest writes however loaded the machine is (the
     /// tests are about the transport, not the scheduler), and every page is
     /// rewritten between two rounds.
-    private func syncDirtyLog(_ record: inout VMMRecord) throws {
+    private func syncDirtyLog(_ record: inout VMMRecord) throws(KVMError) {
         if !guest.isPaused { _ = guest.waitForPagesWritten(pagesAtLastHarvest + guest.program.dataPages, seconds: 5) }
         pagesAtLastHarvest = guest.pagesWritten
         let words = try guest.harvestDirtyLog()
@@ -128,7 +131,7 @@ public final class TestVMM {
     }
 
     /// Does `work`, then sends `command` echoing `request`; a failure is answered with `error`.
-    private func answer(_ command: String, request: JSONValue, _ work: () throws -> Void) throws {
+    private func answer(_ command: String, request: JSONValue, _ work: () throws(KVMError) -> Void) throws(ControlError) {
         var arguments: [String: JSONValue] = ["request": request]
         do { try work() } catch { arguments["error"] = .string("\(error)") }
         let line = JSONValue.object(["execute": .string(command), "arguments": .object(arguments)]).jsonLine + "\n"
