@@ -55,6 +55,19 @@ public final class TestVMM {
     /// The descriptor to hand the child as its `--control fd:N`.
     public var childControlDescriptor: Int32 { childEnd ?? -1 }
 
+    /// Before the child is spawned: `dirty-log-setup` with the bitmap memfd,
+    /// written into the socket now, so the transport reads it as soon as its
+    /// server starts, ahead of any migration step. Sent after the spawn, a loaded
+    /// machine can let pre-copy begin first, which the transport refuses.
+    public func handOverDirtyLog() throws(TestVMMError) {
+        let arguments: [String: JSONValue] = ["page-size": JSONValue(Int(layout.pageSize)), "pages": JSONValue(layout.pageCount)]
+        let line = JSONValue.object(["execute": .string("dirty-log-setup"), "arguments": .object(arguments)]).jsonLine + "\n"
+        do throws(ControlError) { try control.send(raw: Array(line.utf8), descriptor: bitmap.fd) } catch {
+            throw .control("dirty-log-setup: \(error)")
+        }
+        pagesAtLastHarvest = guest.pagesWritten
+    }
+
     /// After the child was spawned: drop our copy of its end.
     public func childStarted() {
         if let childEnd { close(childEnd) }
@@ -62,19 +75,17 @@ public final class TestVMM {
     }
 
     /// Plays the VMM until the transport reports `finished` or `failed` (or hangs
-    /// up): hands over the dirty-log bitmap, then answers every request.
+    /// up): checks the reply to `dirty-log-setup`, then answers every request.
     public func serve(timeoutSeconds: Double = 60) throws(TestVMMError) -> VMMRecord {
         var record = VMMRecord(mode: guest.mode)
         let setup: JSONValue
         do throws(ControlError) {
             _ = try control.nextMessage(timeoutSeconds: 10)  // the greeting
-            setup = try control.execute("dirty-log-setup", ["page-size": JSONValue(Int(layout.pageSize)), "pages": JSONValue(layout.pageCount)],
-                                        descriptor: bitmap.fd)
+            setup = try control.nextReply(timeoutSeconds: 10)
         } catch {
             throw .control("dirty-log-setup: \(error)")
         }
         guard setup["return"] != nil else { throw .setup("dirty-log-setup refused: \(setup)") }
-        pagesAtLastHarvest = guest.pagesWritten
         record.events = control.events.compactMap { $0["event"]?.stringValue }
         let deadline = monotonicSeconds() + timeoutSeconds
         do throws(ControlError) {

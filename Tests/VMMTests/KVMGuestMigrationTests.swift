@@ -80,6 +80,7 @@ struct KVMGuestMigrationTests {
                                                     "--accept-timeout", "60"] + common + tls("destination", "source"),
                                            outputPrefix: "\(dir)/receive")
         let port = try waitForPort("\(dir)/port", receiver)
+        try vmm.handOverDirtyLog()
         let sender = try InheritingChild(binary, ["send", "--connect", "127.0.0.1:\(port)", "--memory", "fd:3", "--memory-size", memorySize,
                                                   "--control", "fd:4", "--guest-handshake", "--dirty", "vmm",
                                                   "--downtime-ms", "1", "--max-iterations", "4"] + common + tls("source", "destination"),
