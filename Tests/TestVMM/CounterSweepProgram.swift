@@ -1,10 +1,14 @@
 /// The guest: 16-bit real-mode x86, hand-assembled, loaded at guest-physical 0
 /// (page 0) and entered at CS:IP = 0:0. It sweeps over every other page of guest
-/// memory forever; sweep k (k = 1, 2, …) fills each page with the 16-bit word k
-/// and then stores the page's own segment (page number × 0x100) in its first
-/// word, so every page's bytes say which page and which sweep wrote them. After
-/// each page it does `out 0x10, al`, which returns KVM_RUN to the VMM: the VMM
-/// sees progress and can pause the vCPU between two pages.
+/// memory forever; sweep k fills each page with the 16-bit word k and then
+/// stores the page's own segment (page number × 0x100) in its first word, so
+/// every page's bytes say which page and which sweep wrote them. After each page
+/// it does `out 0x10, al`, which returns KVM_RUN to the VMM: the VMM sees
+/// progress and can pause the vCPU between two pages.
+///
+/// The sweep counter lives in memory (page 0, `counterOffset`), not only in a
+/// register: a vCPU entered at 0:0 over migrated memory continues the count
+/// where the source stopped (the transport moves memory, not vCPU registers).
 ///
 /// Segment stepping reaches 1 MiB at most: page p is segment p × 0x100 (phys
 /// p × 4096), the last page of a 1 MiB guest is segment 0xFF00.
@@ -14,8 +18,10 @@ public struct CounterSweepProgram: Sendable {
     public static let progressPort: UInt16 = 0x10
     /// Where the code is loaded and entered (guest-physical, = IP with CS = 0).
     public static let entry: UInt64 = 0
-    /// Page 0 holds the code; the sweep writes pages 1 … pageCount-1.
+    /// Page 0 holds the code and the counter; the sweep writes pages 1 … pageCount-1.
     public static let firstDataPage = 1
+    /// The 16-bit sweep counter, in page 0 after the code (DS = 0).
+    public static let counterOffset = 0x0FF0
 
     public let pageCount: Int
 
@@ -30,24 +36,29 @@ public struct CounterSweepProgram: Sendable {
     /// The machine code. Offsets in the comments; jumps are rel8 from the next instruction.
     public var code: [UInt8] {
         let pages = UInt16(dataPages)
-        return [
-            0x31, 0xC0,                        // 00: xor ax, ax           ; ax = sweep counter = 0
-            // sweep:
-            0x40,                              // 02: inc ax               ; next sweep
-            0xBB, 0x00, 0x01,                  // 03: mov bx, 0x0100       ; bx = segment of page 1
-            0xBE, UInt8(pages & 0xFF), UInt8(pages >> 8),  // 06: mov si, dataPages ; pages left in this sweep
+        let counter = [UInt8(Self.counterOffset & 0xFF), UInt8(Self.counterOffset >> 8)]
+        return [0xA1] + counter + [             // 00: mov ax, [0x0FF0]     ; the sweep counter, from memory
+            0x40,                              // 03: inc ax               ; next sweep
+            0xA3] + counter + [                // 04: mov [0x0FF0], ax     ; back to memory
+            0xBB, 0x00, 0x01,                  // 07: mov bx, 0x0100       ; bx = segment of page 1
+            0xBE, UInt8(pages & 0xFF), UInt8(pages >> 8),  // 0A: mov si, dataPages ; pages left in this sweep
             // page:
-            0x8E, 0xC3,                        // 09: mov es, bx           ; es:0 = this page
-            0x31, 0xFF,                        // 0B: xor di, di           ; from its first byte
-            0xB9, 0x00, 0x08,                  // 0D: mov cx, 0x0800       ; 2048 words = 4096 bytes
-            0xF3, 0xAB,                        // 10: rep stosw            ; es:[di++] = ax, cx times (DF = 0)
-            0x26, 0x89, 0x1E, 0x00, 0x00,      // 12: mov es:[0x0000], bx  ; first word = the page's segment
-            0xE6, UInt8(Self.progressPort),    // 17: out 0x10, al         ; exit to the VMM: one page done
-            0x81, 0xC3, 0x00, 0x01,            // 19: add bx, 0x0100       ; next page (4096 bytes on)
-            0x4E,                              // 1D: dec si
-            0x75, 0xE9,                        // 1E: jnz page             ; 0x09 - 0x20 = -0x17
-            0xEB, 0xE0,                        // 20: jmp sweep            ; 0x02 - 0x22 = -0x20
+            0x8E, 0xC3,                        // 0D: mov es, bx           ; es:0 = this page
+            0x31, 0xFF,                        // 0F: xor di, di           ; from its first byte
+            0xB9, 0x00, 0x08,                  // 11: mov cx, 0x0800       ; 2048 words = 4096 bytes
+            0xF3, 0xAB,                        // 14: rep stosw            ; es:[di++] = ax, cx times (DF = 0)
+            0x26, 0x89, 0x1E, 0x00, 0x00,      // 16: mov es:[0x0000], bx  ; first word = the page's segment
+            0xE6, UInt8(Self.progressPort),    // 1B: out 0x10, al         ; exit to the VMM: one page done
+            0x81, 0xC3, 0x00, 0x01,            // 1D: add bx, 0x0100       ; next page (4096 bytes on)
+            0x4E,                              // 21: dec si
+            0x75, 0xE9,                        // 22: jnz page             ; 0x0D - 0x24 = -0x17
+            0xEB, 0xDA,                        // 24: jmp 0                ; next sweep: 0x00 - 0x26 = -0x26
         ]
+    }
+
+    /// The sweep counter as stored in `memory` (page 0 of the guest).
+    public static func counter(in memory: [UInt8]) -> Int {
+        Int(memory[counterOffset]) | Int(memory[counterOffset + 1]) << 8
     }
 
     /// The page `page` as sweep `sweep` leaves it: what the writer thread stores

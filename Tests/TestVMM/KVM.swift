@@ -110,12 +110,14 @@ public final class KVMVCPU: @unchecked Sendable {  // owns the vCPU descriptor a
         close(fd)
     }
 
-    /// Real mode at CS:IP = 0:`ip`: flat segment 0, interrupts off, direction flag clear.
+    /// Real mode at CS:IP = 0:`ip`, DS = 0: interrupts off, direction flag clear.
     public func resetToRealMode(ip: UInt64) throws(KVMError) {
         var sregs = kvm_sregs()
         _ = try kvmIoctl(fd, CKVM_GET_SREGS, "KVM_GET_SREGS", argument: &sregs)
-        sregs.cs.base = 0
+        sregs.cs.base = 0  // the reset vector's CS is 0xF000 (base 0xFFFF0000): move it to 0
         sregs.cs.selector = 0
+        sregs.ds.base = 0
+        sregs.ds.selector = 0
         _ = try kvmIoctl(fd, CKVM_SET_SREGS, "KVM_SET_SREGS", argument: &sregs)
         var regs = kvm_regs()
         regs.rip = ip

@@ -26,9 +26,12 @@ public final class RunningGuest: Sendable {
     private let harvest: @Sendable () throws(KVMError) -> [UInt64]
 
     /// KVM when it works here (checked by running the guest's first page), else
-    /// the writer thread. `paused`: held after that first page until `resume` or `run(untilPagesWritten:)`.
-    public static func start(in memory: SharedMemoryFile, useKVM: Bool = true, paused: Bool = false) -> RunningGuest {
+    /// the writer thread. `paused`: held after that first page until `resume` or
+    /// `run(untilPagesWritten:)`. `loadingCode` false: `memory` already holds the
+    /// guest (migrated), which goes on from its own counter.
+    public static func start(in memory: SharedMemoryFile, useKVM: Bool = true, paused: Bool = false, loadingCode: Bool = true) -> RunningGuest {
         let program = CounterSweepProgram(pageCount: memory.byteCount / CounterSweepProgram.pageSize)
+        if loadingCode { memory.write(program.code, at: Int(CounterSweepProgram.entry)) }
         guard useKVM else { return writerThread(memory, program, paused: paused, reason: "KVM not wanted by this test") }
         do {
             return try kvm(memory, program, paused: paused)
@@ -46,7 +49,6 @@ public final class RunningGuest: Sendable {
 
     private static func kvm(_ memory: SharedMemoryFile, _ program: CounterSweepProgram, paused: Bool) throws(KVMError) -> RunningGuest {
         let vm = try KVMSystem().createVM()
-        memory.write(program.code, at: Int(CounterSweepProgram.entry))
         try vm.setMemoryRegion(slot: 0, guestPhysicalAddress: 0, memory: memory, logDirtyPages: true)
         let vcpu = try vm.createVCPU(id: 0)
         try vcpu.resetToRealMode(ip: CounterSweepProgram.entry)
@@ -63,7 +65,6 @@ public final class RunningGuest: Sendable {
     }
 
     private static func writerThread(_ memory: SharedMemoryFile, _ program: CounterSweepProgram, paused: Bool, reason: String) -> RunningGuest {
-        memory.write(program.code, at: Int(CounterSweepProgram.entry))
         let writer = PageWriter(memory: memory, program: program)
         writer.writeNextPage()  // as the KVM guest's first page, so both count alike
         return RunningGuest(mode: .writerThread(reason: reason), program: program, loop: GuestLoop(startPaused: paused) { () throws(KVMError) in writer.writeNextPage() },
@@ -92,9 +93,10 @@ public final class RunningGuest: Sendable {
 }
 
 /// The writer thread's guest: the bytes `CounterSweepProgram` stores, page by
-/// page, and its own dirty log (a bit set after each page is written).
+/// page (the counter in page 0 at each sweep's start), and its own dirty log (a
+/// bit set after each page is written).
 final class PageWriter: Sendable {
-    private struct State { var nextStep = 0; var dirty: [UInt64] }
+    private struct State { var nextStep = 0; var sweep: UInt16 = 0; var dirty: [UInt64] }
     private let memory: SharedMemoryFile
     private let program: CounterSweepProgram
     private let state: LockedValue<State>
@@ -106,9 +108,14 @@ final class PageWriter: Sendable {
     }
 
     func writeNextPage() {
-        let step = state.current.nextStep
-        let page = CounterSweepProgram.firstDataPage + step % program.dataPages
-        memory.write(CounterSweepProgram.page(page, afterSweep: step / program.dataPages + 1), at: page * CounterSweepProgram.pageSize)
+        let index = state.withLock { $0.nextStep } % program.dataPages
+        if index == 0 {  // a sweep begins: the counter from page 0, plus one, back to page 0
+            let sweep = memory.loadUInt16(at: CounterSweepProgram.counterOffset) &+ 1
+            memory.storeUInt16(sweep, at: CounterSweepProgram.counterOffset)
+            state.withLock { s in s.sweep = sweep; s.dirty[0] |= 1 }
+        }
+        let page = CounterSweepProgram.firstDataPage + index
+        memory.write(CounterSweepProgram.page(page, afterSweep: Int(state.withLock { $0.sweep })), at: page * CounterSweepProgram.pageSize)
         state.withLock { s in
             s.nextStep += 1
             s.dirty[page / 64] |= 1 << UInt64(page % 64)

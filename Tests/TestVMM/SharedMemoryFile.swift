@@ -43,6 +43,10 @@ public final class SharedMemoryFile: @unchecked Sendable {  // owns the descript
         bytes.withUnsafeBytes { (base + offset).copyMemory(from: $0.baseAddress!, byteCount: $0.count) }
     }
 
+    /// A 16-bit little-endian word (the guest's sweep counter).
+    func loadUInt16(at offset: Int) -> UInt16 { UInt16(littleEndian: base.loadUnaligned(fromByteOffset: offset, as: UInt16.self)) }
+    func storeUInt16(_ value: UInt16, at offset: Int) { base.storeBytes(of: value.littleEndian, toByteOffset: offset, as: UInt16.self) }
+
     /// A copy of every byte as it is now.
     public func snapshot() -> [UInt8] {
         [UInt8](UnsafeRawBufferPointer(start: base, count: byteCount))
