@@ -19,7 +19,8 @@ func differingPages(_ a: [UInt8], _ b: [UInt8]) -> [Int] {
 /// send` migrates its memory, handed over as a memfd (`--memory fd:3`), with the
 /// test VMM on the control socket (`--control fd:4`, a socketpair) answering
 /// `dirty-sync` from KVM_GET_DIRTY_LOG and `stop-guest` by pausing the vCPU.
-/// The destination must end with the guest's memory as it was when it stopped.
+/// The destination must end with the guest's memory as it was when it stopped;
+/// its VMM (same descriptors on `receive`) runs the guest there on `start-guest`.
 @Suite(.serialized)
 struct KVMGuestMigrationTests {
     static let memorySize = "256K"
@@ -28,12 +29,13 @@ struct KVMGuestMigrationTests {
     static let device = ["--device", "gpu0=sim:state=64K,seed=7,dirty=0,churn=1K,chunk=16K"]
 
     struct Run {
-        var record: VMMRecord
+        var source: VMMRecord
+        var destination: DestinationRecord
         var sourceExit: Int32
         var destinationExit: Int32
-        var destination: [UInt8]
-        var sourceAfter: [UInt8]
+        var sourceMemoryAfter: [UInt8]
         var log: String
+        var migrated: [UInt8] { destination.memoryAtStart ?? [] }
     }
 
     /// With KVM, and with the writer thread that stands in for it where there is none.
@@ -41,16 +43,39 @@ struct KVMGuestMigrationTests {
     func theDestinationHoldsTheGuestAsItStopped(useKVM: Bool) throws {
         let run = try Self.migrate(reporting: .harvested, useKVM: useKVM)
         #expect(run.sourceExit == 0 && run.destinationExit == 0, "\(run.log)")
-        #expect(run.record.outcome == .finished, "\(run.log)")
-        #expect(run.record.refusedAnswers.isEmpty && run.record.guestFailure == nil, "\(run.log)")
-        let nonEmpty = run.record.harvestedPagesPerSync.filter { $0 > 0 }
-        #expect(nonEmpty.count > 1, "several dirty rounds carried guest writes: \(run.record.harvestedPagesPerSync)")
+        #expect(run.source.session.outcome == .finished, "\(run.log)")
+        #expect(run.source.session.refused.isEmpty && run.source.guestFailure == nil, "\(run.log)")
+        let nonEmpty = run.source.harvestedPagesPerSync.filter { $0 > 0 }
+        #expect(nonEmpty.count > 1, "several dirty rounds carried guest writes: \(run.source.harvestedPagesPerSync)")
         // The last round is read after the guest stopped: its final writes go too.
-        let stop = try #require(run.record.events.firstIndex(of: "stop-guest"), "\(run.log)")
-        #expect(run.record.events[stop...].contains("dirty-sync"), "\(run.record.events)")
-        let snapshot = try #require(run.record.snapshotAtStop, "stop-guest was asked: \(run.record.events)")
-        #expect(differingPages(run.sourceAfter, snapshot) == [], "the guest stayed paused after guest-stopped")
-        #expect(differingPages(run.destination, snapshot) == [], "\(run.log)")
+        let events = run.source.session.events
+        let stop = try #require(events.firstIndex(of: "stop-guest"), "\(run.log)")
+        #expect(events[stop...].contains("dirty-sync"), "\(events)")
+        let snapshot = try #require(run.source.snapshotAtStop, "stop-guest was asked: \(events)")
+        #expect(differingPages(run.sourceMemoryAfter, snapshot) == [], "the guest stayed paused after guest-stopped")
+        #expect(differingPages(run.migrated, snapshot) == [], "\(run.log)")
+        try Self.expectTheGuestRanOnTheDestination(run, from: snapshot)
+    }
+
+    /// `start-guest` came after COMMIT, and the guest the destination's VMM
+    /// started over the migrated memory went on from the stopped sweep counter.
+    static func expectTheGuestRanOnTheDestination(_ run: Run, from snapshot: [UInt8]) throws {
+        let events = run.destination.session.events
+        // The destination enters `resume` once COMMIT has arrived.
+        let committed = try #require(events.firstIndex(of: "phase:resume"), "\(events)")
+        let start = try #require(events.firstIndex(of: "start-guest"), "\(events)")
+        #expect(committed < start, "\(events)")
+        #expect(run.destination.guestFailure == nil, "\(run.destination.guestFailure ?? "")")
+        let after = try #require(run.destination.memoryAfterOneSweep)
+        print("TestVMM destination mode: \(run.destination.mode.map { "\($0)" } ?? "none")")
+        var expected = snapshot
+        let next = CounterSweepProgram.counter(in: snapshot) + 1
+        expected[CounterSweepProgram.counterOffset] = UInt8(next & 0xFF)
+        expected[CounterSweepProgram.counterOffset + 1] = UInt8(next >> 8)
+        for page in CounterSweepProgram.firstDataPage..<(memoryBytes / 4096) {
+            expected.replaceSubrange((page * 4096)..<((page + 1) * 4096), with: CounterSweepProgram.page(page, afterSweep: next))
+        }
+        #expect(differingPages(after, expected) == [], "sweep \(next) on the destination, mode \(String(describing: run.destination.mode))")
     }
 
     /// The negative control: the same run, the VMM answering every `dirty-sync`
@@ -59,41 +84,44 @@ struct KVMGuestMigrationTests {
     @Test func anEmptyDirtyLogLeavesTheDestinationStale() throws {
         let run = try Self.migrate(reporting: .empty)
         #expect(run.sourceExit == 0 && run.destinationExit == 0, "\(run.log)")
-        let nonEmpty = run.record.harvestedPagesPerSync.filter { $0 > 0 }
-        #expect(nonEmpty.count > 1, "the guest wrote during pre-copy: \(run.record.harvestedPagesPerSync)")
-        let snapshot = try #require(run.record.snapshotAtStop, "stop-guest was asked: \(run.record.events)")
-        let stale = differingPages(run.destination, snapshot)
+        let nonEmpty = run.source.harvestedPagesPerSync.filter { $0 > 0 }
+        #expect(nonEmpty.count > 1, "the guest wrote during pre-copy: \(run.source.harvestedPagesPerSync)")
+        let snapshot = try #require(run.source.snapshotAtStop, "stop-guest was asked: \(run.log)")
+        let stale = differingPages(run.migrated, snapshot)
         print("empty dirty log: \(stale.count) stale pages of \(Self.memoryBytes / 4096)")
         #expect(!stale.isEmpty, "\(run.log)")
     }
 
-    /// Receiver on 127.0.0.1:0 (file memory), the test VMM's guest running, then
-    /// the sender with the guest's memfd on fd 3 and the VMM's socket on fd 4.
+    /// The receiver with the destination VMM's memfd and socket, the source VMM's
+    /// guest running, then the sender with its memfd and socket, each on fd 3 and 4.
+    /// The source VMM is served to the end first; the destination's events wait in its socket.
     static func migrate(reporting: TestVMM.DirtyReporting, useKVM: Bool = true) throws -> Run {
         let dir = NSTemporaryDirectory() + "vfio-migrate-vmm-\(UUID().uuidString)"
         try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(atPath: dir) }
-        let vmm = try TestVMM(memoryBytes: memoryBytes, reporting: reporting, useKVM: useKVM)
-        print("TestVMM mode: \(vmm.guest.mode)")
-        let receiver = try InheritingChild(binary, ["receive", "--listen", "127.0.0.1:0", "--port-file", "\(dir)/port",
-                                                    "--memory", "\(dir)/dst.mem", "--memory-size", memorySize, "--create-memory",
-                                                    "--accept-timeout", "60"] + common + tls("destination", "source"),
-                                           outputPrefix: "\(dir)/receive")
+        let sourceVMM = try TestVMM(memoryBytes: memoryBytes, reporting: reporting, useKVM: useKVM)
+        let destinationVMM = try DestinationVMM(memoryBytes: memoryBytes, useKVM: useKVM)
+        print("TestVMM mode: \(sourceVMM.guest.mode)")
+        let vmmOptions = ["--memory", "fd:3", "--memory-size", memorySize, "--control", "fd:4", "--guest-handshake"]
+        let receiver = try InheritingChild(binary, ["receive", "--listen", "127.0.0.1:0", "--port-file", "\(dir)/port", "--accept-timeout", "60"]
+                                           + vmmOptions + common + tls("destination", "source"),
+                                           inherit: [3: destinationVMM.memory.fd, 4: destinationVMM.childControlDescriptor], outputPrefix: "\(dir)/receive")
+        destinationVMM.childStarted()
         let port = try waitForPort("\(dir)/port", receiver)
-        try vmm.handOverDirtyLog()
-        let sender = try InheritingChild(binary, ["send", "--connect", "127.0.0.1:\(port)", "--memory", "fd:3", "--memory-size", memorySize,
-                                                  "--control", "fd:4", "--guest-handshake", "--dirty", "vmm",
-                                                  "--downtime-ms", "1", "--max-iterations", "4"] + common + tls("source", "destination"),
-                                         inherit: [3: vmm.memory.fd, 4: vmm.childControlDescriptor], outputPrefix: "\(dir)/send")
-        vmm.childStarted()
-        let record = try vmm.serve(timeoutSeconds: 60)
+        try sourceVMM.handOverDirtyLog()
+        let sender = try InheritingChild(binary, ["send", "--connect", "127.0.0.1:\(port)", "--dirty", "vmm", "--downtime-ms", "1", "--max-iterations", "4"]
+                                         + vmmOptions + common + tls("source", "destination"),
+                                         inherit: [3: sourceVMM.memory.fd, 4: sourceVMM.childControlDescriptor], outputPrefix: "\(dir)/send")
+        sourceVMM.childStarted()
+        let source = try sourceVMM.serve(timeoutSeconds: 60)
+        let destination = try destinationVMM.serve(timeoutSeconds: 30)
         let sourceExit = sender.wait(timeout: 30), destinationExit = receiver.wait(timeout: 30)
-        let destination = (try? Data(contentsOf: URL(fileURLWithPath: "\(dir)/dst.mem"))).map { [UInt8]($0) } ?? []
-        print("TestVMM: \(record.harvestedPagesPerSync.count) dirty-syncs harvesting \(record.harvestedPagesPerSync) pages; "
-              + "\(record.pagesWrittenAtStop ?? 0) pages written by the guest when it stopped")
-        let log = "events \(record.events) outcome \(String(describing: record.outcome)); send: \(sender.stderr) receive: \(receiver.stderr)"
-        return Run(record: record, sourceExit: sourceExit, destinationExit: destinationExit, destination: destination,
-                   sourceAfter: vmm.memory.snapshot(), log: log)
+        print("TestVMM: \(source.harvestedPagesPerSync.count) dirty-syncs harvesting \(source.harvestedPagesPerSync) pages; "
+              + "\(source.pagesWrittenAtStop ?? 0) pages written by the guest when it stopped")
+        let log = "source events \(source.session.events) \(String(describing: source.session.outcome)); destination events "
+            + "\(destination.session.events); send: \(sender.stderr) receive: \(receiver.stderr)"
+        return Run(source: source, destination: destination, sourceExit: sourceExit, destinationExit: destinationExit,
+                   sourceMemoryAfter: sourceVMM.memory.snapshot(), log: log)
     }
 
     static let common = ["--json", "--workers", "1"] + device
