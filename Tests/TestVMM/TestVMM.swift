@@ -23,8 +23,6 @@ public final class TestVMM {
     private let layout: DirtyLogLayout
     private let reporting: DirtyReporting
     private let channel: ControlChannel
-    /// `pagesWritten` at the previous harvest (or at `dirty-log-setup`).
-    private var pagesAtLastHarvest = 0
 
     public init(memoryBytes: Int, reporting: DirtyReporting, useKVM: Bool = true) throws(TestVMMError) {
         do {
@@ -56,7 +54,6 @@ public final class TestVMM {
         do throws(ControlError) { try channel.send("dirty-log-setup", arguments, descriptor: bitmap.fd) } catch {
             throw .control("dirty-log-setup: \(error)")
         }
-        pagesAtLastHarvest = guest.pagesWritten
     }
 
     /// Plays the VMM until the transport reports `finished` or `failed` (or hangs up).
@@ -83,13 +80,13 @@ public final class TestVMM {
     }
 
     /// KVM_GET_DIRTY_LOG (or the writer's log) → the shared bitmap, word for word.
-    /// A running guest first completes a whole sweep since the previous harvest:
-    /// then every round holds guest writes however loaded the machine is (the
-    /// tests are about the transport, not the scheduler), and every page is
-    /// rewritten between two rounds.
+    /// A running guest first completes a whole sweep after the request: every
+    /// page is rewritten after the transport read it in the round before, and
+    /// every round holds guest writes however loaded the machine is (the tests
+    /// are about the transport, not the scheduler). A VMM may take its time; the
+    /// transport waits 10 s.
     private func syncDirtyLog(_ record: inout VMMRecord) throws(KVMError) {
-        if !guest.isPaused { _ = guest.waitForPagesWritten(pagesAtLastHarvest + guest.program.dataPages, seconds: 5) }
-        pagesAtLastHarvest = guest.pagesWritten
+        if !guest.isPaused { _ = guest.waitForPagesWritten(guest.pagesWritten + guest.program.dataPages, seconds: 5) }
         let words = try guest.harvestDirtyLog()
         record.harvestedPagesPerSync.append(words.reduce(0) { $0 + $1.nonzeroBitCount })
         switch reporting {

@@ -27,6 +27,9 @@ struct KVMGuestMigrationTests {
     static let memoryBytes = 256 << 10
     /// The device's own dirty pages are not asked for (`--dirty vmm`), so it writes none.
     static let device = ["--device", "gpu0=sim:state=64K,seed=7,dirty=0,churn=1K,chunk=16K"]
+    /// A downtime target no estimate meets: while the guest dirties pages, pre-copy
+    /// goes on until it stalls (3 rounds) or the limit, so there are several dirty rounds.
+    static let precopy = ["--downtime-ms", "0.001", "--max-iterations", "4"]
 
     struct Run {
         var source: VMMRecord
@@ -81,11 +84,11 @@ struct KVMGuestMigrationTests {
     /// The negative control: the same run, the VMM answering every `dirty-sync`
     /// with an empty bitmap. The guest's later writes are never re-sent, so the
     /// destination is stale: the dirty log is what made the run above right.
+    /// (With nothing reported dirty, pre-copy may end after one dirty round.)
     @Test func anEmptyDirtyLogLeavesTheDestinationStale() throws {
         let run = try Self.migrate(reporting: .empty)
         #expect(run.sourceExit == 0 && run.destinationExit == 0, "\(run.log)")
-        let nonEmpty = run.source.harvestedPagesPerSync.filter { $0 > 0 }
-        #expect(nonEmpty.count > 1, "the guest wrote during pre-copy: \(run.source.harvestedPagesPerSync)")
+        #expect(run.source.harvestedPagesPerSync.first ?? 0 > 0, "the guest wrote during pre-copy: \(run.source.harvestedPagesPerSync)")
         let snapshot = try #require(run.source.snapshotAtStop, "stop-guest was asked: \(run.log)")
         let stale = differingPages(run.migrated, snapshot)
         print("empty dirty log: \(stale.count) stale pages of \(Self.memoryBytes / 4096)")
@@ -109,7 +112,7 @@ struct KVMGuestMigrationTests {
         destinationVMM.childStarted()
         let port = try waitForPort("\(dir)/port", receiver)
         try sourceVMM.handOverDirtyLog()
-        let sender = try InheritingChild(binary, ["send", "--connect", "127.0.0.1:\(port)", "--dirty", "vmm", "--downtime-ms", "1", "--max-iterations", "4"]
+        let sender = try InheritingChild(binary, ["send", "--connect", "127.0.0.1:\(port)", "--dirty", "vmm"] + precopy
                                          + vmmOptions + common + tls("source", "destination"),
                                          inherit: [3: sourceVMM.memory.fd, 4: sourceVMM.childControlDescriptor], outputPrefix: "\(dir)/send")
         sourceVMM.childStarted()
