@@ -74,12 +74,13 @@ final class GuestLoop: Sendable {
     private static func run(_ step: @Sendable () throws(KVMError) -> Void, _ state: ConditionValue<State>) {
         while true {
             let goOn = state.wait(until: { $0.phase != .paused }) { s, _ -> Bool in
+                // A stop wins over any pause.
+                if s.phase == .stopRequested { s.phase = .stopped(failure: nil); return false }
                 if let target = s.pauseAtStep, s.steps >= target {
                     s.pauseAtStep = nil
                     s.phase = .paused
                 }
                 if s.phase == .pauseRequested { s.phase = .paused }
-                if s.phase == .stopRequested { s.phase = .stopped(failure: nil); return false }
                 return true
             }
             guard goOn else { return }
