@@ -104,7 +104,18 @@ import Testing
     @Test func fileRegionOnAnInheritedDescriptor() throws {
         let spec = try DeviceSpec(parsing: "nic=file:fd:4@0x1000,size=64K")
         guard case .fileDescriptor(let fd, let name, let offset, let size) = spec.backend else { Issue.record("\(spec.backend)"); return }
-        #expect(fd == 4 && name == "fd:4" && offset == 4096 && size == 65536)
+        #expect(fd == .inherited(4) && name == "fd:4" && offset == 4096 && size == 65536)
+    }
+
+    /// `fd:NAME` (add-fd) in every place a descriptor goes; the CLI then waits for `start`.
+    @Test func descriptorsByNameAndOpenVFIODevices() throws {
+        let file = try DeviceSpec(parsing: "nic=file:fd:nic-state@4K")
+        guard case .fileDescriptor(.named("nic-state"), _, 4096, nil) = file.backend else { Issue.record("\(file.backend)"); return }
+        let vfio = try DeviceSpec(parsing: "gpu=fd:5,interface=v2")
+        guard case .vfioDescriptor(.inherited(5), "fd:5", .v2) = vfio.backend else { Issue.record("\(vfio.backend)"); return }
+        let named = try DeviceSpec(parsing: "gpu=fd:gpu0,compat=x")
+        guard case .vfioDescriptor(.named("gpu0"), _, .auto) = named.backend else { Issue.record("\(named.backend)"); return }
+        #expect(file.descriptorName == "nic-state" && named.descriptorName == "gpu0" && vfio.descriptorName == nil)
     }
 
     @Test func vfioGroupAndDevice() throws {
@@ -119,7 +130,8 @@ import Testing
                       ("d=sim:state=lots", "not a size"), ("d=file:", "needs a path"), ("d=file:/x,mode=rw", "unknown file option"),
                       ("d=vfio:26", "GROUP/DEVICE"), ("d=vfio:/x", "GROUP/DEVICE"),
                       ("d=sim:image=/no/such/image", "cannot open image"),
-                      ("d=file:fd:-1", "0 or more"), ("d=file:fd:nic-state", "not supported yet")])
+                      ("d=file:fd:-1", "0 or more"), ("d=fd:", "must be 1 to 64 bytes"), ("d=fd:1x", "must start with a letter"),
+                      ("d=fd:5,interface=v3", "unknown vfio option")])
     func malformedSpecIsRefusedSayingWhy(text: String, why: String) {
         #expect {
             try DeviceSpec(parsing: text)
