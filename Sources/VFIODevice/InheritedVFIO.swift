@@ -18,24 +18,27 @@ public enum InheritedVFIO {
 
     /// A read-write VFIO device descriptor; returns the duplicate the caller owns.
     /// `what` names it as the operator wrote it ("device gpu0 fd:5").
+    /// Checks in the order the operator needs to hear: open, what it is, then its mode.
     public static func device(_ fd: Int32, what: String) throws(DeviceError) -> Int32 {
-        try checkReadWrite(fd, what: what)
+        try checkOpen(fd, what: what)
         let target = linkTarget(fd)
         guard deviceLinkNames.contains(target) || target.hasPrefix(deviceCdevDirectory) else {
             throw .invalidArgument(operation: what, detail: "descriptor \(fd) is \(describe(fd, target)), not a VFIO device (\(deviceLinkNames[0]) or \(deviceCdevDirectory)vfioN)")
         }
+        try checkReadWrite(fd, what: what)
         return try duplicate(fd, what: what)
     }
 
     /// A read-write VFIO container (`/dev/vfio/vfio`) speaking this VFIO API;
     /// returns the duplicate the caller owns.
     public static func container(_ fd: Int32, what: String, kernel: VFIOKernel = .live) throws(DeviceError) -> Int32 {
-        try checkReadWrite(fd, what: what)
+        try checkOpen(fd, what: what)
         var st = stat()
         guard fstat(fd, &st) == 0 else { throw .systemCall("fstat \(what)", path: nil, errno: .current) }
         guard st.st_mode & S_IFMT == S_IFCHR, major(st.st_rdev) == containerMajor, minor(st.st_rdev) == containerMinor else {
             throw .invalidArgument(operation: what, detail: "descriptor \(fd) is \(describe(fd, linkTarget(fd))), not a VFIO container (/dev/vfio/vfio)")
         }
+        try checkReadWrite(fd, what: what)
         let version = try? kernel.ioctl(fd, UInt(CVFIO_GET_API_VERSION), .none)
         guard version == Int32(CVFIO_API_VERSION) else {
             throw .invalidArgument(operation: what, detail: "descriptor \(fd) reports VFIO API \(version.map { "\($0)" } ?? "none"), this tool speaks \(CVFIO_API_VERSION)")
@@ -43,12 +46,15 @@ public enum InheritedVFIO {
         return try duplicate(fd, what: what)
     }
 
-    /// Open at all, then read-write: the ioctls that change device state need it.
-    private static func checkReadWrite(_ fd: Int32, what: String) throws(DeviceError) {
-        let flags = fcntl(fd, F_GETFL)
-        guard flags >= 0 else {
+    private static func checkOpen(_ fd: Int32, what: String) throws(DeviceError) {
+        guard fcntl(fd, F_GETFL) >= 0 else {
             throw .invalidArgument(operation: what, detail: "descriptor \(fd) is not open (\(Errno.current.explanation))")
         }
+    }
+
+    /// Read-write: the ioctls that change device state need it.
+    private static func checkReadWrite(_ fd: Int32, what: String) throws(DeviceError) {
+        let flags = fcntl(fd, F_GETFL)
         guard flags & O_ACCMODE == O_RDWR else {
             throw .invalidArgument(operation: what, detail: "descriptor \(fd) is open \(flags & O_ACCMODE == O_RDONLY ? "read-only" : "write-only"); it must be read-write")
         }
