@@ -19,32 +19,10 @@
 #   VFIO_MIGRATE=path/to/vfio-migrate to use a built binary (default: swift build).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. examples/common.sh
 [ "$(id -u)" -eq 0 ] || { echo "needs root (ip netns)"; exit 1; }
-if [ -z "${VFIO_MIGRATE:-}" ]; then
-  swift build --product vfio-migrate >/dev/null
-  VFIO_MIGRATE=$(swift build --show-bin-path)/vfio-migrate
-fi
-bin=$VFIO_MIGRATE
-work=$(mktemp -d)
-src=vmm-src-$$ dst=vmm-dst-$$
-cleanup() {
-  [ -n "${dpid:-}" ] && kill "$dpid" 2>/dev/null || true
-  ip netns del "$src" 2>/dev/null || true
-  ip netns del "$dst" 2>/dev/null || true
-  rm -rf "$work"
-}
-trap cleanup EXIT
-
-ip netns add "$src"
-ip netns add "$dst"
-ip link add vh-s$$ type veth peer name vh-d$$
-ip link set vh-s$$ netns "$src"
-ip link set vh-d$$ netns "$dst"
-ip -n "$src" addr add 192.0.2.1/30 dev vh-s$$
-ip -n "$dst" addr add 192.0.2.2/30 dev vh-d$$
-for ns in "$src" "$dst"; do ip -n "$ns" link set lo up; done
-ip -n "$src" link set vh-s$$ up
-ip -n "$dst" link set vh-d$$ up
+bin=$(example_binary)
+two_hosts vmm
 
 # 192.0.2.x is not loopback: a throwaway certificate set (keys never leave $work).
 certs/make-dev-certs.sh "$work/certs" >/dev/null 2>&1
@@ -57,7 +35,7 @@ python3 examples/toy_vmm.py dst "$work/dst.sock" "$work/dst.mem" $mib -- \
   ip netns exec "$dst" "$bin" receive --listen 192.0.2.2:7070 --accept-timeout 60 \
     --ca "$c/ca.pem" --cert "$c/destination.pem" --key "$c/destination-key.pem" --peer-name source.vfio-migrate.test \
     --control "unix:$work/dst.sock" --dump-state "$work/dst" "${common[@]}" > "$work/dst.log" &
-dpid=$!
+bg_pid=$!
 # The destination listens once its VMM said start.
 for _ in $(seq 200); do grep -q '"phase":"connect"' "$work/dst.log" 2>/dev/null && break; sleep 0.05; done
 
@@ -65,7 +43,7 @@ python3 examples/toy_vmm.py src "$work/src.sock" "$work/src.mem" $mib -- \
   ip netns exec "$src" "$bin" send --connect 192.0.2.2:7070 \
     --ca "$c/ca.pem" --cert "$c/source.pem" --key "$c/source-key.pem" --peer-name destination.vfio-migrate.test \
     --control "unix:$work/src.sock" --guest-dirty-log --bandwidth 40M --dump-state "$work/src" "${common[@]}" > "$work/src.log"
-wait "$dpid"; dpid=
+wait "$bg_pid"; bg_pid=
 
 grep '^vmm:' "$work/src.log" | sed 's/^/source /'
 grep '^vmm:' "$work/dst.log" | sed 's/^/destination /'
