@@ -33,6 +33,12 @@ import Testing
         (send + ["--guest-dirty-log"], "--guest-dirty-log needs --control"),
         (send + ["--page-size", "3000"], "--page-size 3000"),
         (send + ["--memory-size", "1G"], "--memory-size needs --memory"),
+        (send + ["--await-start"], "--await-start needs --control"),
+        (send + ["--control", "unix:/x", "--start-timeout", "0"], "--start-timeout"),
+        (send + ["--memory", "fd:ram"], "fd:ram names a descriptor passed with add-fd, which needs --control"),
+        (receive + ["--device", "g=fd:gpu"], "fd:gpu names a descriptor passed with add-fd, which needs --control"),
+        (send + ["--iommu", "/dev/vfio/vfio", "--dirty", "iommu"], "--iommu /dev/vfio/vfio: expected fd:N or fd:NAME"),
+        (send + ["--iommu", "fd:4"], "applies to --dirty iommu only"),
         (send + ["--device", "bad"], "expected NAME=BACKEND"),
         (send + ["--device", "x=sim:speed=3"], "unknown sim option speed"),
         (receive + ["--workers", "0"], "--workers 0"),
@@ -55,6 +61,22 @@ import Testing
             let message = VfioMigrate.message(for: error)
             #expect(message.contains(text), "\(arguments): \(message)")
         }
+    }
+
+    /// `start` waits for every add-fd name the command line uses, and for the
+    /// dirty-log bitmap when the guest's dirty pages are asked for; nothing waits without a name or `--await-start`.
+    @Test func startWaitsForTheNamedDescriptorsAndTheDirtyLog() throws {
+        let control = ["--control", "unix:/run/x.sock"]
+        func requirements(_ extra: [String]) throws -> [String]? {
+            let send = try #require(try VfioMigrate.parseAsRoot(Self.send + control + extra) as? Send)
+            return send.controlOptions.startRequirements(devices: send.devices)
+        }
+        #expect(try requirements([]) == nil)
+        #expect(try requirements(["--await-start"]) == [])
+        #expect(try requirements(["--memory", "fd:ram", "--device", "g=fd:gpu", "--device", "n=file:fd:nic@4K", "--dirty", "iommu", "--iommu", "fd:box"])
+                == ["gpu", "nic", "ram", "box"])
+        #expect(try requirements(["--memory", "fd:3", "--dirty", "vmm", "--await-start"]) == ["dirty-log"])
+        #expect(try requirements(["--memory", "fd:3", "--guest-dirty-log"]) == nil, "without --await-start the bitmap may come any time before pre-copy")
     }
 
     @Test func goodValuesParseToTheirTypes() throws {
