@@ -41,6 +41,13 @@ struct ControlOptions: ParsableArguments {
                                   guestHandshake: guestHandshake, startGate: required.map { StartGate(requiredDescriptors: $0) })
     }
 
+    /// `start` for `send`/`receive`: a failure is printed as the `failed` event and becomes the exit code.
+    func open(role: ControlTarget.Role, printer: EventPrinter, clock: EventClock, devices: DeviceOptions) throws -> ControlSession? {
+        do { return try start(role: role, printer: printer, clock: clock, awaiting: startRequirements(devices: devices)) } catch {
+            throw failureExit(for: error, printer: printer, side: role == .source ? "source" : "destination")
+        }
+    }
+
     /// The names `start` must find, or nil when the CLI does not wait for it.
     func startRequirements(devices: DeviceOptions) -> [String]? {
         let names = devices.descriptorNames

@@ -116,13 +116,7 @@ struct Send: ParsableCommand {
         ProcessSetup.apply()
         let clock = EventClock()
         let printer = EventPrinter(mode: output.json ? .json : .human, side: "source", clock: clock)
-        let control: ControlSession?
-        do {
-            control = try controlOptions.start(role: .source, printer: printer, clock: clock,
-                                               awaiting: controlOptions.startRequirements(devices: devices))
-        } catch {
-            throw failureExit(for: error, printer: printer, side: "source")
-        }
+        let control = try controlOptions.open(role: .source, printer: printer, clock: clock, devices: devices)
         defer { control?.close() }
         let sender: Sender
         let opened: OpenedDevices
@@ -212,13 +206,7 @@ struct Receive: ParsableCommand {
         let clock = EventClock()
         let printer = EventPrinter(mode: output.json ? .json : .human, side: "destination", clock: clock)
         let notifier = SystemdNotifier()
-        let control: ControlSession?
-        do {
-            control = try controlOptions.start(role: .destination, printer: printer, clock: clock,
-                                               awaiting: controlOptions.startRequirements(devices: devices))
-        } catch {
-            throw failureExit(for: error, printer: printer, side: "destination")
-        }
+        let control = try controlOptions.open(role: .destination, printer: printer, clock: clock, devices: devices)
         defer { control?.close() }
         let started: Started
         do {
