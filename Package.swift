@@ -109,7 +109,7 @@ let package = Package(
             dependencies: ["MigrationEngine", "VFIODevice", "VFIOSimulator", "MigrationWire", "MigrationTLS", "TestSupport",
                            .product(name: "SystemPackage", package: "swift-system")]),
         // Argument parsing and validation of the executable, in-process (no child processes).
-        .testTarget(name: "CLITests", dependencies: ["vfio-migrate"]),
+        .testTarget(name: "CLITests", dependencies: ["vfio-migrate", "MigrationControl", "TestSupport"]),
         // Runs the built `vfio-migrate` and `vfio-migrate-bench` binaries; imports no module of this package.
         .testTarget(name: "IntegrationTests", dependencies: ["vfio-migrate", "vfio-migrate-bench"]),
         // Fault injection and hostile peers: proxies, killed processes, crafted frames.
