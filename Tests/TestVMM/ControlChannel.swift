@@ -30,7 +30,9 @@ final class ControlChannel {
 
     /// Sends one command without waiting for its reply (it comes through `serve`).
     func send(_ command: String, _ arguments: [String: JSONValue], descriptor: Int32? = nil) throws(ControlError) {
-        let line = JSONValue.object(["execute": .string(command), "arguments": .object(arguments)]).jsonLine + "\n"
+        var request: [String: JSONValue] = ["execute": .string(command)]
+        if !arguments.isEmpty { request["arguments"] = .object(arguments) }
+        let line = JSONValue.object(request).jsonLine + "\n"
         try client.send(raw: Array(line.utf8), descriptor: descriptor)
     }
 

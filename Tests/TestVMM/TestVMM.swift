@@ -2,9 +2,9 @@ import Glibc
 import MigrationControl
 
 /// The source's VMM for the tests, the other end of `vfio-migrate send --control
-/// fd:N --guest-handshake --dirty vmm`: it owns a running guest (KVM when usable)
+/// fd:N --await-start --guest-handshake --dirty vmm`: it owns a running guest (KVM when usable)
 /// in a memfd it hands to the transport, and answers the transport's requests as
-/// docs/EVENTS.md says a VMM does — `dirty-log-setup` first, then `dirty-sync`
+/// docs/EVENTS.md says a VMM does — `dirty-log-setup` and `start` first, then `dirty-sync`
 /// (harvest the guest's dirty log into the shared bitmap), `stop-guest` (pause
 /// the vCPU, then snapshot the memory), `resume-guest`.
 public final class TestVMM {
@@ -45,14 +45,16 @@ public final class TestVMM {
     /// After the child was spawned: drop our copy of its end.
     public func childStarted() { channel.childStarted() }
 
-    /// Before the child is spawned: `dirty-log-setup` with the bitmap memfd,
-    /// written into the socket now, so the transport reads it as soon as its
-    /// server starts, ahead of any migration step. Sent after the spawn, a loaded
-    /// machine can let pre-copy begin first, which the transport refuses.
-    public func handOverDirtyLog() throws(TestVMMError) {
+    /// For `send --await-start`: `dirty-log-setup` with the bitmap memfd, then
+    /// `start` (README, "Driving it from a VMM"). Written into the socket before
+    /// the child runs, they wait there until its control server reads them, in order.
+    public func handOverDirtyLogAndStart() throws(TestVMMError) {
         let arguments: [String: JSONValue] = ["page-size": JSONValue(Int(layout.pageSize)), "pages": JSONValue(layout.pageCount)]
-        do throws(ControlError) { try channel.send("dirty-log-setup", arguments, descriptor: bitmap.fd) } catch {
-            throw .control("dirty-log-setup: \(error)")
+        do throws(ControlError) {
+            try channel.send("dirty-log-setup", arguments, descriptor: bitmap.fd)
+            try channel.send("start", [:])
+        } catch {
+            throw .control("dirty-log-setup and start: \(error)")
         }
     }
 

@@ -17,7 +17,8 @@ func differingPages(_ a: [UInt8], _ b: [UInt8]) -> [Int] {
 /// Issue 15, "prove it with a real guest": a real KVM guest (one vCPU, real-mode
 /// code sweeping a counter over its memory) keeps running while `vfio-migrate
 /// send` migrates its memory, handed over as a memfd (`--memory fd:3`), with the
-/// test VMM on the control socket (`--control fd:4`, a socketpair) answering
+/// test VMM on the control socket (`--control fd:4`, a socketpair; the bitmap
+/// handed over, then `start`) answering
 /// `dirty-sync` from KVM_GET_DIRTY_LOG and `stop-guest` by pausing the vCPU.
 /// The destination must end with the guest's memory as it was when it stopped;
 /// its VMM (same descriptors on `receive`) runs the guest there on `start-guest`.
@@ -111,8 +112,8 @@ struct KVMGuestMigrationTests {
                                            inherit: [3: destinationVMM.memory.fd, 4: destinationVMM.childControlDescriptor], outputPrefix: "\(dir)/receive")
         destinationVMM.childStarted()
         let port = try waitForPort("\(dir)/port", receiver)
-        try sourceVMM.handOverDirtyLog()
-        let sender = try InheritingChild(binary, ["send", "--connect", "127.0.0.1:\(port)", "--dirty", "vmm"] + precopy
+        try sourceVMM.handOverDirtyLogAndStart()
+        let sender = try InheritingChild(binary, ["send", "--connect", "127.0.0.1:\(port)", "--await-start", "--dirty", "vmm"] + precopy
                                          + vmmOptions + common + tls("source", "destination"),
                                          inherit: [3: sourceVMM.memory.fd, 4: sourceVMM.childControlDescriptor], outputPrefix: "\(dir)/send")
         sourceVMM.childStarted()
