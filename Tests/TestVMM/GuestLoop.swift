@@ -26,6 +26,10 @@ final class GuestLoop: Sendable {
 
     private let state: ConditionValue<State>
 
+    /// Between two steps the thread sleeps this long, so a guest spinning
+    /// through pages does not take a whole core from the migration it races.
+    static let restMicroseconds: UInt32 = 50
+
     /// `startPaused`: the thread waits for `resume` or `run(untilSteps:)` before its first step.
     init(startPaused: Bool = false, step: @escaping @Sendable () throws(KVMError) -> Void) {
         state = ConditionValue(State(phase: startPaused ? .paused : .running))
@@ -90,6 +94,7 @@ final class GuestLoop: Sendable {
                 return
             }
             state.withLock { $0.steps += 1 }
+            usleep(restMicroseconds)
         }
     }
 }

@@ -120,9 +120,6 @@ final class PageWriter: Sendable {
             s.nextStep += 1
             s.dirty[page / 64] |= 1 << UInt64(page % 64)
         }
-        // About a nested-KVM vCPU's pace (a page per ~40 µs here), without
-        // spinning a core away from the migration it races.
-        usleep(50)
     }
 
     func harvest() -> [UInt64] {
