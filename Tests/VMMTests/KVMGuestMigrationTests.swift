@@ -43,7 +43,6 @@ extension KVMGuestSuites {
             var destinationExit: Int32
             var sourceMemoryAfter: [UInt8]
             var log: String
-            var migrated: [UInt8] { destination.memoryAtStart ?? [] }
         }
 
         /// With KVM, and with the writer thread that stands in for it where there is none.
@@ -61,7 +60,8 @@ extension KVMGuestSuites {
             #expect(events[stop...].contains("dirty-sync"), "\(events)")
             let snapshot = try #require(run.source.snapshotAtStop, "stop-guest was asked: \(events)")
             #expect(differingPages(run.sourceMemoryAfter, snapshot) == [], "the guest stayed paused after guest-stopped")
-            #expect(differingPages(run.migrated, snapshot) == [], "\(run.log)")
+            let migrated = try #require(run.destination.memoryAtStart, "start-guest arrived: \(run.log)")
+            #expect(differingPages(migrated, snapshot) == [], "\(run.log)")
             try Self.expectTheGuestRanOnTheDestination(run, from: snapshot)
         }
 
@@ -95,7 +95,8 @@ extension KVMGuestSuites {
             #expect(run.sourceExit == 0 && run.destinationExit == 0, "\(run.log)")
             #expect(run.source.harvestedPagesPerSync.first ?? 0 > 0, "the guest wrote during pre-copy: \(run.source.harvestedPagesPerSync)")
             let snapshot = try #require(run.source.snapshotAtStop, "stop-guest was asked: \(run.log)")
-            let stale = differingPages(run.migrated, snapshot)
+            let migrated = try #require(run.destination.memoryAtStart, "start-guest arrived: \(run.log)")
+            let stale = differingPages(migrated, snapshot)
             print("empty dirty log: \(stale.count) stale pages of \(Self.memoryBytes / 4096)")
             #expect(!stale.isEmpty, "\(run.log)")
         }
