@@ -19,6 +19,10 @@ public enum FailureDisposition: Int32, Sendable, Codable {
     /// Failed before COMMIT and a source device could not be set RUNNING again:
     /// the destination never ran it, so it may run nowhere; an operator must look.
     case rollbackFailed = 4
+    /// Failed after COMMIT, and the destination said so (its ABORT): its devices did
+    /// not all resume and it will not start the guest; the source's stay stopped. A
+    /// definite outcome, unlike 3: the VM runs on neither host.
+    case destinationFailed = 5
 }
 
 /// The cause of a failed migration.
@@ -117,6 +121,7 @@ public struct MigrationError: Error, Sendable, CustomStringConvertible {
         case .rolledBack: s += " (rolled back: no device was resumed on the destination)"
         case .afterCommit: s += " (after COMMIT: operator action needed)"
         case .rollbackFailed: s += " (rollback FAILED: a source device may not be running; operator action needed)"
+        case .destinationFailed: s += " (after COMMIT: the destination reported it did not resume; the VM runs on neither host)"
         }
         if let rollbackFailure { s += "; rollback failed: \(rollbackFailure)" }
         return s

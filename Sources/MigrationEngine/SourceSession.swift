@@ -295,7 +295,10 @@ final class SourceSession {
         // destination would otherwise keep the outcome for a source that lost it).
         if cause.isPeerAbort { try? writer.stream.shutdown() }
         writer.stream.close()
-        return MigrationError(phase: state.phase, device: cause.device, failure: cause, disposition: state.disposition)
+        // The destination's own ABORT is a definite outcome (exit 5); anything else
+        // leaves the destination unknown (exit 3).
+        let disposition: FailureDisposition = cause.isPeerAbort ? .destinationFailed : state.disposition
+        return MigrationError(phase: state.phase, device: cause.device, failure: cause, disposition: disposition)
     }
 
     // MARK: - pre-copy passes

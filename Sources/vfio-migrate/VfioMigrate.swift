@@ -16,7 +16,8 @@ struct VfioMigrate: ParsableCommand {
         Exit codes: 0 success; 1 nothing started (configuration, certificates, devices); \
         2 failed before COMMIT and rolled back (the source runs the devices again, the destination never ran them); \
         3 failed after COMMIT (an operator must check where the VM runs); \
-        4 failed before COMMIT and a source device refused to run again (operator must act); 64 usage error.
+        4 failed before COMMIT and a source device refused to run again (operator must act); \
+        5 failed after COMMIT and the destination reported it did not resume (the VM runs on neither host); 64 usage error.
         """,
         version: BuildInfo.versionLine,
         subcommands: [Demo.self, Send.self, Receive.self],

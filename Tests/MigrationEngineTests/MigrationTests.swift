@@ -106,7 +106,7 @@ struct MigrationTests {
         #expect(d.disposition == .afterCommit)
         #expect(d.phase == .resume)
         guard case .failure(let s as MigrationError) = outcome.source else { Issue.record("source should fail"); return }
-        #expect(s.disposition == .afterCommit)
+        #expect(s.disposition == .destinationFailed)
         // After COMMIT the source never runs the device again.
         #expect(!pair.sourceSims[0].currentState.contains(.running))
     }

@@ -207,7 +207,7 @@ struct V2MigrationTests {
         }
         if fault == .destinationStopToRunningP2P {
             // After COMMIT: the destination's RUNNING failed; the source never runs again.
-            #expect(s.disposition == .afterCommit && d.disposition == .afterCommit && d.phase == .resume)
+            #expect(s.disposition == .destinationFailed && d.disposition == .afterCommit && d.phase == .resume)
             #expect(src.allSatisfy { $0.currentState == .stopCopy }, "\(src.map(\.currentState))")
             #expect(dst[1].currentState != .running)
             return

@@ -77,7 +77,7 @@ struct DeviceFaultTests {
         }
         #expect(d.phase == .resume && d.disposition == .afterCommit && d.device == "nic0", "\(d)")
         #expect("\(d)".containsAll("phase resume", "device nic0", "did not reach RUNNING", "operator"), "\(d)")
-        #expect(s.disposition == .afterCommit && s.phase == .commit, "\(s)")
+        #expect(s.disposition == .destinationFailed && s.phase == .commit, "\(s)")
         guard case .peerAborted(.deviceError, let message) = s.failure else { Issue.record("\(s.failure)"); return }
         #expect(message.contains("nic0"))
         // After COMMIT the source never runs a device again.

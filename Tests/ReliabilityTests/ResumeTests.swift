@@ -117,7 +117,7 @@ import VFIODevice
         })
         let s = try #require(run.outcome.sourceError), d = try #require(run.outcome.destinationError)
         #expect(d.disposition == .afterCommit && d.device == "nic0", "\(d)")
-        #expect(s.disposition == .afterCommit, "\(s)")
+        #expect(s.disposition == .destinationFailed, "\(s)")
         guard case .peerAborted(.deviceError, let text) = s.failure else { Issue.record("source: \(s)"); return }
         #expect(text.containsAll("nic0", "failed to resume"), "\(text)")
         #expect(run.events.source.contains("reconnecting"), "\(run.events.source)")
