@@ -8,7 +8,7 @@ import PackageDescription
 //   vfio-migrate (CLI), vfio-migrate-bench, tests -> VFIOSimulator -> VFIODevice (public API only; the engine never sees it)
 //   vfio-migrate, vfio-migrate-bench -> CommandLineSupport -> CProcess
 //   vfio-migrate-bench runs the `vfio-migrate` binary; it never imports it.
-//   VMMTests -> TestVMM (a VMM running a KVM guest) -> MigrationControl, CKVM; it runs the binary.
+//   VMMTests -> TestVMM (a VMM running a KVM guest) -> MigrationControl, CKVM; it runs the binary (TestSupport's InheritingChild).
 let package = Package(
     name: "vfio-migrate",
     platforms: [.macOS(.v15)],
@@ -83,7 +83,8 @@ let package = Package(
                 .product(name: "SystemPackage", package: "swift-system"),
             ]),
 
-        // Helpers shared by the test targets (PKI, result boxes, a recording region);
+        // Helpers shared by the test targets (PKI, result boxes, a recording region, the
+        // built binaries and children that inherit descriptors);
         // a regular target so each test target can depend on it.
         .target(name: "TestSupport", dependencies: ["VFIODevice", "MigrationTLS"], path: "Tests/TestSupport"),
         // The test VMM (issue 15, "prove it with a real guest"): KVM's uAPI, and a VMM
@@ -110,8 +111,9 @@ let package = Package(
                            .product(name: "SystemPackage", package: "swift-system")]),
         // Argument parsing and validation of the executable, in-process (no child processes).
         .testTarget(name: "CLITests", dependencies: ["vfio-migrate", "MigrationControl", "TestSupport"]),
-        // Runs the built `vfio-migrate` and `vfio-migrate-bench` binaries; imports no module of this package.
-        .testTarget(name: "IntegrationTests", dependencies: ["vfio-migrate", "vfio-migrate-bench"]),
+        // Runs the built `vfio-migrate` and `vfio-migrate-bench` binaries; of this package it
+        // imports only TestSupport (the binaries' paths, the dev PKI arguments, child processes).
+        .testTarget(name: "IntegrationTests", dependencies: ["vfio-migrate", "vfio-migrate-bench", "TestSupport"]),
         // Fault injection and hostile peers: proxies, killed processes, crafted frames.
         .testTarget(
             name: "ReliabilityTests",

@@ -1,12 +1,13 @@
 import Foundation
 import Testing
+import TestSupport
 
 /// `vfio-migrate-bench` end to end on a tiny corpus: the corpus is generated,
 /// one migration runs as two processes of the sibling `vfio-migrate` binary and
 /// is verified byte for byte.
 struct BenchSmokeTests {
     /// The bench binary SwiftPM built next to `vfio-migrate`.
-    static let bench = URL(fileURLWithPath: TwoProcessTests.binary).deletingLastPathComponent().appendingPathComponent("vfio-migrate-bench").path
+    static let bench = BuiltBinary.vfioMigrateBench
 
     static func run(_ executable: String, _ arguments: [String]) throws -> (status: Int32, out: Data, err: String) {
         let p = Process()
@@ -26,7 +27,7 @@ struct BenchSmokeTests {
         try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(atPath: dir) }
         let result = try Self.run(Self.bench, ["--memory-size", "8M", "--state-size", "2M", "--compress", "auto", "--skip-baselines",
-                                               "--json", "--dir", dir, "--certs", "\(TwoProcessTests.root)/certs/dev", "--run-timeout", "60"])
+                                               "--json", "--dir", dir, "--certs", DevCertificates.directory, "--run-timeout", "60"])
         #expect(result.status == 0, "bench: \(result.err)")
         let report = try #require(try JSONSerialization.jsonObject(with: result.out) as? [String: Any])
         #expect(report["verified"] as? Bool == true)
@@ -51,13 +52,13 @@ struct BenchSmokeTests {
         try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(atPath: dir) }
         try FileManager.default.copyItem(atPath: Self.bench, toPath: "\(dir)/vfio-migrate-bench")
-        let result = try Self.run("\(dir)/vfio-migrate-bench", ["--memory-size", "1M", "--state-size", "4K", "--certs", "\(TwoProcessTests.root)/certs/dev"])
+        let result = try Self.run("\(dir)/vfio-migrate-bench", ["--memory-size", "1M", "--state-size", "4K", "--certs", DevCertificates.directory])
         #expect(result.status == 1)
         #expect(result.err.contains("\(dir)/vfio-migrate is missing") && result.err.contains("swift build -c release"), "\(result.err)")
     }
 
     @Test func theMigrationCLINoLongerCarriesTheBench() throws {
-        let result = try Self.run(TwoProcessTests.binary, ["bench", "--skip-baselines"])
+        let result = try Self.run(BuiltBinary.vfioMigrate, ["bench", "--skip-baselines"])
         #expect(result.status == 64, "\(result.err)")
     }
 }

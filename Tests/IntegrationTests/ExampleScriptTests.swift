@@ -1,6 +1,7 @@
 import Foundation
 import Glibc
 import Testing
+import TestSupport
 
 /// examples/vmm-handoff.sh as shipped, on the binary built next to this bundle:
 /// two network namespaces, a toy VMM on each side (inherited memfd, SCM_RIGHTS,
@@ -17,8 +18,8 @@ struct ExampleScriptTests {
     func vmmHandoffEndsByteIdentical() throws {
         let script = Process()
         script.executableURL = URL(fileURLWithPath: "/bin/bash")
-        script.arguments = ["\(TwoProcessTests.root)/examples/vmm-handoff.sh"]
-        script.environment = ProcessInfo.processInfo.environment.merging(["VFIO_MIGRATE": TwoProcessTests.binary]) { $1 }
+        script.arguments = ["\(repositoryRoot)/examples/vmm-handoff.sh"]
+        script.environment = ProcessInfo.processInfo.environment.merging(["VFIO_MIGRATE": BuiltBinary.vfioMigrate]) { $1 }
         let out = Pipe(), err = Pipe()
         script.standardOutput = out
         script.standardError = err

@@ -15,7 +15,7 @@ struct StallPolicyTwoProcessTests {
     static let device = ["--device", "gpu0=sim:state=4M,seed=1,allevery=1"]
     static let pages = 16384
 
-    /// Mixed pages like `TwoProcessTests.makeMemory`, 64 MiB of them, built fast
+    /// Mixed pages like `writeGuestMemoryFile`, 64 MiB of them, built fast
     /// enough for a debug build: zero, a per-page pattern, and pseudo-random.
     static func makeGuest(_ path: String) throws {
         var bytes = [UInt8](repeating: 0, count: pages * 4096)
@@ -43,14 +43,10 @@ struct StallPolicyTwoProcessTests {
         let dir = try T.tempDir()
         defer { try? FileManager.default.removeItem(atPath: dir) }
         try makeGuest("\(dir)/src.mem")
-        let receiver = try T.start(["receive", "--listen", "127.0.0.1:0", "--port-file", "\(dir)/port",
-                                    "--memory", "\(dir)/dst.mem", "--memory-size", "64M", "--create-memory",
-                                    "--dump-state", "\(dir)/dst", "--json", "--accept-timeout", "60"]
-                                   + device + T.tls("destination", "source"))
-        let port = try T.waitForPort("\(dir)/port")
-        let sender = try T.start(["send", "--connect", "127.0.0.1:\(port)", "--memory", "\(dir)/src.mem",
-                                  "--dump-state", "\(dir)/src", "--json", "--bandwidth", "16M",
-                                  "--on-stall", onStall] + device + T.tls("source", "destination"))
+        let (receiver, port) = try T.startReceiver(dir: dir, ["--memory", "\(dir)/dst.mem", "--memory-size", "64M", "--create-memory",
+                                                              "--dump-state", "\(dir)/dst", "--json", "--accept-timeout", "60"] + device)
+        let sender = try T.startSender(port: port, ["--memory", "\(dir)/src.mem", "--dump-state", "\(dir)/src", "--json",
+                                                    "--bandwidth", "16M", "--on-stall", onStall] + device)
         let s = sender.wait()
         let r = receiver.wait()
         let same = { (a: String, b: String) in

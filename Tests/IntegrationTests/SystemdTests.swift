@@ -1,6 +1,7 @@
 import Foundation
 import Glibc
 import Testing
+import TestSupport
 
 /// The systemd interfaces of `receive`, driven the way systemd drives them, by a test
 /// that owns every socket: socket activation (LISTEN_FDS/LISTEN_PID, fd 3) and
@@ -13,14 +14,13 @@ struct SystemdTests {
     @Test func socketActivationMigratesIntoThePassedSocket() throws {
         let dir = try T.tempDir()
         defer { try? FileManager.default.removeItem(atPath: dir) }
-        try T.makeMemory("\(dir)/src.mem", pages: 1024)
+        try writeGuestMemoryFile("\(dir)/src.mem", pages: 1024)
         let (listener, port) = try Self.listeningSocket()
-        let receiver = try ActivatedChild(passing: listener, arguments: [
+        let receiver = try ActivatedChild(passing: listener, outputPrefix: "\(dir)/receive", arguments: [
             "receive", "--listen", "systemd", "--memory", "\(dir)/dst.mem", "--memory-size", "4M", "--create-memory",
-            "--json", "--accept-timeout", "60"] + Self.devices + T.tls("destination", "source"))
+            "--json", "--accept-timeout", "60"] + Self.devices + DevCertificates.arguments("destination", "source"))
         close(listener)  // the receiver holds it now, as systemd's would after handing it over
-        let sender = try T.start(["send", "--connect", "127.0.0.1:\(port)", "--memory", "\(dir)/src.mem", "--json"]
-                                 + Self.devices + T.tls("source", "destination"))
+        let sender = try T.startSender(port: port, ["--memory", "\(dir)/src.mem", "--json"] + Self.devices)
         let s = sender.wait()
         let r = receiver.wait()
         #expect(s.code == 0, "sender: \(s.err)")
@@ -31,9 +31,11 @@ struct SystemdTests {
     }
 
     @Test func socketMeantForAnotherProcessIsRefused() throws {
+        let dir = try T.tempDir()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
         let (listener, _) = try Self.listeningSocket()
-        let receiver = try ActivatedChild(passing: listener, listenPID: "1", arguments: [
-            "receive", "--listen", "systemd", "--accept-timeout", "5"] + Self.devices + T.tls("destination", "source"))
+        let receiver = try ActivatedChild(passing: listener, listenPID: "1", outputPrefix: "\(dir)/receive", arguments: [
+            "receive", "--listen", "systemd", "--accept-timeout", "5"] + Self.devices + DevCertificates.arguments("destination", "source"))
         close(listener)
         let r = receiver.wait()
         #expect(r.code == 1)
@@ -43,17 +45,16 @@ struct SystemdTests {
     @Test func sdNotifyReportsReadyThenEachPhase() throws {
         let dir = try T.tempDir()
         defer { try? FileManager.default.removeItem(atPath: dir) }
-        try T.makeMemory("\(dir)/src.mem", pages: 1024)
+        try writeGuestMemoryFile("\(dir)/src.mem", pages: 1024)
         let notify = try NotifySocket(path: "\(dir)/notify")
         let receiver = try T.start(["receive", "--listen", "127.0.0.1:0", "--memory", "\(dir)/dst.mem", "--memory-size", "4M",
-                                    "--create-memory", "--json", "--accept-timeout", "60"] + Self.devices + T.tls("destination", "source"),
+                                    "--create-memory", "--json", "--accept-timeout", "60"] + Self.devices + DevCertificates.arguments("destination", "source"),
                                    environment: ["NOTIFY_SOCKET": notify.path])
         // READY=1 comes once the receiver listens, and names where: connect there.
         let ready = try #require(notify.receive(timeout: 60), "no READY=1: \(receiver.process.isRunning)")
         #expect(ready.hasPrefix("READY=1\nSTATUS=listening on 127.0.0.1:"), "\(ready)")
         let port = try #require(ready.split(separator: ":").last?.split(separator: ",").first.flatMap { UInt16($0) })
-        let sender = try T.start(["send", "--connect", "127.0.0.1:\(port)", "--memory", "\(dir)/src.mem", "--json"]
-                                 + Self.devices + T.tls("source", "destination"))
+        let sender = try T.startSender(port: port, ["--memory", "\(dir)/src.mem", "--json"] + Self.devices)
         #expect(sender.wait().code == 0)
         #expect(receiver.wait().code == 0)
         var statuses: [String] = []
@@ -83,51 +84,21 @@ struct SystemdTests {
 /// The receiver started as systemd starts a socket-activated service: the socket as
 /// fd 3, LISTEN_FDS=1 and LISTEN_PID = the child's own pid. The pid is only known in the
 /// child, so a shell sets it and then execs the binary (same pid).
-final class ActivatedChild {
-    let pid: pid_t
-    let output: ChildOutput
+struct ActivatedChild {
+    let child: InheritingChild
 
-    init(passing socket: Int32, listenPID: String? = nil, arguments: [String]) throws {
-        let out = Pipe(), err = Pipe()
-        var actions = posix_spawn_file_actions_t()
-        posix_spawn_file_actions_init(&actions)
-        defer { posix_spawn_file_actions_destroy(&actions) }
-        posix_spawn_file_actions_adddup2(&actions, socket, 3)  // also clears close-on-exec
-        posix_spawn_file_actions_adddup2(&actions, out.fileHandleForWriting.fileDescriptor, 1)
-        posix_spawn_file_actions_adddup2(&actions, err.fileHandleForWriting.fileDescriptor, 2)
+    init(passing socket: Int32, listenPID: String? = nil, outputPrefix: String, arguments: [String]) throws {
         let pidSetting = listenPID.map { "LISTEN_PID=\($0)" } ?? "LISTEN_PID=$$"
-        let argv = ["/bin/sh", "-c", "\(pidSetting); export LISTEN_PID; exec \"$0\" \"$@\"", TwoProcessTests.binary] + arguments
-        var env = ProcessInfo.processInfo.environment.filter { !$0.key.hasPrefix("LISTEN_") && $0.key != "NOTIFY_SOCKET" }
-        env["LISTEN_FDS"] = "1"
-        let envp = env.map { "\($0.key)=\($0.value)" }
-        var child: pid_t = 0
-        let rc = withCStrings(argv) { a in withCStrings(envp) { e in posix_spawn(&child, "/bin/sh", &actions, nil, a, e) } }
-        try out.fileHandleForWriting.close()
-        try err.fileHandleForWriting.close()
-        guard rc == 0 else { throw POSIXError(POSIXErrorCode(rawValue: rc) ?? .EINVAL) }
-        pid = child
-        output = ChildOutput(stdout: out, stderr: err)
+        var environment = ProcessInfo.processInfo.environment.filter { !$0.key.hasPrefix("LISTEN_") && $0.key != "NOTIFY_SOCKET" }
+        environment["LISTEN_FDS"] = "1"
+        child = try InheritingChild("/bin/sh", ["-c", "\(pidSetting); export LISTEN_PID; exec \"$0\" \"$@\"", BuiltBinary.vfioMigrate] + arguments,
+                                    inherit: [3: socket], environment: environment, outputPrefix: outputPrefix)
     }
 
-    /// Exit code (or 128+signal) and both outputs; SIGKILL after `timeout` seconds.
+    /// Exit code (or 128+signal; -1 when killed after `timeout` seconds) and both outputs.
     func wait(timeout: Double = 90) -> (code: Int32, out: String, err: String) {
-        var status: Int32 = 0
-        let deadline = Date(timeIntervalSinceNow: timeout)
-        while waitpid(pid, &status, WNOHANG) == 0 {
-            if Date() > deadline { kill(pid, SIGKILL); waitpid(pid, &status, 0); break }
-            usleep(20_000)
-        }
-        let (o, e) = output.drained()
-        let code = (status & 0x7f) == 0 ? (status >> 8) & 0xff : 128 + (status & 0x7f)
-        return (code, String(decoding: o, as: UTF8.self), String(decoding: e, as: UTF8.self))
+        (child.wait(timeout: timeout), child.stdout, child.stderr)
     }
-}
-
-/// NUL-terminated copies of `strings` as a C `char *const[]` ending in NULL.
-func withCStrings<R>(_ strings: [String], _ body: ([UnsafeMutablePointer<CChar>?]) -> R) -> R {
-    let pointers = strings.map { strdup($0) } + [nil]
-    defer { pointers.forEach { free($0) } }
-    return body(pointers)
 }
 
 /// A datagram socket the test binds, as systemd's NOTIFY_SOCKET.

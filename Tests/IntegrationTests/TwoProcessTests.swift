@@ -1,26 +1,10 @@
 import Foundation
 import Testing
+import TestSupport
 
 /// Runs the real `vfio-migrate` binary as two processes over 127.0.0.1.
 @Suite(.serialized)
 struct TwoProcessTests {
-    static let root: String = {
-        var url = URL(fileURLWithPath: #filePath)
-        for _ in 0..<3 { url.deleteLastPathComponent() }
-        return url.path
-    }()
-
-    /// The binary SwiftPM built next to this test bundle.
-    static let binary: String = {
-        let exe = (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")) ?? CommandLine.arguments[0]
-        return URL(fileURLWithPath: exe).deletingLastPathComponent().appendingPathComponent("vfio-migrate").path
-    }()
-
-    static func tls(_ me: String, _ peer: String) -> [String] {
-        let c = "\(root)/certs/dev"
-        return ["--ca", "\(c)/ca.pem", "--cert", "\(c)/\(me).pem", "--key", "\(c)/\(me)-key.pem", "--peer-name", "\(peer).vfio-migrate.test", "--allow-dev-certs"]
-    }
-
     struct Run {
         let process: Process
         let output: ChildOutput
@@ -32,7 +16,7 @@ struct TwoProcessTests {
 
     static func start(_ args: [String], environment: [String: String] = [:]) throws -> Run {
         let p = Process()
-        p.executableURL = URL(fileURLWithPath: binary)
+        p.executableURL = URL(fileURLWithPath: BuiltBinary.vfioMigrate)
         p.arguments = args
         if !environment.isEmpty { p.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 } }
         let o = Pipe(), e = Pipe()
@@ -42,34 +26,21 @@ struct TwoProcessTests {
         return Run(process: p, output: ChildOutput(stdout: o, stderr: e))
     }
 
-    static func waitForPort(_ path: String) throws -> String {
-        for _ in 0..<400 {
-            if let s = try? String(contentsOfFile: path, encoding: .utf8), let port = Int(s.trimmingCharacters(in: .whitespacesAndNewlines)) {
-                return "\(port)"
-            }
-            usleep(25_000)
-        }
-        throw CocoaError(.fileReadNoSuchFile)
+    /// A receiver on 127.0.0.1:0 that writes its port to `dir`/port, and that port.
+    static func startReceiver(dir: String, _ args: [String]) throws -> (Run, UInt16) {
+        let receiver = try start(["receive", "--listen", "127.0.0.1:0", "--port-file", "\(dir)/port"] + args
+                                 + DevCertificates.arguments("destination", "source"))
+        let port = try PortFile.wait("\(dir)/port", while: { receiver.process.isRunning },
+                                     diagnostics: { receiver.process.isRunning ? "it is still running" : receiver.wait().err })
+        return (receiver, port)
     }
 
-    static func tempDir() throws -> String {
-        let dir = NSTemporaryDirectory() + "vfio-migrate-it-\(UUID().uuidString)"
-        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
-        return dir
+    /// A sender connecting to the receiver on 127.0.0.1:`port`.
+    static func startSender(port: UInt16, _ args: [String]) throws -> Run {
+        try start(["send", "--connect", "127.0.0.1:\(port)"] + args + DevCertificates.arguments("source", "destination"))
     }
 
-    /// A guest-memory file with mixed content: zero, repeated and pseudo-random pages.
-    static func makeMemory(_ path: String, pages: Int) throws {
-        var bytes = [UInt8](repeating: 0, count: pages * 4096)
-        var x: UInt64 = 0x1234_5678
-        for p in 0..<pages where p % 4 != 0 {
-            for k in 0..<4096 {
-                if p % 4 == 3 { x = x &* 6364136223846793005 &+ 1442695040888963407; bytes[p * 4096 + k] = UInt8(truncatingIfNeeded: x >> 33) }
-                else { bytes[p * 4096 + k] = UInt8(truncatingIfNeeded: (k / 16) &+ p) }
-            }
-        }
-        try Data(bytes).write(to: URL(fileURLWithPath: path))
-    }
+    static func tempDir() throws -> String { try makeRunDirectory(prefix: "vfio-migrate-it") }
 
     /// Both ends' state dumps (`--dump-state DIR/src`, `DIR/dst`) and guest-memory
     /// files (`DIR/src.mem`, `DIR/dst.mem`) exist and are byte-identical.
@@ -93,18 +64,13 @@ struct TwoProcessTests {
     @Test func migrationBetweenTwoProcessesIsByteExact() throws {
         let dir = try Self.tempDir()
         defer { try? FileManager.default.removeItem(atPath: dir) }
-        try Self.makeMemory("\(dir)/src.mem", pages: 4096)
+        try writeGuestMemoryFile("\(dir)/src.mem", pages: 4096)
         let devices = ["--device", "gpu0=sim:state=2M,seed=1,dirty=48,churn=8K,chunk=256K,allevery=3",
                        "--device", "nic0=sim:state=512K,seed=2,dirty=8,churn=4K,chunk=64K"]
-        let receiver = try Self.start(["receive", "--listen", "127.0.0.1:0", "--port-file", "\(dir)/port",
-                                       "--memory", "\(dir)/dst.mem", "--memory-size", "16M", "--create-memory",
-                                       "--dump-state", "\(dir)/dst", "--json", "--accept-timeout", "60"]
-                                      + devices + Self.tls("destination", "source"))
-        let port = try Self.waitForPort("\(dir)/port")
-        let sender = try Self.start(["send", "--connect", "127.0.0.1:\(port)", "--memory", "\(dir)/src.mem",
-                                     "--dump-state", "\(dir)/src", "--json", "--workload-ms", "0.5",
-                                     "--downtime-ms", "30", "--max-iterations", "12"]
-                                    + devices + Self.tls("source", "destination"))
+        let (receiver, port) = try Self.startReceiver(dir: dir, ["--memory", "\(dir)/dst.mem", "--memory-size", "16M", "--create-memory",
+                                                                 "--dump-state", "\(dir)/dst", "--json", "--accept-timeout", "60"] + devices)
+        let sender = try Self.startSender(port: port, ["--memory", "\(dir)/src.mem", "--dump-state", "\(dir)/src", "--json",
+                                                       "--workload-ms", "0.5", "--downtime-ms", "30", "--max-iterations", "12"] + devices)
         let s = sender.wait()
         let r = receiver.wait()
         #expect(s.code == 0, "sender: \(s.err)\n\(s.out)")
@@ -122,14 +88,10 @@ struct TwoProcessTests {
     @Test func helloMismatchIsRefusedByBothProcesses() throws {
         let dir = try Self.tempDir()
         defer { try? FileManager.default.removeItem(atPath: dir) }
-        try Self.makeMemory("\(dir)/src.mem", pages: 256)
-        let receiver = try Self.start(["receive", "--listen", "127.0.0.1:0", "--port-file", "\(dir)/port",
-                                       "--memory", "\(dir)/dst.mem", "--memory-size", "1M", "--create-memory",
-                                       "--device", "gpu0=sim:state=1M", "--json", "--accept-timeout", "30"]
-                                      + Self.tls("destination", "source"))
-        let port = try Self.waitForPort("\(dir)/port")
-        let sender = try Self.start(["send", "--connect", "127.0.0.1:\(port)", "--memory", "\(dir)/src.mem",
-                                     "--device", "gpu0=sim:state=2M", "--json"] + Self.tls("source", "destination"))
+        try writeGuestMemoryFile("\(dir)/src.mem", pages: 256)
+        let (receiver, port) = try Self.startReceiver(dir: dir, ["--memory", "\(dir)/dst.mem", "--memory-size", "1M", "--create-memory",
+                                                                 "--device", "gpu0=sim:state=1M", "--json", "--accept-timeout", "30"])
+        let sender = try Self.startSender(port: port, ["--memory", "\(dir)/src.mem", "--device", "gpu0=sim:state=2M", "--json"])
         let s = sender.wait()
         let r = receiver.wait()
         #expect(s.code == 1, "sender: \(s.err)\n\(s.out)")
@@ -143,7 +105,7 @@ struct TwoProcessTests {
     @Test(arguments: ["v1", "v2"])
     func demoMigratesAndVerifies(interface: String) throws {
         let demo = try Self.start(["demo", "--memory-size", "16M", "--state-size", "1M", "--interface", interface,
-                                   "--certs", "\(Self.root)/certs/dev"])
+                                   "--certs", DevCertificates.directory])
         let r = demo.wait()
         #expect(r.code == 0, "demo: \(r.err)\n\(r.out)")
         #expect(r.out.contains("verified: destination device state and guest memory are byte-identical"))
@@ -162,9 +124,7 @@ struct TwoProcessTests {
     @Test func interruptedReceiverStopsWaiting() throws {
         let dir = try Self.tempDir()
         defer { try? FileManager.default.removeItem(atPath: dir) }
-        let receiver = try Self.start(["receive", "--listen", "127.0.0.1:0", "--port-file", "\(dir)/port",
-                                       "--device", "gpu0=sim:state=64K"] + Self.tls("destination", "source"))
-        _ = try Self.waitForPort("\(dir)/port")
+        let (receiver, _) = try Self.startReceiver(dir: dir, ["--device", "gpu0=sim:state=64K"])
         receiver.process.interrupt()
         let r = receiver.wait()
         #expect(r.code == 130, "receiver: \(r.err)")

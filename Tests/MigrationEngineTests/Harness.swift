@@ -6,15 +6,8 @@ import VFIODevice
 import VFIOSimulator
 import TestSupport
 
-/// Repository root, from this file's path (tests run from anywhere).
-let repositoryRoot: String = {
-    var url = URL(fileURLWithPath: #filePath)
-    for _ in 0..<3 { url.deleteLastPathComponent() }
-    return url.path
-}()
-
 enum Loopback {
-    static let certs = "\(repositoryRoot)/certs/dev"
+    static let certs = DevCertificates.directory
 
     static func contexts() throws -> (server: TLSContext, client: TLSContext) {
         let server = try TLSContext(configuration: TLSConfiguration(

@@ -9,9 +9,7 @@ import TestSupport
 /// would refuse (wrong extendedKeyUsage).
 extension TLSTests {
     @Suite struct CertificatePolicy {
-        static let repositoryRoot = URL(fileURLWithPath: #filePath)
-            .deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent().path
-        static let dev = repositoryRoot + "/certs/dev"
+        static let dev = DevCertificates.directory
 
         static func devConfig(_ me: String, peer: String, allow: Bool) -> TLSConfiguration {
             TLSConfiguration(caFile: "\(dev)/ca.pem", certificateFile: "\(dev)/\(me).pem",

@@ -26,7 +26,7 @@ struct CertificateOptionsTests {
         let dir = try CLI.tempDir()
         defer { try? FileManager.default.removeItem(atPath: dir) }
         let listen = ["receive", "--listen", "0.0.0.0:0", "--port-file", "\(dir)/port", "--device", "gpu0=sim:state=64K,seed=1"]
-        let devTLS = Array(CLI.tls("destination", "source").dropLast())  // without --allow-dev-certs
+        let devTLS = Array(DevCertificates.arguments("destination", "source").dropLast())  // without --allow-dev-certs
         let without = try CLIProcess(listen + devTLS)
         #expect(without.wait(timeout: 30) == 1)
         #expect(without.stderr.contains("private keys are public") && without.stderr.contains("--allow-dev-certs"), "\(without.stderr)")
@@ -36,7 +36,7 @@ struct CertificateOptionsTests {
         #expect(!FileManager.default.fileExists(atPath: "\(dir)/port"), "nothing listened")
         // The source likewise; 0.0.0.0 reaches only this host were the check missing.
         let send = try CLIProcess(["send", "--connect", "0.0.0.0:1", "--device", "gpu0=sim:state=64K,seed=1"]
-                                  + CLI.tls("source", "destination"))
+                                  + DevCertificates.arguments("source", "destination"))
         #expect(send.wait(timeout: 30) == 1)
         #expect(send.stderr.contains("not on 0.0.0.0:1"), "\(send.stderr)")
     }
@@ -44,7 +44,7 @@ struct CertificateOptionsTests {
     @Test func developmentSetOnLoopbackMigratesAndSaysSo() throws {
         let dir = try CLI.tempDir()
         defer { try? FileManager.default.removeItem(atPath: dir) }
-        try CLI.makeMemory("\(dir)/src.mem", pages: 256)
+        try writeGuestMemoryFile("\(dir)/src.mem", pages: 256)
         let (receiver, port) = try CLI.receiver(dir: dir, memory: "1M")
         let sender = try CLI.sender(dir: dir, port: port)
         #expect(sender.wait() == 0, "\(sender.stderr)")
@@ -96,7 +96,7 @@ struct CertificateOptionsTests {
         let pki = try TestPKI.get()
         let dir = try CLI.tempDir()
         defer { try? FileManager.default.removeItem(atPath: dir) }
-        try CLI.makeMemory("\(dir)/src.mem", pages: 256)
+        try writeGuestMemoryFile("\(dir)/src.mem", pages: 256)
         let (receiver, port) = try CLI.receiver(dir: dir, memory: "1M", tls: pki.cliTLS("soon", peer: "source.test"))
         let sender = try CLI.sender(dir: dir, port: port, tls: pki.cliTLS("source", peer: "destination.test"))
         #expect(sender.wait() == 0, "\(sender.stderr)")

@@ -16,7 +16,7 @@ struct ControlSocketProcessTests {
     /// The slow pair with `send --control unix:DIR/ctl.sock`, a controller connected,
     /// and pre-copy begun (the controller saw the `phase precopy` event).
     static func startControlled(_ dir: String, extra: [String] = []) throws -> (CLIProcess, CLIProcess, ControlClient) {
-        try CLI.makeMemory("\(dir)/src.mem", pages: 2048)
+        try writeGuestMemoryFile("\(dir)/src.mem", pages: 2048)
         let (receiver, port) = try CLI.receiver(dir: dir, memory: "8M")
         let sender = try CLI.sender(dir: dir, port: port, extra: Self.slow + ["--control", "unix:\(dir)/ctl.sock"] + extra)
         let client = try connect("\(dir)/ctl.sock", process: sender)
@@ -99,7 +99,7 @@ struct ControlSocketProcessTests {
     @Test func cancelRollsBackAndTheDestinationRefusesSteering() throws {
         let dir = try CLI.tempDir()
         defer { try? FileManager.default.removeItem(atPath: dir) }
-        try CLI.makeMemory("\(dir)/src.mem", pages: 2048)
+        try writeGuestMemoryFile("\(dir)/src.mem", pages: 2048)
         let (receiver, port) = try CLI.receiver(dir: dir, memory: "8M", extra: ["--control", "unix:\(dir)/dst.sock"])
         let destination = try Self.connect("\(dir)/dst.sock", process: receiver)
         _ = try destination.nextMessage()  // the greeting
@@ -158,7 +158,7 @@ struct ControlSocketProcessTests {
     @Test func throttleWithoutAControllerSwitchesOver() throws {
         let dir = try CLI.tempDir()
         defer { try? FileManager.default.removeItem(atPath: dir) }
-        try CLI.makeMemory("\(dir)/src.mem", pages: 2048)
+        try writeGuestMemoryFile("\(dir)/src.mem", pages: 2048)
         let (receiver, port) = try CLI.receiver(dir: dir, memory: "8M")
         let sender = try CLI.sender(dir: dir, port: port, extra: ProcessFaultTests.slow + Self.diverging + ["--control", "unix:\(dir)/ctl.sock"])
         #expect(sender.wait(timeout: 30) == 0, "\(sender.stderr)")

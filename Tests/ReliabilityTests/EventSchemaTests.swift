@@ -16,14 +16,14 @@ struct EventSchemaTests {
         let schema = try EventSchema.load()
         let dir = try CLI.tempDir()
         defer { try? FileManager.default.removeItem(atPath: dir) }
-        try CLI.makeMemory("\(dir)/src.mem", pages: 256)
+        try writeGuestMemoryFile("\(dir)/src.mem", pages: 256)
         let receiver = try CLIProcess(["receive", "--listen", "127.0.0.1:0", "--port-file", "\(dir)/port", "--memory", "\(dir)/dst.mem",
                                        "--memory-size", "1M", "--create-memory", "--accept-timeout", "60", "--workers", "1",
-                                       "--control", "unix:\(dir)/dst.sock"] + Self.handshake + CLI.devices + CLI.tls("destination", "source"))
+                                       "--control", "unix:\(dir)/dst.sock"] + Self.handshake + CLI.devices + DevCertificates.arguments("destination", "source"))
         let destinationVMM = try Self.startedController("\(dir)/dst.sock", process: receiver)
         let port = try CLI.waitForPort("\(dir)/port", process: receiver)
         let sender = try CLIProcess(["send", "--connect", "127.0.0.1:\(port)", "--memory", "\(dir)/src.mem", "--workers", "1",
-                                     "--control", "unix:\(dir)/src.sock"] + Self.handshake + CLI.devices + CLI.tls("source", "destination"))
+                                     "--control", "unix:\(dir)/src.sock"] + Self.handshake + CLI.devices + DevCertificates.arguments("source", "destination"))
         let sourceVMM = try Self.startedController("\(dir)/src.sock", process: sender)
         let stop = try sourceVMM.nextEvent(named: "stop-guest", timeoutSeconds: 60)
         #expect(try sourceVMM.execute("guest-stopped", ["request": stop["data"]?["request"] ?? .null])["return"] != nil)

@@ -15,7 +15,7 @@ struct HandedDescriptorProcessTests {
     static func controlledSender(_ dir: String, port: UInt16, extra: [String] = []) throws -> (CLIProcess, ControlClient) {
         let sender = try CLIProcess(["send", "--connect", "127.0.0.1:\(port)", "--memory", "fd:guest-ram", "--memory-size", "4M",
                                      "--json", "--workers", "1", "--control", "unix:\(dir)/ctl.sock"]
-                                    + CLI.devices + CLI.tls("source", "destination") + extra)
+                                    + CLI.devices + DevCertificates.arguments("source", "destination") + extra)
         let client = try ControlSocketProcessTests.connect("\(dir)/ctl.sock", process: sender)
         _ = try client.nextMessage()  // the greeting
         return (sender, client)
@@ -24,7 +24,7 @@ struct HandedDescriptorProcessTests {
     @Test func memoryAddedByNameMigratesByteIdenticalAfterStart() throws {
         let dir = try CLI.tempDir()
         defer { try? FileManager.default.removeItem(atPath: dir) }
-        try CLI.makeMemory("\(dir)/src.mem", pages: 1024)
+        try writeGuestMemoryFile("\(dir)/src.mem", pages: 1024)
         let (receiver, port) = try CLI.receiver(dir: dir, memory: "4M")
         let (sender, client) = try Self.controlledSender(dir, port: port)
         #expect(try client.execute("start")["error"]?["desc"]?.stringValue?.contains("no descriptor named 'guest-ram'") == true)
@@ -68,8 +68,8 @@ struct HandedDescriptorProcessTests {
     func expectRefused(_ arguments: [String], redirections: String, exitCode: Int32 = 1, _ words: [String]) throws {
         let dir = try CLI.tempDir()
         defer { try? FileManager.default.removeItem(atPath: dir) }
-        try CLI.makeMemory("\(dir)/src.mem", pages: 64)
-        let sender = try CLIProcess(["send", "--connect", "127.0.0.1:1", "--json"] + arguments + CLI.tls("source", "destination"),
+        try writeGuestMemoryFile("\(dir)/src.mem", pages: 64)
+        let sender = try CLIProcess(["send", "--connect", "127.0.0.1:1", "--json"] + arguments + DevCertificates.arguments("source", "destination"),
                                     redirections: redirections.replacingOccurrences(of: "DIR", with: dir))
         #expect(sender.wait(timeout: 30) == exitCode, "\(sender.stderr)")
         let said = sender.stderr + "\(sender.events)"

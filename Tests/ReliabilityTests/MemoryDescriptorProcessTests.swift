@@ -10,13 +10,13 @@ import Testing
 struct MemoryDescriptorProcessTests {
     static func send(dir: String, port: UInt16, memory: String, redirections: String, extra: [String] = []) throws -> CLIProcess {
         try CLIProcess(["send", "--connect", "127.0.0.1:\(port)", "--memory", memory, "--json", "--workers", "1"]
-                       + CLI.devices + CLI.tls("source", "destination") + extra, redirections: redirections)
+                       + CLI.devices + DevCertificates.arguments("source", "destination") + extra, redirections: redirections)
     }
 
     @Test func anInheritedDescriptorMigratesByteIdentical() throws {
         let dir = try CLI.tempDir()
         defer { try? FileManager.default.removeItem(atPath: dir) }
-        try CLI.makeMemory("\(dir)/src.mem", pages: 1024)
+        try writeGuestMemoryFile("\(dir)/src.mem", pages: 1024)
         let (receiver, port) = try CLI.receiver(dir: dir, memory: "4M")
         let sender = try Self.send(dir: dir, port: port, memory: "fd:3", redirections: "3<>\(dir)/src.mem", extra: ["--memory-size", "4M"])
         #expect(sender.wait(timeout: 60) == 0, "\(sender.stderr)")
@@ -28,7 +28,7 @@ struct MemoryDescriptorProcessTests {
     func expectRefused(memory: String, redirections: String, extra: [String] = [], exitCode: Int32 = 1, _ words: [String]) throws {
         let dir = try CLI.tempDir()
         defer { try? FileManager.default.removeItem(atPath: dir) }
-        try CLI.makeMemory("\(dir)/src.mem", pages: 1024)
+        try writeGuestMemoryFile("\(dir)/src.mem", pages: 1024)
         let sender = try Self.send(dir: dir, port: 1, memory: memory, redirections: redirections.replacingOccurrences(of: "DIR", with: dir), extra: extra)
         #expect(sender.wait(timeout: 30) == exitCode, "\(sender.stderr)")
         let said = sender.stderr + "\(sender.events)"

@@ -16,7 +16,7 @@ struct ProcessFaultTests {
     static func states(_ e: [String: Any]?) -> [String: String] { e?["device_states"] as? [String: String] ?? [:] }
 
     static func startSlowPair(_ dir: String) throws -> (CLIProcess, CLIProcess) {
-        try CLI.makeMemory("\(dir)/src.mem", pages: 2048)
+        try writeGuestMemoryFile("\(dir)/src.mem", pages: 2048)
         // A source that dies or is interrupted cannot send ABORT: the destination keeps
         // the session for its reconnect timeout (PROTOCOL.md §13.4), kept short here.
         let (receiver, port) = try CLI.receiver(dir: dir, memory: "8M", extra: ["--reconnect-timeout", "3"])
@@ -94,7 +94,7 @@ struct ProcessFaultTests {
         let pki = try TestPKI.get()
         let dir = try CLI.tempDir()
         defer { try? FileManager.default.removeItem(atPath: dir) }
-        try CLI.makeMemory("\(dir)/src.mem", pages: 1024)
+        try writeGuestMemoryFile("\(dir)/src.mem", pages: 1024)
         let (receiver, port) = try CLI.receiver(dir: dir, extra: ["--keep-listening", "--peer-timeout", "10", "--dump-state", "\(dir)/dst"],
                                                 tls: pki.cliTLS("destination", peer: "source.test"))
         // A session-level peer first, so the untouched-device cases read back STOPPED

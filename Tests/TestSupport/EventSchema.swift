@@ -25,9 +25,8 @@ public struct EventSchema: Sendable {
     }
 
     /// The repository's docs/EVENTS.md.
-    public static func load(file: String = #filePath) throws -> EventSchema {
-        let root = URL(fileURLWithPath: file).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
-        return EventSchema(markdown: try String(contentsOf: root.appendingPathComponent("docs/EVENTS.md"), encoding: .utf8))
+    public static func load() throws -> EventSchema {
+        EventSchema(markdown: try String(contentsOfFile: "\(repositoryRoot)/docs/EVENTS.md", encoding: .utf8))
     }
 
     /// What is wrong with one emitted event (empty: it matches its row).

@@ -4,9 +4,6 @@ import TestSupport
 import Testing
 import TestVMM
 
-/// Repository root, from this file's path.
-let repositoryRoot = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent().path
-
 /// The numbers of the 4 KiB pages where `a` and `b` differ (all of them when the sizes differ).
 func differingPages(_ a: [UInt8], _ b: [UInt8]) -> [Int] {
     let pages = max(a.count, b.count) / 4096
@@ -105,21 +102,20 @@ extension KVMGuestSuites {
         /// guest running, then the sender with its memfd and socket, each on fd 3 and 4.
         /// The source VMM is served to the end first; the destination's events wait in its socket.
         static func migrate(reporting: TestVMM.DirtyReporting, useKVM: Bool = true) throws -> Run {
-            let dir = NSTemporaryDirectory() + "vfio-migrate-vmm-\(UUID().uuidString)"
-            try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+            let dir = try makeRunDirectory(prefix: "vfio-migrate-vmm")
             defer { try? FileManager.default.removeItem(atPath: dir) }
             let sourceVMM = try TestVMM(memoryBytes: memoryBytes, reporting: reporting, useKVM: useKVM)
             let destinationVMM = try DestinationVMM(memoryBytes: memoryBytes, useKVM: useKVM)
             print("TestVMM mode: \(sourceVMM.guest.mode)")
             let vmmOptions = ["--memory", "fd:3", "--memory-size", memorySize, "--control", "fd:4", "--guest-handshake"]
-            let receiver = try InheritingChild(binary, ["receive", "--listen", "127.0.0.1:0", "--port-file", "\(dir)/port", "--accept-timeout", "60"]
-                                               + vmmOptions + common + tls("destination", "source"),
+            let receiver = try InheritingChild(BuiltBinary.vfioMigrate, ["receive", "--listen", "127.0.0.1:0", "--port-file", "\(dir)/port", "--accept-timeout", "60"]
+                                               + vmmOptions + common + DevCertificates.arguments("destination", "source"),
                                                inherit: [3: destinationVMM.memory.fd, 4: destinationVMM.childControlDescriptor], outputPrefix: "\(dir)/receive")
             destinationVMM.childStarted()
-            let port = try waitForPort("\(dir)/port", receiver)
+            let port = try PortFile.wait("\(dir)/port", diagnostics: { receiver.stderr })
             try sourceVMM.handOverDirtyLogAndStart()
-            let sender = try InheritingChild(binary, ["send", "--connect", "127.0.0.1:\(port)", "--await-start", "--dirty", "vmm"] + precopy
-                                             + vmmOptions + common + tls("source", "destination"),
+            let sender = try InheritingChild(BuiltBinary.vfioMigrate, ["send", "--connect", "127.0.0.1:\(port)", "--await-start", "--dirty", "vmm"] + precopy
+                                             + vmmOptions + common + DevCertificates.arguments("source", "destination"),
                                              inherit: [3: sourceVMM.memory.fd, 4: sourceVMM.childControlDescriptor], outputPrefix: "\(dir)/send")
             sourceVMM.childStarted()
             let source = try sourceVMM.serve(timeoutSeconds: 60)
@@ -134,27 +130,5 @@ extension KVMGuestSuites {
         }
 
         static let common = ["--json", "--workers", "1"] + device
-
-        static func tls(_ me: String, _ peer: String) -> [String] {
-            let certs = "\(repositoryRoot)/certs/dev"
-            return ["--ca", "\(certs)/ca.pem", "--cert", "\(certs)/\(me).pem", "--key", "\(certs)/\(me)-key.pem",
-                    "--peer-name", "\(peer).vfio-migrate.test", "--allow-dev-certs"]
-        }
-
-        /// The `vfio-migrate` SwiftPM built next to this test bundle.
-        static let binary: String = {
-            let exe = (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")) ?? CommandLine.arguments[0]
-            return URL(fileURLWithPath: exe).deletingLastPathComponent().appendingPathComponent("vfio-migrate").path
-        }()
-
-        static func waitForPort(_ path: String, _ receiver: InheritingChild) throws -> UInt16 {
-            for _ in 0..<800 {
-                if let s = try? String(contentsOfFile: path, encoding: .utf8), let port = UInt16(s.trimmingCharacters(in: .whitespacesAndNewlines)) {
-                    return port
-                }
-                usleep(25_000)
-            }
-            throw SetupError("the receiver wrote no port file: \(receiver.stderr)")
-        }
     }
 }

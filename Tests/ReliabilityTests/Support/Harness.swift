@@ -7,13 +7,6 @@ import VFIODevice
 import VFIOSimulator
 import TestSupport
 
-/// Repository root, from this file's path.
-let repositoryRoot: String = {
-    var url = URL(fileURLWithPath: #filePath)
-    for _ in 0..<4 { url.deleteLastPathComponent() }
-    return url.path
-}()
-
 /// Source and destination simulated devices with guest memory. Destination devices
 /// start STOPPED (a fresh simulated device starts RUNNING, which would make "the
 /// destination never ran them" unreadable), and their write logs start empty.
@@ -152,7 +145,7 @@ struct Outcome: @unchecked Sendable {
 }
 
 enum Rig {
-    static let certs = "\(repositoryRoot)/certs/dev"
+    static let certs = DevCertificates.directory
 
     static func serverContext() throws -> TLSContext {
         try TLSContext(configuration: TLSConfiguration(

@@ -5,11 +5,6 @@ import Glibc
 /// The `vfio-migrate` binary SwiftPM built next to this test bundle, run as a child
 /// process; stdout (one JSON event per line with --json) is collected as it arrives.
 final class CLIProcess: @unchecked Sendable {
-    static let binary: String = {
-        let exe = (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")) ?? CommandLine.arguments[0]
-        return URL(fileURLWithPath: exe).deletingLastPathComponent().appendingPathComponent("vfio-migrate").path
-    }()
-
     let process = Process()
     private let out = Pipe(), err = Pipe()
     private let cond = NSCondition()
@@ -22,9 +17,9 @@ final class CLIProcess: @unchecked Sendable {
     init(_ args: [String], redirections: String? = nil) throws {
         if let redirections {
             process.executableURL = URL(fileURLWithPath: "/bin/sh")
-            process.arguments = ["-c", "exec \"$0\" \"$@\" \(redirections)", Self.binary] + args
+            process.arguments = ["-c", "exec \"$0\" \"$@\" \(redirections)", BuiltBinary.vfioMigrate] + args
         } else {
-            process.executableURL = URL(fileURLWithPath: Self.binary)
+            process.executableURL = URL(fileURLWithPath: BuiltBinary.vfioMigrate)
             process.arguments = args
         }
         process.currentDirectoryURL = URL(fileURLWithPath: repositoryRoot)
@@ -104,47 +99,17 @@ final class CLIProcess: @unchecked Sendable {
 }
 
 enum CLI {
-    static let devCerts = "\(repositoryRoot)/certs/dev"
-    static func tls(_ me: String, _ peer: String) -> [String] {
-        ["--ca", "\(devCerts)/ca.pem", "--cert", "\(devCerts)/\(me).pem", "--key", "\(devCerts)/\(me)-key.pem",
-         "--peer-name", "\(peer).vfio-migrate.test", "--allow-dev-certs"]
-    }
-
-    static func tempDir() throws -> String {
-        let dir = NSTemporaryDirectory() + "vfio-migrate-rel-\(UUID().uuidString)"
-        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
-        return dir
-    }
-
-    /// A guest-memory file: zero, repeated and pseudo-random pages.
-    static func makeMemory(_ path: String, pages: Int, seed: UInt64 = 0x1234_5678) throws {
-        var bytes = [UInt8](repeating: 0, count: pages * 4096)
-        var x = seed
-        for p in 0..<pages where p % 4 != 0 {
-            for k in 0..<4096 {
-                if p % 4 == 3 { x = x &* 6364136223846793005 &+ 1442695040888963407; bytes[p * 4096 + k] = UInt8(truncatingIfNeeded: x >> 33) }
-                else { bytes[p * 4096 + k] = UInt8(truncatingIfNeeded: (k / 16) &+ p) }
-            }
-        }
-        try Data(bytes).write(to: URL(fileURLWithPath: path))
-    }
+    static func tempDir() throws -> String { try makeRunDirectory(prefix: "vfio-migrate-rel") }
 
     static func waitForPort(_ path: String, process: CLIProcess) throws -> UInt16 {
-        for _ in 0..<800 {
-            if let s = try? String(contentsOfFile: path, encoding: .utf8), let port = UInt16(s.trimmingCharacters(in: .whitespacesAndNewlines)) {
-                return port
-            }
-            if !process.process.isRunning { break }
-            usleep(25_000)
-        }
-        throw SetupError("the receiver wrote no port file: \(process.stderr)")
+        try PortFile.wait(path, while: { process.process.isRunning }, diagnostics: { process.stderr })
     }
 
     static let devices = ["--device", "gpu0=sim:state=512K,seed=1,dirty=16,churn=4K,chunk=64K",
                           "--device", "nic0=sim:state=128K,seed=2,dirty=4,churn=1K,chunk=16K"]
 
     /// A listening receiver on 127.0.0.1:0 with guest memory in `dir`.
-    static func receiver(dir: String, memory: String = "4M", extra: [String] = [], tls: [String] = CLI.tls("destination", "source"),
+    static func receiver(dir: String, memory: String = "4M", extra: [String] = [], tls: [String] = DevCertificates.arguments("destination", "source"),
                          devices: [String] = CLI.devices) throws -> (CLIProcess, UInt16) {
         let p = try CLIProcess(["receive", "--listen", "127.0.0.1:0", "--port-file", "\(dir)/port",
                                 "--memory", "\(dir)/dst.mem", "--memory-size", memory, "--create-memory",
@@ -152,7 +117,7 @@ enum CLI {
         return (p, try waitForPort("\(dir)/port", process: p))
     }
 
-    static func sender(dir: String, port: UInt16, extra: [String] = [], tls: [String] = CLI.tls("source", "destination"),
+    static func sender(dir: String, port: UInt16, extra: [String] = [], tls: [String] = DevCertificates.arguments("source", "destination"),
                        devices: [String] = CLI.devices) throws -> CLIProcess {
         try CLIProcess(["send", "--connect", "127.0.0.1:\(port)", "--memory", "\(dir)/src.mem", "--json", "--workers", "1"]
                        + devices + tls + extra)

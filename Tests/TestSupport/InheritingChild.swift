@@ -4,7 +4,7 @@ import Glibc
 /// A child process that inherits chosen descriptors at chosen numbers, as a VMM
 /// hands its guest RAM and control socket to `vfio-migrate send` (`--memory
 /// fd:3 --control fd:4`). Foundation's `Process` passes only 0–2, so this is
-/// posix_spawn with dup2 file actions. stdout and stderr go to files.
+/// posix_spawn with dup2 file actions. stdin is /dev/null; stdout and stderr go to files.
 public final class InheritingChild {
     public let pid: pid_t
     public let stdoutPath: String
@@ -16,7 +16,9 @@ public final class InheritingChild {
     }
 
     /// `inherit`: child descriptor number → this process's descriptor (dup'd, so the caller keeps its own).
-    public init(_ executable: String, _ arguments: [String], inherit: [Int32: Int32] = [:], outputPrefix: String) throws(SpawnError) {
+    /// `environment`: the child's whole environment (nil: this process's).
+    public init(_ executable: String, _ arguments: [String], inherit: [Int32: Int32] = [:],
+                environment: [String: String]? = nil, outputPrefix: String) throws(SpawnError) {
         stdoutPath = outputPrefix + ".out"
         stderrPath = outputPrefix + ".err"
         // Above every target number, so no dup2 overwrites a source still to be dup'd.
@@ -36,8 +38,11 @@ public final class InheritingChild {
         for s in staged { posix_spawn_file_actions_adddup2(&actions, s.source, s.target) }  // dup2 clears close-on-exec
         let argv = ([executable] + arguments).map { strdup($0) } + [nil]
         defer { for p in argv { free(p) } }
+        let envp = environment.map { $0.map { strdup("\($0.key)=\($0.value)") } + [nil] }
+        defer { for p in envp ?? [] { free(p) } }
         var pid: pid_t = 0
-        let rc = posix_spawn(&pid, executable, &actions, nil, argv, environ)
+        let rc = if let envp { posix_spawn(&pid, executable, &actions, nil, argv, envp) }
+                 else { posix_spawn(&pid, executable, &actions, nil, argv, environ) }
         guard rc == 0 else { throw SpawnError(description: "posix_spawn \(executable): \(String(cString: strerror(rc)))") }
         self.pid = pid
     }
