@@ -1,0 +1,103 @@
+import Dispatch
+import Foundation
+import SyncPrimitives
+
+/// The two namespaces of the shaped links, from creation to removal. One pair
+/// serves every shaped link of an invocation (the tbf rate is replaced between
+/// links); it is removed at the end, on an error, and on SIGINT/SIGTERM.
+final class ShapedLinkLab: Sendable {
+    private enum State { case down, up(NamespacePair) }
+    private let state = LockedValue(State.down)
+    private let say: @Sendable (String) -> Void
+
+    init(say: @escaping @Sendable (String) -> Void) { self.say = say }
+
+    /// Why shaped links cannot run here, or nil: they need root, `ip` and `tc`.
+    static func unavailableReason() -> String? {
+        if geteuid() != 0 { return "shaped links need root (ip netns, veth, tc): run the bench as root" }
+        for tool in ["ip", "tc"] where !BenchCommand.onPath(tool) { return "shaped links need `\(tool)` (iproute2) on PATH" }
+        return nil
+    }
+
+    /// Removes what killed earlier benches left, then builds this bench's pair.
+    func bringUp() throws(BenchError) -> NamespacePair {
+        if case .up(let pair) = state.current { return pair }
+        removeLeftovers()
+        let pair = NamespacePair(owner: getpid())
+        state.withLock { $0 = .up(pair) }  // before the first command: a half-built pair is torn down too
+        BenchInterrupt.shared.register("namespaces") { [self] in tearDown() }
+        for command in pair.setupCommands {
+            do { try BenchCommand.run(command) } catch { tearDown(); throw error }
+        }
+        say("namespaces \(pair.source) (\(NamespacePair.sourceAddress)) <-veth-> \(pair.destination) (\(NamespacePair.destinationAddress))")
+        return pair
+    }
+
+    func shape(_ link: BenchLink) throws(BenchError) -> LinkEndpoints {
+        guard let bits = link.bitsPerSecond else { return .loopback }
+        let pair = try bringUp()
+        try BenchCommand.run(pair.shapeCommand(bitsPerSecond: bits))
+        say("link \(link.name): tbf rate \(NamespacePair.tcRate(bits)) burst 512kb latency 20ms on \(pair.sourceVeth)")
+        return pair.endpoints
+    }
+
+    /// Idempotent; reports what it could not remove instead of throwing (it runs on the way out).
+    func tearDown() {
+        let pair: NamespacePair? = state.withLock { s in
+            defer { s = .down }
+            if case .up(let p) = s { return p }
+            return nil
+        }
+        guard let pair else { return }
+        // Only the namespaces that exist: a pair may be half-built.
+        let present = (try? BenchCommand.run(["ip", "netns", "list"])) ?? ""
+        for command in pair.teardownCommands where NamespacePair.names(inNetnsList: present).contains(command[3]) {
+            do { try BenchCommand.run(command) } catch { say("warning: \(error)") }
+        }
+        BenchInterrupt.shared.unregister("namespaces")
+    }
+
+    private func removeLeftovers() {
+        guard let listing = try? BenchCommand.run(["ip", "netns", "list"]) else { return }
+        for name in NamespacePair.leftovers(inNetnsList: listing, isRunning: { kill($0, 0) == 0 || errno == EPERM }) {
+            say("removing namespace \(name), left by a bench that is no longer running")
+            do { try BenchCommand.run(["ip", "netns", "del", name]) } catch { say("warning: \(error)") }
+        }
+    }
+}
+
+/// What must be undone when the bench is interrupted (namespaces, children):
+/// SIGINT, SIGTERM and SIGHUP run every registered cleanup, then exit 128 + signal.
+final class BenchInterrupt: Sendable {
+    static let shared = BenchInterrupt()
+    private let cleanups = LockedValue<[(key: String, run: @Sendable () -> Void)]>([])
+    private let sources = LockedValue<[DispatchSourceSignal]>([])
+
+    /// Installs the handlers once; before that, a signal ends the bench the default way.
+    func install() {
+        sources.withLock { installed in
+            guard installed.isEmpty else { return }
+            for sig in [SIGINT, SIGTERM, SIGHUP] {
+                signal(sig, SIG_IGN)  // delivered to the dispatch source instead
+                let source = DispatchSource.makeSignalSource(signal: sig, queue: .global())
+                source.setEventHandler { [self] in interrupted(by: sig) }
+                source.resume()
+                installed.append(source)
+            }
+        }
+    }
+
+    func register(_ key: String, _ cleanup: @escaping @Sendable () -> Void) {
+        cleanups.withLock { $0.removeAll { $0.key == key }; $0.append((key, cleanup)) }
+    }
+
+    func unregister(_ key: String) { cleanups.withLock { $0.removeAll { $0.key == key } } }
+
+    private func interrupted(by sig: Int32) {
+        FileHandle.standardError.write(Data("bench: interrupted (signal \(sig)): cleaning up\n".utf8))
+        // Newest first: children stop before the namespaces they run in go away.
+        let pending = cleanups.withLock { c in defer { c = [] }; return c.reversed() }
+        for c in pending { c.run() }
+        exit(128 + sig)
+    }
+}
