@@ -27,6 +27,11 @@ struct RowSummary {
         return (ms, md)
     }
     var worstDowntimeMs: Double? { runs.compactMap(\.downtimeMs).max() }
+    /// Source + destination CPU seconds of the median run per GiB the row moves.
+    var cpuSecondsPerGiB: Double? {
+        guard let m = medianRun, let s = m.cpuSource, let d = m.cpuDestination, bytes > 0 else { return nil }
+        return (s + d) / (Double(bytes) / Double(1 << 30))
+    }
 }
 
 /// The median; for an even count the mean of the middle two.

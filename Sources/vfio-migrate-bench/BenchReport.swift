@@ -80,7 +80,7 @@ struct BenchReport {
         put("median_mb_per_second", row.medianSeconds.map { Double(row.bytes) / $0 / 1e6 })
         put("median_wire_bytes", row.medianRun?.wireBytes)
         put("median_cpu_seconds_source", row.medianRun?.cpuSource); put("median_cpu_seconds_destination", row.medianRun?.cpuDestination)
-        put("worst_downtime_ms", row.worstDowntimeMs)
+        put("worst_downtime_ms", row.worstDowntimeMs); put("cpu_seconds_per_gib", row.cpuSecondsPerGiB)
         put("peak_rss_anon_source", row.peakRssAnon?.source); put("peak_rss_anon_destination", row.peakRssAnon?.destination)
         if row.kind == "migration" {
             var ratios: [String: Double] = [:]

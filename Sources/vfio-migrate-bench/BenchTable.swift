@@ -10,6 +10,7 @@ extension BenchReport {
             "workload \(s.workloadName) every \(s.workloadMs) ms (dirty \(s.dirtyPages) pages, churn \(formatBytes(UInt64(s.churn))) per step), --downtime-ms \(Int(s.downtimeMs)), \(ProcessInfo.processInfo.activeProcessorCount) cores, load average at start \(loadAverage)",
             "QEMU: \(qemuVersion ?? qemuNote ?? "not run")",
             "MB/s = 10^6 bytes moved per second (ours: guest + device state; QEMU: guest). per byte = (QEMU s / guest bytes) ÷ (our s / our bytes): > 1 is ours faster",
+            "CPU s/GiB: both processes' CPU seconds (migrate command or connect → finished) per GiB moved, median run: what a loaded machine does not distort",
         ]
         if !baselines.isEmpty { out += ["", "baselines (127.0.0.1, one run each)"] + baselineTable() }
         for l in links {
@@ -33,7 +34,7 @@ extension BenchReport {
     }
 
     private func linkTable(_ l: LinkSummary) -> [String] {
-        let header = ["row", "median s", "runs s", "MB/s", "wire MiB", "downtime ms", "iter", "RssAnon src/dst MiB", "CPU s src/dst", "per byte vs QEMU"]
+        let header = ["row", "median s", "runs s", "MB/s", "wire MiB", "downtime ms", "iter", "RssAnon src/dst MiB", "CPU s src/dst", "CPU s/GiB", "per byte vs QEMU"]
         return alignedTable(header, l.rows.map { row in
             let m = row.medianRun
             let name = row.kind == "migration" ? "ours \(row.mode ?? "?")" : row.name
@@ -41,7 +42,7 @@ extension BenchReport {
             let iter = m?.iterations.map { "\($0)\(m?.converged == false ? "*" : "")" } ?? "–"
             return [name, f(row.medianSeconds), runs, f(row.medianSeconds.map { Double(row.bytes) / $0 / 1e6 }, "%.0f"),
                     mib(m?.wireBytes, "%.1f"), f(row.worstDowntimeMs, "%.0f"), iter, pair(row.peakRssAnon?.source, row.peakRssAnon?.destination),
-                    m?.cpuSource == nil ? "–" : "\(f(m?.cpuSource))/\(f(m?.cpuDestination))", ratios(row, l)]
+                    m?.cpuSource == nil ? "–" : "\(f(m?.cpuSource))/\(f(m?.cpuDestination))", f(row.cpuSecondsPerGiB), ratios(row, l)]
         })
     }
 

@@ -26,6 +26,7 @@ struct BenchSmokeTests {
         try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(atPath: dir) }
         let result = try Self.run(Self.bench, ["--memory-size", "8M", "--state-size", "2M", "--compress", "auto", "--skip-baselines",
+                                               "--link", "loopback", "--no-qemu", "--runs", "1",
                                                "--json", "--dir", dir, "--certs", "\(TwoProcessTests.root)/certs/dev", "--run-timeout", "60"])
         #expect(result.status == 0, "bench: \(result.err)")
         let report = try #require(try JSONSerialization.jsonObject(with: result.out) as? [String: Any])
@@ -39,6 +40,15 @@ struct BenchSmokeTests {
         #expect((run["wire_bytes"] as? Int ?? 0) > 0)
         #expect((run["rss_anon_peak_source"] as? Int ?? 0) > 0, "the sampler saw the sender")
         #expect((run["rss_anon_peak_destination"] as? Int ?? 0) > 0, "the sampler saw the receiver")
+        #expect(run["link"] as? String == "loopback")
+        let links = try #require(report["links"] as? [[String: Any]])
+        #expect(links.map { $0["name"] as? String } == ["loopback"])
+        let rows = try #require(links.first?["rows"] as? [[String: Any]])
+        #expect(rows.map { $0["mode"] as? String } == ["auto"], "one row of ours, no QEMU row under --no-qemu")
+        #expect(rows.first?["median_seconds"] as? Double == run["wall_seconds"] as? Double, "the median of one run is that run")
+        #expect(report["qemu_note"] as? String == "QEMU rows skipped (--no-qemu)")
+        let targets = try #require(report["targets"] as? [[String: Any]])
+        #expect(targets.contains { $0["name"] as? String == "loopback: every migration of ours verified byte for byte" && $0["verdict"] as? String == "PASS" })
         let corpus = try #require(report["corpus"] as? [String: Any])
         #expect(corpus["zero_pages"] as? Int == 640 && corpus["binary_pages"] as? Int == 1280 && corpus["random_pages"] as? Int == 640,
                 "25 % zero, 50 % binary, 25 % random over 8 MiB + 2 MiB")
@@ -54,6 +64,12 @@ struct BenchSmokeTests {
         let result = try Self.run("\(dir)/vfio-migrate-bench", ["--memory-size", "1M", "--state-size", "4K", "--certs", "\(TwoProcessTests.root)/certs/dev"])
         #expect(result.status == 1)
         #expect(result.err.contains("\(dir)/vfio-migrate is missing") && result.err.contains("swift build -c release"), "\(result.err)")
+    }
+
+    @Test func anUnknownLinkIsAUsageError() throws {
+        let result = try Self.run(Self.bench, ["--link", "carrier-pigeon", "--certs", "\(TwoProcessTests.root)/certs/dev"])
+        #expect(result.status == 64, "\(result.err)")
+        #expect(result.err.contains("--link carrier-pigeon: expected loopback, all, or a rate"), "\(result.err)")
     }
 
     @Test func theMigrationCLINoLongerCarriesTheBench() throws {
