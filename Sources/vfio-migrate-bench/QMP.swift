@@ -65,6 +65,10 @@ struct QemuMigrationInfo: Equatable {
         default: return false
         }
     }
+
+    /// Final, and for a completed migration with its figures computed
+    /// (QEMU 7.2 sets the status first, then total-time: a moment when both read 0).
+    var isSettled: Bool { isFinal && (status != .completed || (totalTimeMs ?? 0) > 0) }
 }
 
 /// A QMP conversation over a QEMU child's stdin/stdout (`-qmp stdio`): one

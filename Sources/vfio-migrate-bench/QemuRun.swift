@@ -60,9 +60,9 @@ struct QemuRun {
         let cpu0 = (ProcSample.read(pid: p.source.pid).cpuSeconds, ProcSample.read(pid: p.destination.pid).cpuSeconds)
         let t0 = monotonicSeconds()
         try p.sourceQMP.execute("migrate", ["uri": uri])
-        let source = try poll(p.sourceQMP, until: monotonicSeconds() + timeoutSeconds)
-        // The destination completes when it has loaded the last section, a little after the source.
-        let destination = try poll(p.destinationQMP, until: monotonicSeconds() + 30)
+        let source = try poll(p.sourceQMP, until: monotonicSeconds() + timeoutSeconds, done: \.isSettled)
+        // The destination completes when it has loaded the last section, a little after the source; it keeps no times.
+        let destination = try poll(p.destinationQMP, until: monotonicSeconds() + 30, done: \.isFinal)
         row.cpuSource = ProcSample.read(pid: p.source.pid).cpuSeconds - cpu0.0
         row.cpuDestination = ProcSample.read(pid: p.destination.pid).cpuSeconds - cpu0.1
         row.processWallSeconds = monotonicSeconds() - t0
@@ -73,11 +73,13 @@ struct QemuRun {
         if destination.status != .completed { row.problems.append("destination: \(destination.status) \(destination.errorDescription ?? "")") }
     }
 
-    /// query-migrate every 10 ms until the status is final or the deadline passes.
-    private func poll(_ q: QMPConnection, until deadline: Double) throws(BenchError) -> QemuMigrationInfo {
+    /// query-migrate every 10 ms until `done` or the deadline passes. On the
+    /// source that is `isSettled`: QEMU 7.2 reports `completed` a moment before
+    /// it has computed total-time and downtime (both read 0 then).
+    private func poll(_ q: QMPConnection, until deadline: Double, done: (QemuMigrationInfo) -> Bool) throws(BenchError) -> QemuMigrationInfo {
         while true {
             let info = try q.queryMigrate()
-            if info.isFinal || monotonicSeconds() > deadline { return info }
+            if done(info) || monotonicSeconds() > deadline { return info }
             usleep(10_000)
         }
     }

@@ -33,7 +33,7 @@ import Testing
                      "skipped": 0, "normal-bytes": 805634048, "normal": 196688}}
             """)
         let info = QemuMigrationInfo(o)
-        #expect(info.status == .completed && info.isFinal)
+        #expect(info.status == .completed && info.isFinal && info.isSettled)
         #expect(info.totalTimeMs == 1083 && info.downtimeMs == 38 && info.setupTimeMs == 12)
         #expect(info.transferredBytes == 807_149_281)
         #expect(info.errorDescription == nil)
@@ -44,6 +44,9 @@ import Testing
         #expect(active.status == .running("active") && !active.isFinal && active.downtimeMs == nil)
         let failed = QemuMigrationInfo(try Self.object(#"{"status": "failed", "error-desc": "TLS handshake failed"}"#))
         #expect(failed.status == .failed && failed.isFinal && failed.errorDescription == "TLS handshake failed")
+        #expect(failed.isSettled)
+        let early = QemuMigrationInfo(try Self.object(#"{"status": "completed", "total-time": 0, "downtime": 0, "ram": {"transferred": 5}}"#))
+        #expect(early.isFinal && !early.isSettled, "completed before QEMU computed its times: poll again")
         let none = QemuMigrationInfo([:])
         #expect(none.status == QemuMigrationInfo.Status.none && !none.isFinal && none.totalTimeMs == nil)
     }
