@@ -105,7 +105,11 @@ final class BenchChild: @unchecked Sendable {  // a Process, configured before s
         process.standardInput = input ?? FileHandle.nullDevice
         try process.run()
         // An interrupted bench must not leave children behind (they may hold a namespace).
-        BenchInterrupt.shared.register("child-\(pid)") { [self] in terminate() }
+        BenchInterrupt.shared.register("child-\(pid)") { [self] in
+            terminate()
+            // Up to 2 s for it to go: its namespace and its files are removed next.
+            for _ in 0..<200 where isRunning { usleep(10_000) }
+        }
         // Pipes are drained on their own threads (blocking reads) so a chatty child never stalls.
         Thread.detachNewThread { [self] in
             var pending = Data()

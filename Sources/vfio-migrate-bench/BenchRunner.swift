@@ -14,7 +14,18 @@ struct BenchRunner {
         let s = settings
         let dir = try makeDirectory()
         defer {
+            BenchInterrupt.shared.unregister("directory")
             if s.keep { say("kept \(dir)") } else { try? FileManager.default.removeItem(atPath: dir) }
+        }
+        // Registered first, so it runs last on an interrupt: after the children that write into it have stopped.
+        if !s.keep {
+            BenchInterrupt.shared.register("directory") {
+                // The main thread may be copying into it still: retry for up to a second.
+                for _ in 0..<10 where FileManager.default.fileExists(atPath: dir) {
+                    try? FileManager.default.removeItem(atPath: dir)
+                    usleep(100_000)
+                }
+            }
         }
         say("corpus: \(formatBytes(s.memoryBytes)) guest memory + \(formatBytes(s.stateBytes)) device state in \(dir)")
         let corpus = try BenchCorpus.generate(directory: dir, memoryBytes: s.memoryBytes, stateBytes: s.stateBytes, seed: s.seed)

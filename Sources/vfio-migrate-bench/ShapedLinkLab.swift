@@ -70,7 +70,12 @@ final class ShapedLinkLab: Sendable {
 /// SIGINT, SIGTERM and SIGHUP run every registered cleanup, then exit 128 + signal.
 final class BenchInterrupt: Sendable {
     static let shared = BenchInterrupt()
-    private let cleanups = LockedValue<[(key: String, run: @Sendable () -> Void)]>([])
+    private struct State {
+        var cleanups: [(key: String, run: @Sendable () -> Void)] = []
+        /// Set by the first signal: the bench's main thread may still start a child meanwhile.
+        var stopping = false
+    }
+    private let state = LockedValue(State())
     private let sources = LockedValue<[DispatchSourceSignal]>([])
 
     /// Installs the handlers once; before that, a signal ends the bench the default way.
@@ -87,16 +92,27 @@ final class BenchInterrupt: Sendable {
         }
     }
 
+    /// After an interrupt, `cleanup` runs at once (a child started meanwhile is stopped as it starts).
     func register(_ key: String, _ cleanup: @escaping @Sendable () -> Void) {
-        cleanups.withLock { $0.removeAll { $0.key == key }; $0.append((key, cleanup)) }
+        let late = state.withLock { s in
+            if s.stopping { return true }
+            s.cleanups.removeAll { $0.key == key }
+            s.cleanups.append((key, cleanup))
+            return false
+        }
+        if late { cleanup() }
     }
 
-    func unregister(_ key: String) { cleanups.withLock { $0.removeAll { $0.key == key } } }
+    func unregister(_ key: String) { state.withLock { $0.cleanups.removeAll { $0.key == key } } }
 
     private func interrupted(by sig: Int32) {
         FileHandle.standardError.write(Data("bench: interrupted (signal \(sig)): cleaning up\n".utf8))
-        // Newest first: children stop before the namespaces they run in go away.
-        let pending = cleanups.withLock { c in defer { c = [] }; return c.reversed() }
+        // Newest first: children stop before the namespaces they run in and the directory they write into go away.
+        let pending = state.withLock { s in
+            s.stopping = true
+            defer { s.cleanups = [] }
+            return s.cleanups.reversed()
+        }
         for c in pending { c.run() }
         exit(128 + sig)
     }
