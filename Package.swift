@@ -8,6 +8,7 @@ import PackageDescription
 //   vfio-migrate (CLI), vfio-migrate-bench, tests -> VFIOSimulator -> VFIODevice (public API only; the engine never sees it)
 //   vfio-migrate, vfio-migrate-bench -> CommandLineSupport -> CProcess
 //   vfio-migrate-bench runs the `vfio-migrate` binary; it never imports it.
+//   VMMTests -> TestVMM (a VMM running a KVM guest) -> MigrationControl, CKVM; it runs the binary.
 let package = Package(
     name: "vfio-migrate",
     platforms: [.macOS(.v15)],
@@ -85,6 +86,14 @@ let package = Package(
         // Helpers shared by the test targets (PKI, result boxes, a recording region);
         // a regular target so each test target can depend on it.
         .target(name: "TestSupport", dependencies: ["VFIODevice", "MigrationTLS"], path: "Tests/TestSupport"),
+        // The test VMM (issue 15, "prove it with a real guest"): KVM's uAPI, and a VMM
+        // that runs a real-mode KVM guest (or, without /dev/kvm, a writer thread)
+        // and drives `vfio-migrate send` through descriptors and the control socket.
+        .systemLibrary(name: "CKVM", path: "Tests/CKVM"),
+        .target(
+            name: "TestVMM",
+            dependencies: ["CKVM", "MigrationControl", "SyncPrimitives", "SystemErrno", .product(name: "SystemPackage", package: "swift-system")],
+            path: "Tests/TestVMM"),
 
         .testTarget(
             name: "VFIODeviceTests",
@@ -100,7 +109,7 @@ let package = Package(
             dependencies: ["MigrationEngine", "VFIODevice", "VFIOSimulator", "MigrationWire", "MigrationTLS", "TestSupport",
                            .product(name: "SystemPackage", package: "swift-system")]),
         // Argument parsing and validation of the executable, in-process (no child processes).
-        .testTarget(name: "CLITests", dependencies: ["vfio-migrate"]),
+        .testTarget(name: "CLITests", dependencies: ["vfio-migrate", "MigrationControl", "TestSupport"]),
         // The bench's pure parts in-process: link and namespace commands, QMP parsing, medians, ratios, goals.
         .testTarget(name: "BenchTests", dependencies: ["vfio-migrate-bench"]),
         // Runs the built `vfio-migrate` and `vfio-migrate-bench` binaries; imports no module of this package.
@@ -109,6 +118,8 @@ let package = Package(
         .testTarget(
             name: "ReliabilityTests",
             dependencies: ["vfio-migrate", "MigrationEngine", "MigrationControl", "MigrationTLS", "MigrationWire", "VFIODevice", "VFIOSimulator", "TestSupport"]),
+        // The KVM guest migrated by the real binary, the test VMM on its control socket.
+        .testTarget(name: "VMMTests", dependencies: ["vfio-migrate", "TestVMM", "TestSupport"]),
     ],
     swiftLanguageModes: [.v6]
 )

@@ -7,30 +7,10 @@
 # Usage: sudo examples/two-hosts-netns.sh   (from the repository root)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. examples/common.sh
 [ "$(id -u)" -eq 0 ] || { echo "needs root (ip netns)"; exit 1; }
-swift build -c release --product vfio-migrate >/dev/null
-bin=$(swift build -c release --show-bin-path)/vfio-migrate
-work=$(mktemp -d)
-src=vfio-src-$$ dst=vfio-dst-$$
-cleanup() {
-  [ -n "${rpid:-}" ] && kill "$rpid" 2>/dev/null || true
-  ip netns del "$src" 2>/dev/null || true
-  ip netns del "$dst" 2>/dev/null || true
-  rm -rf "$work"
-}
-trap cleanup EXIT
-
-ip netns add "$src"
-ip netns add "$dst"
-ip link add veth-s$$ type veth peer name veth-d$$
-ip link set veth-s$$ netns "$src"
-ip link set veth-d$$ netns "$dst"
-ip -n "$src" addr add 192.0.2.1/30 dev veth-s$$
-ip -n "$dst" addr add 192.0.2.2/30 dev veth-d$$
-ip -n "$src" link set veth-s$$ up
-ip -n "$dst" link set veth-d$$ up
-ip -n "$src" link set lo up
-ip -n "$dst" link set lo up
+bin=$(example_binary -c release)
+two_hosts vfio
 
 # 192.0.2.x is not loopback, so the published development set is refused here:
 # make a throwaway set (its keys never leave $work) with the same names.
@@ -42,13 +22,13 @@ ip netns exec "$dst" "$bin" receive --listen 192.0.2.2:7070 \
   --ca "$c/ca.pem" --cert "$c/destination.pem" --key "$c/destination-key.pem" \
   --peer-name source.vfio-migrate.test --accept-timeout 60 \
   --memory "$work/dst.mem" --memory-size 128M --create-memory --dump-state "$work/dst" "${devices[@]}" &
-rpid=$!
+bg_pid=$!
 sleep 1
 ip netns exec "$src" "$bin" send --connect 192.0.2.2:7070 \
   --ca "$c/ca.pem" --cert "$c/source.pem" --key "$c/source-key.pem" \
   --peer-name destination.vfio-migrate.test \
   --memory "$work/src.mem" --dump-state "$work/src" "${devices[@]}"
-wait $rpid; rpid=
+wait $bg_pid; bg_pid=
 cmp "$work/src.mem" "$work/dst.mem"
 for d in gpu0 nic0; do cmp "$work/src/$d.state" "$work/dst/$d.state"; done
 echo "two hosts: device state and guest memory identical on both ends"

@@ -4,7 +4,7 @@ import SyncPrimitives
 /// refused, so a bad line never changes anything else.
 struct CommandDispatcher: Sendable {
     static let commands = [
-        "qmp_capabilities", "query", "cancel", "set", "switchover", "add-fd", "dirty-log-setup",
+        "qmp_capabilities", "query", "cancel", "set", "switchover", "add-fd", "dirty-log-setup", "start",
     ] + VMMRequest.allCases.map(\.answer)
 
     let handler: any ControlHandler
@@ -12,6 +12,8 @@ struct CommandDispatcher: Sendable {
     let requests: VMMRequests
     let dirtyLog: LockedValue<DirtyLogLayout?>
     let lastEvent: @Sendable () -> JSONValue?
+    /// nil: the transport does not wait for `start` (no `--await-start`).
+    let startGate: StartGate?
 
     func reply(to line: [UInt8], descriptors attached: inout [Int32]) -> JSONValue {
         let request: ControlRequest
@@ -33,6 +35,7 @@ struct CommandDispatcher: Sendable {
             return handler.query().jsonObject(lastEvent: lastEvent())
         case "cancel":
             try expectNoArguments(request)
+            startGate?.cancel()
             handler.cancel()
             return .object([:])
         case "set":
@@ -46,6 +49,11 @@ struct CommandDispatcher: Sendable {
             return try addDescriptor(arguments, &attached)
         case "dirty-log-setup":
             return try setUpDirtyLog(arguments, &attached)
+        case "start":
+            try expectNoArguments(request)
+            guard let startGate else { throw .refused("start: nothing waits for it (the transport runs without --await-start)") }
+            try startGate.start(table: descriptors)
+            return .object([:])
         case let command where VMMRequest.answering(command) != nil:
             try requests.answer(command, arguments: arguments)
             return .object([:])

@@ -16,6 +16,8 @@ public final class ControlServer: Sendable {
         public var clock = EventClock()
         /// Refusals and disconnects, for the CLI's logger (this module has none).
         public var log: @Sendable (String) -> Void = { _ in }
+        /// Set: the CLI waits for the `start` command before it opens anything.
+        public var startGate: StartGate?
 
         public init(address: ControlAddress) { self.address = address }
     }
@@ -34,10 +36,12 @@ public final class ControlServer: Sendable {
         shared = ServerShared(wake: try WakePipe(), maxQueuedBytes: configuration.maxQueuedOutputBytes)
         let opened = try ControlListener.open(configuration.address)
         let dispatcher = CommandDispatcher(handler: handler, descriptors: descriptors, requests: requests,
-                                           dirtyLog: dirtyLog, lastEvent: { [shared] in shared.lastEvent })
+                                           dirtyLog: dirtyLog, lastEvent: { [shared] in shared.lastEvent },
+                                           startGate: configuration.startGate)
         let loop = ServerLoop(opened: opened, configuration: configuration, dispatcher: dispatcher, shared: shared, requests: requests)
-        let thread = Thread { [finished, descriptors, requests] in
+        let thread = Thread { [finished, descriptors, requests, startGate = configuration.startGate] in
             loop.run()
+            startGate?.close()
             requests.close()
             descriptors.closeAll()
             finished.withLock { $0 = true }
@@ -47,9 +51,10 @@ public final class ControlServer: Sendable {
     }
 
     /// Pushes an event to the connected controller (dropped when none is).
-    /// Names and data are docs/EVENTS.md's; the timestamp is added here.
-    public func emit(_ name: String, data: [String: JSONValue] = [:]) {
-        shared.push(ControlMessage.event(name, data: data, at: clock.now()))
+    /// Names and data are docs/EVENTS.md's; the timestamp is now, unless the
+    /// caller stamped the event already (the `--json` line it mirrors).
+    public func emit(_ name: String, data: [String: JSONValue] = [:], at time: EventTimestamp? = nil) {
+        shared.push(ControlMessage.event(name, data: data, at: time ?? clock.now()))
     }
 
     /// Asks the VMM for `request` and waits for its answer command, at most

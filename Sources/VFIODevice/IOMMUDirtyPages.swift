@@ -82,10 +82,17 @@ public final class IOMMUDirtyPageSource: DirtyPageSource {
     public let containerFD: Int32
     public let iovaBase: UInt64
     private let kernel: VFIOKernel
+    /// Keeps the container descriptor open (an `InheritedContainer`); nil when the caller does.
+    private let owner: (any AnyObject & Sendable)?
 
-    public init(containerFD: Int32, iovaBase: UInt64 = 0, kernel: VFIOKernel = .live) {
+    public convenience init(containerFD: Int32, iovaBase: UInt64 = 0, kernel: VFIOKernel = .live) {
+        self.init(containerFD: containerFD, iovaBase: iovaBase, owner: nil, kernel: kernel)
+    }
+
+    init(containerFD: Int32, iovaBase: UInt64, owner: (any AnyObject & Sendable)?, kernel: VFIOKernel = .live) {
         self.containerFD = containerFD
         self.iovaBase = iovaBase
+        self.owner = owner
         self.kernel = kernel
     }
 

@@ -27,8 +27,8 @@ public final class VFIODeviceHandle: Sendable {
     }
 
     deinit {
-        // Device before group before container: the reverse of opening.
-        for fd in [deviceFD, groupFD, containerFD] { try? kernel.close(fd) }
+        // Device before group before container: the reverse of opening (-1: the VMM's).
+        for fd in [deviceFD, groupFD, containerFD] where fd >= 0 { try? kernel.close(fd) }
     }
 
     /// The migration region on the device fd, at the offset and size the kernel reported.
@@ -78,6 +78,23 @@ public enum VFIODiscovery {
                                       kernel: VFIOKernel = .live) throws(DeviceError) -> Opened {
         let opened = try openDeviceFD(group: group, device: device, containerPath: containerPath,
                                       groupDirectory: groupDirectory, kernel: kernel)
+        return try migratable(opened, group: group, device: device, interface: interface, kernel: kernel)
+    }
+
+    /// A device descriptor a VMM opened (`--device NAME=fd:N`, checked and duplicated by
+    /// `InheritedVFIO.device`), owned from here on (closed on failure). The group and the
+    /// container stay the VMM's: the handle's `groupFD` and `containerFD` are -1.
+    public static func adopt(deviceFD: Int32, name: String, interface: InterfaceChoice = .auto,
+                             kernel: VFIOKernel = .live) throws(DeviceError) -> Opened {
+        let descriptors = Descriptors(kernel: kernel)
+        descriptors.adopt(deviceFD)
+        let opened = DeviceDescriptors(descriptors: descriptors, container: -1, groupFD: -1, deviceFD: deviceFD)
+        return try migratable(opened, group: "", device: name, interface: interface, kernel: kernel)
+    }
+
+    /// v2 (GET MIGRATION) unless `interface` is v1, then the region.
+    private static func migratable(_ opened: DeviceDescriptors, group: String, device: String, interface: InterfaceChoice,
+                                   kernel: VFIOKernel) throws(DeviceError) -> Opened {
         if interface != .v1 {
             if let flags = try VFIOMigrationV2.probe(deviceFD: opened.deviceFD, kernel: kernel, name: device) {
                 opened.descriptors.handOver()
@@ -202,7 +219,7 @@ public final class VFIOV2Handle: Sendable {
     }
 
     deinit {
-        for fd in [deviceFD, groupFD, containerFD] { try? kernel.close(fd) }
+        for fd in [deviceFD, groupFD, containerFD] where fd >= 0 { try? kernel.close(fd) }
     }
 
     /// The engine's device. The state is read once: a device handed over by a VMM may

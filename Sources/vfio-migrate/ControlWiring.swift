@@ -12,17 +12,47 @@ struct ControlOptions: ParsableArguments {
     /// answers `stop-guest`: with the handshake on, it would stall every switch-over.
     @Flag(name: .customLong("guest-handshake"), help: "The controller on --control is the VMM: send asks it to stop the guest (stop-guest, waiting \(Int(ControlGuestControl.stopTimeoutSeconds)) s for guest-stopped; refused or unanswered: roll back) before stop-and-copy and to resume it (resume-guest) after a rollback; receive tells it start-guest after COMMIT. Without a connected controller nothing is asked.")
     var guestHandshake = false
+    /// Implied by any `fd:NAME`: those descriptors exist only once the VMM has added them.
+    @Flag(name: .customLong("await-start"), help: "Open nothing (memory, devices, dirty log) until the controller on --control sends start; start is refused while a descriptor named on the command line (fd:NAME) or, with --dirty vmm, the dirty-log bitmap has not been handed over. Implied by any fd:NAME.")
+    var awaitStart = false
+    @Option(name: .customLong("start-timeout"), help: "Seconds to wait for start (--await-start); then exit 1, nothing opened.")
+    var startTimeout: Double = 60
 
     func validate() throws {
         if guestHandshake, control == nil { throw ValidationError("--guest-handshake needs --control (the VMM answers on the control socket)") }
+        if awaitStart, control == nil { throw ValidationError("--await-start needs --control (the VMM sends start on the control socket)") }
+        try ArgumentCheck.seconds(startTimeout, "--start-timeout")
         guard let control else { return }
         do { _ = try ControlAddress(parsing: control) } catch { throw ValidationError("--control: \(error)") }
     }
 
+    /// `fd:NAME` references come over the control socket, so they need one.
+    func validate(descriptorNames names: [String]) throws {
+        if let name = names.first, control == nil {
+            throw ValidationError("fd:\(name) names a descriptor passed with add-fd, which needs --control")
+        }
+    }
+
     /// Opens the socket (before anything starts, so a VMM can connect early); nil without `--control`.
-    func start(role: ControlTarget.Role, printer: EventPrinter) throws -> ControlSession? {
+    /// `required`: the table names `start` waits for; nil when nothing waits for `start`.
+    func start(role: ControlTarget.Role, printer: EventPrinter, clock: EventClock, awaiting required: [String]?) throws -> ControlSession? {
         guard let control else { return nil }
-        return try ControlSession(address: ControlAddress(parsing: control), role: role, printer: printer, guestHandshake: guestHandshake)
+        return try ControlSession(address: ControlAddress(parsing: control), role: role, printer: printer, clock: clock,
+                                  guestHandshake: guestHandshake, startGate: required.map { StartGate(requiredDescriptors: $0) })
+    }
+
+    /// `start` for `send`/`receive`: a failure is printed as the `failed` event and becomes the exit code.
+    func open(role: ControlTarget.Role, printer: EventPrinter, clock: EventClock, devices: DeviceOptions) throws -> ControlSession? {
+        do { return try start(role: role, printer: printer, clock: clock, awaiting: startRequirements(devices: devices)) } catch {
+            throw failureExit(for: error, printer: printer, side: role == .source ? "source" : "destination")
+        }
+    }
+
+    /// The names `start` must find, or nil when the CLI does not wait for it.
+    func startRequirements(devices: DeviceOptions) -> [String]? {
+        let names = devices.descriptorNames
+        guard awaitStart || !names.isEmpty else { return nil }
+        return names + (devices.wantsGuestDirtyLog ? [DirtyLogLayout.descriptorName] : [])
     }
 }
 
@@ -33,20 +63,45 @@ final class ControlSession: Sendable {
     let target: ControlTarget
     private let status: ControlStatusBox
     private let guestHandshake: Bool
+    private let startGate: StartGate?
 
-    init(address: ControlAddress, role: ControlTarget.Role, printer: EventPrinter, guestHandshake: Bool) throws {
+    init(address: ControlAddress, role: ControlTarget.Role, printer: EventPrinter, clock: EventClock,
+         guestHandshake: Bool, startGate: StartGate?) throws {
         self.guestHandshake = guestHandshake
+        self.startGate = startGate
         let target = ControlTarget(role: role)
         let status = ControlStatusBox()
-        server = try ControlServer(.init(address: address), handler: ControlAdapter(target: target, status: status))
+        var configuration = ControlServer.Configuration(address: address)
+        configuration.clock = clock
+        configuration.startGate = startGate
+        server = try ControlServer(configuration, handler: ControlAdapter(target: target, status: status))
         self.target = target
         self.status = status
-        printer.mirror { [server] line in
+        printer.mirror { [server] line, time in
             guard var data = try? JSONValue.parse(line).objectValue,
                   let name = data.removeValue(forKey: "event")?.stringValue else { return }
-            server.emit(name, data: data)
+            data["timestamp"] = nil  // the event's own member on this channel
+            server.emit(name, data: data, at: time)
         }
     }
+
+    /// `--await-start`: blocks until the VMM sends `start` (nothing opened before);
+    /// a timeout or `cancel` ends the run with nothing started (exit 1).
+    func awaitStart(timeoutSeconds: Double) throws(MigrationError) {
+        guard let startGate else { return }
+        let outcome = startGate.wait(timeoutSeconds: timeoutSeconds)
+        let failure: MigrationFailure
+        switch outcome {
+        case .started: return
+        case .cancelled: failure = .cancelled
+        case .timedOut: failure = .timeout("no start on the control socket within \(timeoutSeconds.formatted()) s (--await-start, --start-timeout)")
+        case .serverClosed: failure = .configuration("the control socket closed before start")
+        }
+        throw MigrationError(phase: .connect, failure: failure, disposition: .notStarted)
+    }
+
+    /// What `fd:NAME` resolves against.
+    var descriptors: HandedDescriptors { HandedDescriptors(table: server.descriptors) }
 
     /// Every engine event passes here before the printer (it keeps what `query` reports).
     func observe(_ event: MigrationEvent) { status.observe(event) }

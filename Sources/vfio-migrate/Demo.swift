@@ -1,6 +1,7 @@
 import ArgumentParser
 import CommandLineSupport
 import Foundation
+import MigrationControl
 import Logging
 import MigrationEngine
 import MigrationTLS
@@ -46,8 +47,9 @@ struct Demo: ParsableCommand {
     func run() throws {
         ProcessSetup.apply()
         OutputOptions.bootstrapLogging(level: logLevel)
-        let out = EventPrinter(mode: json ? .json : .human, side: "source")
-        let dst = EventPrinter(mode: json ? .json : .human, side: "destination", quiet: true)
+        let clock = EventClock()
+        let out = EventPrinter(mode: json ? .json : .human, side: "source", clock: clock)
+        let dst = EventPrinter(mode: json ? .json : .human, side: "destination", quiet: true, clock: clock)
         let say: (String) -> Void = { if !json { print($0) } }
         do {
             let memBytes = memorySize.bytes

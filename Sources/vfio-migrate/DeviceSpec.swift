@@ -8,15 +8,18 @@ import VFIOSimulator
 /// `--device NAME=BACKEND` as typed by the operator.
 ///   sim:[state=SIZE,seed=N,dirty=PAGES,churn=SIZE,chunk=SIZE,allevery=N,image=PATH]
 ///   sim:interface=v2[,precopy=0|1,p2p=0|1,dmalog=0|1,precopyend=enomsg|zero,state=…,seed=…,dirty=…,churn=…,chunk=…]
-///   file:PATH[@OFFSET][,size=SIZE]     (PATH may be fd:N, an inherited descriptor)
+///   file:PATH[@OFFSET][,size=SIZE]     (PATH may be fd:N or fd:NAME, a descriptor from the VMM)
 ///   vfio:GROUP/DEVICE[,interface=v1|v2]
+///   fd:N[,interface=v1|v2]             (an open VFIO device from the VMM; fd:NAME from add-fd)
 /// Any form may end with `,compat=STRING` (the opaque compatibility string in HELLO).
 struct DeviceSpec: Sendable, CustomStringConvertible {
     enum Backend: Sendable {
         case sim(SimulatedDevice.Configuration)
         case file(path: String, offset: UInt64, size: UInt64?)
-        /// `file:fd:N[@OFFSET]`: a region file the VMM passed open (inherited).
-        case fileDescriptor(Int32, name: String, offset: UInt64, size: UInt64?)
+        /// `file:fd:N[@OFFSET]` / `file:fd:NAME[@OFFSET]`: a region file the VMM passed open.
+        case fileDescriptor(DescriptorReference, name: String, offset: UInt64, size: UInt64?)
+        /// `fd:N` / `fd:NAME`: an open VFIO device the VMM passed (its group and container stay the VMM's).
+        case vfioDescriptor(DescriptorReference, name: String, interface: VFIODiscovery.InterfaceChoice)
         case vfio(group: String, device: String)
         /// `vfio:GROUP/DEVICE,interface=v1|v2`: one interface forced (plain `vfio:` probes v2 first).
         case vfioForced(group: String, device: String, interface: VFIODiscovery.InterfaceChoice)
@@ -40,7 +43,7 @@ struct DeviceSpec: Sendable, CustomStringConvertible {
         }
         let rest = String(text[text.index(after: eq)...])
         guard let colon = rest.firstIndex(of: ":") else {
-            throw CLIError.badDevice(text, "backend must be sim:..., file:PATH[@OFFSET] or vfio:GROUP/DEVICE")
+            throw CLIError.badDevice(text, "backend must be sim:..., file:PATH[@OFFSET], vfio:GROUP/DEVICE or fd:N")
         }
         let kind = String(rest[..<colon])
         var parts = String(rest[rest.index(after: colon)...]).split(separator: ",", omittingEmptySubsequences: false).map(String.init)
@@ -96,7 +99,7 @@ struct DeviceSpec: Sendable, CustomStringConvertible {
                 }
             }
             switch try Self.descriptor(path, spec: text) {
-            case .some(let fd): backend = .fileDescriptor(fd, name: path, offset: offset, size: size)
+            case .some(let reference): backend = .fileDescriptor(reference, name: path, offset: offset, size: size)
             case .none: backend = .file(path: path, offset: offset, size: size)
             }
         case "vfio":
@@ -106,23 +109,27 @@ struct DeviceSpec: Sendable, CustomStringConvertible {
             }
             let interface = try DeviceSpec.vfioInterface(parts.dropFirst(), spec: text)
             backend = interface == .auto ? .vfio(group: gd[0], device: gd[1]) : .vfioForced(group: gd[0], device: gd[1], interface: interface)
+        case "fd":
+            let first = parts.first ?? ""
+            guard let reference = try Self.descriptor("fd:" + first, spec: text) else { preconditionFailure("an fd: form") }
+            backend = .vfioDescriptor(reference, name: "fd:" + first, interface: try DeviceSpec.vfioInterface(parts.dropFirst(), spec: text))
         default:
-            throw CLIError.badDevice(text, "unknown backend \(kind) (sim, file, vfio)")
+            throw CLIError.badDevice(text, "unknown backend \(kind) (sim, file, vfio, fd)")
         }
     }
 }
 
 extension DeviceSpec {
-    /// `fd:N` for the `file:` form; nil for a path. `fd:NAME` (passed with `add-fd`)
-    /// needs a `start` command that does not exist yet: refused, saying so.
-    static func descriptor(_ path: String, spec: String) throws -> Int32? {
-        let reference: DescriptorReference?
-        do { reference = try DescriptorReference(parsing: path) } catch { throw CLIError.badDevice(spec, "\(error)") }
-        switch reference {
-        case nil: return nil
-        case .inherited(let fd): return fd
-        case .named(let name):
-            throw CLIError.badDevice(spec, "a descriptor passed with add-fd (\(name)) is not supported yet; pass it inherited as fd:N")
+    /// `fd:N` or `fd:NAME`; nil for a path.
+    static func descriptor(_ path: String, spec: String) throws -> DescriptorReference? {
+        do { return try DescriptorReference(parsing: path) } catch { throw CLIError.badDevice(spec, "\(error)") }
+    }
+
+    /// The `add-fd` name this device refers to, if any (the CLI then waits for `start`).
+    var descriptorName: String? {
+        switch backend {
+        case .fileDescriptor(.named(let name), _, _, _), .vfioDescriptor(.named(let name), _, _): name
+        default: nil
         }
     }
 }

@@ -84,22 +84,25 @@ extension OpenedDevices {
         default:
             return nil
         }
-        let source: (any DirtyPageSource)?
+        let source = try Self.v2DirtySource(device, spec: spec, memory: memory, dirty: dirty, iommu: iommu?.iommuDirtyPageSource())
+        return (device, compatibility, source)
+    }
+
+    /// A v2 device's dirty pages; `iommu`: the container's log, when we have a container.
+    static func v2DirtySource(_ device: MigrationDevice, spec: DeviceSpec, memory: GuestMemory?, dirty: DirtyMode,
+                              iommu: IOMMUDirtyPageSource?) throws -> (any DirtyPageSource)? {
         switch dirty {
-        case .none, .vmm: source = nil  // vmm: the guest's pages come from the VMM, not the device
+        case .none, .vmm: return nil  // vmm: the guest's pages come from the VMM, not the device
         case .deviceLog:
             guard try DeviceDMALogDirtyPageSource.isSupported(by: device.v2!) else {
                 throw CLIError.config("device \(spec.name): --dirty device-log, but the device does not offer DMA logging (PROBE DMA_LOGGING_START answers ENOTTY)")
             }
-            source = DeviceDMALogDirtyPageSource(device: device.v2!, guestBytes: memory?.size ?? 0, pageSize: UInt64(memory?.pageSize ?? 4096))
+            return DeviceDMALogDirtyPageSource(device: device.v2!, guestBytes: memory?.size ?? 0, pageSize: UInt64(memory?.pageSize ?? 4096))
         case .iommu:
-            guard let iommu else {
-                throw CLIError.config("device \(spec.name): --dirty iommu needs a vfio: backend (the container reports the dirty pages)")
-            }
-            source = iommu.iommuDirtyPageSource()
+            guard let iommu else { throw CLIError.config(noContainer(spec)) }
+            return iommu
         case .region:
             throw CLIError.config("device \(spec.name) speaks the v2 interface and has no migration region: use --dirty device-log, iommu or none")
         }
-        return (device, compatibility, source)
     }
 }

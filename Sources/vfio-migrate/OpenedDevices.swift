@@ -22,10 +22,19 @@ struct OpenedDevices {
         case vmm
     }
 
-    init(specs: [DeviceSpec], memory: GuestMemory?, dirty: DirtyMode) throws {
+    /// `--iommu fd:N`: the VMM's container, kept open while its dirty source is used.
+    var container: InheritedContainer?
+
+    init(specs: [DeviceSpec], memory: GuestMemory?, dirty: DirtyMode,
+         descriptors: HandedDescriptors = HandedDescriptors(table: nil), container: InheritedContainer? = nil) throws {
+        self.container = container
         var seen = Set<String>()
         for spec in specs {
             guard seen.insert(spec.name).inserted else { throw CLIError.config("device \(spec.name) is named twice") }
+            if case .vfioDescriptor(let reference, let text, let interface) = spec.backend {
+                try openHanded(spec, reference: reference, text: text, interface: interface, memory: memory, dirty: dirty, descriptors: descriptors)
+                continue
+            }
             if let v2 = try openV2(spec, memory: memory, dirty: dirty) {
                 devices.append(v2.device)
                 compatibility.append(spec.compatibility ?? v2.compatibility)
@@ -44,7 +53,8 @@ struct OpenedDevices {
             case .file(let path, let offset, let size):
                 region = try FileRegion(path: path, baseOffset: offset, size: size)
                 defaultCompat = "file"
-            case .fileDescriptor(let fd, let name, let offset, let size):
+            case .fileDescriptor(let reference, let name, let offset, let size):
+                let fd = try descriptors.resolve(reference, option: "--device \(spec.name)=file:\(name)")
                 region = try FileRegion(descriptor: fd, name: name, baseOffset: offset, size: size)
                 defaultCompat = "file"
             case .vfio(let group, let device), .vfioForced(let group, let device, _):
@@ -53,25 +63,36 @@ struct OpenedDevices {
                 handle = h
                 region = try h.region()
                 defaultCompat = "vfio"
-            case .simV2:
-                preconditionFailure("opened by openV2")
+            case .simV2, .vfioDescriptor:
+                preconditionFailure("opened by openV2 / openHanded")
             }
             let device = MigrationDevice(name: spec.name, region: region)
             devices.append(device)
             compatibility.append(spec.compatibility ?? defaultCompat)
-            switch dirty {
-            case .region: dirtySources.append(RegionDirtyPageSource(device: device))
-            case .none, .vmm: dirtySources.append(nil)
-            case .deviceLog:
-                throw CLIError.config("device \(spec.name): --dirty device-log needs a device with the v2 interface (DMA logging is a v2 feature)")
-            case .iommu:
-                // The container's dirty log (Linux 5.8 form) exists only for a VFIO device we opened.
-                guard let handle else {
-                    throw CLIError.config("device \(spec.name): --dirty iommu needs a vfio: backend (the container reports the dirty pages)")
-                }
-                dirtySources.append(handle.iommuDirtyPageSource())
-            }
+            dirtySources.append(try Self.regionDirtySource(device, spec: spec, dirty: dirty, iommu: handle?.iommuDirtyPageSource()))
         }
+    }
+
+    /// A v1 (region) device's dirty pages; `iommu`: the container's log, when we have a container.
+    static func regionDirtySource(_ device: MigrationDevice, spec: DeviceSpec, dirty: DirtyMode,
+                                  iommu: IOMMUDirtyPageSource?) throws -> (any DirtyPageSource)? {
+        switch dirty {
+        case .region: return RegionDirtyPageSource(device: device)
+        case .none, .vmm: return nil
+        case .deviceLog:
+            throw CLIError.config("device \(spec.name): --dirty device-log needs a device with the v2 interface (DMA logging is a v2 feature)")
+        case .iommu:
+            // The container's dirty log (Linux 5.8 form) exists only for a VFIO device we opened, or the VMM's container.
+            guard let iommu else { throw CLIError.config(noContainer(spec)) }
+            return iommu
+        }
+    }
+
+    static func noContainer(_ spec: DeviceSpec) -> String {
+        if case .vfioDescriptor = spec.backend {
+            return "device \(spec.name): --dirty iommu with a device the VMM passed needs --iommu fd:N (its container)"
+        }
+        return "device \(spec.name): --dirty iommu needs a vfio: backend (the container reports the dirty pages)"
     }
 
     var sourceDevices: [SourceDevice] {

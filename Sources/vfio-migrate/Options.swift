@@ -54,11 +54,13 @@ func warnAboutCertificates(_ context: TLSContext, command: String) {
 
 struct DeviceOptions: ParsableArguments {
     @Option(name: .customLong("device"), help: ArgumentHelp(
-        "A device: NAME=sim:[state=SIZE,seed=N,dirty=PAGES,churn=SIZE,chunk=SIZE,allevery=N,image=PATH], NAME=file:PATH[@OFFSET] (PATH may be fd:N, a region file the VMM passed open read-write), NAME=vfio:GROUP/DEVICE; any may end in ,compat=STRING. Repeatable; order matters.",
+        "A device: NAME=sim:[state=SIZE,seed=N,dirty=PAGES,churn=SIZE,chunk=SIZE,allevery=N,image=PATH], NAME=file:PATH[@OFFSET] (PATH may be fd:N, a region file the VMM passed open read-write), NAME=vfio:GROUP/DEVICE, NAME=fd:N[,interface=v1|v2] (an open VFIO device the VMM passed); fd:NAME instead of fd:N: passed with add-fd on --control. Any may end in ,compat=STRING. Repeatable; order matters.",
         valueName: "name=backend"))
     var devices: [String] = []
-    @Option(help: "Guest memory: a shared file (memory-backend-file, hugetlbfs), or fd:N, a memfd/hugetlbfs/shared-file descriptor the VMM passed open read-write (mapped MAP_SHARED; refused before anything starts if closed, read-only, not a regular file or not --memory-size bytes).")
+    @Option(help: "Guest memory: a shared file (memory-backend-file, hugetlbfs), or fd:N, a memfd/hugetlbfs/shared-file descriptor the VMM passed open read-write (fd:NAME: passed with add-fd on --control; mapped MAP_SHARED; refused before anything starts if closed, read-only, not a regular file or not --memory-size bytes).")
     var memory: String?
+    @Option(help: "--dirty iommu with fd: devices: fd:N or fd:NAME, the VFIO container (/dev/vfio/vfio) the VMM opened and set up.")
+    var iommu: String?
     @Option(name: .customLong("memory-size"), help: "Guest memory size (e.g. 1G); default: the file's size.")
     var memorySize: ByteCount?
     @Option(name: .customLong("page-size"), help: "Guest page size in bytes (a power of two, 4096 to 1G).")
@@ -84,25 +86,21 @@ struct DeviceOptions: ParsableArguments {
         if memorySize != nil && memory == nil { throw ValidationError("--memory-size needs --memory PATH") }
         if memorySize?.bytes == 0 { throw ValidationError("--memory-size 0: expected a size above 0") }
         if let memory { _ = try Self.memoryDescriptor(memory) }
-    }
-
-    /// `--memory fd:N`: the inherited descriptor; nil for a path. `fd:NAME` (a
-    /// descriptor passed with `add-fd`) would need the migration to wait for the
-    /// VMM's `start` command, which does not exist yet: refused, saying so.
-    static func memoryDescriptor(_ text: String) throws -> Int32? {
-        let reference: DescriptorReference?
-        do { reference = try DescriptorReference(parsing: text) } catch { throw ValidationError("--memory \(text): \(error)") }
-        switch reference {
-        case nil: return nil
-        case .inherited(let fd): return fd
-        case .named(let name):
-            throw ValidationError("--memory \(text): a descriptor passed with add-fd (\(name)) is not supported yet; pass it inherited as fd:N")
+        if let iommu {
+            _ = try IOMMUOption(parsing: iommu)
+            guard dirty == .iommu else { throw ValidationError("--iommu \(iommu) applies to --dirty iommu only") }
         }
     }
 
-    func openMemory(create: Bool) throws -> GuestMemory? {
+    /// `--memory fd:N|fd:NAME`; nil for a path.
+    static func memoryDescriptor(_ text: String) throws -> DescriptorReference? {
+        do { return try DescriptorReference(parsing: text) } catch { throw ValidationError("--memory \(text): \(error)") }
+    }
+
+    func openMemory(create: Bool, descriptors: HandedDescriptors) throws -> GuestMemory? {
         guard let memory else { return nil }
-        if let fd = try Self.memoryDescriptor(memory) {
+        if let reference = try Self.memoryDescriptor(memory) {
+            let fd = try descriptors.resolve(reference, option: "--memory \(memory)")
             // The VMM sized and owns its memory: creating or extending it is not ours to do.
             if create { throw ValidationError("--create-memory does not apply to --memory \(memory) (the VMM's own memory)") }
             return try GuestMemory(descriptor: fd, name: memory, size: memorySize?.bytes, pageSize: pageSize)
@@ -110,8 +108,10 @@ struct DeviceOptions: ParsableArguments {
         return try GuestMemory(path: memory, size: memorySize?.bytes, create: create, pageSize: pageSize)
     }
 
-    func open(memory: GuestMemory?) throws -> OpenedDevices {
-        try OpenedDevices(specs: devices.map { try DeviceSpec(parsing: $0) }, memory: memory, dirty: dirty)
+    func open(memory: GuestMemory?, descriptors: HandedDescriptors) throws -> OpenedDevices {
+        let container = try iommu.map { try IOMMUOption(parsing: $0).open(descriptors) }
+        return try OpenedDevices(specs: devices.map { try DeviceSpec(parsing: $0) }, memory: memory, dirty: dirty,
+                                 descriptors: descriptors, container: container)
     }
 }
 

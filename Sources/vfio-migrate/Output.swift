@@ -1,5 +1,6 @@
 import CommandLineSupport
 import Foundation
+import MigrationControl
 import MigrationEngine
 import MigrationTLS
 import SyncPrimitives
@@ -14,15 +15,17 @@ final class EventPrinter: @unchecked Sendable {  // mutable display state only u
     private let isTTY = isatty(STDERR_FILENO) == 1
     private var lastLineWasProgress = false
     private let quiet: Bool
-    /// Gets every event as its `--json` line, whatever the mode (the control socket).
-    private var mirror: (@Sendable (Data) -> Void)?
+    /// Gets every event as its `--json` line and that line's timestamp, whatever the mode (the control socket).
+    private var mirror: (@Sendable (Data, EventTimestamp) -> Void)?
+    /// One per process, shared with the control socket, so both channels stamp alike.
+    private let clock: EventClock
 
-    init(mode: Mode, side: String, quiet: Bool = false) {
-        self.mode = mode; self.side = side; self.quiet = quiet
+    init(mode: Mode, side: String, quiet: Bool = false, clock: EventClock = EventClock()) {
+        self.mode = mode; self.side = side; self.quiet = quiet; self.clock = clock
     }
 
     /// From now on every event also goes to `sink`, as the line `--json` prints.
-    func mirror(to sink: @escaping @Sendable (Data) -> Void) { lock.withLock { mirror = sink } }
+    func mirror(to sink: @escaping @Sendable (Data, EventTimestamp) -> Void) { lock.withLock { mirror = sink } }
 
     func handle(_ event: MigrationEvent) {
         lock.withLock {
@@ -90,11 +93,14 @@ final class EventPrinter: @unchecked Sendable {  // mutable display state only u
         if lastLineWasProgress { FileHandle.standardError.write(Data("\n".utf8)); lastLineWasProgress = false }
     }
 
-    /// One event's `--json` line: printed with `--json`, mirrored to the control socket.
+    /// One event's `--json` line, stamped: printed with `--json`, mirrored to the control socket.
     private func output(_ fields: [String: Any]) {
-        guard let data = try? JSONSerialization.data(withJSONObject: fields, options: [.sortedKeys]) else { return }
+        let time = clock.now()
+        var stamped = fields
+        stamped["timestamp"] = EventFields.timestamp(time)
+        guard let data = try? JSONSerialization.data(withJSONObject: stamped, options: [.sortedKeys]) else { return }
         if mode == .json { FileHandle.standardOutput.write(data + Data("\n".utf8)) }
-        mirror?(data)
+        mirror?(data, time)
     }
 
     func summary(_ s: MigrationStats) -> String {
@@ -147,29 +153,42 @@ enum ConvergenceText {
     }
 }
 
+/// Every event name `--json` prints: docs/EVENTS.md's event table lists each (a test
+/// checks both ways), so a new event is a case here and a row there.
+enum EventName: String, CaseIterable {
+    case connected, hello, phase, progress, iteration, switchover
+    case deviceEnd = "device_end"
+    case refused, finished, failed
+}
+
 /// Each event as the flat JSON object `--json` prints (and the control socket
 /// sends as the event's `data`): one place for the field names.
 enum EventFields {
+    /// The control socket's `timestamp` object (docs/EVENTS.md, "Timestamps"), for a `--json` line.
+    static func timestamp(_ time: EventTimestamp) -> Any {
+        (try? JSONSerialization.jsonObject(with: Data(time.jsonObject.jsonLine.utf8))) ?? [:]
+    }
+
     static func json(_ event: MigrationEvent, side: String) -> [String: Any] {
         var o: [String: Any] = ["side": side]
         switch event {
-        case .connected(let peer): o["event"] = "connected"; o["peer"] = peer
+        case .connected(let peer): o["event"] = EventName.connected.rawValue; o["peer"] = peer
         case .helloAccepted(let d, let m, let security):
-            o["event"] = "hello"; o["devices"] = d; o["memory_bytes"] = m
+            o["event"] = EventName.hello.rawValue; o["devices"] = d; o["memory_bytes"] = m
             o["development_certificates"] = security.developmentCertificates
             if let t = security.ownCertificateNotAfter { o["certificate_not_after"] = rfc3339(t) }
             if let t = security.peerCertificateNotAfter { o["peer_certificate_not_after"] = rfc3339(t) }
             o["warnings"] = security.warnings()
-        case .phase(let p): o["event"] = "phase"; o["phase"] = p.rawValue
+        case .phase(let p): o["event"] = EventName.phase.rawValue; o["phase"] = p.rawValue
         case .progress(let p): o.merge(progress(p)) { a, _ in a }
         case .iterationEnd(let i, let p, let d, let e, let c):
-            o["event"] = "iteration"; o["iteration"] = i; o["pending_bytes"] = p; o["dirty_pages"] = d; o["estimated_downtime_ms"] = e
+            o["event"] = EventName.iteration.rawValue; o["iteration"] = i; o["pending_bytes"] = p; o["dirty_pages"] = d; o["estimated_downtime_ms"] = e
             o.merge(ConvergenceText.fields(c)) { a, _ in a }
-        case .switchover(let r): o["event"] = "switchover"; o["reason"] = r
-        case .deviceEnd(let d, let b, let c): o["event"] = "device_end"; o["device"] = d; o["bytes"] = b; o["chunks"] = c
-        case .sessionRefused(let why): o["event"] = "refused"; o["reason"] = why
+        case .switchover(let r): o["event"] = EventName.switchover.rawValue; o["reason"] = r
+        case .deviceEnd(let d, let b, let c): o["event"] = EventName.deviceEnd.rawValue; o["device"] = d; o["bytes"] = b; o["chunks"] = c
+        case .sessionRefused(let why): o["event"] = EventName.refused.rawValue; o["reason"] = why
         case .finished(let s):
-            o["event"] = "finished"
+            o["event"] = EventName.finished.rawValue
             if let data = try? JSONEncoder().encode(s), let stats = try? JSONSerialization.jsonObject(with: data) { o["stats"] = stats }
         }
         return o
@@ -177,7 +196,7 @@ enum EventFields {
 
     private static func progress(_ p: MigrationEngine.Progress) -> [String: Any] {
         var o: [String: Any] = [
-            "event": "progress", "phase": p.phase.rawValue, "iteration": p.iteration,
+            "event": EventName.progress.rawValue, "phase": p.phase.rawValue, "iteration": p.iteration,
             "raw_bytes": p.rawBytes, "wire_bytes": p.wireBytes, "bytes_per_second": p.bytesPerSecond,
             "pending_bytes": p.pendingBytes, "dirty_pages": p.dirtyPages,
         ]
@@ -187,7 +206,7 @@ enum EventFields {
     }
 
     static func failed(_ error: MigrationError, side: String, deviceStates: [(name: String, state: String)]) -> [String: Any] {
-        var o: [String: Any] = ["event": "failed", "side": side, "phase": error.phase.rawValue,
+        var o: [String: Any] = ["event": EventName.failed.rawValue, "side": side, "phase": error.phase.rawValue,
                                 "cause": "\(error.failure)", "disposition": "\(error.disposition)",
                                 "exit_code": Int(error.disposition.rawValue), "message": error.description]
         if let d = error.device { o["device"] = d }

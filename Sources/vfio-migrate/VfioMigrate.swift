@@ -1,6 +1,7 @@
 import ArgumentParser
 import CommandLineSupport
 import Foundation
+import MigrationControl
 import MigrationEngine
 import MigrationTLS
 import MigrationWire
@@ -102,6 +103,7 @@ struct Send: ParsableCommand {
         if devices.wantsGuestDirtyLog, controlOptions.control == nil {
             throw ValidationError("\(devices.dirty == .vmm ? "--dirty vmm" : "--guest-dirty-log") needs --control (the VMM reports the guest's dirty pages on the control socket)")
         }
+        try controlOptions.validate(descriptorNames: devices.descriptorNames)
     }
     @OptionGroup var devices: DeviceOptions
     @OptionGroup var tuning: SenderTuning
@@ -112,11 +114,9 @@ struct Send: ParsableCommand {
     func run() throws {
         output.bootstrapLogging()
         ProcessSetup.apply()
-        let printer = EventPrinter(mode: output.json ? .json : .human, side: "source")
-        let control: ControlSession?
-        do { control = try controlOptions.start(role: .source, printer: printer) } catch {
-            throw failureExit(for: error, printer: printer, side: "source")
-        }
+        let clock = EventClock()
+        let printer = EventPrinter(mode: output.json ? .json : .human, side: "source", clock: clock)
+        let control = try controlOptions.open(role: .source, printer: printer, clock: clock, devices: devices)
         defer { control?.close() }
         let sender: Sender
         let opened: OpenedDevices
@@ -128,8 +128,10 @@ struct Send: ParsableCommand {
             if devices.wantsGuestDirtyLog { options.guestDirtyLog = control?.guestDirtyLog }
             let context = try TLSContext(configuration: tls.configuration(), role: .client)
             warnAboutCertificates(context, command: "send")
-            let memory = try devices.openMemory(create: false)
-            opened = try devices.open(memory: memory)
+            try control?.awaitStart(timeoutSeconds: controlOptions.startTimeout)
+            let handed = control?.descriptors ?? HandedDescriptors(table: nil)
+            let memory = try devices.openMemory(create: false, descriptors: handed)
+            opened = try devices.open(memory: memory, descriptors: handed)
             sender = Sender(devices: opened.sourceDevices, memory: memory, options: options,
                             events: { event in control?.observe(event); printer.handle(event) })
             control?.target.attach(sender: sender) { [sender] in sender.cancel() }
@@ -183,6 +185,7 @@ struct Receive: ParsableCommand {
         try ArgumentCheck.seconds(acceptTimeout, "--accept-timeout")
         try ArgumentCheck.seconds(peerTimeout, "--peer-timeout")
         try ArgumentCheck.count(workers, "--workers", in: 1...1024)
+        try controlOptions.validate(descriptorNames: devices.descriptorNames)
     }
     @OptionGroup var tls: TLSOptions
     @OptionGroup var devices: DeviceOptions
@@ -200,16 +203,14 @@ struct Receive: ParsableCommand {
     func run() throws {
         output.bootstrapLogging()
         ProcessSetup.apply()
-        let printer = EventPrinter(mode: output.json ? .json : .human, side: "destination")
+        let clock = EventClock()
+        let printer = EventPrinter(mode: output.json ? .json : .human, side: "destination", clock: clock)
         let notifier = SystemdNotifier()
-        let control: ControlSession?
-        do { control = try controlOptions.start(role: .destination, printer: printer) } catch {
-            throw failureExit(for: error, printer: printer, side: "destination")
-        }
+        let control = try controlOptions.open(role: .destination, printer: printer, clock: clock, devices: devices)
         defer { control?.close() }
         let started: Started
         do {
-            started = try start(guestControl: control?.guestControl,
+            started = try start(control: control,
                                 events: { event in control?.observe(event); printer.handle(event); notifier?.report(event) })
             let (receiver, listener) = (started.receiver, started.listener)
             control?.target.attach(sender: nil) { receiver.cancel(); listener.close() }
@@ -225,15 +226,18 @@ struct Receive: ParsableCommand {
     }
 
     /// Certificates, guest memory (populated before listening), devices, then the listener.
-    private func start(guestControl: (any GuestControl)?, events: @escaping EventSink) throws -> Started {
+    /// With `--await-start`, nothing is opened before the VMM's `start`.
+    private func start(control: ControlSession?, events: @escaping EventSink) throws -> Started {
         let context = try TLSContext(configuration: tls.configuration(), role: .server)
         warnAboutCertificates(context, command: "receive")
-        let memory = try devices.openMemory(create: createMemory)
+        try control?.awaitStart(timeoutSeconds: controlOptions.startTimeout)
+        let handed = control?.descriptors ?? HandedDescriptors(table: nil)
+        let memory = try devices.openMemory(create: createMemory, descriptors: handed)
         if let memory, populate.applies(to: memory.backing) { try memory.populate() }
-        let opened = try devices.open(memory: memory)
+        let opened = try devices.open(memory: memory, descriptors: handed)
         var options = ReceiverOptions()
         options.peerTimeoutSeconds = peerTimeout
-        options.guestControl = guestControl
+        options.guestControl = control?.guestControl
         if let workers { options.workers = workers }
         let receiver = Receiver(devices: opened.destinationDevices, memory: memory, options: options, events: events)
         let listener = try makeListener(context: context)

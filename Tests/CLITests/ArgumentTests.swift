@@ -33,6 +33,12 @@ import Testing
         (send + ["--guest-dirty-log"], "--guest-dirty-log needs --control"),
         (send + ["--page-size", "3000"], "--page-size 3000"),
         (send + ["--memory-size", "1G"], "--memory-size needs --memory"),
+        (send + ["--await-start"], "--await-start needs --control"),
+        (send + ["--control", "unix:/x", "--start-timeout", "0"], "--start-timeout"),
+        (send + ["--memory", "fd:ram"], "fd:ram names a descriptor passed with add-fd, which needs --control"),
+        (receive + ["--device", "g=fd:gpu"], "fd:gpu names a descriptor passed with add-fd, which needs --control"),
+        (send + ["--iommu", "/dev/vfio/vfio", "--dirty", "iommu"], "--iommu /dev/vfio/vfio: expected fd:N or fd:NAME"),
+        (send + ["--iommu", "fd:4"], "applies to --dirty iommu only"),
         (send + ["--device", "bad"], "expected NAME=BACKEND"),
         (send + ["--device", "x=sim:speed=3"], "unknown sim option speed"),
         (receive + ["--workers", "0"], "--workers 0"),
@@ -55,6 +61,22 @@ import Testing
             let message = VfioMigrate.message(for: error)
             #expect(message.contains(text), "\(arguments): \(message)")
         }
+    }
+
+    /// `start` waits for every add-fd name the command line uses, and for the
+    /// dirty-log bitmap when the guest's dirty pages are asked for; nothing waits without a name or `--await-start`.
+    @Test func startWaitsForTheNamedDescriptorsAndTheDirtyLog() throws {
+        let control = ["--control", "unix:/run/x.sock"]
+        func requirements(_ extra: [String]) throws -> [String]? {
+            let send = try #require(try VfioMigrate.parseAsRoot(Self.send + control + extra) as? Send)
+            return send.controlOptions.startRequirements(devices: send.devices)
+        }
+        #expect(try requirements([]) == nil)
+        #expect(try requirements(["--await-start"]) == [])
+        #expect(try requirements(["--memory", "fd:ram", "--device", "g=fd:gpu", "--device", "n=file:fd:nic@4K", "--dirty", "iommu", "--iommu", "fd:box"])
+                == ["gpu", "nic", "ram", "box"])
+        #expect(try requirements(["--memory", "fd:3", "--dirty", "vmm", "--await-start"]) == ["dirty-log"])
+        #expect(try requirements(["--memory", "fd:3", "--guest-dirty-log"]) == nil, "without --await-start the bitmap may come any time before pre-copy")
     }
 
     @Test func goodValuesParseToTheirTypes() throws {
@@ -104,7 +126,18 @@ import Testing
     @Test func fileRegionOnAnInheritedDescriptor() throws {
         let spec = try DeviceSpec(parsing: "nic=file:fd:4@0x1000,size=64K")
         guard case .fileDescriptor(let fd, let name, let offset, let size) = spec.backend else { Issue.record("\(spec.backend)"); return }
-        #expect(fd == 4 && name == "fd:4" && offset == 4096 && size == 65536)
+        #expect(fd == .inherited(4) && name == "fd:4" && offset == 4096 && size == 65536)
+    }
+
+    /// `fd:NAME` (add-fd) in every place a descriptor goes; the CLI then waits for `start`.
+    @Test func descriptorsByNameAndOpenVFIODevices() throws {
+        let file = try DeviceSpec(parsing: "nic=file:fd:nic-state@4K")
+        guard case .fileDescriptor(.named("nic-state"), _, 4096, nil) = file.backend else { Issue.record("\(file.backend)"); return }
+        let vfio = try DeviceSpec(parsing: "gpu=fd:5,interface=v2")
+        guard case .vfioDescriptor(.inherited(5), "fd:5", .v2) = vfio.backend else { Issue.record("\(vfio.backend)"); return }
+        let named = try DeviceSpec(parsing: "gpu=fd:gpu0,compat=x")
+        guard case .vfioDescriptor(.named("gpu0"), _, .auto) = named.backend else { Issue.record("\(named.backend)"); return }
+        #expect(file.descriptorName == "nic-state" && named.descriptorName == "gpu0" && vfio.descriptorName == nil)
     }
 
     @Test func vfioGroupAndDevice() throws {
@@ -119,7 +152,8 @@ import Testing
                       ("d=sim:state=lots", "not a size"), ("d=file:", "needs a path"), ("d=file:/x,mode=rw", "unknown file option"),
                       ("d=vfio:26", "GROUP/DEVICE"), ("d=vfio:/x", "GROUP/DEVICE"),
                       ("d=sim:image=/no/such/image", "cannot open image"),
-                      ("d=file:fd:-1", "0 or more"), ("d=file:fd:nic-state", "not supported yet")])
+                      ("d=file:fd:-1", "0 or more"), ("d=fd:", "must be 1 to 64 bytes"), ("d=fd:1x", "must start with a letter"),
+                      ("d=fd:5,interface=v3", "unknown vfio option")])
     func malformedSpecIsRefusedSayingWhy(text: String, why: String) {
         #expect {
             try DeviceSpec(parsing: text)

@@ -53,7 +53,8 @@ struct MemoryDescriptorProcessTests {
         try expectRefused(memory: "fd:1", redirections: "", ["fd:1", "a pipe"])
     }
 
-    @Test func aDescriptorPassedByNameIsNotSupportedYet() throws {
-        try expectRefused(memory: "fd:guest-ram", redirections: "", exitCode: 64, ["fd:guest-ram", "add-fd", "not supported yet"])
+    /// A name can only come over the control socket.
+    @Test func aDescriptorByNameNeedsAControlSocket() throws {
+        try expectRefused(memory: "fd:guest-ram", redirections: "", exitCode: 64, ["fd:guest-ram", "add-fd", "needs --control"])
     }
 }

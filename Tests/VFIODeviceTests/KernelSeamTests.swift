@@ -54,6 +54,21 @@ import Testing
         #expect(fake.openDescriptors.isEmpty)
     }
 
+    /// `--device NAME=fd:N`: the VMM opened container, group and device; we adopt the
+    /// device descriptor alone, find its region as for a path, and close only it.
+    @Test func anAdoptedDeviceDescriptorFindsItsRegionAndClosesOnlyItself() throws {
+        let fake = FakeVFIOKernel(Self.setup())
+        let vmm = try discover(fake)
+        let before = fake.calls.count
+        var adopted: VFIODeviceHandle?
+        if case .region(let h) = try VFIODiscovery.adopt(deviceFD: vmm.deviceFD, name: "gpu0", interface: .v1, kernel: fake.kernel) { adopted = h }
+        #expect(adopted?.migrationRegionInfo.index == 2 && adopted?.groupFD == -1 && adopted?.containerFD == -1)
+        #expect(!fake.calls[before...].contains { $0.hasPrefix("open") || $0.hasPrefix("VFIO_GROUP") }, "\(fake.calls[before...])")
+        adopted = nil
+        #expect(fake.openDescriptors.values.sorted { "\($0)" < "\($1)" } == [.container, .group], "only the device was closed")
+        withExtendedLifetime(vmm) {}
+    }
+
     @Test func regionInfoIsAskedAgainWithTheArgszTheKernelWants() throws {
         let fake = FakeVFIOKernel(Self.setup())
         let handle = try discover(fake)

@@ -398,6 +398,16 @@ import CVFIO
         #expect(MigrationDevice(name: "r", region: NoMigrationRegion(device: "x")).interface.helloPrefix == "")
     }
 
+    /// `--device NAME=fd:N` on a v2 device: GET MIGRATION on the adopted descriptor, nothing opened.
+    @Test func anAdoptedDeviceDescriptorIsProbedForV2() throws {
+        let sim = v2Sim(flags: [.stopCopy, .preCopy])
+        guard case .v2(let handle) = try VFIODiscovery.adopt(deviceFD: sim.deviceFD, name: "nic0", kernel: sim.kernel) else {
+            Issue.record("expected a v2 device"); return
+        }
+        #expect(handle.flags == [.stopCopy, .preCopy] && handle.groupFD == -1 && handle.containerFD == -1)
+        #expect(try handle.migrationDevice(name: "nic0").interface == .v2([.stopCopy, .preCopy]))
+    }
+
     /// A played kernel for discovery: container and group answered here, the device's
     /// ioctls handed to `simulated` (ENOTTY from the live kernel for a non-VFIO fd).
     private func discoveryKernel(deviceFD: Int32, simulated: VFIOKernel) -> VFIOKernel {
