@@ -39,7 +39,8 @@ extension BenchRunner {
         guard let certs = certificates else { return QemuAvailability(note: "no certificates for QEMU (openssl missing or failed): QEMU rows skipped") }
         let version = (try? BenchCommand.run([exe, "--version"]))?.split(separator: "\n").first.map(String.init)
         say("QEMU reference: \(version ?? exe), certificates in \(certs)")
-        let line = QemuCommandLine(guestMiB: corpus.memoryBytes >> 20, guestFile: corpus.memoryPath, certificateDirectory: certs)
+        let line = QemuCommandLine(guestMiB: corpus.memoryBytes >> 20, guestFile: corpus.memoryPath,
+                                   destinationFile: "\(dir)/qemu-destination.mem", certificateDirectory: certs)
         return QemuAvailability(run: QemuRun(commandLine: line, downtimeMs: settings.downtimeMs, timeoutSeconds: settings.runTimeout), version: version)
     }
 

@@ -35,6 +35,7 @@ struct BenchRunner {
         if !s.skipBaselines { try runBaselines(into: &report, dir: dir) }
         let qemu = qemuReference(dir: dir, corpus: corpus, certificates: qemuCertificates)
         (report.qemuVersion, report.qemuNote) = (qemu.version, qemu.note)
+        if let note = qemu.note { say(note) }
         let lab = ShapedLinkLab(say: say)
         defer { lab.tearDown() }
         for link in s.links {
@@ -213,18 +214,8 @@ struct BenchRunner {
     /// A benchmark of a wrong result is worthless: compare the device state and every guest byte.
     private func differences(_ f: RunFiles) -> [String] {
         var problems: [String] = []
-        if !filesEqual("\(f.srcDump)/dev0.state", "\(f.dstDump)/dev0.state") { problems.append("device state differs between source and destination") }
-        if !filesEqual(f.src, f.dst) { problems.append("guest memory differs between source and destination") }
+        if !benchFilesEqual("\(f.srcDump)/dev0.state", "\(f.dstDump)/dev0.state") { problems.append("device state differs between source and destination") }
+        if !benchFilesEqual(f.src, f.dst) { problems.append("guest memory differs between source and destination") }
         return problems
-    }
-
-    private func filesEqual(_ a: String, _ b: String) -> Bool {
-        guard let x = FileHandle(forReadingAtPath: a), let y = FileHandle(forReadingAtPath: b) else { return false }
-        defer { try? x.close(); try? y.close() }
-        while true {
-            let p = (try? x.read(upToCount: 4 << 20)) ?? nil, q = (try? y.read(upToCount: 4 << 20)) ?? nil
-            if p != q { return false }
-            if p == nil || p!.isEmpty { return true }
-        }
     }
 }

@@ -2,8 +2,9 @@ import Foundation
 
 /// QEMU's own live migration of the same guest bytes, the reference issue 14
 /// measures against: a paused TCG guest whose RAM is the corpus's guest file,
-/// a destination with preallocated RAM, mutual TLS (GnuTLS, x509 certificates
-/// made for the run), driven over QMP.
+/// a destination with preallocated RAM (a shared file, checked against the
+/// corpus afterwards), mutual TLS (GnuTLS, x509 certificates made for the
+/// run), driven over QMP.
 enum QemuCase: String, CaseIterable, Sendable {
     case tls = "qemu-tls"
     /// Two multifd channels, each over TLS, zstd level 1: QEMU's fastest mode on a slow link.
@@ -47,12 +48,14 @@ struct QemuCommandLine: Equatable {
     let guestMiB: UInt64
     /// The corpus's guest file: mapped privately (`share=off`), so QEMU never writes it back.
     let guestFile: String
+    /// The destination's RAM, shared (`share=on`) so that the bench can compare it with the corpus afterwards.
+    let destinationFile: String
     let certificateDirectory: String
 
     func arguments(_ role: Role) -> [String] {
         let backend = role == .source
             ? "memory-backend-file,id=mem,size=\(guestMiB)M,mem-path=\(guestFile),share=off,prealloc=on"
-            : "memory-backend-ram,id=mem,size=\(guestMiB)M,prealloc=on"
+            : "memory-backend-file,id=mem,size=\(guestMiB)M,mem-path=\(destinationFile),share=on,prealloc=on"
         var argv = ["-machine", "q35,accel=tcg,memory-backend=mem", "-m", "\(guestMiB)M", "-object", backend,
                     "-nodefaults", "-display", "none", "-S", "-qmp", "stdio",
                     "-object", "tls-creds-x509,id=\(Self.tlsObjectID),dir=\(certificateDirectory),endpoint=\(role == .source ? "client" : "server"),verify-peer=on"]

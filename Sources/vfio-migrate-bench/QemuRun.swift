@@ -21,13 +21,18 @@ struct QemuRun {
         var row = BenchRow(name: qemuCase.title, kind: "qemu", mode: qemuCase.rawValue)
         row.corpusBytes = guestBytes
         var children: [BenchChild] = []
-        defer { stop(children) }
+        defer { try? FileManager.default.removeItem(atPath: commandLine.destinationFile) }
         do {
+            defer { stop(children) }
             let pair = try start(endpoints, children: &children)
             try configure(pair, qemuCase)
             try migrate(pair, endpoints: endpoints, into: &row)
         } catch {
             row.problems.append("\(error)")
+        }
+        // QEMU's result is checked like ours: the destination's RAM, once QEMU has quit, must be the corpus.
+        if row.problems.isEmpty && !benchFilesEqual(commandLine.guestFile, commandLine.destinationFile) {
+            row.problems.append("QEMU's destination RAM differs from the corpus")
         }
         row.verified = row.problems.isEmpty
         return row

@@ -53,7 +53,8 @@ import Testing
 }
 
 @Suite struct QemuCommandLines {
-    let line = QemuCommandLine(guestMiB: 1024, guestFile: "/dev/shm/b/corpus.mem", certificateDirectory: "/dev/shm/b/pki/qemu")
+    let line = QemuCommandLine(guestMiB: 1024, guestFile: "/dev/shm/b/corpus.mem", destinationFile: "/dev/shm/b/qemu-destination.mem",
+                               certificateDirectory: "/dev/shm/b/pki/qemu")
 
     @Test func sourceMapsTheCorpusPrivatelyAndPreallocated() {
         let a = line.arguments(.source)
@@ -65,7 +66,8 @@ import Testing
 
     @Test func destinationPreallocatesAndWaitsForMigrateIncoming() {
         let a = line.arguments(.destination)
-        #expect(a.contains("memory-backend-ram,id=mem,size=1024M,prealloc=on"))
+        #expect(a.contains("memory-backend-file,id=mem,size=1024M,mem-path=/dev/shm/b/qemu-destination.mem,share=on,prealloc=on"),
+                "shared, so the bench can compare it with the corpus")
         #expect(a.contains("tls-creds-x509,id=tls0,dir=/dev/shm/b/pki/qemu,endpoint=server,verify-peer=on"))
         #expect(Array(a.suffix(2)) == ["-incoming", "defer"])
     }
