@@ -56,6 +56,27 @@ struct BenchSmokeTests {
         #expect((try? FileManager.default.contentsOfDirectory(atPath: dir))?.isEmpty == true)
     }
 
+    /// Root and iproute2: what the shaped links need (the bench skips them otherwise, and so does this test).
+    static let canShape = getuid() == 0 && ["/usr/sbin/ip", "/sbin/ip", "/usr/bin/ip"].contains { FileManager.default.isExecutableFile(atPath: $0) }
+
+    /// A shaped link end to end: namespaces made and removed, both sides in them, the throwaway certificates (the development set is refused off loopback).
+    @Test(.enabled(if: canShape, "needs root and iproute2")) func shapedLinkRunsInNamespacesAndRemovesThem() throws {
+        let dir = NSTemporaryDirectory() + "vfio-migrate-bench-shaped-\(UUID().uuidString)"
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let result = try Self.run(Self.bench, ["--memory-size", "8M", "--state-size", "1M", "--compress", "none", "--skip-baselines",
+                                               "--link", "1gbit", "--no-qemu", "--runs", "1",
+                                               "--json", "--dir", dir, "--certs", "\(TwoProcessTests.root)/certs/dev", "--run-timeout", "60"])
+        #expect(result.status == 0, "bench: \(result.err)")
+        let report = try #require(try JSONSerialization.jsonObject(with: result.out) as? [String: Any])
+        let run = try #require((report["runs"] as? [[String: Any]])?.first)
+        #expect(run["link"] as? String == "1gbit" && run["verified"] as? Bool == true, "\(run["problems"] ?? "")")
+        #expect((run["rss_anon_peak_source"] as? Int ?? 0) > 0, "the sampler saw the sender through ip netns exec")
+        let pid = try #require(result.err.firstMatch(of: /namespaces vfmb(\d+)-src/)?.1)
+        let listing = try Self.run("/usr/bin/env", ["ip", "netns", "list"])
+        #expect(!String(decoding: listing.out, as: UTF8.self).contains("vfmb\(pid)-"), "the bench removed its namespaces")
+    }
+
     @Test func benchWithoutTheSiblingBinaryNamesItsPath() throws {
         let dir = NSTemporaryDirectory() + "vfio-migrate-bench-alone-\(UUID().uuidString)"
         try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
