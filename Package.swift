@@ -110,6 +110,8 @@ let package = Package(
                            .product(name: "SystemPackage", package: "swift-system")]),
         // Argument parsing and validation of the executable, in-process (no child processes).
         .testTarget(name: "CLITests", dependencies: ["vfio-migrate", "MigrationControl", "TestSupport"]),
+        // The bench's pure parts in-process: link and namespace commands, QMP parsing, medians, ratios, goals.
+        .testTarget(name: "BenchTests", dependencies: ["vfio-migrate-bench"]),
         // Runs the built `vfio-migrate` and `vfio-migrate-bench` binaries; imports no module of this package.
         .testTarget(name: "IntegrationTests", dependencies: ["vfio-migrate", "vfio-migrate-bench"]),
         // Fault injection and hostile peers: proxies, killed processes, crafted frames.
