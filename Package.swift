@@ -111,6 +111,8 @@ let package = Package(
                            .product(name: "SystemPackage", package: "swift-system")]),
         // Argument parsing and validation of the executable, in-process (no child processes).
         .testTarget(name: "CLITests", dependencies: ["vfio-migrate", "MigrationControl", "TestSupport"]),
+        // The bench's pure parts in-process: link and namespace commands, QMP parsing, medians, ratios, goals.
+        .testTarget(name: "BenchTests", dependencies: ["vfio-migrate-bench"]),
         // Runs the built `vfio-migrate` and `vfio-migrate-bench` binaries; of this package it
         // imports only TestSupport (the binaries' paths, the dev PKI arguments, child processes).
         .testTarget(name: "IntegrationTests", dependencies: ["vfio-migrate", "vfio-migrate-bench", "TestSupport"]),

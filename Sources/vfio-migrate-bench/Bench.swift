@@ -3,35 +3,41 @@ import CommandLineSupport
 import Foundation
 import MigrationWire
 
-/// `vfio-migrate-bench`: a whole two-process migration over 127.0.0.1 mTLS on a
-/// deterministic corpus, run by the sibling `vfio-migrate` binary and measured
-/// against the machine's own limits on the same bytes in the same invocation
-/// (the project's TLS layer alone, plain TCP, zlib level 1 on one core). Every
-/// migration is verified byte for byte. The baselines' processes are this
-/// binary's hidden subcommands.
+/// `vfio-migrate-bench`: whole two-process migrations with mutual TLS on a
+/// deterministic corpus, run by the sibling `vfio-migrate` binary over
+/// 127.0.0.1 and over shaped links between two network namespaces, next to
+/// QEMU's own migration of the same guest bytes when QEMU is installed, and
+/// the machine's own limits (the project's TLS layer alone, plain TCP, zlib
+/// level 1 on one core). Every migration of ours is verified byte for byte.
+/// The baselines' processes are this binary's hidden subcommands.
 @main
 struct Bench: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "vfio-migrate-bench",
-        abstract: "Benchmark a whole migration (two vfio-migrate processes, loopback mTLS) against TLS, TCP and zlib baselines on the same bytes.",
+        abstract: "Benchmark whole migrations (two vfio-migrate processes, mTLS) on loopback and shaped links against QEMU's and the machine's baselines on the same bytes.",
         usage: "vfio-migrate-bench [<options>]",  // the subcommands are the baselines' hidden processes
-        discussion: "Build both binaries in release first: swift build -c release && .build/release/vfio-migrate-bench. README.md, section Benchmark, explains the columns and targets.",
+        discussion: "Build both binaries in release first: swift build -c release && .build/release/vfio-migrate-bench. Shaped links need root; QEMU's rows need qemu-system-x86_64 on PATH (the bench installs nothing). docs/PERFORMANCE.md explains the table and the goals.",
         subcommands: [TLSSink.self, TLSSource.self, TCPSink.self, TCPSource.self])
 
     @Option(name: .customLong("memory-size"), help: "Guest memory size (at least 1M, a multiple of 4K).")
     var memorySize = ByteCount(bytes: 1 << 30)
     @Option(name: .customLong("state-size"), help: "Device state size (one simulated device; at least 4K, a multiple of 4K).")
     var stateSize = ByteCount(bytes: 256 << 20)
-    @Option(help: "Comma-separated compression modes to run (none, zlib:1..9, auto).")
-    var compress: String = "none,zlib:1,auto"
-    @Option(help: "Workload while pre-copy runs: off, light (4 pages, 1 KiB state per step), medium (16, 4 KiB), heavy (64, 16 KiB).")
-    var workload: Workload = .medium
+    @Option(help: "Comma-separated compression modes of ours to run, each passed to vfio-migrate send --compress (e.g. none, auto, zlib:1).")
+    var compress: String = "none,auto"
+    @Option(help: "Comma-separated links: loopback (127.0.0.1), a tbf rate between two namespaces (10gbit, 1gbit, 500mbit; needs root), or all (loopback,10gbit,1gbit).")
+    var link: String = "all"
+    @Flag(name: .customLong("no-qemu"), help: "Skip QEMU's reference migrations even when qemu-system-x86_64 is installed.")
+    var noQemu = false
+    // Off by default: QEMU's reference guest is paused, so both sides move the same static bytes (issue 14 measured it so).
+    @Option(help: "Workload while pre-copy runs: off (default, like QEMU's paused guest), light (4 pages, 1 KiB state per step), medium (16, 4 KiB), heavy (64, 16 KiB).")
+    var workload: Workload = .off
     @Option(name: .customLong("workload-ms"), help: "Workload step interval in ms.")
     var workloadMs: Double = 1
     @Option(name: .customLong("downtime-ms"), help: "The sender's downtime target.")
     var downtimeMs: Double = 300
-    @Option(help: "Runs per compression mode.")
-    var runs: Int = 1
+    @Option(help: "Runs per row and link; the table shows the median.")
+    var runs: Int = 3
     @Option(help: "Directory for the corpus and the memory files (default: /dev/shm if it has room, else /tmp).")
     var dir: String?
     @Flag(help: "Keep the corpus directory afterwards.")
@@ -61,9 +67,10 @@ struct Bench: ParsableCommand {
             throw ValidationError("--state-size \(stateSize): expected at least 4K and a multiple of 4K")
         }
         guard !modes.isEmpty else { throw ValidationError("--compress: name at least one mode") }
-        for m in modes where (try? CompressionPolicy(parsing: m)) == nil {
-            throw ValidationError("--compress \(m): expected none, zlib:1..9 or auto")
+        for m in modes {
+            do { _ = try CompressionPolicy(parsing: m) } catch { throw ValidationError("--compress \(m): \(error)") }
         }
+        do { _ = try BenchLink.parseList(link) } catch { throw ValidationError("\(error)") }
         guard runs >= 1 else { throw ValidationError("--runs \(runs): expected at least 1") }
         guard workloadMs.isFinite, workloadMs >= 0 else { throw ValidationError("--workload-ms \(workloadMs): expected milliseconds >= 0") }
         guard downtimeMs.isFinite, downtimeMs > 0 else { throw ValidationError("--downtime-ms \(downtimeMs): expected milliseconds > 0") }
@@ -73,7 +80,8 @@ struct Bench: ParsableCommand {
     func run() throws {
         ProcessSetup.apply()
         do {
-            let report = try BenchRunner(settings: try BenchSettings(self)).run()
+            var runner = BenchRunner(settings: try BenchSettings(self))
+            let report = try runner.run()
             if json {
                 let data = try JSONSerialization.data(withJSONObject: report.json(), options: [.sortedKeys, .prettyPrinted])
                 FileHandle.standardOutput.write(data + Data("\n".utf8))
@@ -115,6 +123,8 @@ struct BenchSettings {
     var memoryBytes: UInt64
     var stateBytes: UInt64
     var modes: [String]
+    var links: [BenchLink]
+    var qemu: Bool
     var dirtyPages: Int
     var churn: Int
     var workloadName: String
@@ -135,6 +145,8 @@ struct BenchSettings {
         memoryBytes = b.memorySize.bytes
         stateBytes = b.stateSize.bytes
         modes = b.modes
+        do { links = try BenchLink.parseList(b.link) } catch { links = [.loopback] }  // validated by Bench.validate()
+        qemu = !b.noQemu
         (dirtyPages, churn) = b.workload.perStep
         workloadName = b.workload.rawValue
         workloadMs = b.workload == .off ? 0 : b.workloadMs
@@ -153,7 +165,8 @@ struct BenchSettings {
 /// One row of the result: a migration run or a baseline.
 struct BenchRow {
     var name: String
-    var kind: String               // "migration" or "baseline"
+    var kind: String               // "migration" (ours), "qemu" or "baseline"
+    var link = BenchLink.loopback.name
     var mode: String?
     var run = 1
     var wallSeconds: Double = 0
@@ -178,13 +191,7 @@ struct BenchRow {
     var problems: [String] = []
     var ratio: Double?
     var ratioLabel: String?
-    var targetMet: Bool?
 
     var mbPerSecond: Double { wallSeconds > 0 ? Double(corpusBytes) / wallSeconds / 1e6 : 0 }
 }
 
-struct BenchTarget {
-    var name: String
-    var detail: String
-    var pass: Bool
-}

@@ -11,9 +11,12 @@ struct BenchCertificates {
     }
 
     let directory: String
+    /// The committed set (certs/dev): `vfio-migrate` must be told to allow it, and allows it on loopback only.
+    let development: Bool
 
-    init(directory: String) throws(BenchError) {
+    init(directory: String, development: Bool = true) throws(BenchError) {
         self.directory = URL(fileURLWithPath: directory).standardizedFileURL.path
+        self.development = development
         for file in ["ca.pem", "source.pem", "source-key.pem", "destination.pem", "destination-key.pem"]
         where !FileManager.default.fileExists(atPath: "\(self.directory)/\(file)") {
             throw .certificateMissing(path: "\(self.directory)/\(file)")
@@ -23,7 +26,7 @@ struct BenchCertificates {
     /// The TLS options of `vfio-migrate send`/`receive` on `side`.
     func migrateArguments(_ side: Side) -> [String] {
         ["--ca", "\(directory)/ca.pem", "--cert", "\(directory)/\(side).pem", "--key", "\(directory)/\(side)-key.pem",
-         "--peer-name", "\(side.peer).vfio-migrate.test", "--allow-dev-certs"]
+         "--peer-name", "\(side.peer).vfio-migrate.test"] + (development ? ["--allow-dev-certs"] : [])
     }
 
     /// The same, for the TLS baseline's processes (this binary).

@@ -50,3 +50,14 @@ struct BenchCorpus {
         }
     }
 }
+
+/// Whether two files hold the same bytes (4 MiB at a time): every migration's result is checked with it.
+func benchFilesEqual(_ a: String, _ b: String) -> Bool {
+    guard let x = FileHandle(forReadingAtPath: a), let y = FileHandle(forReadingAtPath: b) else { return false }
+    defer { try? x.close(); try? y.close() }
+    while true {
+        let p = (try? x.read(upToCount: 4 << 20)) ?? nil, q = (try? y.read(upToCount: 4 << 20)) ?? nil
+        if p != q { return false }
+        if p == nil || p!.isEmpty { return true }
+    }
+}

@@ -16,6 +16,10 @@ enum BenchError: Error, CustomStringConvertible {
     /// A socket call of the plain-TCP baseline failed.
     case socket(call: String, errno: Errno)
     case notTCPListener
+    /// A helper command (ip, tc, openssl) failed; `status` -1: it could not start.
+    case commandFailed(command: [String], status: Int32, stderr: String)
+    /// A QMP command to a QEMU reference process failed or went unanswered.
+    case qmp(process: String, command: String, detail: String)
 
     var description: String {
         switch self {
@@ -31,6 +35,9 @@ enum BenchError: Error, CustomStringConvertible {
             return "\(name) did not write its port file \(path) within \(seconds) s"
         case .socket(let call, let code): return "\(call): \(code.explanation)"
         case .notTCPListener: return "the baseline listener is not a TCP listener"
+        case .qmp(let process, let command, let detail): return "QMP \(command) to \(process): \(detail)"
+        case .commandFailed(let command, let status, let stderr):
+            return "\(command.joined(separator: " ")) failed (status \(status)): \(stderr.trimmingCharacters(in: .whitespacesAndNewlines).suffix(400))"
         }
     }
 }

@@ -81,18 +81,35 @@ final class BenchChild: @unchecked Sendable {  // a Process, configured before s
     private let state = ConditionValue(Observed())
     var pid: Int32 { process.processIdentifier }
 
-    init(name: String, executable: String, arguments: [String]) {
+    /// The child's stdin when it takes commands (QEMU's QMP), else nil (/dev/null).
+    private let input: Pipe?
+
+    /// `prefix` runs the child through another program that execs it (`ip netns exec NS`):
+    /// the pid, and so every /proc sample, stays the child's.
+    init(name: String, executable: String, arguments: [String], prefix: [String] = [], takesInput: Bool = false) {
         self.name = name
-        process.executableURL = URL(fileURLWithPath: executable)
-        process.arguments = arguments
+        if prefix.isEmpty && executable.hasPrefix("/") {
+            process.executableURL = URL(fileURLWithPath: executable)
+            process.arguments = arguments
+        } else {  // env finds a bare name on PATH, and execs: the pid stays the child's
+            process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+            process.arguments = prefix + [executable] + arguments
+        }
+        input = takesInput ? Pipe() : nil
     }
 
     func start() throws {
         let out = Pipe(), err = Pipe()
         process.standardOutput = out
         process.standardError = err
-        process.standardInput = FileHandle.nullDevice
+        process.standardInput = input ?? FileHandle.nullDevice
         try process.run()
+        // An interrupted bench must not leave children behind (they may hold a namespace).
+        BenchInterrupt.shared.register("child-\(pid)") { [self] in
+            terminate()
+            // Up to 2 s for it to go: its namespace and its files are removed next.
+            for _ in 0..<200 where isRunning { usleep(10_000) }
+        }
         // Pipes are drained on their own threads (blocking reads) so a chatty child never stalls.
         Thread.detachNewThread { [self] in
             var pending = Data()
@@ -149,12 +166,30 @@ final class BenchChild: @unchecked Sendable {  // a Process, configured before s
 
     var isRunning: Bool { process.isRunning }
 
+    /// Writes to the child's stdin (a child made with `takesInput`).
+    func send(_ data: Data) {
+        guard let input, process.isRunning else { return }
+        try? input.fileHandleForWriting.write(contentsOf: data)
+    }
+
+    /// How many JSON objects the child has printed so far.
+    var objectCount: Int { state.withLock { $0.events.count } }
+
+    /// The first object at index `from` or later that matches, waiting up to
+    /// `timeoutSeconds`; nil on timeout or when the child's stdout ended first.
+    func awaitObject(from: Int, timeoutSeconds: Double, where matches: @escaping ([String: Any]) -> Bool) -> [String: Any]? {
+        let deadline = monotonicSeconds() + timeoutSeconds
+        func found(_ s: Observed) -> [String: Any]? { s.events.dropFirst(from).first(where: matches) }
+        return state.wait(until: { found($0) != nil || $0.stdoutDone }, deadline: deadline) { s, _ in found(s) }
+    }
+
     /// Waits for exit and both pipes; returns the exit code.
     @discardableResult
     func wait() -> Int32 {
         process.waitUntilExit()
         let wall = (ContinuousClock.now - started).seconds
         state.wait(until: { $0.stdoutDone && $0.stderrDone }) { s, _ in s.wallSeconds = wall }
+        BenchInterrupt.shared.unregister("child-\(pid)")
         return process.terminationStatus
     }
 

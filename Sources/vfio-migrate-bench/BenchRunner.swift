@@ -4,30 +4,42 @@ import MigrationEngine
 
 /// Runs the corpus generation, the baselines and the migrations of one bench invocation.
 struct BenchRunner {
-    let settings: BenchSettings
+    /// `certificates` changes once, to the invocation's throwaway set, before anything runs.
+    var settings: BenchSettings
 
     func say(_ s: String) { FileHandle.standardError.write(Data("bench: \(s)\n".utf8)) }
 
-    func run() throws -> BenchReport {
+    mutating func run() throws -> BenchReport {
+        BenchInterrupt.shared.install()
         let s = settings
         let dir = try makeDirectory()
         defer {
+            BenchInterrupt.shared.unregister("directory")
             if s.keep { say("kept \(dir)") } else { try? FileManager.default.removeItem(atPath: dir) }
+        }
+        // Registered first, so it runs last on an interrupt: after the children that write into it have stopped.
+        if !s.keep {
+            BenchInterrupt.shared.register("directory") {
+                // The main thread may be copying into it still: retry for up to a second.
+                for _ in 0..<10 where FileManager.default.fileExists(atPath: dir) {
+                    try? FileManager.default.removeItem(atPath: dir)
+                    usleep(100_000)
+                }
+            }
         }
         say("corpus: \(formatBytes(s.memoryBytes)) guest memory + \(formatBytes(s.stateBytes)) device state in \(dir)")
         let corpus = try BenchCorpus.generate(directory: dir, memoryBytes: s.memoryBytes, stateBytes: s.stateBytes, seed: s.seed)
         say(String(format: "corpus generated in %.1f s (%d zero, %d binary, %d random pages)", corpus.seconds, corpus.zeroPages, corpus.binaryPages, corpus.randomPages))
-        var report = BenchReport(settings: s, corpus: corpus, directory: dir)
+        let qemuCertificates = useThrowawayCertificates(dir: "\(dir)/pki")
+        var report = BenchReport(settings: settings, corpus: corpus, directory: dir)
         if !s.skipBaselines { try runBaselines(into: &report, dir: dir) }
-        for mode in s.modes {
-            for r in 1...s.runs {
-                say("migration: --compress \(mode), run \(r)/\(s.runs)")
-                var row = try migration(mode: mode, dir: dir, corpus: corpus)
-                row.run = r
-                say(String(format: "  %.2f s, %.0f MB/s, downtime %.0f ms, %d iteration(s), %@", row.wallSeconds, row.mbPerSecond,
-                           row.downtimeMs ?? -1, row.iterations ?? -1, row.verified == true ? "verified" : "NOT VERIFIED: \(row.problems.joined(separator: "; "))"))
-                report.runs.append(row)
-            }
+        let qemu = qemuReference(dir: dir, corpus: corpus, certificates: qemuCertificates)
+        (report.qemuVersion, report.qemuNote) = (qemu.version, qemu.note)
+        if let note = qemu.note { say(note) }
+        let lab = ShapedLinkLab(say: say)
+        defer { lab.tearDown() }
+        for link in s.links {
+            report.links.append(try measure(link, lab: lab, qemu: qemu.run, dir: dir, corpus: corpus))
         }
         report.evaluate()
         return report
@@ -130,8 +142,8 @@ struct BenchRunner {
         func removeAll() { for p in all { try? FileManager.default.removeItem(atPath: p) } }
     }
 
-    /// One `vfio-migrate send` → `vfio-migrate receive`, sampled, then verified byte for byte.
-    private func migration(mode: String, dir: String, corpus: BenchCorpus) throws -> BenchRow {
+    /// One `vfio-migrate send` → `vfio-migrate receive` across `link`, sampled, then verified byte for byte.
+    func migration(mode: String, link: LinkEndpoints, dir: String, corpus: BenchCorpus) throws -> BenchRow {
         let files = RunFiles(dir: dir)
         files.removeAll()
         defer { files.removeAll() }
@@ -139,13 +151,15 @@ struct BenchRunner {
         try FileManager.default.copyItem(atPath: corpus.memoryPath, toPath: files.src)
         let state = "state=\(corpus.stateBytes),seed=1,dirty=\(settings.dirtyPages),churn=\(settings.churn),chunk=1M"
         let receiver = BenchChild(name: "receiver", executable: settings.executables.migrate,
-                                  arguments: receiveArguments(files, state: state, memoryBytes: corpus.memoryBytes))
+                                  arguments: receiveArguments(files, state: state, memoryBytes: corpus.memoryBytes, address: link.destinationAddress),
+                                  prefix: link.destinationPrefix)
         try receiver.start()
         let rSampler = BenchSampler(children: [receiver])
         let port: UInt16
         do { port = try benchWaitForPort(files.portFile, child: receiver) } catch { receiver.terminate(); rSampler.stop(); throw error }
         let sender = BenchChild(name: "sender", executable: settings.executables.migrate,
-                                arguments: sendArguments(files, state: "\(state),image=\(corpus.statePath)", port: port, mode: mode))
+                                arguments: sendArguments(files, state: "\(state),image=\(corpus.statePath)", address: "\(link.destinationAddress):\(port)", mode: mode),
+                                prefix: link.sourcePrefix)
         try sender.start()
         let sSampler = BenchSampler(children: [sender])
         let watchdog = Watchdog(seconds: settings.runTimeout, children: [sender, receiver])
@@ -160,14 +174,14 @@ struct BenchRunner {
         return row
     }
 
-    private func receiveArguments(_ f: RunFiles, state: String, memoryBytes: UInt64) -> [String] {
-        ["receive", "--listen", "127.0.0.1:0", "--port-file", f.portFile, "--accept-timeout", "120",
+    private func receiveArguments(_ f: RunFiles, state: String, memoryBytes: UInt64, address: String) -> [String] {
+        ["receive", "--listen", "\(address):0", "--port-file", f.portFile, "--accept-timeout", "120",
          "--memory", f.dst, "--memory-size", "\(memoryBytes)", "--create-memory",
          "--device", "dev0=sim:\(state)", "--dump-state", f.dstDump, "--json"] + settings.certificates.migrateArguments(.destination)
     }
 
-    private func sendArguments(_ f: RunFiles, state: String, port: UInt16, mode: String) -> [String] {
-        ["send", "--connect", "127.0.0.1:\(port)", "--memory", f.src,
+    private func sendArguments(_ f: RunFiles, state: String, address: String, mode: String) -> [String] {
+        ["send", "--connect", address, "--memory", f.src,
          "--device", "dev0=sim:\(state)", "--dump-state", f.srcDump, "--json",
          "--workload-ms", "\(settings.workloadMs)", "--compress", mode, "--downtime-ms", "\(settings.downtimeMs)"]
             + settings.certificates.migrateArguments(.source)
@@ -200,18 +214,8 @@ struct BenchRunner {
     /// A benchmark of a wrong result is worthless: compare the device state and every guest byte.
     private func differences(_ f: RunFiles) -> [String] {
         var problems: [String] = []
-        if !filesEqual("\(f.srcDump)/dev0.state", "\(f.dstDump)/dev0.state") { problems.append("device state differs between source and destination") }
-        if !filesEqual(f.src, f.dst) { problems.append("guest memory differs between source and destination") }
+        if !benchFilesEqual("\(f.srcDump)/dev0.state", "\(f.dstDump)/dev0.state") { problems.append("device state differs between source and destination") }
+        if !benchFilesEqual(f.src, f.dst) { problems.append("guest memory differs between source and destination") }
         return problems
-    }
-
-    private func filesEqual(_ a: String, _ b: String) -> Bool {
-        guard let x = FileHandle(forReadingAtPath: a), let y = FileHandle(forReadingAtPath: b) else { return false }
-        defer { try? x.close(); try? y.close() }
-        while true {
-            let p = (try? x.read(upToCount: 4 << 20)) ?? nil, q = (try? y.read(upToCount: 4 << 20)) ?? nil
-            if p != q { return false }
-            if p == nil || p!.isEmpty { return true }
-        }
     }
 }

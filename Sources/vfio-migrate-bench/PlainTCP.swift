@@ -15,7 +15,7 @@ enum PlainTCP {
         return a
     }
 
-    static func listenLoopback() throws -> (fd: Int32, port: UInt16) {
+    static func listenLoopback() throws(BenchError) -> (fd: Int32, port: UInt16) {
         let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
         guard fd >= 0 else { throw fail("socket") }
         var addr = loopback(port: 0)
@@ -25,6 +25,14 @@ enum PlainTCP {
         let named = withUnsafeMutablePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &len) } }
         guard named == 0 else { Glibc.close(fd); throw fail("getsockname") }
         return (fd, UInt16(bigEndian: addr.sin_port))
+    }
+
+    /// A port nothing listens on right now (bound, then released): for a
+    /// listener that cannot report the port it got, such as QEMU's migrate-incoming.
+    static func unusedLoopbackPort() throws(BenchError) -> UInt16 {
+        let (fd, port) = try listenLoopback()
+        Glibc.close(fd)
+        return port
     }
 
     static func accept(_ listener: Int32) throws -> Int32 {
