@@ -23,9 +23,10 @@ import Glibc
         let seed = UInt64(Self.environment("WIRE_FUZZ_SEED") ?? "") ?? 0x5EED
         var gen = FrameGenerator(seed: seed)
         let compressor = try PayloadCompressor(policy: .auto)
+        let zstd = try PayloadCompressor(policy: .zstd(level: 1), zstdAccepted: true)
         var corpus: [Entry] = []
         for i in 0..<12 {
-            let s = try gen.sourceSession(compressor: i % 2 == 0 ? compressor : nil)
+            let s = try gen.sourceSession(compressor: [compressor, nil, zstd][i % 3])
             corpus.append(Entry(bytes: s.bytes, offsets: s.offsets, peer: .source))
         }
         for _ in 0..<6 {
