@@ -9,22 +9,20 @@ enum SendItem: Sendable {
     case control(FrameBody, device: UInt32)
 
     /// The frames for this item, encoded on a worker thread with its own compressor.
-    func encode(compressor: PayloadCompressor, memory: GuestMemory?, counters: Counters) throws(MigrationFailure) -> SendOutput {
+    func encode(compressor: PayloadCompressor, encoding: SendEncoding, memory: GuestMemory?, counters: Counters) throws(MigrationFailure) -> SendOutput {
         switch self {
         case .chunk(let device, let phase, let part, let bytes):
             guard let length = UInt32(exactly: bytes.count) else {
                 throw MigrationFailure(WireError.sizeNotRepresentable(what: "DEVICE_DATA piece", bytes: UInt64(bytes.count), limit: UInt64(UInt32.max)))
             }
-            let (encoding, payload): (Encoding, [UInt8])
-            do { (encoding, payload) = try compressor.encode(bytes) } catch { throw MigrationFailure(error) }
-            return SendOutput(frames: [(.deviceData(DeviceData(phase: phase, encoding: encoding, originalLength: length, payload: payload, part: part)), device)],
+            let (used, payload) = try encoding.encodeBatch(compressor) { (choice) throws(WireError) in try compressor.encode(bytes, choice: choice) }
+            return SendOutput(frames: [(.deviceData(DeviceData(phase: phase, encoding: used, originalLength: length, payload: payload, part: part)), device)],
                               rawBytes: UInt64(bytes.count))
         case .pages(let start, let count):
             let memory = memory!
             let bytes = try deviceCall(nil) { () throws(DeviceError) in try memory.readPages(startPFN: start, count: count) }
-            let segments: [PageSegment]
-            do { segments = try compressor.encodePages(startPFN: start, pageSize: memory.pageSize, bytes: bytes) } catch {
-                throw MigrationFailure(error)
+            let segments = try encoding.encodeBatch(compressor) { (choice) throws(WireError) in
+                try compressor.encodePages(startPFN: start, pageSize: memory.pageSize, bytes: bytes, choice: choice)
             }
             var zero: UInt64 = 0
             for s in segments where s.encoding == .zero { zero += UInt64(s.pageCount) }

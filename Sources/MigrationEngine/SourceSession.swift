@@ -55,6 +55,8 @@ final class SourceSession {
     private let started = ContinuousClock.now
     private var stats = MigrationStats(role: "source")
     private var inbox: PeerInbox?
+    /// Settled by the HELLO exchange (whether the destination accepts zstd).
+    private var encoding: SendEncoding
     private var keepAlive: PeriodicTask?
     private var pipeline: Pipeline?
     private var sequences: [SaveSequence]
@@ -78,6 +80,7 @@ final class SourceSession {
         self.bandwidth = bandwidth
         self.runtime = runtime
         finalDowntimeTargetMs = options.downtimeTargetMs
+        encoding = SendEncoding(policy: options.compression, destinationAccepts: [], workers: options.workers)
         writer = FrameWriter(stream: stream, limiter: bandwidth)
         stats.devices = devices.map { DeviceStats(name: $0.name) }
         sequences = devices.map { SaveSequence(device: $0.device) }
@@ -92,7 +95,8 @@ final class SourceSession {
             if cancelledBeforeStart { throw .cancelled }
             let parameters = try options.convergenceParameters()
             let exchange = HelloExchange(names: devices.devices.map(\.name), compatibility: devices.devices.map(\.compatibility), memory: memory)
-            _ = try exchange.asSource(reader: reader, writer: writer, encodings: options.compression == .none ? [.raw] : [.raw, .deflate])
+            let destination = try exchange.asSource(reader: reader, writer: writer, encodings: options.compression.encodings)
+            encoding = SendEncoding(policy: options.compression, destinationAccepts: destination.encodings, workers: options.workers)
             events(.helloAccepted(devices: devices.devices.map(\.name), memoryBytes: memory?.size ?? 0, security: stream.security))
             // From here on the destination's frames are read on a thread of their own.
             inbox = PeerInbox(reader: reader) { frame in
@@ -532,22 +536,25 @@ final class SourceSession {
         events(.progress(Progress(phase: phase, iteration: stats.iterations, rawBytes: counters.rawProduced,
                                   wireBytes: writer.wireBytesSent, bytesPerSecond: rate,
                                   pendingBytes: pending, dirtyPages: dirtyPages,
-                                  etaSeconds: rate > 0 ? remaining / rate : nil, convergence: convergence)))
+                                  etaSeconds: rate > 0 ? remaining / rate : nil, convergence: convergence,
+                                  encoding: encoding.adaptive?.report)))
     }
 
     private func makePipeline() -> Pipeline {
-        let (policy, memory, counters, writer) = (options.compression, self.memory, self.counters, self.writer)
+        let (encoding, memory, counters, writer) = (self.encoding, self.memory, self.counters, self.writer)
         return Pipeline(
             name: "send", workers: options.workers, window: options.workers * 4 + 4,
             makeTransform: { () throws(MigrationFailure) -> Pipeline.Transform in
-                let compressor: PayloadCompressor
-                do throws(WireError) { compressor = try PayloadCompressor(policy: policy) } catch { throw MigrationFailure(error) }
+                let compressor = try encoding.makeCompressor()
                 return { (item: SendItem) throws(MigrationFailure) -> SendOutput in
-                    try item.encode(compressor: compressor, memory: memory, counters: counters)
+                    try item.encode(compressor: compressor, encoding: encoding, memory: memory, counters: counters)
                 }
             },
             makeConsumer: { { (output: SendOutput) throws(MigrationFailure) in
+                // The time a write takes (waiting for room included) is the link's drain rate for `auto`.
+                let (before, started) = (writer.wireBytesSent, ContinuousClock.now)
                 try writer.send(batch: output.frames)
+                encoding.adaptive?.recordDrain(bytes: writer.wireBytesSent - before, time: .now - started)
                 counters.addWritten(output.rawBytes)
             } })
     }

@@ -1,0 +1,123 @@
+import MigrationWire
+import SyncPrimitives
+
+/// `auto`'s running measurements, shared by the compression workers (codec rates)
+/// and the pipeline's writer (the link's drain rate), and the decision they lead to.
+/// Rates are decayed sums, so the last few dozen batches count: they follow a link
+/// or a machine that changes speed while the migration runs.
+final class AdaptiveEncoding: Sendable {
+    /// Weight of the past at each new sample (about the last 10 samples count).
+    static let decay = 0.9
+
+    /// Bytes and seconds, decayed together: their quotient is the recent rate.
+    struct DecayedRate: Sendable, Equatable {
+        var bytes = 0.0
+        var seconds = 0.0
+        var output = 0.0
+
+        mutating func add(bytes b: Double, seconds s: Double, output o: Double = 0) {
+            bytes = bytes * AdaptiveEncoding.decay + b
+            seconds = seconds * AdaptiveEncoding.decay + s
+            output = output * AdaptiveEncoding.decay + o
+        }
+        var perSecond: Double? { seconds > 0 && bytes > 0 ? bytes / seconds : nil }
+    }
+
+    private struct State {
+        var link = DecayedRate()
+        var codecs: [PayloadCodec: DecayedRate] = [:]
+        var last: EncodingDecision?
+        /// Batches per choice ("raw", "zstd:1"): how the choices split over the session.
+        var batches: [String: Int] = [:]
+    }
+
+    let chooser: EncodingChooser
+    let threads: Int
+    private let state = LockedValue(State())
+
+    init(chooser: EncodingChooser, threads: Int) {
+        self.chooser = chooser
+        self.threads = threads
+    }
+
+    /// The choice for the next batch.
+    func decide() -> EncodingDecision {
+        state.withLock { s in
+            let rates = EncodingRates(linkBytesPerSecond: s.link.perSecond,
+                                      codecs: s.codecs.compactMapValues { r in
+                                          r.perSecond.map { CodecRate(bytesPerSecond: $0, ratio: r.output / r.bytes) } },
+                                      compressingThreads: threads)
+            let decision = chooser.decide(rates)
+            s.last = decision
+            s.batches[decision.choice.description, default: 0] += 1
+            return decision
+        }
+    }
+
+    /// A worker compressed `input` bytes to `output` in `time` with `codec`.
+    func recordCompression(_ codec: PayloadCodec, input: Int, output: Int, time: Duration) {
+        guard input > 0 else { return }
+        state.withLock { $0.codecs[codec, default: DecayedRate()].add(bytes: Double(input), seconds: time.seconds, output: Double(output)) }
+    }
+
+    /// The writer moved `bytes` to the TLS stream in `time` (its wait for room included).
+    func recordDrain(bytes: UInt64, time: Duration) {
+        guard bytes > 0 else { return }
+        state.withLock { $0.link.add(bytes: Double(bytes), seconds: time.seconds) }
+    }
+
+    /// For progress events: the latest decision, the rates behind it and the split so far.
+    var report: EncodingReport? {
+        state.withLock { s in
+            s.last.map {
+                EncodingReport(choice: $0.choice.description, reason: $0.reason.description,
+                               linkBytesPerSecond: s.link.perSecond, batches: s.batches)
+            }
+        }
+    }
+}
+
+/// `auto`'s latest choice and why, as progress events carry it (docs/EVENTS.md).
+public struct EncodingReport: Sendable, Codable, Equatable {
+    /// "raw" or a codec level ("zstd:1", "deflate:1").
+    public var choice: String
+    public var reason: String
+    public var linkBytesPerSecond: Double?
+    /// Batches sent so far per choice.
+    public var batches: [String: Int]
+}
+
+/// How a source encodes payloads, settled by the HELLO exchange: the policy, whether
+/// the destination accepts zstd, and under `auto` the shared measurements.
+struct SendEncoding: Sendable {
+    let policy: CompressionPolicy
+    let zstdAccepted: Bool
+    /// `auto` only.
+    let adaptive: AdaptiveEncoding?
+
+    init(policy: CompressionPolicy, destinationAccepts: [Encoding], workers: Int) {
+        self.policy = policy
+        zstdAccepted = destinationAccepts.contains(.zstd) && policy.encodings.contains(.zstd)
+        adaptive = policy == .auto ? AdaptiveEncoding(chooser: EncodingChooser(zstdAccepted: zstdAccepted), threads: workers) : nil
+    }
+
+    /// One per worker thread.
+    func makeCompressor() throws(MigrationFailure) -> PayloadCompressor {
+        do throws(WireError) { return try PayloadCompressor(policy: policy, zstdAccepted: zstdAccepted) } catch { throw MigrationFailure(error) }
+    }
+
+    /// Runs `encode` with `auto`'s choice for this batch and feeds what the codec did back.
+    func encodeBatch<T>(_ compressor: PayloadCompressor, _ encode: (CodecChoice?) throws(WireError) -> T) throws(MigrationFailure) -> T {
+        let choice = adaptive?.decide().choice
+        let before = compressor.counters
+        let result: T
+        do throws(WireError) { result = try encode(choice) } catch { throw MigrationFailure(error) }
+        if let adaptive, case .codec(let codec) = choice {
+            let after = compressor.counters
+            adaptive.recordCompression(PayloadCompressor.resolve(codec, zstdAccepted: zstdAccepted),
+                                       input: after.codecBytesIn - before.codecBytesIn, output: after.codecBytesOut - before.codecBytesOut,
+                                       time: after.codecTime - before.codecTime)
+        }
+        return result
+    }
+}

@@ -1,0 +1,121 @@
+import MigrationWire
+
+/// What a codec level does on this data on this machine now: input bytes per
+/// second of one compressing thread, and output bytes per input byte.
+struct CodecRate: Sendable, Equatable {
+    var bytesPerSecond: Double
+    var ratio: Double
+}
+
+/// The measurements `auto` decides from (PROTOCOL.md §9 leaves the choice to the sender).
+struct EncodingRates: Sendable, Equatable {
+    /// Wire bytes per second the TLS writer moves while it writes; nil before the first write.
+    var linkBytesPerSecond: Double?
+    /// Measured codec levels (the others are estimated from these and the ladder's priors).
+    var codecs: [PayloadCodec: CodecRate] = [:]
+    /// Threads that compress at once.
+    var compressingThreads: Int = 1
+}
+
+/// Why `auto` sends a batch the way it does; shown in progress events.
+enum EncodingReason: Sendable, Equatable, CustomStringConvertible {
+    /// Nothing written yet: the cheapest level, until the link has a rate.
+    case linkNotMeasured
+    /// Raw bytes reach the peer sooner than any level could compress them.
+    case linkFasterThanCodecs(link: Double, bestCodec: Double)
+    /// The link is the bottleneck: this level keeps it full (or comes closest) with the best ratio.
+    case linkBound(link: Double, codec: Double, ratio: Double)
+
+    var description: String {
+        func mb(_ v: Double) -> String { "\(Int((v / 1e6).rounded())) MB/s" }
+        switch self {
+        case .linkNotMeasured: return "link not measured yet: cheapest level"
+        case .linkFasterThanCodecs(let link, let best):
+            return "link moves \(mb(link)), faster than the best level delivers (\(mb(best)) of input): raw"
+        case .linkBound(let link, let codec, let ratio):
+            return "link moves \(mb(link)); this level delivers \(mb(codec)) of input at \(Int((ratio * 100).rounded())) % of the size"
+        }
+    }
+}
+
+struct EncodingDecision: Sendable, Equatable {
+    var choice: CodecChoice
+    var reason: EncodingReason
+}
+
+/// `auto`'s choice per batch, from the link's drain rate and the codecs' rates: the
+/// encoding that moves input fastest, min(threads × codec rate, link ÷ ratio) (raw: the
+/// link), and among those within `tolerance` of the fastest the smallest on the wire.
+/// A fast link gets raw bytes; a slow one the best ratio the cores can afford.
+/// Pure: every input is in `EncodingRates`, so tests decide on synthetic rates.
+struct EncodingChooser: Sendable {
+    /// One candidate level with what it does on the benchmark corpus's data pages
+    /// (docs/PERFORMANCE.md): the prior until it is measured here.
+    struct Step: Sendable, Equatable {
+        var codec: PayloadCodec
+        var prior: CodecRate
+    }
+
+    /// Cheapest first.
+    let ladder: [Step]
+    /// Candidates this close to the fastest count as equally fast (then the ratio decides).
+    var tolerance = 0.05
+
+    /// zstd when the destination accepts it, else raw DEFLATE (libdeflate).
+    init(zstdAccepted: Bool) {
+        ladder = zstdAccepted ? EncodingChooser.zstdLadder : EncodingChooser.deflateLadder
+    }
+
+    init(ladder: [Step]) { self.ladder = ladder }
+
+    // Priors: one thread on this project's benchmark corpus (binary pages), release build.
+    static let zstdLadder: [Step] = [
+        Step(codec: .zstd(level: -5), prior: CodecRate(bytesPerSecond: 900e6, ratio: 0.62)),
+        Step(codec: .zstd(level: -1), prior: CodecRate(bytesPerSecond: 600e6, ratio: 0.52)),
+        Step(codec: .zstd(level: 1), prior: CodecRate(bytesPerSecond: 420e6, ratio: 0.45)),
+        Step(codec: .zstd(level: 3), prior: CodecRate(bytesPerSecond: 220e6, ratio: 0.42)),
+        Step(codec: .zstd(level: 6), prior: CodecRate(bytesPerSecond: 90e6, ratio: 0.40)),
+    ]
+    static let deflateLadder: [Step] = [
+        Step(codec: .deflate(level: 1), prior: CodecRate(bytesPerSecond: 220e6, ratio: 0.50)),
+        Step(codec: .deflate(level: 6), prior: CodecRate(bytesPerSecond: 70e6, ratio: 0.46)),
+    ]
+
+    func decide(_ rates: EncodingRates) -> EncodingDecision {
+        guard let link = rates.linkBytesPerSecond, link > 0 else {
+            return EncodingDecision(choice: .codec(ladder[0].codec), reason: .linkNotMeasured)
+        }
+        let threads = Double(max(rates.compressingThreads, 1))
+        // Input bytes per second each way moves; a level whose output would be sent raw
+        // anyway (≥ 95 %, PayloadCompressor's rule) is no candidate.
+        let codecs = estimates(rates).filter { $0.rate.ratio < 0.95 }.map { e in
+            (choice: CodecChoice.codec(e.codec), input: min(threads * e.rate.bytesPerSecond, link / e.rate.ratio), ratio: e.rate.ratio)
+        }
+        let candidates = [(choice: CodecChoice.raw, input: link, ratio: 1.0)] + codecs
+        let fastest = candidates.map(\.input).max()!
+        // Among the (nearly) fastest, the smallest on the wire; raw first, so it wins ties.
+        let best = candidates.filter { $0.input >= fastest * (1 - tolerance) }.min { $0.ratio < $1.ratio }!
+        guard case .codec = best.choice else {
+            return EncodingDecision(choice: .raw, reason: .linkFasterThanCodecs(link: link, bestCodec: codecs.map(\.input).max() ?? 0))
+        }
+        return EncodingDecision(choice: best.choice, reason: .linkBound(link: link, codec: best.input, ratio: best.ratio))
+    }
+
+    /// Each level's rate: measured if it was, else its prior scaled the way the measured
+    /// levels differ from theirs (this machine's speed, this data's compressibility).
+    func estimates(_ rates: EncodingRates) -> [(codec: PayloadCodec, rate: CodecRate)] {
+        var speedScale = 0.0, ratioScale = 0.0, measured = 0.0
+        for step in ladder {
+            guard let m = rates.codecs[step.codec] else { continue }
+            speedScale += m.bytesPerSecond / step.prior.bytesPerSecond
+            ratioScale += m.ratio / step.prior.ratio
+            measured += 1
+        }
+        if measured == 0 { (speedScale, ratioScale, measured) = (1, 1, 1) }
+        return ladder.map { step in
+            let rate = rates.codecs[step.codec] ?? CodecRate(bytesPerSecond: step.prior.bytesPerSecond * speedScale / measured,
+                                                             ratio: min(1, step.prior.ratio * ratioScale / measured))
+            return (step.codec, rate)
+        }
+    }
+}

@@ -1,0 +1,84 @@
+import Testing
+@testable import MigrationEngine
+import MigrationWire
+
+/// `auto`'s per-batch choice on synthetic rates (no clock, no network): raw when the
+/// link outruns every level, the best ratio the cores keep the link full with when it
+/// is slow, and a cheaper level in between.
+@Suite struct EncodingChooserTests {
+    /// Two levels with round numbers: cheap (400 MB/s, 50 %) and strong (100 MB/s, 40 %).
+    let chooser = EncodingChooser(ladder: [
+        .init(codec: .zstd(level: -1), prior: CodecRate(bytesPerSecond: 400e6, ratio: 0.5)),
+        .init(codec: .zstd(level: 3), prior: CodecRate(bytesPerSecond: 100e6, ratio: 0.4)),
+    ])
+
+    func decide(link: Double?, threads: Int = 1, measured: [PayloadCodec: CodecRate] = [:]) -> EncodingDecision {
+        chooser.decide(EncodingRates(linkBytesPerSecond: link, codecs: measured, compressingThreads: threads))
+    }
+
+    @Test func aFastLinkGetsRawBytes() {
+        // 1 GB/s link: raw moves 1 GB/s of input; the cheap level at most 400 MB/s.
+        let d = decide(link: 1e9)
+        #expect(d.choice == .raw)
+        #expect(d.reason == .linkFasterThanCodecs(link: 1e9, bestCodec: 400e6))
+    }
+
+    @Test func aSlowLinkGetsTheBestRatioTheCoresAfford() {
+        // 20 MB/s: both levels keep it full (cheap: 40 MB/s of input, strong: 50 MB/s): the strong one.
+        let d = decide(link: 20e6)
+        #expect(d.choice == .codec(.zstd(level: 3)))
+        #expect(d.reason == .linkBound(link: 20e6, codec: 50e6, ratio: 0.4))
+    }
+
+    @Test func inBetweenTheCheaperLevelWins() {
+        // 150 MB/s: raw 150, cheap min(400, 300) = 300, strong min(100, 375) = 100 of input.
+        #expect(decide(link: 150e6).choice == .codec(.zstd(level: -1)))
+        // The same link with four cores: strong gives min(400, 375) = 375 > cheap's 300.
+        #expect(decide(link: 150e6, threads: 4).choice == .codec(.zstd(level: 3)))
+    }
+
+    @Test func beforeTheFirstWriteTheCheapestLevel() {
+        let d = decide(link: nil)
+        #expect(d.choice == .codec(.zstd(level: -1)))
+        #expect(d.reason == .linkNotMeasured)
+    }
+
+    /// A busy machine: the cheap level measured at a quarter of its prior makes the
+    /// strong one (not measured) a quarter as fast too, and raw wins on a link that
+    /// would have been compressed on an idle machine.
+    @Test func measuredRatesScaleTheLevelsNotMeasured() {
+        let slow: [PayloadCodec: CodecRate] = [.zstd(level: -1): CodecRate(bytesPerSecond: 100e6, ratio: 0.5)]
+        let estimates = chooser.estimates(EncodingRates(linkBytesPerSecond: 1, codecs: slow))
+        #expect(estimates.map(\.rate) == [CodecRate(bytesPerSecond: 100e6, ratio: 0.5), CodecRate(bytesPerSecond: 25e6, ratio: 0.4)])
+        #expect(decide(link: 150e6).choice == .codec(.zstd(level: -1)))
+        #expect(decide(link: 150e6, measured: slow).choice == .raw)
+    }
+
+    /// Data that compresses worse than the priors (measured 97 %: it would go out raw
+    /// anyway) makes compression not worth it on a link where the priors would compress.
+    @Test func incompressibleDataGoesRaw() {
+        let poor: [PayloadCodec: CodecRate] = [.zstd(level: -1): CodecRate(bytesPerSecond: 400e6, ratio: 0.97)]
+        #expect(decide(link: 150e6).choice == .codec(.zstd(level: -1)))
+        #expect(decide(link: 150e6, measured: poor).choice == .raw)
+    }
+
+    @Test func withoutZstdTheLadderIsDeflate() {
+        #expect(EncodingChooser(zstdAccepted: false).ladder.allSatisfy { if case .deflate = $0.codec { true } else { false } })
+        #expect(EncodingChooser(zstdAccepted: true).ladder.allSatisfy { if case .zstd = $0.codec { true } else { false } })
+    }
+
+    /// The shared measurements: the writer's drain and the workers' codec rates lead to the decision.
+    @Test func adaptiveEncodingDecidesFromWhatWasRecorded() {
+        let adaptive = AdaptiveEncoding(chooser: chooser, threads: 1)
+        #expect(adaptive.decide().reason == .linkNotMeasured)
+        adaptive.recordDrain(bytes: 1_000_000_000, time: .seconds(1))
+        #expect(adaptive.decide().choice == .raw)
+        adaptive.recordCompression(.zstd(level: -1), input: 40_000_000, output: 20_000_000, time: .milliseconds(100))
+        for _ in 0..<100 { adaptive.recordDrain(bytes: 10_000_000, time: .milliseconds(500)) }   // the link slows to 20 MB/s
+        #expect(adaptive.decide().choice == .codec(.zstd(level: 3)))
+        let report = adaptive.report
+        #expect(report?.choice == "zstd:3")
+        #expect(report?.batches == ["raw": 1, "zstd:-1": 1, "zstd:3": 1])
+        #expect(report.map { abs($0.linkBytesPerSecond! - 20e6) < 1e6 } == true)
+    }
+}
