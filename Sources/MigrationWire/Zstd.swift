@@ -40,15 +40,8 @@ public final class ZstdCompressor {
     /// One zstd frame of `input` whose header declares its content size
     /// (ZSTD_compress2 writes it: the size is known before the call).
     public func compress(_ input: ArraySlice<UInt8>) throws(WireError) -> [UInt8] {
-        let bound = ZSTD_compressBound(input.count)
         let c = context
-        var code = 0
-        let output = input.withUnsafeBytes { inBuf in
-            [UInt8](unsafeUninitializedCapacity: max(bound, 1)) { out, count in
-                code = ZSTD_compress2(c, out.baseAddress, bound, inBuf.baseAddress, inBuf.count)
-                count = ZSTD_isError(code) != 0 ? 0 : code
-            }
-        }
+        let (output, code) = zstdOneShot(input, capacity: ZSTD_compressBound(input.count)) { ZSTD_compress2(c, $0, $1, $2, $3) }
         guard ZSTD_isError(code) == 0 else {
             throw .compressionFailed(library: "zstd", operation: "ZSTD_compress2", detail: String(cString: ZSTD_getErrorName(code)))
         }
@@ -79,13 +72,7 @@ final class ZstdDecompressor {
         }
         try Self.checkFrame(input, expectedLength: expectedLength, frame: frame)
         let d = context
-        var code = 0
-        let output = input.withUnsafeBytes { inBuf in
-            [UInt8](unsafeUninitializedCapacity: max(expectedLength, 1)) { out, count in
-                code = ZSTD_decompressDCtx(d, out.baseAddress, expectedLength, inBuf.baseAddress, inBuf.count)
-                count = ZSTD_isError(code) != 0 ? 0 : code
-            }
-        }
+        let (output, code) = zstdOneShot(input[...], capacity: expectedLength) { ZSTD_decompressDCtx(d, $0, $1, $2, $3) }
         guard ZSTD_isError(code) == 0 else {
             throw .corruptZstdFrame(frame: frame, detail: String(cString: ZSTD_getErrorName(code)))
         }
@@ -116,6 +103,20 @@ final class ZstdDecompressor {
             throw .corruptZstdFrame(frame: frame, detail: "\(input.count - frameSize) byte(s) after the end of the frame")
         }
     }
+}
+
+/// One one-shot zstd call (destination, capacity, source, size) from `input` into a new
+/// array of `capacity` bytes: the array (empty on error) and zstd's result code.
+private func zstdOneShot(_ input: ArraySlice<UInt8>, capacity: Int,
+                         _ call: (UnsafeMutableRawPointer?, Int, UnsafeRawPointer?, Int) -> Int) -> ([UInt8], Int) {
+    var code = 0
+    let output = input.withUnsafeBytes { inBuf in
+        [UInt8](unsafeUninitializedCapacity: max(capacity, 1)) { out, count in
+            code = call(out.baseAddress, capacity, inBuf.baseAddress, inBuf.count)
+            count = ZSTD_isError(code) != 0 ? 0 : code
+        }
+    }
+    return (output, code)
 }
 
 /// Per-thread: owns C state that one thread at a time may use; never shared.
