@@ -8,6 +8,10 @@ import SyncPrimitives
 final class AdaptiveEncoding: Sendable {
     /// Weight of the past at each new sample (about the last 10 samples count).
     static let decay = 0.9
+    /// Every this many raw batches, one runs the cheapest level instead: a level's rate
+    /// is only measured while it is used, and one measured on a busy moment must not
+    /// keep `auto` on raw once the cores are free again.
+    static let remeasureEvery = 16
 
     /// Bytes and seconds, decayed together: their quotient is the recent rate.
     struct DecayedRate: Sendable, Equatable {
@@ -27,6 +31,7 @@ final class AdaptiveEncoding: Sendable {
         var link = DecayedRate()
         var codecs: [PayloadCodec: DecayedRate] = [:]
         var last: EncodingDecision?
+        var rawInARow = 0
         /// Batches per choice ("raw", "zstd:1"): how the choices split over the session.
         var batches: [String: Int] = [:]
     }
@@ -47,7 +52,15 @@ final class AdaptiveEncoding: Sendable {
                                       codecs: s.codecs.compactMapValues { r in
                                           r.perSecond.map { CodecRate(bytesPerSecond: $0, ratio: r.output / r.bytes) } },
                                       compressingThreads: threads)
-            let decision = chooser.decide(rates)
+            var decision = chooser.decide(rates)
+            if decision.choice == .raw {
+                s.rawInARow += 1
+                if s.rawInARow % AdaptiveEncoding.remeasureEvery == 0 {
+                    decision = EncodingDecision(choice: .codec(chooser.ladder[0].codec), reason: .remeasuring)
+                }
+            } else {
+                s.rawInARow = 0
+            }
             s.last = decision
             s.batches[decision.choice.description, default: 0] += 1
             return decision

@@ -25,6 +25,8 @@ enum EncodingReason: Sendable, Equatable, CustomStringConvertible {
     case linkFasterThanCodecs(link: Double, bestCodec: Double)
     /// The link is the bottleneck: this level keeps it full (or comes closest) with the best ratio.
     case linkBound(link: Double, codec: Double, ratio: Double)
+    /// A batch among raw ones compressed anyway, so the codec's measured rate stays current.
+    case remeasuring
 
     var description: String {
         func mb(_ v: Double) -> String { "\(Int((v / 1e6).rounded())) MB/s" }
@@ -34,6 +36,7 @@ enum EncodingReason: Sendable, Equatable, CustomStringConvertible {
             return "link moves \(mb(link)), faster than the best level delivers (\(mb(best)) of input): raw"
         case .linkBound(let link, let codec, let ratio):
             return "link moves \(mb(link)); this level delivers \(mb(codec)) of input at \(Int((ratio * 100).rounded())) % of the size"
+        case .remeasuring: return "one batch in \(AdaptiveEncoding.remeasureEvery) of raw ones: measuring the cheapest level again"
         }
     }
 }

@@ -67,6 +67,16 @@ import MigrationWire
         #expect(EncodingChooser(zstdAccepted: true).ladder.allSatisfy { if case .zstd = $0.codec { true } else { false } })
     }
 
+    /// A level measured on a busy moment is measured again while raw wins: one batch in 16.
+    @Test func rawBatchesKeepTheCodecMeasured() {
+        let adaptive = AdaptiveEncoding(chooser: chooser, threads: 1)
+        adaptive.recordDrain(bytes: 1_000_000_000, time: .seconds(1))
+        let choices = (0..<32).map { _ in adaptive.decide() }
+        #expect(choices.filter { $0.choice == .raw }.count == 30)
+        #expect(choices[15] == EncodingDecision(choice: .codec(.zstd(level: -1)), reason: .remeasuring))
+        #expect(choices[31].reason == .remeasuring)
+    }
+
     /// The shared measurements: the writer's drain and the workers' codec rates lead to the decision.
     @Test func adaptiveEncodingDecidesFromWhatWasRecorded() {
         let adaptive = AdaptiveEncoding(chooser: chooser, threads: 1)
