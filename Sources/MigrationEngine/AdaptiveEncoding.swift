@@ -6,8 +6,12 @@ import SyncPrimitives
 /// Rates are decayed sums, so the last few dozen batches count: they follow a link
 /// or a machine that changes speed while the migration runs.
 final class AdaptiveEncoding: Sendable {
-    /// Weight of the past at each new sample (about the last 10 samples count).
+    /// Weight of the past at each new codec sample (about the last 10 batches count).
     static let decay = 0.9
+    /// The link's, over about the last 30 writes (tens of MiB): a write that only fills
+    /// the socket's send buffer (up to a few MiB) returns at once, and must not make
+    /// a slow link look fast for long.
+    static let linkDecay = 0.97
     /// Every this many raw batches, one runs the cheapest level instead: a level's rate
     /// is only measured while it is used, and one measured on a busy moment must not
     /// keep `auto` on raw once the cores are free again.
@@ -19,10 +23,10 @@ final class AdaptiveEncoding: Sendable {
         var seconds = 0.0
         var output = 0.0
 
-        mutating func add(bytes b: Double, seconds s: Double, output o: Double = 0) {
-            bytes = bytes * AdaptiveEncoding.decay + b
-            seconds = seconds * AdaptiveEncoding.decay + s
-            output = output * AdaptiveEncoding.decay + o
+        mutating func add(bytes b: Double, seconds s: Double, output o: Double = 0, decay: Double = AdaptiveEncoding.decay) {
+            bytes = bytes * decay + b
+            seconds = seconds * decay + s
+            output = output * decay + o
         }
         var perSecond: Double? { seconds > 0 && bytes > 0 ? bytes / seconds : nil }
     }
@@ -76,7 +80,7 @@ final class AdaptiveEncoding: Sendable {
     /// The writer moved `bytes` to the TLS stream in `time` (its wait for room included).
     func recordDrain(bytes: UInt64, time: Duration) {
         guard bytes > 0 else { return }
-        state.withLock { $0.link.add(bytes: Double(bytes), seconds: time.seconds) }
+        state.withLock { $0.link.add(bytes: Double(bytes), seconds: time.seconds, decay: AdaptiveEncoding.linkDecay) }
     }
 
     /// For progress events: the latest decision, the rates behind it and the split so far.

@@ -84,7 +84,7 @@ import MigrationWire
         adaptive.recordDrain(bytes: 1_000_000_000, time: .seconds(1))
         #expect(adaptive.decide().choice == .raw)
         adaptive.recordCompression(.zstd(level: -1), input: 40_000_000, output: 20_000_000, time: .milliseconds(100))
-        for _ in 0..<100 { adaptive.recordDrain(bytes: 10_000_000, time: .milliseconds(500)) }   // the link slows to 20 MB/s
+        for _ in 0..<400 { adaptive.recordDrain(bytes: 10_000_000, time: .milliseconds(500)) }   // the link slows to 20 MB/s
         #expect(adaptive.decide().choice == .codec(.zstd(level: 3)))
         let report = adaptive.report
         #expect(report?.choice == "zstd:3")
