@@ -1,3 +1,4 @@
+import Foundation
 import MigrationWire
 import SyncPrimitives
 
@@ -33,6 +34,10 @@ final class AdaptiveEncoding: Sendable {
 
     private struct State {
         var link = DecayedRate()
+        /// The writer's CPU seconds (`bytes`) over the wall time from one write's start
+        /// to the next (`seconds`): the share of a core TLS takes.
+        var writerCPU = DecayedRate()
+        var lastWriteStart: ContinuousClock.Instant?
         var codecs: [PayloadCodec: DecayedRate] = [:]
         var last: EncodingDecision?
         var rawInARow = 0
@@ -41,12 +46,13 @@ final class AdaptiveEncoding: Sendable {
     }
 
     let chooser: EncodingChooser
-    let threads: Int
+    /// Cores the workers may use (min of workers and cores): the writer's share is taken off.
+    let cores: Int
     private let state = LockedValue(State())
 
-    init(chooser: EncodingChooser, threads: Int) {
+    init(chooser: EncodingChooser, cores: Int) {
         self.chooser = chooser
-        self.threads = threads
+        self.cores = cores
     }
 
     /// The choice for the next batch.
@@ -55,7 +61,7 @@ final class AdaptiveEncoding: Sendable {
             let rates = EncodingRates(linkBytesPerSecond: s.link.perSecond,
                                       codecs: s.codecs.compactMapValues { r in
                                           r.perSecond.map { CodecRate(bytesPerSecond: $0, ratio: r.output / r.bytes) } },
-                                      compressingThreads: threads)
+                                      compressingThreads: compressingThreads(s))
             var decision = chooser.decide(rates)
             if decision.choice == .raw {
                 s.rawInARow += 1
@@ -71,16 +77,31 @@ final class AdaptiveEncoding: Sendable {
         }
     }
 
+    /// The cores left to compress: the writer encrypts on one of them for the share of
+    /// the time it is busy (most of it while raw bytes flow on a fast link, little while
+    /// it waits for a slow one), never below one.
+    private func compressingThreads(_ s: State) -> Double {
+        let writerShare = s.writerCPU.perSecond.map { min(max($0, 0), 1) } ?? 0
+        return max(1, Double(cores) - writerShare)
+    }
+
     /// A worker compressed `input` bytes to `output` in `time` with `codec`.
     func recordCompression(_ codec: PayloadCodec, input: Int, output: Int, time: Duration) {
         guard input > 0 else { return }
         state.withLock { $0.codecs[codec, default: DecayedRate()].add(bytes: Double(input), seconds: time.seconds, output: Double(output)) }
     }
 
-    /// The writer moved `bytes` to the TLS stream in `time` (its wait for room included).
-    func recordDrain(bytes: UInt64, time: Duration) {
+    /// The writer moved `bytes` to the TLS stream from `started` to `ended` (its wait
+    /// for room included), using `cpu` of its thread's CPU time.
+    func recordDrain(bytes: UInt64, started: ContinuousClock.Instant, ended: ContinuousClock.Instant, cpu: Duration) {
         guard bytes > 0 else { return }
-        state.withLock { $0.link.add(bytes: Double(bytes), seconds: time.seconds, decay: AdaptiveEncoding.linkDecay) }
+        state.withLock { s in
+            s.link.add(bytes: Double(bytes), seconds: (ended - started).seconds, decay: AdaptiveEncoding.linkDecay)
+            if let last = s.lastWriteStart {
+                s.writerCPU.add(bytes: cpu.seconds, seconds: (started - last).seconds, decay: AdaptiveEncoding.linkDecay)
+            }
+            s.lastWriteStart = started
+        }
     }
 
     /// For progress events: the latest decision, the rates behind it and the split so far.
@@ -92,6 +113,14 @@ final class AdaptiveEncoding: Sendable {
             }
         }
     }
+}
+
+/// CPU time the calling thread has used (CLOCK_THREAD_CPUTIME_ID): how much of a
+/// core the writer's TLS encryption takes.
+func threadCPUTime() -> Duration {
+    var ts = timespec()
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts)
+    return .seconds(ts.tv_sec) + .nanoseconds(ts.tv_nsec)
 }
 
 /// `auto`'s latest choice and why, as progress events carry it (docs/EVENTS.md).
@@ -115,7 +144,10 @@ struct SendEncoding: Sendable {
     init(policy: CompressionPolicy, destinationAccepts: [Encoding], workers: Int) {
         self.policy = policy
         zstdAccepted = destinationAccepts.contains(.zstd) && policy.encodings.contains(.zstd)
-        adaptive = policy == .auto ? AdaptiveEncoding(chooser: EncodingChooser(zstdAccepted: zstdAccepted), threads: workers) : nil
+        adaptive = policy == .auto
+            ? AdaptiveEncoding(chooser: EncodingChooser(zstdAccepted: zstdAccepted),
+                               cores: max(1, min(workers, ProcessInfo.processInfo.activeProcessorCount)))
+            : nil
     }
 
     /// One per worker thread.

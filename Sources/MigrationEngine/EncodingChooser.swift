@@ -13,8 +13,8 @@ struct EncodingRates: Sendable, Equatable {
     var linkBytesPerSecond: Double?
     /// Measured codec levels (the others are estimated from these and the ladder's priors).
     var codecs: [PayloadCodec: CodecRate] = [:]
-    /// Threads that compress at once.
-    var compressingThreads: Int = 1
+    /// Cores the workers compress on at once (the writer's share taken off).
+    var compressingThreads: Double = 1
 }
 
 /// Why `auto` sends a batch the way it does; shown in progress events.
@@ -90,7 +90,7 @@ struct EncodingChooser: Sendable {
         guard let link = rates.linkBytesPerSecond, link > 0 else {
             return EncodingDecision(choice: .codec(ladder[0].codec), reason: .linkNotMeasured)
         }
-        let threads = Double(max(rates.compressingThreads, 1))
+        let threads = max(rates.compressingThreads, 1)
         // Input bytes per second each way moves; a level whose output would be sent raw
         // anyway (≥ 95 %, PayloadCompressor's rule) is no candidate.
         let codecs = estimates(rates).filter { $0.rate.ratio < 0.95 }.map { e in

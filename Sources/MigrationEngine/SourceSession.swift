@@ -552,9 +552,9 @@ final class SourceSession {
             },
             makeConsumer: { { (output: SendOutput) throws(MigrationFailure) in
                 // The time a write takes (waiting for room included) is the link's drain rate for `auto`.
-                let (before, started) = (writer.wireBytesSent, ContinuousClock.now)
+                let (before, started, cpu) = (writer.wireBytesSent, ContinuousClock.now, threadCPUTime())
                 try writer.send(batch: output.frames)
-                encoding.adaptive?.recordDrain(bytes: writer.wireBytesSent - before, time: .now - started)
+                encoding.adaptive?.recordDrain(bytes: writer.wireBytesSent - before, started: started, ended: .now, cpu: threadCPUTime() - cpu)
                 counters.addWritten(output.rawBytes)
             } })
     }

@@ -13,7 +13,7 @@ import MigrationWire
     ])
 
     func decide(link: Double?, threads: Int = 1, measured: [PayloadCodec: CodecRate] = [:]) -> EncodingDecision {
-        chooser.decide(EncodingRates(linkBytesPerSecond: link, codecs: measured, compressingThreads: threads))
+        chooser.decide(EncodingRates(linkBytesPerSecond: link, codecs: measured, compressingThreads: Double(threads)))
     }
 
     @Test func aFastLinkGetsRawBytes() {
@@ -67,10 +67,28 @@ import MigrationWire
         #expect(EncodingChooser(zstdAccepted: true).ladder.allSatisfy { if case .zstd = $0.codec { true } else { false } })
     }
 
+    /// The writer's CPU share is taken off the cores that compress. 150 MB/s link, three
+    /// cores: with the writer idle the strong level keeps up (min(300, 375) ties the cheap
+    /// one's 300, and wins on ratio); with the writer busy all the time two cores are left
+    /// and the strong level (200) falls behind the cheap one (300).
+    @Test func theWritersCPUShareIsNotForCompression() {
+        func decision(writerBusy: Double) -> CodecChoice {
+            let a = AdaptiveEncoding(chooser: chooser, cores: 3)
+            let t0 = ContinuousClock.now
+            for k in 0..<200 {
+                let start = t0 + .milliseconds(100 * k)
+                a.recordDrain(bytes: 15_000_000, started: start, ended: start + .milliseconds(100), cpu: .milliseconds(Int(100 * writerBusy)))
+            }
+            return a.decide().choice
+        }
+        #expect(decision(writerBusy: 0) == .codec(.zstd(level: 3)))
+        #expect(decision(writerBusy: 1) == .codec(.zstd(level: -1)))
+    }
+
     /// A level measured on a busy moment is measured again while raw wins: one batch in 16.
     @Test func rawBatchesKeepTheCodecMeasured() {
-        let adaptive = AdaptiveEncoding(chooser: chooser, threads: 1)
-        adaptive.recordDrain(bytes: 1_000_000_000, time: .seconds(1))
+        let adaptive = AdaptiveEncoding(chooser: chooser, cores: 1)
+        adaptive.recordDrain(bytes: 1_000_000_000, started: .now, ended: .now + .seconds(1), cpu: .zero)
         let choices = (0..<32).map { _ in adaptive.decide() }
         #expect(choices.filter { $0.choice == .raw }.count == 30)
         #expect(choices[15] == EncodingDecision(choice: .codec(.zstd(level: -1)), reason: .remeasuring))
@@ -79,12 +97,12 @@ import MigrationWire
 
     /// The shared measurements: the writer's drain and the workers' codec rates lead to the decision.
     @Test func adaptiveEncodingDecidesFromWhatWasRecorded() {
-        let adaptive = AdaptiveEncoding(chooser: chooser, threads: 1)
+        let adaptive = AdaptiveEncoding(chooser: chooser, cores: 1)
         #expect(adaptive.decide().reason == .linkNotMeasured)
-        adaptive.recordDrain(bytes: 1_000_000_000, time: .seconds(1))
+        adaptive.recordDrain(bytes: 1_000_000_000, started: .now, ended: .now + .seconds(1), cpu: .zero)
         #expect(adaptive.decide().choice == .raw)
         adaptive.recordCompression(.zstd(level: -1), input: 40_000_000, output: 20_000_000, time: .milliseconds(100))
-        for _ in 0..<400 { adaptive.recordDrain(bytes: 10_000_000, time: .milliseconds(500)) }   // the link slows to 20 MB/s
+        for _ in 0..<400 { adaptive.recordDrain(bytes: 10_000_000, started: .now, ended: .now + .milliseconds(500), cpu: .zero) }   // the link slows to 20 MB/s
         #expect(adaptive.decide().choice == .codec(.zstd(level: 3)))
         let report = adaptive.report
         #expect(report?.choice == "zstd:3")
