@@ -39,20 +39,28 @@ final class AdaptiveEncoding: Sendable {
         var writerCPU = DecayedRate()
         var lastWriteStart: ContinuousClock.Instant?
         var codecs: [PayloadCodec: DecayedRate] = [:]
+        /// The host's idle cores and our codecs' CPU (empty without /proc/stat).
+        var host = IdleCoreMeter()
         var last: EncodingDecision?
         var rawInARow = 0
         /// Batches per choice ("raw", "zstd:1"): how the choices split over the session.
         var batches: [String: Int] = [:]
     }
 
+    /// Host CPU readings at most this often (the counters tick at 100 Hz).
+    static let hostSampleInterval = Duration.milliseconds(20)
+
     let chooser: EncodingChooser
-    /// Cores the workers may use (min of workers and cores): the writer's share is taken off.
+    /// Cores the workers may use (min of workers and cores): the most compression gets.
     let cores: Int
+    /// Reads the host's CPU counters (HostCPUTimes.read); nil: the workers model only.
+    private let hostCPU: (@Sendable () -> HostCPUTimes?)?
     private let state = LockedValue(State())
 
-    init(chooser: EncodingChooser, cores: Int) {
+    init(chooser: EncodingChooser, cores: Int, hostCPU: (@Sendable () -> HostCPUTimes?)? = nil) {
         self.chooser = chooser
         self.cores = cores
+        self.hostCPU = hostCPU
     }
 
     /// The choice for the next batch.
@@ -61,7 +69,7 @@ final class AdaptiveEncoding: Sendable {
             let rates = EncodingRates(linkBytesPerSecond: s.link.perSecond,
                                       codecs: s.codecs.compactMapValues { r in
                                           r.perSecond.map { CodecRate(bytesPerSecond: $0, ratio: r.output / r.bytes) } },
-                                      compressingThreads: compressingThreads(s))
+                                      cores: compressingCores(s))
             var decision = chooser.decide(rates)
             if decision.choice == .raw {
                 s.rawInARow += 1
@@ -77,18 +85,31 @@ final class AdaptiveEncoding: Sendable {
         }
     }
 
-    /// The cores left to compress: the writer encrypts on one of them for the share of
-    /// the time it is busy (most of it while raw bytes flow on a fast link, little while
-    /// it waits for a slow one), never below one.
-    private func compressingThreads(_ s: State) -> Double {
+    /// The cores compression may use: measured from the host's idle CPU when there are
+    /// readings (IdleCoreMeter), at most the workers' cores. Without them, the workers'
+    /// cores less the writer's share (it encrypts on one of them for the share of the
+    /// time it is busy), never below one.
+    private func compressingCores(_ s: State) -> CoreBudget {
+        if let idle = s.host.compressingCores {
+            return CoreBudget(cores: min(Double(cores), idle), measured: true)
+        }
         let writerShare = s.writerCPU.perSecond.map { min(max($0, 0), 1) } ?? 0
-        return max(1, Double(cores) - writerShare)
+        return CoreBudget(cores: max(1, Double(cores) - writerShare), measured: false)
     }
 
-    /// A worker compressed `input` bytes to `output` in `time` with `codec`.
-    func recordCompression(_ codec: PayloadCodec, input: Int, output: Int, time: Duration) {
+    /// A worker compressed `input` bytes to `output` in `time` with `codec`, using `cpu`
+    /// of its thread's CPU time.
+    func recordCompression(_ codec: PayloadCodec, input: Int, output: Int, time: Duration, cpu: Duration = .zero) {
         guard input > 0 else { return }
-        state.withLock { $0.codecs[codec, default: DecayedRate()].add(bytes: Double(input), seconds: time.seconds, output: Double(output)) }
+        state.withLock { s in
+            s.codecs[codec, default: DecayedRate()].add(bytes: Double(input), seconds: time.seconds, output: Double(output))
+            s.host.addCodecCPU(seconds: cpu.seconds)
+        }
+    }
+
+    /// A reading of the host's CPU counters, taken `at`.
+    func recordHostCPU(_ times: HostCPUTimes, at: ContinuousClock.Instant) {
+        state.withLock { $0.host.sample(times, at: at) }
     }
 
     /// The writer moved `bytes` to the TLS stream from `started` to `ended` (its wait
@@ -102,6 +123,15 @@ final class AdaptiveEncoding: Sendable {
             }
             s.lastWriteStart = started
         }
+        sampleHostCPU(now: ended)
+    }
+
+    /// Reads the host's counters when the last reading is `hostSampleInterval` old
+    /// (on the writer's thread, outside the lock).
+    private func sampleHostCPU(now: ContinuousClock.Instant) {
+        guard let hostCPU else { return }
+        let due = state.withLock { s in s.host.last.map { now - $0.at >= AdaptiveEncoding.hostSampleInterval } ?? true }
+        if due, let times = hostCPU() { recordHostCPU(times, at: .now) }
     }
 
     /// For progress events: the latest decision, the rates behind it and the split so far.
@@ -146,7 +176,8 @@ struct SendEncoding: Sendable {
         zstdAccepted = destinationAccepts.contains(.zstd) && policy.encodings.contains(.zstd)
         adaptive = policy == .auto
             ? AdaptiveEncoding(chooser: EncodingChooser(zstdAccepted: zstdAccepted),
-                               cores: max(1, min(workers, ProcessInfo.processInfo.activeProcessorCount)))
+                               cores: max(1, min(workers, ProcessInfo.processInfo.activeProcessorCount)),
+                               hostCPU: HostCPUTimes.read)
             : nil
     }
 
@@ -158,14 +189,14 @@ struct SendEncoding: Sendable {
     /// Runs `encode` with `auto`'s choice for this batch and feeds what the codec did back.
     func encodeBatch<T>(_ compressor: PayloadCompressor, _ encode: (CodecChoice?) throws(WireError) -> T) throws(MigrationFailure) -> T {
         let choice = adaptive?.decide().choice
-        let before = compressor.counters
+        let (before, cpu) = (compressor.counters, adaptive == nil ? .zero : threadCPUTime())
         let result: T
         do throws(WireError) { result = try encode(choice) } catch { throw MigrationFailure(error) }
         if let adaptive, case .codec(let codec) = choice {
             let after = compressor.counters
             adaptive.recordCompression(PayloadCompressor.resolve(codec, zstdAccepted: zstdAccepted),
                                        input: after.codecBytesIn - before.codecBytesIn, output: after.codecBytesOut - before.codecBytesOut,
-                                       time: after.codecTime - before.codecTime)
+                                       time: after.codecTime - before.codecTime, cpu: threadCPUTime() - cpu)
         }
         return result
     }

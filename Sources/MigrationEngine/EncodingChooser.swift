@@ -13,18 +13,32 @@ struct EncodingRates: Sendable, Equatable {
     var linkBytesPerSecond: Double?
     /// Measured codec levels (the others are estimated from these and the ladder's priors).
     var codecs: [PayloadCodec: CodecRate] = [:]
-    /// Cores the workers compress on at once (the writer's share taken off).
-    var compressingThreads: Double = 1
+    /// Cores the workers may compress on at once.
+    var cores = CoreBudget(cores: 1, measured: false)
+}
+
+/// The cores compression may use, and where the figure comes from.
+struct CoreBudget: Sendable, Equatable, CustomStringConvertible {
+    var cores: Double
+    /// From the host's idle CPU (IdleCoreMeter): may be below one, down to none.
+    /// Otherwise the workers' cores less the writer's share, at least one.
+    var measured: Bool
+
+    /// What the chooser multiplies a level's one-thread rate by.
+    var threads: Double { measured ? max(cores, 0) : max(cores, 1) }
+    var description: String {
+        (measured ? "idle cores " : "cores ") + String(format: "%.1f", threads)
+    }
 }
 
 /// Why `auto` sends a batch the way it does; shown in progress events.
 enum EncodingReason: Sendable, Equatable, CustomStringConvertible {
     /// Nothing written yet: the cheapest level, until the link has a rate.
     case linkNotMeasured
-    /// Raw bytes reach the peer sooner than any level could compress them.
-    case linkFasterThanCodecs(link: Double, bestCodec: Double)
+    /// Raw bytes reach the peer sooner than any level could compress them on these cores.
+    case linkFasterThanCodecs(link: Double, bestCodec: Double, cores: CoreBudget)
     /// The link is the bottleneck: this level keeps it full (or comes closest) with the best ratio.
-    case linkBound(link: Double, codec: Double, ratio: Double)
+    case linkBound(link: Double, codec: Double, ratio: Double, cores: CoreBudget)
     /// A batch among raw ones compressed anyway, so the codec's measured rate stays current.
     case remeasuring
 
@@ -32,10 +46,10 @@ enum EncodingReason: Sendable, Equatable, CustomStringConvertible {
         func mb(_ v: Double) -> String { "\(Int((v / 1e6).rounded())) MB/s" }
         switch self {
         case .linkNotMeasured: return "link not measured yet: cheapest level"
-        case .linkFasterThanCodecs(let link, let best):
-            return "link moves \(mb(link)), faster than the best level delivers (\(mb(best)) of input): raw"
-        case .linkBound(let link, let codec, let ratio):
-            return "link moves \(mb(link)); this level delivers \(mb(codec)) of input at \(Int((ratio * 100).rounded())) % of the size"
+        case .linkFasterThanCodecs(let link, let best, let cores):
+            return "\(cores): raw (link moves \(mb(link)), faster than the best level delivers: \(mb(best)) of input)"
+        case .linkBound(let link, let codec, let ratio, let cores):
+            return "\(cores): link moves \(mb(link)); this level delivers \(mb(codec)) of input at \(Int((ratio * 100).rounded())) % of the size"
         case .remeasuring: return "one batch in \(AdaptiveEncoding.remeasureEvery) of raw ones: measuring the cheapest level again"
         }
     }
@@ -46,10 +60,11 @@ struct EncodingDecision: Sendable, Equatable {
     var reason: EncodingReason
 }
 
-/// `auto`'s choice per batch, from the link's drain rate and the codecs' rates: the
-/// encoding that moves input fastest, min(threads × codec rate, link ÷ ratio) (raw: the
-/// link), and among those within `tolerance` of the fastest the smallest on the wire.
-/// A fast link gets raw bytes; a slow one the best ratio the cores can afford.
+/// `auto`'s choice per batch, from the link's drain rate, the codecs' rates and the
+/// cores compression may use: the encoding that moves input fastest, min(cores × codec
+/// rate, link ÷ ratio) (raw: the link), and among those within `tolerance` of the
+/// fastest the smallest on the wire. A fast link or a host without idle cores gets raw
+/// bytes; a slow link the best ratio the idle cores can afford.
 /// Pure: every input is in `EncodingRates`, so tests decide on synthetic rates.
 struct EncodingChooser: Sendable {
     /// One candidate level with what it does on the benchmark corpus's data pages
@@ -90,7 +105,7 @@ struct EncodingChooser: Sendable {
         guard let link = rates.linkBytesPerSecond, link > 0 else {
             return EncodingDecision(choice: .codec(ladder[0].codec), reason: .linkNotMeasured)
         }
-        let threads = max(rates.compressingThreads, 1)
+        let threads = rates.cores.threads
         // Input bytes per second each way moves; a level whose output would be sent raw
         // anyway (≥ 95 %, PayloadCompressor's rule) is no candidate.
         let codecs = estimates(rates).filter { $0.rate.ratio < 0.95 }.map { e in
@@ -101,9 +116,9 @@ struct EncodingChooser: Sendable {
         // Among the (nearly) fastest, the smallest on the wire; raw first, so it wins ties.
         let best = candidates.filter { $0.input >= fastest * (1 - tolerance) }.min { $0.ratio < $1.ratio }!
         guard case .codec = best.choice else {
-            return EncodingDecision(choice: .raw, reason: .linkFasterThanCodecs(link: link, bestCodec: codecs.map(\.input).max() ?? 0))
+            return EncodingDecision(choice: .raw, reason: .linkFasterThanCodecs(link: link, bestCodec: codecs.map(\.input).max() ?? 0, cores: rates.cores))
         }
-        return EncodingDecision(choice: best.choice, reason: .linkBound(link: link, codec: best.input, ratio: best.ratio))
+        return EncodingDecision(choice: best.choice, reason: .linkBound(link: link, codec: best.input, ratio: best.ratio, cores: rates.cores))
     }
 
     /// Each level's rate: measured if it was, else its prior scaled the way the measured

@@ -13,21 +13,21 @@ import MigrationWire
     ])
 
     func decide(link: Double?, threads: Int = 1, measured: [PayloadCodec: CodecRate] = [:]) -> EncodingDecision {
-        chooser.decide(EncodingRates(linkBytesPerSecond: link, codecs: measured, compressingThreads: Double(threads)))
+        chooser.decide(EncodingRates(linkBytesPerSecond: link, codecs: measured, cores: CoreBudget(cores: Double(threads), measured: false)))
     }
 
     @Test func aFastLinkGetsRawBytes() {
         // 1 GB/s link: raw moves 1 GB/s of input; the cheap level at most 400 MB/s.
         let d = decide(link: 1e9)
         #expect(d.choice == .raw)
-        #expect(d.reason == .linkFasterThanCodecs(link: 1e9, bestCodec: 400e6))
+        #expect(d.reason == .linkFasterThanCodecs(link: 1e9, bestCodec: 400e6, cores: CoreBudget(cores: 1, measured: false)))
     }
 
     @Test func aSlowLinkGetsTheBestRatioTheCoresAfford() {
         // 20 MB/s: both levels keep it full (cheap: 40 MB/s of input, strong: 50 MB/s): the strong one.
         let d = decide(link: 20e6)
         #expect(d.choice == .codec(.zstd(level: 3)))
-        #expect(d.reason == .linkBound(link: 20e6, codec: 50e6, ratio: 0.4))
+        #expect(d.reason == .linkBound(link: 20e6, codec: 50e6, ratio: 0.4, cores: CoreBudget(cores: 1, measured: false)))
     }
 
     @Test func inBetweenTheCheaperLevelWins() {
