@@ -15,7 +15,9 @@ final class AdaptiveEncoding: Sendable {
     static let linkDecay = 0.97
     /// Every this many raw batches, one runs the cheapest level instead: a level's rate
     /// is only measured while it is used, and one measured on a busy moment must not
-    /// keep `auto` on raw once the cores are free again.
+    /// keep `auto` on raw once the cores are free again. Not while the host is
+    /// saturated: then no rate would make compression pay, and the batch would take
+    /// CPU from what is keeping the host busy (on loopback, the receiver).
     static let remeasureEvery = 16
 
     /// Bytes and seconds, decayed together: their quotient is the recent rate.
@@ -73,7 +75,7 @@ final class AdaptiveEncoding: Sendable {
             var decision = chooser.decide(rates)
             if decision.choice == .raw {
                 s.rawInARow += 1
-                if s.rawInARow % AdaptiveEncoding.remeasureEvery == 0 {
+                if s.rawInARow % AdaptiveEncoding.remeasureEvery == 0 && !s.host.isSaturated {
                     decision = EncodingDecision(choice: .codec(chooser.ladder[0].codec), reason: .remeasuring)
                 }
             } else {

@@ -58,12 +58,15 @@ struct IdleCoreMeter: Sendable {
     /// Cores our codecs used over the window.
     var codecCores: Double? { window.seconds > 0 ? window.output / window.seconds : nil }
 
+    /// Fewer idle cores than `saturated` over the window.
+    var isSaturated: Bool { idleCores.map { $0 < IdleCoreMeter.saturated } ?? false }
+
     /// What compression may use: idle + codec cores less the reserve; only the idle
     /// cores when the host is saturated (then raw, unless the link is so slow that
     /// those few keep it full). Nil before two samples.
     var compressingCores: Double? {
         guard let idle = idleCores, let codec = codecCores else { return nil }
-        guard idle >= IdleCoreMeter.saturated else { return idle }
+        guard !isSaturated else { return idle }
         return max(0, idle + codec - IdleCoreMeter.reserve)
     }
 }

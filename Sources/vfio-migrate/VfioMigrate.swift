@@ -34,7 +34,7 @@ struct VfioMigrate: ParsableCommand {
 }
 
 struct SenderTuning: ParsableArguments {
-    @Option(help: "Compression: none, zlib:1..9, zstd:N (-50..19, not 0; deflate if the destination lacks zstd), auto (raw or a codec level per batch, from the link's and the codec's measured rates).")
+    @Option(help: "Compression: none, zlib:1..9, zstd:N (-50..19, not 0; deflate if the destination lacks zstd), auto (raw or a codec level per batch, from the link's and the codecs' measured rates and the host's idle cores).")
     var compress: CompressionPolicy = .auto
     @Option(name: .customLong("downtime-ms"), help: "Switch over when the estimated downtime is below this.")
     var downtimeMs: Double = 300

@@ -92,6 +92,20 @@ import MigrationWire
         #expect(d.reason.description.hasPrefix("idle cores 1.1: link moves 125 MB/s"))
     }
 
+    /// While the host is saturated no raw batch runs a codec to measure it again.
+    @Test func aSaturatedHostIsNotRemeasured() {
+        func codecBatches(idleTicksPerSecond: UInt64) -> Int {
+            let adaptive = AdaptiveEncoding(chooser: EncodingChooser(zstdAccepted: true), cores: 2)
+            let t0 = ContinuousClock.now
+            adaptive.recordDrain(bytes: 2_000_000_000, started: t0, ended: t0 + .seconds(1), cpu: .zero)
+            adaptive.recordHostCPU(HostCPUTimes(idleTicks: 0), at: t0)
+            adaptive.recordHostCPU(HostCPUTimes(idleTicks: idleTicksPerSecond), at: t0 + .seconds(1))
+            return (0..<64).filter { _ in adaptive.decide().choice != .raw }.count
+        }
+        #expect(codecBatches(idleTicksPerSecond: 5) == 0)
+        #expect(codecBatches(idleTicksPerSecond: 50) == 4)
+    }
+
     /// A saturated host on a link so slow that its few idle cores keep it full still compresses.
     @Test func aSaturatedHostStillCompressesForAVerySlowLink() {
         #expect(decision(link: 10e6, idleTicksPerSecond: 10, codecCPU: 0.6).choice == .codec(.zstd(level: -1)))
