@@ -43,6 +43,8 @@ final class AdaptiveEncoding: Sendable {
         var codecs: [PayloadCodec: DecayedRate] = [:]
         /// The host's idle cores and our codecs' CPU (empty without /proc/stat).
         var host = IdleCoreMeter()
+        /// What raw and compressed batches delivered: decides on a saturated host.
+        var arms = DeliveryArms()
         var last: EncodingDecision?
         var rawInARow = 0
         /// Batches per choice ("raw", "zstd:1"): how the choices split over the session.
@@ -72,6 +74,7 @@ final class AdaptiveEncoding: Sendable {
                                       codecs: s.codecs.compactMapValues { r in
                                           r.perSecond.map { CodecRate(bytesPerSecond: $0, ratio: r.output / r.bytes) } },
                                       cores: compressingCores(s))
+            if s.host.isSaturated { return record(busyHostDecision(&s, cores: rates.cores), in: &s) }
             var decision = chooser.decide(rates)
             if decision.choice == .raw {
                 s.rawInARow += 1
@@ -81,10 +84,22 @@ final class AdaptiveEncoding: Sendable {
             } else {
                 s.rawInARow = 0
             }
-            s.last = decision
-            s.batches[decision.choice.description, default: 0] += 1
-            return decision
+            return record(decision, in: &s)
         }
+    }
+
+    private func record(_ decision: EncodingDecision, in s: inout State) -> EncodingDecision {
+        s.last = decision
+        s.batches[decision.choice.description, default: 0] += 1
+        return decision
+    }
+
+    /// No idle cores: whether compressing takes CPU a receiver on this host needed, or
+    /// our workers' share while a slow link waits, shows in what each way delivered.
+    private func busyHostDecision(_ s: inout State, cores: CoreBudget) -> EncodingDecision {
+        let (arm, probing) = s.arms.next()
+        let reason = EncodingReason.deliveredMore(arm, cores: cores, raw: s.arms.rate(.raw), coded: s.arms.rate(.coded), probing: probing)
+        return EncodingDecision(choice: arm == .raw ? .raw : .codec(chooser.ladder[0].codec), reason: reason)
     }
 
     /// The cores compression may use: measured from the host's idle CPU when there are
@@ -115,10 +130,13 @@ final class AdaptiveEncoding: Sendable {
     }
 
     /// The writer moved `bytes` to the TLS stream from `started` to `ended` (its wait
-    /// for room included), using `cpu` of its thread's CPU time.
-    func recordDrain(bytes: UInt64, started: ContinuousClock.Instant, ended: ContinuousClock.Instant, cpu: Duration) {
+    /// for room included), using `cpu` of its thread's CPU time; they carried `input`
+    /// payload bytes, compressed or not (`coded`).
+    func recordDrain(bytes: UInt64, started: ContinuousClock.Instant, ended: ContinuousClock.Instant, cpu: Duration,
+                     input: UInt64 = 0, coded: Bool = false) {
         guard bytes > 0 else { return }
         state.withLock { s in
+            s.arms.recordWrite(coded ? .coded : .raw, input: input, at: ended)
             s.link.add(bytes: Double(bytes), seconds: (ended - started).seconds, decay: AdaptiveEncoding.linkDecay)
             if let last = s.lastWriteStart {
                 s.writerCPU.add(bytes: cpu.seconds, seconds: (started - last).seconds, decay: AdaptiveEncoding.linkDecay)
@@ -188,8 +206,9 @@ struct SendEncoding: Sendable {
         do throws(WireError) { return try PayloadCompressor(policy: policy, zstdAccepted: zstdAccepted) } catch { throw MigrationFailure(error) }
     }
 
-    /// Runs `encode` with `auto`'s choice for this batch and feeds what the codec did back.
-    func encodeBatch<T>(_ compressor: PayloadCompressor, _ encode: (CodecChoice?) throws(WireError) -> T) throws(MigrationFailure) -> T {
+    /// Runs `encode` with `auto`'s choice for this batch and feeds what the codec did back;
+    /// `coded`: `auto` chose a codec level.
+    func encodeBatch<T>(_ compressor: PayloadCompressor, _ encode: (CodecChoice?) throws(WireError) -> T) throws(MigrationFailure) -> (value: T, coded: Bool) {
         let choice = adaptive?.decide().choice
         let (before, cpu) = (compressor.counters, adaptive == nil ? .zero : threadCPUTime())
         let result: T
@@ -199,7 +218,8 @@ struct SendEncoding: Sendable {
             adaptive.recordCompression(PayloadCompressor.resolve(codec, zstdAccepted: zstdAccepted),
                                        input: after.codecBytesIn - before.codecBytesIn, output: after.codecBytesOut - before.codecBytesOut,
                                        time: after.codecTime - before.codecTime, cpu: threadCPUTime() - cpu)
+            return (result, true)
         }
-        return result
+        return (result, false)
     }
 }

@@ -41,6 +41,9 @@ enum EncodingReason: Sendable, Equatable, CustomStringConvertible {
     case linkBound(link: Double, codec: Double, ratio: Double, cores: CoreBudget)
     /// A batch among raw ones compressed anyway, so the codec's measured rate stays current.
     case remeasuring
+    /// The host has no idle cores: the way that delivered more input when each was
+    /// measured (DeliveryArms), or the other one, measured again in turn.
+    case deliveredMore(DeliveryArms.Arm, cores: CoreBudget, raw: Double?, coded: Double?, probing: Bool)
 
     var description: String {
         func mb(_ v: Double) -> String { "\(Int((v / 1e6).rounded())) MB/s" }
@@ -51,6 +54,10 @@ enum EncodingReason: Sendable, Equatable, CustomStringConvertible {
         case .linkBound(let link, let codec, let ratio, let cores):
             return "\(cores): link moves \(mb(link)); this level delivers \(mb(codec)) of input at \(Int((ratio * 100).rounded())) % of the size"
         case .remeasuring: return "one batch in \(AdaptiveEncoding.remeasureEvery) of raw ones: measuring the cheapest level again"
+        case .deliveredMore(let arm, let cores, let raw, let coded, let probing):
+            let rates = "raw delivered \(raw.map(mb) ?? "?"), compressed \(coded.map(mb) ?? "?") of input"
+            let way = arm == .raw ? "raw" : "compressed"
+            return probing ? "\(cores): measuring \(way) again (\(rates))" : "\(cores): \(way) (\(rates))"
         }
     }
 }

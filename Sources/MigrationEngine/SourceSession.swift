@@ -554,7 +554,8 @@ final class SourceSession {
                 // The time a write takes (waiting for room included) is the link's drain rate for `auto`.
                 let (before, started, cpu) = (writer.wireBytesSent, ContinuousClock.now, threadCPUTime())
                 try writer.send(batch: output.frames)
-                encoding.adaptive?.recordDrain(bytes: writer.wireBytesSent - before, started: started, ended: .now, cpu: threadCPUTime() - cpu)
+                encoding.adaptive?.recordDrain(bytes: writer.wireBytesSent - before, started: started, ended: .now, cpu: threadCPUTime() - cpu,
+                                               input: output.rawBytes, coded: output.coded)
                 counters.addWritten(output.rawBytes)
             } })
     }

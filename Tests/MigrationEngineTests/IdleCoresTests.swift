@@ -92,23 +92,39 @@ import MigrationWire
         #expect(d.reason.description.hasPrefix("idle cores 1.1: link moves 125 MB/s"))
     }
 
-    /// While the host is saturated no raw batch runs a codec to measure it again.
-    @Test func aSaturatedHostIsNotRemeasured() {
-        func codecBatches(idleTicksPerSecond: UInt64) -> Int {
+    /// While the host is saturated the delivered rates decide (DeliveryArms), not
+    /// the model: no remeasuring batch among raw ones, but a probe of 24 compressed
+    /// batches after 32 raw ones.
+    @Test func aSaturatedHostProbesInsteadOfRemeasuring() {
+        func codecBatches(idleTicksPerSecond: UInt64) -> [Int] {
             let adaptive = AdaptiveEncoding(chooser: EncodingChooser(zstdAccepted: true), cores: 2)
             let t0 = ContinuousClock.now
             adaptive.recordDrain(bytes: 2_000_000_000, started: t0, ended: t0 + .seconds(1), cpu: .zero)
             adaptive.recordHostCPU(HostCPUTimes(idleTicks: 0), at: t0)
             adaptive.recordHostCPU(HostCPUTimes(idleTicks: idleTicksPerSecond), at: t0 + .seconds(1))
-            return (0..<64).filter { _ in adaptive.decide().choice != .raw }.count
+            return (0..<64).filter { _ in adaptive.decide().choice != .raw }
         }
-        #expect(codecBatches(idleTicksPerSecond: 5) == 0)
-        #expect(codecBatches(idleTicksPerSecond: 50) == 4)
+        #expect(codecBatches(idleTicksPerSecond: 5) == Array(32..<56))
+        #expect(codecBatches(idleTicksPerSecond: 50) == [15, 31, 47, 63])
     }
 
-    /// A saturated host on a link so slow that its few idle cores keep it full still compresses.
-    @Test func aSaturatedHostStillCompressesForAVerySlowLink() {
-        #expect(decision(link: 10e6, idleTicksPerSecond: 10, codecCPU: 0.6).choice == .codec(.zstd(level: -1)))
+    /// A saturated host whose compressed batches delivered more input than its raw ones
+    /// (other work keeps the cores busy while a slow link waits) compresses, and says why.
+    @Test func aSaturatedHostCompressesWhenThatDeliveredMore() {
+        let adaptive = AdaptiveEncoding(chooser: EncodingChooser(zstdAccepted: true), cores: 2)
+        var t = ContinuousClock.now
+        adaptive.recordHostCPU(HostCPUTimes(idleTicks: 0), at: t)
+        adaptive.recordHostCPU(HostCPUTimes(idleTicks: 2), at: t + .seconds(1))
+        for (coded, rate) in [(false, 125e6), (true, 230e6)] {
+            for _ in 0..<20 {
+                let next = t + .seconds(1e6 / rate)
+                adaptive.recordDrain(bytes: 1_000_000, started: t, ended: next, cpu: .zero, input: 1_000_000, coded: coded)
+                t = next
+            }
+        }
+        let d = adaptive.decide()
+        #expect(d.choice == .codec(.zstd(level: -1)))
+        #expect(d.reason.description == "idle cores 0.0: compressed (raw delivered 125 MB/s, compressed 230 MB/s of input)")
     }
 
     /// No readings (no /proc/stat): the workers' cores, at least one, as before.

@@ -1,0 +1,71 @@
+import Testing
+@testable import MigrationEngine
+
+/// What raw and compressed batches delivered, from synthetic writes: the leader,
+/// the writes not counted after a switch, and the probe schedule.
+@Suite struct DeliveryArmsTests {
+    /// `count` writes of 1 MB of input at `rate` input bytes per second.
+    func write(_ arms: inout DeliveryArms, _ arm: DeliveryArms.Arm, rate: Double, count: Int, clock t: inout ContinuousClock.Instant) {
+        for _ in 0..<count {
+            t = t + .seconds(1e6 / rate)
+            arms.recordWrite(arm, input: 1_000_000, at: t)
+        }
+    }
+
+    /// Loopback, the receiver on this host: compressing slows it, raw leads.
+    @Test func sameHostReceiverRawLeads() {
+        var (arms, t) = (DeliveryArms(), ContinuousClock.now)
+        write(&arms, .raw, rate: 300e6, count: 30, clock: &t)
+        write(&arms, .coded, rate: 200e6, count: 30, clock: &t)
+        #expect(arms.leader == .raw)
+    }
+
+    /// 1 Gbit/s with other work on the host: compressing delivers more, it leads.
+    @Test func slowLinkBusyHostCompressedLeads() {
+        var (arms, t) = (DeliveryArms(), ContinuousClock.now)
+        write(&arms, .raw, rate: 125e6, count: 30, clock: &t)
+        write(&arms, .coded, rate: 230e6, count: 30, clock: &t)
+        #expect(arms.leader == .coded)
+        #expect(abs(arms.rate(.coded)! - 230e6) < 1e6)
+    }
+
+    /// Within the margin compressing does not lead: it costs CPU for nothing.
+    @Test func aTieGoesRaw() {
+        var (arms, t) = (DeliveryArms(), ContinuousClock.now)
+        write(&arms, .raw, rate: 200e6, count: 30, clock: &t)
+        write(&arms, .coded, rate: 205e6, count: 30, clock: &t)
+        #expect(arms.leader == .raw)
+    }
+
+    /// The first writes after a switch still drain the other arm's bytes: not counted.
+    @Test func theFirstWritesOfARunAreNotCounted() {
+        var (arms, t) = (DeliveryArms(), ContinuousClock.now)
+        write(&arms, .raw, rate: 125e6, count: 30, clock: &t)
+        write(&arms, .coded, rate: 900e6, count: DeliveryArms.settle, clock: &t)
+        #expect(arms.rate(.coded) == nil)
+        write(&arms, .coded, rate: 900e6, count: 1, clock: &t)
+        #expect(arms.rate(.coded) != nil)
+        #expect(arms.leader == .coded)
+    }
+
+    @Test func controlFramesDoNotCount() {
+        var (arms, t) = (DeliveryArms(), ContinuousClock.now)
+        for _ in 0..<20 { t = t + .milliseconds(1); arms.recordWrite(.raw, input: 0, at: t) }
+        #expect(arms.rate(.raw) == nil)
+    }
+
+    /// The leader's batches, a probe of the other arm after 32 (every 32 until the
+    /// probes measured it, then every 256), each probe 24 batches long.
+    @Test func probesComeOnSchedule() {
+        var (arms, t) = (DeliveryArms(), ContinuousClock.now)
+        let first = (0..<56).map { _ in arms.next() }
+        #expect(first.prefix(32).allSatisfy { $0 == (.raw, false) })
+        #expect(first[32..<56].allSatisfy { $0 == (.coded, true) })
+        write(&arms, .raw, rate: 125e6, count: 30, clock: &t)
+        write(&arms, .coded, rate: 100e6, count: 30, clock: &t)
+        let later = (0..<300).map { _ in arms.next() }
+        #expect(later.filter(\.probing).count == 24)
+        #expect(later.firstIndex { $0.probing } == DeliveryArms.probeEvery)
+        #expect(later.filter(\.probing).allSatisfy { $0.arm == .coded })
+    }
+}
