@@ -13,11 +13,10 @@ final class AdaptiveEncoding: Sendable {
     /// the socket's send buffer (up to a few MiB) returns at once, and must not make
     /// a slow link look fast for long.
     static let linkDecay = 0.97
-    /// Every this many raw batches, one runs the cheapest level instead: a level's rate
-    /// is only measured while it is used, and one measured on a busy moment must not
-    /// keep `auto` on raw once the cores are free again. Not while the host is
-    /// saturated: then no rate would make compression pay, and the batch would take
-    /// CPU from what is keeping the host busy (on loopback, the receiver).
+    /// Without host readings, every this many raw batches one runs the cheapest level
+    /// instead: a level's rate is only measured while it is used, and one measured on
+    /// a busy moment must not keep `auto` on raw once the cores are free again. (With
+    /// readings, DeliveryArms' probes do this.)
     static let remeasureEvery = 16
 
     /// Bytes and seconds, decayed together: their quotient is the recent rate.
@@ -74,11 +73,11 @@ final class AdaptiveEncoding: Sendable {
                                       codecs: s.codecs.compactMapValues { r in
                                           r.perSecond.map { CodecRate(bytesPerSecond: $0, ratio: r.output / r.bytes) } },
                                       cores: compressingCores(s))
-            if s.host.isSaturated { return record(busyHostDecision(&s, cores: rates.cores), in: &s) }
             var decision = chooser.decide(rates)
+            if rates.cores.measured { return record(verified(decision, &s, cores: rates.cores), in: &s) }
             if decision.choice == .raw {
                 s.rawInARow += 1
-                if s.rawInARow % AdaptiveEncoding.remeasureEvery == 0 && !s.host.isSaturated {
+                if s.rawInARow % AdaptiveEncoding.remeasureEvery == 0 {
                     decision = EncodingDecision(choice: .codec(chooser.ladder[0].codec), reason: .remeasuring)
                 }
             } else {
@@ -94,12 +93,17 @@ final class AdaptiveEncoding: Sendable {
         return decision
     }
 
-    /// No idle cores: whether compressing takes CPU a receiver on this host needed, or
-    /// our workers' share while a slow link waits, shows in what each way delivered.
-    private func busyHostDecision(_ s: inout State, cores: CoreBudget) -> EncodingDecision {
-        let (arm, probing) = s.arms.next()
+    /// The model's `decision` as the prior, what raw and compressed batches delivered
+    /// as the verdict once both are measured (DeliveryArms): whether compressing takes
+    /// CPU a receiver on this host needed, or only what a slow link left idle, shows
+    /// there. A compressed batch uses the model's level (the cheapest if it chose raw).
+    private func verified(_ decision: EncodingDecision, _ s: inout State, cores: CoreBudget) -> EncodingDecision {
+        let prior: DeliveryArms.Arm = decision.choice == .raw ? .raw : .coded
+        let (arm, probing) = s.arms.next(prior: prior)
+        if arm == prior && !probing && !s.arms.measured { return decision }
         let reason = EncodingReason.deliveredMore(arm, cores: cores, raw: s.arms.rate(.raw), coded: s.arms.rate(.coded), probing: probing)
-        return EncodingDecision(choice: arm == .raw ? .raw : .codec(chooser.ladder[0].codec), reason: reason)
+        if arm == .raw { return EncodingDecision(choice: .raw, reason: reason) }
+        return EncodingDecision(choice: prior == .coded ? decision.choice : .codec(chooser.ladder[0].codec), reason: reason)
     }
 
     /// The cores compression may use: measured from the host's idle CPU when there are

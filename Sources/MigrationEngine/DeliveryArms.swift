@@ -39,21 +39,25 @@ struct DeliveryArms: Sendable {
     /// Input bytes per second measured for `arm`, nil before it was.
     func rate(_ arm: Arm) -> Double? { delivered[arm]?.perSecond }
 
-    /// Raw, unless compressing was measured delivering more by `margin`.
-    var leader: Arm {
-        guard let raw = rate(.raw), let coded = rate(.coded) else { return .raw }
+    /// Both arms were measured.
+    var measured: Bool { rate(.raw) != nil && rate(.coded) != nil }
+
+    /// Once both are measured, raw unless compressing delivered more by `margin`;
+    /// before, `prior` (what the model expects).
+    func leader(prior: Arm) -> Arm {
+        guard let raw = rate(.raw), let coded = rate(.coded) else { return prior }
         return coded > raw * (1 + DeliveryArms.margin) ? .coded : .raw
     }
 
     /// The arm for the next batch: the leader, and every `probeEvery` batches (the
     /// first time after `firstProbeAfter`) `probeLength` of the other one, so both
     /// stay measured as the load changes.
-    mutating func next() -> (arm: Arm, probing: Bool) {
+    mutating func next(prior: Arm) -> (arm: Arm, probing: Bool) {
         if let p = probe {
             probe = p.left > 1 ? (p.arm, p.left - 1) : nil
             return (p.arm, true)
         }
-        let leader = self.leader
+        let leader = self.leader(prior: prior)
         let other: Arm = leader == .raw ? .coded : .raw
         sinceProbe += 1
         let due = rate(other) == nil ? DeliveryArms.firstProbeAfter : DeliveryArms.probeEvery

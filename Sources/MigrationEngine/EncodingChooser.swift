@@ -41,8 +41,8 @@ enum EncodingReason: Sendable, Equatable, CustomStringConvertible {
     case linkBound(link: Double, codec: Double, ratio: Double, cores: CoreBudget)
     /// A batch among raw ones compressed anyway, so the codec's measured rate stays current.
     case remeasuring
-    /// The host has no idle cores: the way that delivered more input when each was
-    /// measured (DeliveryArms), or the other one, measured again in turn.
+    /// With host readings: the way that delivered more input when each was measured
+    /// (DeliveryArms), or the other one, measured again in turn.
     case deliveredMore(DeliveryArms.Arm, cores: CoreBudget, raw: Double?, coded: Double?, probing: Bool)
 
     var description: String {

@@ -17,7 +17,7 @@ import Testing
         var (arms, t) = (DeliveryArms(), ContinuousClock.now)
         write(&arms, .raw, rate: 300e6, count: 30, clock: &t)
         write(&arms, .coded, rate: 200e6, count: 30, clock: &t)
-        #expect(arms.leader == .raw)
+        #expect(arms.leader(prior: .raw) == .raw)
     }
 
     /// 1 Gbit/s with other work on the host: compressing delivers more, it leads.
@@ -25,7 +25,7 @@ import Testing
         var (arms, t) = (DeliveryArms(), ContinuousClock.now)
         write(&arms, .raw, rate: 125e6, count: 30, clock: &t)
         write(&arms, .coded, rate: 230e6, count: 30, clock: &t)
-        #expect(arms.leader == .coded)
+        #expect(arms.leader(prior: .raw) == .coded)
         #expect(abs(arms.rate(.coded)! - 230e6) < 1e6)
     }
 
@@ -34,7 +34,7 @@ import Testing
         var (arms, t) = (DeliveryArms(), ContinuousClock.now)
         write(&arms, .raw, rate: 200e6, count: 30, clock: &t)
         write(&arms, .coded, rate: 205e6, count: 30, clock: &t)
-        #expect(arms.leader == .raw)
+        #expect(arms.leader(prior: .raw) == .raw)
     }
 
     /// The first writes after a switch still drain the other arm's bytes: not counted.
@@ -45,7 +45,17 @@ import Testing
         #expect(arms.rate(.coded) == nil)
         write(&arms, .coded, rate: 900e6, count: 1, clock: &t)
         #expect(arms.rate(.coded) != nil)
-        #expect(arms.leader == .coded)
+        #expect(arms.leader(prior: .raw) == .coded)
+    }
+
+    /// Until both are measured the model's expectation leads.
+    @Test func beforeBothAreMeasuredThePriorLeads() {
+        var (arms, t) = (DeliveryArms(), ContinuousClock.now)
+        write(&arms, .raw, rate: 300e6, count: 30, clock: &t)
+        #expect(arms.leader(prior: .coded) == .coded)
+        #expect(arms.next(prior: .coded) == (.coded, false))
+        write(&arms, .coded, rate: 200e6, count: 30, clock: &t)
+        #expect(arms.leader(prior: .coded) == .raw)
     }
 
     @Test func controlFramesDoNotCount() {
@@ -58,12 +68,12 @@ import Testing
     /// probes measured it, then every 256), each probe 24 batches long.
     @Test func probesComeOnSchedule() {
         var (arms, t) = (DeliveryArms(), ContinuousClock.now)
-        let first = (0..<56).map { _ in arms.next() }
+        let first = (0..<56).map { _ in arms.next(prior: .raw) }
         #expect(first.prefix(32).allSatisfy { $0 == (.raw, false) })
         #expect(first[32..<56].allSatisfy { $0 == (.coded, true) })
         write(&arms, .raw, rate: 125e6, count: 30, clock: &t)
         write(&arms, .coded, rate: 100e6, count: 30, clock: &t)
-        let later = (0..<300).map { _ in arms.next() }
+        let later = (0..<300).map { _ in arms.next(prior: .raw) }
         #expect(later.filter(\.probing).count == 24)
         #expect(later.firstIndex { $0.probing } == DeliveryArms.probeEvery)
         #expect(later.filter(\.probing).allSatisfy { $0.arm == .coded })
