@@ -11,14 +11,15 @@ struct DeliveryArms: Sendable {
     static let decay = 0.9
     /// The first writes of a run of one arm are not counted: the socket's buffer and
     /// the receiver still hold the other arm's bytes (tens of MiB on loopback).
-    static let settle = 8
+    static let settle = 12
     /// Batches of the other arm in a probe: `settle` and some to count.
-    static let probeLength = 24
+    static let probeLength = 32
     /// Batches of the leading arm between probes; the first probe comes sooner.
-    static let probeEvery = 256
+    static let probeEvery = 512
     static let firstProbeAfter = 32
-    /// Compressing must deliver this much more than raw to lead (it costs CPU).
-    static let margin = 0.05
+    /// Compressing must deliver this much more than raw to lead: it costs CPU, and on
+    /// loopback a probe's rate still gains a little from the raw bytes before it.
+    static let margin = 0.15
 
     private var delivered: [Arm: AdaptiveEncoding.DecayedRate] = [:]
     private var last: (arm: Arm, at: ContinuousClock.Instant, run: Int)?

@@ -15,7 +15,7 @@ import Testing
     /// (raw, compressed input rates, the leader): loopback, the receiver on this host
     /// (compressing slows it: raw); 1 Gbit/s with other work on the host (compressing
     /// delivers more); within the margin (compressing costs CPU for nothing: raw).
-    @Test(arguments: [(300e6, 200e6, DeliveryArms.Arm.raw), (125e6, 230e6, .coded), (200e6, 205e6, .raw)])
+    @Test(arguments: [(300e6, 200e6, DeliveryArms.Arm.raw), (125e6, 230e6, .coded), (200e6, 225e6, .raw)])
     func theArmThatDeliveredMoreLeads(raw: Double, coded: Double, leader: DeliveryArms.Arm) {
         var (arms, t) = (DeliveryArms(), ContinuousClock.now)
         write(&arms, .raw, rate: raw, count: 30, clock: &t)
@@ -51,17 +51,18 @@ import Testing
         #expect(arms.rate(.raw) == nil)
     }
 
-    /// The leader's batches, a probe of the other arm after 32 (every 32 until the
-    /// probes measured it, then every 256), each probe 24 batches long.
+    /// The leader's batches, a probe of the other arm after `firstProbeAfter` (again
+    /// until the probes measured it, then every `probeEvery`), each `probeLength` long.
     @Test func probesComeOnSchedule() {
         var (arms, t) = (DeliveryArms(), ContinuousClock.now)
-        let first = (0..<56).map { _ in arms.next(prior: .raw) }
-        #expect(first.prefix(32).allSatisfy { $0 == (.raw, false) })
-        #expect(first[32..<56].allSatisfy { $0 == (.coded, true) })
+        let (lead, probe) = (DeliveryArms.firstProbeAfter, DeliveryArms.probeLength)
+        let first = (0..<(lead + probe)).map { _ in arms.next(prior: .raw) }
+        #expect(first.prefix(lead).allSatisfy { $0 == (.raw, false) })
+        #expect(first[lead...].allSatisfy { $0 == (.coded, true) })
         write(&arms, .raw, rate: 125e6, count: 30, clock: &t)
         write(&arms, .coded, rate: 100e6, count: 30, clock: &t)
-        let later = (0..<300).map { _ in arms.next(prior: .raw) }
-        #expect(later.filter(\.probing).count == 24)
+        let later = (0..<(DeliveryArms.probeEvery + probe + 10)).map { _ in arms.next(prior: .raw) }
+        #expect(later.filter(\.probing).count == probe)
         #expect(later.firstIndex { $0.probing } == DeliveryArms.probeEvery)
         #expect(later.filter(\.probing).allSatisfy { $0.arm == .coded })
     }

@@ -93,7 +93,7 @@ import MigrationWire
     }
 
     /// With host readings, raw batches are not interrupted by remeasuring ones (one in
-    /// 16) but by DeliveryArms' probe: 24 compressed batches after 32 raw ones.
+    /// 16) but by DeliveryArms' probe of compressed ones after `firstProbeAfter` raw ones.
     @Test func withReadingsProbesReplaceRemeasuring() {
         func codecBatches(idleTicksPerSecond: UInt64) -> [Int] {
             let adaptive = AdaptiveEncoding(chooser: EncodingChooser(zstdAccepted: true), cores: 2)
@@ -101,10 +101,11 @@ import MigrationWire
             adaptive.recordDrain(bytes: 2_000_000_000, started: t0, ended: t0 + .seconds(1), cpu: .zero)
             adaptive.recordHostCPU(HostCPUTimes(idleTicks: 0), at: t0)
             adaptive.recordHostCPU(HostCPUTimes(idleTicks: idleTicksPerSecond), at: t0 + .seconds(1))
-            return (0..<64).filter { _ in adaptive.decide().choice != .raw }
+            return (0..<80).filter { _ in adaptive.decide().choice != .raw }
         }
-        #expect(codecBatches(idleTicksPerSecond: 5) == Array(32..<56))
-        #expect(codecBatches(idleTicksPerSecond: 50) == Array(32..<56))
+        let probe = Array(DeliveryArms.firstProbeAfter..<(DeliveryArms.firstProbeAfter + DeliveryArms.probeLength))
+        #expect(codecBatches(idleTicksPerSecond: 5) == probe)
+        #expect(codecBatches(idleTicksPerSecond: 50) == probe)
     }
 
     /// A saturated host whose compressed batches delivered more input than its raw ones
