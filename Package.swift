@@ -25,7 +25,7 @@ let package = Package(
     targets: [
         // System libraries. Each module map also carries `static inline` shims for
         // the macros Swift cannot import, named after their module: functions
-        // `cvfio_`/`copenssl_`/`czlib_`/`cprocess_`, constants `CVFIO_`/`COPENSSL_`.
+        // `cvfio_`/`copenssl_`/`czlib_`/`cprocess_`, constants `CVFIO_`/`COPENSSL_`/`CZSTD_`.
         .systemLibrary(
             name: "COpenSSL", path: "Sources/COpenSSL", pkgConfig: "openssl",
             providers: [.apt(["libssl-dev"])]),
@@ -37,6 +37,11 @@ let package = Package(
         .systemLibrary(
             name: "CLibdeflate", path: "Sources/CLibdeflate", pkgConfig: "libdeflate",
             providers: [.apt(["libdeflate-dev"])]),
+        // zstd: a negotiated payload encoding (docs/PROTOCOL.md §9), faster than
+        // deflate at a better ratio; raw DEFLATE stays the baseline every peer has.
+        .systemLibrary(
+            name: "CZstd", path: "Sources/CZstd", pkgConfig: "libzstd",
+            providers: [.apt(["libzstd-dev"])]),
         // VFIO ioctl numbers and uAPI structs, re-exported as constants (no library to link).
         .systemLibrary(name: "CVFIO", path: "Sources/CVFIO"),
         // malloc tuning for the executables (mallopt is not in the Glibc module).
@@ -50,7 +55,7 @@ let package = Package(
         // The strict simulated vendor driver, written against VFIODevice's public API
         // only: proof that MigrationRegion is the whole contract a driver needs.
         .target(name: "VFIOSimulator", dependencies: ["VFIODevice", "SyncPrimitives", "SystemErrno", .product(name: "SystemPackage", package: "swift-system")]),
-        .target(name: "MigrationWire", dependencies: ["CZlib", "CLibdeflate", "COpenSSL"]),
+        .target(name: "MigrationWire", dependencies: ["CZlib", "CLibdeflate", "CZstd", "COpenSSL"]),
         .target(name: "MigrationTLS", dependencies: ["COpenSSL", "SyncPrimitives", "SystemErrno", .product(name: "SystemPackage", package: "swift-system")]),
         // The control socket a VMM or orchestrator drives a migration through (QMP-shaped JSON lines).
         .target(name: "MigrationControl", dependencies: ["SyncPrimitives"]),

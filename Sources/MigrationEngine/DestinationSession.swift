@@ -90,7 +90,7 @@ final class DestinationSession {
     private func hello() throws(MigrationFailure) {
         guard let version else { throw .incompatible("the source selected an ALPN protocol this side does not speak") }
         let exchange = HelloExchange(names: devices.devices.map(\.name), compatibility: devices.devices.map(\.compatibility), memory: memory)
-        let mine = try exchange.asDestination(reader: reader, writer: writer, encodings: options.encodings, version: version)
+        let mine = try exchange.asDestination(reader: reader, writer: writer, encodings: options.encodings.filter { $0.introduced <= version }, version: version)
         events(.helloAccepted(devices: devices.devices.map(\.name), memoryBytes: memory?.size ?? 0, security: stream.security))
         if version >= .v2 { try enableResumption(sessionID: mine.sessionID) }
         keepAlive = startKeepAlive(writer: writer, peerTimeoutSeconds: options.peerTimeoutSeconds)

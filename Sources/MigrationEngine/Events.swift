@@ -38,6 +38,8 @@ public struct Progress: Sendable, Codable {
     public var etaSeconds: Double?
     /// Pre-copy: the convergence figures of the iteration that just ended.
     public var convergence: ConvergenceFigures?
+    /// `auto`: the latest per-batch choice (raw or a codec level) and why.
+    public var encoding: EncodingReport?
 }
 
 public struct DeviceStats: Sendable, Codable {

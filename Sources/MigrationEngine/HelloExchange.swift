@@ -19,9 +19,11 @@ struct HelloExchange: Sendable {
     }
 
     /// Source: reads the destination's HELLO and answers with its own once it is compatible.
+    /// Of `encodings` it lists the optional ones (zstd) only if the destination does.
     func asSource(reader: FrameReader, writer: FrameWriter, encodings: [Encoding], version: ProtocolVersion = .v1) throws(MigrationFailure) -> Hello {
         let theirs = try Self.receiveHello(reader)
-        var mine = Hello(sessionID: theirs.sessionID, role: .source, encodings: encodings, devices: devices, memory: memory)
+        let usable = encodings.filter { $0 != .zstd || theirs.encodings.contains(.zstd) }
+        var mine = Hello(sessionID: theirs.sessionID, role: .source, encodings: usable, devices: devices, memory: memory)
         mine.version = version.rawValue
         if let reason = Self.mismatch(source: mine, destination: theirs) { throw .incompatible(reason) }
         try writer.send(.hello(mine))

@@ -6,7 +6,9 @@ public struct ReceiverOptions: Sendable {
     public var workers: Int = max(ProcessInfo.processInfo.activeProcessorCount, 1)
     public var peerTimeoutSeconds: Double = 30
     public var limits: WireLimits = .default
-    public var encodings: [Encoding] = [.raw, .deflate]
+    /// What the destination's HELLO lists. Sources built before zstd refuse a HELLO
+    /// that lists it (an unknown encoding): serve them with `[.raw, .deflate]`.
+    public var encodings: [Encoding] = [.raw, .deflate, .zstd]
     /// Told `startGuest()` after COMMIT once the devices run; nil = none.
     public var guestControl: (any GuestControl)?
     /// `--reconnect-timeout`: how long a session whose connection broke waits for its

@@ -60,6 +60,8 @@ final class SourceSession {
     private var inbox: PeerInbox?
     /// Version 2 with a way to reconnect: what the reader thread runs on a loss.
     private var recovery: SourceReconnect?
+    /// Settled by the HELLO exchange (whether the destination accepts zstd).
+    private var encoding: SendEncoding
     private var keepAlive: PeriodicTask?
     private var pipeline: Pipeline?
     private var sequences: [SaveSequence]
@@ -84,6 +86,7 @@ final class SourceSession {
         self.bandwidth = bandwidth
         self.runtime = runtime
         finalDowntimeTargetMs = options.downtimeTargetMs
+        encoding = SendEncoding(policy: options.compression, destinationAccepts: [], workers: options.workers)
         writer = FrameWriter(stream: stream, limiter: bandwidth)
         stats.devices = devices.map { DeviceStats(name: $0.name) }
         sequences = devices.map { SaveSequence(device: $0.device) }
@@ -99,8 +102,8 @@ final class SourceSession {
             let version = try ResumeSettings.negotiated(stream, offered: options.applicationProtocols)
             let reader = FrameReader(stream: stream, peer: .destination, limits: options.limits, version: version)
             let exchange = HelloExchange(names: devices.devices.map(\.name), compatibility: devices.devices.map(\.compatibility), memory: memory)
-            let theirs = try exchange.asSource(reader: reader, writer: writer, encodings: options.compression == .none ? [.raw] : [.raw, .deflate],
-                                               version: version)
+            let theirs = try exchange.asSource(reader: reader, writer: writer, encodings: options.compression.encodings, version: version)
+            encoding = SendEncoding(policy: options.compression, destinationAccepts: theirs.encodings, workers: options.workers)
             events(.helloAccepted(devices: devices.devices.map(\.name), memoryBytes: memory?.size ?? 0, security: stream.security))
             recovery = try enableResumption(version, sessionID: theirs.sessionID)
             if version >= .v2 {
@@ -575,22 +578,26 @@ final class SourceSession {
         events(.progress(Progress(phase: phase, iteration: stats.iterations, rawBytes: counters.rawProduced,
                                   wireBytes: writer.wireBytesSent, bytesPerSecond: rate,
                                   pendingBytes: pending, dirtyPages: dirtyPages,
-                                  etaSeconds: rate > 0 ? remaining / rate : nil, convergence: convergence)))
+                                  etaSeconds: rate > 0 ? remaining / rate : nil, convergence: convergence,
+                                  encoding: encoding.adaptive?.report)))
     }
 
     private func makePipeline() -> Pipeline {
-        let (policy, memory, counters, writer) = (options.compression, self.memory, self.counters, self.writer)
+        let (encoding, memory, counters, writer) = (self.encoding, self.memory, self.counters, self.writer)
         return Pipeline(
             name: "send", workers: options.workers, window: options.workers * 4 + 4,
             makeTransform: { () throws(MigrationFailure) -> Pipeline.Transform in
-                let compressor: PayloadCompressor
-                do throws(WireError) { compressor = try PayloadCompressor(policy: policy) } catch { throw MigrationFailure(error) }
+                let compressor = try encoding.makeCompressor()
                 return { (item: SendItem) throws(MigrationFailure) -> SendOutput in
-                    try item.encode(compressor: compressor, memory: memory, counters: counters)
+                    try item.encode(compressor: compressor, encoding: encoding, memory: memory, counters: counters)
                 }
             },
             makeConsumer: { { (output: SendOutput) throws(MigrationFailure) in
+                // The time a write takes (waiting for room included) is the link's drain rate for `auto`.
+                let (before, started, cpu) = (writer.wireBytesSent, ContinuousClock.now, threadCPUTime())
                 try writer.send(batch: output.frames)
+                encoding.adaptive?.recordDrain(bytes: writer.wireBytesSent - before, started: started, ended: .now, cpu: threadCPUTime() - cpu,
+                                               input: output.rawBytes, coded: output.coded)
                 counters.addWritten(output.rawBytes)
             } })
     }

@@ -306,8 +306,8 @@ public struct FrameDecoder: Sendable {
             try checkInsideMemory(.dirtyBitmap, start: bitmap.startPFN, count: bitmap.totalPFNs, pageSize: bitmap.pageSize)
         case .pages(let pages):
             for segment in pages.segments {
-                if segment.encoding == .deflate && !peerEncodings.contains(.deflate) {
-                    throw .encodingNotAnnounced(frame: .pages, encoding: "deflate")
+                if let needed = segment.encoding.announcedAs, !peerEncodings.contains(needed) {
+                    throw .encodingNotAnnounced(frame: .pages, encoding: "\(needed)")
                 }
                 try checkInsideMemory(.pages, start: segment.startPFN, count: UInt64(segment.pageCount), pageSize: UInt64(pages.pageSize))
             }

@@ -93,7 +93,7 @@ extension DeviceData {
             guard r.remaining == Int(original) else {
                 throw .payloadSizeMismatch(frame: .deviceData, field: "raw data", expected: Int(original), actual: r.remaining)
             }
-        case .deflate:
+        case .deflate, .zstd:
             guard Int(original) <= limits.maxInflated else {
                 throw .inflatedTooLarge(frame: .deviceData, declared: Int(original), limit: limits.maxInflated)
             }
@@ -161,7 +161,7 @@ extension DirtyBitmap {
 }
 
 /// PAGES: 0 u32 page size, 4 u32 segment count N, 8 N × segment.
-/// Segment: 0 u64 start PFN, 8 u32 page count, 12 u8 encoding (0 zero, 1 raw, 2 deflate),
+/// Segment: 0 u64 start PFN, 8 u32 page count, 12 u8 encoding (0 zero, 1 raw, 2 deflate, 3 zstd),
 /// 13 [3] reserved, 16 u32 payload length, 20 payload.
 extension PageSegment {
     static let headerSize = 20
@@ -209,7 +209,7 @@ extension Pages {
                 guard UInt64(length) == decodedSize else {
                     throw .payloadSizeMismatch(frame: .pages, field: "raw segment payload", expected: Int(clamping: decodedSize), actual: length)
                 }
-            case .deflate:
+            case .deflate, .zstd:
                 guard decodedSize <= UInt64(limits.maxInflated) else {
                     throw .inflatedTooLarge(frame: .pages, declared: Int(clamping: decodedSize), limit: limits.maxInflated)
                 }

@@ -55,7 +55,9 @@ extension Hello {
         var encodings: [Encoding] = []
         for _ in 0..<encodingCount {
             let raw = try r.u8("encodings")
-            guard let e = Encoding(rawValue: raw) else { throw .unknownEncoding(frame: .hello, value: raw) }
+            // zstd is a version-2 encoding: a version-1 HELLO that lists it is refused
+            // as a version-1 peer built before it would refuse it (§10).
+            guard let e = Encoding(rawValue: raw), e.introduced <= expected else { throw .unknownEncoding(frame: .hello, value: raw) }
             encodings.append(e)
         }
         let deviceCount = Int(try r.u16("device count"))

@@ -5,12 +5,13 @@ internal import CLibdeflate
 // exactly how this protocol uses compression, and about twice as fast as zlib
 // both ways at the same ratio (figures in docs/PERFORMANCE.md).
 
-/// One raw-DEFLATE compressor: zlib's `Deflater` or `FastDeflater`.
-protocol RawDeflateCompressor: AnyObject {
+/// One whole-buffer compressor: zlib's `Deflater`, `FastDeflater` or `ZstdCompressor`.
+protocol BufferCompressor: AnyObject {
     func compress(_ input: ArraySlice<UInt8>) throws(WireError) -> [UInt8]
 }
 
-extension Deflater: RawDeflateCompressor {}
+extension Deflater: BufferCompressor {}
+extension ZstdCompressor: BufferCompressor {}
 
 /// One raw-DEFLATE decompressor with this protocol's rules: zlib's `Inflater`
 /// (the reference every peer has) or `FastInflater` (what the engine uses).
@@ -21,7 +22,7 @@ protocol RawDeflateInflater: AnyObject {
 extension Inflater: RawDeflateInflater {}
 
 /// libdeflate compressor; one per worker thread.
-public final class FastDeflater: RawDeflateCompressor {
+public final class FastDeflater: BufferCompressor {
     private let compressor: OpaquePointer
     public let level: Int
 

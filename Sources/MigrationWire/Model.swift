@@ -16,9 +16,27 @@ public struct WireLimits: Sendable, Equatable {
 
 public enum Role: UInt8, Sendable { case source = 1, destination = 2 }
 public enum Phase: UInt8, Sendable { case precopy = 0, stopcopy = 1 }
-/// Payload encodings. `raw` and `deflate` (zlib raw deflate) are mandatory.
-public enum Encoding: UInt8, Sendable, CaseIterable { case raw = 0, deflate = 1 }
-public enum PageEncoding: UInt8, Sendable { case zero = 0, raw = 1, deflate = 2 }
+/// Payload encodings. `raw` and `deflate` (zlib raw deflate) are mandatory;
+/// `zstd` is used only when both HELLOs list it (PROTOCOL.md §9).
+public enum Encoding: UInt8, Sendable, CaseIterable {
+    case raw = 0, deflate = 1, zstd = 2
+
+    /// The protocol version that defines the encoding: a HELLO of an older version
+    /// never lists it (§10), so a version-1 peer never meets zstd.
+    public var introduced: ProtocolVersion { self == .zstd ? .v2 : .v1 }
+}
+public enum PageEncoding: UInt8, Sendable { case zero = 0, raw = 1, deflate = 2, zstd = 3 }
+
+extension PageEncoding {
+    /// The HELLO encoding a segment of this kind needs announced (nil: always permitted).
+    public var announcedAs: Encoding? {
+        switch self {
+        case .zero, .raw: nil
+        case .deflate: .deflate
+        case .zstd: .zstd
+        }
+    }
+}
 
 public struct DeviceDescriptor: Sendable, Equatable {
     public var name: String

@@ -1,5 +1,5 @@
 /// Applies a CompressionPolicy to one buffer: returns raw when compression does not pay (≥ 95 %).
-/// One per worker thread (it owns a Deflater and its counters).
+/// One per worker thread (it owns its codecs' contexts and its counters).
 ///
 /// `auto` first deflates a small sample (four 1 KiB slices spread over the buffer,
 /// level 1): if the sample does not shrink below 95 % the buffer goes raw without a
@@ -7,6 +7,8 @@
 /// buffer instead of all of it. A byte-histogram entropy estimate was the other
 /// candidate; it misses repetition (LZ matches) and over-rates text, the sample
 /// does not. Buffers under `probeMinimum` are simply deflated: the probe would cost as much.
+/// Under `auto` the caller may pass a `CodecChoice` per batch (the engine's
+/// `EncodingChooser`: raw on a fast link, a codec level on a slow one).
 public final class PayloadCompressor {
     /// What the compressor did; the engine reports these, tests observe the probe with them.
     public struct Counters: Sendable, Equatable {
@@ -15,14 +17,21 @@ public final class PayloadCompressor {
         public var probes = 0
         /// Buffers sent raw because the probe found them incompressible (no full deflate).
         public var probeRejections = 0
-        /// Whole buffers deflated.
+        /// Whole buffers compressed (deflate or zstd).
         public var fullDeflates = 0
-        /// Whole buffers deflated and then sent raw because the result was ≥ 95 % of the input.
+        /// Whole buffers compressed and then sent raw because the result was ≥ 95 % of the input.
         public var deflateNotWorthIt = 0
         /// Pages `auto` sent raw on sight (they look like random data), never deflated.
         public var pagesLookingRandom = 0
+        /// Buffers sent raw because the caller chose raw for them (a link faster than the codec).
+        public var rawByChoice = 0
         public var bytesIn = 0
         public var bytesOut = 0
+        /// Input and output of whole-buffer compressions and the time they took: what
+        /// the engine measures the codec's rate and ratio from.
+        public var codecBytesIn = 0
+        public var codecBytesOut = 0
+        public var codecTime = Duration.zero
         public init() {}
     }
 
@@ -36,56 +45,105 @@ public final class PayloadCompressor {
     static let probeMinimum = 16 << 10
 
     public let policy: CompressionPolicy
+    /// Whether the destination accepts zstd: if not, zstd levels fall back to deflate.
+    public let zstdAccepted: Bool
+    /// What a batch is compressed with when the caller does not choose (nil: raw).
+    public let defaultCodec: PayloadCodec?
     public private(set) var counters = Counters()
-    private let deflater: (any RawDeflateCompressor)?
+    private var compressors: [PayloadCodec: any BufferCompressor] = [:]
+    private let clock = ContinuousClock()
 
-    public init(policy: CompressionPolicy) throws(WireError) {
+    public init(policy: CompressionPolicy, zstdAccepted: Bool = false) throws(WireError) {
         self.policy = policy
+        self.zstdAccepted = zstdAccepted
         switch policy {
-        case .none: deflater = nil
+        case .none: defaultCodec = nil
         case .zlib(let level):
             guard (1...9).contains(level) else { throw WireError.invalidCompressionLevel(level) }
-            deflater = try Deflater(level: level)
-        // auto: libdeflate level 1 (same wire format as zlib level 1, twice the speed).
-        case .auto: deflater = try FastDeflater(level: 1)
+            defaultCodec = .deflate(level: level, zlib: true)
+        case .zstd(let level):
+            guard zstdLevels.contains(level), level != 0 else { throw WireError.invalidZstdLevel(level) }
+            defaultCodec = PayloadCompressor.resolve(.zstd(level: level), zstdAccepted: zstdAccepted)
+        // auto without a chooser: libdeflate level 1 (same wire format as zlib level 1, twice the speed).
+        case .auto: defaultCodec = .deflate(level: 1)
+        }
+        if let defaultCodec { compressors[defaultCodec] = try PayloadCompressor.make(defaultCodec) }
+    }
+
+    /// zstd → raw DEFLATE when the destination does not accept zstd (the baseline every
+    /// peer has): negative and low levels become libdeflate 1, higher ones its level up to 9.
+    public static func resolve(_ codec: PayloadCodec, zstdAccepted: Bool) -> PayloadCodec {
+        guard case .zstd(let level) = codec, !zstdAccepted else { return codec }
+        return .deflate(level: min(max(level, 1), 9))
+    }
+
+    private static func make(_ codec: PayloadCodec) throws(WireError) -> any BufferCompressor {
+        switch codec {
+        case .deflate(let level, true): try Deflater(level: level)
+        case .deflate(let level, false): try FastDeflater(level: level)
+        case .zstd(let level): try ZstdCompressor(level: level)
         }
     }
 
-    public func encode(_ input: [UInt8]) throws(WireError) -> (Encoding, [UInt8]) {
-        try encode(input[...])
+    private func compressor(_ codec: PayloadCodec) throws(WireError) -> any BufferCompressor {
+        if let c = compressors[codec] { return c }
+        let c = try PayloadCompressor.make(codec)
+        compressors[codec] = c
+        return c
+    }
+
+    public func encode(_ input: [UInt8], choice: CodecChoice? = nil) throws(WireError) -> (Encoding, [UInt8]) {
+        try encode(input[...], choice: choice)
     }
 
     /// As `encode(_:)` on part of a buffer, without copying it first.
-    public func encode(_ input: ArraySlice<UInt8>) throws(WireError) -> (Encoding, [UInt8]) {
-        try encode(input, probe: true)
+    public func encode(_ input: ArraySlice<UInt8>, choice: CodecChoice? = nil) throws(WireError) -> (Encoding, [UInt8]) {
+        try encode(input, probe: true, choice: choice)
     }
 
     /// `probe: false` when the caller already classified the data (pages).
-    private func encode(_ input: ArraySlice<UInt8>, probe: Bool) throws(WireError) -> (Encoding, [UInt8]) {
+    private func encode(_ input: ArraySlice<UInt8>, probe: Bool, choice: CodecChoice?) throws(WireError) -> (Encoding, [UInt8]) {
         counters.buffers += 1
         counters.bytesIn += input.count
-        let result = try choose(input, probe: probe)
+        let result = try choose(input, probe: probe, codec: try codec(for: choice))
         counters.bytesOut += result.1.count
         return result
     }
 
-    private func choose(_ input: ArraySlice<UInt8>, probe: Bool) throws(WireError) -> (Encoding, [UInt8]) {
-        guard let deflater, !input.isEmpty else { return (.raw, Array(input)) }
+    /// The codec for a batch: the caller's choice (auto only), else the policy's.
+    private func codec(for choice: CodecChoice?) throws(WireError) -> PayloadCodec? {
+        guard let choice, policy == .auto else { return defaultCodec }
+        switch choice {
+        case .raw: return nil
+        case .codec(let c): return PayloadCompressor.resolve(c, zstdAccepted: zstdAccepted)
+        }
+    }
+
+    private func choose(_ input: ArraySlice<UInt8>, probe: Bool, codec: PayloadCodec?) throws(WireError) -> (Encoding, [UInt8]) {
+        guard !input.isEmpty, policy != .none else { return (.raw, Array(input)) }
+        guard let codec else {
+            counters.rawByChoice += 1
+            return (.raw, Array(input))
+        }
         if probe && policy == .auto && input.count >= PayloadCompressor.probeMinimum {
             counters.probes += 1
             let sample = PayloadCompressor.sample(input)
-            if !pays(try deflater.compress(sample).count, sample.count) {
+            if !pays(try compressor(.deflate(level: 1)).compress(sample).count, sample.count) {
                 counters.probeRejections += 1
                 return (.raw, Array(input))
             }
         }
         counters.fullDeflates += 1
-        let deflated = try deflater.compress(input)
-        guard pays(deflated.count, input.count) else {
+        let started = clock.now
+        let compressed = try compressor(codec).compress(input)
+        counters.codecTime += clock.now - started
+        counters.codecBytesIn += input.count
+        counters.codecBytesOut += compressed.count
+        guard pays(compressed.count, input.count) else {
             counters.deflateNotWorthIt += 1
             return (.raw, Array(input))
         }
-        return (.deflate, deflated)
+        return (codec.encoding, compressed)
     }
 
     /// Compression pays when the result is under 95 % of the input.
@@ -116,7 +174,7 @@ public final class PayloadCompressor {
     /// deflate at all, and the rest are deflated in runs of their own — which
     /// on that corpus is 4 % smaller than deflating 1 MiB chunks whole, since
     /// deflate spends nothing on random pages.
-    public func encodePages(startPFN: UInt64, pageSize: Int, bytes: [UInt8]) throws(WireError) -> [PageSegment] {
+    public func encodePages(startPFN: UInt64, pageSize: Int, bytes: [UInt8], choice: CodecChoice? = nil) throws(WireError) -> [PageSegment] {
         guard pageSize > 0, bytes.count % pageSize == 0 else { throw WireError.unalignedPages(byteCount: bytes.count, pageSize: pageSize) }
         let pageCount = bytes.count / pageSize
         let classes: [PageClass] = (0..<pageCount).map { p in
@@ -147,8 +205,8 @@ public final class PayloadCompressor {
                 counters.bytesOut += run.count
                 segments.append(PageSegment(startPFN: pfn, pageCount: count, encoding: .raw, payload: Array(run)))
             case .data:
-                let (encoding, payload) = try encode(run, probe: false)
-                segments.append(PageSegment(startPFN: pfn, pageCount: count, encoding: encoding == .raw ? .raw : .deflate, payload: payload))
+                let (encoding, payload) = try encode(run, probe: false, choice: choice)
+                segments.append(PageSegment(startPFN: pfn, pageCount: count, encoding: PageEncoding(encoding), payload: payload))
             }
             first = end
         }
@@ -178,14 +236,40 @@ public final class PayloadCompressor {
     }
 }
 
+/// What the caller wants a batch sent as (under `auto`).
+public enum CodecChoice: Hashable, Sendable, CustomStringConvertible {
+    case raw
+    case codec(PayloadCodec)
+
+    public var description: String {
+        switch self {
+        case .raw: "raw"
+        case .codec(let c): c.description
+        }
+    }
+}
+
+extension PageEncoding {
+    /// The segment encoding of a payload encoding.
+    init(_ encoding: Encoding) {
+        switch encoding {
+        case .raw: self = .raw
+        case .deflate: self = .deflate
+        case .zstd: self = .zstd
+        }
+    }
+}
+
 /// Decodes payloads back, checking declared lengths against limits.
 public final class PayloadDecompressor {
     public let limits: WireLimits
     private let inflater: FastInflater
+    private let zstd: ZstdDecompressor
 
     public init(limits: WireLimits = .default) throws(WireError) {
         self.limits = limits
         inflater = try FastInflater()
+        zstd = try ZstdDecompressor()
     }
 
     public func decode(_ data: DeviceData) throws(WireError) -> [UInt8] {
@@ -198,6 +282,8 @@ public final class PayloadDecompressor {
             return data.payload
         case .deflate:
             return try inflater.inflate(data.payload, expectedLength: declared, limit: limits.maxInflated, frame: .deviceData)
+        case .zstd:
+            return try zstd.decompress(data.payload, expectedLength: declared, limit: limits.maxInflated, frame: .deviceData)
         }
     }
 
@@ -221,6 +307,8 @@ public final class PayloadDecompressor {
             return segment.payload
         case .deflate:
             return try inflater.inflate(segment.payload, expectedLength: size, limit: limits.maxInflated, frame: .pages)
+        case .zstd:
+            return try zstd.decompress(segment.payload, expectedLength: size, limit: limits.maxInflated, frame: .pages)
         }
     }
 }

@@ -87,10 +87,15 @@ public enum WireError: Error, Sendable, Equatable, CustomStringConvertible {
     case inflatedExceedsDeclared(frame: FrameType?, declared: Int)
     case corruptDeflateStream(frame: FrameType?, detail: String)
     case zlibFailure(operation: String, code: Int32)
+    /// A zstd payload that is not one valid frame (bad magic, corrupt, bytes after it, a dictionary).
+    case corruptZstdFrame(frame: FrameType?, detail: String)
+    /// A zstd frame whose header has no content size (nil) or another one than the declared length.
+    case zstdContentSize(frame: FrameType?, declared: Int, inFrame: UInt64?)
     /// A local codec call failed (not the peer's data): nothing may be sent for it.
     case compressionFailed(library: String, operation: String, detail: String)
     case invalidCompressionPolicy(String)
     case invalidCompressionLevel(Int)
+    case invalidZstdLevel(Int)
     case unalignedPages(byteCount: Int, pageSize: Int)
     /// A size the format (or a codec's API) cannot represent, e.g. a payload ≥ 4 GiB.
     case sizeNotRepresentable(what: String, bytes: UInt64, limit: UInt64)
@@ -200,12 +205,19 @@ public enum WireError: Error, Sendable, Equatable, CustomStringConvertible {
             return "corrupt deflate stream\(inFrame(f)): \(detail)"
         case .zlibFailure(let op, let code):
             return "zlib \(op) failed with code \(code)"
+        case .corruptZstdFrame(let f, let detail):
+            return "corrupt zstd frame\(inFrame(f)): \(detail)"
+        case .zstdContentSize(let f, let declared, let found):
+            return "zstd frame\(inFrame(f)) " + (found.map { "header says \($0) bytes of content; the payload declares \(declared)" }
+                ?? "has no content size in its header (required; the payload declares \(declared) bytes)")
         case .compressionFailed(let library, let op, let detail):
             return "\(library) \(op) failed: \(detail)"
         case .invalidCompressionPolicy(let text):
-            return "invalid compression policy '\(text)': use none, zlib:1 … zlib:9, or auto"
+            return "invalid compression policy '\(text)': use none, zlib:1 … zlib:9, zstd:-50 … zstd:19 (not 0), or auto"
         case .invalidCompressionLevel(let level):
             return "invalid deflate level \(level): use 0 … 9"
+        case .invalidZstdLevel(let level):
+            return "invalid zstd level \(level): use -50 … -1 or 1 … 19"
         case .unalignedPages(let n, let ps):
             return "\(n) bytes are not a whole number of \(ps)-byte pages"
         case .sizeNotRepresentable(let what, let n, let limit):

@@ -8,7 +8,7 @@ import MigrationWire
 
 extension CompressionPolicy: ExpressibleByArgument {
     public init?(argument: String) { try? self.init(parsing: argument) }
-    public static var allValueStrings: [String] { ["none", "zlib:1", "...", "zlib:9", "auto"] }
+    public static var allValueStrings: [String] { ["none", "zlib:1", "...", "zlib:9", "zstd:-50", "...", "zstd:19", "auto"] }
 }
 
 extension TimeoutAction: ExpressibleByArgument {}

@@ -63,9 +63,10 @@ final class EventPrinter: @unchecked Sendable {  // mutable display state only u
         case .progress(let p):
             let eta = p.etaSeconds.map { String(format: " eta %.1fs", $0) } ?? ""
             let converging = p.convergence.map { "  " + ConvergenceText.line($0) } ?? ""
-            let text = String(format: "%@: %@ iter %d  raw %@  wire %@  %@/s  pending %@  dirty %llu pages%@%@",
+            let encoding = p.encoding.map { "  encoding \($0.choice) (\($0.reason))" } ?? ""
+            let text = String(format: "%@: %@ iter %d  raw %@  wire %@  %@/s  pending %@  dirty %llu pages%@%@%@",
                               side, p.phase.rawValue, p.iteration, formatBytes(p.rawBytes), formatBytes(p.wireBytes),
-                              formatBytes(UInt64(p.bytesPerSecond)), formatBytes(p.pendingBytes), p.dirtyPages, eta, converging)
+                              formatBytes(UInt64(p.bytesPerSecond)), formatBytes(p.pendingBytes), p.dirtyPages, eta, converging, encoding)
             if isTTY {
                 FileHandle.standardError.write(Data("\r\u{1B}[K\(text)".utf8))
                 lastLineWasProgress = true
@@ -210,6 +211,12 @@ enum EventFields {
         ]
         if let eta = p.etaSeconds { o["eta_seconds"] = eta }
         if let c = p.convergence { o.merge(ConvergenceText.fields(c)) { a, _ in a } }
+        if let e = p.encoding {
+            o["encoding"] = e.choice
+            o["encoding_reason"] = e.reason
+            if let link = e.linkBytesPerSecond { o["link_bytes_per_second"] = link }
+            o["encoding_batches"] = e.batches
+        }
         return o
     }
 

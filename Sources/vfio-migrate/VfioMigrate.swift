@@ -36,7 +36,7 @@ struct VfioMigrate: ParsableCommand {
 }
 
 struct SenderTuning: ParsableArguments {
-    @Option(help: "Compression: none, zlib:1..9, auto.")
+    @Option(help: "Compression: none, zlib:1..9, zstd:N (-50..19, not 0; deflate if the destination lacks zstd), auto (raw or a codec level per batch, from the link's and the codecs' measured rates and the host's idle cores).")
     var compress: CompressionPolicy = .auto
     @Option(name: .customLong("downtime-ms"), help: "Switch over when the estimated downtime is below this.")
     var downtimeMs: Double = 300
@@ -196,6 +196,8 @@ struct Receive: ParsableCommand {
     var peerTimeout: Double = 30
     @Option(help: "Decompression worker threads (default: all cores).")
     var workers: Int?
+    @Flag(name: .customLong("no-zstd"), help: "Do not offer zstd in HELLO: for sources built before zstd, which refuse a HELLO that lists it (sources then deflate).")
+    var noZstd = false
     @Option(name: .customLong("port-file"), help: "Write the bound port here once listening (for scripts using port 0).")
     var portFile: String?
     @Option(name: .customLong("reconnect-timeout"), help: "Seconds a session whose connection broke waits for its source to come back (resuming where it stood) before it fails; 0: never resume (protocol version 1).")
@@ -263,6 +265,7 @@ struct Receive: ParsableCommand {
         options.peerTimeoutSeconds = peerTimeout
         options.guestControl = control?.guestControl
         if let workers { options.workers = workers }
+        if noZstd { options.encodings = [.raw, .deflate] }
         let receiver = Receiver(devices: opened.destinationDevices, memory: memory, options: options, events: events)
         let listener = try makeListener(context: context)
         if let portFile, case .tcp(_, let port) = listener.boundEndpoint {

@@ -9,16 +9,20 @@ import TestSupport
 enum Loopback {
     static let certs = DevCertificates.directory
 
-    static func contexts() throws -> (server: TLSContext, client: TLSContext) {
-        let server = try TLSContext(configuration: TLSConfiguration(
+    /// `version` 2 has both sides offer it by ALPN (zstd, ACKs); 1 offers nothing.
+    static func contexts(version: ProtocolVersion = .v1) throws -> (server: TLSContext, client: TLSContext) {
+        let protocols = version >= .v2 ? ProtocolVersion.alpnOffer(speaking: [.v1, version]) : []
+        var server = TLSConfiguration(
             caFile: "\(certs)/ca.pem", certificateFile: "\(certs)/destination.pem",
             privateKeyFile: "\(certs)/destination-key.pem", peerName: "source.vfio-migrate.test",
-            allowDevelopmentCertificates: true), role: .server)
-        let client = try TLSContext(configuration: TLSConfiguration(
+            allowDevelopmentCertificates: true)
+        server.applicationProtocols = protocols
+        var client = TLSConfiguration(
             caFile: "\(certs)/ca.pem", certificateFile: "\(certs)/source.pem",
             privateKeyFile: "\(certs)/source-key.pem", peerName: "destination.vfio-migrate.test",
-            allowDevelopmentCertificates: true), role: .client)
-        return (server, client)
+            allowDevelopmentCertificates: true)
+        client.applicationProtocols = protocols
+        return (try TLSContext(configuration: server, role: .server), try TLSContext(configuration: client, role: .client))
     }
 
     typealias Outcome = InProcessMigration.Outcome
@@ -27,10 +31,10 @@ enum Loopback {
     static func migrate(source: [SourceDevice], sourceMemory: GuestMemory?,
                         destination: [DestinationDevice], destinationMemory: GuestMemory?,
                         options: SenderOptions = quickOptions(), receiverOptions: ReceiverOptions = quickReceiver(),
-                        events: @escaping EventSink = { _ in },
+                        events: @escaping EventSink = { _ in }, version: ProtocolVersion = .v1,
                         whileRunning: (@Sendable (Sender) -> Void)? = nil) throws -> Outcome {
         ignoreSIGPIPE()
-        let (server, client) = try contexts()
+        let (server, client) = try contexts(version: version)
         let receiver = Receiver(devices: destination, memory: destinationMemory, options: receiverOptions)
         let sender = Sender(devices: source, memory: sourceMemory, options: options, events: events)
         let result = ResultBox<Outcome>()

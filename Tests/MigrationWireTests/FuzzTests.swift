@@ -23,10 +23,13 @@ import Glibc
         let seed = UInt64(Self.environment("WIRE_FUZZ_SEED") ?? "") ?? 0x5EED
         var gen = FrameGenerator(seed: seed)
         let compressor = try PayloadCompressor(policy: .auto)
+        let zstd = try PayloadCompressor(policy: .zstd(level: 1), zstdAccepted: true)
         var corpus: [Entry] = []
         for i in 0..<12 {
-            let s = try gen.sourceSession(compressor: i % 2 == 0 ? compressor : nil)
-            corpus.append(Entry(bytes: s.bytes, offsets: s.offsets, peer: .source))
+            // zstd is a version-2 encoding: its sessions are version 2.
+            let version: ProtocolVersion = i % 3 == 2 ? .v2 : .v1
+            let s = try gen.sourceSession(compressor: [compressor, nil, zstd][i % 3], version: version)
+            corpus.append(Entry(bytes: s.bytes, offsets: s.offsets, peer: .source, version: version))
         }
         for _ in 0..<6 {
             let s = gen.destinationSession()
@@ -117,30 +120,47 @@ import Glibc
 
     /// Inflating mutated deflate streams: exactly the declared bytes or a WireError.
     @Test func mutatedDeflateStreamsNeverOverrun() throws {
-        var rng = SeededRNG(seed: 77)
         let deflater = try Deflater(level: 6)
         let all = try inflaters()
+        var i = 0
+        try mutatedPayloadsNeverOverrun(seed: 77, compress: { try deflater.compress($0) }) { packed, declared in
+            i += 1
+            return try all[i % all.count].inflate(packed, expectedLength: declared, limit: 4000, frame: nil)
+        }
+    }
+
+    /// Decompressing mutated zstd frames: exactly the declared bytes or a WireError.
+    @Test func mutatedZstdFramesNeverOverrun() throws {
+        let compressor = try ZstdCompressor(level: 1)
+        let decompressor = try ZstdDecompressor()
+        try mutatedPayloadsNeverOverrun(seed: 78, compress: { try compressor.compress($0[...]) }) { packed, declared in
+            try decompressor.decompress(packed, expectedLength: declared, limit: 4000, frame: nil)
+        }
+    }
+
+    /// Random and text buffers, compressed, then bit-flipped, truncated and declared ±2
+    /// bytes off: every decode gives exactly the declared length or throws.
+    private func mutatedPayloadsNeverOverrun(seed: UInt64, compress: ([UInt8]) throws -> [UInt8],
+                                             decode: ([UInt8], Int) throws -> [UInt8]) throws {
+        var rng = SeededRNG(seed: seed)
         var outcomes = [0, 0]
         for i in 0..<3000 {
-            let inflater = all[i % all.count]
-            let original = i % 3 == 0 ? rng.bytes(Int.random(in: 0...300, using: &rng)) : textBytes(Int.random(in: 0...3000, using: &rng))
-            var packed = try deflater.compress(original)
-            if !packed.isEmpty {
-                for _ in 0..<Int.random(in: 0...2, using: &rng) {
-                    packed[Int.random(in: 0..<packed.count, using: &rng)] ^= UInt8(1) << UInt8.random(in: 0...7, using: &rng)
-                }
+            let original = i % 3 == 0 ? rng.bytes(Int.random(in: 1...300, using: &rng)) : textBytes(Int.random(in: 1...3000, using: &rng))
+            var packed = try compress(original)
+            for _ in 0..<Int.random(in: 0...2, using: &rng) {
+                packed[Int.random(in: 0..<packed.count, using: &rng)] ^= UInt8(1) << UInt8.random(in: 0...7, using: &rng)
             }
             if rng.chance(0.2) { packed = Array(packed.prefix(Int.random(in: 0...packed.count, using: &rng))) }
             let declared = max(0, original.count + Int.random(in: -2...2, using: &rng))
             do {
-                let out = try inflater.inflate(packed, expectedLength: declared, limit: 4000, frame: nil)
+                let out = try decode(packed, declared)
                 #expect(out.count == declared)
                 outcomes[0] += 1
-            } catch {   // a WireError, the only error inflate throws
+            } catch is WireError {
                 outcomes[1] += 1
             }
         }
-        #expect(outcomes[0] > 100 && outcomes[1] > 100)
+        #expect(outcomes[0] > 100 && outcomes[1] > 100, "\(outcomes)")
     }
 
     private func exercisePayloads(_ frame: Frame, decompressor: PayloadDecompressor, limits: WireLimits) throws {

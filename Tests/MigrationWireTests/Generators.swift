@@ -31,7 +31,7 @@ struct FrameGenerator {
 
     mutating func hello(role: Role? = nil) -> Hello {
         Hello(sessionID: rng.bytes(16), role: role ?? (rng.chance(0.5) ? .source : .destination),
-              encodings: (0..<int(0...3)).map { _ in Encoding.allCases[int(0...1)] },
+              encodings: (0..<int(0...3)).map { _ in Encoding.allCases[int(0...1)] },  // zstd: version 2 only
               devices: (0..<int(0...5)).map { _ in DeviceDescriptor(name: string(maxBytes: 40), pageSize: pageSize(), compatibility: string(maxBytes: 80)) },
               memory: (0..<int(0...4)).map { _ in MemoryRange(startPFN: UInt64(int(0...1 << 40)), pageCount: UInt64(int(1...1 << 30)), pageSize: pageSize()) })
     }
@@ -44,7 +44,7 @@ struct FrameGenerator {
             let payload = rng.bytes(int(0...600))
             return rng.chance(0.5)
                 ? .deviceData(DeviceData(phase: rng.chance(0.5) ? .precopy : .stopcopy, encoding: .raw, originalLength: UInt32(payload.count), payload: payload))
-                : .deviceData(DeviceData(phase: .stopcopy, encoding: .deflate, originalLength: UInt32(int(0...1 << 20)), payload: payload))
+                : .deviceData(DeviceData(phase: .stopcopy, encoding: rng.chance(0.5) ? .deflate : .zstd, originalLength: UInt32(int(0...1 << 20)), payload: payload))
         case 2: return .dirtyBitmap(dirtyBitmap(start: UInt64(int(0...1 << 40)), limit: 5000))
         case 3: return .pages(pages(start: UInt64(int(0...1 << 40)), span: 64, pageSize: [512, 1024][int(0...1)]))
         case 4: return .iterationEnd(IterationEnd(iteration: edgyU32(), pendingBytes: edgyU64(), dirtyPages: edgyU64()))
@@ -90,18 +90,18 @@ struct FrameGenerator {
     }
 
     /// Up to `span` pages from `start` in segments of random encodings (payloads
-    /// are not real deflate streams: the decoder does not inflate).
-    mutating func pages(start: UInt64, span: Int, pageSize: Int) -> Pages {
+    /// are not real deflate or zstd streams: the decoder does not inflate).
+    mutating func pages(start: UInt64, span: Int, pageSize: Int, zstd: Bool = true) -> Pages {
         var segments: [PageSegment] = []
         var pfn = start
         var left = int(0...span)
         while left > 0 {
             let count = int(1...min(left, 8))
-            let encoding: PageEncoding = [.zero, .raw, .deflate][int(0...2)]
+            let encoding: PageEncoding = [.zero, .raw, .deflate, .zstd][int(0...(zstd ? 3 : 2))]
             let payload: [UInt8] = switch encoding {
             case .zero: []
             case .raw: rng.bytes(count * pageSize)
-            case .deflate: rng.bytes(int(1...200))
+            case .deflate, .zstd: rng.bytes(int(1...200))
             }
             segments.append(PageSegment(startPFN: pfn, pageCount: UInt32(count), encoding: encoding, payload: payload))
             pfn += UInt64(count) + UInt64(int(0...3))
@@ -118,7 +118,10 @@ struct FrameGenerator {
                       MemoryRange(startPFN: 256, pageCount: 64, pageSize: UInt32(pageSize)),  // adjacent: spans may cross
                       MemoryRange(startPFN: 4096, pageCount: 128, pageSize: UInt32(pageSize))]
         let devices = int(1...3)
-        var s = StreamBuilder.source(devices: devices, memory: memory, version: version)
+        // A zstd compressor's payloads need zstd in the HELLO (generated pages may use it
+        // too), and zstd needs version 2 (PROTOCOL.md §10).
+        let zstd = version >= .v2
+        var s = StreamBuilder.source(devices: devices, memory: memory, encodings: zstd ? [.raw, .deflate, .zstd] : [.raw, .deflate], version: version)
         for iteration in 0..<int(0...3) {
             for _ in 0..<int(1...6) {
                 switch int(0...4) {
@@ -135,7 +138,7 @@ struct FrameGenerator {
                         let bytes = mixedPages(pages: int(1...24), pageSize: pageSize, rng: &rng)
                         s.add(.pages(Pages(pageSize: UInt32(pageSize), segments: try compressor.encodePages(startPFN: start, pageSize: pageSize, bytes: bytes))))
                     } else {
-                        s.add(.pages(pages(start: start, span: 24, pageSize: pageSize)))
+                        s.add(.pages(pages(start: start, span: 24, pageSize: pageSize, zstd: zstd)))
                     }
                 default: s.add(.keepAlive)
                 }

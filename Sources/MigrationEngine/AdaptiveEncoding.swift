@@ -1,0 +1,229 @@
+import Foundation
+import MigrationWire
+import SyncPrimitives
+
+/// `auto`'s running measurements, shared by the compression workers (codec rates)
+/// and the pipeline's writer (the link's drain rate), and the decision they lead to.
+/// Rates are decayed sums, so the last few dozen batches count: they follow a link
+/// or a machine that changes speed while the migration runs.
+final class AdaptiveEncoding: Sendable {
+    /// Weight of the past at each new codec sample (about the last 10 batches count).
+    static let decay = 0.9
+    /// The link's, over about the last 30 writes (tens of MiB): a write that only fills
+    /// the socket's send buffer (up to a few MiB) returns at once, and must not make
+    /// a slow link look fast for long.
+    static let linkDecay = 0.97
+    /// Without host readings, every this many raw batches one runs the cheapest level
+    /// instead: a level's rate is only measured while it is used, and one measured on
+    /// a busy moment must not keep `auto` on raw once the cores are free again. (With
+    /// readings, DeliveryArms' probes do this.)
+    static let remeasureEvery = 16
+
+    /// Bytes and seconds, decayed together: their quotient is the recent rate.
+    struct DecayedRate: Sendable, Equatable {
+        var bytes = 0.0
+        var seconds = 0.0
+        var output = 0.0
+
+        mutating func add(bytes b: Double, seconds s: Double, output o: Double = 0, decay: Double = AdaptiveEncoding.decay) {
+            bytes = bytes * decay + b
+            seconds = seconds * decay + s
+            output = output * decay + o
+        }
+        var perSecond: Double? { seconds > 0 && bytes > 0 ? bytes / seconds : nil }
+    }
+
+    private struct State {
+        var link = DecayedRate()
+        /// The writer's CPU seconds (`bytes`) over the wall time from one write's start
+        /// to the next (`seconds`): the share of a core TLS takes.
+        var writerCPU = DecayedRate()
+        var lastWriteStart: ContinuousClock.Instant?
+        var codecs: [PayloadCodec: DecayedRate] = [:]
+        /// The host's idle cores and our codecs' CPU (empty without /proc/stat).
+        var host = IdleCoreMeter()
+        /// What raw and compressed batches delivered: decides on a saturated host.
+        var arms = DeliveryArms()
+        var last: EncodingDecision?
+        var rawInARow = 0
+        /// Batches per choice ("raw", "zstd:1"): how the choices split over the session.
+        var batches: [String: Int] = [:]
+    }
+
+    /// Host CPU readings at most this often (the counters tick at 100 Hz).
+    static let hostSampleInterval = Duration.milliseconds(20)
+
+    let chooser: EncodingChooser
+    /// Cores the workers may use (min of workers and cores): the most compression gets.
+    let cores: Int
+    /// Reads the host's CPU counters (HostCPUTimes.read); nil: the workers model only.
+    private let hostCPU: (@Sendable () -> HostCPUTimes?)?
+    private let state = LockedValue(State())
+
+    init(chooser: EncodingChooser, cores: Int, hostCPU: (@Sendable () -> HostCPUTimes?)? = nil) {
+        self.chooser = chooser
+        self.cores = cores
+        self.hostCPU = hostCPU
+    }
+
+    /// The choice for the next batch.
+    func decide() -> EncodingDecision {
+        state.withLock { s in
+            let rates = EncodingRates(linkBytesPerSecond: s.link.perSecond,
+                                      codecs: s.codecs.compactMapValues { r in
+                                          r.perSecond.map { CodecRate(bytesPerSecond: $0, ratio: r.output / r.bytes) } },
+                                      cores: compressingCores(s))
+            var decision = chooser.decide(rates)
+            if rates.cores.measured { return record(verified(decision, &s, cores: rates.cores), in: &s) }
+            if decision.choice == .raw {
+                s.rawInARow += 1
+                if s.rawInARow % AdaptiveEncoding.remeasureEvery == 0 {
+                    decision = EncodingDecision(choice: .codec(chooser.ladder[0].codec), reason: .remeasuring)
+                }
+            } else {
+                s.rawInARow = 0
+            }
+            return record(decision, in: &s)
+        }
+    }
+
+    private func record(_ decision: EncodingDecision, in s: inout State) -> EncodingDecision {
+        s.last = decision
+        s.batches[decision.choice.description, default: 0] += 1
+        return decision
+    }
+
+    /// The model's `decision` as the prior, what raw and compressed batches delivered
+    /// as the verdict once both are measured (DeliveryArms): whether compressing takes
+    /// CPU a receiver on this host needed, or only what a slow link left idle, shows
+    /// there. A compressed batch uses the model's level (the cheapest if it chose raw).
+    private func verified(_ decision: EncodingDecision, _ s: inout State, cores: CoreBudget) -> EncodingDecision {
+        let prior: DeliveryArms.Arm = decision.choice == .raw ? .raw : .coded
+        let (arm, probing) = s.arms.next(prior: prior)
+        if arm == prior && !probing && !s.arms.measured { return decision }
+        let reason = EncodingReason.deliveredMore(arm, cores: cores, raw: s.arms.rate(.raw), coded: s.arms.rate(.coded), probing: probing)
+        if arm == .raw { return EncodingDecision(choice: .raw, reason: reason) }
+        return EncodingDecision(choice: prior == .coded ? decision.choice : .codec(chooser.ladder[0].codec), reason: reason)
+    }
+
+    /// The cores compression may use: measured from the host's idle CPU when there are
+    /// readings (IdleCoreMeter), at most the workers' cores. Without them, the workers'
+    /// cores less the writer's share (it encrypts on one of them for the share of the
+    /// time it is busy), never below one.
+    private func compressingCores(_ s: State) -> CoreBudget {
+        if let idle = s.host.compressingCores {
+            return CoreBudget(cores: min(Double(cores), idle), measured: true)
+        }
+        let writerShare = s.writerCPU.perSecond.map { min(max($0, 0), 1) } ?? 0
+        return CoreBudget(cores: max(1, Double(cores) - writerShare), measured: false)
+    }
+
+    /// A worker compressed `input` bytes to `output` in `time` with `codec`, using `cpu`
+    /// of its thread's CPU time.
+    func recordCompression(_ codec: PayloadCodec, input: Int, output: Int, time: Duration, cpu: Duration = .zero) {
+        guard input > 0 else { return }
+        state.withLock { s in
+            s.codecs[codec, default: DecayedRate()].add(bytes: Double(input), seconds: time.seconds, output: Double(output))
+            s.host.addCodecCPU(seconds: cpu.seconds)
+        }
+    }
+
+    /// A reading of the host's CPU counters, taken `at`.
+    func recordHostCPU(_ times: HostCPUTimes, at: ContinuousClock.Instant) {
+        state.withLock { $0.host.sample(times, at: at) }
+    }
+
+    /// The writer moved `bytes` to the TLS stream from `started` to `ended` (its wait
+    /// for room included), using `cpu` of its thread's CPU time; they carried `input`
+    /// payload bytes, compressed or not (`coded`).
+    func recordDrain(bytes: UInt64, started: ContinuousClock.Instant, ended: ContinuousClock.Instant, cpu: Duration,
+                     input: UInt64 = 0, coded: Bool = false) {
+        guard bytes > 0 else { return }
+        state.withLock { s in
+            s.arms.recordWrite(coded ? .coded : .raw, input: input, at: ended)
+            s.link.add(bytes: Double(bytes), seconds: (ended - started).seconds, decay: AdaptiveEncoding.linkDecay)
+            if let last = s.lastWriteStart {
+                s.writerCPU.add(bytes: cpu.seconds, seconds: (started - last).seconds, decay: AdaptiveEncoding.linkDecay)
+            }
+            s.lastWriteStart = started
+        }
+        sampleHostCPU(now: ended)
+    }
+
+    /// Reads the host's counters when the last reading is `hostSampleInterval` old
+    /// (on the writer's thread, outside the lock).
+    private func sampleHostCPU(now: ContinuousClock.Instant) {
+        guard let hostCPU else { return }
+        let due = state.withLock { s in s.host.last.map { now - $0.at >= AdaptiveEncoding.hostSampleInterval } ?? true }
+        if due, let times = hostCPU() { recordHostCPU(times, at: .now) }
+    }
+
+    /// For progress events: the latest decision, the rates behind it and the split so far.
+    var report: EncodingReport? {
+        state.withLock { s in
+            s.last.map {
+                EncodingReport(choice: $0.choice.description, reason: $0.reason.description,
+                               linkBytesPerSecond: s.link.perSecond, batches: s.batches)
+            }
+        }
+    }
+}
+
+/// CPU time the calling thread has used (CLOCK_THREAD_CPUTIME_ID): how much of a
+/// core the writer's TLS encryption takes.
+func threadCPUTime() -> Duration {
+    var ts = timespec()
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts)
+    return .seconds(ts.tv_sec) + .nanoseconds(ts.tv_nsec)
+}
+
+/// `auto`'s latest choice and why, as progress events carry it (docs/EVENTS.md).
+public struct EncodingReport: Sendable, Codable, Equatable {
+    /// "raw" or a codec level ("zstd:1", "deflate:1").
+    public var choice: String
+    public var reason: String
+    public var linkBytesPerSecond: Double?
+    /// Batches sent so far per choice.
+    public var batches: [String: Int]
+}
+
+/// How a source encodes payloads, settled by the HELLO exchange: the policy, whether
+/// the destination accepts zstd, and under `auto` the shared measurements.
+struct SendEncoding: Sendable {
+    let policy: CompressionPolicy
+    let zstdAccepted: Bool
+    /// `auto` only.
+    let adaptive: AdaptiveEncoding?
+
+    init(policy: CompressionPolicy, destinationAccepts: [Encoding], workers: Int) {
+        self.policy = policy
+        zstdAccepted = destinationAccepts.contains(.zstd) && policy.encodings.contains(.zstd)
+        adaptive = policy == .auto
+            ? AdaptiveEncoding(chooser: EncodingChooser(zstdAccepted: zstdAccepted),
+                               cores: max(1, min(workers, ProcessInfo.processInfo.activeProcessorCount)),
+                               hostCPU: HostCPUTimes.read)
+            : nil
+    }
+
+    /// One per worker thread.
+    func makeCompressor() throws(MigrationFailure) -> PayloadCompressor {
+        do throws(WireError) { return try PayloadCompressor(policy: policy, zstdAccepted: zstdAccepted) } catch { throw MigrationFailure(error) }
+    }
+
+    /// Runs `encode` with `auto`'s choice for this batch and feeds what the codec did back;
+    /// `coded`: `auto` chose a codec level.
+    func encodeBatch<T>(_ compressor: PayloadCompressor, _ encode: (CodecChoice?) throws(WireError) -> T) throws(MigrationFailure) -> (value: T, coded: Bool) {
+        let choice = adaptive?.decide().choice
+        let (before, cpu) = (compressor.counters, adaptive == nil ? .zero : threadCPUTime())
+        let result: T
+        do throws(WireError) { result = try encode(choice) } catch { throw MigrationFailure(error) }
+        if let adaptive, case .codec(let codec) = choice {
+            let after = compressor.counters
+            adaptive.recordCompression(PayloadCompressor.resolve(codec, zstdAccepted: zstdAccepted),
+                                       input: after.codecBytesIn - before.codecBytesIn, output: after.codecBytesOut - before.codecBytesOut,
+                                       time: after.codecTime - before.codecTime, cpu: threadCPUTime() - cpu)
+            return (result, true)
+        }
+        return (result, false)
+    }
+}

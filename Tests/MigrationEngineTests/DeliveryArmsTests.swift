@@ -1,0 +1,69 @@
+import Testing
+@testable import MigrationEngine
+
+/// What raw and compressed batches delivered, from synthetic writes: the leader,
+/// the writes not counted after a switch, and the probe schedule.
+@Suite struct DeliveryArmsTests {
+    /// `count` writes of 1 MB of input at `rate` input bytes per second.
+    func write(_ arms: inout DeliveryArms, _ arm: DeliveryArms.Arm, rate: Double, count: Int, clock t: inout ContinuousClock.Instant) {
+        for _ in 0..<count {
+            t = t + .seconds(1e6 / rate)
+            arms.recordWrite(arm, input: 1_000_000, at: t)
+        }
+    }
+
+    /// (raw, compressed input rates, the leader): loopback, the receiver on this host
+    /// (compressing slows it: raw); 1 Gbit/s with other work on the host (compressing
+    /// delivers more); within the margin (compressing costs CPU for nothing: raw).
+    @Test(arguments: [(300e6, 200e6, DeliveryArms.Arm.raw), (125e6, 230e6, .coded), (200e6, 225e6, .raw)])
+    func theArmThatDeliveredMoreLeads(raw: Double, coded: Double, leader: DeliveryArms.Arm) {
+        var (arms, t) = (DeliveryArms(), ContinuousClock.now)
+        write(&arms, .raw, rate: raw, count: 30, clock: &t)
+        write(&arms, .coded, rate: coded, count: 30, clock: &t)
+        #expect(arms.leader(prior: .raw) == leader)
+        #expect(abs(arms.rate(.coded)! - coded) < 1e6)
+    }
+
+    /// The first writes after a switch still drain the other arm's bytes: not counted.
+    @Test func theFirstWritesOfARunAreNotCounted() {
+        var (arms, t) = (DeliveryArms(), ContinuousClock.now)
+        write(&arms, .raw, rate: 125e6, count: 30, clock: &t)
+        write(&arms, .coded, rate: 900e6, count: DeliveryArms.settle, clock: &t)
+        #expect(arms.rate(.coded) == nil)
+        write(&arms, .coded, rate: 900e6, count: 1, clock: &t)
+        #expect(arms.rate(.coded) != nil)
+        #expect(arms.leader(prior: .raw) == .coded)
+    }
+
+    /// Until both are measured the model's expectation leads.
+    @Test func beforeBothAreMeasuredThePriorLeads() {
+        var (arms, t) = (DeliveryArms(), ContinuousClock.now)
+        write(&arms, .raw, rate: 300e6, count: 30, clock: &t)
+        #expect(arms.leader(prior: .coded) == .coded)
+        #expect(arms.next(prior: .coded) == (.coded, false))
+        write(&arms, .coded, rate: 200e6, count: 30, clock: &t)
+        #expect(arms.leader(prior: .coded) == .raw)
+    }
+
+    @Test func controlFramesDoNotCount() {
+        var (arms, t) = (DeliveryArms(), ContinuousClock.now)
+        for _ in 0..<20 { t = t + .milliseconds(1); arms.recordWrite(.raw, input: 0, at: t) }
+        #expect(arms.rate(.raw) == nil)
+    }
+
+    /// The leader's batches, a probe of the other arm after `firstProbeAfter` (again
+    /// until the probes measured it, then every `probeEvery`), each `probeLength` long.
+    @Test func probesComeOnSchedule() {
+        var (arms, t) = (DeliveryArms(), ContinuousClock.now)
+        let (lead, probe) = (DeliveryArms.firstProbeAfter, DeliveryArms.probeLength)
+        let first = (0..<(lead + probe)).map { _ in arms.next(prior: .raw) }
+        #expect(first.prefix(lead).allSatisfy { $0 == (.raw, false) })
+        #expect(first[lead...].allSatisfy { $0 == (.coded, true) })
+        write(&arms, .raw, rate: 125e6, count: 30, clock: &t)
+        write(&arms, .coded, rate: 100e6, count: 30, clock: &t)
+        let later = (0..<(DeliveryArms.probeEvery + probe + 10)).map { _ in arms.next(prior: .raw) }
+        #expect(later.filter(\.probing).count == probe)
+        #expect(later.firstIndex { $0.probing } == DeliveryArms.probeEvery)
+        #expect(later.filter(\.probing).allSatisfy { $0.arm == .coded })
+    }
+}

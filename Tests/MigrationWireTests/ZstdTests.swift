@@ -1,0 +1,176 @@
+import Testing
+@testable import MigrationWire
+
+/// zstd as a payload encoding (PROTOCOL.md §9): round trips at every kind of level,
+/// the frame rules a decoder enforces before it allocates, and the negotiation rules.
+@Suite struct ZstdTests {
+    @Test(arguments: [-50, -5, -1, 1, 3, 19])
+    func roundTripsAtEveryKindOfLevel(_ level: Int) throws {
+        let compressor = try ZstdCompressor(level: level)
+        let decompressor = try ZstdDecompressor()
+        var rng = SeededRNG(seed: UInt64(level + 100))
+        for original in [textBytes(1), textBytes(4096), textBytes(300_000), rng.bytes(5000), [UInt8](repeating: 0xAB, count: 1 << 20)] {
+            let packed = try compressor.compress(original[...])
+            #expect(try decompressor.decompress(packed, expectedLength: original.count, limit: 16 << 20, frame: nil) == original)
+        }
+    }
+
+    @Test func levelsOutsideTheRangeAreRefused() {
+        for level in [0, 20, 22, -51] {
+            #expect(throws: WireError.invalidZstdLevel(level)) { try ZstdCompressor(level: level) }
+        }
+    }
+
+    @Test func policyParsesZstdLevels() throws {
+        for level in [-50, -5, -1, 1, 3, 19] {
+            #expect(try CompressionPolicy(parsing: "zstd:\(level)") == .zstd(level: level))
+            #expect(try CompressionPolicy(parsing: CompressionPolicy.zstd(level: level).description) == .zstd(level: level))
+        }
+        for bad in ["zstd:0", "zstd:20", "zstd:-51", "zstd:", "zstd:+3", "zstd:03", "zstd:1.5", "zstd"] {
+            #expect(throws: WireError.invalidCompressionPolicy(bad)) { try CompressionPolicy(parsing: bad) }
+        }
+    }
+
+    /// A bomb: the header says more than the payload declares. Refused before any output is made.
+    @Test func contentSizeMustEqualTheDeclaredLength() throws {
+        let original = [UInt8](repeating: 0, count: 1 << 20)
+        let packed = try ZstdCompressor(level: 1).compress(original[...])
+        let d = try ZstdDecompressor()
+        #expect(throws: WireError.zstdContentSize(frame: .pages, declared: 4096, inFrame: 1 << 20)) {
+            try d.decompress(packed, expectedLength: 4096, limit: 16 << 20, frame: .pages)
+        }
+        #expect(throws: WireError.zstdContentSize(frame: .pages, declared: (1 << 20) + 1, inFrame: 1 << 20)) {
+            try d.decompress(packed, expectedLength: (1 << 20) + 1, limit: 16 << 20, frame: .pages)
+        }
+        #expect(throws: WireError.inflatedTooLarge(frame: .pages, declared: 1 << 20, limit: 4096)) {
+            try d.decompress(packed, expectedLength: 1 << 20, limit: 4096, frame: .pages)
+        }
+    }
+
+    @Test func aFrameWithoutContentSizeIsRefused() throws {
+        let original = textBytes(8192)
+        let packed = try ZstdCompressor(level: 1, contentSize: false).compress(original[...])
+        #expect(throws: WireError.zstdContentSize(frame: .deviceData, declared: 8192, inFrame: nil)) {
+            try ZstdDecompressor().decompress(packed, expectedLength: 8192, limit: 16 << 20, frame: .deviceData)
+        }
+    }
+
+    @Test func exactlyOneFrameAndNothingElse() throws {
+        let original = textBytes(4096)
+        let packed = try ZstdCompressor(level: 3).compress(original[...])
+        let d = try ZstdDecompressor()
+        func refused(_ bytes: [UInt8], _ detail: String) {
+            #expect(throws: WireError.corruptZstdFrame(frame: .pages, detail: detail)) {
+                try d.decompress(bytes, expectedLength: 4096, limit: 16 << 20, frame: .pages)
+            }
+        }
+        refused(packed + [0], "1 byte(s) after the end of the frame")
+        refused(packed + packed, "\(packed.count) byte(s) after the end of the frame")
+        refused([], "no zstd frame magic (skippable frames are not allowed)")
+        // A skippable frame (magic 0x184D2A50) carrying the real one is still not a zstd frame.
+        refused([0x50, 0x2A, 0x4D, 0x18] + [UInt8(packed.count), 0, 0, 0] + packed, "no zstd frame magic (skippable frames are not allowed)")
+        refused(Array(packed.prefix(packed.count - 1)), "invalid or truncated frame")
+        refused(Array(packed.prefix(5)), "invalid or truncated frame")
+    }
+
+    /// The frame header's dictionary-ID flag (bits 0–1 of the descriptor) with an ID byte inserted.
+    @Test func aFrameNeedingADictionaryIsRefused() throws {
+        let original = textBytes(4096)
+        var packed = try ZstdCompressor(level: 1).compress(original[...])
+        #expect(packed[4] & 0x20 != 0, "single segment: no window descriptor before the dictionary ID")
+        packed[4] |= 0x01
+        packed.insert(7, at: 5)
+        #expect(throws: WireError.corruptZstdFrame(frame: nil, detail: "frame needs dictionary 7 (none are used)")) {
+            try ZstdDecompressor().decompress(packed, expectedLength: 4096, limit: 16 << 20, frame: nil)
+        }
+    }
+
+    // MARK: - payloads and negotiation
+
+    @Test func zstdPolicyFallsBackToDeflateWhenTheDestinationLacksIt() throws {
+        let bytes = textBytes(64 * 1024)
+        let without = try PayloadCompressor(policy: .zstd(level: 3))
+        #expect(without.defaultCodec == .deflate(level: 3))
+        #expect(try without.encode(bytes).0 == .deflate)
+        let with = try PayloadCompressor(policy: .zstd(level: 3), zstdAccepted: true)
+        let (encoding, payload) = try with.encode(bytes)
+        #expect(encoding == .zstd)
+        #expect(try PayloadDecompressor().decode(DeviceData(phase: .precopy, encoding: .zstd, originalLength: UInt32(bytes.count), payload: payload)) == bytes)
+        // Negative levels fall back to the cheapest deflate.
+        #expect(PayloadCompressor.resolve(.zstd(level: -5), zstdAccepted: false) == .deflate(level: 1))
+    }
+
+    @Test func pagesRoundTripAsZstdSegments() throws {
+        let pageSize = 4096
+        var rng = SeededRNG(seed: 5)
+        let bytes = mixedPages(pages: 48, pageSize: pageSize, rng: &rng)
+        let compressor = try PayloadCompressor(policy: .zstd(level: 1), zstdAccepted: true)
+        let segments = try compressor.encodePages(startPFN: 0, pageSize: pageSize, bytes: bytes)
+        #expect(segments.contains { $0.encoding == .zstd })
+        #expect(!segments.contains { $0.encoding == .deflate })
+        let d = try PayloadDecompressor()
+        let decoded = try segments.flatMap { try d.decode($0, pageSize: pageSize) }
+        #expect(decoded == bytes)
+    }
+
+    /// `auto` with a caller's choice: raw sends raw (no codec run), a codec level uses it.
+    @Test func autoFollowsTheCallersChoicePerBatch() throws {
+        let bytes = textBytes(64 * 1024)
+        let auto = try PayloadCompressor(policy: .auto, zstdAccepted: true)
+        #expect(try auto.encode(bytes, choice: .raw) == (.raw, bytes))
+        #expect(auto.counters.rawByChoice == 1 && auto.counters.fullDeflates == 0)
+        #expect(try auto.encode(bytes, choice: .codec(.zstd(level: -1))).0 == .zstd)
+        #expect(try auto.encode(bytes, choice: .codec(.deflate(level: 1))).0 == .deflate)
+        #expect(auto.counters.codecBytesIn == 2 * bytes.count && auto.counters.codecBytesOut < bytes.count)
+        // Without zstd negotiated a zstd choice deflates: nothing unannounced goes out.
+        let noZstd = try PayloadCompressor(policy: .auto)
+        #expect(try noZstd.encode(bytes, choice: .codec(.zstd(level: 1))).0 == .deflate)
+    }
+
+    @Test func aPolicyListsOnlyWhatItMayUse() {
+        #expect(CompressionPolicy.none.encodings == [.raw])
+        #expect(CompressionPolicy.zlib(level: 1).encodings == [.raw, .deflate])
+        #expect(CompressionPolicy.zstd(level: 1).encodings == [.raw, .deflate, .zstd])
+        #expect(CompressionPolicy.auto.encodings == [.raw, .deflate, .zstd])
+    }
+
+    /// A zstd payload in a session whose source HELLO did not list zstd is a protocol
+    /// error at the decoder, before anything is decompressed or applied.
+    @Test func zstdWithoutItInTheSourcesHelloIsRefused() throws {
+        let packed = try ZstdCompressor(level: 1).compress(textBytes(4096)[...])
+        var data = StreamBuilder.source(encodings: [.raw, .deflate], version: .v2)
+        data.add(.deviceData(DeviceData(phase: .precopy, encoding: .zstd, originalLength: 4096, payload: packed)), device: 0)
+        #expect(throws: WireError.encodingNotAnnounced(frame: .deviceData, encoding: "zstd")) { try decodeMessages(data.bytes, peer: .source) }
+
+        var pages = StreamBuilder.source(encodings: [.raw, .deflate], version: .v2)
+        pages.add(.pages(Pages(pageSize: 4096, segments: [PageSegment(startPFN: 0, pageCount: 1, encoding: .zstd, payload: packed)])))
+        #expect(throws: WireError.encodingNotAnnounced(frame: .pages, encoding: "zstd")) { try decodeMessages(pages.bytes, peer: .source) }
+
+        var listed = StreamBuilder.source(encodings: [.raw, .zstd], version: .v2)
+        listed.add(.pages(Pages(pageSize: 4096, segments: [PageSegment(startPFN: 0, pageCount: 1, encoding: .zstd, payload: packed)])))
+        _ = try decodeMessages(listed.bytes, peer: .source)
+    }
+
+    /// zstd belongs to version 2 (PROTOCOL.md §10): a version-1 HELLO that lists it is
+    /// an unknown encoding from either side, as for a peer built before zstd.
+    @Test func aVersionOneHelloListingZstdIsRefused() throws {
+        for role in [Role.source, .destination] {
+            var s = StreamBuilder()
+            s.add(.hello(testHello(role: role, encodings: [.raw, .deflate, .zstd])))
+            #expect(throws: WireError.unknownEncoding(frame: .hello, value: 2)) {
+                try decodeAll(s.bytes, peer: role)
+            }
+        }
+    }
+
+    /// The frame layer bounds a zstd payload's declared size like deflate's.
+    @Test func declaredSizesAboveTheLimitAreRefusedAtParse() throws {
+        var data = StreamBuilder.source(encodings: [.raw, .zstd], version: .v2)
+        data.add(.deviceData(DeviceData(phase: .precopy, encoding: .zstd, originalLength: (16 << 20) + 1, payload: [1, 2, 3])), device: 0)
+        #expect(throws: WireError.inflatedTooLarge(frame: .deviceData, declared: (16 << 20) + 1, limit: 16 << 20)) { try decodeMessages(data.bytes, peer: .source) }
+
+        var pages = StreamBuilder.source(encodings: [.raw, .zstd], version: .v2)
+        pages.add(.pages(Pages(pageSize: 2 << 20, segments: [PageSegment(startPFN: 0x10_0000, pageCount: 9, encoding: .zstd, payload: [1])])))
+        #expect(throws: WireError.inflatedTooLarge(frame: .pages, declared: 9 * (2 << 20), limit: 16 << 20)) { try decodeMessages(pages.bytes, peer: .source) }
+    }
+}
