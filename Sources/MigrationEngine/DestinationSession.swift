@@ -92,18 +92,19 @@ final class DestinationSession {
         let exchange = HelloExchange(names: devices.devices.map(\.name), compatibility: devices.devices.map(\.compatibility), memory: memory)
         let mine = try exchange.asDestination(reader: reader, writer: writer, encodings: options.encodings, version: version)
         events(.helloAccepted(devices: devices.devices.map(\.name), memoryBytes: memory?.size ?? 0, security: stream.security))
-        if version >= .v2 { try enableResumption(sessionID: mine.sessionID) }
+        if version >= .v2 { try enableResumption(sessionID: mine.sessionID, exchange: exchange) }
         keepAlive = startKeepAlive(writer: writer, peerTimeoutSeconds: options.peerTimeoutSeconds)
     }
 
     /// Version 2: ACKs (always), and with a listener the session survives a lost
     /// connection: the resume secret is taken and resuming connections are accepted.
-    private func enableResumption(sessionID: [UInt8]) throws(MigrationFailure) {
+    private func enableResumption(sessionID: [UInt8], exchange: HelloExchange) throws(MigrationFailure) {
         acks = AckSchedule(bytesReceived: reader.wireBytesReceived)
         guard let listener, options.reconnectTimeoutSeconds > 0 else { return }
         let credentials = try ResumeCredentials(firstConnection: stream, sessionID: sessionID)
         writer.enableResumption(policy: .drop, window: nil, deviceCount: devices.devices.count)
-        acceptor = ResumeAcceptor(listener: listener, credentials: credentials, current: stream, limits: options.limits, events: events)
+        acceptor = ResumeAcceptor(listener: listener, credentials: credentials, current: stream, limits: options.limits,
+                                  versionOneRefusal: try exchange.versionOneRefusal(encodings: options.encodings), events: events)
     }
 
     /// Devices to RESUMING, then frames until COMMIT, everything before it applied
@@ -290,12 +291,14 @@ final class DestinationSession {
                 }
             } catch {
                 arrival.stream.close()  // that connection broke too: wait for the next
+                acceptor.attachEnded(current: nil)
                 continue
             }
+            // The attach step ends once the session reads the new connection and said so.
+            defer { acceptor.attachEnded(current: arrival.stream) }
             arrival.stream.readTimeoutSeconds = min(pollSeconds, options.peerTimeoutSeconds)
             arrival.stream.writeTimeoutSeconds = options.peerTimeoutSeconds
             reader.resume(on: arrival.stream, bytes: arrival.bytes)
-            acceptor.setCurrent(arrival.stream)
             if cancellation.attach(arrival.stream) { throw .cancelled }
             acks = AckSchedule(bytesReceived: reader.wireBytesReceived)
             events(.resumed(fromSequence: position.nextSequence, bytesReplayed: 0))
@@ -311,7 +314,7 @@ final class DestinationSession {
     private func answerOutcome(_ acceptor: ResumeAcceptor, answer: () throws(MigrationFailure) -> [UInt8]) {
         let deadline = monotonicSeconds() + options.reconnectTimeoutSeconds
         while let arrival = acceptor.waitForArrival(until: deadline, isCancelled: { false }) {
-            defer { arrival.stream.close() }
+            defer { arrival.stream.close(); acceptor.attachEnded(current: nil) }
             guard let bytes = try? answer(), (try? arrival.stream.write(bytes)) != nil else { continue }
             if (try? arrival.stream.shutdownConfirmingPeer()) == true { return }
         }
