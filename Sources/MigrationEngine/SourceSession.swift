@@ -472,7 +472,8 @@ final class SourceSession {
         var offset: UInt64 = 0
         repeat {
             let count = Int(min(pieceSize, chunk.size - offset))
-            // Version 2: device data cannot be read twice; read no more than the window can keep.
+            // Version 2: device data cannot be read twice; read no more than the window can
+            // keep, counting the pieces still in the pipeline (the room is reserved until numbered).
             try writer.waitForRoom(count + FrameDecoder.headerSize + 16)
             let bytes = try deviceCall(devices[i].name) { [offset] () throws(DeviceError) in try sequences[i].read(chunk, at: offset, count: count) }
             let part: ChunkPart = chunk.size <= pieceSize ? .whole : (offset == 0 ? .first(chunkLength: chunk.size) : .next)
