@@ -53,6 +53,8 @@ final class DestinationSession {
     private let listener: TLSListener?
     private var acceptor: ResumeAcceptor?
     private var acks: AckSchedule?
+    /// Version 2 with resumption: the connection's state and outage clock in `progress`.
+    private var link: LinkProgress?
     private let version: ProtocolVersion?
     private let writer: FrameWriter
     private let progress: LockedValue<ApplyProgress>
@@ -103,6 +105,7 @@ final class DestinationSession {
         guard let listener, options.reconnectTimeoutSeconds > 0 else { return }
         let credentials = try ResumeCredentials(firstConnection: stream, sessionID: sessionID)
         writer.enableResumption(policy: .drop, window: nil, deviceCount: devices.devices.count)
+        link = LinkProgress(phase: .precopy, events: events)
         acceptor = ResumeAcceptor(listener: listener, credentials: credentials, current: stream, limits: options.limits,
                                   versionOneRefusal: try exchange.versionOneRefusal(encodings: options.encodings), events: events)
     }
@@ -131,6 +134,7 @@ final class DestinationSession {
                 throw .peerAborted(a.reason, a.message)
             case .deviceData(let d) where d.phase == .stopcopy:
                 progress.withLock { if $0.stopCopyStarted == nil { $0.stopCopyStarted = .now } }
+                link?.devicesStopped()
                 state.advance(to: .stopCopy)
             case .complete:
                 state.advance(to: .complete)
@@ -282,8 +286,9 @@ final class DestinationSession {
         writer.markLost(reader.currentStream)
         reader.suspend()
         events(.connectionLost(reason: "\(cause)"))
+        link?.lost(progressNow())
         let deadline = monotonicSeconds() + options.reconnectTimeoutSeconds
-        while let arrival = acceptor.waitForArrival(until: deadline, isCancelled: { cancellation.isCancelled }) {
+        while let arrival = nextArrival(acceptor, until: deadline) {
             let position = reader.position
             do {
                 try writer.reattach(arrival.stream) { (sent, next) throws(MigrationFailure) in
@@ -302,10 +307,29 @@ final class DestinationSession {
             if cancellation.attach(arrival.stream) { throw .cancelled }
             acks = AckSchedule(bytesReceived: reader.wireBytesReceived)
             events(.resumed(fromSequence: position.nextSequence, bytesReplayed: 0))
+            link?.up()
             return
         }
         if cancellation.isCancelled { throw .cancelled }
         throw .timeout("the connection to the source broke (\(cause)) and it did not come back within --reconnect-timeout \(options.reconnectTimeoutSeconds) s")
+    }
+
+    /// The next verified connection; meanwhile a `progress` each second says how long
+    /// the source has been away.
+    private func nextArrival(_ acceptor: ResumeAcceptor, until deadline: Double) -> ResumeAcceptor.Arrival? {
+        while monotonicSeconds() < deadline && !cancellation.isCancelled {
+            let slice = min(deadline, monotonicSeconds() + 1)
+            if let arrival = acceptor.waitForArrival(until: slice, isCancelled: { cancellation.isCancelled }) { return arrival }
+            link?.stillLost()
+        }
+        return nil
+    }
+
+    /// Where the session stands, for `progress` while the source is away.
+    private func progressNow() -> Progress {
+        let applied = progress.current
+        return Progress(phase: state.current.phase, iteration: applied.iterations, rawBytes: applied.rawBytes,
+                        wireBytes: reader.wireBytesReceived, bytesPerSecond: 0, pendingBytes: 0, dirtyPages: 0)
     }
 
     /// The session ended (RESUMED sent, or an ABORT after COMMIT) and the source did

@@ -38,6 +38,8 @@ public struct Progress: Sendable, Codable {
     public var etaSeconds: Double?
     /// Pre-copy: the convergence figures of the iteration that just ended.
     public var convergence: ConvergenceFigures?
+    /// Version 2 with resumption: the connection and the outage so far.
+    public var link: LinkFigures?
 }
 
 public struct DeviceStats: Sendable, Codable {

@@ -60,6 +60,8 @@ final class SourceSession {
     private var inbox: PeerInbox?
     /// Version 2 with a way to reconnect: what the reader thread runs on a loss.
     private var recovery: SourceReconnect?
+    /// Version 2 with resumption: the connection's state and outage clock in `progress`.
+    private var link: LinkProgress?
     private var keepAlive: PeriodicTask?
     private var pipeline: Pipeline?
     private var sequences: [SaveSequence]
@@ -131,8 +133,10 @@ final class SourceSession {
         }
         let credentials = try ResumeCredentials(firstConnection: stream, sessionID: sessionID)
         writer.enableResumption(policy: .waitForReplay, window: options.resumeWindowBytes, deviceCount: devices.devices.count)
+        let link = LinkProgress(phase: .precopy, events: events)
+        self.link = link
         return SourceReconnect(credentials: credentials, writer: writer, connect: reconnect, options: options, memory: memory,
-                               events: events, cancellation: cancellation)
+                               events: events, link: link, cancellation: cancellation)
     }
 
     // MARK: - phases
@@ -180,6 +184,7 @@ final class SourceSession {
         events(.phase(.stopcopy))
         // Downtime starts when the guest is asked to stop: the handshake is part of it.
         stoppedAt = .now
+        link?.devicesStopped()
         try stopGuest()
         try devices.stop()
         for i in devices.indices { try sendDeviceData(i, phase: .stopcopy) }
@@ -573,10 +578,11 @@ final class SourceSession {
 
     private func emitProgress(_ phase: MigrationPhase, pending: UInt64, dirtyPages: UInt64, rate: Double, remaining: Double,
                               convergence: ConvergenceFigures? = nil) {
-        events(.progress(Progress(phase: phase, iteration: stats.iterations, rawBytes: counters.rawProduced,
-                                  wireBytes: writer.wireBytesSent, bytesPerSecond: rate,
-                                  pendingBytes: pending, dirtyPages: dirtyPages,
-                                  etaSeconds: rate > 0 ? remaining / rate : nil, convergence: convergence)))
+        let progress = Progress(phase: phase, iteration: stats.iterations, rawBytes: counters.rawProduced,
+                                wireBytes: writer.wireBytesSent, bytesPerSecond: rate,
+                                pendingBytes: pending, dirtyPages: dirtyPages,
+                                etaSeconds: rate > 0 ? remaining / rate : nil, convergence: convergence)
+        events(.progress(link?.annotate(progress) ?? progress))
     }
 
     private func makePipeline() -> Pipeline {

@@ -106,6 +106,40 @@ import VFIODevice
         #expect(!run.events.source.contains("resumed"))
     }
 
+    /// The link goes down in stop-and-copy (the devices stopped) and stays down for
+    /// two reconnection attempts: `progress` says so on both sides (lost,
+    /// reconnecting, up again with the outage's length), and the source's downtime
+    /// so far, and its final downtime, include the outage.
+    @Test func anOutageInStopAndCopyShowsInProgressAndTheDowntime() throws {
+        let pair = try SimPair()
+        let attempts = ConditionValue(0)
+        let sourceLinks = LockedValue<[LinkFigures]>([]), destinationLinks = LockedValue<[LinkFigures]>([])
+        let run = try ResumeRig.migrate(pair, senderEvents: { event, proxy in
+            switch event {
+            case .deviceEnd where attempts.withLock({ $0 == 0 }) && !proxy.isRefusing:
+                proxy.setRefusing(true)
+                proxy.cut()
+            case .reconnecting(let n, _): attempts.withLock { $0 = n }
+            case .progress(let p): if let link = p.link { sourceLinks.withLock { $0.append(link) } }
+            default: break
+            }
+        }, receiverEvents: { event, _ in
+            if case .progress(let p) = event, let link = p.link { destinationLinks.withLock { $0.append(link) } }
+        }, whileRunning: { _, proxy, _ in
+            attempts.wait(until: { $0 >= 2 }) { _, _ in }
+            proxy.setRefusing(false)
+        })
+        try Guarantee.migrated(run.outcome, pair)
+        let source = sourceLinks.current, destination = destinationLinks.current
+        #expect(source.drop(while: { $0.connection == .up }).map(\.connection).starts(with: [.lost, .reconnecting, .reconnecting]), "\(source)")
+        let up = try #require(source.last { $0.connection == .up }, "\(source)")
+        let downtime = try #require(up.downtimeSoFarMs, "stop-and-copy: the downtime so far is known")
+        #expect(up.outageSeconds > 0 && downtime >= up.outageSeconds * 1000, "\(up)")
+        if case .success(let stats) = run.outcome.source { #expect(stats.downtimeMs >= up.outageSeconds * 1000) }
+        #expect(destination.first?.connection == .lost && destination.last?.connection == .up, "\(destination)")
+        #expect((destination.last?.outageSeconds ?? 0) > 0, "\(destination)")
+    }
+
     /// After COMMIT a destination device refuses RUNNING and the connection is cut
     /// before the ABORT gets out: the source reconnects and gets the ABORT again,
     /// so it fails naming the device instead of an unknown outcome.
