@@ -199,21 +199,11 @@ import VFIODevice
     /// one with the right certificate but no secret try to take the session over.
     @Test func anotherIdentityAndAForgedProofAreRefusedAndTheRealSourceResumes() throws {
         let pair = try SimPair()
-        let lost = ConditionValue(false)
         let impostors = LockedValue<[String]>([])
-        let run = try ResumeRig.migrate(pair, allowedSourceNames: ["somebody-else.test"], senderEvents: { event, proxy in
-            if case .iterationEnd(1, _, _, _, _) = event {
-                proxy.setRefusing(true)
-                proxy.cut()
-            }
-        }, receiverEvents: { event, _ in
-            if case .connectionLost = event { lost.withLock { $0 = true } }
-        }, whileRunning: { listenerPort, proxy, _ in
-            lost.wait(until: { $0 }) { _, _ in }
+        let run = try ResumeRig.migrateWithLinkDown(pair, allowedSourceNames: ["somebody-else.test"]) { listenerPort in
             impostors.withLock { $0.append(ResumeRig.impostor(port: listenerPort, certificate: "wrongname", forgeProof: false)) }
             impostors.withLock { $0.append(ResumeRig.impostor(port: listenerPort, certificate: "source", forgeProof: true)) }
-            proxy.setRefusing(false)
-        })
+        }
         let answers = impostors.current
         #expect(answers.count == 2)
         #expect(answers.first == "REFUSE wrongIdentity", "\(answers)")
@@ -260,21 +250,11 @@ import VFIODevice
     /// the real source resumes only if it is checked beside it.
     @Test func aStalledHandshakeDoesNotHoldUpTheRealSource() throws {
         let pair = try SimPair()
-        let lost = ConditionValue(false)
         let staller = LockedValue<TLSStream?>(nil)
         defer { staller.current?.close() }
-        let run = try ResumeRig.migrate(pair, senderEvents: { event, proxy in
-            if case .iterationEnd(1, _, _, _, _) = event {
-                proxy.setRefusing(true)
-                proxy.cut()
-            }
-        }, receiverEvents: { event, _ in
-            if case .connectionLost = event { lost.withLock { $0 = true } }
-        }, whileRunning: { port, proxy, _ in
-            lost.wait(until: { $0 }) { _, _ in }
+        let run = try ResumeRig.migrateWithLinkDown(pair) { port in
             staller.withLock { $0 = try? ResumeRig.connect(port: port) }
-            proxy.setRefusing(false)
-        })
+        }
         #expect(staller.current != nil, "the stalling peer could not connect")
         try Guarantee.migrated(run.outcome, pair)
         #expect(run.events.source.contains("resumed"), "\(run.events.source)")
@@ -285,17 +265,8 @@ import VFIODevice
     /// names the suspended session; the real source still resumes.
     @Test func aVersionOneSourceIsToldASessionIsSuspended() throws {
         let pair = try SimPair(), stranger = try SimPair()
-        let lost = ConditionValue(false)
         let strangerOutcome = LockedValue<Result<MigrationStats, any Error>?>(nil)
-        let run = try ResumeRig.migrate(pair, senderEvents: { event, proxy in
-            if case .iterationEnd(1, _, _, _, _) = event {
-                proxy.setRefusing(true)
-                proxy.cut()
-            }
-        }, receiverEvents: { event, _ in
-            if case .connectionLost = event { lost.withLock { $0 = true } }
-        }, whileRunning: { port, proxy, _ in
-            lost.wait(until: { $0 }) { _, _ in }
+        let run = try ResumeRig.migrateWithLinkDown(pair) { port in
             var options = ResumeRig.senderOptions()
             options.reconnectTimeoutSeconds = 0  // version 1
             let sender = Sender(devices: stranger.source, memory: stranger.sourceMemory, options: options)
@@ -303,8 +274,7 @@ import VFIODevice
                 try sender.run(stream: try ResumeRig.connect(port: port, protocols: options.applicationProtocols))
             }
             strangerOutcome.withLock { $0 = result }
-            proxy.setRefusing(false)
-        })
+        }
         try Guarantee.migrated(run.outcome, pair)
         guard case .failure(let error as MigrationError)? = strangerOutcome.current,
               case .peerAborted(.incompatible, let text) = error.failure else {
@@ -383,6 +353,26 @@ enum ResumeRig {
         case .phase(let p): return "phase \(p)"
         default: return "other"
         }
+    }
+
+    /// `migrate` with the link down after the first iteration (the proxy refuses new
+    /// connections): once the destination noticed, `whileSuspended` runs with its
+    /// listener's port, then the link comes back and the source may resume.
+    static func migrateWithLinkDown(_ pair: SimPair, allowedSourceNames: [String] = [],
+                                    whileSuspended: @escaping @Sendable (UInt16) -> Void) throws -> Run {
+        let lost = ConditionValue(false)
+        return try migrate(pair, allowedSourceNames: allowedSourceNames, senderEvents: { event, proxy in
+            if case .iterationEnd(1, _, _, _, _) = event {
+                proxy.setRefusing(true)
+                proxy.cut()
+            }
+        }, receiverEvents: { event, _ in
+            if case .connectionLost = event { lost.withLock { $0 = true } }
+        }, whileRunning: { port, proxy, _ in
+            lost.wait(until: { $0 }) { _, _ in }
+            whileSuspended(port)
+            proxy.setRefusing(false)
+        })
     }
 
     /// A TLS connection straight to the destination's listener (not through the proxy).
