@@ -48,6 +48,8 @@ struct Bench: ParsableCommand {
     var runTimeout: Double = 900
     @Option(name: .customLong("compare"), help: "A previous vfio-migrate-bench --json output (smaller guest) to evaluate memory growth against.")
     var compare: String?
+    @Option(name: .customLong("send-args"), help: "Extra arguments for every migration's send, space-separated (e.g. \"--resume-window 64M\" or \"--reconnect-timeout 0\").")
+    var sendArgs: String = ""
 
     var modes: [String] {
         compress.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }
@@ -130,6 +132,7 @@ struct BenchSettings {
     var seed: UInt64
     var runTimeout: Double
     var compare: String?
+    var extraSendArguments: [String]
 
     init(_ b: Bench) throws(BenchError) {
         memoryBytes = b.memorySize.bytes
@@ -147,6 +150,7 @@ struct BenchSettings {
         seed = b.seed
         runTimeout = b.runTimeout
         compare = b.compare
+        extraSendArguments = b.sendArgs.split(separator: " ").map(String.init)
     }
 }
 
