@@ -48,7 +48,7 @@ struct Bench: ParsableCommand {
     var runTimeout: Double = 900
     @Option(name: .customLong("compare"), help: "A previous vfio-migrate-bench --json output (smaller guest) to evaluate memory growth against.")
     var compare: String?
-    @Option(name: .customLong("send-args"), help: "Extra arguments for every migration's send, space-separated (e.g. \"--resume-window 64M\" or \"--reconnect-timeout 0\").")
+    @Option(name: .customLong("send-args"), help: "Extra arguments for every migration's send, space-separated; give it with = (--send-args=\"--resume-window 64M\").")
     var sendArgs: String = ""
 
     var modes: [String] {
