@@ -45,6 +45,10 @@ public struct ControlStatus: Sendable, Equatable {
     public var pendingBytes: UInt64
     public var dirtyPages: UInt64
     public var etaSeconds: Double?
+    /// Version 2 with resumption: `up`, `lost` or `reconnecting`, and the seconds
+    /// without a connection so far (nil: a session that cannot resume).
+    public var connection: String?
+    public var outageSeconds: Double?
     public var parameters: ControlParameters
 
     public init(phase: String, iteration: Int = 0, rawBytes: UInt64 = 0, wireBytes: UInt64 = 0,

@@ -75,6 +75,8 @@ extension ControlStatus {
             "pending-bytes": JSONValue(pendingBytes),
             "dirty-pages": JSONValue(dirtyPages),
             "eta-seconds": JSONValue(etaSeconds),
+            "connection": connection.map(JSONValue.string) ?? .null,
+            "outage-seconds": JSONValue(outageSeconds),
             "parameters": parameters.jsonObject,
             "last-event": lastEvent ?? .null,
         ])

@@ -53,6 +53,8 @@ final class DestinationSession {
     private let listener: TLSListener?
     private var acceptor: ResumeAcceptor?
     private var acks: AckSchedule?
+    /// Version 2 with resumption: the connection's state and outage clock in `progress`.
+    private var link: LinkProgress?
     private let version: ProtocolVersion?
     private let writer: FrameWriter
     private let progress: LockedValue<ApplyProgress>
@@ -92,18 +94,20 @@ final class DestinationSession {
         let exchange = HelloExchange(names: devices.devices.map(\.name), compatibility: devices.devices.map(\.compatibility), memory: memory)
         let mine = try exchange.asDestination(reader: reader, writer: writer, encodings: options.encodings.filter { $0.introduced <= version }, version: version)
         events(.helloAccepted(devices: devices.devices.map(\.name), memoryBytes: memory?.size ?? 0, security: stream.security))
-        if version >= .v2 { try enableResumption(sessionID: mine.sessionID) }
+        if version >= .v2 { try enableResumption(sessionID: mine.sessionID, exchange: exchange) }
         keepAlive = startKeepAlive(writer: writer, peerTimeoutSeconds: options.peerTimeoutSeconds)
     }
 
     /// Version 2: ACKs (always), and with a listener the session survives a lost
     /// connection: the resume secret is taken and resuming connections are accepted.
-    private func enableResumption(sessionID: [UInt8]) throws(MigrationFailure) {
+    private func enableResumption(sessionID: [UInt8], exchange: HelloExchange) throws(MigrationFailure) {
         acks = AckSchedule(bytesReceived: reader.wireBytesReceived)
         guard let listener, options.reconnectTimeoutSeconds > 0 else { return }
         let credentials = try ResumeCredentials(firstConnection: stream, sessionID: sessionID)
         writer.enableResumption(policy: .drop, window: nil, deviceCount: devices.devices.count)
-        acceptor = ResumeAcceptor(listener: listener, credentials: credentials, current: stream, limits: options.limits, events: events)
+        link = LinkProgress(phase: .precopy, events: events)
+        acceptor = ResumeAcceptor(listener: listener, credentials: credentials, current: stream, limits: options.limits,
+                                  versionOneRefusal: try exchange.versionOneRefusal(encodings: options.encodings.filter { $0.introduced <= .v1 }), events: events)
     }
 
     /// Devices to RESUMING, then frames until COMMIT, everything before it applied
@@ -130,6 +134,7 @@ final class DestinationSession {
                 throw .peerAborted(a.reason, a.message)
             case .deviceData(let d) where d.phase == .stopcopy:
                 progress.withLock { if $0.stopCopyStarted == nil { $0.stopCopyStarted = .now } }
+                link?.devicesStopped()
                 state.advance(to: .stopCopy)
             case .complete:
                 state.advance(to: .complete)
@@ -281,8 +286,9 @@ final class DestinationSession {
         writer.markLost(reader.currentStream)
         reader.suspend()
         events(.connectionLost(reason: "\(cause)"))
+        link?.lost(progressNow())
         let deadline = monotonicSeconds() + options.reconnectTimeoutSeconds
-        while let arrival = acceptor.waitForArrival(until: deadline, isCancelled: { cancellation.isCancelled }) {
+        while let arrival = nextArrival(acceptor, until: deadline) {
             let position = reader.position
             do {
                 try writer.reattach(arrival.stream) { (sent, next) throws(MigrationFailure) in
@@ -290,19 +296,40 @@ final class DestinationSession {
                 }
             } catch {
                 arrival.stream.close()  // that connection broke too: wait for the next
+                acceptor.attachEnded(current: nil)
                 continue
             }
+            // The attach step ends once the session reads the new connection and said so.
+            defer { acceptor.attachEnded(current: arrival.stream) }
             arrival.stream.readTimeoutSeconds = min(pollSeconds, options.peerTimeoutSeconds)
             arrival.stream.writeTimeoutSeconds = options.peerTimeoutSeconds
             reader.resume(on: arrival.stream, bytes: arrival.bytes)
-            acceptor.setCurrent(arrival.stream)
             if cancellation.attach(arrival.stream) { throw .cancelled }
             acks = AckSchedule(bytesReceived: reader.wireBytesReceived)
             events(.resumed(fromSequence: position.nextSequence, bytesReplayed: 0))
+            link?.up()
             return
         }
         if cancellation.isCancelled { throw .cancelled }
         throw .timeout("the connection to the source broke (\(cause)) and it did not come back within --reconnect-timeout \(options.reconnectTimeoutSeconds) s")
+    }
+
+    /// The next verified connection; meanwhile a `progress` each second says how long
+    /// the source has been away.
+    private func nextArrival(_ acceptor: ResumeAcceptor, until deadline: Double) -> ResumeAcceptor.Arrival? {
+        while monotonicSeconds() < deadline && !cancellation.isCancelled {
+            let slice = min(deadline, monotonicSeconds() + 1)
+            if let arrival = acceptor.waitForArrival(until: slice, isCancelled: { cancellation.isCancelled }) { return arrival }
+            link?.stillLost()
+        }
+        return nil
+    }
+
+    /// Where the session stands, for `progress` while the source is away.
+    private func progressNow() -> Progress {
+        let applied = progress.current
+        return Progress(phase: state.current.phase, iteration: applied.iterations, rawBytes: applied.rawBytes,
+                        wireBytes: reader.wireBytesReceived, bytesPerSecond: 0, pendingBytes: 0, dirtyPages: 0)
     }
 
     /// The session ended (RESUMED sent, or an ABORT after COMMIT) and the source did
@@ -311,7 +338,7 @@ final class DestinationSession {
     private func answerOutcome(_ acceptor: ResumeAcceptor, answer: () throws(MigrationFailure) -> [UInt8]) {
         let deadline = monotonicSeconds() + options.reconnectTimeoutSeconds
         while let arrival = acceptor.waitForArrival(until: deadline, isCancelled: { false }) {
-            defer { arrival.stream.close() }
+            defer { arrival.stream.close(); acceptor.attachEnded(current: nil) }
             guard let bytes = try? answer(), (try? arrival.stream.write(bytes)) != nil else { continue }
             if (try? arrival.stream.shutdownConfirmingPeer()) == true { return }
         }

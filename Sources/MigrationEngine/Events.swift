@@ -40,6 +40,8 @@ public struct Progress: Sendable, Codable {
     public var convergence: ConvergenceFigures?
     /// `auto`: the latest per-batch choice (raw or a codec level) and why.
     public var encoding: EncodingReport?
+    /// Version 2 with resumption: the connection and the outage so far.
+    public var link: LinkFigures?
 }
 
 public struct DeviceStats: Sendable, Codable {

@@ -46,7 +46,7 @@ final class FrameWriter: Sendable {
         var progressSent = DestinationProgress.receiving
     }
     private struct Retention {
-        var window: RetainedWindow?
+        var window: WindowBudget?
         var failure: MigrationFailure?
     }
     private enum Outcome {
@@ -80,7 +80,7 @@ final class FrameWriter: Sendable {
             link.withLock { $0.lossPolicy = policy }
             if let capacity {
                 let window = RetainedWindow(capacity: capacity, deviceCount: deviceCount, nextSequence: o.encoder.nextSequence)
-                retention.withLock { $0.window = window }
+                retention.withLock { $0.window = WindowBudget(window) }
             }
         }
     }
@@ -137,12 +137,14 @@ final class FrameWriter: Sendable {
 
     // MARK: - version 2
 
-    /// Source: waits until a device read of `bytes` fits the retained window (§13.3),
-    /// woken by ACK; throws once the session gave up.
+    /// Source: waits until a device read of a frame of up to `bytes` encoded bytes fits
+    /// the retained window (§13.3), woken by ACK, and reserves that room until the
+    /// frame is numbered; throws once the session gave up.
     func waitForRoom(_ bytes: Int) throws(MigrationFailure) {
         try retention.wait(until: { $0.failure != nil || ($0.window?.hasRoom(for: bytes) ?? true) }) {
             (r: inout Retention, _) throws(MigrationFailure) in
             if let failure = r.failure { throw failure }
+            r.window?.reserve(bytes)
         }
     }
 

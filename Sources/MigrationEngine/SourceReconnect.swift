@@ -17,6 +17,7 @@ struct SourceReconnect: Sendable {
     let options: SenderOptions
     let memory: GuestMemory?
     let events: EventSink
+    let link: LinkProgress
     let cancellation: Cancellation
 
     /// Backoff between attempts: 250 ms doubling to 2 s, ±20 % jitter.
@@ -38,6 +39,7 @@ struct SourceReconnect: Sendable {
         guard cause.isConnectionLoss, writer.markLost(reader.currentStream) else { return end(cause) }
         reader.suspend()
         events(.connectionLost(reason: "\(cause)"))
+        link.lost()
         let lostAt = monotonicSeconds()
         let deadline = lostAt + options.reconnectTimeoutSeconds
         var delay = Self.firstDelaySeconds
@@ -47,6 +49,7 @@ struct SourceReconnect: Sendable {
             if cancellation.isCancelled { return end(.cancelled) }
             attempt += 1
             events(.reconnecting(attempt: attempt, elapsedSeconds: monotonicSeconds() - lostAt))
+            link.reconnecting()
             switch attemptResume(reader) {
             case .success(let frames): return .success(frames)
             case .failure(.end(let failure)): return end(failure)
@@ -150,6 +153,7 @@ struct SourceReconnect: Sendable {
         stream.writeTimeoutSeconds = options.peerTimeoutSeconds
         if cancellation.attach(stream) { stream.close() }
         events(.resumed(fromSequence: accept.position.nextSequence, bytesReplayed: replayed))
+        link.up()
         var missed: [Frame] = []
         let sawReady = before == .ready || before == .resumed
         if accept.progress >= .ready && !sawReady { missed.append(Frame(device: 0, sequence: 0, body: .ready)) }

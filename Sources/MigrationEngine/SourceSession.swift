@@ -62,6 +62,8 @@ final class SourceSession {
     private var recovery: SourceReconnect?
     /// Settled by the HELLO exchange (whether the destination accepts zstd).
     private var encoding: SendEncoding
+    /// Version 2 with resumption: the connection's state and outage clock in `progress`.
+    private var link: LinkProgress?
     private var keepAlive: PeriodicTask?
     private var pipeline: Pipeline?
     private var sequences: [SaveSequence]
@@ -134,8 +136,10 @@ final class SourceSession {
         }
         let credentials = try ResumeCredentials(firstConnection: stream, sessionID: sessionID)
         writer.enableResumption(policy: .waitForReplay, window: options.resumeWindowBytes, deviceCount: devices.devices.count)
+        let link = LinkProgress(phase: .precopy, events: events)
+        self.link = link
         return SourceReconnect(credentials: credentials, writer: writer, connect: reconnect, options: options, memory: memory,
-                               events: events, cancellation: cancellation)
+                               events: events, link: link, cancellation: cancellation)
     }
 
     // MARK: - phases
@@ -183,6 +187,7 @@ final class SourceSession {
         events(.phase(.stopcopy))
         // Downtime starts when the guest is asked to stop: the handshake is part of it.
         stoppedAt = .now
+        link?.devicesStopped()
         try stopGuest()
         try devices.stop()
         for i in devices.indices { try sendDeviceData(i, phase: .stopcopy) }
@@ -475,7 +480,8 @@ final class SourceSession {
         var offset: UInt64 = 0
         repeat {
             let count = Int(min(pieceSize, chunk.size - offset))
-            // Version 2: device data cannot be read twice; read no more than the window can keep.
+            // Version 2: device data cannot be read twice; read no more than the window can
+            // keep, counting the pieces still in the pipeline (the room is reserved until numbered).
             try writer.waitForRoom(count + FrameDecoder.headerSize + 16)
             let bytes = try deviceCall(devices[i].name) { [offset] () throws(DeviceError) in try sequences[i].read(chunk, at: offset, count: count) }
             let part: ChunkPart = chunk.size <= pieceSize ? .whole : (offset == 0 ? .first(chunkLength: chunk.size) : .next)
@@ -575,11 +581,12 @@ final class SourceSession {
 
     private func emitProgress(_ phase: MigrationPhase, pending: UInt64, dirtyPages: UInt64, rate: Double, remaining: Double,
                               convergence: ConvergenceFigures? = nil) {
-        events(.progress(Progress(phase: phase, iteration: stats.iterations, rawBytes: counters.rawProduced,
-                                  wireBytes: writer.wireBytesSent, bytesPerSecond: rate,
-                                  pendingBytes: pending, dirtyPages: dirtyPages,
-                                  etaSeconds: rate > 0 ? remaining / rate : nil, convergence: convergence,
-                                  encoding: encoding.adaptive?.report)))
+        let progress = Progress(phase: phase, iteration: stats.iterations, rawBytes: counters.rawProduced,
+                                wireBytes: writer.wireBytesSent, bytesPerSecond: rate,
+                                pendingBytes: pending, dirtyPages: dirtyPages,
+                                etaSeconds: rate > 0 ? remaining / rate : nil, convergence: convergence,
+                                encoding: encoding.adaptive?.report)
+        events(.progress(link?.annotate(progress) ?? progress))
     }
 
     private func makePipeline() -> Pipeline {

@@ -59,6 +59,32 @@ public final class TLSListener: Sendable {
         }
     }
 
+    /// Waits up to `timeoutSeconds` (nil: forever) for a peer and returns its TCP
+    /// connection before any TLS: the caller runs `handshake()` where it wants (a
+    /// thread of its own, so one slow peer does not hold up the next).
+    public func acceptPending(timeoutSeconds: Double?) throws(TLSError) -> PendingConnection {
+        try socket.enter()
+        defer { socket.leave() }
+        let deadline = timeoutSeconds.map { monotonicNow() + $0 }
+        while true {
+            if let connection = try socket.acceptConnection() { return PendingConnection(socket: connection, listener: self) }
+            switch try socket.wait(for: Int16(POLLIN), until: deadline) {
+            case .ready: continue
+            case .timedOut: throw TLSError.acceptTimeout(seconds: timeoutSeconds ?? 0)
+            case .woken: throw TLSError.closed
+            }
+        }
+    }
+
+    fileprivate func handshake(_ connection: Socket) throws(TLSError) -> TLSStream {
+        do { try socket.enter() } catch { connection.close(); throw error }
+        defer { socket.leave() }
+        return try TLSStream.handshake(
+            socket: connection, context: context,
+            deadline: monotonicNow() + context.configuration.handshakeTimeoutSeconds,
+            interruptibleBy: socket)
+    }
+
     /// Stops listening (idempotent); a blocked `accept` throws `.closed`.
     public func close() {
         socket.close()
@@ -66,4 +92,14 @@ public final class TLSListener: Sendable {
             unlink(unixPath)
         }
     }
+}
+
+/// A peer's TCP connection the listener accepted, not yet authenticated.
+public struct PendingConnection: Sendable {
+    fileprivate let socket: Socket
+    fileprivate let listener: TLSListener
+
+    /// The server handshake (bounded by the configuration's handshake timeout; the
+    /// listener's `close` interrupts it). A failed handshake closes the connection.
+    public func handshake() throws(TLSError) -> TLSStream { try listener.handshake(socket) }
 }

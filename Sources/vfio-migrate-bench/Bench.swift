@@ -54,6 +54,8 @@ struct Bench: ParsableCommand {
     var runTimeout: Double = 900
     @Option(name: .customLong("compare"), help: "A previous vfio-migrate-bench --json output (smaller guest) to evaluate memory growth against.")
     var compare: String?
+    @Option(name: .customLong("send-args"), help: "Extra arguments for every migration's send, space-separated; give it with = (--send-args=\"--resume-window 64M\").")
+    var sendArgs: String = ""
 
     var modes: [String] {
         compress.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }
@@ -140,6 +142,7 @@ struct BenchSettings {
     var seed: UInt64
     var runTimeout: Double
     var compare: String?
+    var extraSendArguments: [String]
 
     init(_ b: Bench) throws(BenchError) {
         memoryBytes = b.memorySize.bytes
@@ -159,6 +162,7 @@ struct BenchSettings {
         seed = b.seed
         runTimeout = b.runTimeout
         compare = b.compare
+        extraSendArguments = b.sendArgs.split(separator: " ").map(String.init)
     }
 }
 

@@ -184,7 +184,7 @@ struct BenchRunner {
         ["send", "--connect", address, "--memory", f.src,
          "--device", "dev0=sim:\(state)", "--dump-state", f.srcDump, "--json",
          "--workload-ms", "\(settings.workloadMs)", "--compress", mode, "--downtime-ms", "\(settings.downtimeMs)"]
-            + settings.certificates.migrateArguments(.source)
+            + settings.certificates.migrateArguments(.source) + settings.extraSendArguments
     }
 
     /// The figures both processes reported and the samples taken of them.

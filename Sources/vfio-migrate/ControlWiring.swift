@@ -211,6 +211,7 @@ final class ControlStatusBox: Sendable {
                 s.phase = p.phase.rawValue; s.iteration = p.iteration
                 s.rawBytes = p.rawBytes; s.wireBytes = p.wireBytes; s.bytesPerSecond = p.bytesPerSecond
                 s.pendingBytes = p.pendingBytes; s.dirtyPages = p.dirtyPages; s.etaSeconds = p.etaSeconds
+                s.connection = p.link?.connection.rawValue; s.outageSeconds = p.link?.outageSeconds
             default: break
             }
         }

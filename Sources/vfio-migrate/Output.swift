@@ -67,6 +67,7 @@ final class EventPrinter: @unchecked Sendable {  // mutable display state only u
             let text = String(format: "%@: %@ iter %d  raw %@  wire %@  %@/s  pending %@  dirty %llu pages%@%@%@",
                               side, p.phase.rawValue, p.iteration, formatBytes(p.rawBytes), formatBytes(p.wireBytes),
                               formatBytes(UInt64(p.bytesPerSecond)), formatBytes(p.pendingBytes), p.dirtyPages, eta, converging, encoding)
+                + LinkText.suffix(p.link)
             if isTTY {
                 FileHandle.standardError.write(Data("\r\u{1B}[K\(text)".utf8))
                 lastLineWasProgress = true
@@ -129,6 +130,16 @@ func rfc3339(_ epochSeconds: Int64) -> String {
 }
 
 /// The convergence figures for people (one clause) and for orchestrators (flat JSON fields).
+/// Version 2: the progress line's note on the connection once it broke, and the
+/// downtime an outage lengthens.
+enum LinkText {
+    static func suffix(_ link: LinkFigures?) -> String {
+        guard let link, link.connection != .up || link.outageSeconds > 0 else { return "" }
+        let downtime = link.downtimeSoFarMs.map { String(format: ", downtime so far %.0f ms", $0) } ?? ""
+        return String(format: "  connection %@ (%.1f s without one%@)", link.connection.rawValue, link.outageSeconds, downtime)
+    }
+}
+
 enum ConvergenceText {
     /// `dirty 38.0 MB/s vs 40.0 MB/s, ~2 more iteration(s)`, or `... not converging`.
     static func line(_ c: ConvergenceFigures) -> String {
@@ -216,6 +227,11 @@ enum EventFields {
             o["encoding_reason"] = e.reason
             if let link = e.linkBytesPerSecond { o["link_bytes_per_second"] = link }
             o["encoding_batches"] = e.batches
+        }
+        if let link = p.link {
+            o["connection"] = link.connection.rawValue
+            o["outage_seconds"] = link.outageSeconds
+            if let d = link.downtimeSoFarMs { o["downtime_so_far_ms"] = d }
         }
         return o
     }

@@ -106,6 +106,40 @@ import VFIODevice
         #expect(!run.events.source.contains("resumed"))
     }
 
+    /// The link goes down in stop-and-copy (the devices stopped) and stays down for
+    /// two reconnection attempts: `progress` says so on both sides (lost,
+    /// reconnecting, up again with the outage's length), and the source's downtime
+    /// so far, and its final downtime, include the outage.
+    @Test func anOutageInStopAndCopyShowsInProgressAndTheDowntime() throws {
+        let pair = try SimPair()
+        let attempts = ConditionValue(0)
+        let sourceLinks = LockedValue<[LinkFigures]>([]), destinationLinks = LockedValue<[LinkFigures]>([])
+        let run = try ResumeRig.migrate(pair, senderEvents: { event, proxy in
+            switch event {
+            case .deviceEnd where attempts.withLock({ $0 == 0 }) && !proxy.isRefusing:
+                proxy.setRefusing(true)
+                proxy.cut()
+            case .reconnecting(let n, _): attempts.withLock { $0 = n }
+            case .progress(let p): if let link = p.link { sourceLinks.withLock { $0.append(link) } }
+            default: break
+            }
+        }, receiverEvents: { event, _ in
+            if case .progress(let p) = event, let link = p.link { destinationLinks.withLock { $0.append(link) } }
+        }, whileRunning: { _, proxy, _ in
+            attempts.wait(until: { $0 >= 2 }) { _, _ in }
+            proxy.setRefusing(false)
+        })
+        try Guarantee.migrated(run.outcome, pair)
+        let source = sourceLinks.current, destination = destinationLinks.current
+        #expect(source.drop(while: { $0.connection == .up }).map(\.connection).starts(with: [.lost, .reconnecting, .reconnecting]), "\(source)")
+        let up = try #require(source.last { $0.connection == .up }, "\(source)")
+        let downtime = try #require(up.downtimeSoFarMs, "stop-and-copy: the downtime so far is known")
+        #expect(up.outageSeconds > 0 && downtime >= up.outageSeconds * 1000, "\(up)")
+        if case .success(let stats) = run.outcome.source { #expect(stats.downtimeMs >= up.outageSeconds * 1000) }
+        #expect(destination.first?.connection == .lost && destination.last?.connection == .up, "\(destination)")
+        #expect((destination.last?.outageSeconds ?? 0) > 0, "\(destination)")
+    }
+
     /// After COMMIT a destination device refuses RUNNING and the connection is cut
     /// before the ABORT gets out: the source reconnects and gets the ABORT again,
     /// so it fails naming the device instead of an unknown outcome.
@@ -165,21 +199,11 @@ import VFIODevice
     /// one with the right certificate but no secret try to take the session over.
     @Test func anotherIdentityAndAForgedProofAreRefusedAndTheRealSourceResumes() throws {
         let pair = try SimPair()
-        let lost = ConditionValue(false)
         let impostors = LockedValue<[String]>([])
-        let run = try ResumeRig.migrate(pair, allowedSourceNames: ["somebody-else.test"], senderEvents: { event, proxy in
-            if case .iterationEnd(1, _, _, _, _) = event {
-                proxy.setRefusing(true)
-                proxy.cut()
-            }
-        }, receiverEvents: { event, _ in
-            if case .connectionLost = event { lost.withLock { $0 = true } }
-        }, whileRunning: { listenerPort, proxy, _ in
-            lost.wait(until: { $0 }) { _, _ in }
+        let run = try ResumeRig.migrateWithLinkDown(pair, allowedSourceNames: ["somebody-else.test"]) { listenerPort in
             impostors.withLock { $0.append(ResumeRig.impostor(port: listenerPort, certificate: "wrongname", forgeProof: false)) }
             impostors.withLock { $0.append(ResumeRig.impostor(port: listenerPort, certificate: "source", forgeProof: true)) }
-            proxy.setRefusing(false)
-        })
+        }
         let answers = impostors.current
         #expect(answers.count == 2)
         #expect(answers.first == "REFUSE wrongIdentity", "\(answers)")
@@ -187,6 +211,77 @@ import VFIODevice
         try Guarantee.migrated(run.outcome, pair)
         #expect(run.events.source.contains("resumed"))
         #expect(run.events.destination.filter { $0 == "refused" }.count >= 2, "\(run.events.destination)")
+    }
+}
+
+/// More than one connection at the destination while its session is suspended
+/// (§13.5, §13.8): each is checked on its own, a second one while another is being
+/// attached is refused `busy`, a version-1 source is told why in words.
+@Suite(.serialized) struct ConcurrentResumingConnections {
+    /// The destination holds the attach step of the source's first resuming
+    /// connection (its `resumed` event waits) while the proxy cuts that connection:
+    /// the source's next connection is refused `busy`, a later one resumes.
+    @Test func aConnectionWhileAnotherIsAttachedIsRefusedBusyAndTheSourceRetries() throws {
+        let pair = try SimPair()
+        let busy = ConditionValue(false)
+        let holding = LockedValue(true)
+        let run = try ResumeRig.migrate(pair, senderEvents: { event, proxy in
+            if case .iterationEnd(1, _, _, _, _) = event { proxy.cut() }
+        }, receiverEvents: { event, proxy in
+            switch event {
+            case .sessionRefused(let text) where text.contains("busy"):
+                busy.withLock { $0 = true }
+            case .resumed where holding.withLock({ h in defer { h = false }; return h }):
+                proxy.cut()
+                busy.wait(until: { $0 }, deadline: monotonicSeconds() + 6) { _, _ in }
+            default: break
+            }
+        })
+        #expect(busy.withLock { $0 }, "no REFUSE busy: \(run.events.destination)")
+        try Guarantee.migrated(run.outcome, pair)
+        // The destination attached twice (the cut one, then the retry); the source may
+        // have lost the first RESUME_ACCEPT with the cut.
+        #expect(run.events.destination.filter { $0 == "resumed" }.count >= 2, "\(run.events.destination)")
+        #expect(run.events.source.contains("resumed"), "\(run.events.source)")
+    }
+
+    /// A peer with the source's certificate completes TLS and then says nothing: its
+    /// handshake may take 10 s, longer than the source's reconnect timeout (8 s), so
+    /// the real source resumes only if it is checked beside it.
+    @Test func aStalledHandshakeDoesNotHoldUpTheRealSource() throws {
+        let pair = try SimPair()
+        let staller = LockedValue<TLSStream?>(nil)
+        defer { staller.current?.close() }
+        let run = try ResumeRig.migrateWithLinkDown(pair) { port in
+            staller.withLock { $0 = try? ResumeRig.connect(port: port) }
+        }
+        #expect(staller.current != nil, "the stalling peer could not connect")
+        try Guarantee.migrated(run.outcome, pair)
+        #expect(run.events.source.contains("resumed"), "\(run.events.source)")
+    }
+
+    /// A version-1 source (no ALPN offered) connects while the session waits for its
+    /// own source: it reads a HELLO it accepts, then ABORT `incompatible` whose text
+    /// names the suspended session; the real source still resumes.
+    @Test func aVersionOneSourceIsToldASessionIsSuspended() throws {
+        let pair = try SimPair(), stranger = try SimPair()
+        let strangerOutcome = LockedValue<Result<MigrationStats, any Error>?>(nil)
+        let run = try ResumeRig.migrateWithLinkDown(pair) { port in
+            var options = ResumeRig.senderOptions()
+            options.reconnectTimeoutSeconds = 0  // version 1
+            let sender = Sender(devices: stranger.source, memory: stranger.sourceMemory, options: options)
+            let result = Result { () throws -> MigrationStats in
+                try sender.run(stream: try ResumeRig.connect(port: port, protocols: options.applicationProtocols))
+            }
+            strangerOutcome.withLock { $0 = result }
+        }
+        try Guarantee.migrated(run.outcome, pair)
+        guard case .failure(let error as MigrationError)? = strangerOutcome.current,
+              case .peerAborted(.incompatible, let text) = error.failure else {
+            Issue.record("the version-1 source: \(String(describing: strangerOutcome.current))"); return
+        }
+        #expect(text.contains("a session is suspended"), "\(text)")
+        Guarantee.sourceDevicesRunning(stranger)
     }
 }
 
@@ -260,15 +355,40 @@ enum ResumeRig {
         }
     }
 
+    /// `migrate` with the link down after the first iteration (the proxy refuses new
+    /// connections): once the destination noticed, `whileSuspended` runs with its
+    /// listener's port, then the link comes back and the source may resume.
+    static func migrateWithLinkDown(_ pair: SimPair, allowedSourceNames: [String] = [],
+                                    whileSuspended: @escaping @Sendable (UInt16) -> Void) throws -> Run {
+        let lost = ConditionValue(false)
+        return try migrate(pair, allowedSourceNames: allowedSourceNames, senderEvents: { event, proxy in
+            if case .iterationEnd(1, _, _, _, _) = event {
+                proxy.setRefusing(true)
+                proxy.cut()
+            }
+        }, receiverEvents: { event, _ in
+            if case .connectionLost = event { lost.withLock { $0 = true } }
+        }, whileRunning: { port, proxy, _ in
+            lost.wait(until: { $0 }) { _, _ in }
+            whileSuspended(port)
+            proxy.setRefusing(false)
+        })
+    }
+
+    /// A TLS connection straight to the destination's listener (not through the proxy).
+    static func connect(port: UInt16, certificate: String = "source",
+                        protocols: [String] = [ProtocolVersion.v2.alpnIdentifier]) throws -> TLSStream {
+        var config = try TestPKI.get().clientConfig(cert: certificate)
+        config.applicationProtocols = protocols
+        return try TLSConnector.connect(to: .tcp(host: "127.0.0.1", port: port),
+                                        context: TLSContext(configuration: config, role: .client), timeoutSeconds: 5)
+    }
+
     /// A peer that tries to resume the session straight at the destination's
     /// listener; returns the destination's first answer to it ("REFUSE reason", ...).
     static func impostor(port: UInt16, certificate: String, forgeProof: Bool) -> String {
         do {
-            let pki = try TestPKI.get()
-            var config = pki.clientConfig(cert: certificate)
-            config.applicationProtocols = [ProtocolVersion.v2.alpnIdentifier]
-            let stream = try TLSConnector.connect(to: .tcp(host: "127.0.0.1", port: port),
-                                                  context: TLSContext(configuration: config, role: .client), timeoutSeconds: 5)
+            let stream = try connect(port: port, certificate: certificate)
             defer { stream.close() }
             stream.readTimeoutSeconds = 5
             var decoder: ResumeHandshakeDecoder?

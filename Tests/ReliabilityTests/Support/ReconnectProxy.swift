@@ -53,6 +53,7 @@ final class ReconnectProxy: Sendable {
 
     /// While refusing, a new connection is closed at once (the link is still down).
     func setRefusing(_ refusing: Bool) { state.withLock { $0.refusing = refusing } }
+    var isRefusing: Bool { state.withLock { $0.refusing } }
 
     func close() {
         let fds = state.withLock { s -> [Int32] in s.closed = true; return s.live }
