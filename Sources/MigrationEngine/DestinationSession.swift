@@ -92,7 +92,7 @@ final class DestinationSession {
     private func hello() throws(MigrationFailure) {
         guard let version else { throw .incompatible("the source selected an ALPN protocol this side does not speak") }
         let exchange = HelloExchange(names: devices.devices.map(\.name), compatibility: devices.devices.map(\.compatibility), memory: memory)
-        let mine = try exchange.asDestination(reader: reader, writer: writer, encodings: options.encodings.filter { $0.introduced <= version }, version: version)
+        let mine = try exchange.asDestination(reader: reader, writer: writer, encodings: options.encodings, version: version)
         events(.helloAccepted(devices: devices.devices.map(\.name), memoryBytes: memory?.size ?? 0, security: stream.security))
         if version >= .v2 { try enableResumption(sessionID: mine.sessionID, exchange: exchange) }
         keepAlive = startKeepAlive(writer: writer, peerTimeoutSeconds: options.peerTimeoutSeconds)
@@ -107,7 +107,7 @@ final class DestinationSession {
         writer.enableResumption(policy: .drop, window: nil, deviceCount: devices.devices.count)
         link = LinkProgress(phase: .precopy, events: events)
         acceptor = ResumeAcceptor(listener: listener, credentials: credentials, current: stream, limits: options.limits,
-                                  versionOneRefusal: try exchange.versionOneRefusal(encodings: options.encodings.filter { $0.introduced <= .v1 }), events: events)
+                                  versionOneRefusal: try exchange.versionOneRefusal(encodings: options.encodings), events: events)
     }
 
     /// Devices to RESUMING, then frames until COMMIT, everything before it applied

@@ -34,14 +34,21 @@ struct HelloExchange: Sendable {
     /// Destination: speaks first with a fresh session id; returns the source's HELLO once
     /// it is compatible.
     func asDestination(reader: FrameReader, writer: FrameWriter, encodings: [Encoding], version: ProtocolVersion = .v1) throws(MigrationFailure) -> Hello {
-        let sessionID = (0..<16).map { _ in UInt8.random(in: 0...255) }
-        let mine = Hello(version: version.rawValue, sessionID: sessionID, role: .destination, encodings: encodings, devices: devices, memory: memory)
+        let mine = destinationHello(encodings: encodings, version: version)
         try writer.send(.hello(mine))
         let theirs = try Self.receiveHello(reader)
         if let reason = Self.mismatch(source: theirs, destination: mine) { throw .incompatible(reason) }
         // PFNs are checked against what the source announced (it lies inside ours).
         reader.constrainInbound(memory: theirs.memory, deviceCount: devices.count)
         return theirs
+    }
+
+    /// The destination's HELLO of a `version` session with a fresh session id; an
+    /// encoding a later version introduced (zstd) is never listed (§10).
+    func destinationHello(encodings: [Encoding], version: ProtocolVersion) -> Hello {
+        let sessionID = (0..<16).map { _ in UInt8.random(in: 0...255) }
+        return Hello(version: version.rawValue, sessionID: sessionID, role: .destination,
+                     encodings: encodings.filter { $0.introduced <= version }, devices: devices, memory: memory)
     }
 
     private static func receiveHello(_ reader: FrameReader) throws(MigrationFailure) -> Hello {

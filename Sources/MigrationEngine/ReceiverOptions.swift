@@ -6,8 +6,8 @@ public struct ReceiverOptions: Sendable {
     public var workers: Int = max(ProcessInfo.processInfo.activeProcessorCount, 1)
     public var peerTimeoutSeconds: Double = 30
     public var limits: WireLimits = .default
-    /// What the destination's HELLO lists. Sources built before zstd refuse a HELLO
-    /// that lists it (an unknown encoding): serve them with `[.raw, .deflate]`.
+    /// What the destination's HELLO lists; zstd only in a version-2 session (the
+    /// HELLO leaves out what the session's version does not define).
     public var encodings: [Encoding] = [.raw, .deflate, .zstd]
     /// Told `startGuest()` after COMMIT once the devices run; nil = none.
     public var guestControl: (any GuestControl)?

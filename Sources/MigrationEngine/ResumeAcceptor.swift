@@ -195,9 +195,7 @@ extension HelloExchange {
     /// (§13.8): a version-1 HELLO like the session's (a fresh session id), so a
     /// version-1 source gets past its first frame, then ABORT `incompatible` saying why.
     func versionOneRefusal(encodings: [Encoding]) throws(MigrationFailure) -> [UInt8] {
-        let sessionID = (0..<16).map { _ in UInt8.random(in: 0...255) }
-        let hello = Hello(version: ProtocolVersion.v1.rawValue, sessionID: sessionID, role: .destination,
-                          encodings: encodings, devices: devices, memory: memory)
+        let hello = destinationHello(encodings: encodings, version: .v1)
         let abort = Abort(reason: .incompatible, message: "destination: a session is suspended here, waiting for its source to resume it (protocol version 2); no new session is accepted until it ends")
         var encoder = FrameEncoder()
         do throws(WireError) { return try encoder.encode(.hello(hello)) + encoder.encode(.abort(abort)) } catch { throw MigrationFailure(error) }
