@@ -44,6 +44,10 @@ public struct FrameDecoder: Sendable {
     /// After a resume, until the peer's first numbered frame: it may still give up
     /// with an unnumbered ABORT (§13.5).
     private var awaitingFirstNumbered = false
+    /// Version 3 (§14): this decoder's stream (0: the session's first connection) and
+    /// how the session spreads pages; a page of a PFN another stream owns is an error.
+    private var streamIndex = 0
+    private var routing: StreamRouting?
 
     private struct OpenChunk {
         var device: UInt32
@@ -58,6 +62,20 @@ public struct FrameDecoder: Sendable {
         self.peer = peer
         self.limits = limits
         self.version = version
+    }
+
+    /// Version 3, destination: an extra stream (§14.4), joined after the session's
+    /// HELLOs, which carries only PAGES of the PFNs it owns, KEEPALIVE, ABORT and at
+    /// last STREAM_END. Its numbering starts at 0; it has no HELLO of its own.
+    public init(joinedStream index: Int, routing: StreamRouting, memory: [MemoryRange], encodings: [Encoding], limits: WireLimits = .default) {
+        precondition(index >= 1 && index < routing.count, "an extra stream's index is 1..<count")
+        self.init(peer: .source, limits: limits, version: .v3)
+        streamIndex = index
+        self.routing = routing
+        self.memory = memory
+        announcedDeviceCount = 0
+        peerEncodings = Set(encodings).union([.raw])
+        state = .established
     }
 
     /// Guest-memory ranges announced in HELLO; PAGES/DIRTY_BITMAP are checked against them.
@@ -216,7 +234,7 @@ public struct FrameDecoder: Sendable {
         let message: WireMessage
         if header.type.isResumption {
             let body = try ResumptionBody.parsePayload(header.type, &reader, limits: limits)
-            try apply(body)
+            try apply(body, sequence: header.sequence)
             message = .resumption(ResumptionFrame(sequence: header.sequence, body: body))
         } else {
             let body = try FrameBody.parsePayload(header.type, &reader, limits: limits, version: version)
@@ -267,6 +285,7 @@ public struct FrameDecoder: Sendable {
     }
 
     private func isAllowedNow(_ type: FrameType) -> Bool {
+        if streamIndex > 0 { return state == .established && [.pages, .keepAlive, .abort, .streamEnd].contains(type) }
         switch (peer, state) {
         case (_, .awaitingHello): return type == .hello
         case (_, .aborted): return false
@@ -291,6 +310,8 @@ public struct FrameDecoder: Sendable {
             if !memoryIsSet { announcedMemory = hello.memory; memoryIsSet = true }
             if announcedDeviceCount == nil { announcedDeviceCount = hello.devices.count }
             peerEncodings = Set(hello.encodings).union([.raw])
+            // Version 3: the source's stream count and block decide which pages stream 0 may carry.
+            if peer == .source, version >= .v3, let offer = hello.streams, offer.count > 1 { routing = StreamRouting(offer) }
             state = .established
         case .deviceData(let data):
             if data.encoding != .raw && !peerEncodings.contains(data.encoding) {
@@ -310,6 +331,9 @@ public struct FrameDecoder: Sendable {
                     throw .encodingNotAnnounced(frame: .pages, encoding: "\(needed)")
                 }
                 try checkInsideMemory(.pages, start: segment.startPFN, count: UInt64(segment.pageCount), pageSize: UInt64(pages.pageSize))
+                if let routing, let pfn = routing.firstForeignPFN(stream: streamIndex, start: segment.startPFN, pages: UInt64(segment.pageCount)) {
+                    throw .pageOnForeignStream(pfn: pfn, stream: streamIndex, owner: routing.stream(of: pfn))
+                }
             }
         case .deviceEnd: endedDevices.insert(device)
         case .complete: state = .complete
@@ -321,12 +345,22 @@ public struct FrameDecoder: Sendable {
         }
     }
 
-    /// Resumption frames in the numbered stream: only ACK gets here (the handshake
-    /// frames are refused by the state rules: they belong to `ResumeHandshakeDecoder`).
-    private mutating func apply(_ body: ResumptionBody) throws(WireError) {
-        guard case .ack(let position) = body else { preconditionFailure("\(body.type) passed the state rules") }
-        try checkPosition(position, frame: .ack)
-        acknowledged = position
+    /// Resumption frames in the numbered stream: only ACK and STREAM_END get here (the
+    /// handshake frames are refused by the state rules: they belong to `ResumeHandshakeDecoder`).
+    private mutating func apply(_ body: ResumptionBody, sequence: UInt64) throws(WireError) {
+        switch body {
+        case .ack(let position):
+            try checkPosition(position, frame: .ack)
+            acknowledged = position
+        case .streamEnd(let end):
+            guard end.streamIndex == streamIndex else {
+                throw .streamEndMismatch(field: "stream index", declared: UInt64(end.streamIndex), actual: UInt64(streamIndex))
+            }
+            guard end.frameCount == sequence else { throw .streamEndMismatch(field: "frame count", declared: end.frameCount, actual: sequence) }
+            state = .complete
+        default:
+            preconditionFailure("\(body.type) passed the state rules")
+        }
     }
 
     /// A reported position names every announced device and never goes back.

@@ -4,6 +4,8 @@ public enum FrameType: UInt16, Sendable, CaseIterable, CustomStringConvertible {
     case complete = 7, ready = 8, commit = 9, resumed = 10, abort = 11, keepAlive = 12
     // Version 2 (§13): session resumption.
     case resume = 13, resumeAccept = 14, refuse = 15, ack = 16
+    // Version 3 (§14): several streams.
+    case join = 17, joinAccept = 18, streamEnd = 19
 
     public var description: String {
         switch self {
@@ -23,17 +25,22 @@ public enum FrameType: UInt16, Sendable, CaseIterable, CustomStringConvertible {
         case .resumeAccept: "RESUME_ACCEPT"
         case .refuse: "REFUSE"
         case .ack: "ACK"
+        case .join: "JOIN"
+        case .joinAccept: "JOIN_ACCEPT"
+        case .streamEnd: "STREAM_END"
         }
     }
 
     /// The first version with this frame type; an older decoder does not know the code.
-    public var introduced: ProtocolVersion { rawValue >= FrameType.resume.rawValue ? .v2 : .v1 }
+    public var introduced: ProtocolVersion {
+        rawValue >= FrameType.join.rawValue ? .v3 : rawValue >= FrameType.resume.rawValue ? .v2 : .v1
+    }
 
     /// Frames that travel in `ResumptionBody`, not `FrameBody`.
-    var isResumption: Bool { introduced == .v2 }
+    var isResumption: Bool { introduced >= .v2 }
 
-    /// The resume handshake's frames: outside the numbered stream, sequence 0.
-    var isHandshake: Bool { self == .resume || self == .resumeAccept || self == .refuse }
+    /// The resume and join handshakes' frames: outside the numbered stream, sequence 0.
+    var isHandshake: Bool { [.resume, .resumeAccept, .refuse, .join, .joinAccept].contains(self) }
 
     /// Frames whose header device field names a device; every other frame carries 0 there.
     var isDeviceSpecific: Bool { self == .deviceData || self == .dirtyBitmap || self == .deviceEnd }
@@ -42,8 +49,8 @@ public enum FrameType: UInt16, Sendable, CaseIterable, CustomStringConvertible {
     func isSent(by role: Role) -> Bool {
         switch self {
         case .hello, .abort, .keepAlive, .resume, .refuse: true
-        case .deviceData, .dirtyBitmap, .pages, .iterationEnd, .deviceEnd, .complete, .commit: role == .source
-        case .ready, .resumed, .resumeAccept, .ack: role == .destination
+        case .deviceData, .dirtyBitmap, .pages, .iterationEnd, .deviceEnd, .complete, .commit, .join, .streamEnd: role == .source
+        case .ready, .resumed, .resumeAccept, .ack, .joinAccept: role == .destination
         }
     }
 }

@@ -57,7 +57,7 @@ extension FrameBody {
         case .commit: try fixedLength(type, r, 0); return .commit
         case .resumed: try fixedLength(type, r, 0); return .resumed
         case .keepAlive: try fixedLength(type, r, 0); return .keepAlive
-        case .resume, .resumeAccept, .refuse, .ack: preconditionFailure("\(type) is a resumption frame (ResumptionBody)")
+        case .resume, .resumeAccept, .refuse, .ack, .join, .joinAccept, .streamEnd: preconditionFailure("\(type) is a resumption frame (ResumptionBody)")
         }
     }
 

@@ -65,11 +65,23 @@ public struct Hello: Sendable, Equatable {
     public var encodings: [Encoding]
     public var devices: [DeviceDescriptor]
     public var memory: [MemoryRange]
+    /// Version 3 only (§14.2), nil in every other version: the destination's
+    /// maximum, the source's count and how it spreads pages over them.
+    public var streams: StreamOffer?
     public init(version: UInt16 = Hello.currentVersion, sessionID: [UInt8], role: Role, encodings: [Encoding],
-                devices: [DeviceDescriptor], memory: [MemoryRange]) {
+                devices: [DeviceDescriptor], memory: [MemoryRange], streams: StreamOffer? = nil) {
         self.version = version; self.sessionID = sessionID; self.role = role
-        self.encodings = encodings; self.devices = devices; self.memory = memory
+        self.encodings = encodings; self.devices = devices; self.memory = memory; self.streams = streams
     }
+}
+
+/// The HELLO tail of version 3 (§14.2). Destination: `count` is the most streams
+/// it accepts, `blockPages` 0. Source: the streams it opens (1…the destination's
+/// count) and the block size of the page routing (`StreamRouting`), ≥ 1.
+public struct StreamOffer: Sendable, Equatable {
+    public var count: UInt16
+    public var blockPages: UInt32
+    public init(count: UInt16, blockPages: UInt32) { self.count = count; self.blockPages = blockPages }
 }
 
 /// Where a DEVICE_DATA frame's bytes sit in the device's chunk (a chunk larger

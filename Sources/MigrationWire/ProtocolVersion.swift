@@ -8,8 +8,9 @@
 public enum ProtocolVersion: UInt16, Sendable, Comparable, CaseIterable, CustomStringConvertible {
     case v1 = 1
     case v2 = 2
+    case v3 = 3
 
-    public static let latest: ProtocolVersion = .v2
+    public static let latest: ProtocolVersion = .v3
 
     /// The ALPN protocol identifier a TLS endpoint offers (source) or selects (destination).
     public var alpnIdentifier: String { "vfio-migrate/\(rawValue)" }

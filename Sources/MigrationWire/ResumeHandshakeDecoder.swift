@@ -20,6 +20,8 @@ public struct ResumeHandshakeDecoder: Sendable {
     public let limits: WireLimits
     /// The session this connection resumes; a RESUME naming another is refused.
     public let sessionID: [UInt8]
+    /// The connection's version: from 3 on, a source may answer with JOIN (§14.3).
+    public let version: ProtocolVersion
     public private(set) var step: ResumeHandshakeStep = .awaitingResume
 
     private var buffer: [UInt8] = []
@@ -32,11 +34,16 @@ public struct ResumeHandshakeDecoder: Sendable {
         case abort(Abort)
         /// The destination greets with a new session: it does not hold this one.
         case hello(Hello)
+        /// Version 3: the source adds this connection to the session as a stream.
+        case join(Join)
+        /// Version 3: the destination took the stream.
+        case joinAccept(JoinAccept)
     }
 
-    public init(peer: Role, sessionID: [UInt8], limits: WireLimits = .default) {
+    public init(peer: Role, sessionID: [UInt8], limits: WireLimits = .default, version: ProtocolVersion = .v2) {
         precondition(sessionID.count == Hello.sessionIDSize, "session id is 16 bytes")
         self.peer = peer
+        self.version = version
         self.sessionID = sessionID
         self.limits = limits
     }
@@ -65,7 +72,7 @@ public struct ResumeHandshakeDecoder: Sendable {
 
     private mutating func decodeOne() throws(WireError) -> Message? {
         guard buffer.count >= FrameHeader.size else { return nil }
-        let h = try FrameHeader.parse(buffer, at: 0, version: .v2)
+        let h = try FrameHeader.parse(buffer, at: 0, version: version)
         guard h.payloadLength <= limits.maxPayload else {
             throw .payloadTooLarge(frame: h.type, declared: h.payloadLength, limit: limits.maxPayload)
         }
@@ -79,7 +86,7 @@ public struct ResumeHandshakeDecoder: Sendable {
         var reader = ByteReader(buffer, range: FrameHeader.size..<end, frame: h.type)
         let message: Message
         switch h.type {
-        case .resume, .resumeAccept, .refuse:
+        case .resume, .resumeAccept, .refuse, .join, .joinAccept:
             switch try ResumptionBody.parsePayload(h.type, &reader, limits: limits) {
             case .resume(let r):
                 guard r.role == peer else { throw .unexpectedRole(expected: peer, got: r.role) }
@@ -92,8 +99,15 @@ public struct ResumeHandshakeDecoder: Sendable {
             case .refuse(let r):
                 message = .refuse(r)
                 step = .closed
-            case .ack:
-                preconditionFailure("ACK passed the handshake rules")
+            case .join(let j):
+                guard j.sessionID == sessionID else { throw .sessionMismatch(frame: .join) }
+                message = .join(j)
+                step = .finished
+            case .joinAccept(let a):
+                message = .joinAccept(a)
+                step = .finished
+            case .ack, .streamEnd:
+                preconditionFailure("\(h.type) passed the handshake rules")
             }
         default:
             switch try FrameBody.parsePayload(h.type, &reader, limits: limits, version: .v2) {
@@ -112,8 +126,8 @@ public struct ResumeHandshakeDecoder: Sendable {
     private func allowed(_ type: FrameType) -> Bool {
         switch (peer, step) {
         case (.destination, .awaitingResume): return [.resume, .refuse, .abort, .hello].contains(type)
-        case (.destination, .awaitingAccept): return [.resumeAccept, .refuse, .abort].contains(type)
-        case (.source, .awaitingResume): return [.resume, .refuse, .abort].contains(type)
+        case (.destination, .awaitingAccept): return [.resumeAccept, .joinAccept, .refuse, .abort].contains(type)
+        case (.source, .awaitingResume): return [.resume, .join, .refuse, .abort].contains(type)
         default: return false
         }
     }

@@ -29,6 +29,19 @@ public enum ResumeProof {
         return hmacSHA256(key: secret, message: domain + [role.rawValue] + sessionID + binding)
     }
 
+    static let joinDomain: [UInt8] = Array("vfio-migrate join proof".utf8)
+
+    /// Version 3 (§14.3), the source's JOIN: HMAC-SHA256(key: secret, message:
+    /// "vfio-migrate join proof" ‖ 01 ‖ session id ‖ stream index (u32 LE) ‖ binding).
+    /// Its own domain, so a JOIN proof is never a RESUME proof nor one of another index.
+    public static func computeJoin(secret: [UInt8], binding: [UInt8], sessionID: [UInt8], streamIndex: UInt32) -> [UInt8] {
+        precondition(secret.count == exporterLength && binding.count == exporterLength, "exporter values are 32 bytes")
+        precondition(sessionID.count == Hello.sessionIDSize, "session id is 16 bytes")
+        var index = ByteWriter()
+        index.u32(streamIndex)
+        return hmacSHA256(key: secret, message: joinDomain + [Role.source.rawValue] + sessionID + index.bytes + binding)
+    }
+
     /// Compares in time independent of where the bytes differ (no timing oracle on the proof).
     public static func matches(_ a: [UInt8], _ b: [UInt8]) -> Bool {
         guard a.count == b.count else { return false }

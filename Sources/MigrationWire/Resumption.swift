@@ -78,6 +78,9 @@ public enum RefusalReason: UInt16, Sendable {
     case badProof = 3
     /// Another connection is being attached to the session at this moment; retry.
     case busy = 4
+    /// Version 3 (§14.3): a JOIN whose stream index is 0, not below the session's
+    /// stream count, or already joined; or a session that takes no streams.
+    case streamRefused = 5
 
     /// Whether a source may try again on a new connection (only `busy` passes).
     public var isTransient: Bool { self == .busy }
@@ -95,6 +98,12 @@ public enum ResumptionBody: Sendable, Equatable {
     case refuse(Refusal)
     /// Destination → source: where it stands; the source frees its retained window below it.
     case ack(StreamPosition)
+    /// Version 3 (§14.3): the source adds this connection to the session as a stream.
+    case join(Join)
+    /// Version 3: the destination took the stream.
+    case joinAccept(JoinAccept)
+    /// Version 3 (§14.4): the last frame of an extra stream.
+    case streamEnd(StreamEnd)
 
     public var type: FrameType {
         switch self {
@@ -102,6 +111,9 @@ public enum ResumptionBody: Sendable, Equatable {
         case .resumeAccept: .resumeAccept
         case .refuse: .refuse
         case .ack: .ack
+        case .join: .join
+        case .joinAccept: .joinAccept
+        case .streamEnd: .streamEnd
         }
     }
 
@@ -169,6 +181,9 @@ extension ResumptionBody {
             let text = Abort.operatorText(r.message)
             w.u16(r.reason.rawValue); w.u16(UInt16(text.count)); w.append(text)
         case .ack(let p): p.write(to: &w)
+        case .join(let j): j.write(to: &w)
+        case .joinAccept(let a): w.u32(a.streamIndex); w.u32(0)
+        case .streamEnd(let e): w.u32(e.streamIndex); w.u32(0); w.u64(e.frameCount)
         }
     }
 
@@ -178,6 +193,9 @@ extension ResumptionBody {
         case .resumeAccept(let a): 16 + StreamPosition.fixedSize + 8 * a.position.deviceBytes.count
         case .refuse: 4 + Abort.maxMessageBytes
         case .ack(let p): StreamPosition.fixedSize + 8 * p.deviceBytes.count
+        case .join: Join.payloadSize
+        case .joinAccept: JoinAccept.payloadSize
+        case .streamEnd: StreamEnd.payloadSize
         }
     }
 
@@ -211,6 +229,8 @@ extension ResumptionBody {
             return .refuse(Refusal(reason: RefusalReason(rawValue: rawReason) ?? .unspecified, message: String(decoding: text, as: UTF8.self)))
         case .ack:
             return .ack(try StreamPosition.parse(&r))
+        case .join, .joinAccept, .streamEnd:
+            return try parseStreamFrame(type, &r)
         default:
             preconditionFailure("\(type) is not a resumption frame")
         }

@@ -54,6 +54,12 @@ public enum WireError: Error, Sendable, Equatable, CustomStringConvertible {
     /// RESUME_ACCEPT reports less progress than the destination's frames already showed.
     case destinationProgressRegressed(previous: DestinationProgress, got: DestinationProgress)
 
+    // Version 3: several streams (§14)
+    /// PAGES on a stream that does not own one of its PFNs (§14.4).
+    case pageOnForeignStream(pfn: UInt64, stream: Int, owner: Int)
+    /// STREAM_END naming another stream, or a frame count that is not the frames the stream carried.
+    case streamEndMismatch(field: String, declared: UInt64, actual: UInt64)
+
     // HELLO
     case badHelloMagic(found: [UInt8])
     case unsupportedVersion(UInt16, supported: UInt16)
@@ -157,6 +163,10 @@ public enum WireError: Error, Sendable, Equatable, CustomStringConvertible {
             return "RESUME_ACCEPT continues the destination's frames at #\(g), but #\(e) was the next expected: its stream cannot go back"
         case .destinationProgressRegressed(let previous, let got):
             return "RESUME_ACCEPT reports the destination \(got), but its frames had already shown it \(previous)"
+        case .pageOnForeignStream(let pfn, let stream, let owner):
+            return "PAGES on stream \(stream) carries PFN \(pfn), which stream \(owner) owns: every page travels on the one stream its PFN maps to"
+        case .streamEndMismatch(let field, let declared, let actual):
+            return "STREAM_END declares \(field) \(declared), but it is \(actual)"
         case .badHelloMagic(let found):
             return "HELLO magic is \(found.map { String($0, radix: 16) }), expected \"VFIO-MIG\": the peer is not vfio-migrate"
         case .unsupportedVersion(let v, let supported):
