@@ -52,6 +52,8 @@ final class DestinationSession {
     /// Version 2 (§13): where resuming connections arrive; nil = a lost connection fails.
     private let listener: TLSListener?
     private var acceptor: ResumeAcceptor?
+    /// Version 3 with several streams (§14): the extra streams; such a session is not resumable.
+    private var joins: DestinationStreams?
     private var acks: AckSchedule?
     /// Version 2 with resumption: the connection's state and outage clock in `progress`.
     private var link: LinkProgress?
@@ -92,22 +94,34 @@ final class DestinationSession {
     private func hello() throws(MigrationFailure) {
         guard let version else { throw .incompatible("the source selected an ALPN protocol this side does not speak") }
         let exchange = HelloExchange(names: devices.devices.map(\.name), compatibility: devices.devices.map(\.compatibility), memory: memory)
-        let mine = try exchange.asDestination(reader: reader, writer: writer, encodings: options.encodings, version: version)
-        events(.helloAccepted(devices: devices.devices.map(\.name), memoryBytes: memory?.size ?? 0, security: stream.security))
-        if version >= .v2 { try enableResumption(sessionID: mine.sessionID, exchange: exchange) }
+        // Extra streams arrive on the listener, which only a resumable session watches.
+        let maxStreams = listener != nil && options.reconnectTimeoutSeconds > 0 ? options.maxStreams : 1
+        let theirs = try exchange.asDestination(reader: reader, writer: writer, encodings: options.encodings, version: version, maxStreams: maxStreams)
+        let streams = Int(theirs.streams?.count ?? 1)
+        events(.helloAccepted(devices: devices.devices.map(\.name), memoryBytes: memory?.size ?? 0, security: stream.security, streams: streams))
+        if version >= .v2 { try enableResumption(source: theirs, exchange: exchange) }
         keepAlive = startKeepAlive(writer: writer, peerTimeoutSeconds: options.peerTimeoutSeconds)
     }
 
     /// Version 2: ACKs (always), and with a listener the session survives a lost
     /// connection: the resume secret is taken and resuming connections are accepted.
-    private func enableResumption(sessionID: [UInt8], exchange: HelloExchange) throws(MigrationFailure) {
+    /// Version 3 with several streams: the listener takes their JOINs instead (§14.3)
+    /// and a lost connection fails the session (§14.5).
+    private func enableResumption(source: Hello, exchange: HelloExchange) throws(MigrationFailure) {
         acks = AckSchedule(bytesReceived: reader.wireBytesReceived)
         guard let listener, options.reconnectTimeoutSeconds > 0 else { return }
-        let credentials = try ResumeCredentials(firstConnection: stream, sessionID: sessionID)
-        writer.enableResumption(policy: .drop, window: nil, deviceCount: devices.devices.count)
-        link = LinkProgress(phase: .precopy, events: events)
+        let credentials = try ResumeCredentials(firstConnection: stream, sessionID: source.sessionID)
+        if let offer = source.streams, offer.count > 1 {
+            joins = DestinationStreams(DestinationStreams.Context(
+                routing: StreamRouting(offer), source: source, limits: options.limits, workers: options.workers,
+                peerTimeoutSeconds: options.peerTimeoutSeconds, devices: devices.devices, memory: memory, writer: writer,
+                events: events, progress: progress, state: state))
+        } else {
+            writer.enableResumption(policy: .drop, window: nil, deviceCount: devices.devices.count)
+            link = LinkProgress(phase: .precopy, events: events)
+        }
         acceptor = ResumeAcceptor(listener: listener, credentials: credentials, current: stream, limits: options.limits,
-                                  versionOneRefusal: try exchange.versionOneRefusal(encodings: options.encodings), events: events)
+                                  versionOneRefusal: try exchange.versionOneRefusal(encodings: options.encodings), events: events, joins: joins)
     }
 
     /// Devices to RESUMING, then frames until COMMIT, everything before it applied
@@ -137,6 +151,8 @@ final class DestinationSession {
                 link?.devicesStopped()
                 state.advance(to: .stopCopy)
             case .complete:
+                // READY only once every extra stream's pages are applied too (§14.4).
+                try joins?.waitUntilAllEnded(isCancelled: { cancellation.isCancelled })
                 state.advance(to: .complete)
             default:
                 break
@@ -167,9 +183,10 @@ final class DestinationSession {
         let stream = reader.currentStream
         let confirmed = (try? stream.shutdownConfirmingPeer()) ?? false
         stream.close()
+        joins?.stop()
         if let acceptor {
-            // §13.8: a source that lost RESUMED reconnects to learn the outcome.
-            if !confirmed {
+            // §13.8: a source that lost RESUMED reconnects to learn the outcome (one-stream sessions only, §14.5).
+            if !confirmed && joins == nil {
                 answerOutcome(acceptor) { [writer, reader, events] () throws(MigrationFailure) -> [UInt8] in
                     let accept = ResumeAccept(progress: .resumed, destinationNextSequence: writer.nextSequence, position: reader.position)
                     defer { events(.resumed(fromSequence: accept.position.nextSequence, bytesReplayed: 0)) }
@@ -183,7 +200,7 @@ final class DestinationSession {
         var stats = MigrationStats(role: "destination")
         stats.downtimeMs = downtimeMs
         stats.totalSeconds = (ContinuousClock.now - started).seconds
-        stats.wireBytes = reader.wireBytesReceived
+        stats.wireBytes = reader.wireBytesReceived + (joins?.wireBytesReceived ?? 0)
         stats.iterations = applied.iterations
         stats.rawBytes = applied.rawBytes
         stats.pagesSent = applied.pages
@@ -210,6 +227,7 @@ final class DestinationSession {
         // the ABORT back for the whole peer timeout.
         writer.stream.writeTimeoutSeconds = 2
         pipeline?.abort(failure)
+        joins?.stop()
         devices.abandon()
         keepAlive?.stop()
         writer.endWithAbort(failure, message: failure.abortMessage(side: "destination", phase: reached.phase))
@@ -227,9 +245,10 @@ final class DestinationSession {
         let stream = writer.stream
         let delivered = (try? writer.send(.abort(abort))) != nil && ((try? stream.shutdownConfirmingPeer()) ?? false)
         stream.close()
+        joins?.stop()
         if let acceptor {
             // §13.8: a source that lost the ABORT reconnects; it gets the ABORT again.
-            if !delivered { answerOutcome(acceptor) { () throws(MigrationFailure) -> [UInt8] in FrameEncoder.handshakeAbort(abort) } }
+            if !delivered && joins == nil { answerOutcome(acceptor) { () throws(MigrationFailure) -> [UInt8] in FrameEncoder.handshakeAbort(abort) } }
             acceptor.stop()
         }
         let reached = state.current
@@ -252,6 +271,7 @@ final class DestinationSession {
                 return frame
             } catch {
                 if case .tls(.readTimeout) = error {
+                    if let failure = joins?.failure { throw failure }
                     try acknowledgeIfDue()
                     if reader.wireBytesReceived != seen {
                         seen = reader.wireBytesReceived
@@ -282,7 +302,7 @@ final class DestinationSession {
     /// on a verified connection (`ResumeAcceptor`) within the reconnect timeout;
     /// anything else, or no source in time, fails as in version 1.
     private func resume(after cause: MigrationFailure) throws(MigrationFailure) {
-        guard let acceptor, cause.isConnectionLoss, !cancellation.isCancelled else { throw cancellation.isCancelled ? .cancelled : cause }
+        guard let acceptor, joins == nil, cause.isConnectionLoss, !cancellation.isCancelled else { throw cancellation.isCancelled ? .cancelled : cause }
         writer.markLost(reader.currentStream)
         reader.suspend()
         events(.connectionLost(reason: "\(cause)"))

@@ -116,6 +116,14 @@ final class FrameWriter: Sendable {
         }
     }
 
+    /// Source, version 3: the last frame of extra stream `index` (§14.4); its frame
+    /// count is its own sequence number, read under the write lock.
+    func sendStreamEnd(index: Int) throws(MigrationFailure) {
+        try write { (encoder: inout FrameEncoder) throws(WireError) in
+            try encoder.encode(.streamEnd(StreamEnd(streamIndex: UInt32(index), frameCount: encoder.nextSequence)))
+        }
+    }
+
     /// Destination, version 2: where it stands in the source's stream (§13.3).
     func sendAck(_ position: StreamPosition) throws(MigrationFailure) {
         try write { (encoder: inout FrameEncoder) throws(WireError) in try encoder.encode(.ack(position)) }

@@ -20,21 +20,30 @@ struct HelloExchange: Sendable {
 
     /// Source: reads the destination's HELLO and answers with its own once it is compatible.
     /// Of `encodings` it lists the optional ones (zstd) only if the destination does.
-    func asSource(reader: FrameReader, writer: FrameWriter, encodings: [Encoding], version: ProtocolVersion = .v1) throws(MigrationFailure) -> Hello {
+    /// Version 3: it opens `streams` streams, at most what the destination accepts, and
+    /// routes pages in blocks of `blockPages` (§14.2). Returns both HELLOs.
+    func asSource(reader: FrameReader, writer: FrameWriter, encodings: [Encoding], version: ProtocolVersion = .v1,
+                  streams: Int = 1, blockPages: Int = 1) throws(MigrationFailure) -> (theirs: Hello, mine: Hello) {
         let theirs = try Self.receiveHello(reader)
         let usable = encodings.filter { $0 != .zstd || theirs.encodings.contains(.zstd) }
         var mine = Hello(sessionID: theirs.sessionID, role: .source, encodings: usable, devices: devices, memory: memory)
         mine.version = version.rawValue
+        if version >= .v3 {
+            let count = max(1, min(streams, Int(theirs.streams?.count ?? 1)))
+            mine.streams = StreamOffer(count: UInt16(count), blockPages: UInt32(clamping: max(blockPages, 1)))
+        }
         if let reason = Self.mismatch(source: mine, destination: theirs) { throw .incompatible(reason) }
         try writer.send(.hello(mine))
         reader.constrainInbound(memory: [], deviceCount: devices.count)
-        return theirs
+        return (theirs, mine)
     }
 
     /// Destination: speaks first with a fresh session id; returns the source's HELLO once
     /// it is compatible.
-    func asDestination(reader: FrameReader, writer: FrameWriter, encodings: [Encoding], version: ProtocolVersion = .v1) throws(MigrationFailure) -> Hello {
-        let mine = destinationHello(encodings: encodings, version: version)
+    /// Version 3: it accepts up to `maxStreams` streams (§14.2).
+    func asDestination(reader: FrameReader, writer: FrameWriter, encodings: [Encoding], version: ProtocolVersion = .v1,
+                       maxStreams: Int = 1) throws(MigrationFailure) -> Hello {
+        let mine = destinationHello(encodings: encodings, version: version, maxStreams: maxStreams)
         try writer.send(.hello(mine))
         let theirs = try Self.receiveHello(reader)
         if let reason = Self.mismatch(source: theirs, destination: mine) { throw .incompatible(reason) }
@@ -45,10 +54,11 @@ struct HelloExchange: Sendable {
 
     /// The destination's HELLO of a `version` session with a fresh session id; an
     /// encoding a later version introduced (zstd) is never listed (§10).
-    func destinationHello(encodings: [Encoding], version: ProtocolVersion) -> Hello {
+    func destinationHello(encodings: [Encoding], version: ProtocolVersion, maxStreams: Int = 1) -> Hello {
         let sessionID = (0..<16).map { _ in UInt8.random(in: 0...255) }
+        let streams = version >= .v3 ? StreamOffer(count: UInt16(clamping: max(maxStreams, 1)), blockPages: 0) : nil
         return Hello(version: version.rawValue, sessionID: sessionID, role: .destination,
-                     encodings: encodings.filter { $0.introduced <= version }, devices: devices, memory: memory)
+                     encodings: encodings.filter { $0.introduced <= version }, devices: devices, memory: memory, streams: streams)
     }
 
     private static func receiveHello(_ reader: FrameReader) throws(MigrationFailure) -> Hello {
@@ -81,6 +91,9 @@ struct HelloExchange: Sendable {
         }
         if let outside = source.memory.first(where: { !lies($0, inside: destination.memory) }) {
             return "guest memory: \(describe([outside])) on the source is not inside the destination's \(describe(destination.memory))"
+        }
+        if let mine = source.streams, let theirs = destination.streams, mine.count > theirs.count {
+            return "the source opens \(mine.count) streams, the destination accepts at most \(theirs.count)"
         }
         // raw is always permitted, listed or not (§5.1).
         if let e = source.encodings.first(where: { $0 != .raw && !destination.encodings.contains($0) }) {

@@ -14,6 +14,9 @@ public struct ReceiverOptions: Sendable {
     /// `--reconnect-timeout`: how long a session whose connection broke waits for its
     /// source to come back (PROTOCOL.md §13); 0 = version 1 only.
     public var reconnectTimeoutSeconds: Double = 30
+    /// `--max-streams`: the most TLS streams a source may open for one session
+    /// (PROTOCOL.md §14); 1 = the single-stream protocol of before.
+    public var maxStreams: Int = StreamCount.defaultMaxStreams
     /// Diagnostics (phases at info, frames at trace).
     public var logger = Logger(label: "vfio-migrate.destination")
     public init() {}

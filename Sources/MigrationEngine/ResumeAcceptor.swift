@@ -41,6 +41,9 @@ final class ResumeAcceptor: Sendable {
     private let events: EventSink
     /// What a connection without version 2 gets: a HELLO and ABORT `incompatible`.
     private let versionOneRefusal: [UInt8]
+    /// Version 3 with several streams (§14.3): where JOINs go; such a session is not
+    /// resumable, so a RESUME is refused. nil: JOINs are refused, RESUME is served.
+    private let joins: DestinationStreams?
 
     /// How often the accept loop looks at `stop()`.
     private static let pollSeconds = 0.25
@@ -48,8 +51,9 @@ final class ResumeAcceptor: Sendable {
     static let maxHandshakes = 4
 
     init(listener: TLSListener, credentials: ResumeCredentials, current: TLSStream, limits: WireLimits,
-         versionOneRefusal: [UInt8], events: @escaping EventSink) {
+         versionOneRefusal: [UInt8], events: @escaping EventSink, joins: DestinationStreams? = nil) {
         state = ConditionValue(State(current: current))
+        self.joins = joins
         self.credentials = credentials; self.limits = limits; self.events = events
         self.versionOneRefusal = versionOneRefusal
         startThread(named: "resume-acceptor") { [self] in acceptLoop(listener) }
@@ -130,7 +134,8 @@ final class ResumeAcceptor: Sendable {
     /// The handshake on a new connection: a source that proves it holds the session
     /// is offered to the session thread; any other peer is refused and closed.
     private func verify(_ stream: TLSStream) {
-        guard stream.applicationProtocol == ProtocolVersion.v2.alpnIdentifier else {
+        let version = ProtocolVersion.allCases.first { $0 >= .v2 && $0.alpnIdentifier == stream.applicationProtocol }
+        guard let version else {
             // A version-1 source reads a HELLO first: then the ABORT, whose text it prints.
             try? stream.write(versionOneRefusal)
             try? stream.shutdown()
@@ -138,7 +143,7 @@ final class ResumeAcceptor: Sendable {
             events(.sessionRefused("a connection without session resumption (protocol version 2) while a session waits for its source"))
             return
         }
-        var handshake = ResumeHandshakeReader(stream: stream, peer: .source, credentials: credentials, limits: limits)
+        var handshake = ResumeHandshakeReader(stream: stream, peer: .source, credentials: credentials, limits: limits, version: version)
         guard stream.peerName == credentials.peerName else {
             return refuse(handshake, .wrongIdentity, "the source's certificate is \(stream.peerName), the session's is \(credentials.peerName)")
         }
@@ -146,7 +151,12 @@ final class ResumeAcceptor: Sendable {
             let mine = try credentials.resumeFrame(on: stream, role: .destination)
             do throws(TLSError) { try stream.write(mine) } catch { throw .tls(error) }
             switch try handshake.next() {
+            case .join(let join):
+                return admit(join, on: stream, &handshake)
             case .resume(let theirs):
+                guard joins == nil else {
+                    return refuse(handshake, .unspecified, "this session uses several streams and is not resumable (PROTOCOL.md §14.5)")
+                }
                 guard try credentials.verifies(theirs, on: stream) else {
                     return refuse(handshake, .badProof, "the RESUME proof does not match this session's secret")
                 }
@@ -155,8 +165,8 @@ final class ResumeAcceptor: Sendable {
                 events(.sessionRefused("the resuming peer refused us (\(refusal.reason)): \(refusal.message)"))
             case .abort(let abort):
                 events(.sessionRefused("the resuming peer gave up (\(abort.reason)): \(abort.message)"))
-            case .resumeAccept, .hello:
-                preconditionFailure("a source's handshake carries neither")
+            case .resumeAccept, .hello, .joinAccept:
+                preconditionFailure("a source's handshake carries none of these")
             }
         } catch {
             if case .wire(.sessionMismatch) = error {
@@ -182,6 +192,24 @@ final class ResumeAcceptor: Sendable {
         case .busy: refuse(handshake, .busy, "another connection is being attached to this session; retry")
         case .stopped: arrival.stream.close()
         }
+    }
+
+    /// §14.3: a JOIN with the right proof for an index the session still lacks gets
+    /// JOIN_ACCEPT and its reader; any other is refused and changes nothing.
+    private func admit(_ join: Join, on stream: TLSStream, _ handshake: inout ResumeHandshakeReader) {
+        guard let joins else { return refuse(handshake, .streamRefused, "this session takes no extra streams") }
+        guard (try? credentials.verifies(join, on: stream)) == true else {
+            return refuse(handshake, .badProof, "the JOIN proof does not match this session's secret")
+        }
+        let index = Int(join.streamIndex)
+        if case .refused(let why) = joins.claim(index) { return refuse(handshake, .streamRefused, why) }
+        guard let accept = try? ResumeCredentials.handshakeFrame(.joinAccept(JoinAccept(streamIndex: join.streamIndex))),
+              (try? stream.write(accept)) != nil else {
+            // The claimed index never gets its reader: the barrier before READY fails the session.
+            events(.sessionRefused("stream \(index) broke during its JOIN"))
+            return stream.close()
+        }
+        joins.attach(index, stream: stream, bytes: handshake.remainingBytes())
     }
 
     private func refuse(_ handshake: ResumeHandshakeReader, _ reason: RefusalReason, _ why: String) {

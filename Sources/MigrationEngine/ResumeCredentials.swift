@@ -32,7 +32,22 @@ struct ResumeCredentials: Sendable {
         ResumeProof.matches(resume.proof, try proof(on: stream, role: resume.role))
     }
 
-    /// An unnumbered handshake frame (RESUME, RESUME_ACCEPT, REFUSE).
+    /// Version 3 (§14.3): the source's JOIN of `stream` as stream `index`.
+    func joinFrame(on stream: TLSStream, index: Int) throws(MigrationFailure) -> [UInt8] {
+        try Self.handshakeFrame(.join(Join(sessionID: sessionID, streamIndex: UInt32(index), proof: joinProof(on: stream, index: index))))
+    }
+
+    /// Whether a JOIN carries the proof its index must have on `stream`.
+    func verifies(_ join: Join, on stream: TLSStream) throws(MigrationFailure) -> Bool {
+        ResumeProof.matches(join.proof, try joinProof(on: stream, index: Int(join.streamIndex)))
+    }
+
+    private func joinProof(on stream: TLSStream, index: Int) throws(MigrationFailure) -> [UInt8] {
+        let binding = try Self.export(ResumeProof.bindingLabel, from: stream, sessionID: sessionID)
+        return ResumeProof.computeJoin(secret: secret, binding: binding, sessionID: sessionID, streamIndex: UInt32(index))
+    }
+
+    /// An unnumbered handshake frame (RESUME, RESUME_ACCEPT, REFUSE, JOIN, JOIN_ACCEPT).
     static func handshakeFrame(_ body: ResumptionBody) throws(MigrationFailure) -> [UInt8] {
         var encoder = FrameEncoder()  // handshake frames take no number from any stream
         do { return try encoder.encode(body) } catch { throw MigrationFailure(error) }
@@ -53,9 +68,9 @@ struct ResumeHandshakeReader {
     /// How long a handshake may take before the connection is given up (§13.5).
     static let timeoutSeconds = 10.0
 
-    init(stream: TLSStream, peer: Role, credentials: ResumeCredentials, limits: WireLimits) {
+    init(stream: TLSStream, peer: Role, credentials: ResumeCredentials, limits: WireLimits, version: ProtocolVersion = .v2) {
         self.stream = stream
-        decoder = ResumeHandshakeDecoder(peer: peer, sessionID: credentials.sessionID, limits: limits)
+        decoder = ResumeHandshakeDecoder(peer: peer, sessionID: credentials.sessionID, limits: limits, version: version)
         stream.readTimeoutSeconds = Self.timeoutSeconds
         stream.writeTimeoutSeconds = Self.timeoutSeconds
     }

@@ -2,10 +2,13 @@ import MigrationTLS
 import MigrationWire
 
 /// The protocol versions a side speaks follow from its reconnect timeout (§13.1: a
-/// side that does not resume neither offers nor selects version 2).
+/// side that does not resume neither offers nor selects version 2) and, for version
+/// 3 (§14.1), from whether it wants more than one stream: a side held to one stream
+/// speaks exactly what it spoke before, byte for byte.
 enum ResumeSettings {
-    static func versions(reconnectTimeoutSeconds: Double) -> Set<ProtocolVersion> {
-        reconnectTimeoutSeconds > 0 ? [.v1, .v2] : [.v1]
+    static func versions(reconnectTimeoutSeconds: Double, streams: Int = 1) -> Set<ProtocolVersion> {
+        guard reconnectTimeoutSeconds > 0 else { return [.v1] }
+        return streams > 1 ? [.v1, .v2, .v3] : [.v1, .v2]
     }
 
     /// The version a finished TLS handshake agreed on; a peer that selected an
@@ -26,7 +29,7 @@ enum ResumeSettings {
 extension SenderOptions {
     /// ALPN identifiers the source offers (`TLSConfiguration.applicationProtocols`).
     public var applicationProtocols: [String] {
-        ProtocolVersion.alpnOffer(speaking: ResumeSettings.versions(reconnectTimeoutSeconds: reconnectTimeoutSeconds))
+        ProtocolVersion.alpnOffer(speaking: ResumeSettings.versions(reconnectTimeoutSeconds: reconnectTimeoutSeconds, streams: streams))
     }
 
     /// The smallest `resumeWindowBytes` accepted (the largest frame plus the ACK interval).
@@ -36,6 +39,6 @@ extension SenderOptions {
 extension ReceiverOptions {
     /// ALPN identifiers the destination selects among, most preferred first.
     public var applicationProtocols: [String] {
-        ProtocolVersion.alpnOffer(speaking: ResumeSettings.versions(reconnectTimeoutSeconds: reconnectTimeoutSeconds))
+        ProtocolVersion.alpnOffer(speaking: ResumeSettings.versions(reconnectTimeoutSeconds: reconnectTimeoutSeconds, streams: maxStreams))
     }
 }

@@ -50,6 +50,9 @@ public struct SenderOptions: Sendable {
     public var reconnectTimeoutSeconds: Double = 30
     /// `--resume-window`: bytes of sent, unacknowledged frames kept for a replay.
     public var resumeWindowBytes: Int = 64 << 20
+    /// `--streams`: TLS connections the session may use (PROTOCOL.md §14); the
+    /// destination's `--max-streams` caps it. 1 = the single-stream protocol of before.
+    public var streams: Int = StreamCount.defaultStreams(cores: ProcessInfo.processInfo.activeProcessorCount)
     /// Diagnostics (phases at info, iterations at debug, frames at trace).
     public var logger = Logger(label: "vfio-migrate.source")
     public init() {}

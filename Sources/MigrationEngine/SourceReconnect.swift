@@ -77,9 +77,9 @@ struct SourceReconnect: Sendable {
     func deliverAbort(_ abort: Abort) {
         guard let stream = try? connect() else { return }
         defer { stream.close() }
-        guard ProtocolVersion.negotiated(alpn: stream.applicationProtocol, offered: options.applicationProtocols) == .v2,
+        guard let version = ProtocolVersion.negotiated(alpn: stream.applicationProtocol, offered: options.applicationProtocols), version >= .v2,
               stream.peerName == credentials.peerName else { return }
-        var handshake = ResumeHandshakeReader(stream: stream, peer: .destination, credentials: credentials, limits: options.limits)
+        var handshake = ResumeHandshakeReader(stream: stream, peer: .destination, credentials: credentials, limits: options.limits, version: version)
         guard case .resume(let theirs)? = try? handshake.next(), (try? credentials.verifies(theirs, on: stream)) == true,
               let mine = try? credentials.resumeFrame(on: stream, role: .source) else { return }
         try? stream.write(mine + FrameEncoder.handshakeAbort(abort))
@@ -90,7 +90,8 @@ struct SourceReconnect: Sendable {
     private func attemptResume(_ reader: FrameReader) -> Result<[Frame], AttemptFailure> {
         let stream: TLSStream
         do { stream = try connect() } catch { return .failure(.retry("\(error)")) }
-        guard ProtocolVersion.negotiated(alpn: stream.applicationProtocol, offered: options.applicationProtocols) == .v2 else {
+        // A version-3 connection resumes a one-stream session exactly as version 2 does.
+        guard let version = ProtocolVersion.negotiated(alpn: stream.applicationProtocol, offered: options.applicationProtocols), version >= .v2 else {
             stream.close()
             return .failure(.end(.incompatible("the destination no longer offers session resumption (protocol version 2)")))
         }
@@ -98,7 +99,7 @@ struct SourceReconnect: Sendable {
             stream.close()
             return .failure(.retry("the destination presented \(stream.peerName), the session's is \(credentials.peerName)"))
         }
-        var handshake = ResumeHandshakeReader(stream: stream, peer: .destination, credentials: credentials, limits: options.limits)
+        var handshake = ResumeHandshakeReader(stream: stream, peer: .destination, credentials: credentials, limits: options.limits, version: version)
         do throws(MigrationFailure) {
             while true {
                 switch try handshake.next() {
@@ -123,6 +124,10 @@ struct SourceReconnect: Sendable {
                     try? stream.write(FrameEncoder.handshakeAbort(Abort(reason: .incompatible, message: "source: resuming a session, not starting a new one")))
                     stream.close()
                     return .failure(.end(.incompatible("the destination no longer holds the session (it greeted with a new HELLO)")))
+                case .join, .joinAccept:
+                    // Only JOIN_ACCEPT gets here (JOIN is the source's): a stream's answer to a resume.
+                    stream.close()
+                    return .failure(.end(.unexpectedFrame("the destination answered RESUME with JOIN_ACCEPT")))
                 }
             }
         } catch {

@@ -66,6 +66,9 @@ final class SourceSession {
     private var link: LinkProgress?
     private var keepAlive: PeriodicTask?
     private var pipeline: Pipeline?
+    /// Version 3 with several streams (§14): the extra streams and their pipelines (stream k at k − 1).
+    private var streams: SourceStreams?
+    private var extraPipelines: [Pipeline] = []
     private var sequences: [SaveSequence]
     private var digests: [SHA256Digest]
     private var stoppedAt = ContinuousClock.now
@@ -104,9 +107,13 @@ final class SourceSession {
             let version = try ResumeSettings.negotiated(stream, offered: options.applicationProtocols)
             let reader = FrameReader(stream: stream, peer: .destination, limits: options.limits, version: version)
             let exchange = HelloExchange(names: devices.devices.map(\.name), compatibility: devices.devices.map(\.compatibility), memory: memory)
-            let theirs = try exchange.asSource(reader: reader, writer: writer, encodings: options.compression.encodings, version: version)
+            // Extra streams are new connections: without a way to open them, one stream.
+            let (theirs, mine) = try exchange.asSource(reader: reader, writer: writer, encodings: options.compression.encodings, version: version,
+                                                       streams: reconnect == nil ? 1 : options.streams, blockPages: options.pagesPerFrame)
             encoding = SendEncoding(policy: options.compression, destinationAccepts: theirs.encodings, workers: options.workers)
-            events(.helloAccepted(devices: devices.devices.map(\.name), memoryBytes: memory?.size ?? 0, security: stream.security))
+            events(.helloAccepted(devices: devices.devices.map(\.name), memoryBytes: memory?.size ?? 0, security: stream.security,
+                                  streams: Int(mine.streams?.count ?? 1)))
+            streams = try openStreams(mine, sessionID: theirs.sessionID)
             recovery = try enableResumption(version, sessionID: theirs.sessionID)
             if version >= .v2 {
                 let writer = self.writer
@@ -129,8 +136,9 @@ final class SourceSession {
 
     /// Version 2 with a way to reconnect (PROTOCOL.md §13): the resume secret and the
     /// retained window; returns the reconnection the reader thread runs.
+    /// A session of several streams is not resumable (§14.5): a lost stream fails it.
     private func enableResumption(_ version: ProtocolVersion, sessionID: [UInt8]) throws(MigrationFailure) -> SourceReconnect? {
-        guard version >= .v2, let reconnect, options.reconnectTimeoutSeconds > 0 else { return nil }
+        guard version >= .v2, streams == nil, let reconnect, options.reconnectTimeoutSeconds > 0 else { return nil }
         guard options.resumeWindowBytes >= options.minimumResumeWindowBytes else {
             throw .configuration("the resume window of \(options.resumeWindowBytes) bytes is below the minimum of \(options.minimumResumeWindowBytes)")
         }
@@ -140,6 +148,13 @@ final class SourceSession {
         self.link = link
         return SourceReconnect(credentials: credentials, writer: writer, connect: reconnect, options: options, memory: memory,
                                events: events, link: link, cancellation: cancellation)
+    }
+
+    /// Version 3 with more than one stream: opens and joins streams 1..<count (§14.3).
+    private func openStreams(_ mine: Hello, sessionID: [UInt8]) throws(MigrationFailure) -> SourceStreams? {
+        guard let offer = mine.streams, offer.count > 1, let reconnect else { return nil }
+        let credentials = try ResumeCredentials(firstConnection: stream, sessionID: sessionID)
+        return try SourceStreams(routing: StreamRouting(offer), connect: reconnect, credentials: credentials, options: options, bandwidth: bandwidth)
     }
 
     // MARK: - phases
@@ -154,11 +169,15 @@ final class SourceSession {
         try startGuestDirtyLog()
         try devices.startSaving()
         let loggingSince = ContinuousClock.now
-        let pipeline = makePipeline()
+        let perStream = max(1, options.workers / ((streams?.extras.count ?? 0) + 1))
+        let pipeline = makePipeline(writer: writer, workers: streams == nil ? options.workers : perStream, measuresDrain: true)
         self.pipeline = pipeline
+        // Only stream 0's writer feeds `auto`'s drain measurement (it has one consumer).
+        extraPipelines = streams?.extras.map { makePipeline(writer: $0.writer, workers: perStream, measuresDrain: false) } ?? []
         // A destination that aborts (or vanishes) while this thread waits for room in a
         // full pipeline must not have to wait for our blocked writer to time out.
-        inbox?.onProblem { pipeline.interruptSubmit($0) }
+        let all = [pipeline] + extraPipelines
+        inbox?.onProblem { problem in for p in all { p.interruptSubmit(problem) } }
         let policy = ConvergencePolicy(onStall: options.onStall, controllerAttached: options.guestThrottle != nil)
         var convergence = PrecopyConvergence(parameters: parameters, policy: policy, start: mark(), loggingSince: loggingSince)
         var iteration = 0
@@ -192,6 +211,7 @@ final class SourceSession {
         try devices.stop()
         for i in devices.indices { try sendDeviceData(i, phase: .stopcopy) }
         if let memory { _ = try sendDirtyPages(memory) }
+        try endExtraStreams()
         for i in devices.indices {
             let digest = digests[i].finalize()
             let device = stats.devices[i]
@@ -234,11 +254,12 @@ final class SourceSession {
         let stream = writer.stream
         try? stream.shutdown()
         stream.close()
+        streams?.close()
         state = .done
         let totals = counters.current
         stats.totalSeconds = (ContinuousClock.now - started).seconds
         stats.rawBytes = totals.produced
-        stats.wireBytes = writer.wireBytesSent
+        stats.wireBytes = wireBytesSent
         stats.pagesSent = totals.pages
         stats.zeroPages = totals.zeroPages
         (stats.bitmapsNone, stats.bitmapsAll, stats.bitmapsPartial) = (totals.bitmapsNone, totals.bitmapsAll, totals.bitmapsPartial)
@@ -266,6 +287,8 @@ final class SourceSession {
         liftThrottle()
         let failure = settled(cause)
         pipeline?.abort(failure)
+        for p in extraPipelines { p.abort(failure) }
+        streams?.close()
         keepAlive?.stop()
         // A refused HELLO tells the destination the mismatch in its own words (§5.1).
         var message = failure.abortMessage(side: "source", phase: reached.phase)
@@ -299,6 +322,7 @@ final class SourceSession {
     private func failAfterCommit(_ cause: MigrationFailure) -> MigrationError {
         liftThrottle()
         keepAlive?.stop()
+        streams?.close()
         // The destination's ABORT arrived: say so with close_notify (a version-2
         // destination would otherwise keep the outcome for a source that lost it).
         if cause.isPeerAbort { try? writer.stream.shutdown() }
@@ -431,8 +455,11 @@ final class SourceSession {
     /// The byte counters now, all from one snapshot (in flight = produced − written).
     private func mark() -> TransferMark {
         let totals = counters.current
-        return TransferMark(produced: totals.produced, rawWritten: totals.written, wireBytes: writer.wireBytesSent)
+        return TransferMark(produced: totals.produced, rawWritten: totals.written, wireBytes: wireBytesSent)
     }
+
+    /// Every stream's bytes on the wire.
+    private var wireBytesSent: UInt64 { writer.wireBytesSent + (streams?.wireBytesSent ?? 0) }
 
     /// The destination's next frame, which must be `expected`; its ABORT ends the session.
     private func expect(_ expected: FrameBody, deadlineSeconds: Double? = nil, waitingFor: String = "the peer") throws(MigrationFailure) {
@@ -449,6 +476,7 @@ final class SourceSession {
         if cancellation.isCancelled { throw .cancelled }
         if let problem = inbox?.pendingProblem() { throw problem }
         if let problem = pipeline?.error { throw problem }
+        for p in extraPipelines { if let problem = p.error { throw problem } }
     }
 
     private func submit(_ item: SendItem) throws(MigrationFailure) {
@@ -502,11 +530,32 @@ final class SourceSession {
         let batch = UInt64(options.pagesPerFrame)
         while pfn < end {
             let n = min(batch, end - pfn)
-            try submit(.pages(startPFN: pfn, count: Int(n)))
+            try submitPageBatch(startPFN: pfn, count: n)
             counters.addProduced(n * UInt64(memory!.pageSize))
             pfn += n
             try checkHealth()
         }
+    }
+
+    /// One batch of pages, to the stream(s) that own its PFNs (§14.4): every copy of a
+    /// page goes through the same stream's pipeline, in order, so the last one wins.
+    private func submitPageBatch(startPFN: UInt64, count: UInt64) throws(MigrationFailure) {
+        guard let streams else { return try submit(.pages(startPFN: startPFN, count: Int(count))) }
+        for piece in streams.routing.pieces(start: startPFN, pages: count) {
+            let item = SendItem.pages(startPFN: piece.start, count: Int(piece.pages))
+            if piece.stream == 0 { try submit(item) } else { try extraPipelines[piece.stream - 1].submit(item) }
+        }
+    }
+
+    /// Stop-and-copy, after the last pages: each extra stream's pages written, then its
+    /// STREAM_END (the destination applies them all before READY, §14.4).
+    private func endExtraStreams() throws(MigrationFailure) {
+        guard let streams else { return }
+        for (extra, pipeline) in zip(streams.extras, extraPipelines) {
+            try pipeline.finish()
+            try streams.end(extra)
+        }
+        extraPipelines = []
     }
 
     /// Each device's dirty pages, asked for window by window: a DIRTY_BITMAP frame
@@ -582,17 +631,17 @@ final class SourceSession {
     private func emitProgress(_ phase: MigrationPhase, pending: UInt64, dirtyPages: UInt64, rate: Double, remaining: Double,
                               convergence: ConvergenceFigures? = nil) {
         let progress = Progress(phase: phase, iteration: stats.iterations, rawBytes: counters.rawProduced,
-                                wireBytes: writer.wireBytesSent, bytesPerSecond: rate,
+                                wireBytes: wireBytesSent, bytesPerSecond: rate,
                                 pendingBytes: pending, dirtyPages: dirtyPages,
                                 etaSeconds: rate > 0 ? remaining / rate : nil, convergence: convergence,
                                 encoding: encoding.adaptive?.report)
         events(.progress(link?.annotate(progress) ?? progress))
     }
 
-    private func makePipeline() -> Pipeline {
-        let (encoding, memory, counters, writer) = (self.encoding, self.memory, self.counters, self.writer)
+    private func makePipeline(writer: FrameWriter, workers: Int, measuresDrain: Bool) -> Pipeline {
+        let (encoding, memory, counters) = (self.encoding, self.memory, self.counters)
         return Pipeline(
-            name: "send", workers: options.workers, window: options.workers * 4 + 4,
+            name: "send", workers: workers, window: workers * 4 + 4,
             makeTransform: { () throws(MigrationFailure) -> Pipeline.Transform in
                 let compressor = try encoding.makeCompressor()
                 return { (item: SendItem) throws(MigrationFailure) -> SendOutput in
@@ -603,8 +652,8 @@ final class SourceSession {
                 // The time a write takes (waiting for room included) is the link's drain rate for `auto`.
                 let (before, started, cpu) = (writer.wireBytesSent, ContinuousClock.now, threadCPUTime())
                 try writer.send(batch: output.frames)
-                encoding.adaptive?.recordDrain(bytes: writer.wireBytesSent - before, started: started, ended: .now, cpu: threadCPUTime() - cpu,
-                                               input: output.rawBytes, coded: output.coded)
+                if measuresDrain { encoding.adaptive?.recordDrain(bytes: writer.wireBytesSent - before, started: started, ended: .now, cpu: threadCPUTime() - cpu,
+                                               input: output.rawBytes, coded: output.coded) }
                 counters.addWritten(output.rawBytes)
             } })
     }
