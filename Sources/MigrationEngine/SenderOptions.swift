@@ -51,8 +51,9 @@ public struct SenderOptions: Sendable {
     /// `--resume-window`: bytes of sent, unacknowledged frames kept for a replay.
     public var resumeWindowBytes: Int = 64 << 20
     /// `--streams`: TLS connections the session may use (PROTOCOL.md §14); the
-    /// destination's `--max-streams` caps it. 1 = the single-stream protocol of before.
-    public var streams: Int = StreamCount.defaultStreams(cores: ProcessInfo.processInfo.activeProcessorCount)
+    /// destination's `--max-streams` caps it. 1 = the single-stream protocol of before
+    /// (the library's default; the CLI's follows the cores, `StreamCount.defaultStreams`).
+    public var streams: Int = 1
     /// Diagnostics (phases at info, iterations at debug, frames at trace).
     public var logger = Logger(label: "vfio-migrate.source")
     public init() {}

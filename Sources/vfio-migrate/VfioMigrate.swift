@@ -62,6 +62,8 @@ struct SenderTuning: ParsableArguments {
     var reconnectTimeout: Double = 30
     @Option(name: .customLong("resume-window"), help: "Sent device data kept until the destination acknowledges it, for a resume (at least 17 MiB + 24 bytes, e.g. 18M; the source stops reading devices while it is full).")
     var resumeWindow: ByteCount = ByteCount(bytes: 64 << 20)
+    @Option(help: "TLS connections for one session (1-64; default 1 on 4 cores or fewer, else one per 4 cores up to 8): pages spread over them by PFN, device data on the first; more than 1 needs --reconnect-timeout > 0 and a destination with --max-streams > 1 (protocol version 3), and such a session is not resumed after a lost connection.")
+    var streams: Int?
 
     func validate() throws {
         try ArgumentCheck.milliseconds(downtimeMs, "--downtime-ms")
@@ -73,6 +75,7 @@ struct SenderTuning: ParsableArguments {
         try ArgumentCheck.seconds(peerTimeout, "--peer-timeout")
         try ArgumentCheck.seconds(readyTimeout, "--ready-timeout")
         try ArgumentCheck.seconds(reconnectTimeout, "--reconnect-timeout", allowZero: true)
+        try ArgumentCheck.count(streams, "--streams", in: 1...StreamCount.limit)
         let minimum = SenderOptions().minimumResumeWindowBytes
         if resumeWindow.bytes < UInt64(minimum) {
             throw ValidationError("--resume-window \(resumeWindow): below the minimum of \(minimum) bytes (the largest frame, 16 MiB and its header, plus the 1 MiB acknowledgement interval); a smaller window might never make room again (18M will do)")
@@ -95,6 +98,7 @@ struct SenderTuning: ParsableArguments {
         o.readyTimeoutSeconds = readyTimeout
         o.reconnectTimeoutSeconds = reconnectTimeout
         o.resumeWindowBytes = Int(clamping: resumeWindow.bytes)
+        o.streams = streams ?? StreamCount.defaultStreams(cores: ProcessInfo.processInfo.activeProcessorCount)
         return o
     }
 }
@@ -202,9 +206,12 @@ struct Receive: ParsableCommand {
     var portFile: String?
     @Option(name: .customLong("reconnect-timeout"), help: "Seconds a session whose connection broke waits for its source to come back (resuming where it stood) before it fails; 0: never resume (protocol version 1).")
     var reconnectTimeout: Double = 30
+    @Option(name: .customLong("max-streams"), help: "Most TLS connections a source may open for one session (1-64; 1: one, as before version 3). Extra streams arrive on the listening socket.")
+    var maxStreams: Int = StreamCount.defaultMaxStreams
 
     func validate() throws {
         try ArgumentCheck.seconds(acceptTimeout, "--accept-timeout")
+        try ArgumentCheck.count(maxStreams, "--max-streams", in: 1...StreamCount.limit)
         try ArgumentCheck.seconds(peerTimeout, "--peer-timeout")
         try ArgumentCheck.count(workers, "--workers", in: 1...1024)
         try ArgumentCheck.seconds(reconnectTimeout, "--reconnect-timeout", allowZero: true)
@@ -253,6 +260,7 @@ struct Receive: ParsableCommand {
     private func start(control: ControlSession?, events: @escaping EventSink) throws -> Started {
         var options = ReceiverOptions()
         options.reconnectTimeoutSeconds = reconnectTimeout
+        options.maxStreams = maxStreams
         var tlsConfiguration = tls.configuration()
         tlsConfiguration.applicationProtocols = options.applicationProtocols
         let context = try TLSContext(configuration: tlsConfiguration, role: .server)
