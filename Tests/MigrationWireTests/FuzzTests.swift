@@ -16,7 +16,16 @@ import Glibc
 @Suite struct FuzzTests {
     static func environment(_ name: String) -> String? { getenv(name).map { String(cString: $0) } }
 
-    struct Entry { var bytes: [UInt8]; var offsets: [Int]; var peer: Role; var version: ProtocolVersion = .v1 }
+    struct Entry {
+        var bytes: [UInt8]; var offsets: [Int]; var peer: Role; var version: ProtocolVersion = .v1
+        /// Version 3: an extra stream (index 1 of `testRouting`), decoded in joined mode.
+        var joined = false
+
+        func decoder(limits: WireLimits) -> FrameDecoder {
+            guard joined else { return FrameDecoder(peer: peer, limits: limits, version: version) }
+            return FrameDecoder(joinedStream: 1, routing: testRouting, memory: FrameGenerator.joinedMemory, encodings: [.raw, .deflate, .zstd], limits: limits)
+        }
+    }
 
     @Test func mutatedStreamsFailOnlyWithWireErrors() throws {
         let seconds = Double(Self.environment("WIRE_FUZZ_SECONDS") ?? "") ?? 2
@@ -42,6 +51,16 @@ import Glibc
             let d = gen.destinationSession(version: .v2)
             corpus.append(Entry(bytes: d.bytes, offsets: d.offsets, peer: .destination, version: .v2))
         }
+        // Version 3: stream 0 under a HELLO with the stream tail (its pages must be its own),
+        // extra streams (PAGES, STREAM_END), destination streams with the tail.
+        for i in 0..<3 {
+            let s = try gen.sourceSession(compressor: [compressor, zstd, nil][i], version: .v3)
+            corpus.append(Entry(bytes: s.bytes, offsets: s.offsets, peer: .source, version: .v3))
+            let j = try gen.joinedStreamSession(compressor: [compressor, nil, zstd][i])
+            corpus.append(Entry(bytes: j.bytes, offsets: j.offsets, peer: .source, version: .v3, joined: true))
+            let d = gen.destinationSession(version: .v3)
+            corpus.append(Entry(bytes: d.bytes, offsets: d.offsets, peer: .destination, version: .v3))
+        }
 
         var rng = SeededRNG(seed: seed ^ 0xFFFF)
         let decompressor = try PayloadDecompressor()
@@ -56,7 +75,7 @@ import Glibc
                 mutate(&bytes, entry: entry, corpus: corpus, rng: &rng)
             }
             let limits = rng.chance(0.2) ? WireLimits(maxPayload: 4096, maxInflated: 4096, maxDevices: 2, maxPFNsPerFrame: 64) : .default
-            var decoder = FrameDecoder(peer: entry.peer, limits: limits, version: entry.version)
+            var decoder = entry.decoder(limits: limits)
             let inflateLimits = limits
             do {
                 var offset = 0
@@ -95,13 +114,16 @@ import Glibc
         for _ in 0..<8 {
             let h = try gen.resumeHandshake()
             corpus.append(Entry(bytes: h.bytes, offsets: h.offsets, peer: h.peer, version: .v2))
+            let j = gen.joinHandshake()
+            corpus.append(Entry(bytes: j.bytes, offsets: j.offsets, peer: j.peer, version: .v3))
         }
         var outcomes = [0, 0]
         for _ in 0..<4000 {
             let entry = corpus[Int.random(in: 0..<corpus.count, using: &rng)]
             var bytes = entry.bytes
             for _ in 0..<Int.random(in: 1...2, using: &rng) { mutate(&bytes, entry: entry, corpus: corpus, rng: &rng) }
-            var decoder = ResumeHandshakeDecoder(peer: entry.peer, sessionID: testSessionID, limits: rng.chance(0.2) ? WireLimits(maxPayload: 40) : .default)
+            var decoder = ResumeHandshakeDecoder(peer: entry.peer, sessionID: testSessionID, limits: rng.chance(0.2) ? WireLimits(maxPayload: 40) : .default,
+                                                 version: entry.version)
             do {
                 var offset = 0
                 while offset < bytes.count {

@@ -69,8 +69,8 @@ struct FrameGenerator {
             let progress: [DestinationProgress] = [.receiving, .ready, .resuming, .resumed]
             return .resumeAccept(ResumeAccept(progress: progress[int(0...3)], destinationNextSequence: edgyU64(), position: position))
         case 2:
-            let reasons: [RefusalReason] = [.unspecified, .unknownSession, .wrongIdentity, .badProof, .busy]
-            return .refuse(Refusal(reason: reasons[int(0...4)], message: string(maxBytes: 200)))
+            let reasons: [RefusalReason] = [.unspecified, .unknownSession, .wrongIdentity, .badProof, .busy, .streamRefused]
+            return .refuse(Refusal(reason: reasons[int(0...5)], message: string(maxBytes: 200)))
         default: return .ack(position)
         }
     }
@@ -157,12 +157,52 @@ struct FrameGenerator {
         return s
     }
 
+    /// Version 3: the memory an extra stream's pages lie in (stream 1 of `testRouting` owns it).
+    static let joinedMemory = [MemoryRange(startPFN: 512, pageCount: 64, pageSize: 512)]
+
+    /// Version 3: extra stream 1 (`testRouting`): PAGES of PFNs it owns, KEEPALIVE, then STREAM_END.
+    mutating func joinedStreamSession(compressor: PayloadCompressor? = nil) throws -> StreamBuilder {
+        var s = StreamBuilder()
+        for _ in 0..<int(1...6) {
+            if rng.chance(0.25) { s.add(.keepAlive); continue }
+            let start = UInt64(512 + int(0...8))
+            if let compressor {
+                let bytes = mixedPages(pages: int(1...24), pageSize: 512, rng: &rng)
+                s.add(.pages(Pages(pageSize: 512, segments: try compressor.encodePages(startPFN: start, pageSize: 512, bytes: bytes))))
+            } else {
+                s.add(.pages(pages(start: start, span: 24, pageSize: 512)))
+            }
+        }
+        s.add(.streamEnd(StreamEnd(streamIndex: 1, frameCount: s.encoder.nextSequence)))
+        return s
+    }
+
+    /// Version 3, one side of a join (§14.3): the destination's RESUME and JOIN_ACCEPT, or the
+    /// source's JOIN and its first numbered frames; sometimes a refusal.
+    mutating func joinHandshake() -> (bytes: [UInt8], offsets: [Int], peer: Role) {
+        let peer: Role = rng.chance(0.5) ? .source : .destination
+        var s = StreamBuilder()
+        if rng.chance(0.15) {
+            s.add(.refuse(Refusal(reason: .streamRefused, message: string(maxBytes: 30))))
+            return (s.bytes, s.offsets, peer)
+        }
+        let index = UInt32(int(1...3))
+        if peer == .destination {
+            s.add(.resume(Resume(sessionID: testSessionID, role: .destination, proof: rng.bytes(32))))
+            s.add(.joinAccept(JoinAccept(streamIndex: index)))
+        } else {
+            s.add(.join(Join(sessionID: testSessionID, streamIndex: index, proof: rng.bytes(32))))
+            s.add(.keepAlive)
+        }
+        return (s.bytes, s.offsets, peer)
+    }
+
     /// Version 2 adds ACKs, growing as a destination's would.
     mutating func destinationSession(version: ProtocolVersion = .v1) -> StreamBuilder {
         var s = StreamBuilder.destination(version: version)
         var position = StreamPosition(nextSequence: 1, deviceBytes: [0, 0])
         func acknowledge(_ s: inout StreamBuilder, _ gen: inout FrameGenerator) {
-            guard version == .v2 else { return }
+            guard version >= .v2 else { return }
             position.nextSequence += UInt64(gen.int(0...40))
             position.deviceBytes = position.deviceBytes.map { $0 + UInt64(gen.int(0...5000)) }
             s.add(.ack(position))

@@ -24,11 +24,16 @@ let testMemory = [
     MemoryRange(startPFN: 0x10_0000, pageCount: 16, pageSize: 2 << 20),
 ]
 
+/// Version 3: the source opens 2 streams with blocks of 512 pages (stream 1 owns PFNs
+/// 512..<1024, 1536..<2048, …); the destination accepts 8.
+let testRouting = StreamRouting(count: 2, blockPages: 512)
+
 func testHello(role: Role = .source, devices: Int = 2, memory: [MemoryRange] = testMemory,
                encodings: [Encoding] = [.raw, .deflate], version: ProtocolVersion = .v1) -> Hello {
-    Hello(version: version.rawValue, sessionID: testSessionID, role: role, encodings: encodings,
-          devices: (0..<devices).map { DeviceDescriptor(name: "dev\($0)", pageSize: 4096, compatibility: "vendor:model:rev\($0)") },
-          memory: memory)
+    let streams = version < .v3 ? nil : role == .source ? StreamOffer(count: 2, blockPages: 512) : StreamOffer(count: 8, blockPages: 0)
+    return Hello(version: version.rawValue, sessionID: testSessionID, role: role, encodings: encodings,
+                 devices: (0..<devices).map { DeviceDescriptor(name: "dev\($0)", pageSize: 4096, compatibility: "vendor:model:rev\($0)") },
+                 memory: memory, streams: streams)
 }
 
 /// Builds one direction of a session with a real encoder.
