@@ -183,7 +183,7 @@ final class DestinationSession {
         let stream = reader.currentStream
         let confirmed = (try? stream.shutdownConfirmingPeer()) ?? false
         stream.close()
-        joins?.stop()
+        joins?.finish()
         if let acceptor {
             // §13.8: a source that lost RESUMED reconnects to learn the outcome (one-stream sessions only, §14.5).
             if !confirmed && joins == nil {

@@ -81,8 +81,8 @@ final class DestinationStreams: Sendable {
         startThread(named: "stream-\(index)-reader") { [self] in
             let receiver = StreamReceiver(index: index, stream: stream, context: context) { [state] n in state.withLock { $0.wireBytes += n } }
             do throws(MigrationFailure) {
-                try receiver.run(bytes, isStopped: { [state] in state.withLock { $0.stopped } })
-                state.withLock { $0.ended.insert(index) }
+                try receiver.run(bytes, isStopped: { [state] in state.withLock { $0.stopped } },
+                                 ended: { [state] in state.withLock { _ = $0.ended.insert(index) } })
             } catch {
                 state.withLock { if $0.failure == nil && !$0.stopped { $0.failure = error } }
             }
@@ -108,6 +108,13 @@ final class DestinationStreams: Sendable {
         }
     }
 
+    /// The session succeeded: each reader ends its stream's close_notify exchange (the
+    /// source sends its own as it finishes), at most 2 s, then `stop()`.
+    func finish() {
+        state.wait(until: { $0.readers == 0 }, deadline: monotonicSeconds() + 2) { _, _ in }
+        stop()
+    }
+
     /// The session ends: every extra connection is closed and its reader waited for
     /// (its pipeline stops; nothing is applied after this returns).
     func stop() {
@@ -129,8 +136,9 @@ private struct StreamReceiver {
     let context: DestinationStreams.Context
     let received: (UInt64) -> Void
 
-    /// Reads until STREAM_END; then close_notify both ways at once (§2.5) and every page applied.
-    func run(_ first: [UInt8], isStopped: () -> Bool) throws(MigrationFailure) {
+    /// Reads until STREAM_END and applies every page before it (then `ended`); then
+    /// close_notify both ways (§2.5: the source sends its own when the session ends).
+    func run(_ first: [UInt8], isStopped: () -> Bool, ended: () -> Void) throws(MigrationFailure) {
         var decoder = FrameDecoder(joinedStream: index, routing: context.routing, memory: context.source.memory,
                                    encodings: context.source.encodings, limits: context.limits)
         if !first.isEmpty { decoder.feed(first) }
@@ -152,9 +160,10 @@ private struct StreamReceiver {
                     default: continue  // KEEPALIVE
                     }
                 case .resumption:  // STREAM_END: the decoder checked its index and frame count
+                    try pipeline.finish()
+                    ended()
                     _ = try? stream.shutdownConfirmingPeer()
                     stream.close()
-                    try pipeline.finish()
                     return
                 case nil:
                     try read(into: &decoder, lastByte: &lastByte)

@@ -254,7 +254,7 @@ final class SourceSession {
         let stream = writer.stream
         try? stream.shutdown()
         stream.close()
-        streams?.close()
+        streams?.shutDown()
         state = .done
         let totals = counters.current
         stats.totalSeconds = (ContinuousClock.now - started).seconds

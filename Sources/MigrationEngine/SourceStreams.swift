@@ -37,15 +37,22 @@ final class SourceStreams {
 
     var wireBytesSent: UInt64 { extras.reduce(0) { $0 + $1.writer.wireBytesSent } }
 
-    /// Every page of stream `extra` was written: STREAM_END, then close_notify and the
-    /// destination's (it answers as soon as it read STREAM_END, §14.4).
+    /// Every page of stream `extra` was written: STREAM_END, its last frame (§14.4).
     func end(_ extra: Extra) throws(MigrationFailure) {
         extra.keepAlive.stop()
         try extra.writer.sendStreamEnd(index: extra.index)
-        try? extra.writer.stream.shutdown()
     }
 
-    /// The session failed or ended: no more keep-alives, every extra connection closed
+    /// The session succeeded: close_notify on every extra stream and a bounded read of
+    /// the destination's, which it sent once it applied the stream (§2.5, §14.4).
+    func shutDown() {
+        for extra in extras {
+            try? extra.writer.stream.shutdown()
+            extra.writer.stream.close()
+        }
+    }
+
+    /// The session failed: no more keep-alives, every extra connection closed at once
     /// (the destination learns why on stream 0).
     func close() {
         for extra in extras {

@@ -32,7 +32,7 @@ import Testing
             ("device-data-next", FrameEncoder.serialize(.deviceData(DeviceData(phase: .stopcopy, encoding: .raw, originalLength: 2,
                                                                                  payload: Array("..".utf8), part: .next)), device: 0, sequence: 8)),
             ("commit", FrameEncoder.serialize(.commit, device: 0, sequence: 9)),
-        ] + versionTwoExamples()
+        ] + versionTwoExamples() + versionThreeExamples()
     }
 
     /// §13.11. The position is shared by ACK and RESUME_ACCEPT.
@@ -51,6 +51,24 @@ import Testing
             ("resume", frame(.resume(Resume(sessionID: session, role: .source, proof: proof)), 0)),
             ("resume-accept", frame(.resumeAccept(ResumeAccept(progress: .receiving, destinationNextSequence: 13, position: examplePosition)), 0)),
             ("refuse", frame(.refuse(Refusal(reason: .busy, message: "retry")), 0)),
+        ]
+    }
+
+    /// §14.8: the destination HELLO of §11 in version 3, JOIN of stream 2, JOIN_ACCEPT, STREAM_END.
+    static func versionThreeExamples() -> [(id: String, bytes: [UInt8])] {
+        let session = Array(UInt8(0x00)...0x0f)
+        let hello = Hello(version: 3, sessionID: session, role: .destination, encodings: [.raw, .deflate],
+                          devices: [DeviceDescriptor(name: "gpu0", pageSize: 4096, compatibility: "10de:1eb8/v2")],
+                          memory: [MemoryRange(startPFN: 0, pageCount: 0x40000, pageSize: 4096)], streams: StreamOffer(count: 8, blockPages: 0))
+        let proof = ResumeProof.computeJoin(secret: exampleSecret, binding: exampleBinding, sessionID: session, streamIndex: 2)
+        func frame(_ body: ResumptionBody, _ sequence: UInt64) -> [UInt8] {
+            do { return try FrameEncoder.frame(body, sequence: sequence) } catch { fatalError("\(error)") }
+        }
+        return [
+            ("hello-v3", FrameEncoder.serialize(.hello(hello), device: 0, sequence: 0)),
+            ("join", frame(.join(Join(sessionID: session, streamIndex: 2, proof: proof)), 0)),
+            ("join-accept", frame(.joinAccept(JoinAccept(streamIndex: 2)), 0)),
+            ("stream-end", frame(.streamEnd(StreamEnd(streamIndex: 2, frameCount: 40)), 40)),
         ]
     }
 
