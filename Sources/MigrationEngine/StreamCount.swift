@@ -1,18 +1,20 @@
 /// How many TLS streams a session uses by default (PROTOCOL.md §14).
 ///
 /// One stream's TLS record encryption and socket writes take most of one core on
-/// the source (and its decryption and reads one on the destination): an extra
-/// stream only pays when a core is free to drive it next to the page readers and
-/// codec workers, and the destination has one to match. On 4 cores or fewer one
-/// stream already competes with the workers (measured on 2 cores: no gain, see
-/// docs/PERFORMANCE.md), so the default stays 1, the exact protocol of before; above
-/// that, one stream per 4 cores, at most 8 (8 × ~1.2 GB/s covers a 100 Gbit/s NIC).
+/// the source (and its reads and decryption one on the destination), moving
+/// 0.7–1.2 GB/s: an extra stream only pays when a core is free to drive it next to
+/// the page readers and codec workers. On 4 cores or fewer one stream already
+/// competes with the workers (measured on 2 cores: 2 and 4 streams lose, see
+/// docs/PERFORMANCE.md), so the default stays 1, the resumable protocol of before.
+/// Above that, one stream per 2 cores, at most 16: a 100 Gbit/s NIC needs 11–17
+/// streams at those rates, and 32 cores have the 14–20 per side that moving
+/// 12.5 GB/s costs.
 public enum StreamCount {
-    public static let defaultMaxStreams = 8
+    public static let defaultMaxStreams = 16
     /// The most streams `--streams` and `--max-streams` accept.
     public static let limit = 64
 
     public static func defaultStreams(cores: Int) -> Int {
-        cores <= 4 ? 1 : min(defaultMaxStreams, cores / 4)
+        cores <= 4 ? 1 : min(defaultMaxStreams, cores / 2)
     }
 }

@@ -1,0 +1,35 @@
+import ArgumentParser
+import Foundation
+import MigrationEngine
+import Testing
+@testable import vfio_migrate
+
+/// `send --streams` and `receive --max-streams` (protocol version 3): refusals name
+/// the option; good values reach the engine's options and what ALPN offers.
+@Suite struct StreamOptions {
+    static let send = ArgumentValidation.send
+    static let receive = ArgumentValidation.receive
+
+    @Test(arguments: [
+        (send + ["--streams", "0"], "--streams 0: expected 1...64"),
+        (send + ["--streams", "65"], "--streams 65: expected 1...64"),
+        (receive + ["--max-streams", "0"], "--max-streams 0: expected 1...64"),
+        (receive + ["--max-streams", "many"], "--max-streams"),
+    ])
+    func badValueIsAUsageErrorNamingTheOption(arguments: [String], text: String) {
+        ArgumentValidation().badValueIsAUsageErrorNamingTheOption(arguments: arguments, text: text)
+    }
+
+    @Test func streamsReachTheOptionsAndTheOffer() throws {
+        let defaults = try #require(try VfioMigrate.parseAsRoot(Self.send) as? Send).tuning.options()
+        #expect(defaults.streams == StreamCount.defaultStreams(cores: ProcessInfo.processInfo.activeProcessorCount))
+        let four = try #require(try VfioMigrate.parseAsRoot(Self.send + ["--streams", "4"]) as? Send).tuning.options()
+        #expect(four.streams == 4 && four.applicationProtocols == ["vfio-migrate/3", "vfio-migrate/2"])
+        let one = try #require(try VfioMigrate.parseAsRoot(Self.send + ["--streams", "1"]) as? Send).tuning.options()
+        #expect(one.applicationProtocols == ["vfio-migrate/2"], "one stream: exactly version 2 as before")
+        let receive = try #require(try VfioMigrate.parseAsRoot(Self.receive + ["--max-streams", "3"]) as? Receive)
+        #expect(receive.maxStreams == 3)
+        let receiveDefault = try #require(try VfioMigrate.parseAsRoot(Self.receive) as? Receive)
+        #expect(receiveDefault.maxStreams == StreamCount.defaultMaxStreams)
+    }
+}
