@@ -84,14 +84,9 @@ final class FastInflater: RawDeflateInflater {
         guard expectedLength >= 0, expectedLength <= ceiling else {
             throw .inflatedTooLarge(frame: frame, declared: expectedLength, limit: ceiling)
         }
-        var failure: WireError?
-        let output = [UInt8](unsafeUninitializedCapacity: max(expectedLength, 1)) { out, count in
-            var span = UnsafeMutableBufferPointer(rebasing: out[0..<expectedLength]).mutableSpan
-            do throws(WireError) { try inflate(input, into: &span, frame: frame) } catch { failure = error }
-            count = failure == nil ? expectedLength : 0
+        return try decodedArray(count: expectedLength) { (span: inout MutableSpan<UInt8>) throws(WireError) in
+            try inflate(input, into: &span, frame: frame)
         }
-        if let failure { throw failure }
-        return output
     }
 
     /// Inflates `input` into all of `output`: its size is the declared length, so a

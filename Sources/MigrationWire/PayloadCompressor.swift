@@ -290,14 +290,7 @@ public final class PayloadDecompressor {
     /// The bytes of one segment (zero pages as zeroes), exactly pageCount*pageSize.
     public func decode(_ segment: PageSegment, pageSize: Int) throws(WireError) -> [UInt8] {
         let size = try decodedSize(segment, pageSize: pageSize)
-        var failure: WireError?
-        let output = [UInt8](unsafeUninitializedCapacity: max(size, 1)) { out, count in
-            var span = UnsafeMutableBufferPointer(rebasing: out[0..<size]).mutableSpan
-            do throws(WireError) { try decodeChecked(segment, into: &span) } catch { failure = error }
-            count = failure == nil ? size : 0
-        }
-        if let failure { throw failure }
-        return output
+        return try decodedArray(count: size) { (span: inout MutableSpan<UInt8>) throws(WireError) in try decodeChecked(segment, into: &span) }
     }
 
     /// The segment decoded straight into `pages` (guest memory the caller lends),

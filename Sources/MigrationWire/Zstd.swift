@@ -75,14 +75,9 @@ final class ZstdDecompressor {
             throw .inflatedTooLarge(frame: frame, declared: expectedLength, limit: limit)
         }
         try Self.checkFrame(input, expectedLength: expectedLength, frame: frame)
-        var failure: WireError?
-        let output = [UInt8](unsafeUninitializedCapacity: max(expectedLength, 1)) { out, count in
-            var span = UnsafeMutableBufferPointer(rebasing: out[0..<expectedLength]).mutableSpan
-            do throws(WireError) { try decompressChecked(input, into: &span, frame: frame) } catch { failure = error }
-            count = failure == nil ? expectedLength : 0
+        return try decodedArray(count: expectedLength) { (span: inout MutableSpan<UInt8>) throws(WireError) in
+            try decompressChecked(input, into: &span, frame: frame)
         }
-        if let failure { throw failure }
-        return output
     }
 
     /// Decompresses `input` into all of `output`, whose size is the declared length
