@@ -21,6 +21,10 @@ final class Applier {
     private let devices: [DestinationDevice]
     private let memory: GuestMemory?
     private let writer: FrameWriter
+    /// Decodes page segments straight into guest memory (this thread's codecs),
+    /// made at the first PAGES.
+    private var pageDecoder: PayloadDecompressor?
+    private let limits: WireLimits
     private let events: EventSink
     private let progress: LockedValue<ApplyProgress>
     private let state: LockedValue<DestinationSession.State>
@@ -28,9 +32,9 @@ final class Applier {
     private let digests: [SHA256Digest]
     private var ended: [Bool]
 
-    init(devices: [DestinationDevice], memory: GuestMemory?, writer: FrameWriter, events: @escaping EventSink,
+    init(devices: [DestinationDevice], memory: GuestMemory?, writer: FrameWriter, limits: WireLimits, events: @escaping EventSink,
          progress: LockedValue<ApplyProgress>, state: LockedValue<DestinationSession.State>) {
-        self.devices = devices; self.memory = memory; self.writer = writer; self.events = events
+        self.devices = devices; self.memory = memory; self.writer = writer; self.limits = limits; self.events = events
         self.progress = progress; self.state = state
         sequences = devices.map { ResumeSequence(device: $0.device) }
         digests = devices.map { _ in SHA256Digest() }
@@ -40,7 +44,7 @@ final class Applier {
     func apply(_ item: DecodedFrame) throws(MigrationFailure) {
         switch item {
         case .chunk(let i, let phase, let part, let bytes): try applyChunk(bytes, part: part, phase: phase, device: i)
-        case .pages(let writes): try applyPages(writes)
+        case .pages(let pages): try applyPages(pages)
         case .control(let frame):
             switch frame.body {
             case .iterationEnd(let it): progress.withLock { $0.iterations = Int(it.iteration) + 1 }
@@ -84,20 +88,44 @@ final class Applier {
         return true
     }
 
-    private func applyPages(_ writes: [DecodedFrame.PageWrite]) throws(MigrationFailure) {
+    /// Zero segments through `zeroPages` (which skips pages known to be zero),
+    /// the others decoded straight into the pages they fill.
+    private func applyPages(_ pages: Pages) throws(MigrationFailure) {
         guard let memory else { throw .unexpectedFrame("PAGES without announced guest memory") }
         var n: UInt64 = 0, z: UInt64 = 0
-        for w in writes {
-            if let bytes = w.bytes {
-                try deviceCall(nil) { () throws(DeviceError) in try memory.writePages(startPFN: w.startPFN, bytes: bytes) }
+        for segment in pages.segments {
+            let count = Int(segment.pageCount)
+            if segment.encoding == .zero {
+                try deviceCall(nil) { () throws(DeviceError) in try memory.zeroPages(startPFN: segment.startPFN, count: count) }
+                z += UInt64(count)
             } else {
-                try deviceCall(nil) { () throws(DeviceError) in try memory.zeroPages(startPFN: w.startPFN, count: w.count) }
-                z += UInt64(w.count)
+                try decode(segment, pageSize: Int(pages.pageSize), into: memory)
             }
-            n += UInt64(w.count)
+            n += UInt64(count)
         }
         let raw = n * UInt64(memory.pageSize)
         progress.withLock { $0.pages += n; $0.zeroPages += z; $0.rawBytes += raw }
+    }
+
+    private func decode(_ segment: PageSegment, pageSize: Int, into memory: GuestMemory) throws(MigrationFailure) {
+        let decompressor = try pageDecompressor()
+        let outcome = try deviceCall(nil) { () throws(DeviceError) in
+            try memory.withWritablePages(startPFN: segment.startPFN, count: Int(segment.pageCount)) { (span: inout MutableSpan<UInt8>) throws(WireError) in
+                try decompressor.decode(segment, pageSize: pageSize, into: &span)
+            }
+        }
+        do throws(WireError) { try outcome.get() } catch { throw MigrationFailure(error) }
+    }
+
+    private func pageDecompressor() throws(MigrationFailure) -> PayloadDecompressor {
+        if let pageDecoder { return pageDecoder }
+        do throws(WireError) {
+            let made = try PayloadDecompressor(limits: limits)
+            pageDecoder = made
+            return made
+        } catch {
+            throw MigrationFailure(error)
+        }
     }
 
     /// DEVICE_END: the totals and the SHA-256 of everything applied must match (§5.6).

@@ -1,18 +1,12 @@
 import MigrationWire
 
-/// A frame after a worker decoded it: payloads inflated and checked, ready for the
-/// applier.
+/// A frame after a worker decoded it, ready for the applier: device chunks
+/// inflated and checked; pages still as their segments, which the applier decodes
+/// straight into guest memory (raw ones copied once from the receive buffer).
 enum DecodedFrame: Sendable {
     case chunk(device: Int, phase: Phase, part: ChunkPart, bytes: [UInt8])
-    case pages([PageWrite])
+    case pages(Pages)
     case control(Frame)
-
-    struct PageWrite: Sendable {
-        var startPFN: UInt64
-        var count: Int
-        /// nil: zero pages.
-        var bytes: [UInt8]?
-    }
 
     init(_ frame: Frame, decompressor: PayloadDecompressor) throws(MigrationFailure) {
         do throws(WireError) {
@@ -20,13 +14,8 @@ enum DecodedFrame: Sendable {
             case .deviceData(let d):
                 self = .chunk(device: Int(frame.device), phase: d.phase, part: d.part, bytes: try decompressor.decode(d))
             case .pages(let p):
-                var writes: [PageWrite] = []
-                writes.reserveCapacity(p.segments.count)
-                for s in p.segments {
-                    let bytes = s.encoding == .zero ? nil : try decompressor.decode(s, pageSize: Int(p.pageSize))
-                    writes.append(PageWrite(startPFN: s.startPFN, count: Int(s.pageCount), bytes: bytes))
-                }
-                self = .pages(writes)
+                // Decoded where it is applied: into the pages themselves, in stream order.
+                self = .pages(p)
             default:
                 self = .control(frame)
             }

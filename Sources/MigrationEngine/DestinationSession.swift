@@ -375,7 +375,8 @@ final class DestinationSession {
                 return { (frame: Frame) throws(MigrationFailure) -> DecodedFrame in try DecodedFrame(frame, decompressor: decompressor) }
             },
             makeConsumer: {
-                let applier = Applier(devices: devices, memory: memory, writer: writer, events: events, progress: progress, state: state)
+                let applier = Applier(devices: devices, memory: memory, writer: writer, limits: limits, events: events,
+                                      progress: progress, state: state)
                 return { (item: DecodedFrame) throws(MigrationFailure) in try applier.apply(item) }
             })
     }

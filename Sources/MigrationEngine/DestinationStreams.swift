@@ -177,8 +177,14 @@ private struct StreamReceiver {
     }
 
     private func read(into decoder: inout FrameDecoder, lastByte: inout Double) throws(MigrationFailure) {
-        let bytes: [UInt8]
-        do { bytes = try stream.read(maxCount: 256 << 10) } catch {
+        let stream = self.stream
+        let count: Int
+        do {
+            // Decrypt straight into the decoder's buffer, as FrameReader does.
+            count = try decoder.fill(maxCount: min(decoder.bytesWanted, 256 << 10)) { (span: inout OutputSpan<UInt8>) throws(TLSError) in
+                try stream.read(into: &span)
+            }
+        } catch {
             guard case .readTimeout = error else { throw .tls(error) }
             guard monotonicSeconds() - lastByte < context.peerTimeoutSeconds else {
                 throw .tls(.readTimeout(seconds: context.peerTimeoutSeconds))
@@ -186,10 +192,9 @@ private struct StreamReceiver {
             return
         }
         // The stream ends only after STREAM_END (§14.5: a lost stream fails the session).
-        if bytes.isEmpty { throw .unexpectedFrame("stream \(index) ended before its STREAM_END") }
+        if count == 0 { throw .unexpectedFrame("stream \(index) ended before its STREAM_END") }
         lastByte = monotonicSeconds()
-        received(UInt64(bytes.count))
-        decoder.feed(bytes)
+        received(UInt64(count))
     }
 
     private func makePipeline() -> Pipeline {
@@ -204,7 +209,7 @@ private struct StreamReceiver {
             },
             makeConsumer: {
                 // Only PAGES reach it (the decoder refuses anything else), so only its page path runs.
-                let applier = Applier(devices: c.devices, memory: c.memory, writer: c.writer, events: c.events, progress: c.progress, state: c.state)
+                let applier = Applier(devices: c.devices, memory: c.memory, writer: c.writer, limits: c.limits, events: c.events, progress: c.progress, state: c.state)
                 return { (item: DecodedFrame) throws(MigrationFailure) in try applier.apply(item) }
             })
     }

@@ -71,15 +71,27 @@ final class FrameReader {
             case nil:
                 break
             }
-            let bytes: [UInt8]
-            do { bytes = try stream.read(maxCount: readChunk) } catch { throw .tls(error) }
-            if bytes.isEmpty {
+            let count = try readMore()
+            if count == 0 {
                 // Version 2: a connection that ends is a lost connection, partial frame or not (§13.4).
                 if decoder.version >= .v2 && decoder.state != .awaitingHello { throw .peerClosed }
                 throw decoder.bufferedByteCount > 0 ? .unexpectedFrame("stream ended inside a frame") : .peerClosed
             }
-            wireBytesReceived += UInt64(bytes.count)
-            decoder.feed(bytes)
+            wireBytesReceived += UInt64(count)
+        }
+    }
+
+    /// Decrypts into the decoder's buffer what completes the pending header or
+    /// frame (at most `readChunk` a call): a large frame lands in a buffer of its
+    /// own, and its payloads are applied from there without another copy.
+    private func readMore() throws(MigrationFailure) -> Int {
+        let stream = self.stream
+        do {
+            return try decoder.fill(maxCount: min(decoder.bytesWanted, readChunk)) { (span: inout OutputSpan<UInt8>) throws(TLSError) in
+                try stream.read(into: &span)
+            }
+        } catch {
+            throw .tls(error)
         }
     }
 }

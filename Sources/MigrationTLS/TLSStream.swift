@@ -232,40 +232,56 @@ public final class TLSStream: Sendable {
     /// `readTimeoutSeconds` (if set) without any byte.
     public func read(maxCount: Int) throws(TLSError) -> [UInt8] {
         precondition(maxCount > 0, "read(maxCount:) needs room for at least one byte")
+        // Decrypt straight into the result's storage: no intermediate copy, no zero-fill.
+        return try [UInt8](unsafeUninitializedCapacity: maxCount) { (buffer, count) throws(TLSError) in
+            count = try read(into: UnsafeMutableRawBufferPointer(buffer))
+        }
+    }
+
+    /// As `read(maxCount:)`, decrypting straight into the caller's buffer (a frame
+    /// decoder's): appends up to `span.freeCapacity` bytes, none only after the
+    /// peer's clean close_notify.
+    public func read(into span: inout OutputSpan<UInt8>) throws(TLSError) {
+        precondition(span.freeCapacity > 0, "read(into:) needs room for at least one byte")
+        try span.withUnsafeMutableBufferPointer { (buffer, count) throws(TLSError) in
+            count += try read(into: UnsafeMutableRawBufferPointer(UnsafeMutableBufferPointer(rebasing: buffer[count...])))
+        }
+    }
+
+    /// Fills up to all of `buffer` with what is available once at least one byte
+    /// is; 0 at the end of the stream.
+    private func read(into buffer: UnsafeMutableRawBufferPointer) throws(TLSError) -> Int {
         try socket.enter()
         defer { socket.leave() }
         let timeout = readTimeoutSeconds
         let deadline = timeout.map { monotonicNow() + $0 }
-        // Decrypt straight into the result's storage: no intermediate copy, no zero-fill.
-        return try [UInt8](unsafeUninitializedCapacity: maxCount) { (buffer, count) throws(TLSError) in
-            count = 0
-            while true {
-                let step: Step = io.withLock { state in
-                    if let failure = state.failure { return .fail(failure) }
-                    var total = 0
-                    // Keep reading records already available, up to maxCount, before returning.
-                    while total < maxCount {
-                        ERR_clear_error()
-                        var got = 0
-                        let r = SSL_read_ex(ssl.pointer, buffer.baseAddress! + total, maxCount - total, &got)
-                        if r == 1 { total += got; continue }
-                        if total == 0 { return failedStep(r, state: &state) }
-                        // Deliver what we have; a fatal error is remembered and thrown next call.
-                        if case .fail = failedStep(r, state: &state) {}
-                        break
-                    }
-                    return .done(total)
+        let maxCount = buffer.count
+        while true {
+            let step: Step = io.withLock { state in
+                if let failure = state.failure { return .fail(failure) }
+                var total = 0
+                // Keep reading records already available, up to maxCount, before returning.
+                while total < maxCount {
+                    ERR_clear_error()
+                    var got = 0
+                    let r = SSL_read_ex(ssl.pointer, buffer.baseAddress! + total, maxCount - total, &got)
+                    if r == 1 { total += got; continue }
+                    if total == 0 { return failedStep(r, state: &state) }
+                    // Deliver what we have; a fatal error is remembered and thrown next call.
+                    if case .fail = failedStep(r, state: &state) {}
+                    break
                 }
-                switch step {
-                case let .done(n): count = n; return
-                case .endOfStream: return
-                case let .fail(error): throw error
-                case let .wait(events):
-                    switch try socket.wait(for: events, until: deadline) {
-                    case .ready: continue
-                    case .timedOut: throw TLSError.readTimeout(seconds: timeout ?? 0)
-                    case .woken: throw TLSError.closed
-                    }
+                return .done(total)
+            }
+            switch step {
+            case let .done(n): return n
+            case .endOfStream: return 0
+            case let .fail(error): throw error
+            case let .wait(events):
+                switch try socket.wait(for: events, until: deadline) {
+                case .ready: continue
+                case .timedOut: throw TLSError.readTimeout(seconds: timeout ?? 0)
+                case .woken: throw TLSError.closed
                 }
             }
         }

@@ -31,9 +31,14 @@ struct ByteReader {
     mutating func u64(_ field: String) throws(WireError) -> UInt64 { try need(8, field); defer { position += 8 }; return loadLE64(bytes, at: position) }
 
     mutating func bytes(_ n: Int, _ field: String) throws(WireError) -> [UInt8] {
+        Array(try slice(n, field))
+    }
+
+    /// `n` bytes as a view of the buffer, not a copy (bulk payloads).
+    mutating func slice(_ n: Int, _ field: String) throws(WireError) -> ArraySlice<UInt8> {
         try need(n, field)
         defer { position += n }
-        return Array(bytes[position..<(position + n)])
+        return bytes[position..<(position + n)]
     }
 
     /// Reserved bytes: must be zero so that a later version can give them a meaning.

@@ -25,6 +25,12 @@ public struct FrameDecoder: Sendable {
 
     private var buffer: [UInt8] = []
     private var readIndex = 0
+    /// Payloads of frames decoded from `buffer` are views of it: writing into it
+    /// again would copy it whole (copy on write), so the next bytes start a new one.
+    private var bufferLent = false
+    /// The least room a new receive buffer gets: control frames and small chunks
+    /// share one; a larger frame gets a buffer of its own size (`fill`).
+    private static let minimumBufferCapacity = 64 << 10
     private var expectedSequence: UInt64 = 0
     private var pendingHeader: FrameHeader?
     private var failure: WireError?
@@ -99,14 +105,55 @@ public struct FrameDecoder: Sendable {
         if readIndex == buffer.count {
             buffer = bytes
             readIndex = 0
+            bufferLent = false
             return
         }
-        // Drop consumed bytes before growing, so the buffer holds at most one frame plus what was fed.
-        if readIndex > 0 && readIndex >= buffer.count / 2 {
+        if bufferLent {
+            startNewBuffer(room: bytes.count)
+        } else if readIndex > 0 && readIndex >= buffer.count / 2 {
+            // Drop consumed bytes before growing, so the buffer holds at most one frame plus what was fed.
             buffer.removeFirst(readIndex)
             readIndex = 0
         }
         buffer.append(contentsOf: bytes)
+    }
+
+    /// How many bytes complete what is pending: the rest of the frame whose header
+    /// was decoded, else the rest of a header (call after `nextMessage()` returned
+    /// nil). Reading that much, no more, keeps a large frame in a buffer of its own.
+    public var bytesWanted: Int {
+        let buffered = bufferedByteCount
+        guard let header = pendingHeader else { return max(1, FrameHeader.size - buffered) }
+        return max(1, FrameHeader.size + header.payloadLength - buffered)
+    }
+
+    /// Receives up to `maxCount` bytes straight into the decoder's buffer: `read`
+    /// appends them to the span (the TLS layer decrypts into it; this module does
+    /// no I/O). Returns how many arrived; 0 is the end of the stream. The buffer
+    /// gets room for the whole pending frame when its header is known, so payload
+    /// views are never copied out of a buffer that is too small.
+    public mutating func fill<E: Error>(maxCount: Int, _ read: (inout OutputSpan<UInt8>) throws(E) -> Void) throws(E) -> Int {
+        precondition(!isSuspended, "a suspended decoder has no connection: resume() it first")
+        precondition(maxCount > 0, "fill(maxCount:) needs room for at least one byte")
+        let frameRoom = pendingHeader.map { FrameHeader.size + $0.payloadLength - bufferedByteCount } ?? 0
+        let room = max(maxCount, frameRoom)
+        if bufferLent || buffer.capacity - buffer.count < room {
+            startNewBuffer(room: room)
+        }
+        let before = buffer.count
+        try buffer.append(addingCapacity: maxCount, initializingWith: read)
+        return buffer.count - before
+    }
+
+    /// Moves the undecoded bytes to a new buffer with `room` more bytes of capacity
+    /// (the old one stays with the payload views that hold it).
+    private mutating func startNewBuffer(room: Int) {
+        var fresh: [UInt8] = []
+        fresh.reserveCapacity(max(bufferedByteCount + room, FrameDecoder.minimumBufferCapacity))
+        fresh.append(contentsOf: buffer[readIndex...])
+        buffer = fresh
+        readIndex = 0
+        bufferLent = false
     }
 
     /// The next whole frame, nil if more bytes are needed. For version 1; a
@@ -147,8 +194,9 @@ public struct FrameDecoder: Sendable {
     public mutating func suspend() -> StreamPosition {
         precondition(version >= .v2 && state != .awaitingHello, "only an established version-2 session can be suspended")
         precondition(failure == nil, "a decoder that rejected its peer's bytes ends the session; it does not resume")
-        buffer.removeAll()
+        buffer = []
         readIndex = 0
+        bufferLent = false
         pendingHeader = nil
         isSuspended = true
         return position
@@ -247,9 +295,12 @@ public struct FrameDecoder: Sendable {
         // An ABORT that gives up a resume before the first numbered frame has no number.
         if !(awaitingFirstNumbered && header.sequence == 0) { expectedSequence += 1 }
         awaitingFirstNumbered = false
+        if header.type == .deviceData || header.type == .pages { bufferLent = true }
         if readIndex == buffer.count {
-            buffer.removeAll(keepingCapacity: true)
+            // A lent buffer belongs to its views now; the next bytes start a new one.
+            if bufferLent { buffer = [] } else { buffer.removeAll(keepingCapacity: true) }
             readIndex = 0
+            bufferLent = false
         }
         return message
     }

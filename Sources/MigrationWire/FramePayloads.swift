@@ -98,7 +98,7 @@ extension DeviceData {
                 throw .inflatedTooLarge(frame: .deviceData, declared: Int(original), limit: limits.maxInflated)
             }
         }
-        let data = try r.bytes(r.remaining, "data")
+        let data = try r.slice(r.remaining, "data")
         return DeviceData(phase: phase, encoding: encoding, originalLength: original, payload: data, part: part)
     }
 
@@ -214,7 +214,7 @@ extension Pages {
                     throw .inflatedTooLarge(frame: .pages, declared: Int(clamping: decodedSize), limit: limits.maxInflated)
                 }
             }
-            let payload = try r.bytes(length, "segment payload")
+            let payload = try r.slice(length, "segment payload")
             segments.append(PageSegment(startPFN: start, pageCount: pages, encoding: encoding, payload: payload))
         }
         try r.expectEnd()

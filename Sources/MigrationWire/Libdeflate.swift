@@ -75,20 +75,30 @@ final class FastInflater: RawDeflateInflater {
     deinit { libdeflate_free_decompressor(decompressor) }
 
     func inflate(_ input: [UInt8], expectedLength: Int, limit: Int, frame: FrameType?) throws(WireError) -> [UInt8] {
+        try inflate(input[...], expectedLength: expectedLength, limit: limit, frame: frame)
+    }
+
+    func inflate(_ input: ArraySlice<UInt8>, expectedLength: Int, limit: Int, frame: FrameType?) throws(WireError) -> [UInt8] {
         // The same ceiling as zlib's inflater: whatever the caller's limit, 4 GiB.
         let ceiling = min(limit, Int(UInt32.max) - 1)
         guard expectedLength >= 0, expectedLength <= ceiling else {
             throw .inflatedTooLarge(frame: frame, declared: expectedLength, limit: ceiling)
         }
+        return try decodedArray(count: expectedLength) { (span: inout MutableSpan<UInt8>) throws(WireError) in
+            try inflate(input, into: &span, frame: frame)
+        }
+    }
+
+    /// Inflates `input` into all of `output`: its size is the declared length, so a
+    /// bomb cannot write past it. The caller checked that size against its limit.
+    func inflate(_ input: ArraySlice<UInt8>, into output: inout MutableSpan<UInt8>, frame: FrameType?) throws(WireError) {
         let d = decompressor
-        var result = LIBDEFLATE_SUCCESS
+        let expectedLength = output.count
         var consumed = 0
         var produced = 0
-        let output = input.withUnsafeBytes { inBuf in
-            [UInt8](unsafeUninitializedCapacity: max(expectedLength, 1)) { out, count in
-                result = libdeflate_deflate_decompress_ex(d, inBuf.baseAddress, inBuf.count, out.baseAddress, expectedLength,
-                                                          &consumed, &produced)
-                count = result == LIBDEFLATE_SUCCESS ? produced : 0
+        let result = input.withUnsafeBytes { inBuf in
+            output.withUnsafeMutableBufferPointer { out in
+                libdeflate_deflate_decompress_ex(d, inBuf.baseAddress, inBuf.count, out.baseAddress, expectedLength, &consumed, &produced)
             }
         }
         switch result {
@@ -99,7 +109,6 @@ final class FastInflater: RawDeflateInflater {
             if produced != expectedLength {
                 throw .inflatedLengthMismatch(frame: frame, declared: expectedLength, actual: produced)
             }
-            return output
         case LIBDEFLATE_INSUFFICIENT_SPACE:
             throw .inflatedExceedsDeclared(frame: frame, declared: expectedLength)
         default:

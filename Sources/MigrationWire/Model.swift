@@ -101,11 +101,15 @@ public struct DeviceData: Sendable, Equatable {
     public var encoding: Encoding
     /// This frame's bytes before encoding (the whole chunk, or this piece of it).
     public var originalLength: UInt32
-    public var payload: [UInt8]
+    /// A decoded frame's payload is a view of the receive buffer (no copy).
+    public var payload: ArraySlice<UInt8>
     public var part: ChunkPart
-    public init(phase: Phase, encoding: Encoding, originalLength: UInt32, payload: [UInt8], part: ChunkPart = .whole) {
+    public init(phase: Phase, encoding: Encoding, originalLength: UInt32, payload: ArraySlice<UInt8>, part: ChunkPart = .whole) {
         self.phase = phase; self.encoding = encoding; self.originalLength = originalLength; self.payload = payload
         self.part = part
+    }
+    public init(phase: Phase, encoding: Encoding, originalLength: UInt32, payload: [UInt8], part: ChunkPart = .whole) {
+        self.init(phase: phase, encoding: encoding, originalLength: originalLength, payload: payload[...], part: part)
     }
 }
 
@@ -132,9 +136,13 @@ public struct PageSegment: Sendable, Equatable {
     public var startPFN: UInt64
     public var pageCount: UInt32
     public var encoding: PageEncoding
-    public var payload: [UInt8]
-    public init(startPFN: UInt64, pageCount: UInt32, encoding: PageEncoding, payload: [UInt8]) {
+    /// A decoded frame's payload is a view of the receive buffer (no copy).
+    public var payload: ArraySlice<UInt8>
+    public init(startPFN: UInt64, pageCount: UInt32, encoding: PageEncoding, payload: ArraySlice<UInt8>) {
         self.startPFN = startPFN; self.pageCount = pageCount; self.encoding = encoding; self.payload = payload
+    }
+    public init(startPFN: UInt64, pageCount: UInt32, encoding: PageEncoding, payload: [UInt8]) {
+        self.init(startPFN: startPFN, pageCount: pageCount, encoding: encoding, payload: payload[...])
     }
 }
 

@@ -279,7 +279,7 @@ public final class PayloadDecompressor {
             guard data.payload.count == declared else {
                 throw WireError.payloadSizeMismatch(frame: .deviceData, field: "raw data", expected: declared, actual: data.payload.count)
             }
-            return data.payload
+            return Array(data.payload)
         case .deflate:
             return try inflater.inflate(data.payload, expectedLength: declared, limit: limits.maxInflated, frame: .deviceData)
         case .zstd:
@@ -289,26 +289,50 @@ public final class PayloadDecompressor {
 
     /// The bytes of one segment (zero pages as zeroes), exactly pageCount*pageSize.
     public func decode(_ segment: PageSegment, pageSize: Int) throws(WireError) -> [UInt8] {
+        let size = try decodedSize(segment, pageSize: pageSize)
+        return try decodedArray(count: size) { (span: inout MutableSpan<UInt8>) throws(WireError) in try decodeChecked(segment, into: &span) }
+    }
+
+    /// The segment decoded straight into `pages` (guest memory the caller lends),
+    /// which must be exactly pageCount*pageSize bytes; one copy for raw, none between
+    /// the codec and the pages otherwise. On an error the pages may hold part of
+    /// the segment: the session that carried it fails.
+    public func decode(_ segment: PageSegment, pageSize: Int, into pages: inout MutableSpan<UInt8>) throws(WireError) {
+        let size = try decodedSize(segment, pageSize: pageSize)
+        guard pages.count == size else {
+            throw WireError.payloadSizeMismatch(frame: .pages, field: "decoded segment room", expected: size, actual: pages.count)
+        }
+        try decodeChecked(segment, into: &pages)
+    }
+
+    /// pageCount*pageSize, checked against the limits before anything is written.
+    private func decodedSize(_ segment: PageSegment, pageSize: Int) throws(WireError) -> Int {
         guard pageSize > 0, isValidPageSize(UInt64(pageSize)) else { throw WireError.invalidPageSize(frame: .pages, pageSize: UInt64(max(0, pageSize))) }
         let (size, overflow) = Int(segment.pageCount).multipliedReportingOverflow(by: pageSize)
         guard !overflow, size <= limits.maxInflated else {
             throw WireError.inflatedTooLarge(frame: .pages, declared: overflow ? Int.max : size, limit: limits.maxInflated)
         }
+        return size
+    }
+
+    /// `pages.count` is the segment's checked decoded size.
+    private func decodeChecked(_ segment: PageSegment, into pages: inout MutableSpan<UInt8>) throws(WireError) {
+        let size = pages.count
         switch segment.encoding {
         case .zero:
             guard segment.payload.isEmpty else {
                 throw WireError.payloadSizeMismatch(frame: .pages, field: "zero segment payload", expected: 0, actual: segment.payload.count)
             }
-            return [UInt8](repeating: 0, count: size)
+            pages.withUnsafeMutableBufferPointer { $0.initialize(repeating: 0) }
         case .raw:
             guard segment.payload.count == size else {
                 throw WireError.payloadSizeMismatch(frame: .pages, field: "raw segment payload", expected: size, actual: segment.payload.count)
             }
-            return segment.payload
+            segment.payload.withUnsafeBufferPointer { src in pages.withUnsafeMutableBufferPointer { _ = $0.update(fromContentsOf: src) } }
         case .deflate:
-            return try inflater.inflate(segment.payload, expectedLength: size, limit: limits.maxInflated, frame: .pages)
+            try inflater.inflate(segment.payload, into: &pages, frame: .pages)
         case .zstd:
-            return try zstd.decompress(segment.payload, expectedLength: size, limit: limits.maxInflated, frame: .pages)
+            try zstd.decompress(segment.payload, into: &pages, frame: .pages)
         }
     }
 }

@@ -67,24 +67,45 @@ final class ZstdDecompressor {
     deinit { ZSTD_freeDCtx(context) }
 
     func decompress(_ input: [UInt8], expectedLength: Int, limit: Int, frame: FrameType?) throws(WireError) -> [UInt8] {
+        try decompress(input[...], expectedLength: expectedLength, limit: limit, frame: frame)
+    }
+
+    func decompress(_ input: ArraySlice<UInt8>, expectedLength: Int, limit: Int, frame: FrameType?) throws(WireError) -> [UInt8] {
         guard expectedLength >= 0, expectedLength <= limit else {
             throw .inflatedTooLarge(frame: frame, declared: expectedLength, limit: limit)
         }
         try Self.checkFrame(input, expectedLength: expectedLength, frame: frame)
+        return try decodedArray(count: expectedLength) { (span: inout MutableSpan<UInt8>) throws(WireError) in
+            try decompressChecked(input, into: &span, frame: frame)
+        }
+    }
+
+    /// Decompresses `input` into all of `output`, whose size is the declared length
+    /// (the caller checked it against its limit); the header rules come first.
+    func decompress(_ input: ArraySlice<UInt8>, into output: inout MutableSpan<UInt8>, frame: FrameType?) throws(WireError) {
+        try Self.checkFrame(input, expectedLength: output.count, frame: frame)
+        try decompressChecked(input, into: &output, frame: frame)
+    }
+
+    private func decompressChecked(_ input: ArraySlice<UInt8>, into output: inout MutableSpan<UInt8>, frame: FrameType?) throws(WireError) {
         let d = context
-        let (output, code) = zstdOneShot(input[...], capacity: expectedLength) { ZSTD_decompressDCtx(d, $0, $1, $2, $3) }
+        let expectedLength = output.count
+        let code = input.withUnsafeBytes { inBuf in
+            output.withUnsafeMutableBufferPointer { out in
+                ZSTD_decompressDCtx(d, out.baseAddress, expectedLength, inBuf.baseAddress, inBuf.count)
+            }
+        }
         guard ZSTD_isError(code) == 0 else {
             throw .corruptZstdFrame(frame: frame, detail: String(cString: ZSTD_getErrorName(code)))
         }
         // zstd checks the output against the header's content size; this cannot fail
         // unless it did not, and then the payload must still not be applied.
         guard code == expectedLength else { throw .inflatedLengthMismatch(frame: frame, declared: expectedLength, actual: code) }
-        return output
     }
 
     /// The header rules, before anything is allocated for the output.
-    private static func checkFrame(_ input: [UInt8], expectedLength: Int, frame: FrameType?) throws(WireError) {
-        guard input.count >= 4, Array(input[0..<4]) == magic else {
+    private static func checkFrame(_ input: ArraySlice<UInt8>, expectedLength: Int, frame: FrameType?) throws(WireError) {
+        guard input.count >= 4, input.prefix(4).elementsEqual(magic) else {
             throw .corruptZstdFrame(frame: frame, detail: "no zstd frame magic (skippable frames are not allowed)")
         }
         let (contentSize, frameSize, dictionary) = input.withUnsafeBytes { b in

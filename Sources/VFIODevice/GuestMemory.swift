@@ -20,6 +20,9 @@ public final class GuestMemory: @unchecked Sendable {  // owns a raw mapping; sh
     public let backing: Backing
     /// Kept open for SEEK_DATA: a hole in the file is a zero range nobody wrote.
     private let fd: Int32
+    /// Memory this process created zero-filled: which pages were written since.
+    /// nil when the content is unknown (a VMM's memory, an existing file).
+    private let written: WrittenPages?
 
     public enum Backing: String, Sendable {
         /// tmpfs, memfd, hugetlbfs: the file is RAM.
@@ -52,6 +55,10 @@ public final class GuestMemory: @unchecked Sendable {  // owns a raw mapping; sh
         self.kernel = kernel
         self.fd = fd
         self.backing = GuestMemory.backing(of: fd, kernel: kernel)
+        // What the file held before is unknown; what `truncate` added reads as zero.
+        let pageCount = wanted / UInt64(pageSize)
+        let oldPages = (fileSize + UInt64(pageSize) - 1) / UInt64(pageSize)
+        self.written = oldPages < pageCount ? WrittenPages(pageCount: pageCount, writtenBelow: oldPages) : nil
         ok = true
     }
 
@@ -69,6 +76,7 @@ public final class GuestMemory: @unchecked Sendable {  // owns a raw mapping; sh
         self.kernel = kernel
         self.fd = fd
         self.backing = .memory
+        self.written = WrittenPages(pageCount: size / UInt64(pageSize), writtenBelow: 0)
         ok = true
     }
 
@@ -89,6 +97,7 @@ public final class GuestMemory: @unchecked Sendable {  // owns a raw mapping; sh
         self.kernel = kernel
         self.fd = fd
         self.backing = GuestMemory.backing(of: fd, kernel: kernel)
+        self.written = nil  // the VMM's memory: its content is the VMM's business
         ok = true
     }
 
@@ -152,28 +161,62 @@ public final class GuestMemory: @unchecked Sendable {  // owns a raw mapping; sh
 
     /// Writes whole pages from `startPFN`; `bytes.count` must be a multiple of the page size.
     public func writePages(startPFN: UInt64, bytes: [UInt8]) throws(DeviceError) {
+        try writePages(startPFN: startPFN, bytes: bytes[...])
+    }
+
+    /// As `writePages(startPFN:bytes:)` from part of a buffer (a payload still in
+    /// the receive buffer): one copy, straight into the mapping.
+    public func writePages(startPFN: UInt64, bytes: ArraySlice<UInt8>) throws(DeviceError) {
         guard bytes.count % pageSize == 0 else {
             throw DeviceError.invalidArgument(operation: "writePages", detail: "\(bytes.count) bytes is not a whole number of \(pageSize)-byte pages")
         }
-        let start = try offset(startPFN: startPFN, count: UInt64(bytes.count / pageSize))
+        let start = try writableOffset(startPFN: startPFN, count: bytes.count / pageSize)
         bytes.withUnsafeBytes { src in
             guard let s = src.baseAddress else { return }
             (base + start).copyMemory(from: s, byteCount: src.count)
         }
     }
 
-    /// Makes the pages zero, writing only those that are not zero already: a hole
-    /// of the backing file is skipped without touching it (no page allocated, no
-    /// page cache), other pages are compared before they are cleared. A fresh
-    /// destination of mostly zero guest RAM then costs reads, not writes.
+    /// Lends `count` pages from `startPFN` to `fill`, which must write all of them
+    /// (a payload decoded straight into guest memory, without a buffer between).
+    /// Bounds are checked first; the span does not outlive the call.
+    public func withWritablePages<R, E: Error>(startPFN: UInt64, count: Int,
+                                               _ fill: (inout MutableSpan<UInt8>) throws(E) -> R) throws(DeviceError) -> Result<R, E> {
+        guard count >= 0 else { throw DeviceError.invalidArgument(operation: "withWritablePages", detail: "negative count \(count)") }
+        let start = try writableOffset(startPFN: startPFN, count: count)
+        let pages = UnsafeMutableBufferPointer(start: (base + start).assumingMemoryBound(to: UInt8.self), count: count * pageSize)
+        var span = pages.mutableSpan
+        do throws(E) { return .success(try fill(&span)) } catch { return .failure(error) }
+    }
+
+    /// The bounds check of a write, and the pages marked written before they are
+    /// (a page never counts as zero while it holds data).
+    private func writableOffset(startPFN: UInt64, count: Int) throws(DeviceError) -> Int {
+        let start = try offset(startPFN: startPFN, count: UInt64(count))
+        written?.markWritten(startPFN..<(startPFN + UInt64(count)))
+        return start
+    }
+
+    /// Makes the pages zero, writing only those that are not zero already. On
+    /// memory this process created, a page not written since is known to be zero
+    /// and is not even read. Otherwise a hole of the backing file is skipped
+    /// without touching it (no page allocated, no page cache), and other pages are
+    /// compared before they are cleared. A fresh destination of mostly zero guest
+    /// RAM then costs reads at most, not writes.
     public func zeroPages(startPFN: UInt64, count: Int) throws(DeviceError) {
         guard count >= 0 else { throw DeviceError.invalidArgument(operation: "zeroPages", detail: "negative count \(count)") }
         let start = try offset(startPFN: startPFN, count: UInt64(count))
-        guard !isHole(byteOffset: start, length: count * pageSize) else { return }
-        for page in 0..<count {
-            let at = base + start + page * pageSize
-            if !GuestMemory.isZero(UnsafeRawBufferPointer(start: at, count: pageSize)) { memset(at, 0, pageSize) }
+        if let written {
+            written.forEachWritten(startPFN..<(startPFN + UInt64(count))) { pfn in clearIfNotZero(Int(pfn) * pageSize) }
+            return
         }
+        guard !isHole(byteOffset: start, length: count * pageSize) else { return }
+        for page in 0..<count { clearIfNotZero(start + page * pageSize) }
+    }
+
+    private func clearIfNotZero(_ byteOffset: Int) {
+        let at = base + byteOffset
+        if !GuestMemory.isZero(UnsafeRawBufferPointer(start: at, count: pageSize)) { memset(at, 0, pageSize) }
     }
 
     /// True when the file has no data in the range (SEEK_DATA finds none there), so

@@ -77,12 +77,22 @@ import Glibc
             let limits = rng.chance(0.2) ? WireLimits(maxPayload: 4096, maxInflated: 4096, maxDevices: 2, maxPFNsPerFrame: 64) : .default
             var decoder = entry.decoder(limits: limits)
             let inflateLimits = limits
+            // Half the cases arrive as the receiver reads them: straight into the
+            // decoder's buffer, as much as the pending header or frame still needs.
+            let viaFill = rng.chance(0.5)
             do {
                 var offset = 0
                 while offset < bytes.count {
                     let end = min(bytes.count, offset + Int.random(in: 1...700, using: &rng))
-                    decoder.feed(Array(bytes[offset..<end]))
-                    offset = end
+                    if viaFill {
+                        let want = min(decoder.bytesWanted, bytes.count - offset, Int.random(in: 1...70_000, using: &rng))
+                        let got = decoder.fill(maxCount: want) { span in for b in bytes[offset..<(offset + want)] { span.append(b) } }
+                        #expect(got == want)
+                        offset += want
+                    } else {
+                        decoder.feed(Array(bytes[offset..<end]))
+                        offset = end
+                    }
                     while let message = try decoder.nextMessage() {
                         framesSeen += 1
                         if case .frame(let frame) = message { try exercisePayloads(frame, decompressor: decompressor, limits: inflateLimits) }
@@ -194,6 +204,11 @@ import Glibc
             for s in p.segments {
                 let out = try decompressor.decode(s, pageSize: Int(p.pageSize))
                 #expect(out.count == Int(s.pageCount) * Int(p.pageSize))
+                // The receiver's way: straight into (here: a copy of) the pages.
+                var pages = [UInt8](repeating: 0xEE, count: out.count)
+                var span = pages.mutableSpan
+                try decompressor.decode(s, pageSize: Int(p.pageSize), into: &span)
+                #expect(pages == out)
             }
         default: break
         }
