@@ -133,7 +133,7 @@ public struct PagesFrameBuilder {
     private var segments: [PageSegment] = []
     public let pageSize: UInt32
 
-    /// `capacity`: the data bytes expected (raw pages); segment headers are added on top.
+    /// Reserves room for `pageCount` raw pages, each its own segment: a frame never regrows.
     public init(pageSize: Int, pageCount: Int) {
         self.pageSize = UInt32(pageSize)
         w = ByteWriter(capacity: FrameHeader.size + 8 + pageCount * (PageSegment.headerSize + pageSize))
@@ -141,9 +141,6 @@ public struct PagesFrameBuilder {
         w.u32(self.pageSize)
         w.u32(0)  // segment count, patched by `finish`
     }
-
-    /// The segments so far, without payloads.
-    public var segmentList: [PageSegment] { segments }
 
     public mutating func append(startPFN: UInt64, pageCount: UInt32, encoding: PageEncoding, payload: [UInt8]) {
         segmentHeader(startPFN: startPFN, pageCount: pageCount, encoding: encoding, length: payload.count)
