@@ -26,6 +26,12 @@ static inline long copenssl_SSL_CTX_set_session_cache_mode(SSL_CTX *ctx, long mo
 static inline int copenssl_SSL_set_tlsext_host_name(SSL *ssl, const char *name) {
     return (int)SSL_set_tlsext_host_name(ssl, name);
 }
+// Write coalescing (TLSStream): a BIO_f_buffer in front of the socket BIO, flushed per write call.
+static inline int copenssl_BIO_set_write_buffer_size(BIO *b, long size) {
+    return (int)BIO_set_write_buffer_size(b, size);
+}
+static inline int copenssl_BIO_flush(BIO *b) { return BIO_flush(b); }
+static inline int copenssl_BIO_should_retry(BIO *b) { return BIO_should_retry(b) != 0; }
 static const long COPENSSL_SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER = SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER;
 static const long COPENSSL_SSL_SESS_CACHE_OFF = SSL_SESS_CACHE_OFF;
 // The SSL* a verify callback's X509_STORE_CTX belongs to.

@@ -124,6 +124,17 @@ final class FrameWriter: Sendable {
         }
     }
 
+    /// Sends a frame a worker serialised whole (`FrameEncoder.prepare`, a PAGES
+    /// frame built in place): numbering patches its header in place, so the bytes
+    /// go to TLS without another copy when the caller owns the only reference.
+    func send(prepared frame: inout PreparedFrame) throws(MigrationFailure) {
+        try write { (encoder: inout FrameEncoder) throws(WireError) in
+            encoder.number(&frame)
+            retention.withLock { $0.window?.record(frame.body, device: frame.device, encoded: frame.retainedBytes) }
+            return frame.bytes
+        }
+    }
+
     /// Destination, version 2: where it stands in the source's stream (§13.3).
     func sendAck(_ position: StreamPosition) throws(MigrationFailure) {
         try write { (encoder: inout FrameEncoder) throws(WireError) in try encoder.encode(.ack(position)) }

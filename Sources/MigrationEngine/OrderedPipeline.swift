@@ -2,42 +2,69 @@ import Foundation
 import SyncPrimitives
 
 /// A bounded, ordered, parallel map: `submit` hands items to N worker threads,
-/// results are consumed one at a time, in submission order, on a dedicated
-/// consumer thread. At most `window` items are in flight, so a slow consumer
-/// (a slow peer) blocks the producer instead of growing memory.
+/// results are consumed in submission order on a dedicated consumer thread.
+/// At most `window` items are in flight, so a slow consumer (a slow peer)
+/// blocks the producer instead of growing memory.
 ///
 /// The first error from a worker or the consumer stops the pipeline: later
 /// results are dropped unconsumed and `submit`/`finish` rethrow it.
+///
+/// Three locks, one per hand-off, so a change wakes only the threads that wait
+/// for it (each `ConditionValue` change wakes all its waiters): the input queue
+/// (workers wait), the results (the consumer waits), the window and the outcome
+/// (the producer and `finish` wait). No thread holds two of them at once.
 final class OrderedPipeline<Input: Sendable, Output: Sendable, Failure: Error>: Sendable {
     typealias Transform = (Input) throws(Failure) -> Output
     typealias Consume = (Output) throws(Failure) -> Void
+    /// A consumer that may change the output it is handed, which it owns alone
+    /// (a frame numbered in place without a copy).
+    typealias ConsumeInPlace = (inout Output) throws(Failure) -> Void
 
-    private struct State {
+    private struct Inputs {
         /// Taken slots are set to nil at once: a consumed item must not stay
         /// referenced (an item holds up to a MiB of data) until the queue compacts.
-        var inputs: [(index: Int, item: Input)?] = []
-        var inputHead = 0
-        var results: [Int: Output] = [:]
+        var items: [(index: Int, item: Input)?] = []
+        var head = 0
         var nextIndex = 0
-        var nextToConsume = 0
-        var inFlight = 0
         var closed = false
+        var stopped = false
+    }
+    private struct Results {
+        var ready: [Int: Output] = [:]
+        var nextToConsume = 0
+        /// Set by `finish`: the consumer is done once it has consumed this many.
+        var total: Int?
+        var stopped = false
+    }
+    private struct Control {
+        var inFlight = 0
         var failure: Failure?
         var interruption: Failure?
         var liveThreads = 0
     }
-    private let state = ConditionValue(State())
+    private let inputs = ConditionValue(Inputs())
+    private let results = ConditionValue(Results())
+    private let control = ConditionValue(Control())
     private let window: Int
 
     /// `makeTransform` runs once on each worker thread (per-thread compressors),
     /// `makeConsumer` once on the consumer thread (whose state no other thread sees);
     /// what it returns consumes the outputs there, in order.
+    convenience init(name: String, workers: Int, window: Int,
+                     makeTransform: @escaping @Sendable () throws(Failure) -> Transform,
+                     makeConsumer: @escaping @Sendable () -> Consume) {
+        self.init(name: name, workers: workers, window: window, makeTransform: makeTransform, makeInPlaceConsumer: {
+            let consume = makeConsumer()
+            return { (output: inout Output) throws(Failure) in try consume(output) }
+        })
+    }
+
     init(name: String, workers: Int, window: Int,
          makeTransform: @escaping @Sendable () throws(Failure) -> Transform,
-         makeConsumer: @escaping @Sendable () -> Consume) {
+         makeInPlaceConsumer makeConsumer: @escaping @Sendable () -> ConsumeInPlace) {
         self.window = max(window, 1)
         let workerCount = max(workers, 1)
-        state.withLock { $0.liveThreads = workerCount + 1 }
+        control.withLock { $0.liveThreads = workerCount + 1 }
         for i in 0..<workerCount {
             let t = Thread { [self] in self.workerLoop(makeTransform) }
             t.name = "\(name)-worker-\(i)"
@@ -51,14 +78,16 @@ final class OrderedPipeline<Input: Sendable, Output: Sendable, Failure: Error>: 
 
     /// Blocks while the window is full. Throws the pipeline's first error.
     func submit(_ item: Input) throws(Failure) {
-        try state.wait(until: { [window] s in s.inFlight < window || s.failure != nil || s.interruption != nil }) {
-            (s: inout State, _) throws(Failure) in
-            if let failure = s.failure { throw failure }
-            if let interruption = s.interruption { throw interruption }
-            precondition(!s.closed, "submit after finish")
-            s.inputs.append((s.nextIndex, item))
-            s.nextIndex += 1
-            s.inFlight += 1
+        try control.wait(until: { [window] c in c.inFlight < window || c.failure != nil || c.interruption != nil }) {
+            (c: inout Control, _) throws(Failure) in
+            if let failure = c.failure { throw failure }
+            if let interruption = c.interruption { throw interruption }
+            c.inFlight += 1
+        }
+        inputs.withLock { q in
+            precondition(!q.closed, "submit after finish")
+            q.items.append((q.nextIndex, item))
+            q.nextIndex += 1
         }
     }
 
@@ -66,83 +95,92 @@ final class OrderedPipeline<Input: Sendable, Output: Sendable, Failure: Error>: 
     func finish() throws(Failure) {
         // Workers exit once the queue is empty, the consumer once all is consumed
         // (or on the first error).
-        state.withLock { $0.closed = true }
-        if let failure = state.wait(until: { $0.liveThreads == 0 }, { s, _ in s.failure }) { throw failure }
+        let total = inputs.withLock { q in
+            q.closed = true
+            return q.nextIndex
+        }
+        results.withLock { $0.total = total }
+        if let failure = control.wait(until: { $0.liveThreads == 0 }, { c, _ in c.failure }) { throw failure }
     }
 
     /// Stops the pipeline with `error` (first error wins) and waits for the threads.
     func abort(_ error: Failure) {
-        state.withLock { s in
-            if s.failure == nil { s.failure = error }
-            s.closed = true
-        }
-        state.wait(until: { $0.liveThreads == 0 }) { _, _ in }
+        fail(error)
+        control.wait(until: { $0.liveThreads == 0 }) { _, _ in }
     }
 
     /// Wakes a producer blocked in `submit` and makes every later `submit` throw `error`,
     /// without waiting and without failing what is already submitted (`finish` still
     /// reports the pipeline's own outcome): the producer's caller decides what to do.
     func interruptSubmit(_ error: Failure) {
-        state.withLock { s in if s.interruption == nil { s.interruption = error } }
+        control.withLock { c in if c.interruption == nil { c.interruption = error } }
     }
 
     /// The first error, if the pipeline has failed.
-    var error: Failure? { state.withLock { $0.failure } }
+    var error: Failure? { control.withLock { $0.failure } }
 
+    /// Records the first error and stops every thread at its next look.
     private func fail(_ error: Failure) {
-        state.withLock { s in
-            if s.failure == nil { s.failure = error }
-            s.closed = true
-        }
+        control.withLock { c in if c.failure == nil { c.failure = error } }
+        inputs.withLock { $0.stopped = true }
+        results.withLock { $0.stopped = true }
     }
 
+    private func threadExits() { control.withLock { $0.liveThreads -= 1 } }
+
     private func workerLoop(_ makeTransform: @Sendable () throws(Failure) -> Transform) {
-        defer { state.withLock { $0.liveThreads -= 1 } }
+        defer { threadExits() }
         let transform: Transform
         do { transform = try makeTransform() } catch { fail(error); return }
         while let (index, item) = takeInput() {
             do {
-                let output = try transform(item)
-                state.withLock { $0.results[index] = output }
+                // Moved in, not copied: once the consumer takes it, nobody else may hold
+                // a reference, or its change in place would copy the whole buffer.
+                var output: Output? = try transform(item)
+                results.withLock { $0.ready[index] = output.take() }
             } catch { fail(error); return }
         }
     }
 
     /// The next input in order; nil once the pipeline failed or is closed and drained.
     private func takeInput() -> (Int, Input)? {
-        state.wait(until: { $0.inputHead < $0.inputs.count || $0.closed || $0.failure != nil }) { s, _ in
-            guard s.failure == nil, s.inputHead < s.inputs.count else { return nil }
-            let taken = s.inputs[s.inputHead]!
-            s.inputs[s.inputHead] = nil
-            s.inputHead += 1
-            if s.inputHead >= 64 && s.inputHead * 2 >= s.inputs.count {
-                s.inputs.removeFirst(s.inputHead)
-                s.inputHead = 0
+        inputs.wait(until: { $0.head < $0.items.count || $0.closed || $0.stopped }) { q, _ in
+            guard !q.stopped, q.head < q.items.count else { return nil }
+            let taken = q.items[q.head]!
+            q.items[q.head] = nil
+            q.head += 1
+            if q.head >= 64 && q.head * 2 >= q.items.count {
+                q.items.removeFirst(q.head)
+                q.head = 0
             }
             return taken
         }
     }
 
-    private func consumerLoop(_ consume: Consume) {
-        defer { state.withLock { $0.liveThreads -= 1 } }
-        while let output = nextResult() {
-            do { try consume(output) } catch { fail(error); return }
-            state.withLock { s in
-                s.nextToConsume += 1
-                s.inFlight -= 1
+    private func consumerLoop(_ consume: ConsumeInPlace) {
+        defer { threadExits() }
+        // Every result ready in order is taken at once: one wake-up for a run of them.
+        while var batch = nextResults() {
+            while var output = batch.popLast() {
+                do { try consume(&output) } catch { fail(error); return }
+                control.withLock { $0.inFlight -= 1 }
             }
         }
     }
 
-    /// The next result in submission order; nil once the pipeline failed or all is consumed.
-    private func nextResult() -> Output? {
-        state.wait(until: { $0.results[$0.nextToConsume] != nil || $0.failure != nil || ($0.closed && $0.inFlight == 0) }) { s, _ in
-            if s.failure != nil || s.results[s.nextToConsume] == nil {
-                // Wake workers waiting on an empty queue so they exit too.
-                s.closed = true
-                return nil
+    /// The results ready in submission order, last first (popped without a copy);
+    /// nil once the pipeline failed or all is consumed.
+    private func nextResults() -> [Output]? {
+        results.wait(until: { $0.ready[$0.nextToConsume] != nil || $0.stopped || $0.total == $0.nextToConsume }) { r, _ in
+            guard !r.stopped else { return nil }
+            var batch: [Output] = []
+            while let output = r.ready.removeValue(forKey: r.nextToConsume) {
+                batch.append(output)
+                r.nextToConsume += 1
             }
-            return s.results.removeValue(forKey: s.nextToConsume)
+            guard !batch.isEmpty else { return nil }  // all consumed
+            batch.reverse()
+            return batch
         }
     }
 }

@@ -8,7 +8,8 @@ enum SendItem: Sendable {
     case pages(startPFN: UInt64, count: Int)
     case control(FrameBody, device: UInt32)
 
-    /// The frames for this item, encoded on a worker thread with its own compressor.
+    /// The frame for this item, serialised whole on a worker thread with its own
+    /// compressor; the writer only numbers it.
     func encode(compressor: PayloadCompressor, encoding: SendEncoding, memory: GuestMemory?, counters: Counters) throws(MigrationFailure) -> SendOutput {
         switch self {
         case .chunk(let device, let phase, let part, let bytes):
@@ -17,29 +18,46 @@ enum SendItem: Sendable {
             }
             let encoded = try encoding.encodeBatch(compressor) { (choice) throws(WireError) in try compressor.encode(bytes, choice: choice) }
             let (used, payload) = encoded.value
-            return SendOutput(frames: [(.deviceData(DeviceData(phase: phase, encoding: used, originalLength: length, payload: payload, part: part)), device)],
-                              rawBytes: UInt64(bytes.count), coded: encoded.coded)
+            let body = FrameBody.deviceData(DeviceData(phase: phase, encoding: used, originalLength: length, payload: payload, part: part))
+            return SendOutput(frame: try prepare(body, device: device), rawBytes: UInt64(bytes.count), coded: encoded.coded)
         case .pages(let start, let count):
-            let memory = memory!
-            let bytes = try deviceCall(nil) { () throws(DeviceError) in try memory.readPages(startPFN: start, count: count) }
-            let encoded = try encoding.encodeBatch(compressor) { (choice) throws(WireError) in
-                try compressor.encodePages(startPFN: start, pageSize: memory.pageSize, bytes: bytes, choice: choice)
-            }
-            var zero: UInt64 = 0
-            for s in encoded.value where s.encoding == .zero { zero += UInt64(s.pageCount) }
-            counters.addPages(UInt64(count), zero: zero)
-            return SendOutput(frames: [(.pages(Pages(pageSize: UInt32(memory.pageSize), segments: encoded.value)), 0)],
-                              rawBytes: UInt64(bytes.count), coded: encoded.coded)
+            return try encodePages(startPFN: start, count: count, compressor: compressor, encoding: encoding, memory: memory!, counters: counters)
         case .control(let body, let device):
-            return SendOutput(frames: [(body, device)], rawBytes: 0)
+            return SendOutput(frame: try prepare(body, device: device), rawBytes: 0)
         }
+    }
+
+    /// One PAGES frame built in place, straight from the guest mapping (no copy of
+    /// the pages before the frame's own).
+    private func encodePages(startPFN start: UInt64, count: Int, compressor: PayloadCompressor, encoding: SendEncoding,
+                             memory: GuestMemory, counters: Counters) throws(MigrationFailure) -> SendOutput {
+        let built = try deviceCall(nil) { () throws(DeviceError) in
+            try memory.withPages(startPFN: start, count: count) { (pages: RawSpan) throws(MigrationFailure) in
+                try encoding.encodeBatch(compressor) { (choice) throws(WireError) -> PreparedFrame in
+                    var frame = PagesFrameBuilder(pageSize: memory.pageSize, pageCount: count)
+                    try compressor.encodePages(startPFN: start, pageSize: memory.pageSize, pages: pages, choice: choice, into: &frame)
+                    return try frame.finish()
+                }
+            }
+        }
+        let encoded = try built.get()
+        var zero: UInt64 = 0
+        if case .pages(let p) = encoded.value.body {
+            for s in p.segments where s.encoding == .zero { zero += UInt64(s.pageCount) }
+        }
+        counters.addPages(UInt64(count), zero: zero)
+        return SendOutput(frame: encoded.value, rawBytes: UInt64(count * memory.pageSize), coded: encoded.coded)
+    }
+
+    private func prepare(_ body: FrameBody, device: UInt32) throws(MigrationFailure) -> PreparedFrame {
+        do throws(WireError) { return try FrameEncoder.prepare(body, device: device) } catch { throw MigrationFailure(error) }
     }
 }
 
-/// A worker's result: frames for the writer, in order.
+/// A worker's result: one frame for the writer, serialised and waiting for its number.
 struct SendOutput: Sendable {
-    var frames: [(FrameBody, UInt32)]
-    /// The payload bytes (before compression) these frames carry, as counted in
+    var frame: PreparedFrame
+    /// The payload bytes (before compression) this frame carries, as counted in
     /// `Counters.produced`; 0 for control frames.
     var rawBytes: UInt64
     /// `auto` chose a codec level for this batch (what DeliveryArms measures).

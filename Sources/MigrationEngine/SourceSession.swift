@@ -648,10 +648,10 @@ final class SourceSession {
                     try item.encode(compressor: compressor, encoding: encoding, memory: memory, counters: counters)
                 }
             },
-            makeConsumer: { { (output: SendOutput) throws(MigrationFailure) in
+            makeInPlaceConsumer: { { (output: inout SendOutput) throws(MigrationFailure) in
                 // The time a write takes (waiting for room included) is the link's drain rate for `auto`.
                 let (before, started, cpu) = (writer.wireBytesSent, ContinuousClock.now, threadCPUTime())
-                try writer.send(batch: output.frames)
+                try writer.send(prepared: &output.frame)
                 if measuresDrain { encoding.adaptive?.recordDrain(bytes: writer.wireBytesSent - before, started: started, ended: .now, cpu: threadCPUTime() - cpu,
                                                input: output.rawBytes, coded: output.coded) }
                 counters.addWritten(output.rawBytes)

@@ -139,6 +139,7 @@ public final class TLSStream: Sendable {
             guard let name = verification.matchedName else {
                 throw TLSError.handshakeFailed(detail: "the peer's name was not verified")
             }
+            try bufferWrites(raw)
             let security = SessionSecurity(developmentCertificates: context.usesDevelopmentCertificates,
                                            ownCertificateNotAfter: context.ownCertificateNotAfter,
                                            peerCertificateNotAfter: peerNotAfter(raw))
@@ -149,6 +150,28 @@ public final class TLSStream: Sendable {
             socket.closeGracefully(lingerSeconds: 0.5)
             throw error
         }
+    }
+
+    /// Bytes of TLS records gathered before they go to the socket in one write(2).
+    static let writeBufferBytes = 256 << 10
+
+    /// Puts a BIO_f_buffer in front of the socket for writes only (reads keep the
+    /// socket BIO): SSL_write cuts 16 KiB records, which would each be a write(2);
+    /// gathered, a MiB frame takes 4 writes instead of 65. Every write call flushes
+    /// at its end (`flushWrites`), so nothing waits in the buffer after it returns.
+    /// Set after the handshake, which OpenSSL buffers and flushes by itself.
+    private static func bufferWrites(_ ssl: OpaquePointer) throws(TLSError) {
+        ERR_clear_error()
+        guard let socketBIO = SSL_get_wbio(ssl), let buffer = BIO_new(BIO_f_buffer()) else {
+            throw .handshakeFailed(detail: "BIO_new(BIO_f_buffer): " + OpenSSLError.summary(OpenSSLError.drainQueue()))
+        }
+        guard copenssl_BIO_set_write_buffer_size(buffer, writeBufferBytes) == 1, BIO_up_ref(socketBIO) == 1 else {
+            BIO_free(buffer)
+            throw .handshakeFailed(detail: "BIO_set_write_buffer_size: " + OpenSSLError.summary(OpenSSLError.drainQueue()))
+        }
+        // The chain holds the socket BIO (one reference), the SSL the chain; the
+        // old write reference to the socket BIO, which the read side shares, is dropped.
+        SSL_set0_wbio(ssl, BIO_push(buffer, socketBIO))
     }
 
     private static func selectedApplicationProtocol(_ ssl: OpaquePointer) -> String? {
@@ -196,11 +219,42 @@ public final class TLSStream: Sendable {
                 return step
             }
             switch step {
-            case .done: return
+            case .done: return try flushWrites()
             case .endOfStream: throw TLSError.protocolError(detail: "unexpected end of stream while writing")
             case let .fail(error): throw error
             case let .wait(events):
                 try waitUntilWritable(events)
+            }
+        }
+    }
+
+    /// Sends what the write buffer still holds; waits while the socket is full, as a
+    /// write does (or until `deadline`, for shutdown). A failure is final, as one of SSL_write's.
+    private func flushWrites(deadline: Double? = nil) throws(TLSError) {
+        while true {
+            let step: Step = io.withLock { state in
+                if let failure = state.failure { return .fail(failure) }
+                ERR_clear_error()
+                let wbio = SSL_get_wbio(ssl.pointer)
+                if copenssl_BIO_flush(wbio) == 1 { return .done(0) }
+                let savedErrno = Errno.current
+                if copenssl_BIO_should_retry(wbio) == 1 { return .wait(Int16(POLLOUT)) }
+                var error = TLSError.fromFailedCall(sslError: SSL_ERROR_SYSCALL, errno: savedErrno, duringHandshake: false,
+                                                    verification: verification)
+                if case .connectionReset = error, let alert = pendingAlert() { error = alert }
+                state.failure = error
+                return .fail(error)
+            }
+            switch step {
+            case .done, .endOfStream: return
+            case let .fail(error): throw error
+            case let .wait(events):
+                guard let deadline else { try waitUntilWritable(events); continue }
+                switch try socket.wait(for: events, until: deadline) {
+                case .ready: continue
+                case .timedOut: throw TLSError.writeTimeout(seconds: shutdownTimeoutSeconds)
+                case .woken: throw TLSError.closed
+                }
             }
         }
     }
@@ -342,8 +396,12 @@ public final class TLSStream: Sendable {
                 return failedStep(r, state: &state)
             }
             switch step {
-            case .done(1), .endOfStream: return true  // the peer's close_notify had already arrived
-            case .done: break sendCloseNotify
+            case .done(1), .endOfStream:  // the peer's close_notify had already arrived
+                try? flushWrites(deadline: deadline)
+                return true
+            case .done:
+                try flushWrites(deadline: deadline)
+                break sendCloseNotify
             case let .fail(error): throw error
             case let .wait(events):
                 switch try socket.wait(for: events, until: deadline) {

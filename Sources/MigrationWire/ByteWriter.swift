@@ -27,6 +27,10 @@ struct ByteWriter {
     mutating func zeros(_ n: Int) { bytes.append(contentsOf: repeatElement(0, count: n)) }
     mutating func append(_ b: [UInt8]) { bytes.append(contentsOf: b) }
     mutating func append(_ b: ArraySlice<UInt8>) { bytes.append(contentsOf: b) }
+    /// The bytes of `span`, in one copy (guest pages straight out of the mapping).
+    mutating func append(_ span: RawSpan) {
+        span.withUnsafeBytes { raw in bytes.append(contentsOf: raw.assumingMemoryBound(to: UInt8.self)) }
+    }
 
     /// A u16 length prefix then the UTF-8 bytes. The caller keeps strings within 65535 bytes.
     mutating func string16(_ s: String) {

@@ -33,18 +33,22 @@ public final class Deflater {
 
     /// One complete raw-deflate stream of `input`, in a single deflate call
     /// (the output buffer is deflateBound-sized, so Z_FINISH always completes).
-    public func compress(_ input: ArraySlice<UInt8>) throws(WireError) -> [UInt8] {
+    public func compress(_ input: ArraySlice<UInt8>) throws(WireError) -> [UInt8] { try compress(input.span.bytes) }
+
+    /// As above on bytes lent without a copy (guest pages in their mapping).
+    public func compress(_ input: RawSpan) throws(WireError) -> [UInt8] {
         // zlib counts input in a 32-bit uInt: one call cannot take 4 GiB.
-        guard input.count < Int(UInt32.max) else {
-            throw .sizeNotRepresentable(what: "deflate input", bytes: UInt64(input.count), limit: UInt64(UInt32.max) - 1)
+        guard input.byteCount < Int(UInt32.max) else {
+            throw .sizeNotRepresentable(what: "deflate input", bytes: UInt64(input.byteCount), limit: UInt64(UInt32.max) - 1)
         }
         let reset = deflateReset(stream)
         guard reset == Z_OK else { throw .zlibFailure(operation: "deflateReset", code: reset) }
-        let bound = Int(deflateBound(stream, uLong(input.count)))
+        let bound = Int(deflateBound(stream, uLong(input.byteCount)))
         let stream = self.stream
         var rc: Int32 = Z_OK
-        let output = input.withUnsafeBufferPointer { inBuf in
-            [UInt8](unsafeUninitializedCapacity: bound + 1) { out, count in
+        let output = input.withUnsafeBytes { raw in
+            let inBuf = raw.assumingMemoryBound(to: UInt8.self)
+            return [UInt8](unsafeUninitializedCapacity: bound + 1) { out, count in
                 stream.pointee.next_in = UnsafeMutablePointer(mutating: inBuf.baseAddress)
                 stream.pointee.avail_in = uInt(inBuf.count)
                 stream.pointee.next_out = out.baseAddress

@@ -88,3 +88,86 @@ public struct FrameEncoder: Sendable {
         w.patchU32(encoded, at: start + 12)
     }
 }
+
+/// A frame serialised whole off the writer's lock (on a compression worker):
+/// header and payload in one buffer, the header's sequence number left 0 until
+/// the writer's `FrameEncoder.number(_:)` patches it in place. The payload is
+/// written once, where it will be encrypted from.
+public struct PreparedFrame: Sendable {
+    /// What the frame says. A PAGES body lists its segments without their payloads
+    /// (all a retained window keeps of it is its runs).
+    public let body: FrameBody
+    public let device: UInt32
+    /// Header, then payload.
+    public fileprivate(set) var bytes: [UInt8]
+
+    /// The bytes a retained window keeps: PAGES and KEEPALIVE are rebuilt on replay, so only their header.
+    public var retainedBytes: [UInt8] {
+        switch body {
+        case .pages, .keepAlive: Array(bytes[0..<FrameHeader.size])
+        default: bytes
+        }
+    }
+}
+
+extension FrameEncoder {
+    /// Serialises `body` now, to be numbered later (`number(_:)`).
+    public static func prepare(_ body: FrameBody, device: UInt32 = 0) throws(WireError) -> PreparedFrame {
+        PreparedFrame(body: body, device: device, bytes: try frame(body, device: device, sequence: 0))
+    }
+
+    /// Gives `frame` the next sequence number, in place (no copy when the caller owns the only reference).
+    public mutating func number(_ frame: inout PreparedFrame) {
+        let value = sequence
+        frame.bytes.withUnsafeMutableBytes { $0.storeBytes(of: value.littleEndian, toByteOffset: 16, as: UInt64.self) }
+        sequence += 1
+    }
+}
+
+/// Builds one PAGES frame in place (§ PAGES): the header and the page size first,
+/// then each segment's header and payload appended straight into the frame's own
+/// buffer, raw pages copied once out of the guest mapping. The segment count and
+/// the payload length are patched when the frame is finished.
+public struct PagesFrameBuilder {
+    private var w: ByteWriter
+    private var segments: [PageSegment] = []
+    public let pageSize: UInt32
+
+    /// Reserves room for `pageCount` raw pages, each its own segment: a frame never regrows.
+    public init(pageSize: Int, pageCount: Int) {
+        self.pageSize = UInt32(pageSize)
+        w = ByteWriter(capacity: FrameHeader.size + 8 + pageCount * (PageSegment.headerSize + pageSize))
+        FrameHeader(type: .pages, flags: 0, device: 0, payloadLength: 0, sequence: 0).write(to: &w)
+        w.u32(self.pageSize)
+        w.u32(0)  // segment count, patched by `finish`
+    }
+
+    public mutating func append(startPFN: UInt64, pageCount: UInt32, encoding: PageEncoding, payload: [UInt8]) {
+        segmentHeader(startPFN: startPFN, pageCount: pageCount, encoding: encoding, length: payload.count)
+        w.append(payload)
+    }
+
+    /// A raw segment copied straight from `pages` (whole pages of the guest mapping).
+    public mutating func appendRaw(startPFN: UInt64, pageCount: UInt32, pages: RawSpan) {
+        segmentHeader(startPFN: startPFN, pageCount: pageCount, encoding: .raw, length: pages.byteCount)
+        w.append(pages)
+    }
+
+    private mutating func segmentHeader(startPFN: UInt64, pageCount: UInt32, encoding: PageEncoding, length: Int) {
+        segments.append(PageSegment(startPFN: startPFN, pageCount: pageCount, encoding: encoding, payload: []))
+        w.u64(startPFN); w.u32(pageCount); w.u8(encoding.rawValue); w.zeros(3)
+        w.u32(UInt32(length))
+    }
+
+    /// The finished frame, unnumbered; the builder is left empty. (Mutating, not
+    /// consuming: patching a buffer the caller's variable still referenced would copy it.)
+    public mutating func finish() throws(WireError) -> PreparedFrame {
+        let length = w.bytes.count - FrameHeader.size
+        guard let encoded = UInt32(exactly: length) else {
+            throw .sizeNotRepresentable(what: "PAGES payload", bytes: UInt64(length), limit: UInt64(UInt32.max))
+        }
+        w.patchU32(encoded, at: 12)
+        w.patchU32(UInt32(segments.count), at: FrameHeader.size + 4)
+        return PreparedFrame(body: .pages(Pages(pageSize: pageSize, segments: segments)), device: 0, bytes: w.take())
+    }
+}

@@ -98,15 +98,28 @@ public final class PayloadCompressor {
 
     /// As `encode(_:)` on part of a buffer, without copying it first.
     public func encode(_ input: ArraySlice<UInt8>, choice: CodecChoice? = nil) throws(WireError) -> (Encoding, [UInt8]) {
-        try encode(input, probe: true, choice: choice)
+        switch try encode(input.span.bytes, probe: true, choice: choice) {
+        case .raw: (.raw, Array(input))
+        case .compressed(let encoding, let payload): (encoding, payload)
+        }
+    }
+
+    /// What one buffer became: raw (the caller copies its input once, where it
+    /// goes) or a compressed payload.
+    private enum Encoded {
+        case raw
+        case compressed(Encoding, [UInt8])
     }
 
     /// `probe: false` when the caller already classified the data (pages).
-    private func encode(_ input: ArraySlice<UInt8>, probe: Bool, choice: CodecChoice?) throws(WireError) -> (Encoding, [UInt8]) {
+    private func encode(_ input: RawSpan, probe: Bool, choice: CodecChoice?) throws(WireError) -> Encoded {
         counters.buffers += 1
-        counters.bytesIn += input.count
+        counters.bytesIn += input.byteCount
         let result = try choose(input, probe: probe, codec: try codec(for: choice))
-        counters.bytesOut += result.1.count
+        switch result {
+        case .raw: counters.bytesOut += input.byteCount
+        case .compressed(_, let payload): counters.bytesOut += payload.count
+        }
         return result
     }
 
@@ -119,46 +132,48 @@ public final class PayloadCompressor {
         }
     }
 
-    private func choose(_ input: ArraySlice<UInt8>, probe: Bool, codec: PayloadCodec?) throws(WireError) -> (Encoding, [UInt8]) {
-        guard !input.isEmpty, policy != .none else { return (.raw, Array(input)) }
+    private func choose(_ input: RawSpan, probe: Bool, codec: PayloadCodec?) throws(WireError) -> Encoded {
+        guard !input.isEmpty, policy != .none else { return .raw }
         guard let codec else {
             counters.rawByChoice += 1
-            return (.raw, Array(input))
+            return .raw
         }
-        if probe && policy == .auto && input.count >= PayloadCompressor.probeMinimum {
+        if probe && policy == .auto && input.byteCount >= PayloadCompressor.probeMinimum {
             counters.probes += 1
             let sample = PayloadCompressor.sample(input)
-            if !pays(try compressor(.deflate(level: 1)).compress(sample).count, sample.count) {
+            if !pays(try compressor(.deflate(level: 1)).compress(sample[...]).count, sample.count) {
                 counters.probeRejections += 1
-                return (.raw, Array(input))
+                return .raw
             }
         }
         counters.fullDeflates += 1
         let started = clock.now
         let compressed = try compressor(codec).compress(input)
         counters.codecTime += clock.now - started
-        counters.codecBytesIn += input.count
+        counters.codecBytesIn += input.byteCount
         counters.codecBytesOut += compressed.count
-        guard pays(compressed.count, input.count) else {
+        guard pays(compressed.count, input.byteCount) else {
             counters.deflateNotWorthIt += 1
-            return (.raw, Array(input))
+            return .raw
         }
-        return (codec.encoding, compressed)
+        return .compressed(codec.encoding, compressed)
     }
 
     /// Compression pays when the result is under 95 % of the input.
     private func pays(_ compressed: Int, _ original: Int) -> Bool { compressed * 100 < original * 95 }
 
     /// `probeSlices` evenly spaced slices of `probeSliceBytes`.
-    static func sample(_ input: ArraySlice<UInt8>) -> ArraySlice<UInt8> {
+    static func sample(_ input: ArraySlice<UInt8>) -> ArraySlice<UInt8> { sample(input.span.bytes)[...] }
+
+    static func sample(_ input: RawSpan) -> [UInt8] {
         var sample: [UInt8] = []
         sample.reserveCapacity(probeSlices * probeSliceBytes)
-        let stride = (input.count - probeSliceBytes) / (probeSlices - 1)
+        let stride = (input.byteCount - probeSliceBytes) / (probeSlices - 1)
         for k in 0..<probeSlices {
-            let start = input.startIndex + k * stride
-            sample += input[start..<(start + probeSliceBytes)]
+            let start = k * stride
+            input.extracting(start..<(start + probeSliceBytes)).withUnsafeBytes { sample += $0 }
         }
-        return sample[...]
+        return sample
     }
 
     /// What a page is, for grouping pages into segments.
@@ -175,49 +190,84 @@ public final class PayloadCompressor {
     /// on that corpus is 4 % smaller than deflating 1 MiB chunks whole, since
     /// deflate spends nothing on random pages.
     public func encodePages(startPFN: UInt64, pageSize: Int, bytes: [UInt8], choice: CodecChoice? = nil) throws(WireError) -> [PageSegment] {
-        guard pageSize > 0, bytes.count % pageSize == 0 else { throw WireError.unalignedPages(byteCount: bytes.count, pageSize: pageSize) }
-        let pageCount = bytes.count / pageSize
-        let classes: [PageClass] = (0..<pageCount).map { p in
-            let page = bytes[(p * pageSize)..<((p + 1) * pageSize)]
-            if isAllZero(page) { return .zero }
-            if policy == .auto && looksRandom(page) { return .random }
-            return .data
+        let pages = bytes.span.bytes
+        var segments: [PageSegment] = []
+        for run in try runs(pageSize: pageSize, pages: pages) {
+            let pfn = startPFN + UInt64(run.pages.lowerBound)
+            let count = UInt32(run.pages.count)
+            let range = (run.pages.lowerBound * pageSize)..<(run.pages.upperBound * pageSize)
+            switch try encode(run.kind, pages.extracting(range), pageCount: run.pages.count, choice: choice) {
+            case nil: segments.append(PageSegment(startPFN: pfn, pageCount: count, encoding: .zero, payload: []))
+            case .raw: segments.append(PageSegment(startPFN: pfn, pageCount: count, encoding: .raw, payload: Array(bytes[range])))
+            case .compressed(let encoding, let payload):
+                segments.append(PageSegment(startPFN: pfn, pageCount: count, encoding: PageEncoding(encoding), payload: payload))
+            }
+        }
+        return segments
+    }
+
+    /// As `encodePages(startPFN:pageSize:bytes:choice:)` on pages lent straight from
+    /// the guest mapping, written into a PAGES frame built in place: a raw page is
+    /// copied once, into the frame; a compressed run is compressed from the mapping.
+    public func encodePages(startPFN: UInt64, pageSize: Int, pages: RawSpan, choice: CodecChoice? = nil,
+                            into frame: inout PagesFrameBuilder) throws(WireError) {
+        for run in try runs(pageSize: pageSize, pages: pages) {
+            let pfn = startPFN + UInt64(run.pages.lowerBound)
+            let count = UInt32(run.pages.count)
+            let bytes = pages.extracting((run.pages.lowerBound * pageSize)..<(run.pages.upperBound * pageSize))
+            switch try encode(run.kind, bytes, pageCount: run.pages.count, choice: choice) {
+            case nil: frame.append(startPFN: pfn, pageCount: count, encoding: .zero, payload: [])
+            case .raw: frame.appendRaw(startPFN: pfn, pageCount: count, pages: bytes)
+            case .compressed(let encoding, let payload):
+                frame.append(startPFN: pfn, pageCount: count, encoding: PageEncoding(encoding), payload: payload)
+            }
+        }
+    }
+
+    /// One run of pages of one class; nil for a zero run (no payload).
+    private func encode(_ kind: PageClass, _ run: RawSpan, pageCount: Int, choice: CodecChoice?) throws(WireError) -> Encoded? {
+        switch kind {
+        case .zero: return nil
+        case .random:
+            counters.pagesLookingRandom += pageCount
+            counters.buffers += 1
+            counters.bytesIn += run.byteCount
+            counters.bytesOut += run.byteCount
+            return .raw
+        case .data: return try encode(run, probe: false, choice: choice)
+        }
+    }
+
+    /// The pages cut into runs of one class, each within the segment bounds.
+    private func runs(pageSize: Int, pages: RawSpan) throws(WireError) -> [(kind: PageClass, pages: Range<Int>)] {
+        guard pageSize > 0, pages.byteCount % pageSize == 0 else { throw WireError.unalignedPages(byteCount: pages.byteCount, pageSize: pageSize) }
+        let pageCount = pages.byteCount / pageSize
+        var classes: [PageClass] = []
+        classes.reserveCapacity(pageCount)
+        for p in 0..<pageCount {
+            let page = pages.extracting((p * pageSize)..<((p + 1) * pageSize))
+            classes.append(isAllZero(page) ? .zero : policy == .auto && looksRandom(page) ? .random : .data)
         }
         let maxRun = max(1, PayloadCompressor.maxSegmentBytes / pageSize)
         let maxZeroRun = max(1, PayloadCompressor.maxZeroSegmentBytes / pageSize)
-        var segments: [PageSegment] = []
+        var runs: [(kind: PageClass, pages: Range<Int>)] = []
         var first = 0
         while first < pageCount {
             let kind = classes[first]
             let limit = min(pageCount, first + (kind == .zero ? maxZeroRun : maxRun))
             var end = first + 1
             while end < limit && classes[end] == kind { end += 1 }
-            let pfn = startPFN + UInt64(first)
-            let count = UInt32(end - first)
-            let run = bytes[(first * pageSize)..<(end * pageSize)]
-            switch kind {
-            case .zero:
-                segments.append(PageSegment(startPFN: pfn, pageCount: count, encoding: .zero, payload: []))
-            case .random:
-                counters.pagesLookingRandom += Int(count)
-                counters.buffers += 1
-                counters.bytesIn += run.count
-                counters.bytesOut += run.count
-                segments.append(PageSegment(startPFN: pfn, pageCount: count, encoding: .raw, payload: Array(run)))
-            case .data:
-                let (encoding, payload) = try encode(run, probe: false, choice: choice)
-                segments.append(PageSegment(startPFN: pfn, pageCount: count, encoding: PageEncoding(encoding), payload: payload))
-            }
+            runs.append((kind, first..<end))
             first = end
         }
-        return segments
+        return runs
     }
 
     /// 256 bytes sampled evenly across the page; ≥ 140 distinct values looks random.
-    private func looksRandom(_ page: ArraySlice<UInt8>) -> Bool {
+    private func looksRandom(_ page: RawSpan) -> Bool {
         let samples = 256
-        guard page.count >= samples else { return false }
-        let stride = page.count / samples
+        guard page.byteCount >= samples else { return false }
+        let stride = page.byteCount / samples
         var seen: (UInt64, UInt64, UInt64, UInt64) = (0, 0, 0, 0)
         page.withUnsafeBytes { raw in
             withUnsafeMutableBytes(of: &seen) { bits in

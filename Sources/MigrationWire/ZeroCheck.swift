@@ -3,6 +3,11 @@
 /// Eight 8-byte words are OR-ed per 64-byte step and tested once, which keeps the
 /// loop branch-light; a non-zero byte still ends the scan within 64 bytes.
 public func isAllZero(_ bytes: ArraySlice<UInt8>) -> Bool {
+    bytes.withUnsafeBytes { isAllZero($0.bytes) }
+}
+
+/// As `isAllZero(_:)` on bytes lent without a copy (a page of the guest mapping).
+public func isAllZero(_ bytes: RawSpan) -> Bool {
     bytes.withUnsafeBytes { raw in
         let count = raw.count
         var i = 0

@@ -39,9 +39,18 @@ public final class ZstdCompressor {
 
     /// One zstd frame of `input` whose header declares its content size
     /// (ZSTD_compress2 writes it: the size is known before the call).
-    public func compress(_ input: ArraySlice<UInt8>) throws(WireError) -> [UInt8] {
+    public func compress(_ input: ArraySlice<UInt8>) throws(WireError) -> [UInt8] { try compress(input.span.bytes) }
+
+    public func compress(_ input: RawSpan) throws(WireError) -> [UInt8] {
         let c = context
-        let (output, code) = zstdOneShot(input, capacity: ZSTD_compressBound(input.count)) { ZSTD_compress2(c, $0, $1, $2, $3) }
+        let capacity = ZSTD_compressBound(input.byteCount)
+        var code = 0
+        let output = input.withUnsafeBytes { inBuf in
+            [UInt8](unsafeUninitializedCapacity: max(capacity, 1)) { out, count in
+                code = ZSTD_compress2(c, out.baseAddress, capacity, inBuf.baseAddress, inBuf.count)
+                count = ZSTD_isError(code) != 0 ? 0 : code
+            }
+        }
         guard ZSTD_isError(code) == 0 else {
             throw .compressionFailed(library: "zstd", operation: "ZSTD_compress2", detail: String(cString: ZSTD_getErrorName(code)))
         }

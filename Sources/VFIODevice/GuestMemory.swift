@@ -5,7 +5,8 @@ import SystemPackage
 /// Guest RAM mapped from a shared file; pages addressed by PFN.
 ///
 /// `MAP_SHARED` so that a hypervisor's memory-backend-file / memfd and this process
-/// see the same pages. The raw mapping never leaves this type: reads hand out copies.
+/// see the same pages. The raw mapping never leaves this type: reads hand out copies or lend a
+/// bounds-checked `RawSpan` for the length of a call.
 /// Concurrent access from several threads is allowed, as for real guest RAM under
 /// DMA: a page read while being written may be torn, which is exactly why the
 /// dirty bitmap makes the engine send it again.
@@ -157,6 +158,17 @@ public final class GuestMemory: @unchecked Sendable {  // owns a raw mapping; sh
         guard count >= 0 else { throw DeviceError.invalidArgument(operation: "readPages", detail: "negative count \(count)") }
         let start = try offset(startPFN: startPFN, count: UInt64(count))
         return [UInt8](UnsafeRawBufferPointer(start: base + start, count: count * pageSize))
+    }
+
+    /// Lends `count` pages from `startPFN` to `body` in place, without a copy: the
+    /// span cannot outlive the call, and a page the guest writes meanwhile may be
+    /// torn, as with `readPages` (the dirty bitmap has it sent again).
+    public func withPages<R, E: Error>(startPFN: UInt64, count: Int,
+                                       _ body: (RawSpan) throws(E) -> R) throws(DeviceError) -> Result<R, E> {
+        guard count >= 0 else { throw DeviceError.invalidArgument(operation: "withPages", detail: "negative count \(count)") }
+        let start = try offset(startPFN: startPFN, count: UInt64(count))
+        let pages = UnsafeRawBufferPointer(start: base + start, count: count * pageSize)
+        return Result { () throws(E) -> R in try body(pages.bytes) }
     }
 
     /// Writes whole pages from `startPFN`; `bytes.count` must be a multiple of the page size.

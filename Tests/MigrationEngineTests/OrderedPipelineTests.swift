@@ -1,6 +1,7 @@
 import Foundation
 import Testing
 @testable import MigrationEngine
+import SyncPrimitives
 
 /// Counts live payloads, to see what the pipeline still holds.
 final class LiveCounter: @unchecked Sendable {
@@ -39,6 +40,38 @@ final class Payload: @unchecked Sendable {
         #expect(counter.current == 0)
     }
 
+    /// An in-place consumer owns what it is handed: changing it changes the
+    /// worker's buffer, not a copy (a frame is numbered in place this way).
+    @Test func anInPlaceConsumerChangesTheOutputWithoutCopyingIt() {
+        struct Owned: Sendable {
+            var bytes: [UInt8]
+            let address: Int
+        }
+        let copies = LockedArray(), consumed = LockedArray()
+        let pipeline = OrderedPipeline<Int, Owned, Never>(
+            name: "test", workers: 2, window: 4,
+            makeTransform: { { (i: Int) -> Owned in
+                usleep(UInt32.random(in: 0...200))  // results become ready in runs, out of order
+                var bytes = [UInt8](repeating: UInt8(i % 256), count: 4096)
+                let address = bytes.withUnsafeMutableBufferPointer { Int(bitPattern: $0.baseAddress) }
+                return Owned(bytes: bytes, address: address) } },
+            makeInPlaceConsumer: { { (output: inout Owned) in
+                output.bytes[0] &+= 1
+                if output.bytes.withUnsafeBufferPointer({ Int(bitPattern: $0.baseAddress) }) != output.address { copies.append(1) }
+                consumed.append(Int(output.bytes[1])) } })
+        for i in 0..<200 { pipeline.submit(i) }
+        pipeline.finish()
+        #expect(consumed.values == (0..<200).map { $0 % 256 })
+        #expect(copies.values.isEmpty, "\(copies.values.count) outputs were copied before the consumer changed them")
+    }
+
+    @Test func finishingWithNothingSubmittedStopsEveryThread() throws {
+        let pipeline = OrderedPipeline<Int, Int, Never>(name: "test", workers: 2, window: 4,
+                                                         makeTransform: { { $0 } }, makeConsumer: { { _ in } })
+        pipeline.finish()  // returns only once the workers and the consumer have exited
+        #expect(pipeline.error == nil)
+    }
+
     @Test func firstErrorStopsThePipeline() throws {
         struct Boom: Error {}
         let pipeline = OrderedPipeline<Int, Int, Boom>(
@@ -72,6 +105,10 @@ final class LockedArray: @unchecked Sendable {
     @Test func endsByItselfWhenTheBodySaysSo() {
         let runs = LiveCounter()
         let task = PeriodicTask(name: "test", interval: .milliseconds(1)) { runs.inc(); return runs.current < 3 }
+        // Wait for the thread however loaded the machine is, then give a body that
+        // wrongly kept running time to run again.
+        let deadline = monotonicSeconds() + 30
+        while runs.current < 3 && monotonicSeconds() < deadline { usleep(1000) }
         usleep(50_000)
         #expect(runs.current == 3)
         task.stop()  // returns at once: the thread already ended

@@ -24,6 +24,29 @@ import Testing
         #expect(thrownError { try GuestMemory(anonymousNamed: "bad", size: 4096, pageSize: 3000) }?.kind == "invalidArgument")
     }
 
+    /// The lent span is the mapping itself (a write shows through), bounds are
+    /// checked as for reads, and the body's own error comes back as its result.
+    @Test func pagesAreLentInPlaceWithinBounds() throws {
+        struct Refused: Error, Equatable {}
+        let mem = try makeGuest(pages: 8)
+        let page = (0..<4096).map { UInt8(truncatingIfNeeded: $0 &* 13 &+ 5) }
+        try mem.writePages(startPFN: 6, bytes: page)
+        let lent = try mem.withPages(startPFN: 5, count: 2) { (pages: RawSpan) -> [UInt8] in
+            pages.withUnsafeBytes { Array($0) }
+        }
+        #expect(try lent.get() == [UInt8](repeating: 0, count: 4096) + page)
+        try mem.writePages(startPFN: 6, bytes: [UInt8](repeating: 0xEE, count: 4096))
+        let seen = try mem.withPages(startPFN: 6, count: 1) { (pages: RawSpan) -> UInt8 in pages.unsafeLoad(fromByteOffset: 4095, as: UInt8.self) }
+        #expect(try seen.get() == 0xEE, "the span reads the mapping, not a copy made earlier")
+        #expect(thrownError { try mem.withPages(startPFN: 7, count: 2) { (_: RawSpan) in 0 } }?.kind == "pageOutOfRange")
+        #expect(thrownError { try mem.withPages(startPFN: UInt64.max, count: 2) { (_: RawSpan) in 0 } }?.kind == "pageOutOfRange")
+        #expect(thrownError { try mem.withPages(startPFN: 0, count: -1) { (_: RawSpan) in 0 } }?.kind == "invalidArgument")
+        let failed = try mem.withPages(startPFN: 0, count: 1) { (_: RawSpan) throws(Refused) -> Int in throw Refused() }
+        #expect(throws: Refused()) { try failed.get() }
+        let none = try mem.withPages(startPFN: 8, count: 0) { (pages: RawSpan) in pages.byteCount }
+        #expect(try none.get() == 0)
+    }
+
     @Test func zeroPageDetectionSeesEveryByte() throws {
         let mem = try makeGuest(pages: 2)
         #expect(try mem.isZeroPage(0))
