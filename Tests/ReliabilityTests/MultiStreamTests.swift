@@ -79,8 +79,9 @@ struct MultiStreamTests {
         let run = try Self.migrate(pair, options: Self.senderOptions(streams: streams), receiverOptions: Self.receiverOptions(maxStreams: 8))
         try Guarantee.migrated(run.outcome, pair)
         #expect(run.streams.source == streams && run.streams.destination == streams)
-        // The workload dirtied pages after the first pass, so later passes sent pages again.
-        #expect((run.sourceStats?.pagesSent ?? 0) > 1024)
+        // The workload dirtied pages after the first pass, so later passes sent pages again
+        // (rate-dependent: under ThreadSanitizer the workload may not get a step in first).
+        if !TestEnvironment.underSanitizer { #expect((run.sourceStats?.pagesSent ?? 0) > 1024) }
     }
 
     @Test("--max-streams caps the source's --streams")
