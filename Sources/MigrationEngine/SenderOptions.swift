@@ -52,8 +52,8 @@ public struct SenderOptions: Sendable {
     public var resumeWindowBytes: Int = 64 << 20
     /// `--streams`: TLS connections the session may use (PROTOCOL.md §14); the
     /// destination's `--max-streams` caps it. 1 = the single-stream protocol of before
-    /// (the library's default; the CLI's follows the cores, `StreamCount.defaultStreams`).
-    public var streams: Int = 1
+    /// (the default of the library and the CLI, `StreamCount.defaultStreams`: resumable).
+    public var streams: Int = StreamCount.defaultStreams
     /// Diagnostics (phases at info, iterations at debug, frames at trace).
     public var logger = Logger(label: "vfio-migrate.source")
     public init() {}

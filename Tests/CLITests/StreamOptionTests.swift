@@ -1,5 +1,4 @@
 import ArgumentParser
-import Foundation
 import MigrationEngine
 import Testing
 @testable import vfio_migrate
@@ -22,7 +21,8 @@ import Testing
 
     @Test func streamsReachTheOptionsAndTheOffer() throws {
         let defaults = try #require(try VfioMigrate.parseAsRoot(Self.send) as? Send).tuning.options()
-        #expect(defaults.streams == StreamCount.defaultStreams(cores: ProcessInfo.processInfo.activeProcessorCount))
+        // One stream by default on every host: the session stays resumable (§14.5).
+        #expect(defaults.streams == 1 && defaults.applicationProtocols == ["vfio-migrate/2"])
         let four = try #require(try VfioMigrate.parseAsRoot(Self.send + ["--streams", "4"]) as? Send).tuning.options()
         #expect(four.streams == 4 && four.applicationProtocols == ["vfio-migrate/3", "vfio-migrate/2"])
         let one = try #require(try VfioMigrate.parseAsRoot(Self.send + ["--streams", "1"]) as? Send).tuning.options()

@@ -79,8 +79,9 @@ struct MultiStreamTests {
         let run = try Self.migrate(pair, options: Self.senderOptions(streams: streams), receiverOptions: Self.receiverOptions(maxStreams: 8))
         try Guarantee.migrated(run.outcome, pair)
         #expect(run.streams.source == streams && run.streams.destination == streams)
-        // The workload dirtied pages after the first pass, so later passes sent pages again.
-        #expect((run.sourceStats?.pagesSent ?? 0) > 1024)
+        // The workload dirtied pages after the first pass, so later passes sent pages again
+        // (rate-dependent: under ThreadSanitizer the workload may not get a step in first).
+        if !TestEnvironment.underSanitizer { #expect((run.sourceStats?.pagesSent ?? 0) > 1024) }
     }
 
     @Test("--max-streams caps the source's --streams")
@@ -110,9 +111,10 @@ struct MultiStreamTests {
         #expect(Self.senderOptions(streams: 4, reconnect: 0).applicationProtocols == [])
         #expect(Self.receiverOptions(maxStreams: 1).applicationProtocols == ["vfio-migrate/2"])
         #expect(Self.receiverOptions(maxStreams: 8, reconnect: 0).applicationProtocols == [])
-        #expect(StreamCount.defaultStreams(cores: 2) == 1 && StreamCount.defaultStreams(cores: 4) == 1)
-        #expect(StreamCount.defaultStreams(cores: 8) == 4 && StreamCount.defaultStreams(cores: 32) == 16)
-        #expect(StreamCount.defaultStreams(cores: 128) == StreamCount.defaultMaxStreams)
+        #expect(SenderOptions().streams == 1 && SenderOptions().applicationProtocols == ["vfio-migrate/2"], "the default resumes")
+        #expect(StreamCount.forThroughput(cores: 2) == 1 && StreamCount.forThroughput(cores: 4) == 1)
+        #expect(StreamCount.forThroughput(cores: 8) == 4 && StreamCount.forThroughput(cores: 32) == 16)
+        #expect(StreamCount.forThroughput(cores: 128) == StreamCount.defaultMaxStreams)
     }
 
     /// §14.5: a session of several streams is not resumable. Losing stream 0 or an extra
