@@ -105,7 +105,8 @@ final class SourceSession {
             let reader = FrameReader(stream: stream, peer: .destination, limits: options.limits, version: version)
             let exchange = HelloExchange(names: devices.devices.map(\.name), compatibility: devices.devices.map(\.compatibility), memory: memory)
             let theirs = try exchange.asSource(reader: reader, writer: writer, encodings: options.compression.encodings, version: version)
-            encoding = SendEncoding(policy: options.compression, destinationAccepts: theirs.encodings, workers: options.workers)
+            encoding = SendEncoding(policy: options.compression, destinationAccepts: theirs.encodings, workers: options.workers,
+                                    transport: { [writer] in writer.stream.tcpInfo })
             events(.helloAccepted(devices: devices.devices.map(\.name), memoryBytes: memory?.size ?? 0, security: stream.security))
             recovery = try enableResumption(version, sessionID: theirs.sessionID)
             if version >= .v2 {
