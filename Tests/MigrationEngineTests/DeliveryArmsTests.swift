@@ -61,9 +61,27 @@ import Testing
         #expect(first[lead...].allSatisfy { $0 == (.coded, true) })
         write(&arms, .raw, rate: 125e6, count: 30, clock: &t)
         write(&arms, .coded, rate: 100e6, count: 30, clock: &t)
+        write(&arms, .raw, rate: 125e6, count: 1, clock: &t)   // the leader goes out again
         let later = (0..<(DeliveryArms.probeEvery + probe + 10)).map { _ in arms.next(prior: .raw) }
         #expect(later.filter(\.probing).count == probe)
         #expect(later.firstIndex { $0.probing } == DeliveryArms.probeEvery)
         #expect(later.filter(\.probing).allSatisfy { $0.arm == .coded })
+    }
+
+    /// The way being sent slows down (another phase of the session): a rate of the other
+    /// way measured long ago does not take the lead; the next probe measures it again.
+    @Test func aStaleRateDoesNotTakeTheLead() {
+        var (arms, t) = (DeliveryArms(), ContinuousClock.now)
+        write(&arms, .coded, rate: 400e6, count: 30, clock: &t)
+        func run(_ n: Int, rawRate: Double) -> [(arm: DeliveryArms.Arm, probing: Bool)] {
+            (0..<n).map { _ in
+                let pick = arms.next(prior: .raw)
+                write(&arms, pick.arm, rate: pick.arm == .raw ? rawRate : 400e6, count: 1, clock: &t)
+                return pick
+            }
+        }
+        #expect(run(DeliveryArms.freshFor + 20, rawRate: 600e6).allSatisfy { $0 == (.raw, false) })
+        #expect(run(30, rawRate: 200e6).allSatisfy { $0 == (.raw, false) }, "coded's 400 MB/s is stale")
+        #expect(arms.rate(.raw)! < 400e6 / (1 + DeliveryArms.margin))
     }
 }

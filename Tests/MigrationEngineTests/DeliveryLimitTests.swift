@@ -101,6 +101,7 @@ import Testing
         var (arms, t) = (DeliveryArms(), ContinuousClock.now)
         write(&arms, .raw, rate: 600e6, count: 30, clock: &t)
         write(&arms, .coded, rate: 300e6, count: 30, clock: &t)
+        write(&arms, .raw, rate: 600e6, count: 1, clock: &t)
         var starts: [Int] = []
         var previous = false
         for k in 0..<4000 {
