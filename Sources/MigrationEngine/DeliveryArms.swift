@@ -39,15 +39,7 @@ struct DeliveryArms: Sendable {
         var limit: DeliveryLimit?
     }
 
-    /// A rate not refreshed for this many batches may come from other conditions (another
-    /// phase of the session, another load on the host): it does not take the lead from the
-    /// way being sent; a probe measures it again.
-    static let freshFor = 256
-
     private var delivered: [Arm: AdaptiveEncoding.DecayedRate] = [:]
-    /// The batch (`next` calls so far) at which each arm's rate last changed.
-    private var refreshed: [Arm: Int] = [:]
-    private var batches = 0
     private var last: (arm: Arm, at: ContinuousClock.Instant, run: Int)?
     private var sinceProbe = 0
     private var probe: (arm: Arm, left: Int)?
@@ -63,7 +55,6 @@ struct DeliveryArms: Sendable {
         let run = last.map { $0.arm == arm ? $0.run + 1 : 1 } ?? 1
         if let last, run > DeliveryArms.settle, end > last.at {
             delivered[arm, default: .init()].add(bytes: Double(input), seconds: (end - last.at).seconds, decay: DeliveryArms.decay)
-            refreshed[arm] = batches
         }
         last = (arm, end, run)
     }
@@ -78,20 +69,16 @@ struct DeliveryArms: Sendable {
     var sending: Arm? { last?.arm }
 
     /// Once both are measured, raw unless compressing delivered more by `margin`;
-    /// before, `prior` (what the model or the limit expects). A stale rate (`freshFor`)
-    /// does not take the lead from the way being sent.
+    /// before, `prior` (what the model or the limit expects).
     func leader(prior: Arm) -> Arm {
         guard let raw = rate(.raw), let coded = rate(.coded) else { return prior }
-        let better: Arm = coded > raw * (1 + DeliveryArms.margin) ? .coded : .raw
-        guard let sending, better != sending, batches - (refreshed[better] ?? 0) > DeliveryArms.freshFor else { return better }
-        return sending
+        return coded > raw * (1 + DeliveryArms.margin) ? .coded : .raw
     }
 
     /// The arm for the next batch: the leader, or `probeLength` batches of the other one
     /// when a probe is due (`probeDue`). `prior` is the model's expectation; a known
     /// `limit` may replace it (DeliveryLimit.prior).
     mutating func next(prior model: Arm, limit: DeliveryLimit? = nil) -> (arm: Arm, probing: Bool) {
-        batches += 1
         if let p = probe {
             probe = p.left > 1 ? (p.arm, p.left - 1) : nil
             if probe == nil { verdictIn = DeliveryArms.probeLength }

@@ -67,21 +67,4 @@ import Testing
         #expect(later.firstIndex { $0.probing } == DeliveryArms.probeEvery)
         #expect(later.filter(\.probing).allSatisfy { $0.arm == .coded })
     }
-
-    /// The way being sent slows down (another phase of the session): a rate of the other
-    /// way measured long ago does not take the lead; the next probe measures it again.
-    @Test func aStaleRateDoesNotTakeTheLead() {
-        var (arms, t) = (DeliveryArms(), ContinuousClock.now)
-        write(&arms, .coded, rate: 400e6, count: 30, clock: &t)
-        func run(_ n: Int, rawRate: Double) -> [(arm: DeliveryArms.Arm, probing: Bool)] {
-            (0..<n).map { _ in
-                let pick = arms.next(prior: .raw)
-                write(&arms, pick.arm, rate: pick.arm == .raw ? rawRate : 400e6, count: 1, clock: &t)
-                return pick
-            }
-        }
-        #expect(run(DeliveryArms.freshFor + 20, rawRate: 600e6).allSatisfy { $0 == (.raw, false) })
-        #expect(run(30, rawRate: 200e6).allSatisfy { $0 == (.raw, false) }, "coded's 400 MB/s is stale")
-        #expect(arms.rate(.raw)! < 400e6 / (1 + DeliveryArms.margin))
-    }
 }
