@@ -1,4 +1,5 @@
 import Foundation
+import MigrationTLS
 import MigrationWire
 import SyncPrimitives
 
@@ -44,7 +45,11 @@ final class AdaptiveEncoding: Sendable {
         var host = IdleCoreMeter()
         /// What raw and compressed batches delivered: decides on a saturated host.
         var arms = DeliveryArms()
+        /// What limits delivery, from the connection's TCP_INFO (nil limit without readings).
+        var transport = DeliveryLimitMeter()
         var last: EncodingDecision?
+        /// When the host and the connection were last read.
+        var lastSample: ContinuousClock.Instant?
         var rawInARow = 0
         /// Batches per choice ("raw", "zstd:1"): how the choices split over the session.
         var batches: [String: Int] = [:]
@@ -58,12 +63,16 @@ final class AdaptiveEncoding: Sendable {
     let cores: Int
     /// Reads the host's CPU counters (HostCPUTimes.read); nil: the workers model only.
     private let hostCPU: (@Sendable () -> HostCPUTimes?)?
+    /// Reads the connection's TCP_INFO (the current stream's, after a resume too); nil: none.
+    private let transport: (@Sendable () -> TCPInfo?)?
     private let state = LockedValue(State())
 
-    init(chooser: EncodingChooser, cores: Int, hostCPU: (@Sendable () -> HostCPUTimes?)? = nil) {
+    init(chooser: EncodingChooser, cores: Int, hostCPU: (@Sendable () -> HostCPUTimes?)? = nil,
+         transport: (@Sendable () -> TCPInfo?)? = nil) {
         self.chooser = chooser
         self.cores = cores
         self.hostCPU = hostCPU
+        self.transport = transport
     }
 
     /// The choice for the next batch.
@@ -96,14 +105,20 @@ final class AdaptiveEncoding: Sendable {
     /// The model's `decision` as the prior, what raw and compressed batches delivered
     /// as the verdict once both are measured (DeliveryArms): whether compressing takes
     /// CPU a receiver on this host needed, or only what a slow link left idle, shows
-    /// there. A compressed batch uses the model's level (the cheapest if it chose raw).
+    /// there. The connection's delivery limit (TCP_INFO) may replace the prior and makes
+    /// probes unneeded where it decides by itself. A compressed batch uses the model's
+    /// level (the cheapest if it chose raw).
     private func verified(_ decision: EncodingDecision, _ s: inout State, cores: CoreBudget) -> EncodingDecision {
-        let prior: DeliveryArms.Arm = decision.choice == .raw ? .raw : .coded
-        let (arm, probing) = s.arms.next(prior: prior)
-        if arm == prior && !probing && !s.arms.measured { return decision }
-        let reason = EncodingReason.deliveredMore(arm, cores: cores, raw: s.arms.rate(.raw), coded: s.arms.rate(.coded), probing: probing)
+        let model: DeliveryArms.Arm = decision.choice == .raw ? .raw : .coded
+        let limit = s.transport.limit
+        let (arm, probing) = s.arms.next(prior: model, limit: limit)
+        if arm == model && !probing && !s.arms.measured {
+            return limit.map { EncodingDecision(choice: decision.choice, reason: .transport($0, decision.reason)) } ?? decision
+        }
+        var reason = EncodingReason.deliveredMore(arm, cores: cores, raw: s.arms.rate(.raw), coded: s.arms.rate(.coded), probing: probing)
+        if let limit { reason = .transport(limit, reason) }
         if arm == .raw { return EncodingDecision(choice: .raw, reason: reason) }
-        return EncodingDecision(choice: prior == .coded ? decision.choice : .codec(chooser.ladder[0].codec), reason: reason)
+        return EncodingDecision(choice: model == .coded ? decision.choice : .codec(chooser.ladder[0].codec), reason: reason)
     }
 
     /// The cores compression may use: measured from the host's idle CPU when there are
@@ -133,6 +148,11 @@ final class AdaptiveEncoding: Sendable {
         state.withLock { $0.host.sample(times, at: at) }
     }
 
+    /// A reading of the connection's TCP_INFO, taken `at`.
+    func recordTransport(_ info: TCPInfo, at: ContinuousClock.Instant) {
+        state.withLock { $0.transport.sample(info, at: at) }
+    }
+
     /// The writer moved `bytes` to the TLS stream from `started` to `ended` (its wait
     /// for room included), using `cpu` of its thread's CPU time; they carried `input`
     /// payload bytes, compressed or not (`coded`).
@@ -147,15 +167,20 @@ final class AdaptiveEncoding: Sendable {
             }
             s.lastWriteStart = started
         }
-        sampleHostCPU(now: ended)
+        sampleHost(now: ended)
     }
 
-    /// Reads the host's counters when the last reading is `hostSampleInterval` old
-    /// (on the writer's thread, outside the lock).
-    private func sampleHostCPU(now: ContinuousClock.Instant) {
-        guard let hostCPU else { return }
-        let due = state.withLock { s in s.host.last.map { now - $0.at >= AdaptiveEncoding.hostSampleInterval } ?? true }
-        if due, let times = hostCPU() { recordHostCPU(times, at: .now) }
+    /// Reads the host's counters and the connection's TCP_INFO when the last reading is
+    /// `hostSampleInterval` old (on the writer's thread, outside the lock).
+    private func sampleHost(now: ContinuousClock.Instant) {
+        let due = state.withLock { s in
+            guard s.lastSample.map({ now - $0 >= AdaptiveEncoding.hostSampleInterval }) ?? true else { return false }
+            s.lastSample = now
+            return true
+        }
+        guard due else { return }
+        if let times = hostCPU?() { recordHostCPU(times, at: .now) }
+        if let info = transport?() { recordTransport(info, at: .now) }
     }
 
     /// For progress events: the latest decision, the rates behind it and the split so far.
@@ -195,13 +220,13 @@ struct SendEncoding: Sendable {
     /// `auto` only.
     let adaptive: AdaptiveEncoding?
 
-    init(policy: CompressionPolicy, destinationAccepts: [Encoding], workers: Int) {
+    init(policy: CompressionPolicy, destinationAccepts: [Encoding], workers: Int, transport: (@Sendable () -> TCPInfo?)? = nil) {
         self.policy = policy
         zstdAccepted = destinationAccepts.contains(.zstd) && policy.encodings.contains(.zstd)
         adaptive = policy == .auto
             ? AdaptiveEncoding(chooser: EncodingChooser(zstdAccepted: zstdAccepted),
                                cores: max(1, min(workers, ProcessInfo.processInfo.activeProcessorCount)),
-                               hostCPU: HostCPUTimes.read)
+                               hostCPU: HostCPUTimes.read, transport: transport)
             : nil
     }
 

@@ -3,7 +3,12 @@
 /// cannot tell a receiver on the same host that needs the CPU (compressing slows
 /// everything: raw wins) from other work on it while a slow link waits (our workers
 /// still get their share of the CPU, and compressing wins); measuring both tells.
-/// Pure: writes and their instants come in as values.
+/// Measuring the other arm costs batches sent the slower way, so a probe comes only
+/// when what the last one settled may have changed: the delivery limit TCP_INFO shows
+/// (DeliveryLimit) or the model's expectation differs from when it was settled, or a
+/// long backstop interval passed. Where the limit decides by itself (raw while the link
+/// waits for us, compressed while the link stays full) the way being sent stays, unprobed.
+/// Pure: writes, their instants and the limit come in as values.
 struct DeliveryArms: Sendable {
     enum Arm: Sendable, Equatable { case raw, coded }
 
@@ -14,17 +19,34 @@ struct DeliveryArms: Sendable {
     static let settle = 12
     /// Batches of the other arm in a probe: `settle` and some to count.
     static let probeLength = 32
-    /// Batches of the leading arm between probes; the first probe comes sooner.
-    static let probeEvery = 512
+    /// The first probe, when the other arm was never measured and the limit does not decide.
     static let firstProbeAfter = 32
+    /// Batches of the leader before a probe while nothing changed; doubles after each
+    /// probe that kept the leader, up to `maxProbeEvery`.
+    static let probeEvery = 512
+    static let maxProbeEvery = 4096
+    /// Batches of the leader before a probe once the conditions of the last verdict changed
+    /// (not fewer: a limit or a model near its threshold must not make probes back to back).
+    static let changedProbeAfter = 128
     /// Compressing must deliver this much more than raw to lead: it costs CPU, and on
     /// loopback a probe's rate still gains a little from the raw bytes before it.
     static let margin = 0.15
+
+    /// What a probe settled, and under which conditions: while they hold, no new probe.
+    struct Verdict: Sendable, Equatable {
+        var leader: Arm
+        var prior: Arm
+        var limit: DeliveryLimit?
+    }
 
     private var delivered: [Arm: AdaptiveEncoding.DecayedRate] = [:]
     private var last: (arm: Arm, at: ContinuousClock.Instant, run: Int)?
     private var sinceProbe = 0
     private var probe: (arm: Arm, left: Int)?
+    /// Batches until a finished probe's writes are counted and its verdict is taken.
+    private var verdictIn: Int?
+    private(set) var verdict: Verdict?
+    private var interval = DeliveryArms.probeEvery
 
     /// The writer wrote a batch of `input` payload bytes of `arm`, finishing `at`.
     /// Control frames (no payload) do not count.
@@ -43,27 +65,52 @@ struct DeliveryArms: Sendable {
     /// Both arms were measured.
     var measured: Bool { rate(.raw) != nil && rate(.coded) != nil }
 
+    /// The arm of the latest write: what the link's limit was read under.
+    var sending: Arm? { last?.arm }
+
     /// Once both are measured, raw unless compressing delivered more by `margin`;
-    /// before, `prior` (what the model expects).
+    /// before, `prior` (what the model or the limit expects).
     func leader(prior: Arm) -> Arm {
         guard let raw = rate(.raw), let coded = rate(.coded) else { return prior }
         return coded > raw * (1 + DeliveryArms.margin) ? .coded : .raw
     }
 
-    /// The arm for the next batch: the leader, and every `probeEvery` batches (the
-    /// first time after `firstProbeAfter`) `probeLength` of the other one, so both
-    /// stay measured as the load changes.
-    mutating func next(prior: Arm) -> (arm: Arm, probing: Bool) {
+    /// The arm for the next batch: the leader, or `probeLength` batches of the other one
+    /// when a probe is due (`probeDue`). `prior` is the model's expectation; a known
+    /// `limit` may replace it (DeliveryLimit.prior).
+    mutating func next(prior model: Arm, limit: DeliveryLimit? = nil) -> (arm: Arm, probing: Bool) {
         if let p = probe {
             probe = p.left > 1 ? (p.arm, p.left - 1) : nil
+            if probe == nil { verdictIn = DeliveryArms.probeLength }
             return (p.arm, true)
         }
+        // Raw while the link waits for it, compressed while the link stays full: the
+        // better way by construction (each wire byte carries the same input or more), so
+        // neither a stale rate of the other arm nor a probe can improve on it.
+        if let limit, let sending, limit.settles(sending) { return (sending, false) }
+        let prior = limit?.prior(sending: sending) ?? model
         let leader = self.leader(prior: prior)
-        let other: Arm = leader == .raw ? .coded : .raw
         sinceProbe += 1
-        let due = rate(other) == nil ? DeliveryArms.firstProbeAfter : DeliveryArms.probeEvery
-        guard sinceProbe > due else { return (leader, false) }
-        (sinceProbe, probe) = (0, (other, DeliveryArms.probeLength - 1))
-        return (other, true)
+        takeVerdict(Verdict(leader: leader, prior: prior, limit: limit))
+        guard probeDue(leader: leader, prior: prior, limit: limit) else { return (leader, false) }
+        (sinceProbe, probe) = (0, (leader == .raw ? .coded : .raw, DeliveryArms.probeLength - 1))
+        return (probe!.arm, true)
+    }
+
+    /// A finished probe's verdict, once its writes had time to be counted; a probe that
+    /// kept the leader doubles the interval to the next one.
+    private mutating func takeVerdict(_ now: Verdict) {
+        guard let n = verdictIn else { return }
+        guard n <= 1 else { verdictIn = n - 1; return }
+        interval = verdict?.leader == now.leader ? min(interval * 2, DeliveryArms.maxProbeEvery) : DeliveryArms.probeEvery
+        (verdict, verdictIn) = (now, nil)
+    }
+
+    private func probeDue(leader: Arm, prior: Arm, limit: DeliveryLimit?) -> Bool {
+        let other: Arm = leader == .raw ? .coded : .raw
+        if rate(other) == nil { return sinceProbe > DeliveryArms.firstProbeAfter }
+        guard verdictIn == nil, let verdict else { return sinceProbe > interval }
+        let changed = verdict.prior != prior || verdict.limit != limit
+        return sinceProbe > (changed ? DeliveryArms.changedProbeAfter : interval)
     }
 }

@@ -32,7 +32,7 @@ struct CoreBudget: Sendable, Equatable, CustomStringConvertible {
 }
 
 /// Why `auto` sends a batch the way it does; shown in progress events.
-enum EncodingReason: Sendable, Equatable, CustomStringConvertible {
+indirect enum EncodingReason: Sendable, Equatable, CustomStringConvertible {
     /// Nothing written yet: the cheapest level, until the link has a rate.
     case linkNotMeasured
     /// Raw bytes reach the peer sooner than any level could compress them on these cores.
@@ -44,6 +44,8 @@ enum EncodingReason: Sendable, Equatable, CustomStringConvertible {
     /// With host readings: the way that delivered more input when each was measured
     /// (DeliveryArms), or the other one, measured again in turn.
     case deliveredMore(DeliveryArms.Arm, cores: CoreBudget, raw: Double?, coded: Double?, probing: Bool)
+    /// The same, with what the connection's TCP_INFO says limits delivery (DeliveryLimit).
+    case transport(DeliveryLimit, EncodingReason)
 
     var description: String {
         func mb(_ v: Double) -> String { "\(Int((v / 1e6).rounded())) MB/s" }
@@ -58,6 +60,7 @@ enum EncodingReason: Sendable, Equatable, CustomStringConvertible {
             let rates = "raw delivered \(raw.map(mb) ?? "?"), compressed \(coded.map(mb) ?? "?") of input"
             let way = arm == .raw ? "raw" : "compressed"
             return probing ? "\(cores): measuring \(way) again (\(rates))" : "\(cores): \(way) (\(rates))"
+        case .transport(let limit, let reason): return "\(limit); \(reason)"
         }
     }
 }

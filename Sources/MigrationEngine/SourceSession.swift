@@ -110,7 +110,8 @@ final class SourceSession {
             // Extra streams are new connections: without a way to open them, one stream.
             let (theirs, mine) = try exchange.asSource(reader: reader, writer: writer, encodings: options.compression.encodings, version: version,
                                                        streams: reconnect == nil ? 1 : options.streams, blockPages: options.pagesPerFrame)
-            encoding = SendEncoding(policy: options.compression, destinationAccepts: theirs.encodings, workers: options.workers)
+            encoding = SendEncoding(policy: options.compression, destinationAccepts: theirs.encodings, workers: options.workers,
+                                    transport: { [writer] in writer.stream.tcpInfo })
             events(.helloAccepted(devices: devices.devices.map(\.name), memoryBytes: memory?.size ?? 0, security: stream.security,
                                   streams: Int(mine.streams?.count ?? 1)))
             streams = try openStreams(mine, sessionID: theirs.sessionID)

@@ -46,6 +46,8 @@ public final class TLSStream: Sendable {
 
     /// The peer certificate's verified name (the one that matched).
     public var peerName: String { matchedName }
+    /// The kernel's view of the connection (TCPInfo.swift); nil when closed or not TCP.
+    public var tcpInfo: TCPInfo? { socket.tcpInfo() }
 
     /// What an operator should know about the certificates of this session.
     public let security: SessionSecurity

@@ -192,7 +192,7 @@ public final class PayloadCompressor {
     public func encodePages(startPFN: UInt64, pageSize: Int, bytes: [UInt8], choice: CodecChoice? = nil) throws(WireError) -> [PageSegment] {
         let pages = bytes.span.bytes
         var segments: [PageSegment] = []
-        for run in try runs(pageSize: pageSize, pages: pages) {
+        for run in try runs(pageSize: pageSize, pages: pages, choice: choice) {
             let pfn = startPFN + UInt64(run.pages.lowerBound)
             let count = UInt32(run.pages.count)
             let range = (run.pages.lowerBound * pageSize)..<(run.pages.upperBound * pageSize)
@@ -211,7 +211,7 @@ public final class PayloadCompressor {
     /// copied once, into the frame; a compressed run is compressed from the mapping.
     public func encodePages(startPFN: UInt64, pageSize: Int, pages: RawSpan, choice: CodecChoice? = nil,
                             into frame: inout PagesFrameBuilder) throws(WireError) {
-        for run in try runs(pageSize: pageSize, pages: pages) {
+        for run in try runs(pageSize: pageSize, pages: pages, choice: choice) {
             let pfn = startPFN + UInt64(run.pages.lowerBound)
             let count = UInt32(run.pages.count)
             let bytes = pages.extracting((run.pages.lowerBound * pageSize)..<(run.pages.upperBound * pageSize))
@@ -239,7 +239,7 @@ public final class PayloadCompressor {
     }
 
     /// The pages cut into runs of one class, each within the segment bounds.
-    private func runs(pageSize: Int, pages: RawSpan) throws(WireError) -> [(kind: PageClass, pages: Range<Int>)] {
+    private func runs(pageSize: Int, pages: RawSpan, choice: CodecChoice?) throws(WireError) -> [(kind: PageClass, pages: Range<Int>)] {
         guard pageSize > 0, pages.byteCount % pageSize == 0 else { throw WireError.unalignedPages(byteCount: pages.byteCount, pageSize: pageSize) }
         let pageCount = pages.byteCount / pageSize
         var classes: [PageClass] = []
@@ -248,6 +248,7 @@ public final class PayloadCompressor {
             let page = pages.extracting((p * pageSize)..<((p + 1) * pageSize))
             classes.append(isAllZero(page) ? .zero : policy == .auto && looksRandom(page) ? .random : .data)
         }
+        if case .zstd? = try codec(for: choice) { PayloadCompressor.bridgeZeroGaps(&classes, upTo: PayloadCompressor.zstdZeroGapPages) }
         let maxRun = max(1, PayloadCompressor.maxSegmentBytes / pageSize)
         let maxZeroRun = max(1, PayloadCompressor.maxZeroSegmentBytes / pageSize)
         var runs: [(kind: PageClass, pages: Range<Int>)] = []
@@ -261,6 +262,27 @@ public final class PayloadCompressor {
             first = end
         }
         return runs
+    }
+
+    /// zstd segments take in zero runs of up to this many pages between two data runs
+    /// (they cost a few bytes compressed): each segment's frame starts without context,
+    /// and on data cut by short zero runs (the benchmark corpus) cutting at every zero
+    /// page made zstd level 3 7 % larger than zstd's own stream of the same pages,
+    /// bridging runs of up to 4 pages 1.5 % (docs/PERFORMANCE.md, issue 14).
+    public static let zstdZeroGapPages = 4
+
+    /// Zero runs of at most `gap` pages with data on both sides become data.
+    private static func bridgeZeroGaps(_ classes: inout [PageClass], upTo gap: Int) {
+        var start = 0
+        while start < classes.count {
+            var end = start + 1
+            while end < classes.count && classes[end] == classes[start] { end += 1 }
+            if classes[start] == .zero, end - start <= gap, start > 0, end < classes.count,
+               classes[start - 1] == .data, classes[end] == .data {
+                for k in start..<end { classes[k] = .data }
+            }
+            start = end
+        }
     }
 
     /// 256 bytes sampled evenly across the page; ≥ 140 distinct values looks random.

@@ -61,6 +61,7 @@ import Testing
         #expect(first[lead...].allSatisfy { $0 == (.coded, true) })
         write(&arms, .raw, rate: 125e6, count: 30, clock: &t)
         write(&arms, .coded, rate: 100e6, count: 30, clock: &t)
+        write(&arms, .raw, rate: 125e6, count: 1, clock: &t)   // the leader goes out again
         let later = (0..<(DeliveryArms.probeEvery + probe + 10)).map { _ in arms.next(prior: .raw) }
         #expect(later.filter(\.probing).count == probe)
         #expect(later.firstIndex { $0.probing } == DeliveryArms.probeEvery)

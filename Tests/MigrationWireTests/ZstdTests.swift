@@ -173,4 +173,27 @@ import Testing
         pages.add(.pages(Pages(pageSize: 2 << 20, segments: [PageSegment(startPFN: 0x10_0000, pageCount: 9, encoding: .zstd, payload: [1])])))
         #expect(throws: WireError.inflatedTooLarge(frame: .pages, declared: 9 * (2 << 20), limit: 16 << 20)) { try decodeMessages(pages.bytes, peer: .source) }
     }
+
+    /// zstd segments take in zero runs of up to `zstdZeroGapPages` pages between data
+    /// (each segment's frame starts without context); longer runs, runs at an edge of the
+    /// batch, and deflate keep zero segments. Decoding gives the pages back either way.
+    @Test func zstdBridgesShortZeroRunsBetweenData() throws {
+        let ps = 4096
+        let zero = [UInt8](repeating: 0, count: ps)
+        let gap = PayloadCompressor.zstdZeroGapPages
+        // zero, text, zero×gap, text, zero×(gap+1), text, zero
+        var bytes = zero + textBytes(ps)
+        for _ in 0..<gap { bytes += zero }
+        bytes += textBytes(2 * ps)
+        for _ in 0...gap { bytes += zero }
+        bytes += textBytes(ps) + zero
+        let zstd = try PayloadCompressor(policy: .zstd(level: 3), zstdAccepted: true)
+        let segments = try zstd.encodePages(startPFN: 0, pageSize: ps, bytes: bytes)
+        #expect(segments.map(\.encoding) == [.zero, .zstd, .zero, .zstd, .zero])
+        #expect(segments.map(\.pageCount) == [1, UInt32(1 + gap + 2), UInt32(gap + 1), 1, 1])
+        let deflate = try PayloadCompressor(policy: .zstd(level: 3), zstdAccepted: false)
+        #expect(try deflate.encodePages(startPFN: 0, pageSize: ps, bytes: bytes).map(\.encoding) == [.zero, .deflate, .zero, .deflate, .zero, .deflate, .zero])
+        let decompressor = try PayloadDecompressor()
+        #expect(try segments.flatMap { try decompressor.decode($0, pageSize: ps) } == bytes)
+    }
 }

@@ -1,0 +1,85 @@
+import MigrationTLS
+
+/// What set the pace of delivery over the last readings of the connection's TCP_INFO.
+enum DeliveryLimit: Sendable, Equatable, CustomStringConvertible {
+    /// The socket ran dry part of the time: the link waited for us (our CPU, our reads).
+    case sender
+    /// The peer's receive window stalled the sender: the receiver did not keep up.
+    case receiver
+    /// Bytes waited in the socket with the window open: the network sets the pace.
+    case network
+
+    var description: String {
+        switch self {
+        case .sender: "TCP: sender-bound"
+        case .receiver: "TCP: receiver-bound"
+        case .network: "TCP: network-bound"
+        }
+    }
+
+    /// The arm this limit expects to deliver more, before both are measured: on a full
+    /// link fewer bytes carry more input; a link that waits for raw bytes gains nothing
+    /// from compressing them. A receiver that does not keep up tells neither: nil.
+    func prior(sending: DeliveryArms.Arm?) -> DeliveryArms.Arm? {
+        switch self {
+        case .network: .coded
+        case .sender: sending == .raw ? .raw : nil
+        case .receiver: nil
+        }
+    }
+
+    /// Sending `arm` under this limit is the better way without measuring the other:
+    /// raw while the link waits for us (compressing only adds CPU), compressed while the
+    /// link stays full (the codec keeps up, and fewer bytes carry more input).
+    func settles(_ arm: DeliveryArms.Arm) -> Bool {
+        (self == .sender && arm == .raw) || (self == .network && arm == .coded)
+    }
+}
+
+/// TCP_INFO readings of the migration's connection → its delivery limit, from the
+/// shares of wall time the kernel counted busy (data queued or in flight) and stalled
+/// by the peer's window, over a decayed window of readings. Pure: readings and their
+/// instants come in as values.
+struct DeliveryLimitMeter: Sendable {
+    /// From this share of the time stalled by the peer's window, the receiver is the limit.
+    static let receiverShare = 0.4
+    /// Below this share of the time busy, the socket ran dry: the sender is the limit.
+    static let busyShare = 0.85
+    /// Weight of the past at each reading (readings come every `AdaptiveEncoding.hostSampleInterval` or more).
+    static let decay = 0.8
+    /// Readings in a row that agree before a limit counts (a switch of arm or a burst must not flip it).
+    static let stableReadings = 4
+
+    private var last: (info: TCPInfo, at: ContinuousClock.Instant)?
+    /// Busy (`bytes`) and window-stalled (`output`) seconds over wall seconds.
+    private var window = AdaptiveEncoding.DecayedRate()
+    private var latest: DeliveryLimit?
+    private var agreeing = 0
+    /// The last limit `stableReadings` readings agreed on.
+    private(set) var limit: DeliveryLimit?
+
+    /// A reading taken `at`; one whose counters went backwards (a new connection after a
+    /// resume) starts the window again.
+    mutating func sample(_ info: TCPInfo, at now: ContinuousClock.Instant) {
+        defer { last = (info, now) }
+        guard let last, now > last.at else { return }
+        guard info.busyMicroseconds >= last.info.busyMicroseconds,
+              info.receiveWindowLimitedMicroseconds >= last.info.receiveWindowLimitedMicroseconds else {
+            self = DeliveryLimitMeter()
+            return
+        }
+        let busy = Double(info.busyMicroseconds - last.info.busyMicroseconds) / 1e6
+        let stalled = Double(info.receiveWindowLimitedMicroseconds - last.info.receiveWindowLimitedMicroseconds) / 1e6
+        window.add(bytes: busy, seconds: (now - last.at).seconds, output: stalled, decay: DeliveryLimitMeter.decay)
+        let limit = classify()
+        agreeing = limit == latest ? agreeing + 1 : 1
+        latest = limit
+        if agreeing >= DeliveryLimitMeter.stableReadings { self.limit = limit }
+    }
+
+    private func classify() -> DeliveryLimit {
+        let stalled = window.output / window.seconds, busy = window.bytes / window.seconds
+        if stalled >= DeliveryLimitMeter.receiverShare { return .receiver }
+        return busy >= DeliveryLimitMeter.busyShare ? .network : .sender
+    }
+}

@@ -1,0 +1,134 @@
+import MigrationTLS
+import Testing
+@testable import MigrationEngine
+
+/// The delivery limit from synthetic TCP_INFO readings, what it settles in DeliveryArms,
+/// and the reason `auto` gives with it.
+@Suite struct DeliveryLimitTests {
+    /// `count` readings `interval` apart, each adding `busy` and `stalled` shares of the
+    /// interval to the kernel's counters (µs), starting from `info`.
+    func feed(_ meter: inout DeliveryLimitMeter, busy: Double, stalled: Double, count: Int, from info: inout TCPInfo,
+              clock t: inout ContinuousClock.Instant, interval: Duration = .milliseconds(50)) {
+        let micros = Double(interval.components.attoseconds) / 1e12 + Double(interval.components.seconds) * 1e6
+        for _ in 0..<count {
+            t = t + interval
+            info.busyMicroseconds += UInt64(busy * micros)
+            info.receiveWindowLimitedMicroseconds += UInt64(stalled * micros)
+            meter.sample(info, at: t)
+        }
+    }
+
+    /// (busy, window-stalled shares, limit): 1 Gbit/s with bytes waiting; loopback with
+    /// the receiver behind; a fast link waiting for our compression.
+    @Test(arguments: [(1.0, 0.0, DeliveryLimit.network), (1.0, 0.9, .receiver), (0.5, 0.0, .sender), (0.9, 0.5, .receiver)])
+    func sharesOfTheTimeTellTheLimit(busy: Double, stalled: Double, limit: DeliveryLimit) {
+        var (meter, info, t) = (DeliveryLimitMeter(), TCPInfo(), ContinuousClock.now)
+        feed(&meter, busy: busy, stalled: stalled, count: 12, from: &info, clock: &t)
+        #expect(meter.limit == limit)
+    }
+
+    /// A limit counts once `stableReadings` readings agree, and a short change (a probe,
+    /// a burst) does not replace it.
+    @Test func aLimitNeedsReadingsThatAgree() {
+        var (meter, info, t) = (DeliveryLimitMeter(), TCPInfo(), ContinuousClock.now)
+        feed(&meter, busy: 1, stalled: 0, count: DeliveryLimitMeter.stableReadings, from: &info, clock: &t)
+        #expect(meter.limit == nil, "the first reading only starts the window")
+        feed(&meter, busy: 1, stalled: 0, count: 1, from: &info, clock: &t)
+        #expect(meter.limit == .network)
+        feed(&meter, busy: 0.2, stalled: 0, count: 2, from: &info, clock: &t)
+        #expect(meter.limit == .network)
+        feed(&meter, busy: 0.2, stalled: 0, count: 10, from: &info, clock: &t)
+        #expect(meter.limit == .sender)
+    }
+
+    /// Counters that go backwards are a new connection (after a resume): the window starts again.
+    @Test func aNewConnectionStartsAgain() {
+        var (meter, info, t) = (DeliveryLimitMeter(), TCPInfo(busyMicroseconds: 1 << 40), ContinuousClock.now)
+        feed(&meter, busy: 1, stalled: 0, count: 10, from: &info, clock: &t)
+        #expect(meter.limit == .network)
+        info = TCPInfo()
+        feed(&meter, busy: 0.3, stalled: 0, count: 1, from: &info, clock: &t)
+        #expect(meter.limit == nil)
+    }
+
+    /// `count` writes of 1 MB of input at `rate` input bytes per second.
+    func write(_ arms: inout DeliveryArms, _ arm: DeliveryArms.Arm, rate: Double, count: Int, clock t: inout ContinuousClock.Instant) {
+        for _ in 0..<count {
+            t = t + .seconds(1e6 / rate)
+            arms.recordWrite(arm, input: 1_000_000, at: t)
+        }
+    }
+
+    /// Raw while the link waits for us, compressed while the link stays full: kept with
+    /// no probe, whatever a stale rate of the other arm says.
+    @Test(arguments: [(DeliveryArms.Arm.raw, DeliveryLimit.sender), (.coded, .network)])
+    func aLimitThatSettlesTheWayBeingSentStopsProbes(arm: DeliveryArms.Arm, limit: DeliveryLimit) {
+        var (arms, t) = (DeliveryArms(), ContinuousClock.now)
+        let other: DeliveryArms.Arm = arm == .raw ? .coded : .raw
+        write(&arms, other, rate: 900e6, count: 30, clock: &t)   // the other arm looked faster once
+        write(&arms, arm, rate: 100e6, count: 30, clock: &t)
+        let picks = (0..<(3 * DeliveryArms.maxProbeEvery)).map { _ in arms.next(prior: other, limit: limit) }
+        #expect(picks.allSatisfy { $0 == (arm, false) })
+    }
+
+    /// A full link while raw goes out: compressed is expected to deliver more (before the
+    /// arms are measured), where the model alone (a host without idle cores) said raw.
+    @Test func aFullLinkPrefersCompressing() {
+        var (arms, t) = (DeliveryArms(), ContinuousClock.now)
+        write(&arms, .raw, rate: 125e6, count: 30, clock: &t)
+        #expect(arms.next(prior: .raw, limit: .network) == (.coded, false))
+        #expect(arms.next(prior: .raw, limit: .receiver) == (.raw, false))
+    }
+
+    /// After a probe's verdict, no probe while the limit and the model stay as they were
+    /// (the backstop interval aside); one once the limit changed (`changedProbeAfter`
+    /// batches after the last probe: here long past).
+    @Test func probesComeBackWhenTheLimitChanges() {
+        var (arms, t) = (DeliveryArms(), ContinuousClock.now)
+        write(&arms, .raw, rate: 600e6, count: 30, clock: &t)
+        let first = (0..<(DeliveryArms.firstProbeAfter + DeliveryArms.probeLength)).map { _ in arms.next(prior: .raw, limit: .receiver) }
+        #expect(first.filter(\.probing).count == DeliveryArms.probeLength)
+        write(&arms, .coded, rate: 300e6, count: 30, clock: &t)
+        write(&arms, .raw, rate: 600e6, count: 1, clock: &t)
+        let quiet = (0..<DeliveryArms.probeEvery).map { _ in arms.next(prior: .raw, limit: .receiver) }
+        #expect(quiet.allSatisfy { $0 == (.raw, false) })
+        #expect(arms.verdict == DeliveryArms.Verdict(leader: .raw, prior: .raw, limit: .receiver))
+        #expect(arms.next(prior: .raw, limit: .network) == (.coded, true), "a full link now: compressing is measured again")
+    }
+
+    /// Each probe that kept the leader doubles the interval to the next one.
+    @Test func probesThatKeepTheLeaderComeLessOften() {
+        var (arms, t) = (DeliveryArms(), ContinuousClock.now)
+        write(&arms, .raw, rate: 600e6, count: 30, clock: &t)
+        write(&arms, .coded, rate: 300e6, count: 30, clock: &t)
+        write(&arms, .raw, rate: 600e6, count: 1, clock: &t)
+        var starts: [Int] = []
+        var previous = false
+        for k in 0..<4000 {
+            let pick = arms.next(prior: .raw)
+            if pick.probing && !previous { starts.append(k) }
+            previous = pick.probing
+        }
+        let gaps = zip(starts.dropFirst(), starts).map { $0 - $1 - DeliveryArms.probeLength }
+        #expect(gaps == [DeliveryArms.probeEvery, 2 * DeliveryArms.probeEvery])
+    }
+
+    /// The reason names the limit, so `progress` shows why no probe comes.
+    @Test func theReasonNamesTheLimit() {
+        let adaptive = AdaptiveEncoding(chooser: EncodingChooser(zstdAccepted: true), cores: 2)
+        var t = ContinuousClock.now
+        adaptive.recordHostCPU(HostCPUTimes(idleTicks: 0), at: t)
+        adaptive.recordHostCPU(HostCPUTimes(idleTicks: 2), at: t + .seconds(1))
+        var info = TCPInfo()
+        for _ in 0..<10 {
+            let next = t + .milliseconds(50)
+            adaptive.recordDrain(bytes: 6_250_000, started: t, ended: next, cpu: .zero, input: 6_250_000, coded: false)
+            info.busyMicroseconds += 50_000
+            adaptive.recordTransport(info, at: next)
+            t = next
+        }
+        let d = adaptive.decide()
+        #expect(d.choice == .codec(.zstd(level: -1)))
+        #expect(d.reason.description.hasPrefix("TCP: network-bound; idle cores 0.0: "))
+    }
+}
