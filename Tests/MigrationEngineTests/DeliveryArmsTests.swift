@@ -67,4 +67,28 @@ import Testing
         #expect(later.firstIndex { $0.probing } == DeliveryArms.probeEvery)
         #expect(later.filter(\.probing).allSatisfy { $0.arm == .coded })
     }
+
+    /// Loopback: device state reached the peer raw more slowly than compressed pages
+    /// went; that raw rate says nothing about raw pages, so for pages the prior leads
+    /// until raw pages are measured, and then they decide.
+    @Test func eachKindOfDataHasItsOwnRates() {
+        var (arms, t) = (DeliveryArms(), ContinuousClock.now)
+        for _ in 0..<30 { t = t + .seconds(0.01); arms.recordWrite(.raw, kind: .deviceData, input: 1_000_000, at: t) }   // 100 MB/s
+        write(&arms, .coded, rate: 200e6, count: 30, clock: &t)
+        #expect(arms.rate(.raw) == nil)
+        #expect(arms.rate(.raw, of: .deviceData).map { abs($0 - 100e6) < 1e6 } == true)
+        #expect(arms.leader(prior: .raw) == .raw)
+        write(&arms, .raw, rate: 300e6, count: 30, clock: &t)
+        #expect(arms.leader(prior: .coded) == .raw)
+    }
+
+    /// The first pages after device state still drain its bytes: a new run, not counted.
+    @Test func aChangeOfKindSettlesAgain() {
+        var (arms, t) = (DeliveryArms(), ContinuousClock.now)
+        for _ in 0..<30 { t = t + .seconds(0.01); arms.recordWrite(.raw, kind: .deviceData, input: 1_000_000, at: t) }
+        write(&arms, .raw, rate: 300e6, count: DeliveryArms.settle, clock: &t)
+        #expect(arms.rate(.raw) == nil)
+        write(&arms, .raw, rate: 300e6, count: 1, clock: &t)
+        #expect(arms.rate(.raw).map { abs($0 - 300e6) < 1e6 } == true)
+    }
 }
