@@ -56,9 +56,12 @@ struct DeliveryArms: Sendable {
 
     /// The writer wrote a batch of `input` payload bytes of `arm` and `kind`, finishing
     /// `at`. Control frames (no payload) do not count. A change of kind starts a new run
-    /// like a change of arm: the socket still holds the other kind's bytes.
+    /// like a change of arm (the socket still holds the other kind's bytes), and the
+    /// first probe of the new kind waits `firstProbeAfter` batches, so the limit can
+    /// settle the way being sent first (10 Gbit/s: sender-bound raw pages, no probe).
     mutating func recordWrite(_ arm: Arm, kind: Kind = .pages, input: UInt64, at end: ContinuousClock.Instant) {
         guard input > 0 else { return }
+        if let last, last.kind != kind { sinceProbe = 0 }
         let run = last.map { $0.arm == arm && $0.kind == kind ? $0.run + 1 : 1 } ?? 1
         if let last, run > DeliveryArms.settle, end > last.at {
             delivered[Key(kind: kind, arm: arm), default: .init()].add(bytes: Double(input), seconds: (end - last.at).seconds, decay: DeliveryArms.decay)

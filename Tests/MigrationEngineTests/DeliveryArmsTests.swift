@@ -5,10 +5,11 @@ import Testing
 /// the writes not counted after a switch, and the probe schedule.
 @Suite struct DeliveryArmsTests {
     /// `count` writes of 1 MB of input at `rate` input bytes per second.
-    func write(_ arms: inout DeliveryArms, _ arm: DeliveryArms.Arm, rate: Double, count: Int, clock t: inout ContinuousClock.Instant) {
+    func write(_ arms: inout DeliveryArms, _ arm: DeliveryArms.Arm, kind: DeliveryArms.Kind = .pages, rate: Double, count: Int,
+               clock t: inout ContinuousClock.Instant) {
         for _ in 0..<count {
             t = t + .seconds(1e6 / rate)
-            arms.recordWrite(arm, input: 1_000_000, at: t)
+            arms.recordWrite(arm, kind: kind, input: 1_000_000, at: t)
         }
     }
 
@@ -90,5 +91,19 @@ import Testing
         #expect(arms.rate(.raw) == nil)
         write(&arms, .raw, rate: 300e6, count: 1, clock: &t)
         #expect(arms.rate(.raw).map { abs($0 - 300e6) < 1e6 } == true)
+    }
+
+    /// When pages follow device state, their unmeasured arm is probed only after
+    /// `firstProbeAfter` batches: time for the limit to settle the way being sent.
+    @Test func aNewKindIsNotProbedAtOnce() {
+        var (arms, t) = (DeliveryArms(), ContinuousClock.now)
+        write(&arms, .coded, kind: .deviceData, rate: 50e6, count: 30, clock: &t)
+        write(&arms, .raw, kind: .deviceData, rate: 100e6, count: 30, clock: &t)
+        let device = (0..<(DeliveryArms.probeEvery / 2)).map { _ in arms.next(prior: .raw, limit: .receiver) }
+        #expect(device.allSatisfy { $0 == (.raw, false) }, "device state measured both ways: no probe yet")
+        write(&arms, .raw, rate: 300e6, count: 1, clock: &t)
+        let picks = (0..<DeliveryArms.firstProbeAfter).map { _ in arms.next(prior: .raw, limit: .receiver) }
+        #expect(picks.allSatisfy { $0 == (.raw, false) })
+        #expect(arms.next(prior: .raw, limit: .sender) == (.raw, false), "sender-bound raw settles it")
     }
 }
