@@ -45,6 +45,8 @@ final class AdaptiveEncoding: Sendable {
         var host = IdleCoreMeter()
         /// What raw and compressed batches delivered: decides on a saturated host.
         var arms = DeliveryArms()
+        /// The level compressed batches go at, stepped by the delivery limit.
+        var climb = LevelClimb()
         /// What limits delivery, from the connection's TCP_INFO (nil limit without readings).
         var transport = DeliveryLimitMeter()
         var last: EncodingDecision?
@@ -83,7 +85,7 @@ final class AdaptiveEncoding: Sendable {
                                           r.perSecond.map { CodecRate(bytesPerSecond: $0, ratio: r.output / r.bytes) } },
                                       cores: compressingCores(s))
             var decision = chooser.decide(rates)
-            if rates.cores.measured { return record(verified(decision, &s, cores: rates.cores), in: &s) }
+            if rates.cores.measured { return record(climbed(verified(decision, &s, cores: rates.cores), &s, rates: rates), in: &s) }
             if decision.choice == .raw {
                 s.rawInARow += 1
                 if s.rawInARow % AdaptiveEncoding.remeasureEvery == 0 {
@@ -121,6 +123,18 @@ final class AdaptiveEncoding: Sendable {
         return EncodingDecision(choice: model == .coded ? decision.choice : .codec(chooser.ladder[0].codec), reason: reason)
     }
 
+    /// A compressed batch's level as LevelClimb steps it from the chosen one, with the
+    /// limit read while compressed batches went out. A probe's batches keep their level.
+    private func climbed(_ decision: EncodingDecision, _ s: inout State, rates: EncodingRates) -> EncodingDecision {
+        guard case .codec(let codec) = decision.choice, !decision.reason.isProbe,
+              let model = chooser.ladder.firstIndex(where: { $0.codec == codec }) else { return decision }
+        let limit = s.arms.sending == .coded ? s.transport.limit : nil
+        let level = s.climb.next(model: model, affordable: chooser.highestAffordable(rates, threads: Double(cores)), limit: limit)
+        guard level != model else { return decision }
+        let stepped = chooser.ladder[level].codec
+        return EncodingDecision(choice: .codec(stepped), reason: .climbed(stepped, decision.reason))
+    }
+
     /// The cores compression may use: measured from the host's idle CPU when there are
     /// readings (IdleCoreMeter), at most the workers' cores. Without them, the workers'
     /// cores less the writer's share (it encrypts on one of them for the share of the
@@ -155,12 +169,12 @@ final class AdaptiveEncoding: Sendable {
 
     /// The writer moved `bytes` to the TLS stream from `started` to `ended` (its wait
     /// for room included), using `cpu` of its thread's CPU time; they carried `input`
-    /// payload bytes, compressed or not (`coded`).
+    /// payload bytes of `kind`, compressed or not (`coded`).
     func recordDrain(bytes: UInt64, started: ContinuousClock.Instant, ended: ContinuousClock.Instant, cpu: Duration,
-                     input: UInt64 = 0, coded: Bool = false) {
+                     input: UInt64 = 0, coded: Bool = false, kind: DeliveryArms.Kind = .pages) {
         guard bytes > 0 else { return }
         state.withLock { s in
-            s.arms.recordWrite(coded ? .coded : .raw, input: input, at: ended)
+            s.arms.recordWrite(coded ? .coded : .raw, kind: kind, input: input, at: ended)
             s.link.add(bytes: Double(bytes), seconds: (ended - started).seconds, decay: AdaptiveEncoding.linkDecay)
             if let last = s.lastWriteStart {
                 s.writerCPU.add(bytes: cpu.seconds, seconds: (started - last).seconds, decay: AdaptiveEncoding.linkDecay)

@@ -8,9 +8,15 @@
 /// (DeliveryLimit) or the model's expectation differs from when it was settled, or a
 /// long backstop interval passed. Where the limit decides by itself (raw while the link
 /// waits for us, compressed while the link stays full) the way being sent stays, unprobed.
+/// Rates are kept per kind of data: device state reaches the peer at its own pace
+/// (on loopback more slowly than pages), so raw measured during it must not decide
+/// how pages go, nor the reverse.
 /// Pure: writes, their instants and the limit come in as values.
 struct DeliveryArms: Sendable {
     enum Arm: Sendable, Equatable { case raw, coded }
+    /// What a batch carries: DEVICE_DATA pieces or guest pages.
+    enum Kind: Sendable, Hashable { case deviceData, pages }
+    private struct Key: Hashable { var kind: Kind; var arm: Arm }
 
     /// About the last 10 counted writes of an arm.
     static let decay = 0.9
@@ -39,8 +45,8 @@ struct DeliveryArms: Sendable {
         var limit: DeliveryLimit?
     }
 
-    private var delivered: [Arm: AdaptiveEncoding.DecayedRate] = [:]
-    private var last: (arm: Arm, at: ContinuousClock.Instant, run: Int)?
+    private var delivered: [Key: AdaptiveEncoding.DecayedRate] = [:]
+    private var last: (arm: Arm, kind: Kind, at: ContinuousClock.Instant, run: Int)?
     private var sinceProbe = 0
     private var probe: (arm: Arm, left: Int)?
     /// Batches until a finished probe's writes are counted and its verdict is taken.
@@ -48,19 +54,25 @@ struct DeliveryArms: Sendable {
     private(set) var verdict: Verdict?
     private var interval = DeliveryArms.probeEvery
 
-    /// The writer wrote a batch of `input` payload bytes of `arm`, finishing `at`.
-    /// Control frames (no payload) do not count.
-    mutating func recordWrite(_ arm: Arm, input: UInt64, at end: ContinuousClock.Instant) {
+    /// The writer wrote a batch of `input` payload bytes of `arm` and `kind`, finishing
+    /// `at`. Control frames (no payload) do not count. A change of kind starts a new run
+    /// like a change of arm (the socket still holds the other kind's bytes), and the
+    /// first probe of the new kind waits `firstProbeAfter` batches, so the limit can
+    /// settle the way being sent first (10 Gbit/s: sender-bound raw pages, no probe).
+    mutating func recordWrite(_ arm: Arm, kind: Kind = .pages, input: UInt64, at end: ContinuousClock.Instant) {
         guard input > 0 else { return }
-        let run = last.map { $0.arm == arm ? $0.run + 1 : 1 } ?? 1
+        if let last, last.kind != kind { sinceProbe = 0 }
+        let run = last.map { $0.arm == arm && $0.kind == kind ? $0.run + 1 : 1 } ?? 1
         if let last, run > DeliveryArms.settle, end > last.at {
-            delivered[arm, default: .init()].add(bytes: Double(input), seconds: (end - last.at).seconds, decay: DeliveryArms.decay)
+            delivered[Key(kind: kind, arm: arm), default: .init()].add(bytes: Double(input), seconds: (end - last.at).seconds, decay: DeliveryArms.decay)
         }
-        last = (arm, end, run)
+        last = (arm, kind, end, run)
     }
 
-    /// Input bytes per second measured for `arm`, nil before it was.
-    func rate(_ arm: Arm) -> Double? { delivered[arm]?.perSecond }
+    /// Input bytes per second measured for `arm` on the kind of data being sent now, nil before it was.
+    func rate(_ arm: Arm) -> Double? { rate(arm, of: last?.kind ?? .pages) }
+
+    func rate(_ arm: Arm, of kind: Kind) -> Double? { delivered[Key(kind: kind, arm: arm)]?.perSecond }
 
     /// Both arms were measured.
     var measured: Bool { rate(.raw) != nil && rate(.coded) != nil }

@@ -83,3 +83,44 @@ struct DeliveryLimitMeter: Sendable {
         return busy >= DeliveryLimitMeter.busyShare ? .network : .sender
     }
 }
+
+/// The codec level while compressing: one step up the ladder while the link stays
+/// network-bound (the workers keep it full, so a better ratio carries more input per
+/// wire byte), one step back when it turns sender-bound (the level costs more CPU than
+/// the cores have), and that level not tried again for a while. The model's level is
+/// the floor; a level the workers' cores could not keep the link full with by far is
+/// no step (`affordable`). Pure: the limit and the ladder's bounds come in as values.
+struct LevelClimb: Sendable {
+    /// Compressed batches after a step before the limit counts again: the send queue
+    /// and the socket still hold bytes of the level before, and the limit needs
+    /// `DeliveryLimitMeter.stableReadings` fresh readings.
+    static let settleBatches = 48
+    /// Compressed batches a level that ran the socket dry is not tried again.
+    static let blockedFor = 2048
+
+    /// The ladder index climbed to; nil: the model's.
+    private(set) var level: Int?
+    private var sinceStep = 0
+    /// A level that turned sender-bound, and for how many more batches it is barred.
+    private var ceiling: (level: Int, batchesLeft: Int)?
+
+    /// The ladder index for the next compressed batch. `model`: the model's index;
+    /// `affordable`: the highest index worth a try; `limit`: the delivery limit read
+    /// while compressed batches went out (nil otherwise).
+    mutating func next(model: Int, affordable: Int, limit: DeliveryLimit?) -> Int {
+        sinceStep += 1
+        if let c = ceiling { ceiling = c.batchesLeft > 1 ? (c.level, c.batchesLeft - 1) : nil }
+        let current = max(model, level ?? model)
+        guard sinceStep > LevelClimb.settleBatches else { return current }
+        switch limit {
+        case .network? where current + 1 <= affordable && current + 1 < (ceiling?.level ?? .max):
+            (level, sinceStep) = (current + 1, 0)
+            return current + 1
+        case .sender? where current > model:
+            (ceiling, level, sinceStep) = ((current, LevelClimb.blockedFor), current - 1, 0)
+            return current - 1
+        default:
+            return current
+        }
+    }
+}

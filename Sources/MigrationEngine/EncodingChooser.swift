@@ -46,6 +46,17 @@ indirect enum EncodingReason: Sendable, Equatable, CustomStringConvertible {
     case deliveredMore(DeliveryArms.Arm, cores: CoreBudget, raw: Double?, coded: Double?, probing: Bool)
     /// The same, with what the connection's TCP_INFO says limits delivery (DeliveryLimit).
     case transport(DeliveryLimit, EncodingReason)
+    /// A level above or below the model's, stepped to by what TCP_INFO said while compressing (LevelClimb).
+    case climbed(PayloadCodec, EncodingReason)
+
+    /// Batches sent the other way to measure it (DeliveryArms' probes).
+    var isProbe: Bool {
+        switch self {
+        case .deliveredMore(_, _, _, _, let probing): probing
+        case .transport(_, let reason), .climbed(_, let reason): reason.isProbe
+        default: false
+        }
+    }
 
     var description: String {
         func mb(_ v: Double) -> String { "\(Int((v / 1e6).rounded())) MB/s" }
@@ -61,6 +72,7 @@ indirect enum EncodingReason: Sendable, Equatable, CustomStringConvertible {
             let way = arm == .raw ? "raw" : "compressed"
             return probing ? "\(cores): measuring \(way) again (\(rates))" : "\(cores): \(way) (\(rates))"
         case .transport(let limit, let reason): return "\(limit); \(reason)"
+        case .climbed(let codec, let reason): return "\(codec) as the link stayed full while compressing; \(reason)"
         }
     }
 }
@@ -129,6 +141,19 @@ struct EncodingChooser: Sendable {
             return EncodingDecision(choice: .raw, reason: .linkFasterThanCodecs(link: link, bestCodec: codecs.map(\.input).max() ?? 0, cores: rates.cores))
         }
         return EncodingDecision(choice: best.choice, reason: .linkBound(link: link, codec: best.input, ratio: best.ratio, cores: rates.cores))
+    }
+
+    /// Compressing cores may fall this short of keeping the link full at a level that
+    /// is still worth a try (LevelClimb): the codec rates are measured on a loaded host,
+    /// and the link's limit says the rest.
+    static let affordableShortfall = 0.75
+
+    /// The ladder's highest index whose estimated rate on `threads` cores keeps the link
+    /// full, within `affordableShortfall`; 0 without a link rate.
+    func highestAffordable(_ rates: EncodingRates, threads: Double) -> Int {
+        guard let link = rates.linkBytesPerSecond, link > 0 else { return 0 }
+        let levels = estimates(rates)
+        return levels.indices.last { threads * levels[$0].rate.bytesPerSecond >= EncodingChooser.affordableShortfall * link / levels[$0].rate.ratio } ?? 0
     }
 
     /// Each level's rate: measured if it was, else its prior scaled the way the measured

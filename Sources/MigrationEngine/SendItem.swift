@@ -19,7 +19,7 @@ enum SendItem: Sendable {
             let encoded = try encoding.encodeBatch(compressor) { (choice) throws(WireError) in try compressor.encode(bytes, choice: choice) }
             let (used, payload) = encoded.value
             let body = FrameBody.deviceData(DeviceData(phase: phase, encoding: used, originalLength: length, payload: payload, part: part))
-            return SendOutput(frame: try prepare(body, device: device), rawBytes: UInt64(bytes.count), coded: encoded.coded)
+            return SendOutput(frame: try prepare(body, device: device), rawBytes: UInt64(bytes.count), coded: encoded.coded, kind: .deviceData)
         case .pages(let start, let count):
             return try encodePages(startPFN: start, count: count, compressor: compressor, encoding: encoding, memory: memory!, counters: counters)
         case .control(let body, let device):
@@ -62,4 +62,6 @@ struct SendOutput: Sendable {
     var rawBytes: UInt64
     /// `auto` chose a codec level for this batch (what DeliveryArms measures).
     var coded = false
+    /// Device state or pages: DeliveryArms measures each kind apart.
+    var kind = DeliveryArms.Kind.pages
 }

@@ -654,7 +654,7 @@ final class SourceSession {
                 let (before, started, cpu) = (writer.wireBytesSent, ContinuousClock.now, threadCPUTime())
                 try writer.send(prepared: &output.frame)
                 if measuresDrain { encoding.adaptive?.recordDrain(bytes: writer.wireBytesSent - before, started: started, ended: .now, cpu: threadCPUTime() - cpu,
-                                               input: output.rawBytes, coded: output.coded) }
+                                               input: output.rawBytes, coded: output.coded, kind: output.kind) }
                 counters.addWritten(output.rawBytes)
             } })
     }

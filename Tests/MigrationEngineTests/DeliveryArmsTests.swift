@@ -5,10 +5,11 @@ import Testing
 /// the writes not counted after a switch, and the probe schedule.
 @Suite struct DeliveryArmsTests {
     /// `count` writes of 1 MB of input at `rate` input bytes per second.
-    func write(_ arms: inout DeliveryArms, _ arm: DeliveryArms.Arm, rate: Double, count: Int, clock t: inout ContinuousClock.Instant) {
+    func write(_ arms: inout DeliveryArms, _ arm: DeliveryArms.Arm, kind: DeliveryArms.Kind = .pages, rate: Double, count: Int,
+               clock t: inout ContinuousClock.Instant) {
         for _ in 0..<count {
             t = t + .seconds(1e6 / rate)
-            arms.recordWrite(arm, input: 1_000_000, at: t)
+            arms.recordWrite(arm, kind: kind, input: 1_000_000, at: t)
         }
     }
 
@@ -66,5 +67,43 @@ import Testing
         #expect(later.filter(\.probing).count == probe)
         #expect(later.firstIndex { $0.probing } == DeliveryArms.probeEvery)
         #expect(later.filter(\.probing).allSatisfy { $0.arm == .coded })
+    }
+
+    /// Loopback: device state reached the peer raw more slowly than compressed pages
+    /// went; that raw rate says nothing about raw pages, so for pages the prior leads
+    /// until raw pages are measured, and then they decide.
+    @Test func eachKindOfDataHasItsOwnRates() {
+        var (arms, t) = (DeliveryArms(), ContinuousClock.now)
+        for _ in 0..<30 { t = t + .seconds(0.01); arms.recordWrite(.raw, kind: .deviceData, input: 1_000_000, at: t) }   // 100 MB/s
+        write(&arms, .coded, rate: 200e6, count: 30, clock: &t)
+        #expect(arms.rate(.raw) == nil)
+        #expect(arms.rate(.raw, of: .deviceData).map { abs($0 - 100e6) < 1e6 } == true)
+        #expect(arms.leader(prior: .raw) == .raw)
+        write(&arms, .raw, rate: 300e6, count: 30, clock: &t)
+        #expect(arms.leader(prior: .coded) == .raw)
+    }
+
+    /// The first pages after device state still drain its bytes: a new run, not counted.
+    @Test func aChangeOfKindSettlesAgain() {
+        var (arms, t) = (DeliveryArms(), ContinuousClock.now)
+        for _ in 0..<30 { t = t + .seconds(0.01); arms.recordWrite(.raw, kind: .deviceData, input: 1_000_000, at: t) }
+        write(&arms, .raw, rate: 300e6, count: DeliveryArms.settle, clock: &t)
+        #expect(arms.rate(.raw) == nil)
+        write(&arms, .raw, rate: 300e6, count: 1, clock: &t)
+        #expect(arms.rate(.raw).map { abs($0 - 300e6) < 1e6 } == true)
+    }
+
+    /// When pages follow device state, their unmeasured arm is probed only after
+    /// `firstProbeAfter` batches: time for the limit to settle the way being sent.
+    @Test func aNewKindIsNotProbedAtOnce() {
+        var (arms, t) = (DeliveryArms(), ContinuousClock.now)
+        write(&arms, .coded, kind: .deviceData, rate: 50e6, count: 30, clock: &t)
+        write(&arms, .raw, kind: .deviceData, rate: 100e6, count: 30, clock: &t)
+        let device = (0..<(DeliveryArms.probeEvery / 2)).map { _ in arms.next(prior: .raw, limit: .receiver) }
+        #expect(device.allSatisfy { $0 == (.raw, false) }, "device state measured both ways: no probe yet")
+        write(&arms, .raw, rate: 300e6, count: 1, clock: &t)
+        let picks = (0..<DeliveryArms.firstProbeAfter).map { _ in arms.next(prior: .raw, limit: .receiver) }
+        #expect(picks.allSatisfy { $0 == (.raw, false) })
+        #expect(arms.next(prior: .raw, limit: .sender) == (.raw, false), "sender-bound raw settles it")
     }
 }

@@ -131,4 +131,37 @@ import Testing
         #expect(d.choice == .codec(.zstd(level: -1)))
         #expect(d.reason.description.hasPrefix("TCP: network-bound; idle cores 0.0: "))
     }
+
+    /// `count` compressed batches' levels under `limit`.
+    func levels(_ climb: inout LevelClimb, model: Int, affordable: Int = 3, limit: DeliveryLimit?, count: Int) -> [Int] {
+        (0..<count).map { _ in climb.next(model: model, affordable: affordable, limit: limit) }
+    }
+
+    /// 1 Gbit/s: while the link stays full, one level up after each `settleBatches`,
+    /// up to the highest the cores afford; no limit or a receiver limit: no step.
+    @Test func aFullLinkClimbsTheLadder() {
+        var climb = LevelClimb()
+        let step = LevelClimb.settleBatches + 1
+        let climbed = levels(&climb, model: 0, affordable: 2, limit: .network, count: 4 * step)
+        #expect(climbed[step - 2] == 0)
+        #expect(climbed[step - 1] == 1)
+        #expect(climbed[2 * step - 1] == 2)
+        #expect(climbed.last == 2, "not above the affordable level")
+        var quiet = LevelClimb()
+        #expect(levels(&quiet, model: 0, limit: nil, count: 4 * step).allSatisfy { $0 == 0 })
+        #expect(levels(&quiet, model: 0, limit: .receiver, count: 4 * step).allSatisfy { $0 == 0 })
+        #expect(levels(&quiet, model: 1, limit: .sender, count: 4 * step).allSatisfy { $0 == 1 }, "never below the model's level")
+    }
+
+    /// A level that runs the socket dry steps back, and is not tried again for `blockedFor` batches.
+    @Test func aLevelThatRunsTheSocketDryStepsBack() {
+        var climb = LevelClimb()
+        let step = LevelClimb.settleBatches + 1
+        _ = levels(&climb, model: 0, limit: .network, count: 2 * step)
+        #expect(climb.level == 2)
+        #expect(levels(&climb, model: 0, limit: .sender, count: step).last == 1)
+        let held = levels(&climb, model: 0, limit: .network, count: LevelClimb.blockedFor - step)
+        #expect(held.allSatisfy { $0 == 1 })
+        #expect(levels(&climb, model: 0, affordable: 2, limit: .network, count: 2 * step).last == 2, "tried again once the bar ran out")
+    }
 }

@@ -1,5 +1,6 @@
 import Testing
 @testable import MigrationEngine
+import MigrationTLS
 import MigrationWire
 
 /// `auto`'s per-batch choice on synthetic rates (no clock, no network): raw when the
@@ -108,5 +109,37 @@ import MigrationWire
         #expect(report?.choice == "zstd:3")
         #expect(report?.batches == ["raw": 1, "zstd:-1": 1, "zstd:3": 1])
         #expect(report.map { abs($0.linkBytesPerSecond! - 20e6) < 1e6 } == true)
+    }
+
+    /// The highest level worth a climb: its rate on all cores keeps the link full, within
+    /// `affordableShortfall` (here: the strong level at 100 MB/s, 40 %, on 2 cores keeps
+    /// 80 MB/s of link full, and 100 MB/s within the shortfall; not 200 MB/s).
+    @Test(arguments: [(80e6, 2.0, 1), (100e6, 2.0, 1), (200e6, 2.0, 0), (100e6, 1.0, 0)])
+    func theHighestAffordableLevel(link: Double, threads: Double, level: Int) {
+        let rates = EncodingRates(linkBytesPerSecond: link, cores: CoreBudget(cores: 0, measured: true))
+        #expect(chooser.highestAffordable(rates, threads: threads) == level)
+    }
+
+    /// 1 Gbit/s on a saturated host (no idle cores: the model says the cheapest level):
+    /// once TCP_INFO reads network-bound while compressed batches go out, they climb
+    /// to the stronger level.
+    @Test func aFullLinkWhileCompressingClimbs() {
+        let t0 = ContinuousClock.now
+        let adaptive = AdaptiveEncoding(chooser: chooser, cores: 2)
+        adaptive.recordHostCPU(HostCPUTimes(idleTicks: 0), at: t0)
+        adaptive.recordHostCPU(HostCPUTimes(idleTicks: 0), at: t0 + .seconds(1))
+        var info = TCPInfo()
+        for i in 0..<8 {
+            info.busyMicroseconds += 50_000
+            adaptive.recordTransport(info, at: t0 + .milliseconds(50 * (i + 1)))
+        }
+        var t = t0 + .seconds(1)
+        for _ in 0..<30 {
+            t = t + .milliseconds(10)
+            adaptive.recordDrain(bytes: 500_000, started: t - .milliseconds(5), ended: t, cpu: .zero, input: 1_000_000, coded: true)
+        }
+        let choices = (0..<(2 * LevelClimb.settleBatches)).map { _ in adaptive.decide().choice }
+        #expect(choices.first == .codec(.zstd(level: -1)))
+        #expect(choices.last == .codec(.zstd(level: 3)))
     }
 }
