@@ -92,10 +92,11 @@ final class OrderedPipeline<Input: Sendable, Output: Sendable, Failure: Error>: 
     /// Hands `output` to the consumer in its place in the order, without a worker:
     /// for an item the transform would pass through unchanged. Blocks while the
     /// window is full; throws the pipeline's first error.
-    func submit(passthrough output: Output) throws(Failure) {
+    func submit(passthrough output: consuming Output) throws(Failure) {
         let index = try takeSlot()
+        // Moved in (as a worker's output is): the consumer must hold the only reference.
         // Only the consumer waits on the results; it re-sleeps unless this is next in order.
-        var output: Output? = output
+        var output: Output? = consume output
         results.withLock { $0.ready[index] = output.take() }
     }
 
@@ -103,9 +104,9 @@ final class OrderedPipeline<Input: Sendable, Output: Sendable, Failure: Error>: 
     private func takeSlot() throws(Failure) -> Int {
         try control.wait(until: { [window] c in c.inFlight < window || c.failure != nil || c.interruption != nil }) {
             (c: inout Control, _) throws(Failure) -> Int in
-            precondition(!c.finished, "submit after finish")
             if let failure = c.failure { throw failure }
             if let interruption = c.interruption { throw interruption }
+            precondition(!c.finished, "submit after finish")
             c.inFlight += 1
             defer { c.nextIndex += 1 }
             return c.nextIndex
