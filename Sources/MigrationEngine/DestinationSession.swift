@@ -154,6 +154,10 @@ final class DestinationSession {
                 // READY only once every extra stream's pages are applied too (§14.4).
                 try joins?.waitUntilAllEnded(isCancelled: { cancellation.isCancelled })
                 state.advance(to: .complete)
+            case .pages(let p):
+                // Decoded by the applier itself: no worker has anything to do with it.
+                try pipeline.submit(passthrough: .pages(p))
+                continue
             default:
                 break
             }

@@ -155,7 +155,7 @@ private struct StreamReceiver {
                 switch message {
                 case .frame(let frame):
                     switch frame.body {
-                    case .pages: try pipeline.submit(frame)
+                    case .pages(let p): try pipeline.submit(passthrough: .pages(p))  // decoded by the applier
                     case .abort(let a): throw .peerAborted(a.reason, a.message)
                     default: continue  // KEEPALIVE
                     }

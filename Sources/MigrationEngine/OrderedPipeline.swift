@@ -13,6 +13,10 @@ import SyncPrimitives
 /// for it (each `ConditionValue` change wakes all its waiters): the input queue
 /// (workers wait), the results (the consumer waits), the window and the outcome
 /// (the producer and `finish` wait). No thread holds two of them at once.
+///
+/// An item that needs no transform (`submit(passthrough:)`) skips the workers:
+/// it is stored as done in its sequence slot, so it costs no worker wake-up and
+/// no second hand-off, and still counts against the window and keeps its order.
 final class OrderedPipeline<Input: Sendable, Output: Sendable, Failure: Error>: Sendable {
     typealias Transform = (Input) throws(Failure) -> Output
     typealias Consume = (Output) throws(Failure) -> Void
@@ -25,7 +29,6 @@ final class OrderedPipeline<Input: Sendable, Output: Sendable, Failure: Error>: 
         /// referenced (an item holds up to a MiB of data) until the queue compacts.
         var items: [(index: Int, item: Input)?] = []
         var head = 0
-        var nextIndex = 0
         var closed = false
         var stopped = false
     }
@@ -38,6 +41,10 @@ final class OrderedPipeline<Input: Sendable, Output: Sendable, Failure: Error>: 
     }
     private struct Control {
         var inFlight = 0
+        /// Sequence numbers are taken here, with the window slot: a passthrough
+        /// item then never touches the input queue (whose change wakes the workers).
+        var nextIndex = 0
+        var finished = false
         var failure: Failure?
         var interruption: Failure?
         var liveThreads = 0
@@ -78,16 +85,31 @@ final class OrderedPipeline<Input: Sendable, Output: Sendable, Failure: Error>: 
 
     /// Blocks while the window is full. Throws the pipeline's first error.
     func submit(_ item: Input) throws(Failure) {
+        let index = try takeSlot()
+        inputs.withLock { $0.items.append((index, item)) }
+    }
+
+    /// Hands `output` to the consumer in its place in the order, without a worker:
+    /// for an item the transform would pass through unchanged. Blocks while the
+    /// window is full; throws the pipeline's first error.
+    func submit(passthrough output: consuming Output) throws(Failure) {
+        let index = try takeSlot()
+        // Moved in (as a worker's output is): the consumer must hold the only reference.
+        // Only the consumer waits on the results; it re-sleeps unless this is next in order.
+        var output: Output? = consume output
+        results.withLock { $0.ready[index] = output.take() }
+    }
+
+    /// Waits for room in the window, then takes it and the next sequence number.
+    private func takeSlot() throws(Failure) -> Int {
         try control.wait(until: { [window] c in c.inFlight < window || c.failure != nil || c.interruption != nil }) {
-            (c: inout Control, _) throws(Failure) in
+            (c: inout Control, _) throws(Failure) -> Int in
             if let failure = c.failure { throw failure }
             if let interruption = c.interruption { throw interruption }
+            precondition(!c.finished, "submit after finish")
             c.inFlight += 1
-        }
-        inputs.withLock { q in
-            precondition(!q.closed, "submit after finish")
-            q.items.append((q.nextIndex, item))
-            q.nextIndex += 1
+            defer { c.nextIndex += 1 }
+            return c.nextIndex
         }
     }
 
@@ -95,10 +117,11 @@ final class OrderedPipeline<Input: Sendable, Output: Sendable, Failure: Error>: 
     func finish() throws(Failure) {
         // Workers exit once the queue is empty, the consumer once all is consumed
         // (or on the first error).
-        let total = inputs.withLock { q in
-            q.closed = true
-            return q.nextIndex
+        let total = control.withLock { c in
+            c.finished = true
+            return c.nextIndex
         }
+        inputs.withLock { $0.closed = true }
         results.withLock { $0.total = total }
         if let failure = control.wait(until: { $0.liveThreads == 0 }, { c, _ in c.failure }) { throw failure }
     }

@@ -82,6 +82,94 @@ final class Payload: @unchecked Sendable {
         do { for i in 0..<1000 { try pipeline.submit(i) }; try pipeline.finish() } catch { thrown = true }
         #expect(thrown)
     }
+
+    /// Every third item skips the workers; the transform marks what it handled
+    /// (negated), so an item in the wrong place or through the wrong path shows.
+    @Test func passthroughItemsKeepTheirPlaceAmongTransformedOnes() {
+        let transformed = LockedArray(), consumed = LockedArray()
+        let pipeline = OrderedPipeline<Int, Int, Never>(
+            name: "test", workers: 3, window: 8,
+            makeTransform: { { (i: Int) -> Int in
+                usleep(UInt32.random(in: 0...300))  // later passthrough items are ready first
+                transformed.append(i)
+                return -i } },
+            makeConsumer: { { consumed.append($0) } })
+        for i in 0..<300 {
+            if i % 3 == 0 { pipeline.submit(passthrough: i) } else { pipeline.submit(i) }
+        }
+        pipeline.finish()
+        #expect(consumed.values == (0..<300).map { $0 % 3 == 0 ? $0 : -$0 })
+        #expect(transformed.values.sorted() == (0..<300).filter { $0 % 3 != 0 }, "a passthrough item went through a worker")
+    }
+
+    /// Passthrough items take window slots: a slow consumer holds the producer
+    /// back instead of letting them pile up.
+    @Test func passthroughItemsCountAgainstTheWindow() {
+        let counter = LiveCounter()
+        let window = 4
+        let pipeline = OrderedPipeline<Payload, Payload, Never>(
+            name: "test", workers: 2, window: window,
+            makeTransform: { { $0 } },  // one payload per item, wherever it is
+            makeConsumer: { { _ in usleep(200) } })
+        for i in 0..<200 {
+            if i % 5 == 0 { pipeline.submit(Payload(i, counter)) } else { pipeline.submit(passthrough: Payload(i, counter)) }
+        }
+        pipeline.finish()
+        // In flight, one being submitted, one just consumed and not yet let go.
+        #expect(counter.peak <= window + 2, "peak live payloads \(counter.peak)")
+        #expect(counter.current == 0)
+    }
+
+    /// A consumer failing on a passthrough item stops the pipeline: nothing after it
+    /// is consumed and the producer gets the error.
+    @Test func aFailureOnAPassthroughItemStopsThePipeline() {
+        struct Boom: Error, Equatable {}
+        let consumed = LockedArray()
+        let pipeline = OrderedPipeline<Int, Int, Boom>(
+            name: "test", workers: 2, window: 4,
+            makeTransform: { { (i: Int) throws(Boom) -> Int in i } },
+            makeConsumer: { { (i: Int) throws(Boom) in
+                if i == 21 { throw Boom() }
+                consumed.append(i) } })
+        var thrown: Boom?
+        do {
+            for i in 0..<1000 {
+                if i % 2 == 0 { try pipeline.submit(i) } else { try pipeline.submit(passthrough: i) }
+            }
+            try pipeline.finish()
+        } catch { thrown = error }
+        #expect(thrown == Boom())
+        #expect(pipeline.error == Boom())
+        let values = consumed.values
+        #expect(values == Array(0..<min(values.count, 21)), "consumed out of order or past the failure: \(values)")
+    }
+
+    /// `abort` wakes a producer blocked on a full window of passthrough items,
+    /// and every thread still exits.
+    @Test func abortWakesAProducerBlockedOnPassthroughItems() {
+        struct Boom: Error, Equatable {}
+        let gate = ConditionValue(false)
+        let aborted = ConditionValue(false)
+        let window = 3
+        let pipeline = OrderedPipeline<Int, Int, Boom>(
+            name: "test", workers: 1, window: window,
+            makeTransform: { { (i: Int) throws(Boom) -> Int in i } },
+            makeConsumer: { { (_: Int) throws(Boom) in gate.wait(until: { $0 }) { _, _ in } } })
+        var thrown: Boom?
+        do {
+            for i in 0..<window { try pipeline.submit(passthrough: i) }  // the window is now full
+            let aborter = Thread {
+                pipeline.abort(Boom())
+                aborted.withLock { $0 = true }
+            }
+            aborter.start()
+            try pipeline.submit(passthrough: window)  // blocks until the abort
+        } catch { thrown = error }
+        #expect(thrown == Boom())
+        gate.withLock { $0 = true }  // let the consumer see the abort
+        aborted.wait(until: { $0 }) { _, _ in }
+        #expect(pipeline.error == Boom())
+    }
 }
 
 final class LockedArray: @unchecked Sendable {
