@@ -135,20 +135,6 @@ final class ZstdDecompressor {
     }
 }
 
-/// One one-shot zstd call (destination, capacity, source, size) from `input` into a new
-/// array of `capacity` bytes: the array (empty on error) and zstd's result code.
-private func zstdOneShot(_ input: ArraySlice<UInt8>, capacity: Int,
-                         _ call: (UnsafeMutableRawPointer?, Int, UnsafeRawPointer?, Int) -> Int) -> ([UInt8], Int) {
-    var code = 0
-    let output = input.withUnsafeBytes { inBuf in
-        [UInt8](unsafeUninitializedCapacity: max(capacity, 1)) { out, count in
-            code = call(out.baseAddress, capacity, inBuf.baseAddress, inBuf.count)
-            count = ZSTD_isError(code) != 0 ? 0 : code
-        }
-    }
-    return (output, code)
-}
-
 /// Per-thread: owns C state that one thread at a time may use; never shared.
 @available(*, unavailable)
 extension ZstdCompressor: Sendable {}
