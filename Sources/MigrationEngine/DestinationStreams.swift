@@ -130,7 +130,7 @@ final class DestinationStreams: Sendable {
 /// One extra stream's reader: decode (joined mode), decompress on workers, apply pages
 /// in the stream's order on one consumer thread.
 private struct StreamReceiver {
-    typealias Pipeline = OrderedPipeline<Frame, DecodedFrame, MigrationFailure>
+    typealias Pipeline = ReceivePipeline.Pipeline
     let index: Int
     let stream: TLSStream
     let context: DestinationStreams.Context
@@ -177,14 +177,8 @@ private struct StreamReceiver {
     }
 
     private func read(into decoder: inout FrameDecoder, lastByte: inout Double) throws(MigrationFailure) {
-        let stream = self.stream
         let count: Int
-        do {
-            // Decrypt straight into the decoder's buffer, as FrameReader does.
-            count = try decoder.fill(maxCount: min(decoder.bytesWanted, 256 << 10)) { (span: inout OutputSpan<UInt8>) throws(TLSError) in
-                try stream.read(into: &span)
-            }
-        } catch {
+        do { count = try decoder.fill(from: stream) } catch {
             guard case .readTimeout = error else { throw .tls(error) }
             guard monotonicSeconds() - lastByte < context.peerTimeoutSeconds else {
                 throw .tls(.readTimeout(seconds: context.peerTimeoutSeconds))
@@ -197,20 +191,10 @@ private struct StreamReceiver {
         received(UInt64(count))
     }
 
+    /// Only PAGES reach its applier (the decoder refuses anything else), so only its page path runs.
     private func makePipeline() -> Pipeline {
         let c = context
-        let workers = max(1, c.workers / c.routing.count)
-        return Pipeline(
-            name: "stream-\(index)", workers: workers, window: workers * 4 + 4,
-            makeTransform: { () throws(MigrationFailure) -> Pipeline.Transform in
-                let decompressor: PayloadDecompressor
-                do throws(WireError) { decompressor = try PayloadDecompressor(limits: c.limits) } catch { throw MigrationFailure(error) }
-                return { (frame: Frame) throws(MigrationFailure) -> DecodedFrame in try DecodedFrame(frame, decompressor: decompressor) }
-            },
-            makeConsumer: {
-                // Only PAGES reach it (the decoder refuses anything else), so only its page path runs.
-                let applier = Applier(devices: c.devices, memory: c.memory, writer: c.writer, limits: c.limits, events: c.events, progress: c.progress, state: c.state)
-                return { (item: DecodedFrame) throws(MigrationFailure) in try applier.apply(item) }
-            })
+        return ReceivePipeline.make(name: "stream-\(index)", workers: max(1, c.workers / c.routing.count), limits: c.limits,
+                                    devices: c.devices, memory: c.memory, writer: c.writer, events: c.events, progress: c.progress, state: c.state)
     }
 }

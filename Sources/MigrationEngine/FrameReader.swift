@@ -11,7 +11,6 @@ final class FrameReader {
     private var stream: TLSStream
     private var decoder: FrameDecoder
     private(set) var wireBytesReceived: UInt64 = 0
-    private let readChunk = 256 << 10
     /// Version 2, source: the destination's ACKs, handed over as they are decoded.
     var onAck: ((StreamPosition) throws(MigrationFailure) -> Void)?
 
@@ -81,17 +80,22 @@ final class FrameReader {
         }
     }
 
-    /// Decrypts into the decoder's buffer what completes the pending header or
-    /// frame (at most `readChunk` a call): a large frame lands in a buffer of its
-    /// own, and its payloads are applied from there without another copy.
     private func readMore() throws(MigrationFailure) -> Int {
-        let stream = self.stream
-        do {
-            return try decoder.fill(maxCount: min(decoder.bytesWanted, readChunk)) { (span: inout OutputSpan<UInt8>) throws(TLSError) in
-                try stream.read(into: &span)
-            }
-        } catch {
-            throw .tls(error)
+        do { return try decoder.fill(from: stream) } catch { throw .tls(error) }
+    }
+}
+
+extension FrameDecoder {
+    /// At most this much is decrypted per read.
+    static let readChunk = 256 << 10
+
+    /// Decrypts into the buffer what completes the pending header or frame (at most
+    /// `readChunk` a call): a large frame lands in a buffer of its own, and its
+    /// payloads are applied from there without another copy. 0: the stream ended.
+    /// Every reader of a connection (stream 0's and each extra stream's) reads this way.
+    mutating func fill(from stream: TLSStream) throws(TLSError) -> Int {
+        try fill(maxCount: min(bytesWanted, Self.readChunk)) { (span: inout OutputSpan<UInt8>) throws(TLSError) in
+            try stream.read(into: &span)
         }
     }
 }
