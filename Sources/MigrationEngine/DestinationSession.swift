@@ -33,7 +33,7 @@ final class DestinationSession {
             }
         }
     }
-    typealias Pipeline = OrderedPipeline<Frame, DecodedFrame, MigrationFailure>
+    typealias Pipeline = ReceivePipeline.Pipeline
 
     /// How long one read waits before the session looks at the applier and the cancel again.
     private static let pollSeconds = 0.2
@@ -369,20 +369,8 @@ final class DestinationSession {
     }
 
     private func makePipeline() -> Pipeline {
-        let (limits, devices, memory, writer, events) = (options.limits, self.devices.devices, self.memory, self.writer, self.events)
-        let (progress, state) = (self.progress, self.state)
-        return Pipeline(
-            name: "receive", workers: options.workers, window: options.workers * 4 + 4,
-            makeTransform: { () throws(MigrationFailure) -> Pipeline.Transform in
-                let decompressor: PayloadDecompressor
-                do throws(WireError) { decompressor = try PayloadDecompressor(limits: limits) } catch { throw MigrationFailure(error) }
-                return { (frame: Frame) throws(MigrationFailure) -> DecodedFrame in try DecodedFrame(frame, decompressor: decompressor) }
-            },
-            makeConsumer: {
-                let applier = Applier(devices: devices, memory: memory, writer: writer, limits: limits, events: events,
-                                      progress: progress, state: state)
-                return { (item: DecodedFrame) throws(MigrationFailure) in try applier.apply(item) }
-            })
+        ReceivePipeline.make(name: "receive", workers: options.workers, limits: options.limits, devices: devices.devices, memory: memory,
+                             writer: writer, events: events, progress: progress, state: state)
     }
 }
 
