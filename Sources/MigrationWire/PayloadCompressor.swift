@@ -38,6 +38,17 @@ public final class PayloadCompressor {
     /// Non-zero runs of pages are cut into segments of at most this many bytes, so one
     /// incompressible page does not force a large neighbour raw and workers get even jobs.
     public static let maxSegmentBytes = 256 << 10
+    /// zstd segments may be longer: zstd stores an incompressible block raw by itself, so
+    /// a random page costs nothing extra, and each segment starts without context, so a
+    /// longer one keeps more of it (level 3: 1.3 % fewer bytes on the benchmark corpus).
+    public static let maxZstdSegmentBytes = 1 << 20
+    /// Up to this zstd level (fast and double-fast strategies) the match finder skips
+    /// ahead on data without matches (2.1 GB/s on random pages at level 3, against
+    /// 0.34 GB/s at level 4), so `auto` leaves random-looking pages in the data runs
+    /// instead of cutting every run at them: on the benchmark corpus data runs
+    /// average two pages between random ones, and compressing those alone costs 3.4 %
+    /// of the wire at level 3 (docs/PERFORMANCE.md, issue 14).
+    public static let zstdRandomSkippingLevel = 3
     /// Zero runs carry no data; this only bounds what a receiver materialises per segment.
     public static let maxZeroSegmentBytes = 4 << 20
     static let probeSliceBytes = 1024
@@ -233,6 +244,13 @@ public final class PayloadCompressor {
             counters.buffers += 1
             counters.bytesIn += run.byteCount
             counters.bytesOut += run.byteCount
+            // In a compressed batch these bytes travel raw beside the codec's output:
+            // count them in the codec's ratio (at no time), so levels that see random
+            // pages and levels that skip them are compared on the same wire bytes.
+            if try codec(for: choice) != nil {
+                counters.codecBytesIn += run.byteCount
+                counters.codecBytesOut += run.byteCount
+            }
             return .raw
         case .data: return try encode(run, probe: false, choice: choice)
         }
@@ -242,14 +260,20 @@ public final class PayloadCompressor {
     private func runs(pageSize: Int, pages: RawSpan, choice: CodecChoice?) throws(WireError) -> [(kind: PageClass, pages: Range<Int>)] {
         guard pageSize > 0, pages.byteCount % pageSize == 0 else { throw WireError.unalignedPages(byteCount: pages.byteCount, pageSize: pageSize) }
         let pageCount = pages.byteCount / pageSize
+        let codec = try codec(for: choice)
+        let spotsRandom = policy == .auto && PayloadCompressor.spendsTimeOnRandomData(codec)
         var classes: [PageClass] = []
         classes.reserveCapacity(pageCount)
         for p in 0..<pageCount {
             let page = pages.extracting((p * pageSize)..<((p + 1) * pageSize))
-            classes.append(isAllZero(page) ? .zero : policy == .auto && looksRandom(page) ? .random : .data)
+            classes.append(isAllZero(page) ? .zero : spotsRandom && looksRandom(page) ? .random : .data)
         }
-        if case .zstd? = try codec(for: choice) { PayloadCompressor.bridgeZeroGaps(&classes, upTo: PayloadCompressor.zstdZeroGapPages) }
-        let maxRun = max(1, PayloadCompressor.maxSegmentBytes / pageSize)
+        var segmentBytes = PayloadCompressor.maxSegmentBytes
+        if case .zstd? = codec {
+            PayloadCompressor.bridgeZeroGaps(&classes, upTo: PayloadCompressor.zstdZeroGapPages)
+            segmentBytes = PayloadCompressor.maxZstdSegmentBytes
+        }
+        let maxRun = max(1, segmentBytes / pageSize)
         let maxZeroRun = max(1, PayloadCompressor.maxZeroSegmentBytes / pageSize)
         var runs: [(kind: PageClass, pages: Range<Int>)] = []
         var first = 0
@@ -262,6 +286,17 @@ public final class PayloadCompressor {
             first = end
         }
         return runs
+    }
+
+    /// Whether compressing random-looking pages with `codec` costs enough that `auto`
+    /// should spot them and send them raw: not for a raw batch (everything goes raw)
+    /// nor for zstd up to `zstdRandomSkippingLevel`, which skips them about as fast.
+    static func spendsTimeOnRandomData(_ codec: PayloadCodec?) -> Bool {
+        switch codec {
+        case nil: false
+        case .zstd(let level)?: level > zstdRandomSkippingLevel
+        case .deflate?: true
+        }
     }
 
     /// zstd segments take in zero runs of up to this many pages between two data runs

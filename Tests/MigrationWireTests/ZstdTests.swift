@@ -196,4 +196,48 @@ import Testing
         let decompressor = try PayloadDecompressor()
         #expect(try segments.flatMap { try decompressor.decode($0, pageSize: ps) } == bytes)
     }
+
+    /// Random pages between text pages under `auto`: zstd up to level 3 skips them by
+    /// itself, so they stay in one segment with the text; level 6 and deflate spend
+    /// time on them, so `auto` spots them and sends them raw; a raw batch does not
+    /// classify at all (one raw segment). In a compressed batch the random pages'
+    /// bytes count in the codec's input and output, so every level's ratio is over
+    /// the same wire bytes.
+    @Test func autoLeavesRandomPagesToZstdUpToLevelThree() throws {
+        var rng = SeededRNG(seed: 11)
+        let ps = 4096
+        var bytes: [UInt8] = []
+        for i in 0..<32 { bytes += i % 2 == 0 ? rng.bytes(ps) : textBytes(ps) }
+        let decompressor = try PayloadDecompressor()
+
+        let fast = try PayloadCompressor(policy: .auto, zstdAccepted: true)
+        let one = try fast.encodePages(startPFN: 0, pageSize: ps, bytes: bytes, choice: .codec(.zstd(level: 3)))
+        #expect(one.map(\.encoding) == [.zstd] && one.map(\.pageCount) == [32])
+        #expect(fast.counters.pagesLookingRandom == 0 && fast.counters.codecBytesIn == bytes.count)
+        #expect(try one.flatMap { try decompressor.decode($0, pageSize: ps) } == bytes)
+
+        let slow = try PayloadCompressor(policy: .auto, zstdAccepted: true)
+        let split = try slow.encodePages(startPFN: 0, pageSize: ps, bytes: bytes, choice: .codec(.zstd(level: 6)))
+        #expect(split.count == 32 && slow.counters.pagesLookingRandom == 16)
+        #expect(split.enumerated().allSatisfy { i, s in s.encoding == (i % 2 == 0 ? .raw : .zstd) })
+        #expect(slow.counters.codecBytesIn == bytes.count, "the random pages count at their raw size")
+        #expect(slow.counters.codecBytesOut > 16 * ps && slow.counters.codecBytesOut < bytes.count)
+        #expect(try split.flatMap { try decompressor.decode($0, pageSize: ps) } == bytes)
+
+        let raw = try PayloadCompressor(policy: .auto, zstdAccepted: true)
+        let whole = try raw.encodePages(startPFN: 0, pageSize: ps, bytes: bytes, choice: .raw)
+        #expect(whole.map(\.encoding) == [.raw] && whole.map(\.pageCount) == [32])
+        #expect(raw.counters.pagesLookingRandom == 0 && raw.counters.codecBytesIn == 0)
+    }
+
+    /// zstd segments run up to 1 MiB (each starts without context, and zstd stores an
+    /// incompressible block raw by itself); deflate keeps 256 KiB segments.
+    @Test func zstdSegmentsRunToOneMebibyte() throws {
+        let ps = 4096
+        let bytes = textBytes(300 * ps)
+        let zstd = try PayloadCompressor(policy: .zstd(level: 3), zstdAccepted: true)
+        #expect(try zstd.encodePages(startPFN: 0, pageSize: ps, bytes: bytes).map(\.pageCount) == [256, 44])
+        let deflate = try PayloadCompressor(policy: .zlib(level: 1))
+        #expect(try deflate.encodePages(startPFN: 0, pageSize: ps, bytes: bytes).map(\.pageCount) == [64, 64, 64, 64, 44])
+    }
 }
