@@ -32,6 +32,8 @@ final class AdaptiveEncoding: Sendable {
             output = output * decay + o
         }
         var perSecond: Double? { seconds > 0 && bytes > 0 ? bytes / seconds : nil }
+        /// Less weight, the same rate and ratio.
+        mutating func fade(_ decay: Double = AdaptiveEncoding.decay) { add(bytes: 0, seconds: 0, decay: decay) }
     }
 
     private struct State {
@@ -82,7 +84,7 @@ final class AdaptiveEncoding: Sendable {
         state.withLock { s in
             let rates = EncodingRates(linkBytesPerSecond: s.link.perSecond,
                                       codecs: s.codecs.compactMapValues { r in
-                                          r.perSecond.map { CodecRate(bytesPerSecond: $0, ratio: r.output / r.bytes) } },
+                                          r.perSecond.map { CodecRate(bytesPerSecond: $0, ratio: r.output / r.bytes, weight: r.bytes) } },
                                       cores: compressingCores(s))
             var decision = chooser.decide(rates)
             if rates.cores.measured { return record(climbed(verified(decision, &s, cores: rates.cores), &s, rates: rates), in: &s) }
@@ -152,6 +154,9 @@ final class AdaptiveEncoding: Sendable {
     func recordCompression(_ codec: PayloadCodec, input: Int, output: Int, time: Duration, cpu: Duration = .zero) {
         guard input > 0 else { return }
         state.withLock { s in
+            // The other levels' figures fade by the same step, so what they weigh
+            // against this one is how recently they ran (EncodingChooser.estimates).
+            for other in s.codecs.keys where other != codec { s.codecs[other]?.fade() }
             s.codecs[codec, default: DecayedRate()].add(bytes: Double(input), seconds: time.seconds, output: Double(output))
             s.host.addCodecCPU(seconds: cpu.seconds)
         }

@@ -5,6 +5,9 @@ import MigrationWire
 struct CodecRate: Sendable, Equatable {
     var bytesPerSecond: Double
     var ratio: Double
+    /// How much recent input the figures rest on (decayed bytes): what this level's
+    /// figures weigh when the levels are compared through one scale.
+    var weight = 1.0
 }
 
 /// The measurements `auto` decides from (PROTOCOL.md §9 leaves the choice to the sender).
@@ -108,15 +111,16 @@ struct EncodingChooser: Sendable {
 
     init(ladder: [Step]) { self.ladder = ladder }
 
-    // Priors: one thread on the benchmark corpus's data pages (runs between zero and
-    // random pages, mostly 1–3 pages long), measured on the 2-core reference machine
-    // (docs/PERFORMANCE.md). zstd's fast levels below -1 are no faster on such short
-    // runs (per-call cost dominates) and compress worse, so the ladder starts at -1.
+    // Priors: one thread on the benchmark corpus's non-zero pages in segments of up to
+    // 1 MiB (random pages included: zstd stores them raw by itself), measured on the
+    // 2-core reference machine (docs/PERFORMANCE.md). Only the levels' speeds and
+    // ratios relative to each other matter: what is measured scales them all. zstd's
+    // fast levels below -1 compress worse for little speed, so the ladder starts at -1.
     static let zstdLadder: [Step] = [
-        Step(codec: .zstd(level: -1), prior: CodecRate(bytesPerSecond: 380e6, ratio: 0.42)),
-        Step(codec: .zstd(level: 1), prior: CodecRate(bytesPerSecond: 310e6, ratio: 0.363)),
-        Step(codec: .zstd(level: 3), prior: CodecRate(bytesPerSecond: 235e6, ratio: 0.356)),
-        Step(codec: .zstd(level: 6), prior: CodecRate(bytesPerSecond: 92e6, ratio: 0.343)),
+        Step(codec: .zstd(level: -1), prior: CodecRate(bytesPerSecond: 930e6, ratio: 0.449)),
+        Step(codec: .zstd(level: 1), prior: CodecRate(bytesPerSecond: 680e6, ratio: 0.438)),
+        Step(codec: .zstd(level: 3), prior: CodecRate(bytesPerSecond: 377e6, ratio: 0.417)),
+        Step(codec: .zstd(level: 6), prior: CodecRate(bytesPerSecond: 152e6, ratio: 0.407)),
     ]
     static let deflateLadder: [Step] = [
         Step(codec: .deflate(level: 1), prior: CodecRate(bytesPerSecond: 220e6, ratio: 0.364)),
@@ -156,21 +160,25 @@ struct EncodingChooser: Sendable {
         return levels.indices.last { threads * levels[$0].rate.bytesPerSecond >= EncodingChooser.affordableShortfall * link / levels[$0].rate.ratio } ?? 0
     }
 
-    /// Each level's rate: measured if it was, else its prior scaled the way the measured
-    /// levels differ from theirs (this machine's speed, this data's compressibility).
+    /// Each level's rate: its prior scaled the way the measured levels differ from
+    /// theirs (this machine's speed, this data's compressibility), each measured level
+    /// weighing by its recent input. Levels are compared through that one scale, not
+    /// each through its own figures: a level tried in a few batches at the start of a
+    /// session or on device state (another mix of data) kept figures that no longer
+    /// held, and ratios measured on different data put the levels out of their order,
+    /// so a better level looked worse and was never used again (issue 14).
     func estimates(_ rates: EncodingRates) -> [(codec: PayloadCodec, rate: CodecRate)] {
-        var speedScale = 0.0, ratioScale = 0.0, measured = 0.0
+        var speedScale = 0.0, ratioScale = 0.0, weight = 0.0
         for step in ladder {
-            guard let m = rates.codecs[step.codec] else { continue }
-            speedScale += m.bytesPerSecond / step.prior.bytesPerSecond
-            ratioScale += m.ratio / step.prior.ratio
-            measured += 1
+            guard let m = rates.codecs[step.codec], m.weight > 0 else { continue }
+            speedScale += m.weight * m.bytesPerSecond / step.prior.bytesPerSecond
+            ratioScale += m.weight * m.ratio / step.prior.ratio
+            weight += m.weight
         }
-        if measured == 0 { (speedScale, ratioScale, measured) = (1, 1, 1) }
+        if weight == 0 { (speedScale, ratioScale, weight) = (1, 1, 1) }
         return ladder.map { step in
-            let rate = rates.codecs[step.codec] ?? CodecRate(bytesPerSecond: step.prior.bytesPerSecond * speedScale / measured,
-                                                             ratio: min(1, step.prior.ratio * ratioScale / measured))
-            return (step.codec, rate)
+            (step.codec, CodecRate(bytesPerSecond: step.prior.bytesPerSecond * speedScale / weight,
+                                   ratio: min(1, step.prior.ratio * ratioScale / weight)))
         }
     }
 }

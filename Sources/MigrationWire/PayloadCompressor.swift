@@ -42,13 +42,6 @@ public final class PayloadCompressor {
     /// a random page costs nothing extra, and each segment starts without context, so a
     /// longer one keeps more of it (level 3: 1.3 % fewer bytes on the benchmark corpus).
     public static let maxZstdSegmentBytes = 1 << 20
-    /// Up to this zstd level (fast and double-fast strategies) the match finder skips
-    /// ahead on data without matches (2.1 GB/s on random pages at level 3, against
-    /// 0.34 GB/s at level 4), so `auto` leaves random-looking pages in the data runs
-    /// instead of cutting every run at them: on the benchmark corpus data runs
-    /// average two pages between random ones, and compressing those alone costs 3.4 %
-    /// of the wire at level 3 (docs/PERFORMANCE.md, issue 14).
-    public static let zstdRandomSkippingLevel = 3
     /// Zero runs carry no data; this only bounds what a receiver materialises per segment.
     public static let maxZeroSegmentBytes = 4 << 20
     static let probeSliceBytes = 1024
@@ -288,14 +281,18 @@ public final class PayloadCompressor {
         return runs
     }
 
-    /// Whether compressing random-looking pages with `codec` costs enough that `auto`
-    /// should spot them and send them raw: not for a raw batch (everything goes raw)
-    /// nor for zstd up to `zstdRandomSkippingLevel`, which skips them about as fast.
+    /// Whether `auto` should spot random-looking pages and send them raw around the
+    /// codec: for deflate, which spends as long on them as on data. Not for zstd, which
+    /// stores incompressible blocks raw by itself (2.1 GB/s on random pages at level 3),
+    /// so they stay in the data runs: on the benchmark corpus data runs average two
+    /// pages between random ones, and compressing those short runs alone made level 3's
+    /// output 3.4 % larger and level 6's 4 % larger than 1 MiB segments with the random
+    /// pages in them, at about the same time (docs/PERFORMANCE.md, issue 14). Nor for a
+    /// raw batch, where everything goes raw.
     static func spendsTimeOnRandomData(_ codec: PayloadCodec?) -> Bool {
         switch codec {
-        case nil: false
-        case .zstd(let level)?: level > zstdRandomSkippingLevel
         case .deflate?: true
+        case .zstd?, nil: false
         }
     }
 

@@ -55,6 +55,24 @@ import MigrationWire
         #expect(decide(link: 150e6, measured: slow).choice == .raw)
     }
 
+    /// The strong level ran a few batches long ago (slowly, on data that compressed
+    /// worse); the cheap one runs now at its prior. The levels are compared through one
+    /// scale weighted by recent input, so the strong level's old figures weigh little:
+    /// it is estimated at about its prior again, and a slow link gets it. Taken at its
+    /// own figures (25 MB/s, 48 %) it lost to the cheap level for good.
+    @Test func oldFiguresOfALevelDoNotFreezeItOut() {
+        let measured: [PayloadCodec: CodecRate] = [
+            .zstd(level: 3): CodecRate(bytesPerSecond: 25e6, ratio: 0.48, weight: 1e6),
+            .zstd(level: -1): CodecRate(bytesPerSecond: 400e6, ratio: 0.5, weight: 1e9),
+        ]
+        let strong = chooser.estimates(EncodingRates(linkBytesPerSecond: 1, codecs: measured))[1].rate
+        #expect(strong.bytesPerSecond > 99e6 && strong.ratio < 0.41)
+        #expect(decide(link: 30e6, measured: measured).choice == .codec(.zstd(level: 3)))
+        // The same figures as the only ones: the scale follows them.
+        let alone = [PayloadCodec.zstd(level: 3): CodecRate(bytesPerSecond: 25e6, ratio: 0.48, weight: 1e6)]
+        #expect(chooser.estimates(EncodingRates(linkBytesPerSecond: 1, codecs: alone))[1].rate == CodecRate(bytesPerSecond: 25e6, ratio: 0.48))
+    }
+
     /// Data that compresses worse than the priors (measured 97 %: it would go out raw
     /// anyway) makes compression not worth it on a link where the priors would compress.
     @Test func incompressibleDataGoesRaw() {
