@@ -56,6 +56,8 @@ struct Bench: ParsableCommand {
     var compare: String?
     @Option(name: .customLong("send-args"), help: "Extra arguments for every migration's send, space-separated; give it with = (--send-args=\"--resume-window 64M\").")
     var sendArgs: String = ""
+    @Option(name: .customLong("events-dir"), help: "Keep each migration's JSON events (sender and receiver, one file each) in this directory, e.g. to read auto's choices.")
+    var eventsDir: String?
 
     var modes: [String] {
         compress.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }
@@ -143,6 +145,7 @@ struct BenchSettings {
     var runTimeout: Double
     var compare: String?
     var extraSendArguments: [String]
+    var eventsDir: String?
 
     init(_ b: Bench) throws(BenchError) {
         memoryBytes = b.memorySize.bytes
@@ -163,6 +166,7 @@ struct BenchSettings {
         runTimeout = b.runTimeout
         compare = b.compare
         extraSendArguments = b.sendArgs.split(separator: " ").map(String.init)
+        eventsDir = b.eventsDir
     }
 }
 

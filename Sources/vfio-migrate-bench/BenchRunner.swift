@@ -167,11 +167,26 @@ struct BenchRunner {
         sSampler.stop(); rSampler.stop()
         let timedOut = watchdog.cancel()
 
+        keepEvents(mode: mode, link: link, children: [sender, receiver])
         var row = migrationRow(mode: mode, corpus: corpus, sender: (sender, sc), receiver: (receiver, rc))
         if timedOut { row.problems.insert("killed after --run-timeout \(Int(settings.runTimeout)) s", at: 0) }
         if sc == 0 && rc == 0 { row.problems += differences(files) }
         row.verified = row.problems.isEmpty
         return row
+    }
+
+    /// `--events-dir`: each child's events as JSON lines, named by mode, link and time.
+    private func keepEvents(mode: String, link: LinkEndpoints, children: [BenchChild]) {
+        guard let dir = settings.eventsDir else { return }
+        try? FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        let stamp = Int(Date().timeIntervalSince1970 * 1000)
+        let where_ = link.destinationAddress == "127.0.0.1" ? "loopback" : link.destinationAddress
+        for child in children {
+            let lines = child.allEvents.compactMap { try? JSONSerialization.data(withJSONObject: $0, options: [.sortedKeys]) }
+            let text = lines.map { String(decoding: $0, as: UTF8.self) }.joined(separator: "\n") + "\n"
+            let name = "\(mode.replacingOccurrences(of: ":", with: "_"))-\(where_)-\(stamp)-\(child.name).jsonl"
+            FileManager.default.createFile(atPath: "\(dir)/\(name)", contents: Data(text.utf8))
+        }
     }
 
     private func receiveArguments(_ f: RunFiles, state: String, memoryBytes: UInt64, address: String) -> [String] {
