@@ -78,8 +78,10 @@ public final class SimulatedDevice: MigrationRegion, @unchecked Sendable {  // a
     private var field: UInt32 = DeviceState.running.rawValue
     private var rng: SplitMix64
     private var state: DeviceStateMemory
-    /// Where a resume session assembles the incoming state; allocated with the
-    /// device (as a real device's staging memory is), not when data arrives.
+    /// Where a resume session assembles the incoming state. A destination allocates it
+    /// before it listens (`stageIncoming()`, as a real device has its staging memory),
+    /// so faulting in the whole state size is not part of the migration; a source that
+    /// never resumes allocates it only if it does.
     private lazy var incomingBuffer = DeviceStateMemory(count: state.count, name: "vfio-sim-incoming", populate: true)
     private var dirtyBlocks: [Bool]
     private var dirtyBlockCount = 0
@@ -124,6 +126,12 @@ public final class SimulatedDevice: MigrationRegion, @unchecked Sendable {  // a
     private var incoming: IncomingStream?
     private var staging: [UInt8]
     private var resumeChunks = 0
+
+    /// Allocates the memory a resume assembles the incoming state in, now (a
+    /// destination calls it before it listens).
+    public func stageIncoming() {
+        lock.withLock { _ = incomingBuffer.count }
+    }
 
     public init(configuration: Configuration, guestMemory: GuestMemory?) {
         var config = configuration

@@ -270,6 +270,7 @@ struct Receive: ParsableCommand {
         let memory = try devices.openMemory(create: createMemory, descriptors: handed)
         if let memory, populate.applies(to: memory.backing) { try memory.populate() }
         let opened = try devices.open(memory: memory, descriptors: handed)
+        for sim in opened.simulated { sim.device.stageIncoming() }
         options.peerTimeoutSeconds = peerTimeout
         options.guestControl = control?.guestControl
         if let workers { options.workers = workers }
