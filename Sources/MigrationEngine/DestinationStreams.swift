@@ -33,7 +33,8 @@ final class DestinationStreams: Sendable {
         let state: LockedValue<DestinationSession.State>
     }
     enum Claim: Equatable {
-        case accepted
+        /// The index is the JOIN's until the session is next suspended (`epoch`).
+        case accepted(epoch: Int)
         case refused(String)
     }
     private struct State {
@@ -50,6 +51,8 @@ final class DestinationStreams: Sendable {
         var stopped = false
         /// Between a loss and the RESUME_ACCEPT: no stream joins.
         var suspended = false
+        /// Suspensions so far: a JOIN claimed before one does not attach after it.
+        var epoch = 0
         /// Every stream must join within the peer timeout of the HELLO, or of the resume.
         var joinDeadline: Double
     }
@@ -82,14 +85,14 @@ final class DestinationStreams: Sendable {
             }
             guard !s.joined.contains(index) else { return .refused("stream \(index) has already joined") }
             s.joined.insert(index)
-            return .accepted
+            return .accepted(epoch: s.epoch)
         }
     }
 
     /// JOIN_ACCEPT went out on `stream`: its reader starts; `bytes` came with the JOIN.
-    func attach(_ index: Int, stream: TLSStream, bytes: [UInt8]) {
+    func attach(_ index: Int, epoch: Int, stream: TLSStream, bytes: [UInt8]) {
         let next = state.withLock { s -> UInt64? in
-            guard !s.stopped && !s.suspended else { return nil }
+            guard !s.stopped && !s.suspended && s.epoch == epoch else { return nil }
             s.streams[index] = stream
             s.readers += 1
             return s.positions[index - 1]
@@ -118,6 +121,7 @@ final class DestinationStreams: Sendable {
     func suspend() throws(MigrationFailure) -> [UInt64] {
         let streams = state.withLock { s -> [TLSStream] in
             s.suspended = true
+            s.epoch += 1
             return Array(s.streams.values)
         }
         for stream in streams { stream.close() }

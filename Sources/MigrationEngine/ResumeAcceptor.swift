@@ -199,14 +199,18 @@ final class ResumeAcceptor: Sendable {
             return refuse(handshake, .badProof, "the JOIN proof does not match this session's secret")
         }
         let index = Int(join.streamIndex)
-        if case .refused(let why) = joins.claim(index) { return refuse(handshake, .streamRefused, why) }
+        let epoch: Int
+        switch joins.claim(index) {
+        case .accepted(let claimed): epoch = claimed
+        case .refused(let why): return refuse(handshake, .streamRefused, why)
+        }
         guard let accept = try? ResumeCredentials.handshakeFrame(.joinAccept(JoinAccept(streamIndex: join.streamIndex))),
               (try? stream.write(accept)) != nil else {
             // The claimed index never gets its reader: the barrier before READY fails the session.
             events(.sessionRefused("stream \(index) broke during its JOIN"))
             return stream.close()
         }
-        joins.attach(index, stream: stream, bytes: handshake.remainingBytes())
+        joins.attach(index, epoch: epoch, stream: stream, bytes: handshake.remainingBytes())
     }
 
     private func refuse(_ handshake: ResumeHandshakeReader, _ reason: RefusalReason, _ why: String) {

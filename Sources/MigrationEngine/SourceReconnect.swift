@@ -148,21 +148,28 @@ struct SourceReconnect: Sendable {
         let stream = handshake.stream
         let before = reader.decoderState
         var replayed: UInt64 = 0
+        var attached = false
         do throws(MigrationFailure) {
             try reader.resume(with: accept, on: stream, bytes: handshake.remainingBytes())
             replayed = try writer.reattach(stream, replayingFrom: accept.position, regenerate: regenerate)
+            attached = true
             // From READY on every extra stream ended and was applied: none joins again.
             if let extras, accept.progress == .receiving {
                 replayed += try extras.rejoin(accept.position.streamSequences, regenerate: regenerate)
             }
         } catch {
-            // Stream 0 may be attached already: the whole session is suspended again.
-            writer.markLost(stream)
-            extras?.suspend()
             reader.suspend()
-            if error.isConnectionLoss { stream.close(); return .failure(.retry("\(error)")) }
-            try? stream.write(FrameEncoder.handshakeAbort(Abort(reason: .protocolError, message: "source: cannot resume: \(error)")))
-            stream.close()
+            if error.isConnectionLoss {
+                // Stream 0 may be attached already: the whole session is suspended again.
+                writer.markLost(stream)
+                extras?.suspend()
+                return .failure(.retry("\(error)"))
+            }
+            // Attached, stream 0 carries the session's numbered ABORT (the session fails); before, an unnumbered one.
+            if !attached {
+                try? stream.write(FrameEncoder.handshakeAbort(Abort(reason: .protocolError, message: "source: cannot resume: \(error)")))
+                stream.close()
+            }
             return .failure(.end(error))
         }
         stream.readTimeoutSeconds = options.peerTimeoutSeconds
