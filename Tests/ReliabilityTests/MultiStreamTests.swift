@@ -148,6 +148,15 @@ struct MultiStreamTests {
         }
     }
 
+    /// Exactly three pre-copy passes whatever the machine's speed, so a cut after the
+    /// second always lands in pre-copy.
+    static func iteratingThrice(streams: Int) -> SenderOptions {
+        var options = senderOptions(streams: streams)
+        options.downtimeTargetMs = 0.001
+        options.maxIterations = 3
+        return options
+    }
+
     /// §14.5: losing stream 0 or an extra stream suspends the whole session; it resumes,
     /// every extra stream joins again and replays what the destination lacks, and the
     /// guest arrives byte-exact under a workload that keeps writing pages.
@@ -159,7 +168,7 @@ struct MultiStreamTests {
             let cut = LockedValue(false)
             // Connection k + 1 is stream k: the extra stream cut is the last one.
             let connection = cutExtra == 0 ? 1 : streams
-            let run = try Self.migrate(pair, options: Self.senderOptions(streams: streams), receiverOptions: Self.receiverOptions(maxStreams: 4),
+            let run = try Self.migrate(pair, options: Self.iteratingThrice(streams: streams), receiverOptions: Self.receiverOptions(maxStreams: 4),
                                        senderEvents: { e, link in
                                            guard point.matches(e), cut.withLock({ c in defer { c = true }; return !c }) else { return }
                                            link.proxy.cut(connection: connection)
@@ -200,7 +209,7 @@ struct MultiStreamTests {
     func aForgedJoinAfterAResumeIsRefused() throws {
         let pair = try SimPair(memoryPages: 512, dirtyPagesPerStep: 24)
         let answers = LockedValue<[String]>([])
-        let run = try Self.migrate(pair, options: Self.senderOptions(streams: 2), receiverOptions: Self.receiverOptions(maxStreams: 2),
+        let run = try Self.migrate(pair, options: Self.iteratingThrice(streams: 2), receiverOptions: Self.receiverOptions(maxStreams: 2),
                                    senderEvents: { e, link in
                                        switch e {
                                        case .iterationEnd(1, _, _, _, _): link.proxy.cut(connection: 1)
