@@ -52,7 +52,7 @@ final class DestinationSession {
     /// Version 2 (§13): where resuming connections arrive; nil = a lost connection fails.
     private let listener: TLSListener?
     private var acceptor: ResumeAcceptor?
-    /// Version 3 with several streams (§14): the extra streams; such a session is not resumable.
+    /// Version 3 with several streams (§14): the extra streams, suspended with stream 0 (§14.5).
     private var joins: DestinationStreams?
     private var acks: AckSchedule?
     /// Version 2 with resumption: the connection's state and outage clock in `progress`.
@@ -105,10 +105,10 @@ final class DestinationSession {
 
     /// Version 2: ACKs (always), and with a listener the session survives a lost
     /// connection: the resume secret is taken and resuming connections are accepted.
-    /// Version 3 with several streams: the listener takes their JOINs instead (§14.3)
-    /// and a lost connection fails the session (§14.5).
+    /// Version 3 with several streams: the listener also takes their JOINs (§14.3), and
+    /// a lost connection of any stream suspends them all (§14.5).
     private func enableResumption(source: Hello, exchange: HelloExchange) throws(MigrationFailure) {
-        acks = AckSchedule(bytesReceived: reader.wireBytesReceived)
+        acks = AckSchedule(bytesReceived: bytesReceived)
         guard let listener, options.reconnectTimeoutSeconds > 0 else { return }
         let credentials = try ResumeCredentials(firstConnection: stream, sessionID: source.sessionID)
         if let offer = source.streams, offer.count > 1 {
@@ -116,10 +116,9 @@ final class DestinationSession {
                 routing: StreamRouting(offer), source: source, limits: options.limits, workers: options.workers,
                 peerTimeoutSeconds: options.peerTimeoutSeconds, devices: devices.devices, memory: memory, writer: writer,
                 events: events, progress: progress, state: state))
-        } else {
-            writer.enableResumption(policy: .drop, window: nil, deviceCount: devices.devices.count)
-            link = LinkProgress(phase: .precopy, events: events)
         }
+        writer.enableResumption(policy: .drop, window: nil, deviceCount: devices.devices.count)
+        link = LinkProgress(phase: .precopy, events: events)
         acceptor = ResumeAcceptor(listener: listener, credentials: credentials, current: stream, limits: options.limits,
                                   versionOneRefusal: try exchange.versionOneRefusal(encodings: options.encodings), events: events, joins: joins)
     }
@@ -152,7 +151,7 @@ final class DestinationSession {
                 state.advance(to: .stopCopy)
             case .complete:
                 // READY only once every extra stream's pages are applied too (§14.4).
-                try joins?.waitUntilAllEnded(isCancelled: { cancellation.isCancelled })
+                try waitForEveryStream()
                 state.advance(to: .complete)
             case .pages(let p):
                 // Decoded by the applier itself: no worker has anything to do with it.
@@ -189,10 +188,11 @@ final class DestinationSession {
         stream.close()
         joins?.finish()
         if let acceptor {
-            // §13.8: a source that lost RESUMED reconnects to learn the outcome (one-stream sessions only, §14.5).
-            if !confirmed && joins == nil {
-                answerOutcome(acceptor) { [writer, reader, events] () throws(MigrationFailure) -> [UInt8] in
-                    let accept = ResumeAccept(progress: .resumed, destinationNextSequence: writer.nextSequence, position: reader.position)
+            // §13.8: a source that lost RESUMED reconnects to learn the outcome.
+            if !confirmed {
+                let position = currentPosition
+                answerOutcome(acceptor) { [writer, events] () throws(MigrationFailure) -> [UInt8] in
+                    let accept = ResumeAccept(progress: .resumed, destinationNextSequence: writer.nextSequence, position: position)
                     defer { events(.resumed(fromSequence: accept.position.nextSequence, bytesReplayed: 0)) }
                     return try ResumeCredentials.handshakeFrame(.resumeAccept(accept))
                 }
@@ -252,7 +252,7 @@ final class DestinationSession {
         joins?.stop()
         if let acceptor {
             // §13.8: a source that lost the ABORT reconnects; it gets the ABORT again.
-            if !delivered && joins == nil { answerOutcome(acceptor) { () throws(MigrationFailure) -> [UInt8] in FrameEncoder.handshakeAbort(abort) } }
+            if !delivered { answerOutcome(acceptor) { () throws(MigrationFailure) -> [UInt8] in FrameEncoder.handshakeAbort(abort) } }
             acceptor.stop()
         }
         let reached = state.current
@@ -269,6 +269,13 @@ final class DestinationSession {
         while true {
             if let e = pipeline.error { throw e }
             if cancellation.isCancelled { throw .cancelled }
+            if let failure = joins?.failure { throw failure }
+            // An extra stream lost: the whole session suspends (§14.5).
+            if let loss = joins?.lost {
+                try resume(after: loss)
+                seen = reader.wireBytesReceived
+                lastByte = .now
+            }
             do {
                 let frame = try reader.receive()
                 try acknowledgeIfDue()
@@ -276,6 +283,7 @@ final class DestinationSession {
             } catch {
                 if case .tls(.readTimeout) = error {
                     if let failure = joins?.failure { throw failure }
+                    if joins?.lost != nil { continue }
                     try acknowledgeIfDue()
                     if reader.wireBytesReceived != seen {
                         seen = reader.wireBytesReceived
@@ -296,9 +304,34 @@ final class DestinationSession {
     private func acknowledgeIfDue() throws(MigrationFailure) {
         guard var schedule = acks else { return }
         defer { acks = schedule }
-        if schedule.isDue(bytesReceived: reader.wireBytesReceived) {
-            try writer.sendAck(reader.position)
-            schedule.sent(bytesReceived: reader.wireBytesReceived)
+        let bytes = bytesReceived
+        if schedule.isDue(bytesReceived: bytes) {
+            try writer.sendAck(currentPosition)
+            schedule.sent(bytesReceived: bytes)
+        }
+    }
+
+    /// The source's bytes on every stream: the ACK cadence counts them all (§14.5).
+    private var bytesReceived: UInt64 { reader.wireBytesReceived + (joins?.wireBytesReceived ?? 0) }
+
+    /// Stream 0's position, with every extra stream's in a session of several (§14.5).
+    private var currentPosition: StreamPosition {
+        var position = reader.position
+        position.streamSequences = joins?.positions ?? []
+        return position
+    }
+
+    /// COMPLETE: every extra stream's STREAM_END applied. A stream lost meanwhile
+    /// suspends the session as any loss does, and the wait goes on after the resume.
+    private func waitForEveryStream() throws(MigrationFailure) {
+        guard let joins else { return }
+        while true {
+            do throws(MigrationFailure) {
+                return try joins.waitUntilAllEnded(isCancelled: { cancellation.isCancelled })
+            } catch {
+                guard error.isConnectionLoss else { throw error }
+                try resume(after: error)
+            }
         }
     }
 
@@ -306,14 +339,18 @@ final class DestinationSession {
     /// on a verified connection (`ResumeAcceptor`) within the reconnect timeout;
     /// anything else, or no source in time, fails as in version 1.
     private func resume(after cause: MigrationFailure) throws(MigrationFailure) {
-        guard let acceptor, joins == nil, cause.isConnectionLoss, !cancellation.isCancelled else { throw cancellation.isCancelled ? .cancelled : cause }
+        guard let acceptor, cause.isConnectionLoss, !cancellation.isCancelled else { throw cancellation.isCancelled ? .cancelled : cause }
         writer.markLost(reader.currentStream)
         reader.suspend()
         events(.connectionLost(reason: "\(cause)"))
         link?.lost(progressNow())
+        // Every extra stream closed and drained: its position is final before RESUME_ACCEPT.
+        var sequences = try joins?.suspend() ?? []
         let deadline = monotonicSeconds() + options.reconnectTimeoutSeconds
         while let arrival = nextArrival(acceptor, until: deadline) {
-            let position = reader.position
+            var position = reader.position
+            position.streamSequences = sequences
+            joins?.reopen()
             do {
                 try writer.reattach(arrival.stream) { (sent, next) throws(MigrationFailure) in
                     try ResumeCredentials.handshakeFrame(.resumeAccept(ResumeAccept(progress: sent, destinationNextSequence: next, position: position)))
@@ -321,6 +358,7 @@ final class DestinationSession {
             } catch {
                 arrival.stream.close()  // that connection broke too: wait for the next
                 acceptor.attachEnded(current: nil)
+                sequences = try joins?.suspend() ?? []
                 continue
             }
             // The attach step ends once the session reads the new connection and said so.
@@ -329,7 +367,7 @@ final class DestinationSession {
             arrival.stream.writeTimeoutSeconds = options.peerTimeoutSeconds
             reader.resume(on: arrival.stream, bytes: arrival.bytes)
             if cancellation.attach(arrival.stream) { throw .cancelled }
-            acks = AckSchedule(bytesReceived: reader.wireBytesReceived)
+            acks = AckSchedule(bytesReceived: bytesReceived)
             events(.resumed(fromSequence: position.nextSequence, bytesReplayed: 0))
             link?.up()
             return

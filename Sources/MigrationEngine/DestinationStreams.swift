@@ -12,6 +12,11 @@ import VFIODevice
 /// Several appliers write guest memory at once, one per stream: that is safe because
 /// the PFN sets are disjoint (`StreamRouting`, which each stream's decoder enforces),
 /// so no two threads ever write the same page; the shared progress is a `LockedValue`.
+///
+/// Resumption (§14.5): a lost connection (any stream's) `suspend`s every extra stream:
+/// each is closed and its reader drains its pipeline (every frame decoded is applied),
+/// so the positions it returns are final and nothing old is applied after them. After
+/// `reopen` each stream the source still needs joins again and goes on at its position.
 final class DestinationStreams: Sendable {
     /// What every stream's reader and applier need from the session.
     struct Context: Sendable {
@@ -28,7 +33,8 @@ final class DestinationStreams: Sendable {
         let state: LockedValue<DestinationSession.State>
     }
     enum Claim: Equatable {
-        case accepted
+        /// The index is the JOIN's until the session is next suspended (`epoch`).
+        case accepted(epoch: Int)
         case refused(String)
     }
     private struct State {
@@ -36,23 +42,36 @@ final class DestinationStreams: Sendable {
         var ended: Set<Int> = []
         var streams: [Int: TLSStream] = [:]
         var failure: MigrationFailure?
+        /// An extra connection was lost (drained): the session resumes (§14.5).
+        var lost: MigrationFailure?
+        /// Stream k's next sequence at k − 1: every frame below it is applied or will be.
+        var positions: [UInt64]
         var readers = 0
         var wireBytes: UInt64 = 0
         var stopped = false
+        /// Between a loss and the RESUME_ACCEPT: no stream joins.
+        var suspended = false
+        /// Suspensions so far: a JOIN claimed before one does not attach after it.
+        var epoch = 0
+        /// Every stream must join within the peer timeout of the HELLO, or of the resume.
+        var joinDeadline: Double
     }
-    private let state = ConditionValue(State())
+    private let state: ConditionValue<State>
     private let context: Context
-    /// When the source's HELLO was accepted: every stream must join within the peer timeout.
-    private let joinDeadline: Double
 
     init(_ context: Context) {
         self.context = context
-        joinDeadline = monotonicSeconds() + context.peerTimeoutSeconds
+        state = ConditionValue(State(positions: Array(repeating: 0, count: context.routing.count - 1),
+                                     joinDeadline: monotonicSeconds() + context.peerTimeoutSeconds))
     }
 
     var extraCount: Int { context.routing.count - 1 }
-    /// The first failure of any extra stream (a lost connection is one: §14.5).
+    /// The first failure of any extra stream other than a lost connection.
     var failure: MigrationFailure? { state.withLock { $0.failure } }
+    /// A lost extra connection: the session suspends and waits for its source (§14.5).
+    var lost: MigrationFailure? { state.withLock { $0.lost } }
+    /// Per extra stream its next sequence, for ACK and RESUME_ACCEPT.
+    var positions: [UInt64] { state.withLock { $0.positions } }
     var wireBytesReceived: UInt64 { state.withLock { $0.wireBytes } }
 
     /// A verified JOIN asks for stream `index`: refused if it is 0, past the session's
@@ -60,49 +79,82 @@ final class DestinationStreams: Sendable {
     func claim(_ index: Int) -> Claim {
         state.withLock { s in
             if s.stopped { return .refused("the session is ending") }
+            if s.suspended { return .refused("the session is suspended: its streams join again after RESUME_ACCEPT") }
             guard index >= 1 && index < context.routing.count else {
                 return .refused("stream \(index) does not exist: the session has \(context.routing.count) streams (0..<\(context.routing.count))")
             }
             guard !s.joined.contains(index) else { return .refused("stream \(index) has already joined") }
             s.joined.insert(index)
-            return .accepted
+            return .accepted(epoch: s.epoch)
         }
     }
 
     /// JOIN_ACCEPT went out on `stream`: its reader starts; `bytes` came with the JOIN.
-    func attach(_ index: Int, stream: TLSStream, bytes: [UInt8]) {
-        let accepted = state.withLock { s -> Bool in
-            guard !s.stopped else { return false }
+    func attach(_ index: Int, epoch: Int, stream: TLSStream, bytes: [UInt8]) {
+        let next = state.withLock { s -> UInt64? in
+            guard !s.stopped && !s.suspended && s.epoch == epoch else { return nil }
             s.streams[index] = stream
             s.readers += 1
-            return true
+            return s.positions[index - 1]
         }
-        guard accepted else { return stream.close() }
-        startThread(named: "stream-\(index)-reader") { [self] in
-            let receiver = StreamReceiver(index: index, stream: stream, context: context) { [state] n in state.withLock { $0.wireBytes += n } }
+        guard let next else { return stream.close() }
+        startThread(named: "stream-\(index)-reader") { [self, state] in
+            let receiver = StreamReceiver(index: index, stream: stream, context: context, nextSequence: next,
+                                          received: { n in state.withLock { $0.wireBytes += n } },
+                                          decoded: { next in state.withLock { $0.positions[index - 1] = next } })
             do throws(MigrationFailure) {
-                try receiver.run(bytes, isStopped: { [state] in state.withLock { $0.stopped } },
-                                 ended: { [state] in state.withLock { _ = $0.ended.insert(index) } })
+                try receiver.run(bytes, isStopped: { state.withLock { $0.stopped } },
+                                 ended: { state.withLock { _ = $0.ended.insert(index) } })
             } catch {
-                state.withLock { if $0.failure == nil && !$0.stopped { $0.failure = error } }
+                state.withLock { s in
+                    guard !s.stopped else { return }
+                    if error.isConnectionLoss { s.lost = s.lost ?? error } else { s.failure = s.failure ?? error }
+                }
             }
             state.withLock { $0.readers -= 1 }
         }
     }
 
+    /// A connection of the session was lost (§14.5): every extra connection is closed
+    /// and its reader waited for, each having applied what it decoded. Returns each
+    /// stream's final position; throws a stream's failure other than a lost connection.
+    func suspend() throws(MigrationFailure) -> [UInt64] {
+        let streams = state.withLock { s -> [TLSStream] in
+            s.suspended = true
+            s.epoch += 1
+            return Array(s.streams.values)
+        }
+        for stream in streams { stream.close() }
+        return try state.wait(until: { $0.readers == 0 }) { (s: inout State, _) throws(MigrationFailure) -> [UInt64] in
+            if let failure = s.failure { throw failure }
+            s.streams = [:]
+            s.lost = nil
+            s.joined = s.ended  // an ended stream was applied whole: it does not join again
+            return s.positions
+        }
+    }
+
+    /// RESUME_ACCEPT is about to go out: the streams may join again, within the peer timeout.
+    func reopen() {
+        state.withLock { s in
+            s.suspended = false
+            s.joinDeadline = monotonicSeconds() + context.peerTimeoutSeconds
+        }
+    }
+
     /// COMPLETE arrived on stream 0: READY waits until every extra stream ended and all
-    /// its pages are applied (§14.4). Throws a stream's failure, a cancel, or a timeout
-    /// when a stream never joined.
+    /// its pages are applied (§14.4). Throws a stream's failure or loss, a cancel, or a
+    /// timeout when a stream never joined.
     func waitUntilAllEnded(isCancelled: () -> Bool) throws(MigrationFailure) {
         while true {
-            let (done, failure, joined) = state.wait(until: { $0.ended.count == extraCount || $0.failure != nil },
-                                                     deadline: monotonicSeconds() + 0.2) { s, _ in
-                (s.ended.count == extraCount, s.failure, s.joined.count)
+            let (done, failure, joined, deadline) = state.wait(until: { $0.ended.count == extraCount || $0.failure != nil || $0.lost != nil },
+                                                               deadline: monotonicSeconds() + 0.2) { s, _ in
+                (s.ended.count == extraCount, s.failure ?? s.lost, s.joined.count, s.joinDeadline)
             }
             if let failure { throw failure }
             if done { return }
             if isCancelled() { throw .cancelled }
-            if joined < extraCount && monotonicSeconds() > joinDeadline {
+            if joined < extraCount && monotonicSeconds() > deadline {
                 throw .timeout("only \(joined) of the \(extraCount) extra streams the source announced joined within the peer timeout")
             }
         }
@@ -134,13 +186,18 @@ private struct StreamReceiver {
     let index: Int
     let stream: TLSStream
     let context: DestinationStreams.Context
+    /// Where the stream goes on: 0 at its first joining, its position after a resume.
+    let nextSequence: UInt64
     let received: (UInt64) -> Void
+    /// The stream's next sequence after each frame handed to the pipeline.
+    let decoded: (UInt64) -> Void
 
     /// Reads until STREAM_END and applies every page before it (then `ended`); then
     /// close_notify both ways (§2.5: the source sends its own when the session ends).
+    /// A lost connection drains the pipeline first: what was decoded is applied (§14.5).
     func run(_ first: [UInt8], isStopped: () -> Bool, ended: () -> Void) throws(MigrationFailure) {
         var decoder = FrameDecoder(joinedStream: index, routing: context.routing, memory: context.source.memory,
-                                   encodings: context.source.encodings, limits: context.limits)
+                                   encodings: context.source.encodings, limits: context.limits, nextSequence: nextSequence)
         if !first.isEmpty { decoder.feed(first) }
         let pipeline = makePipeline()
         do throws(MigrationFailure) {
@@ -157,10 +214,12 @@ private struct StreamReceiver {
                     switch frame.body {
                     case .pages(let p): try pipeline.submit(passthrough: .pages(p))  // decoded by the applier
                     case .abort(let a): throw .peerAborted(a.reason, a.message)
-                    default: continue  // KEEPALIVE
+                    default: break  // KEEPALIVE
                     }
+                    decoded(decoder.position.nextSequence)
                 case .resumption:  // STREAM_END: the decoder checked its index and frame count
                     try pipeline.finish()
+                    decoded(decoder.position.nextSequence)
                     ended()
                     _ = try? stream.shutdownConfirmingPeer()
                     stream.close()
@@ -170,8 +229,12 @@ private struct StreamReceiver {
                 }
             }
         } catch {
-            pipeline.abort(error)
             stream.close()
+            if error.isConnectionLoss && !isStopped() {
+                try pipeline.finish()
+                throw error
+            }
+            pipeline.abort(error)
             throw error
         }
     }
@@ -185,8 +248,8 @@ private struct StreamReceiver {
             }
             return
         }
-        // The stream ends only after STREAM_END (§14.5: a lost stream fails the session).
-        if count == 0 { throw .unexpectedFrame("stream \(index) ended before its STREAM_END") }
+        // A stream that ends before its STREAM_END is a lost connection (§13.4, §14.5).
+        if count == 0 { throw .peerClosed }
         lastByte = monotonicSeconds()
         received(UInt64(count))
     }

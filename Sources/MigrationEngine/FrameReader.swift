@@ -25,6 +25,12 @@ final class FrameReader {
     var decoderState: DecoderState { decoder.state }
     var currentStream: TLSStream { stream }
 
+    /// Version 3, source: the session's streams, whose positions ACK and RESUME_ACCEPT carry (§14.5).
+    var sessionStreams: Int {
+        get { decoder.sessionStreams }
+        set { decoder.sessionStreams = newValue }
+    }
+
     /// Announced guest memory and device count, once HELLO is settled.
     func constrainInbound(memory: [MemoryRange], deviceCount: Int) {
         decoder.memory = memory

@@ -36,6 +36,9 @@ final class FrameWriter: Sendable {
         var status = Status.attached
         /// nil: version 1 (or resumption abandoned): a failed write fails the session.
         var lossPolicy: LossPolicy?
+        /// Called once each time the link goes from attached to lost (version 3: an
+        /// extra stream's loss suspends the whole session, §14.5).
+        var onLost: (@Sendable () -> Void)?
         var writersWait: Bool { if case .lost = status { return lossPolicy == .waitForReplay } else { return false } }
     }
     private struct Output {
@@ -75,9 +78,9 @@ final class FrameWriter: Sendable {
 
     /// From now on a failed write loses the link instead of failing the session.
     /// With `window` (source) every frame from the next sequence on is retained.
-    func enableResumption(policy: LossPolicy, window capacity: Int?, deviceCount: Int) {
+    func enableResumption(policy: LossPolicy, window capacity: Int?, deviceCount: Int, onLost: (@Sendable () -> Void)? = nil) {
         output.withLock { o in
-            link.withLock { $0.lossPolicy = policy }
+            link.withLock { $0.lossPolicy = policy; $0.onLost = onLost }
             if let capacity {
                 let window = RetainedWindow(capacity: capacity, deviceCount: deviceCount, nextSequence: o.encoder.nextSequence)
                 retention.withLock { $0.window = WindowBudget(window) }
@@ -120,7 +123,10 @@ final class FrameWriter: Sendable {
     /// count is its own sequence number, read under the write lock.
     func sendStreamEnd(index: Int) throws(MigrationFailure) {
         try write { (encoder: inout FrameEncoder) throws(WireError) in
-            try encoder.encode(.streamEnd(StreamEnd(streamIndex: UInt32(index), frameCount: encoder.nextSequence)))
+            let bytes = try encoder.encode(.streamEnd(StreamEnd(streamIndex: UInt32(index), frameCount: encoder.nextSequence)))
+            // Retained like any control frame: a resume before the destination applied it sends it again.
+            retention.withLock { $0.window?.record(encoded: bytes) }
+            return bytes
         }
     }
 
@@ -179,12 +185,14 @@ final class FrameWriter: Sendable {
     /// the session gave up resuming.
     @discardableResult
     func markLost(_ stream: TLSStream) -> Bool {
-        let resumable = link.withLock { l -> Bool in
-            guard l.lossPolicy != nil else { return false }
-            if l.stream === stream, case .attached = l.status { l.status = .lost }
-            return true
+        let (resumable, hook) = link.withLock { l -> (Bool, (@Sendable () -> Void)?) in
+            guard l.lossPolicy != nil else { return (false, nil) }
+            guard l.stream === stream, case .attached = l.status else { return (true, nil) }
+            l.status = .lost
+            return (true, l.onLost)
         }
         stream.close()
+        hook?()
         return resumable
     }
 

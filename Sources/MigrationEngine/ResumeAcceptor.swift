@@ -41,8 +41,8 @@ final class ResumeAcceptor: Sendable {
     private let events: EventSink
     /// What a connection without version 2 gets: a HELLO and ABORT `incompatible`.
     private let versionOneRefusal: [UInt8]
-    /// Version 3 with several streams (§14.3): where JOINs go; such a session is not
-    /// resumable, so a RESUME is refused. nil: JOINs are refused, RESUME is served.
+    /// Version 3 with several streams (§14.3): where JOINs go (RESUME is served as
+    /// always, §14.5). nil: JOINs are refused.
     private let joins: DestinationStreams?
 
     /// How often the accept loop looks at `stop()`.
@@ -154,9 +154,6 @@ final class ResumeAcceptor: Sendable {
             case .join(let join):
                 return admit(join, on: stream, &handshake)
             case .resume(let theirs):
-                guard joins == nil else {
-                    return refuse(handshake, .unspecified, "this session uses several streams and is not resumable (PROTOCOL.md §14.5)")
-                }
                 guard try credentials.verifies(theirs, on: stream) else {
                     return refuse(handshake, .badProof, "the RESUME proof does not match this session's secret")
                 }
@@ -202,14 +199,18 @@ final class ResumeAcceptor: Sendable {
             return refuse(handshake, .badProof, "the JOIN proof does not match this session's secret")
         }
         let index = Int(join.streamIndex)
-        if case .refused(let why) = joins.claim(index) { return refuse(handshake, .streamRefused, why) }
+        let epoch: Int
+        switch joins.claim(index) {
+        case .accepted(let claimed): epoch = claimed
+        case .refused(let why): return refuse(handshake, .streamRefused, why)
+        }
         guard let accept = try? ResumeCredentials.handshakeFrame(.joinAccept(JoinAccept(streamIndex: join.streamIndex))),
               (try? stream.write(accept)) != nil else {
             // The claimed index never gets its reader: the barrier before READY fails the session.
             events(.sessionRefused("stream \(index) broke during its JOIN"))
             return stream.close()
         }
-        joins.attach(index, stream: stream, bytes: handshake.remainingBytes())
+        joins.attach(index, epoch: epoch, stream: stream, bytes: handshake.remainingBytes())
     }
 
     private func refuse(_ handshake: ResumeHandshakeReader, _ reason: RefusalReason, _ why: String) {

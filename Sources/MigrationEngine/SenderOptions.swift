@@ -51,8 +51,8 @@ public struct SenderOptions: Sendable {
     /// `--resume-window`: bytes of sent, unacknowledged frames kept for a replay.
     public var resumeWindowBytes: Int = 64 << 20
     /// `--streams`: TLS connections the session may use (PROTOCOL.md §14); the
-    /// destination's `--max-streams` caps it. 1 = the single-stream protocol of before
-    /// (the default of the library and the CLI, `StreamCount.defaultStreams`: resumable).
+    /// destination's `--max-streams` caps it. 1 = the single-stream protocol of before.
+    /// Default (library and CLI): `StreamCount.defaultStreams`, by the host's cores.
     public var streams: Int = StreamCount.defaultStreams
     /// Diagnostics (phases at info, iterations at debug, frames at trace).
     public var logger = Logger(label: "vfio-migrate.source")

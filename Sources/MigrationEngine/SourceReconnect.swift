@@ -19,6 +19,8 @@ struct SourceReconnect: Sendable {
     let events: EventSink
     let link: LinkProgress
     let cancellation: Cancellation
+    /// Version 3, several streams (§14.5): the extra streams, dropped and joined again with stream 0.
+    let extras: ExtraStreamLinks?
 
     /// Backoff between attempts: 250 ms doubling to 2 s, ±20 % jitter.
     static let firstDelaySeconds = 0.25
@@ -37,6 +39,7 @@ struct SourceReconnect: Sendable {
     func recover(_ reader: FrameReader, after cause: MigrationFailure) -> Result<[Frame], MigrationFailure> {
         if cancellation.isCancelled { return end(.cancelled) }
         guard cause.isConnectionLoss, writer.markLost(reader.currentStream) else { return end(cause) }
+        extras?.suspend()
         reader.suspend()
         events(.connectionLost(reason: "\(cause)"))
         link.lost()
@@ -63,6 +66,7 @@ struct SourceReconnect: Sendable {
 
     private func end(_ failure: MigrationFailure) -> Result<[Frame], MigrationFailure> {
         writer.abandonResumption(failure)
+        extras?.abandon(failure)
         return .failure(failure)
     }
 
@@ -138,20 +142,34 @@ struct SourceReconnect: Sendable {
     }
 
     /// RESUME_ACCEPT: the decoder continues at the destination's next sequence, the
-    /// window is replayed from its position, and the frames its progress stands for
-    /// are handed to the session.
+    /// window is replayed from its position, the extra streams join again (§14.5),
+    /// and the frames its progress stands for are handed to the session.
     private func finish(_ accept: ResumeAccept, _ handshake: inout ResumeHandshakeReader, _ reader: FrameReader) -> Result<[Frame], AttemptFailure> {
         let stream = handshake.stream
         let before = reader.decoderState
-        let replayed: UInt64
+        var replayed: UInt64 = 0
+        var attached = false
         do throws(MigrationFailure) {
             try reader.resume(with: accept, on: stream, bytes: handshake.remainingBytes())
             replayed = try writer.reattach(stream, replayingFrom: accept.position, regenerate: regenerate)
+            attached = true
+            // From READY on every extra stream ended and was applied: none joins again.
+            if let extras, accept.progress == .receiving {
+                replayed += try extras.rejoin(accept.position.streamSequences, regenerate: regenerate)
+            }
         } catch {
             reader.suspend()
-            if error.isConnectionLoss { stream.close(); return .failure(.retry("\(error)")) }
-            try? stream.write(FrameEncoder.handshakeAbort(Abort(reason: .protocolError, message: "source: cannot resume: \(error)")))
-            stream.close()
+            if error.isConnectionLoss {
+                // Stream 0 may be attached already: the whole session is suspended again.
+                writer.markLost(stream)
+                extras?.suspend()
+                return .failure(.retry("\(error)"))
+            }
+            // Attached, stream 0 carries the session's numbered ABORT (the session fails); before, an unnumbered one.
+            if !attached {
+                try? stream.write(FrameEncoder.handshakeAbort(Abort(reason: .protocolError, message: "source: cannot resume: \(error)")))
+                stream.close()
+            }
             return .failure(.end(error))
         }
         stream.readTimeoutSeconds = options.peerTimeoutSeconds

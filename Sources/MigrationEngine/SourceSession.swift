@@ -115,10 +115,14 @@ final class SourceSession {
             events(.helloAccepted(devices: devices.devices.map(\.name), memoryBytes: memory?.size ?? 0, security: stream.security,
                                   streams: Int(mine.streams?.count ?? 1)))
             streams = try openStreams(mine, sessionID: theirs.sessionID)
+            reader.sessionStreams = streams?.routing.count ?? 1
             recovery = try enableResumption(version, sessionID: theirs.sessionID)
             if version >= .v2 {
-                let writer = self.writer
-                reader.onAck = { (position: StreamPosition) throws(MigrationFailure) in try writer.acknowledge(position) }
+                let (writer, extras) = (self.writer, recovery?.extras)
+                reader.onAck = { (position: StreamPosition) throws(MigrationFailure) in
+                    try writer.acknowledge(position)
+                    try extras?.acknowledge(position.streamSequences)
+                }
             }
             // From here on the destination's frames are read on a thread of their own.
             inbox = PeerInbox(reader: reader, recovery: recovery) { frame in
@@ -136,19 +140,21 @@ final class SourceSession {
     }
 
     /// Version 2 with a way to reconnect (PROTOCOL.md §13): the resume secret and the
-    /// retained window; returns the reconnection the reader thread runs.
-    /// A session of several streams is not resumable (§14.5): a lost stream fails it.
+    /// retained window; returns the reconnection the reader thread runs. With several
+    /// streams (§14.5) each extra stream retains too, and its loss suspends the session.
     private func enableResumption(_ version: ProtocolVersion, sessionID: [UInt8]) throws(MigrationFailure) -> SourceReconnect? {
-        guard version >= .v2, streams == nil, let reconnect, options.reconnectTimeoutSeconds > 0 else { return nil }
+        guard version >= .v2, let reconnect, options.reconnectTimeoutSeconds > 0 else { return nil }
         guard options.resumeWindowBytes >= options.minimumResumeWindowBytes else {
             throw .configuration("the resume window of \(options.resumeWindowBytes) bytes is below the minimum of \(options.minimumResumeWindowBytes)")
         }
         let credentials = try ResumeCredentials(firstConnection: stream, sessionID: sessionID)
         writer.enableResumption(policy: .waitForReplay, window: options.resumeWindowBytes, deviceCount: devices.devices.count)
+        // An extra stream's failed write closes stream 0: its reader thread then resumes the session.
+        streams?.enableResumption(window: options.resumeWindowBytes) { [writer] in writer.markLost(writer.stream) }
         let link = LinkProgress(phase: .precopy, events: events)
         self.link = link
         return SourceReconnect(credentials: credentials, writer: writer, connect: reconnect, options: options, memory: memory,
-                               events: events, link: link, cancellation: cancellation)
+                               events: events, link: link, cancellation: cancellation, extras: streams?.links)
     }
 
     /// Version 3 with more than one stream: opens and joins streams 1..<count (§14.3).
@@ -277,6 +283,7 @@ final class SourceSession {
         defer { state = .failed }
         // Writers waiting for a reconnection give up now (the threads below are joined).
         writer.abandonResumption(cause)
+        streams?.links.abandon(cause)
         if reached.disposition == .afterCommit { return failAfterCommit(cause) }
         // A write blocked on a destination that stopped reading gives up within 2 s
         // (not the peer timeout it started with), so the ABORT is not held back.
@@ -289,7 +296,7 @@ final class SourceSession {
         let failure = settled(cause)
         pipeline?.abort(failure)
         for p in extraPipelines { p.abort(failure) }
-        streams?.close()
+        streams?.close(failure)
         keepAlive?.stop()
         // A refused HELLO tells the destination the mismatch in its own words (§5.1).
         var message = failure.abortMessage(side: "source", phase: reached.phase)
@@ -322,8 +329,8 @@ final class SourceSession {
     /// an operator must decide (exit 3).
     private func failAfterCommit(_ cause: MigrationFailure) -> MigrationError {
         liftThrottle()
+        streams?.close(cause)
         keepAlive?.stop()
-        streams?.close()
         // The destination's ABORT arrived: say so with close_notify (a version-2
         // destination would otherwise keep the outcome for a source that lost it).
         if cause.isPeerAbort { try? writer.stream.shutdown() }

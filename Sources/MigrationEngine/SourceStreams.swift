@@ -1,5 +1,6 @@
 import MigrationTLS
 import MigrationWire
+import SyncPrimitives
 
 /// Version 3 (PROTOCOL.md §14), source: the session's extra streams 1..<count.
 /// Each is a TLS connection of its own, joined to the session (JOIN), with its own
@@ -15,9 +16,11 @@ final class SourceStreams {
     }
     let routing: StreamRouting
     let extras: [Extra]
+    /// What the reconnection (on the peer reader thread) does with these streams.
+    let links: ExtraStreamLinks
 
     /// Opens and joins streams 1..<routing.count; on a failure the ones already open are closed.
-    init(routing: StreamRouting, connect: Reconnect, credentials: ResumeCredentials, options: SenderOptions,
+    init(routing: StreamRouting, connect: @escaping Reconnect, credentials: ResumeCredentials, options: SenderOptions,
          bandwidth: BandwidthLimiter) throws(MigrationFailure) {
         self.routing = routing
         var opened: [Extra] = []
@@ -33,6 +36,13 @@ final class SourceStreams {
             }
         }
         extras = opened
+        links = ExtraStreamLinks(writers: opened.map(\.writer), connect: connect, credentials: credentials, options: options)
+    }
+
+    /// §14.5: every extra stream keeps what it sent until the destination's positions
+    /// cover it, and its loss (`onLost`) suspends the whole session.
+    func enableResumption(window: Int, onLost: @escaping @Sendable () -> Void) {
+        for extra in extras { extra.writer.enableResumption(policy: .waitForReplay, window: window, deviceCount: 0, onLost: onLost) }
     }
 
     var wireBytesSent: UInt64 { extras.reduce(0) { $0 + $1.writer.wireBytesSent } }
@@ -41,6 +51,7 @@ final class SourceStreams {
     func end(_ extra: Extra) throws(MigrationFailure) {
         extra.keepAlive.stop()
         try extra.writer.sendStreamEnd(index: extra.index)
+        links.ended(extra.index)
     }
 
     /// The session succeeded: close_notify on every extra stream and a bounded read of
@@ -52,9 +63,10 @@ final class SourceStreams {
         }
     }
 
-    /// The session failed: no more keep-alives, every extra connection closed at once
-    /// (the destination learns why on stream 0).
-    func close() {
+    /// The session failed: writers waiting for a resume give up, no more keep-alives,
+    /// every extra connection closed at once (the destination learns why on stream 0).
+    func close(_ failure: MigrationFailure) {
+        links.abandon(failure)
         for extra in extras {
             extra.keepAlive.stop()
             extra.writer.stream.close()
@@ -63,7 +75,7 @@ final class SourceStreams {
 
     /// One extra connection (§14.3): TLS with version 3 and the session's destination,
     /// the destination's RESUME (its proof checked), our JOIN, its JOIN_ACCEPT.
-    private static func join(_ index: Int, connect: Reconnect, credentials: ResumeCredentials,
+    static func join(_ index: Int, connect: Reconnect, credentials: ResumeCredentials,
                              options: SenderOptions) throws(MigrationFailure) -> TLSStream {
         let stream: TLSStream
         do { stream = try connect() } catch { throw .tls(error) }
@@ -109,3 +121,60 @@ final class SourceStreams {
 
 @available(*, unavailable, message: "the source session's thread owns its streams")
 extension SourceStreams: Sendable {}
+
+/// Version 3 with resumption (§14.5), source: the extra streams as the reconnection
+/// sees them. On a loss every extra connection is dropped with stream 0's; after
+/// RESUME_ACCEPT each stream the destination still needs joins again on a new
+/// connection and its writer replays what the destination's position for it lacks.
+struct ExtraStreamLinks: Sendable {
+    /// Stream k's writer at k − 1.
+    let writers: [FrameWriter]
+    let connect: Reconnect
+    let credentials: ResumeCredentials
+    let options: SenderOptions
+    /// Streams whose STREAM_END was numbered.
+    private let endedStreams = LockedValue(Set<Int>())
+
+    init(writers: [FrameWriter], connect: @escaping Reconnect, credentials: ResumeCredentials, options: SenderOptions) {
+        self.writers = writers; self.connect = connect; self.credentials = credentials; self.options = options
+    }
+
+    func ended(_ index: Int) { endedStreams.withLock { _ = $0.insert(index) } }
+
+    /// An ACK's stream sequences free each stream's window below them.
+    func acknowledge(_ sequences: [UInt64]) throws(MigrationFailure) {
+        for (writer, next) in zip(writers, sequences) { try writer.acknowledge(Self.position(next)) }
+    }
+
+    /// The session lost a connection: every extra one is marked lost and closed, so
+    /// their writers wait for the replay.
+    func suspend() {
+        for writer in writers { writer.markLost(writer.stream) }
+    }
+
+    func abandon(_ failure: MigrationFailure) {
+        for writer in writers { writer.abandonResumption(failure) }
+    }
+
+    /// After RESUME_ACCEPT: stream k joins again and replays from `sequences[k − 1]`,
+    /// unless the destination already applied its STREAM_END. Returns the bytes replayed.
+    func rejoin(_ sequences: [UInt64],
+                regenerate: (RetainedWindow.ReplayItem, FrameEncoder) throws(MigrationFailure) -> [UInt8]) throws(MigrationFailure) -> UInt64 {
+        let ended = endedStreams.current
+        var replayed: UInt64 = 0
+        for (i, (writer, next)) in zip(writers, sequences).enumerated() {
+            let index = i + 1
+            if ended.contains(index) && next == writer.nextSequence { continue }
+            let stream = try SourceStreams.join(index, connect: connect, credentials: credentials, options: options)
+            do throws(MigrationFailure) {
+                replayed += try writer.reattach(stream, replayingFrom: Self.position(next), regenerate: regenerate)
+            } catch {
+                stream.close()
+                throw error
+            }
+        }
+        return replayed
+    }
+
+    private static func position(_ next: UInt64) -> StreamPosition { StreamPosition(nextSequence: next, deviceBytes: []) }
+}

@@ -1,17 +1,19 @@
+import Foundation
+
 /// How many TLS streams a session uses (PROTOCOL.md §14).
 ///
-/// The default is one stream: a session of several streams is not resumed after a
-/// lost connection (§14.5), and a dropped connection must not fail a migration that
-/// the operator did not ask to trade for throughput (`--reconnect-timeout` is on by
-/// default). With `--reconnect-timeout 0` the session is version 1, one stream anyway.
-/// Several streams are the operator's choice: `forThroughput(cores:)` is what pays.
+/// The default is what pays on this host, `forThroughput(cores:)`: a session of
+/// several streams resumes after a lost connection like one of one stream (§14.5),
+/// so nothing is traded for it. With `--reconnect-timeout 0` the session is version
+/// 1, one stream anyway.
 public enum StreamCount {
-    public static let defaultStreams = 1
+    /// The library's and the CLI's `--streams` default: by this host's cores.
+    public static var defaultStreams: Int { forThroughput(cores: ProcessInfo.processInfo.activeProcessorCount) }
     public static let defaultMaxStreams = 16
     /// The most streams `--streams` and `--max-streams` accept.
     public static let limit = 64
 
-    /// Streams worth asking for when throughput matters more than resumption.
+    /// Streams worth having on a host of `cores` cores.
     /// One stream's TLS record encryption and socket writes take most of one core on
     /// the source (and its reads and decryption one on the destination), moving
     /// 0.7–1.2 GB/s: an extra stream only pays when a core is free to drive it next to

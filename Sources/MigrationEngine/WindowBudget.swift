@@ -39,6 +39,9 @@ struct WindowBudget {
         window.record(body, device: device, encoded: encoded)
     }
 
+    /// STREAM_END (version 3): retained as its bytes, like any control frame.
+    mutating func record(encoded: [UInt8]) { window.record(encoded: encoded) }
+
     mutating func acknowledge(_ position: StreamPosition) throws(WireError) { try window.acknowledge(position) }
 
     mutating func replay(from position: StreamPosition) throws(WireError) -> [RetainedWindow.ReplayItem] {

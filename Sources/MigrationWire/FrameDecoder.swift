@@ -54,6 +54,9 @@ public struct FrameDecoder: Sendable {
     /// how the session spreads pages; a page of a PFN another stream owns is an error.
     private var streamIndex = 0
     private var routing: StreamRouting?
+    /// Version 3, source: the session's streams S (its own HELLO's): ACK and
+    /// RESUME_ACCEPT carry S − 1 stream sequences, none when S is 1 (§14.5).
+    public var sessionStreams = 1
 
     private struct OpenChunk {
         var device: UInt32
@@ -73,10 +76,14 @@ public struct FrameDecoder: Sendable {
     /// Version 3, destination: an extra stream (§14.4), joined after the session's
     /// HELLOs, which carries only PAGES of the PFNs it owns, KEEPALIVE, ABORT and at
     /// last STREAM_END. Its numbering starts at 0; it has no HELLO of its own.
-    public init(joinedStream index: Int, routing: StreamRouting, memory: [MemoryRange], encodings: [Encoding], limits: WireLimits = .default) {
+    /// After a resume (§14.5) the stream's numbering goes on at `nextSequence`, the
+    /// position the destination reported for it.
+    public init(joinedStream index: Int, routing: StreamRouting, memory: [MemoryRange], encodings: [Encoding],
+                limits: WireLimits = .default, nextSequence: UInt64 = 0) {
         precondition(index >= 1 && index < routing.count, "an extra stream's index is 1..<count")
         self.init(peer: .source, limits: limits, version: .v3)
         streamIndex = index
+        expectedSequence = nextSequence
         self.routing = routing
         self.memory = memory
         announcedDeviceCount = 0
@@ -281,7 +288,7 @@ public struct FrameDecoder: Sendable {
         var reader = ByteReader(buffer, range: payloadStart..<(payloadStart + header.payloadLength), frame: header.type)
         let message: WireMessage
         if header.type.isResumption {
-            let body = try ResumptionBody.parsePayload(header.type, &reader, limits: limits)
+            let body = try ResumptionBody.parsePayload(header.type, &reader, limits: limits, version: version)
             try apply(body, sequence: header.sequence)
             message = .resumption(ResumptionFrame(sequence: header.sequence, body: body))
         } else {
@@ -419,7 +426,13 @@ public struct FrameDecoder: Sendable {
         if let count = announcedDeviceCount, p.deviceBytes.count != count {
             throw .positionDeviceCount(frame: frame, declared: p.deviceBytes.count, announced: count)
         }
+        guard p.streamSequences.count == sessionStreams - 1 else {
+            throw .positionStreamCount(frame: frame, declared: p.streamSequences.count, expected: sessionStreams - 1)
+        }
         guard let previous = acknowledged else { return }
+        for (k, (before, now)) in zip(previous.streamSequences, p.streamSequences).enumerated() where now < before {
+            throw .positionRegressed(frame: frame, field: "stream \(k + 1) sequence", previous: before, got: now)
+        }
         if p.nextSequence < previous.nextSequence {
             throw .positionRegressed(frame: frame, field: "next sequence", previous: previous.nextSequence, got: p.nextSequence)
         }

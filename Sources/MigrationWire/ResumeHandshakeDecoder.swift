@@ -87,7 +87,7 @@ public struct ResumeHandshakeDecoder: Sendable {
         let message: Message
         switch h.type {
         case .resume, .resumeAccept, .refuse, .join, .joinAccept:
-            switch try ResumptionBody.parsePayload(h.type, &reader, limits: limits) {
+            switch try ResumptionBody.parsePayload(h.type, &reader, limits: limits, version: version) {
             case .resume(let r):
                 guard r.role == peer else { throw .unexpectedRole(expected: peer, got: r.role) }
                 guard r.sessionID == sessionID else { throw .sessionMismatch(frame: .resume) }

@@ -13,8 +13,12 @@ public struct StreamPosition: Sendable, Equatable {
     /// Per device (HELLO order): the sum of the original lengths of its DEVICE_DATA
     /// frames below `nextSequence`, as DEVICE_END's total bytes counts them.
     public var deviceBytes: [UInt64]
-    public init(nextSequence: UInt64, deviceBytes: [UInt64]) {
-        self.nextSequence = nextSequence; self.deviceBytes = deviceBytes
+    /// Version 3, a session of S ≥ 2 streams (§14.5): per extra stream k = 1…S−1 (at
+    /// k − 1), the first sequence of stream k not received; every frame of stream k
+    /// below it is applied or will be. Empty in a one-stream session (no tail on the wire).
+    public var streamSequences: [UInt64]
+    public init(nextSequence: UInt64, deviceBytes: [UInt64], streamSequences: [UInt64] = []) {
+        self.nextSequence = nextSequence; self.deviceBytes = deviceBytes; self.streamSequences = streamSequences
     }
 }
 
@@ -138,31 +142,53 @@ public enum WireMessage: Sendable, Equatable {
 
 /// StreamPosition: 0 u64 next sequence, 8 u32 device count N, 12 u32 reserved,
 /// 16 N × u64 device bytes. The same bytes in ACK and in RESUME_ACCEPT.
+/// Version 3 with S ≥ 2 streams adds the stream tail (§14.5): u32 S − 1, u32
+/// reserved, (S − 1) × u64 stream sequences. Before version 3 any tail is trailing bytes.
 extension StreamPosition {
     static let fixedSize = 16
+    static let tailHeaderSize = 8
+
+    var encodedSize: Int {
+        Self.fixedSize + 8 * deviceBytes.count + (streamSequences.isEmpty ? 0 : Self.tailHeaderSize + 8 * streamSequences.count)
+    }
 
     func write(to w: inout ByteWriter) {
         w.u64(nextSequence); w.u32(UInt32(deviceBytes.count)); w.u32(0)
         for b in deviceBytes { w.u64(b) }
+        guard !streamSequences.isEmpty else { return }
+        w.u32(UInt32(streamSequences.count)); w.u32(0)
+        for s in streamSequences { w.u64(s) }
     }
 
-    static func parse(_ r: inout ByteReader) throws(WireError) -> StreamPosition {
+    /// The tail's count is held to the session's S − 1 by the decoder, which knows S.
+    static func parse(_ r: inout ByteReader, version: ProtocolVersion) throws(WireError) -> StreamPosition {
         let next = try r.u64("next sequence")
         guard next > 0 else { throw .invalidValue(frame: r.frame, field: "next sequence (HELLO is always received)", value: 0) }
         let count = Int(try r.u32("device count"))
         try r.reserved(4, "reserved")
         // The payload bounds the array (and the payload is bounded by maxPayload);
         // the count is held to HELLO's by the decoder, which knows it.
-        guard count * 8 == r.remaining else {
-            if count * 8 > r.remaining {
-                throw .countExceedsPayload(frame: r.frame, field: "device count", count: UInt64(count), remainingBytes: r.remaining)
-            }
-            throw .trailingBytes(frame: r.frame, count: r.remaining - count * 8)
+        let bytes = try parseU64s(&r, count: count, field: "device count", value: "device bytes")
+        guard version >= .v3, r.remaining > 0 else {
+            try r.expectEnd()
+            return StreamPosition(nextSequence: next, deviceBytes: bytes)
         }
-        var bytes: [UInt64] = []
-        bytes.reserveCapacity(count)
-        for _ in 0..<count { bytes.append(try r.u64("device bytes")) }
-        return StreamPosition(nextSequence: next, deviceBytes: bytes)
+        let streams = Int(try r.u32("extra stream count"))
+        guard streams > 0 else { throw .invalidValue(frame: r.frame, field: "extra stream count (a stream tail names at least stream 1)", value: 0) }
+        try r.reserved(4, "reserved")
+        let sequences = try parseU64s(&r, count: streams, field: "extra stream count", value: "stream sequence")
+        try r.expectEnd()
+        return StreamPosition(nextSequence: next, deviceBytes: bytes, streamSequences: sequences)
+    }
+
+    private static func parseU64s(_ r: inout ByteReader, count: Int, field: String, value: String) throws(WireError) -> [UInt64] {
+        guard count * 8 <= r.remaining else {
+            throw .countExceedsPayload(frame: r.frame, field: field, count: UInt64(count), remainingBytes: r.remaining)
+        }
+        var values: [UInt64] = []
+        values.reserveCapacity(count)
+        for _ in 0..<count { values.append(try r.u64(value)) }
+        return values
     }
 }
 
@@ -190,16 +216,16 @@ extension ResumptionBody {
     var payloadSizeHint: Int {
         switch self {
         case .resume: Resume.payloadSize
-        case .resumeAccept(let a): 16 + StreamPosition.fixedSize + 8 * a.position.deviceBytes.count
+        case .resumeAccept(let a): 16 + a.position.encodedSize
         case .refuse: 4 + Abort.maxMessageBytes
-        case .ack(let p): StreamPosition.fixedSize + 8 * p.deviceBytes.count
+        case .ack(let p): p.encodedSize
         case .join: Join.payloadSize
         case .joinAccept: JoinAccept.payloadSize
         case .streamEnd: StreamEnd.payloadSize
         }
     }
 
-    static func parsePayload(_ type: FrameType, _ r: inout ByteReader, limits: WireLimits) throws(WireError) -> ResumptionBody {
+    static func parsePayload(_ type: FrameType, _ r: inout ByteReader, limits: WireLimits, version: ProtocolVersion = .v2) throws(WireError) -> ResumptionBody {
         switch type {
         case .resume:
             guard r.remaining == Resume.payloadSize else {
@@ -218,7 +244,7 @@ extension ResumptionBody {
             }
             try r.reserved(7, "reserved")
             let next = try r.u64("destination next sequence")
-            let position = try StreamPosition.parse(&r)
+            let position = try StreamPosition.parse(&r, version: version)
             return .resumeAccept(ResumeAccept(progress: progress, destinationNextSequence: next, position: position))
         case .refuse:
             let rawReason = try r.u16("reason")
@@ -228,7 +254,7 @@ extension ResumptionBody {
             // As ABORT: an unknown reason from a newer peer is a refusal all the same.
             return .refuse(Refusal(reason: RefusalReason(rawValue: rawReason) ?? .unspecified, message: String(decoding: text, as: UTF8.self)))
         case .ack:
-            return .ack(try StreamPosition.parse(&r))
+            return .ack(try StreamPosition.parse(&r, version: version))
         case .join, .joinAccept, .streamEnd:
             return try parseStreamFrame(type, &r)
         default:

@@ -83,6 +83,16 @@ public struct RetainedWindow: Sendable {
         nextSequence += 1
     }
 
+    /// Records a frame that is not a `FrameBody` (version 3: STREAM_END), kept as its
+    /// bytes and replayed as they are.
+    public mutating func record(encoded: [UInt8]) {
+        precondition(encoded.count >= FrameHeader.size && loadLE64(encoded, at: 16) == nextSequence,
+                     "frames are recorded in the order they are numbered")
+        entries.append(.bytes(encoded, device: nil, dataBytes: 0))
+        retainedBytes += encoded.count
+        nextSequence += 1
+    }
+
     /// An ACK (or READY's implied position): checks it against what was sent and
     /// frees every frame below it.
     public mutating func acknowledge(_ position: StreamPosition, frame: FrameType = .ack) throws(WireError) {

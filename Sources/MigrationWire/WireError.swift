@@ -59,6 +59,9 @@ public enum WireError: Error, Sendable, Equatable, CustomStringConvertible {
     case pageOnForeignStream(pfn: UInt64, stream: Int, owner: Int)
     /// STREAM_END naming another stream, or a frame count that is not the frames the stream carried.
     case streamEndMismatch(field: String, declared: UInt64, actual: UInt64)
+    /// ACK or RESUME_ACCEPT whose stream tail names another number of extra streams than
+    /// the session's S − 1 (none in a one-stream session, §14.5).
+    case positionStreamCount(frame: FrameType, declared: Int, expected: Int)
 
     // HELLO
     case badHelloMagic(found: [UInt8])
@@ -167,6 +170,8 @@ public enum WireError: Error, Sendable, Equatable, CustomStringConvertible {
             return "PAGES on stream \(stream) carries PFN \(pfn), which stream \(owner) owns: every page travels on the one stream its PFN maps to"
         case .streamEndMismatch(let field, let declared, let actual):
             return "STREAM_END declares \(field) \(declared), but it is \(actual)"
+        case .positionStreamCount(let f, let declared, let expected):
+            return "\(f) reports positions of \(declared) extra stream(s); the session has \(expected) (its streams minus stream 0)"
         case .badHelloMagic(let found):
             return "HELLO magic is \(found.map { String($0, radix: 16) }), expected \"VFIO-MIG\": the peer is not vfio-migrate"
         case .unsupportedVersion(let v, let supported):

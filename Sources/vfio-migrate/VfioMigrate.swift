@@ -62,7 +62,7 @@ struct SenderTuning: ParsableArguments {
     var reconnectTimeout: Double = 30
     @Option(name: .customLong("resume-window"), help: "Sent device data kept until the destination acknowledges it, for a resume (at least 17 MiB + 24 bytes, e.g. 18M; the source stops reading devices while it is full).")
     var resumeWindow: ByteCount = ByteCount(bytes: 64 << 20)
-    @Option(help: "TLS connections for one session (1-64, default 1): pages spread over them by PFN, device data on the first. More than 1 needs --reconnect-timeout > 0 and a destination with --max-streams > 1 (protocol version 3) and trades resumption for throughput: such a session is not resumed after a lost connection, it rolls back. Worth it above 4 cores (one per 2 cores, up to 16; docs/PERFORMANCE.md).")
+    @Option(help: "TLS connections for one session (1-64; default by the cores: 1 up to 4 cores, then one per 2 cores, up to 16): pages spread over them by PFN, device data on the first. More than 1 needs --reconnect-timeout > 0 and a destination with --max-streams > 1 (protocol version 3); such a session resumes after a lost connection like a one-stream session (docs/PROTOCOL.md §14.5).")
     var streams: Int?
 
     func validate() throws {

@@ -1,4 +1,5 @@
 import ArgumentParser
+import Foundation
 import MigrationEngine
 import Testing
 @testable import vfio_migrate
@@ -21,8 +22,11 @@ import Testing
 
     @Test func streamsReachTheOptionsAndTheOffer() throws {
         let defaults = try #require(try VfioMigrate.parseAsRoot(Self.send) as? Send).tuning.options()
-        // One stream by default on every host: the session stays resumable (§14.5).
-        #expect(defaults.streams == 1 && defaults.applicationProtocols == ["vfio-migrate/2"])
+        // By default as many streams as the cores pay for (§14.5: resumable with any number).
+        #expect(defaults.streams == StreamCount.forThroughput(cores: ProcessInfo.processInfo.activeProcessorCount))
+        if ProcessInfo.processInfo.activeProcessorCount <= 4 {
+            #expect(defaults.streams == 1 && defaults.applicationProtocols == ["vfio-migrate/2"], "one stream up to 4 cores")
+        }
         let four = try #require(try VfioMigrate.parseAsRoot(Self.send + ["--streams", "4"]) as? Send).tuning.options()
         #expect(four.streams == 4 && four.applicationProtocols == ["vfio-migrate/3", "vfio-migrate/2"])
         let one = try #require(try VfioMigrate.parseAsRoot(Self.send + ["--streams", "1"]) as? Send).tuning.options()

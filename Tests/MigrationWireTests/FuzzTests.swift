@@ -20,9 +20,15 @@ import Glibc
         var bytes: [UInt8]; var offsets: [Int]; var peer: Role; var version: ProtocolVersion = .v1
         /// Version 3: an extra stream (index 1 of `testRouting`), decoded in joined mode.
         var joined = false
+        /// Version 3: the session's streams, whose positions ACKs carry.
+        var streams = 1
 
         func decoder(limits: WireLimits) -> FrameDecoder {
-            guard joined else { return FrameDecoder(peer: peer, limits: limits, version: version) }
+            guard joined else {
+                var decoder = FrameDecoder(peer: peer, limits: limits, version: version)
+                decoder.sessionStreams = streams
+                return decoder
+            }
             return FrameDecoder(joinedStream: 1, routing: testRouting, memory: FrameGenerator.joinedMemory, encodings: [.raw, .deflate, .zstd], limits: limits)
         }
     }
@@ -60,6 +66,9 @@ import Glibc
             corpus.append(Entry(bytes: j.bytes, offsets: j.offsets, peer: .source, version: .v3, joined: true))
             let d = gen.destinationSession(version: .v3)
             corpus.append(Entry(bytes: d.bytes, offsets: d.offsets, peer: .destination, version: .v3))
+            // §14.5: ACKs of a session of 2–4 streams carry each extra stream's position.
+            let t = gen.destinationSession(version: .v3, streams: i + 2)
+            corpus.append(Entry(bytes: t.bytes, offsets: t.offsets, peer: .destination, version: .v3, streams: i + 2))
         }
 
         var rng = SeededRNG(seed: seed ^ 0xFFFF)
@@ -124,6 +133,8 @@ import Glibc
         for _ in 0..<8 {
             let h = try gen.resumeHandshake()
             corpus.append(Entry(bytes: h.bytes, offsets: h.offsets, peer: h.peer, version: .v2))
+            let t = try gen.resumeHandshake(streams: 3)
+            corpus.append(Entry(bytes: t.bytes, offsets: t.offsets, peer: t.peer, version: .v3))
             let j = gen.joinHandshake()
             corpus.append(Entry(bytes: j.bytes, offsets: j.offsets, peer: j.peer, version: .v3))
         }

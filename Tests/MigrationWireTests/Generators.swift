@@ -60,9 +60,10 @@ struct FrameGenerator {
         }
     }
 
-    /// Any version-2 resumption body.
-    mutating func resumptionBody() -> ResumptionBody {
-        let position = StreamPosition(nextSequence: UInt64(int(1...1 << 40)), deviceBytes: (0..<int(0...5)).map { _ in edgyU64() })
+    /// Any version-2 resumption body; with `streams` ≥ 2 (version 3) positions carry the stream tail.
+    mutating func resumptionBody(streams: Int = 1) -> ResumptionBody {
+        let position = StreamPosition(nextSequence: UInt64(int(1...1 << 40)), deviceBytes: (0..<int(0...5)).map { _ in edgyU64() },
+                                      streamSequences: (1..<streams).map { _ in edgyU64() })
         switch int(0...3) {
         case 0: return .resume(Resume(sessionID: rng.bytes(16), role: rng.chance(0.5) ? .source : .destination, proof: rng.bytes(32)))
         case 1:
@@ -197,14 +198,16 @@ struct FrameGenerator {
         return (s.bytes, s.offsets, peer)
     }
 
-    /// Version 2 adds ACKs, growing as a destination's would.
-    mutating func destinationSession(version: ProtocolVersion = .v1) -> StreamBuilder {
+    /// Version 2 adds ACKs, growing as a destination's would; version 3 with `streams`
+    /// ≥ 2 adds each extra stream's position to them.
+    mutating func destinationSession(version: ProtocolVersion = .v1, streams: Int = 1) -> StreamBuilder {
         var s = StreamBuilder.destination(version: version)
-        var position = StreamPosition(nextSequence: 1, deviceBytes: [0, 0])
+        var position = StreamPosition(nextSequence: 1, deviceBytes: [0, 0], streamSequences: Array(repeating: 0, count: streams - 1))
         func acknowledge(_ s: inout StreamBuilder, _ gen: inout FrameGenerator) {
             guard version >= .v2 else { return }
             position.nextSequence += UInt64(gen.int(0...40))
             position.deviceBytes = position.deviceBytes.map { $0 + UInt64(gen.int(0...5000)) }
+            position.streamSequences = position.streamSequences.map { $0 + UInt64(gen.int(0...40)) }
             s.add(.ack(position))
         }
         for _ in 0..<int(0...2) { s.add(.keepAlive); acknowledge(&s, &self) }
@@ -220,7 +223,8 @@ struct FrameGenerator {
 
     /// One side of a resume handshake: the destination's (RESUME, RESUME_ACCEPT, then
     /// numbered frames) or the source's (RESUME, then its replay); sometimes a refusal.
-    mutating func resumeHandshake() throws -> (bytes: [UInt8], offsets: [Int], peer: Role) {
+    /// With `streams` ≥ 2 (version 3) RESUME_ACCEPT and ACK carry the stream tail.
+    mutating func resumeHandshake(streams: Int = 1) throws -> (bytes: [UInt8], offsets: [Int], peer: Role) {
         let peer: Role = rng.chance(0.5) ? .source : .destination
         var s = StreamBuilder()
         for _ in 0..<7 { _ = try s.encoder.encode(.keepAlive) }  // the stream stood at #7
@@ -230,9 +234,10 @@ struct FrameGenerator {
         }
         s.add(.resume(Resume(sessionID: testSessionID, role: peer, proof: rng.bytes(32))))
         if peer == .destination {
+            let tail = (1..<streams).map { _ in UInt64(int(0...99)) }
             s.add(.resumeAccept(ResumeAccept(progress: .receiving, destinationNextSequence: 7,
-                                             position: StreamPosition(nextSequence: 40, deviceBytes: [UInt64(int(0...9999)), 0]))))
-            s.add(.ack(StreamPosition(nextSequence: 41, deviceBytes: [10_000, 1])))
+                                             position: StreamPosition(nextSequence: 40, deviceBytes: [UInt64(int(0...9999)), 0], streamSequences: tail))))
+            s.add(.ack(StreamPosition(nextSequence: 41, deviceBytes: [10_000, 1], streamSequences: tail.map { $0 + 100 })))
         } else {
             s.add(.keepAlive)
         }

@@ -54,7 +54,7 @@ import Testing
         ]
     }
 
-    /// §14.8: the destination HELLO of §11 in version 3, JOIN of stream 2, JOIN_ACCEPT, STREAM_END.
+    /// §14.8: the destination HELLO of §11 in version 3, JOIN of stream 2, JOIN_ACCEPT, STREAM_END, an ACK with the stream tail.
     static func versionThreeExamples() -> [(id: String, bytes: [UInt8])] {
         let session = Array(UInt8(0x00)...0x0f)
         let hello = Hello(version: 3, sessionID: session, role: .destination, encodings: [.raw, .deflate],
@@ -69,6 +69,7 @@ import Testing
             ("join", frame(.join(Join(sessionID: session, streamIndex: 2, proof: proof)), 0)),
             ("join-accept", frame(.joinAccept(JoinAccept(streamIndex: 2)), 0)),
             ("stream-end", frame(.streamEnd(StreamEnd(streamIndex: 2, frameCount: 40)), 40)),
+            ("ack-v3", frame(.ack(StreamPosition(nextSequence: 42, deviceBytes: [0x10_0000, 6], streamSequences: [0x11, 0])), 12)),
         ]
     }
 
@@ -137,5 +138,17 @@ import Testing
 
         var reader = ByteReader(try #require(bytes["ack"]), range: 24..<56, frame: .ack)
         #expect(try ResumptionBody.parsePayload(.ack, &reader, limits: .default) == .ack(Self.examplePosition))
+    }
+
+    /// §14.8's ACK with the stream tail: the position of §13.11 plus A_1 = 17, A_2 = 0,
+    /// read by the source's decoder of a three-stream session (and refused in version 2).
+    @Test func theStreamTailExampleDecodes() throws {
+        let bytes = try #require(Dictionary(uniqueKeysWithValues: Self.examples().map { ($0.id, $0.bytes) })["ack-v3"])
+        var reader = ByteReader(bytes, range: 24..<bytes.count, frame: .ack)
+        var expected = Self.examplePosition
+        expected.streamSequences = [17, 0]
+        #expect(try ResumptionBody.parsePayload(.ack, &reader, limits: .default, version: .v3) == .ack(expected))
+        var v2 = ByteReader(bytes, range: 24..<bytes.count, frame: .ack)
+        #expect(throws: WireError.trailingBytes(frame: .ack, count: 24)) { try ResumptionBody.parsePayload(.ack, &v2, limits: .default, version: .v2) }
     }
 }

@@ -35,6 +35,17 @@ private func handshakeFrame(_ body: ResumptionBody) -> [UInt8] {
         #expect(seen == Set(FrameType.allCases.filter { $0.introduced == .v2 }))
     }
 
+    /// Version 3 (§14.5): positions with the stream tail of a session of 2–5 streams.
+    @Test func positionsWithAStreamTailRoundTripInVersion3() throws {
+        var gen = FrameGenerator(seed: 0xACD)
+        for i in 0..<500 {
+            let body = gen.resumptionBody(streams: 2 + i % 4)
+            let bytes = try FrameEncoder.frame(body, sequence: UInt64(i))
+            var reader = ByteReader(bytes, range: 24..<bytes.count, frame: body.type)
+            #expect(try ResumptionBody.parsePayload(body.type, &reader, limits: .default, version: .v3) == body, "case \(i)")
+        }
+    }
+
     @Test func handshakeFramesAreUnnumberedAndAckIsNumbered() throws {
         var encoder = FrameEncoder()
         _ = try encoder.encode(.hello(testHello(role: .destination, version: .v2)))

@@ -14,6 +14,7 @@ struct MultiStreamTests {
         var outcome: Outcome
         /// The `streams` each side's `hello` event reported.
         var streams: (source: Int?, destination: Int?)
+        var events: (source: [String], destination: [String])
         var sourceStats: MigrationStats? { if case .success(let s) = outcome.source { s } else { nil } }
     }
 
@@ -32,10 +33,16 @@ struct MultiStreamTests {
         return o
     }
 
-    /// `opened` sees every connection the source opens (stream 0 first), so a test can cut one.
+    /// Events by name on each side, and the proxy every connection went through.
+    struct Link: Sendable {
+        let proxy: ReconnectProxy
+        let listenerPort: UInt16
+    }
+
+    /// Every connection goes through a `ReconnectProxy` (stream k is its connection k + 1
+    /// until a cut), so a test can cut one stream or the whole link from an event.
     static func migrate(_ pair: SimPair, options: SenderOptions, receiverOptions: ReceiverOptions, workload: Bool = true,
-                        opened: (@Sendable (Int, TLSStream) -> Void)? = nil,
-                        senderEvents: (@Sendable (MigrationEvent) -> Void)? = nil) throws -> Run {
+                        senderEvents: (@Sendable (MigrationEvent, Link) -> Void)? = nil) throws -> Run {
         ignoreSIGPIPE()
         let pki = try TestPKI.get()
         var serverConfig = pki.serverConfig()
@@ -44,33 +51,44 @@ struct MultiStreamTests {
         clientConfig.applicationProtocols = options.applicationProtocols
         let listener = try TLSListener(endpoint: .tcp(host: "127.0.0.1", port: 0), context: TLSContext(configuration: serverConfig, role: .server))
         defer { listener.close() }
+        guard case .tcp(_, let port) = listener.boundEndpoint else { throw SetupError("no port") }
+        let proxy = try ReconnectProxy(targetPort: port)
+        defer { proxy.close() }
+        let link = Link(proxy: proxy, listenerPort: port)
         let client = try TLSContext(configuration: clientConfig, role: .client)
         let reported = LockedValue<(source: Int?, destination: Int?)>((nil, nil))
+        let names = LockedValue<(source: [String], destination: [String])>(([], []))
         let receiver = Receiver(devices: pair.destination, memory: pair.destinationMemory, options: receiverOptions, events: { e in
             if case .helloAccepted(_, _, _, let n) = e { reported.withLock { $0.destination = n } }
+            names.withLock { $0.destination.append(name(e)) }
         })
         let dst = background { () throws -> MigrationStats in
             try receiver.run(stream: try listener.accept(timeoutSeconds: 30), listener: listener)
         }
         let sender = Sender(devices: pair.source, memory: pair.sourceMemory, options: options, events: { e in
             if case .helloAccepted(_, _, _, let n) = e { reported.withLock { $0.source = n } }
-            senderEvents?(e)
+            names.withLock { $0.source.append(name(e)) }
+            senderEvents?(e, link)
         })
-        let endpoint = listener.boundEndpoint
-        let connections = LockedValue(0)
+        let endpoint = Endpoint.tcp(host: "127.0.0.1", port: proxy.port)
         let src = background { () throws -> MigrationStats in
-            let connect: Reconnect = { () throws(TLSError) -> TLSStream in
-                let stream = try TLSConnector.connect(to: endpoint, context: client, timeoutSeconds: 5)
-                opened?(connections.withLock { n in defer { n += 1 }; return n }, stream)
-                return stream
-            }
+            let connect: Reconnect = { () throws(TLSError) -> TLSStream in try TLSConnector.connect(to: endpoint, context: client, timeoutSeconds: 5) }
             return try sender.run(stream: try connect(), reconnect: connect)
         }
         let running = workload ? SoakWorkload(pair.sourceSims) : nil
         let s = src.wait(timeout: 120)
         running?.stop()
         let d = dst.wait(timeout: 120)
-        return Run(outcome: Outcome(source: s, destination: d, proxy: nil), streams: reported.current)
+        return Run(outcome: Outcome(source: s, destination: d, proxy: nil), streams: reported.current, events: names.current)
+    }
+
+    private static func name(_ event: MigrationEvent) -> String {
+        switch event {
+        case .connectionLost: return "connection-lost"
+        case .resumed: return "resumed"
+        case .sessionRefused: return "refused"
+        default: return "other"
+        }
     }
 
     @Test("N streams with a workload writing guest pages during pre-copy: byte-exact, every side reports N", arguments: [2, 4])
@@ -111,27 +129,131 @@ struct MultiStreamTests {
         #expect(Self.senderOptions(streams: 4, reconnect: 0).applicationProtocols == [])
         #expect(Self.receiverOptions(maxStreams: 1).applicationProtocols == ["vfio-migrate/2"])
         #expect(Self.receiverOptions(maxStreams: 8, reconnect: 0).applicationProtocols == [])
-        #expect(SenderOptions().streams == 1 && SenderOptions().applicationProtocols == ["vfio-migrate/2"], "the default resumes")
+        #expect(SenderOptions().streams == StreamCount.defaultStreams)
         #expect(StreamCount.forThroughput(cores: 2) == 1 && StreamCount.forThroughput(cores: 4) == 1)
         #expect(StreamCount.forThroughput(cores: 8) == 4 && StreamCount.forThroughput(cores: 32) == 16)
         #expect(StreamCount.forThroughput(cores: 128) == StreamCount.defaultMaxStreams)
     }
 
-    /// §14.5: a session of several streams is not resumable. Losing stream 0 or an extra
-    /// stream in pre-copy rolls the source back and leaves the destination's devices
-    /// stopped; nothing is half-applied as a success.
-    @Test("a lost stream (stream 0 or an extra one) fails the session cleanly: rolled back, never resumed", arguments: [0, 1])
-    func aLostStreamFailsTheSession(cut index: Int) throws {
-        let pair = try SimPair(memoryPages: 1024, dirtyPagesPerStep: 24)
-        let streams = LockedValue<[Int: TLSStream]>([:])
-        var options = Self.senderOptions(streams: 2)
+    /// Where a cut lands: pre-copy (after the first pass), as stop-and-copy begins (the
+    /// devices stop while the link is down), or once every extra stream sent STREAM_END.
+    enum CutPoint: String, CaseIterable, CustomTestStringConvertible {
+        case precopy, stopCopy, streamsEnded
+        var testDescription: String { rawValue }
+        func matches(_ event: MigrationEvent) -> Bool {
+            switch (self, event) {
+            case (.precopy, .iterationEnd(1, _, _, _, _)), (.stopCopy, .phase(.stopcopy)), (.streamsEnded, .deviceEnd): true
+            default: false
+            }
+        }
+    }
+
+    /// Exactly three pre-copy passes whatever the machine's speed, so a cut after the
+    /// second always lands in pre-copy.
+    static func iteratingThrice(streams: Int) -> SenderOptions {
+        var options = senderOptions(streams: streams)
+        options.downtimeTargetMs = 0.001
+        options.maxIterations = 3
+        return options
+    }
+
+    /// §14.5: losing stream 0 or an extra stream suspends the whole session; it resumes,
+    /// every extra stream joins again and replays what the destination lacks, and the
+    /// guest arrives byte-exact under a workload that keeps writing pages.
+    @Test("a cut of stream 0 or of an extra stream resumes the session byte-exact",
+          arguments: [2, 4], [0, 1])
+    func aCutStreamResumes(streams: Int, cutExtra: Int) throws {
+        for point in CutPoint.allCases {
+            let pair = try SimPair(memoryPages: 512, dirtyPagesPerStep: 24)
+            let cut = LockedValue(false)
+            // Connection k + 1 is stream k: the extra stream cut is the last one.
+            let connection = cutExtra == 0 ? 1 : streams
+            let run = try Self.migrate(pair, options: Self.iteratingThrice(streams: streams), receiverOptions: Self.receiverOptions(maxStreams: 4),
+                                       senderEvents: { e, link in
+                                           guard point.matches(e), cut.withLock({ c in defer { c = true }; return !c }) else { return }
+                                           link.proxy.cut(connection: connection)
+                                       })
+            try Guarantee.migrated(run.outcome, pair)
+            #expect(run.streams.source == streams, "\(point)")
+            // An extra stream cut after its STREAM_END may have been applied whole and closed
+            // already: then there is nothing to resume (both outcomes are right).
+            if point == .streamsEnded && cutExtra == 1 { continue }
+            #expect(run.events.source.contains("resumed") && run.events.destination.contains("resumed"), "\(point): \(run.events)")
+        }
+    }
+
+    /// The link stays down past `--reconnect-timeout`: both sides give up and the source
+    /// rolls back as a one-stream session does.
+    @Test("a link down past --reconnect-timeout rolls the several-stream session back")
+    func aLinkDownTooLongRollsBack() throws {
+        let pair = try SimPair(memoryPages: 512, dirtyPagesPerStep: 24)
+        var options = Self.senderOptions(streams: 2, reconnect: 1.5)
         options.downtimeTargetMs = 0.001  // keeps iterating until the cut
         options.maxIterations = 1000
-        let run = try Self.migrate(pair, options: options, receiverOptions: Self.receiverOptions(maxStreams: 2),
-                                   opened: { n, stream in streams.withLock { $0[n] = stream } },
-                                   senderEvents: { e in
-                                       if case .iterationEnd(let i, _, _, _, _) = e, i == 1 { streams.withLock { $0[index] }?.close() }
+        let run = try Self.migrate(pair, options: options, receiverOptions: Self.receiverOptions(maxStreams: 2, reconnect: 1.5),
+                                   senderEvents: { e, link in
+                                       if case .iterationEnd(1, _, _, _, _) = e {
+                                           link.proxy.setRefusing(true)
+                                           link.proxy.cut()
+                                       }
                                    })
         try Guarantee.rolledBack(run.outcome, pair)
+        #expect("\(run.outcome.sourceError.map { "\($0)" } ?? "")".contains("--reconnect-timeout"))
+        #expect("\(run.outcome.destinationError.map { "\($0)" } ?? "")".contains("--reconnect-timeout"))
+        #expect(!run.events.source.contains("resumed"))
+    }
+
+    /// After a resume a peer with the source's certificate but not the session's secret
+    /// tries to join a stream: refused `badProof`, and the real source's session goes on.
+    @Test("a forged JOIN after a resume is refused and the session still succeeds")
+    func aForgedJoinAfterAResumeIsRefused() throws {
+        let pair = try SimPair(memoryPages: 512, dirtyPagesPerStep: 24)
+        let answers = LockedValue<[String]>([])
+        let run = try Self.migrate(pair, options: Self.iteratingThrice(streams: 2), receiverOptions: Self.receiverOptions(maxStreams: 2),
+                                   senderEvents: { e, link in
+                                       switch e {
+                                       case .iterationEnd(1, _, _, _, _): link.proxy.cut(connection: 1)
+                                       case .resumed: answers.withLock { $0.append(Self.forgedJoin(port: link.listenerPort)) }
+                                       default: break
+                                       }
+                                   })
+        try Guarantee.migrated(run.outcome, pair)
+        #expect(answers.current == ["REFUSE badProof"])
+        #expect(run.events.destination.contains("refused"), "\(run.events.destination)")
+    }
+
+    /// A JOIN of stream 1 with a made-up proof, straight at the destination's listener;
+    /// returns its answer ("REFUSE reason", ...).
+    static func forgedJoin(port: UInt16) -> String {
+        do {
+            let stream = try ResumeRig.connect(port: port, protocols: [ProtocolVersion.v3.alpnIdentifier])
+            defer { stream.close() }
+            stream.readTimeoutSeconds = 5
+            var buffer: [UInt8] = []
+            while buffer.count < 24 + 16 {
+                let bytes = try stream.read(maxCount: 4096)
+                if bytes.isEmpty { return "closed" }
+                buffer += bytes
+            }
+            // The session id is only known from the destination's RESUME: peek at it.
+            var decoder = ResumeHandshakeDecoder(peer: .destination, sessionID: Array(buffer[24..<40]), version: .v3)
+            decoder.feed(buffer)
+            while true {
+                switch try decoder.next() {
+                case .resume(let r):
+                    var encoder = FrameEncoder()
+                    let forged = Join(sessionID: r.sessionID, streamIndex: 1, proof: [UInt8](repeating: 0x5A, count: ResumeProof.size))
+                    try stream.write(try encoder.encode(.join(forged)))
+                case .refuse(let r): return "REFUSE \(r.reason)"
+                case let m?: return "\(m)"
+                case nil:
+                    let more = try stream.read(maxCount: 4096)
+                    if more.isEmpty { return "closed" }
+                    decoder.feed(more)
+                }
+            }
+        } catch {
+            return "error: \(error)"
+        }
     }
 }

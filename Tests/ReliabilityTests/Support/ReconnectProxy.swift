@@ -12,6 +12,8 @@ final class ReconnectProxy: Sendable {
     private let targetPort: UInt16
     private struct State {
         var live: [Int32] = []
+        /// The descriptors of each connection, by its number (1: the first accepted).
+        var pairs: [Int: [Int32]] = [:]
         var connections = 0
         var cuts = 0
         var refusing = false
@@ -42,8 +44,19 @@ final class ReconnectProxy: Sendable {
     func cut() {
         let fds = state.withLock { s -> [Int32] in
             s.cuts += 1
-            defer { s.live = [] }
+            defer { s.live = []; s.pairs = [:] }
             return s.live
+        }
+        for fd in fds { Glibc.shutdown(fd, Int32(SHUT_RDWR)) }
+    }
+
+    /// Cuts only connection `number` (1: the first accepted) both ways, if it is live.
+    func cut(connection number: Int) {
+        let fds = state.withLock { s -> [Int32] in
+            guard let pair = s.pairs.removeValue(forKey: number) else { return [] }
+            s.cuts += 1
+            s.live.removeAll { pair.contains($0) }
+            return pair
         }
         for fd in fds { Glibc.shutdown(fd, Int32(SHUT_RDWR)) }
     }
@@ -80,7 +93,7 @@ final class ReconnectProxy: Sendable {
             var addr = FaultProxy.loopback(port: targetPort)
             let rc = withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(server, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }
             guard rc == 0 else { Glibc.close(client); Glibc.close(server); continue }
-            state.withLock { $0.live += [client, server]; $0.opened += [client, server] }
+            state.withLock { $0.live += [client, server]; $0.opened += [client, server]; $0.pairs[index] = [client, server] }
             for (from, to, up) in [(client, server, true), (server, client, false)] {
                 let t = Thread { [self] in
                     pump(from: from, to: to, up: up, first: index == 1)
