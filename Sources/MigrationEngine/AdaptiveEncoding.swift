@@ -51,6 +51,8 @@ final class AdaptiveEncoding: Sendable {
         var climb = LevelClimb()
         /// What limits delivery, from the connection's TCP_INFO (nil limit without readings).
         var transport = DeliveryLimitMeter()
+        /// The rate the network delivered at, from TCP_INFO (nil without readings).
+        var network = NetworkRateMeter()
         var last: EncodingDecision?
         /// When the host and the connection were last read.
         var lastSample: ContinuousClock.Instant?
@@ -82,7 +84,7 @@ final class AdaptiveEncoding: Sendable {
     /// The choice for the next batch.
     func decide() -> EncodingDecision {
         state.withLock { s in
-            let rates = EncodingRates(linkBytesPerSecond: s.link.perSecond,
+            let rates = EncodingRates(linkBytesPerSecond: AdaptiveEncoding.linkRate(s),
                                       codecs: s.codecs.compactMapValues { r in
                                           r.perSecond.map { CodecRate(bytesPerSecond: $0, ratio: r.output / r.bytes, weight: r.bytes) } },
                                       cores: compressingCores(s))
@@ -115,6 +117,7 @@ final class AdaptiveEncoding: Sendable {
     private func verified(_ decision: EncodingDecision, _ s: inout State, cores: CoreBudget) -> EncodingDecision {
         let model: DeliveryArms.Arm = decision.choice == .raw ? .raw : .coded
         let limit = s.transport.limit
+        s.arms.rawCeiling = s.network.bytesPerSecond
         let (arm, probing) = s.arms.next(prior: model, limit: limit)
         if arm == model && !probing && !s.arms.measured {
             return limit.map { EncodingDecision(choice: decision.choice, reason: .transport($0, decision.reason)) } ?? decision
@@ -169,7 +172,19 @@ final class AdaptiveEncoding: Sendable {
 
     /// A reading of the connection's TCP_INFO, taken `at`.
     func recordTransport(_ info: TCPInfo, at: ContinuousClock.Instant) {
-        state.withLock { $0.transport.sample(info, at: at) }
+        state.withLock { s in
+            s.transport.sample(info, at: at)
+            s.network.sample(info)
+        }
+    }
+
+    /// The link's rate: what the writer drains, but no more than the network delivers.
+    /// At the start of a session the socket's send buffer takes the first megabytes at
+    /// memory speed, so the writer's drain rate alone read a 1 Gbit/s link as 0.8–1 GB/s
+    /// and the first ~50 MiB went raw (issue 14); the kernel's delivery rate does not.
+    private static func linkRate(_ s: State) -> Double? {
+        guard let drain = s.link.perSecond else { return nil }
+        return min(drain, s.network.bytesPerSecond ?? .infinity)
     }
 
     /// The writer moved `bytes` to the TLS stream from `started` to `ended` (its wait
@@ -207,7 +222,7 @@ final class AdaptiveEncoding: Sendable {
         state.withLock { s in
             s.last.map {
                 EncodingReport(choice: $0.choice.description, reason: $0.reason.description,
-                               linkBytesPerSecond: s.link.perSecond, batches: s.batches)
+                               linkBytesPerSecond: AdaptiveEncoding.linkRate(s), batches: s.batches)
             }
         }
     }

@@ -124,3 +124,19 @@ struct LevelClimb: Sendable {
         }
     }
 }
+
+/// The rate the network delivers at, from TCP_INFO's `tcpi_delivery_rate` (the kernel's
+/// latest sample of bytes delivered per second). Samples the kernel marks app-limited
+/// (the socket ran dry, so they say how fast we sent, not how fast the path carries) are
+/// left out; the rest are averaged. Pure: readings come in as values.
+struct NetworkRateMeter: Sendable {
+    /// Weight of a new sample in the average.
+    static let weight = 0.3
+    private(set) var bytesPerSecond: Double?
+
+    mutating func sample(_ info: TCPInfo) {
+        guard info.deliveryRate > 0, !info.deliveryRateAppLimited else { return }
+        let rate = Double(info.deliveryRate)
+        bytesPerSecond = bytesPerSecond.map { $0 + NetworkRateMeter.weight * (rate - $0) } ?? rate
+    }
+}

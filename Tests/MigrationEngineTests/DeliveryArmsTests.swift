@@ -25,6 +25,21 @@ import Testing
         #expect(abs(arms.rate(.coded)! - coded) < 1e6)
     }
 
+    /// Raw input is wire bytes, so raw never delivers more than the network carries: a
+    /// raw run that filled the socket's buffer at memory speed (measured 170 MB/s on a
+    /// link that carries 120) is counted at the network's rate, and compressing, which
+    /// delivered 150 MB/s of input, leads.
+    @Test func rawDeliversNoMoreThanTheNetworkCarries() {
+        var (arms, t) = (DeliveryArms(), ContinuousClock.now)
+        write(&arms, .raw, rate: 170e6, count: 30, clock: &t)
+        write(&arms, .coded, rate: 150e6, count: 30, clock: &t)
+        #expect(arms.leader(prior: .raw) == .raw)
+        arms.rawCeiling = 120e6
+        #expect(arms.rate(.raw) == 120e6)
+        #expect(arms.leader(prior: .raw) == .coded)
+        #expect(arms.rate(.coded)! > 149e6, "the compressed arm is not capped")
+    }
+
     /// The first writes after a switch still drain the other arm's bytes: not counted.
     @Test func theFirstWritesOfARunAreNotCounted() {
         var (arms, t) = (DeliveryArms(), ContinuousClock.now)

@@ -51,6 +51,36 @@ import Testing
         #expect(meter.limit == nil)
     }
 
+    /// The network's rate is the kernel's delivery rate, averaged; samples the kernel
+    /// marks app-limited (the socket ran dry) and empty ones say nothing about the path.
+    @Test func theNetworkRateLeavesOutAppLimitedSamples() {
+        var meter = NetworkRateMeter()
+        meter.sample(TCPInfo(deliveryRate: 0))
+        meter.sample(TCPInfo(deliveryRate: 900_000_000, deliveryRateAppLimited: true))
+        #expect(meter.bytesPerSecond == nil)
+        meter.sample(TCPInfo(deliveryRate: 125_000_000))
+        #expect(meter.bytesPerSecond == 125e6)
+        meter.sample(TCPInfo(deliveryRate: 900_000_000, deliveryRateAppLimited: true))
+        meter.sample(TCPInfo(deliveryRate: 115_000_000))
+        #expect(abs(meter.bytesPerSecond! - 122e6) < 1)
+    }
+
+    /// The link rate `auto` decides from is the writer's drain rate, but no more than the
+    /// network delivers: the socket's buffer taking the first megabytes at memory speed
+    /// does not make a 1 Gbit/s link look like 1 GB/s, and raw batches are counted at
+    /// no more than the network carries.
+    @Test func theLinkIsNoFasterThanTheNetworkDelivers() {
+        let adaptive = AdaptiveEncoding(chooser: EncodingChooser(zstdAccepted: true), cores: 2)
+        let t0 = ContinuousClock.now
+        adaptive.recordDrain(bytes: 1_000_000_000, started: t0, ended: t0 + .seconds(1), cpu: .zero)
+        #expect(adaptive.report == nil || adaptive.report?.linkBytesPerSecond == 1e9)
+        _ = adaptive.decide()
+        #expect(adaptive.report?.linkBytesPerSecond == 1e9)
+        adaptive.recordTransport(TCPInfo(deliveryRate: 125_000_000), at: t0 + .seconds(1))
+        _ = adaptive.decide()
+        #expect(adaptive.report?.linkBytesPerSecond == 125e6)
+    }
+
     /// `count` writes of 1 MB of input at `rate` input bytes per second.
     func write(_ arms: inout DeliveryArms, _ arm: DeliveryArms.Arm, rate: Double, count: Int, clock t: inout ContinuousClock.Instant) {
         for _ in 0..<count {
