@@ -95,7 +95,12 @@ struct LevelClimb: Sendable {
     /// and the socket still hold bytes of the level before, and the limit needs
     /// `DeliveryLimitMeter.stableReadings` fresh readings.
     static let settleBatches = 48
-    /// Compressed batches a level that ran the socket dry is not tried again.
+    /// Compressed batches a level that ran the socket dry is not tried again: the
+    /// first time, then twice as long each time the same level runs it dry again, up
+    /// to `blockedFor`. One bar of 2048 batches (8 s at 1 Gbit/s, more than a 1 GiB
+    /// guest's whole pass) after a moment of CPU taken by other work kept level 3 out
+    /// for the rest of the migration (issue 14).
+    static let blockedFirst = 128
     static let blockedFor = 2048
 
     /// The ladder index climbed to; nil: the model's.
@@ -103,6 +108,8 @@ struct LevelClimb: Sendable {
     private var sinceStep = 0
     /// A level that turned sender-bound, and for how many more batches it is barred.
     private var ceiling: (level: Int, batchesLeft: Int)?
+    /// How often each level turned sender-bound: its next bar is that much longer.
+    private var strikes: [Int: Int] = [:]
 
     /// The ladder index for the next compressed batch. `model`: the model's index;
     /// `affordable`: the highest index worth a try; `limit`: the delivery limit read
@@ -117,7 +124,9 @@ struct LevelClimb: Sendable {
             (level, sinceStep) = (current + 1, 0)
             return current + 1
         case .sender? where current > model:
-            (ceiling, level, sinceStep) = ((current, LevelClimb.blockedFor), current - 1, 0)
+            strikes[current, default: 0] += 1
+            let bar = min(LevelClimb.blockedFor, LevelClimb.blockedFirst << min(strikes[current]! - 1, 8))
+            (ceiling, level, sinceStep) = ((current, bar), current - 1, 0)
             return current - 1
         default:
             return current

@@ -183,15 +183,21 @@ import Testing
         #expect(levels(&quiet, model: 1, limit: .sender, count: 4 * step).allSatisfy { $0 == 1 }, "never below the model's level")
     }
 
-    /// A level that runs the socket dry steps back, and is not tried again for `blockedFor` batches.
+    /// A level that runs the socket dry steps back, and is not tried again for
+    /// `blockedFirst` batches; running it dry again bars it twice as long.
     @Test func aLevelThatRunsTheSocketDryStepsBack() {
         var climb = LevelClimb()
         let step = LevelClimb.settleBatches + 1
         _ = levels(&climb, model: 0, limit: .network, count: 2 * step)
         #expect(climb.level == 2)
         #expect(levels(&climb, model: 0, limit: .sender, count: step).last == 1)
-        let held = levels(&climb, model: 0, limit: .network, count: LevelClimb.blockedFor - step)
+        let held = levels(&climb, model: 0, limit: .network, count: LevelClimb.blockedFirst - step)
         #expect(held.allSatisfy { $0 == 1 })
         #expect(levels(&climb, model: 0, affordable: 2, limit: .network, count: 2 * step).last == 2, "tried again once the bar ran out")
+        // Dry again: barred for twice as long, then tried again.
+        #expect(levels(&climb, model: 0, limit: .sender, count: step).last == 1)
+        let longer = levels(&climb, model: 0, affordable: 2, limit: .network, count: 2 * LevelClimb.blockedFirst - step)
+        #expect(longer.allSatisfy { $0 == 1 })
+        #expect(levels(&climb, model: 0, affordable: 2, limit: .network, count: 2 * step).last == 2)
     }
 }
