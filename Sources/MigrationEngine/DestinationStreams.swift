@@ -134,7 +134,8 @@ final class DestinationStreams: Sendable {
         }
     }
 
-    /// RESUME_ACCEPT is about to go out: the streams may join again, within the peer timeout.
+    /// RESUME_ACCEPT went out: the streams may join again, within the peer timeout. Not
+    /// before: a JOIN the source sent before this resume round is refused until then.
     func reopen() {
         state.withLock { s in
             s.suspended = false
@@ -144,9 +145,11 @@ final class DestinationStreams: Sendable {
 
     /// COMPLETE arrived on stream 0: READY waits until every extra stream ended and all
     /// its pages are applied (§14.4). Throws a stream's failure or loss, a cancel, or a
-    /// timeout when a stream never joined.
-    func waitUntilAllEnded(isCancelled: () -> Bool) throws(MigrationFailure) {
+    /// timeout when a stream never joined. `whileWaiting` runs every 0.2 s meanwhile
+    /// (the ACK cadence goes on: the extra streams may still be delivering, §13.3).
+    func waitUntilAllEnded(isCancelled: () -> Bool, whileWaiting: () throws(MigrationFailure) -> Void) throws(MigrationFailure) {
         while true {
+            try whileWaiting()
             let (done, failure, joined, deadline) = state.wait(until: { $0.ended.count == extraCount || $0.failure != nil || $0.lost != nil },
                                                                deadline: monotonicSeconds() + 0.2) { s, _ in
                 (s.ended.count == extraCount, s.failure ?? s.lost, s.joined.count, s.joinDeadline)

@@ -120,10 +120,12 @@ final class FrameWriter: Sendable {
     }
 
     /// Source, version 3: the last frame of extra stream `index` (§14.4); its frame
-    /// count is its own sequence number, read under the write lock.
-    func sendStreamEnd(index: Int) throws(MigrationFailure) {
+    /// count is its own sequence number, read under the write lock. `numbered` runs
+    /// as soon as it is numbered, before the write.
+    func sendStreamEnd(index: Int, numbered: () -> Void) throws(MigrationFailure) {
         try write { (encoder: inout FrameEncoder) throws(WireError) in
             let bytes = try encoder.encode(.streamEnd(StreamEnd(streamIndex: UInt32(index), frameCount: encoder.nextSequence)))
+            numbered()
             // Retained like any control frame: a resume before the destination applied it sends it again.
             retention.withLock { $0.window?.record(encoded: bytes) }
             return bytes

@@ -1,0 +1,70 @@
+import Foundation
+import Testing
+import TestSupport
+import MigrationTLS
+import MigrationWire
+@testable import MigrationEngine
+
+/// The pieces of a several-stream resume (docs/PROTOCOL.md §13.3, §14.5) that a whole
+/// migration cannot hit on cue: a STREAM_END whose write has not returned when the
+/// session resumes, and an ACK sent before the frame its bytes belong to was decoded.
+@Suite("StreamResume")
+struct StreamResumeTests {
+    /// A connected client stream over 127.0.0.1 (the server end is returned to keep it open).
+    static func connectedStream() throws -> (client: TLSStream, server: TLSStream) {
+        let (server, client) = try Loopback.contexts()
+        let listener = try TLSListener(endpoint: .tcp(host: "127.0.0.1", port: 0), context: server)
+        defer { listener.close() }
+        let accepted = background { () throws -> TLSStream in try listener.accept(timeoutSeconds: 10) }
+        let stream = try TLSConnector.connect(to: listener.boundEndpoint, context: client, timeoutSeconds: 5)
+        return (stream, try accepted.wait(timeout: 10).get())
+    }
+
+    /// Finding: the source counted a stream as ended only once its STREAM_END write
+    /// returned (after the bandwidth limiter's sleep); a resume in between joined it
+    /// again although the destination had applied it. Numbered is what counts: here
+    /// the write fails, so `sendStreamEnd` waits for a replay that never comes.
+    @Test("a stream counts as ended once its STREAM_END is numbered, before its write returns")
+    func streamEndCountsOnceNumbered() throws {
+        let (stream, peer) = try Self.connectedStream()
+        defer { peer.close() }
+        let writer = FrameWriter(stream: stream)
+        writer.enableResumption(policy: .waitForReplay, window: 1 << 20, deviceCount: 0)
+        let links = ExtraStreamLinks(writers: [writer], connect: { () throws(TLSError) -> TLSStream in throw .closed },
+                                     credentials: try ResumeCredentials(firstConnection: stream, sessionID: [UInt8](repeating: 7, count: 16)),
+                                     options: SenderOptions())
+        stream.close()  // the write fails: the link is lost and the writer waits for the replay
+        let sending = background { () throws in try links.sendStreamEnd(1) }
+        var slices = 0
+        while !links.hasEnded(1) && slices < 500 {
+            Thread.sleep(forTimeInterval: 0.01)
+            slices += 1
+        }
+        let ended = links.hasEnded(1)
+        #expect(ended, "STREAM_END was numbered but the stream does not count as ended")
+        #expect(writer.nextSequence == 1)
+        links.abandon(.cancelled)
+        #expect(throws: MigrationFailure.self) { try sending.wait(timeout: 10).get() }
+    }
+
+    /// §13.3: an ACK counts the bytes read, but its position only the frames decoded.
+    /// When it went out before the last frame's bytes were decoded, another must follow
+    /// within the 250 ms rule once they are, although no byte more arrives.
+    @Test("an ACK sent before the frame's bytes were decoded is followed by one that covers it")
+    func ackFollowsDecodedFrames() {
+        let before = StreamPosition(nextSequence: 5, deviceBytes: [0])
+        let decoded = StreamPosition(nextSequence: 6, deviceBytes: [0])
+        let start = ContinuousClock.now
+        var schedule = AckSchedule(bytesReceived: 0, position: before)
+        var due: [Bool] = []
+        due.append(schedule.isDue(bytesReceived: 100, position: before, now: start))
+        due.append(schedule.isDue(bytesReceived: 100, position: before, now: start + .milliseconds(250)))
+        schedule.sent(bytesReceived: 100, position: before)
+        // The frame of those 100 bytes is decoded now; nothing more is read.
+        due.append(schedule.isDue(bytesReceived: 100, position: decoded, now: start + .milliseconds(300)))
+        due.append(schedule.isDue(bytesReceived: 100, position: decoded, now: start + .milliseconds(550)))
+        schedule.sent(bytesReceived: 100, position: decoded)
+        due.append(schedule.isDue(bytesReceived: 100, position: decoded, now: start + .seconds(5)))
+        #expect(due == [false, true, false, true, false])
+    }
+}
