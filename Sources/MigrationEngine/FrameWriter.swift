@@ -175,6 +175,18 @@ final class FrameWriter: Sendable {
         }
     }
 
+    /// Source, an extra stream (§14.5): waits until the window has room for one more
+    /// frame's bookkeeping (its PAGES keep no bytes, but each is charged its entry), so
+    /// what the stream retains stays within its window; throws once the session gave up.
+    /// Nothing is reserved: no device data is read for an extra stream.
+    func waitForEntryRoom() throws(MigrationFailure) {
+        let cost = RetainedWindow.entryCost
+        try retention.wait(until: { $0.failure != nil || ($0.window?.hasRoom(for: cost) ?? true) }) {
+            (r: inout Retention, _) throws(MigrationFailure) in
+            if let failure = r.failure { throw failure }
+        }
+    }
+
     /// Source: the destination's ACK frees the window below its position.
     func acknowledge(_ position: StreamPosition) throws(MigrationFailure) {
         try retention.withLock { (r: inout Retention) throws(MigrationFailure) in

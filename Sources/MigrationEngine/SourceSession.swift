@@ -177,10 +177,10 @@ final class SourceSession {
         try devices.startSaving()
         let loggingSince = ContinuousClock.now
         let perStream = max(1, options.workers / ((streams?.extras.count ?? 0) + 1))
-        let pipeline = makePipeline(writer: writer, workers: streams == nil ? options.workers : perStream, measuresDrain: true)
+        let pipeline = makePipeline(writer: writer, workers: streams == nil ? options.workers : perStream, stream: .first)
         self.pipeline = pipeline
         // Only stream 0's writer feeds `auto`'s drain measurement (it has one consumer).
-        extraPipelines = streams?.extras.map { makePipeline(writer: $0.writer, workers: perStream, measuresDrain: false) } ?? []
+        extraPipelines = streams?.extras.map { makePipeline(writer: $0.writer, workers: perStream, stream: .extra) } ?? []
         // A destination that aborts (or vanishes) while this thread waits for room in a
         // full pipeline must not have to wait for our blocked writer to time out.
         let all = [pipeline] + extraPipelines
@@ -646,7 +646,12 @@ final class SourceSession {
         events(.progress(link?.annotate(progress) ?? progress))
     }
 
-    private func makePipeline(writer: FrameWriter, workers: Int, measuresDrain: Bool) -> Pipeline {
+    /// Which stream a send pipeline feeds: stream 0's alone measures the drain for
+    /// `auto` (it has one consumer); an extra stream's waits for room in its window
+    /// (§14.5; stream 0's PAGES need none, §13.3: device reads reserve it ahead of them).
+    private enum PipelineStream { case first, extra }
+
+    private func makePipeline(writer: FrameWriter, workers: Int, stream: PipelineStream) -> Pipeline {
         let (encoding, memory, counters) = (self.encoding, self.memory, self.counters)
         return Pipeline(
             name: "send", workers: workers, window: workers * 4 + 4,
@@ -658,9 +663,10 @@ final class SourceSession {
             },
             makeInPlaceConsumer: { { (output: inout SendOutput) throws(MigrationFailure) in
                 // The time a write takes (waiting for room included) is the link's drain rate for `auto`.
+                if stream == .extra { try writer.waitForEntryRoom() }
                 let (before, started, cpu) = (writer.wireBytesSent, ContinuousClock.now, threadCPUTime())
                 try writer.send(prepared: &output.frame)
-                if measuresDrain { encoding.adaptive?.recordDrain(bytes: writer.wireBytesSent - before, started: started, ended: .now, cpu: threadCPUTime() - cpu,
+                if stream == .first { encoding.adaptive?.recordDrain(bytes: writer.wireBytesSent - before, started: started, ended: .now, cpu: threadCPUTime() - cpu,
                                                input: output.rawBytes, coded: output.coded, kind: output.kind) }
                 counters.addWritten(output.rawBytes)
             } })
