@@ -75,7 +75,7 @@ final class DestinationStreams: Sendable {
     var wireBytesReceived: UInt64 { state.withLock { $0.wireBytes } }
 
     /// A verified JOIN asks for stream `index`: refused if it is 0, past the session's
-    /// count or already joined (§14.3); nothing changes then.
+    /// count, ended, or already joined (§14.3); nothing changes then.
     func claim(_ index: Int) -> Claim {
         state.withLock { s in
             if s.stopped { return .refused("the session is ending") }
@@ -83,6 +83,7 @@ final class DestinationStreams: Sendable {
             guard index >= 1 && index < context.routing.count else {
                 return .refused("stream \(index) does not exist: the session has \(context.routing.count) streams (0..<\(context.routing.count))")
             }
+            guard !s.ended.contains(index) else { return .refused("stream \(index) ended: its STREAM_END was applied, it does not join again") }
             guard !s.joined.contains(index) else { return .refused("stream \(index) has already joined") }
             s.joined.insert(index)
             return .accepted(epoch: s.epoch)

@@ -19,9 +19,17 @@ final class SourceStreams {
     /// What the reconnection (on the peer reader thread) does with these streams.
     let links: ExtraStreamLinks
 
-    /// Opens and joins streams 1..<routing.count; on a failure the ones already open are closed.
+    /// §14.5: each extra stream keeps what it sent until the destination's positions
+    /// cover it, and its loss (`onLost`) suspends the whole session.
+    struct Retention {
+        let window: Int
+        let onLost: @Sendable () -> Void
+    }
+
+    /// Opens and joins streams 1..<routing.count, each retaining before its first frame
+    /// (a keep-alive); on a failure the ones already open are closed.
     init(routing: StreamRouting, connect: @escaping Reconnect, credentials: ResumeCredentials, options: SenderOptions,
-         bandwidth: BandwidthLimiter) throws(MigrationFailure) {
+         bandwidth: BandwidthLimiter, retention: Retention) throws(MigrationFailure) {
         self.routing = routing
         var opened: [Extra] = []
         for index in 1..<routing.count {
@@ -29,20 +37,16 @@ final class SourceStreams {
                 let stream = try Self.join(index, connect: connect, credentials: credentials, options: options).stream(index)
                 // One limiter for every stream: `--bandwidth` caps the session, not each connection.
                 let writer = FrameWriter(stream: stream, limiter: bandwidth)
+                writer.enableResumption(policy: .waitForReplay, window: retention.window, deviceCount: 0, onLost: retention.onLost)
                 opened.append(Extra(index: index, writer: writer, keepAlive: startKeepAlive(writer: writer, peerTimeoutSeconds: options.peerTimeoutSeconds)))
             } catch {
-                for extra in opened { extra.keepAlive.stop(); extra.writer.stream.close() }
+                // Given up first: a keep-alive waiting for a replay must not hold `stop` up.
+                for extra in opened { extra.writer.abandonResumption(error); extra.keepAlive.stop(); extra.writer.stream.close() }
                 throw error
             }
         }
         extras = opened
         links = ExtraStreamLinks(writers: opened.map(\.writer), connect: connect, credentials: credentials, options: options)
-    }
-
-    /// §14.5: every extra stream keeps what it sent until the destination's positions
-    /// cover it, and its loss (`onLost`) suspends the whole session.
-    func enableResumption(window: Int, onLost: @escaping @Sendable () -> Void) {
-        for extra in extras { extra.writer.enableResumption(policy: .waitForReplay, window: window, deviceCount: 0, onLost: onLost) }
     }
 
     var wireBytesSent: UInt64 { extras.reduce(0) { $0 + $1.writer.wireBytesSent } }
