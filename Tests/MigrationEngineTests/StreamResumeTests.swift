@@ -3,6 +3,7 @@ import Testing
 import TestSupport
 import MigrationTLS
 import MigrationWire
+import SyncPrimitives
 @testable import MigrationEngine
 
 /// The pieces of a several-stream resume (docs/PROTOCOL.md §13.3, §14.5) that a whole
@@ -45,6 +46,28 @@ struct StreamResumeTests {
         #expect(writer.nextSequence == 1)
         links.abandon(.cancelled)
         #expect(throws: MigrationFailure.self) { try sending.wait(timeout: 10).get() }
+    }
+
+    /// §13.3 at the COMPLETE barrier (§14.4): READY waits for every STREAM_END while the
+    /// extra streams may still deliver pages, and the ACK cadence must go on meanwhile.
+    /// Finding: the wait sent no ACK at all. The session's hook now runs every slice.
+    @Test("the wait for every STREAM_END keeps running the ACK cadence")
+    func theBarrierKeepsAcknowledging() throws {
+        let (stream, peer) = try Self.connectedStream()
+        defer { stream.close(); peer.close() }
+        let hello = Hello(sessionID: [UInt8](repeating: 1, count: 16), role: .source, encodings: [.raw], devices: [], memory: [])
+        let joins = DestinationStreams(DestinationStreams.Context(
+            routing: StreamRouting(count: 2, blockPages: 1), source: hello, limits: .default, workers: 1, peerTimeoutSeconds: 10,
+            devices: [], memory: nil, writer: FrameWriter(stream: stream), events: { _ in },
+            progress: LockedValue(ApplyProgress(devices: [])), state: LockedValue(.complete)))
+        var slices = 0
+        #expect(throws: MigrationFailure.self) {
+            try joins.waitUntilAllEnded(isCancelled: { false }, whileWaiting: { () throws(MigrationFailure) in
+                slices += 1
+                if slices == 3 { throw .cancelled }  // the third ACK chance: enough to know it keeps coming
+            })
+        }
+        #expect(slices == 3)
     }
 
     /// §13.3: an ACK counts the bytes read, but its position only the frames decoded.
