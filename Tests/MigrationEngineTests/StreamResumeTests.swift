@@ -21,6 +21,40 @@ struct StreamResumeTests {
         return (stream, try accepted.wait(timeout: 10).get())
     }
 
+    /// The destination's side of a two-stream session without devices or memory.
+    static func extraStreams(writingTo stream: TLSStream) -> DestinationStreams {
+        let hello = Hello(sessionID: [UInt8](repeating: 1, count: 16), role: .source, encodings: [.raw], devices: [], memory: [])
+        return DestinationStreams(DestinationStreams.Context(
+            routing: StreamRouting(count: 2, blockPages: 1), source: hello, limits: .default, workers: 1, peerTimeoutSeconds: 10,
+            devices: [], memory: nil, writer: FrameWriter(stream: stream), events: { _ in },
+            progress: LockedValue(ApplyProgress(devices: [])), state: LockedValue(.complete)))
+    }
+
+    /// §14.5 steps 3–4: a JOIN claimed before a suspension never attaches after it (its
+    /// connection is closed), none is taken while suspended, and after the reopen the
+    /// index joins again in the new round.
+    @Test("a JOIN claimed before a suspension does not attach after it; the index joins again after the reopen")
+    func aStaleJoinDoesNotAttach() throws {
+        let (stream, peer) = try Self.connectedStream()
+        defer { stream.close(); peer.close() }
+        let joins = Self.extraStreams(writingTo: stream)
+        defer { joins.stop() }
+        #expect(joins.claim(1) == .accepted(epoch: 0))
+        _ = try joins.suspend()
+        #expect(joins.claim(1) == .refused("the session is suspended: its streams join again after RESUME_ACCEPT"))
+        joins.reopen()
+        let (late, latePeer) = try Self.connectedStream()
+        defer { latePeer.close() }
+        joins.attach(1, epoch: 0, stream: late, bytes: [])
+        latePeer.readTimeoutSeconds = 5
+        var seen = "open"
+        do { seen = try latePeer.read(maxCount: 1).isEmpty ? "closed" : "data" } catch {
+            if case .readTimeout = error {} else { seen = "closed" }
+        }
+        #expect(seen == "closed", "the stale JOIN's connection was attached")
+        #expect(joins.claim(1) == .accepted(epoch: 1))
+    }
+
     /// Finding: the source counted a stream as ended only once its STREAM_END write
     /// returned (after the bandwidth limiter's sleep); a resume in between joined it
     /// again although the destination had applied it. Numbered is what counts: here
@@ -55,11 +89,7 @@ struct StreamResumeTests {
     func theBarrierKeepsAcknowledging() throws {
         let (stream, peer) = try Self.connectedStream()
         defer { stream.close(); peer.close() }
-        let hello = Hello(sessionID: [UInt8](repeating: 1, count: 16), role: .source, encodings: [.raw], devices: [], memory: [])
-        let joins = DestinationStreams(DestinationStreams.Context(
-            routing: StreamRouting(count: 2, blockPages: 1), source: hello, limits: .default, workers: 1, peerTimeoutSeconds: 10,
-            devices: [], memory: nil, writer: FrameWriter(stream: stream), events: { _ in },
-            progress: LockedValue(ApplyProgress(devices: [])), state: LockedValue(.complete)))
+        let joins = Self.extraStreams(writingTo: stream)
         var slices = 0
         #expect(throws: MigrationFailure.self) {
             try joins.waitUntilAllEnded(isCancelled: { false }, whileWaiting: { () throws(MigrationFailure) in
