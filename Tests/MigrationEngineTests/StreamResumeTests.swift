@@ -100,6 +100,28 @@ struct StreamResumeTests {
         #expect(slices == 3)
     }
 
+    /// §14.5 finding: an extra stream retains only PAGES and KEEPALIVE, which counted
+    /// nothing, so its window grew past `--resume-window` while the destination held
+    /// its position back. Charged their bookkeeping, a full window holds the stream's
+    /// next page (`waitForEntryRoom`) until an ACK frees room.
+    @Test("an extra stream whose window is full of retained frames waits for an ACK")
+    func aFullExtraWindowWaitsForAnAck() throws {
+        let (stream, peer) = try Self.connectedStream()
+        defer { stream.close(); peer.close() }
+        let writer = FrameWriter(stream: stream)
+        writer.enableResumption(policy: .waitForReplay, window: 10 * RetainedWindow.entryCost, deviceCount: 0)
+        for _ in 0..<10 { try writer.send(.keepAlive) }
+        let done = LockedValue(false)
+        let waiting = background { () throws in
+            try writer.waitForEntryRoom()
+            done.withLock { $0 = true }
+        }
+        Thread.sleep(forTimeInterval: 0.3)
+        #expect(!done.current, "a full window let another frame in")
+        try writer.acknowledge(StreamPosition(nextSequence: 1, deviceBytes: []))
+        #expect(throws: Never.self) { try waiting.wait(timeout: 10).get() }
+    }
+
     /// §13.3: an ACK counts the bytes read, but its position only the frames decoded.
     /// When it went out before the last frame's bytes were decoded, another must follow
     /// within the 250 ms rule once they are, although no byte more arrives.
