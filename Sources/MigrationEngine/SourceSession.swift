@@ -168,7 +168,8 @@ final class SourceSession {
     private func openStreams(_ mine: Hello, credentials: ResumeCredentials?) throws(MigrationFailure) -> SourceStreams? {
         guard let offer = mine.streams, offer.count > 1, let reconnect else { return nil }
         guard let credentials else { throw .configuration("several streams need session resumption (--reconnect-timeout > 0)") }
-        let retention = SourceStreams.Retention(window: options.resumeWindowBytes) { [writer] in writer.markLost(writer.stream) }
+        let retention = SourceStreams.Retention(window: options.resumeWindowBytes, onLost: { [writer] in writer.markLost(writer.stream) },
+                                                firstConnection: stream)
         return try SourceStreams(routing: StreamRouting(offer), connect: reconnect, credentials: credentials, options: options,
                                  bandwidth: bandwidth, retention: retention)
     }

@@ -24,26 +24,38 @@ final class SourceStreams {
     struct Retention {
         let window: Int
         let onLost: @Sendable () -> Void
+        /// Stream 0's first connection: what a stream that could not join writes to
+        /// until the resume joins it (nothing: it starts lost, its writers wait).
+        let firstConnection: TLSStream
     }
 
     /// Opens and joins streams 1..<routing.count, each retaining before its first frame
-    /// (a keep-alive); on a failure the ones already open are closed.
+    /// (a keep-alive). A join whose connection fails, or that the destination refuses
+    /// `streamRefused` or `busy` (it suspended first), is a loss like any (§14.3): the
+    /// stream starts lost, which suspends the session, and the resume joins it; the
+    /// streams after it start lost too. Any other failure closes the ones open and throws.
     init(routing: StreamRouting, connect: @escaping Reconnect, credentials: ResumeCredentials, options: SenderOptions,
          bandwidth: BandwidthLimiter, retention: Retention) throws(MigrationFailure) {
         self.routing = routing
         var opened: [Extra] = []
+        var suspended = false
         for index in 1..<routing.count {
+            let joined: TLSStream?
             do throws(MigrationFailure) {
-                let stream = try Self.join(index, connect: connect, credentials: credentials, options: options).stream(index)
-                // One limiter for every stream: `--bandwidth` caps the session, not each connection.
-                let writer = FrameWriter(stream: stream, limiter: bandwidth)
-                writer.enableResumption(policy: .waitForReplay, window: retention.window, deviceCount: 0, onLost: retention.onLost)
-                opened.append(Extra(index: index, writer: writer, keepAlive: startKeepAlive(writer: writer, peerTimeoutSeconds: options.peerTimeoutSeconds)))
+                joined = suspended ? nil : try Self.joinFirst(index, connect: connect, credentials: credentials, options: options)
             } catch {
                 // Given up first: a keep-alive waiting for a replay must not hold `stop` up.
                 for extra in opened { extra.writer.abandonResumption(error); extra.keepAlive.stop(); extra.writer.stream.close() }
                 throw error
             }
+            // One limiter for every stream: `--bandwidth` caps the session, not each connection.
+            let writer = FrameWriter(stream: joined ?? retention.firstConnection, limiter: bandwidth)
+            writer.enableResumption(policy: .waitForReplay, window: retention.window, deviceCount: 0, onLost: retention.onLost)
+            if joined == nil {
+                writer.markLost(writer.stream)  // `onLost` closes stream 0: its reader thread resumes the session
+                suspended = true
+            }
+            opened.append(Extra(index: index, writer: writer, keepAlive: startKeepAlive(writer: writer, peerTimeoutSeconds: options.peerTimeoutSeconds)))
         }
         extras = opened
         links = ExtraStreamLinks(writers: opened.map(\.writer), connect: connect, credentials: credentials, options: options)
@@ -77,10 +89,17 @@ final class SourceStreams {
     }
 
     /// How a JOIN ended: its connection is stream `index` now, or the destination
-    /// refused it (whether that ends the session is the caller's to say, §14.5).
+    /// refused it.
     enum JoinAnswer {
         case joined(TLSStream)
         case refused(Refusal)
+
+        /// A refusal that means the destination suspended the session (or still counts
+        /// an older round's JOIN): the session resumes (§14.3); any other ends it.
+        var suspendsTheSession: Bool {
+            guard case .refused(let refusal) = self else { return false }
+            return refusal.reason == .streamRefused || refusal.reason.isTransient
+        }
 
         /// The joined stream; a refusal is an incompatible destination.
         func stream(_ index: Int) throws(MigrationFailure) -> TLSStream {
@@ -89,6 +108,18 @@ final class SourceStreams {
             case .refused(let refusal): throw .incompatible(SourceStreams.refusedText(index, refusal))
             }
         }
+    }
+
+    /// A first join: the stream, or nil when it is a loss (its connection failed, or a
+    /// refusal that `suspendsTheSession`).
+    private static func joinFirst(_ index: Int, connect: Reconnect, credentials: ResumeCredentials,
+                                  options: SenderOptions) throws(MigrationFailure) -> TLSStream? {
+        let answer: JoinAnswer
+        do throws(MigrationFailure) { answer = try join(index, connect: connect, credentials: credentials, options: options) } catch {
+            if error.isConnectionLoss { return nil }
+            throw error
+        }
+        return answer.suspendsTheSession ? nil : try answer.stream(index)
     }
 
     static func refusedText(_ index: Int, _ refusal: Refusal) -> String {
@@ -206,13 +237,9 @@ struct ExtraStreamLinks: Sendable {
         for (i, (writer, next)) in zip(writers, sequences).enumerated() {
             let index = i + 1
             if ended.contains(index) && next == writer.nextSequence { continue }
-            let stream: TLSStream
-            switch try SourceStreams.join(index, connect: connect, credentials: credentials, options: options) {
-            case .joined(let joined): stream = joined
-            case .refused(let refusal) where refusal.reason == .streamRefused || refusal.reason.isTransient:
-                return .refused(SourceStreams.refusedText(index, refusal))
-            case .refused(let refusal): throw .incompatible(SourceStreams.refusedText(index, refusal))
-            }
+            let answer = try SourceStreams.join(index, connect: connect, credentials: credentials, options: options)
+            if case .refused(let refusal) = answer, answer.suspendsTheSession { return .refused(SourceStreams.refusedText(index, refusal)) }
+            let stream = try answer.stream(index)
             do throws(MigrationFailure) {
                 replayed += try writer.reattach(stream, replayingFrom: Self.position(next), regenerate: regenerate)
             } catch {

@@ -225,6 +225,34 @@ struct MultiStreamTests {
         #expect(run.events.destination.contains("refused"), "the JOIN while suspended was refused: \(run.events.destination)")
     }
 
+    /// §14.3: a failure during the first joins is a loss like any. Stream 0 is cut while
+    /// the proxy holds stream 1's first JOIN until the destination suspended: the JOIN
+    /// is refused `streamRefused`, the session resumes and stream 1 joins then.
+    @Test("a first JOIN refused because the destination suspended is resumed")
+    func aFirstJoinRefusedIsResumed() throws {
+        let pair = try SimPair(memoryPages: 512, dirtyPagesPerStep: 24)
+        let destination = LockedValue((losses: 0, resumes: 0))
+        let run = try Self.migrate(pair, options: Self.iteratingThrice(streams: 2), receiverOptions: Self.receiverOptions(maxStreams: 2),
+                                   prepare: { link in
+                                       link.proxy.onAccept { number in
+                                           guard number == 2 else { return }  // stream 1's first JOIN
+                                           link.proxy.cut(connection: 1)
+                                           Self.wait(on: destination) { $0.losses >= 1 }
+                                       }
+                                   },
+                                   receiverEvents: { e in
+                                       switch e {
+                                       case .connectionLost: destination.withLock { $0.losses += 1 }
+                                       case .resumed: destination.withLock { $0.resumes += 1 }
+                                       default: break
+                                       }
+                                   })
+        try Guarantee.migrated(run.outcome, pair)
+        #expect(run.streams.source == 2)
+        #expect(destination.current.resumes >= 1, "\(destination.current)")
+        #expect(run.events.destination.contains("refused"), "the first JOIN while suspended was refused: \(run.events.destination)")
+    }
+
     /// Until `done` holds (at most 10 s: a session that never gets there fails its checks).
     static func wait<T: Sendable>(on value: LockedValue<T>, until done: (T) -> Bool) {
         var slices = 0
