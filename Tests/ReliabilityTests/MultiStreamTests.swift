@@ -213,13 +213,7 @@ struct MultiStreamTests {
                                    senderEvents: { e, link in
                                        if case .iterationEnd(1, _, _, _, _) = e { link.proxy.cut() }
                                    },
-                                   receiverEvents: { e in
-                                       switch e {
-                                       case .connectionLost: destination.withLock { $0.losses += 1 }
-                                       case .resumed: destination.withLock { $0.resumes += 1 }
-                                       default: break
-                                       }
-                                   })
+                                   receiverEvents: Self.counting(destination))
         try Guarantee.migrated(run.outcome, pair)
         #expect(destination.current.losses >= 2 && destination.current.resumes >= 2, "\(destination.current)")
         #expect(run.events.destination.contains("refused"), "the JOIN while suspended was refused: \(run.events.destination)")
@@ -240,17 +234,22 @@ struct MultiStreamTests {
                                            Self.wait(on: destination) { $0.losses >= 1 }
                                        }
                                    },
-                                   receiverEvents: { e in
-                                       switch e {
-                                       case .connectionLost: destination.withLock { $0.losses += 1 }
-                                       case .resumed: destination.withLock { $0.resumes += 1 }
-                                       default: break
-                                       }
-                                   })
+                                   receiverEvents: Self.counting(destination))
         try Guarantee.migrated(run.outcome, pair)
         #expect(run.streams.source == 2)
         #expect(destination.current.resumes >= 1, "\(destination.current)")
         #expect(run.events.destination.contains("refused"), "the first JOIN while suspended was refused: \(run.events.destination)")
+    }
+
+    /// The destination's losses and resumes, counted from its events.
+    static func counting(_ destination: LockedValue<(losses: Int, resumes: Int)>) -> @Sendable (MigrationEvent) -> Void {
+        { e in
+            switch e {
+            case .connectionLost: destination.withLock { $0.losses += 1 }
+            case .resumed: destination.withLock { $0.resumes += 1 }
+            default: break
+            }
+        }
     }
 
     /// Until `done` holds (at most 10 s: a session that never gets there fails its checks).
