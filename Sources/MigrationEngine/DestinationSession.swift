@@ -108,7 +108,7 @@ final class DestinationSession {
     /// Version 3 with several streams: the listener also takes their JOINs (§14.3), and
     /// a lost connection of any stream suspends them all (§14.5).
     private func enableResumption(source: Hello, exchange: HelloExchange) throws(MigrationFailure) {
-        acks = AckSchedule(bytesReceived: bytesReceived)
+        acks = AckSchedule(bytesReceived: bytesReceived, position: currentPosition)
         guard let listener, options.reconnectTimeoutSeconds > 0 else { return }
         let credentials = try ResumeCredentials(firstConnection: stream, sessionID: source.sessionID)
         if let offer = source.streams, offer.count > 1 {
@@ -305,9 +305,10 @@ final class DestinationSession {
         guard var schedule = acks else { return }
         defer { acks = schedule }
         let bytes = bytesReceived
-        if schedule.isDue(bytesReceived: bytes) {
-            try writer.sendAck(currentPosition)
-            schedule.sent(bytesReceived: bytes)
+        let position = currentPosition
+        if schedule.isDue(bytesReceived: bytes, position: position) {
+            try writer.sendAck(position)
+            schedule.sent(bytesReceived: bytes, position: position)
         }
     }
 
@@ -327,7 +328,7 @@ final class DestinationSession {
         guard let joins else { return }
         while true {
             do throws(MigrationFailure) {
-                return try joins.waitUntilAllEnded(isCancelled: { cancellation.isCancelled })
+                return try joins.waitUntilAllEnded(isCancelled: { cancellation.isCancelled }, whileWaiting: acknowledgeIfDue)
             } catch {
                 guard error.isConnectionLoss else { throw error }
                 try resume(after: error)
@@ -350,11 +351,12 @@ final class DestinationSession {
         while let arrival = nextArrival(acceptor, until: deadline) {
             var position = reader.position
             position.streamSequences = sequences
-            joins?.reopen()
             do {
                 try writer.reattach(arrival.stream) { (sent, next) throws(MigrationFailure) in
                     try ResumeCredentials.handshakeFrame(.resumeAccept(ResumeAccept(progress: sent, destinationNextSequence: next, position: position)))
                 }
+                // Only now: a JOIN that arrives before this RESUME_ACCEPT is from an older round.
+                joins?.reopen()
             } catch {
                 arrival.stream.close()  // that connection broke too: wait for the next
                 acceptor.attachEnded(current: nil)
@@ -367,7 +369,7 @@ final class DestinationSession {
             arrival.stream.writeTimeoutSeconds = options.peerTimeoutSeconds
             reader.resume(on: arrival.stream, bytes: arrival.bytes)
             if cancellation.attach(arrival.stream) { throw .cancelled }
-            acks = AckSchedule(bytesReceived: bytesReceived)
+            acks = AckSchedule(bytesReceived: bytesReceived, position: currentPosition)
             events(.resumed(fromSequence: position.nextSequence, bytesReplayed: 0))
             link?.up()
             return

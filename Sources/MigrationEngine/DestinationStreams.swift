@@ -75,7 +75,7 @@ final class DestinationStreams: Sendable {
     var wireBytesReceived: UInt64 { state.withLock { $0.wireBytes } }
 
     /// A verified JOIN asks for stream `index`: refused if it is 0, past the session's
-    /// count or already joined (§14.3); nothing changes then.
+    /// count, ended, or already joined (§14.3); nothing changes then.
     func claim(_ index: Int) -> Claim {
         state.withLock { s in
             if s.stopped { return .refused("the session is ending") }
@@ -83,6 +83,7 @@ final class DestinationStreams: Sendable {
             guard index >= 1 && index < context.routing.count else {
                 return .refused("stream \(index) does not exist: the session has \(context.routing.count) streams (0..<\(context.routing.count))")
             }
+            guard !s.ended.contains(index) else { return .refused("stream \(index) ended: its STREAM_END was applied, it does not join again") }
             guard !s.joined.contains(index) else { return .refused("stream \(index) has already joined") }
             s.joined.insert(index)
             return .accepted(epoch: s.epoch)
@@ -134,7 +135,8 @@ final class DestinationStreams: Sendable {
         }
     }
 
-    /// RESUME_ACCEPT is about to go out: the streams may join again, within the peer timeout.
+    /// RESUME_ACCEPT went out: the streams may join again, within the peer timeout. Not
+    /// before: a JOIN the source sent before this resume round is refused until then.
     func reopen() {
         state.withLock { s in
             s.suspended = false
@@ -144,9 +146,11 @@ final class DestinationStreams: Sendable {
 
     /// COMPLETE arrived on stream 0: READY waits until every extra stream ended and all
     /// its pages are applied (§14.4). Throws a stream's failure or loss, a cancel, or a
-    /// timeout when a stream never joined.
-    func waitUntilAllEnded(isCancelled: () -> Bool) throws(MigrationFailure) {
+    /// timeout when a stream never joined. `whileWaiting` runs every 0.2 s meanwhile
+    /// (the ACK cadence goes on: the extra streams may still be delivering, §13.3).
+    func waitUntilAllEnded(isCancelled: () -> Bool, whileWaiting: () throws(MigrationFailure) -> Void) throws(MigrationFailure) {
         while true {
+            try whileWaiting()
             let (done, failure, joined, deadline) = state.wait(until: { $0.ended.count == extraCount || $0.failure != nil || $0.lost != nil },
                                                                deadline: monotonicSeconds() + 0.2) { s, _ in
                 (s.ended.count == extraCount, s.failure ?? s.lost, s.joined.count, s.joinDeadline)

@@ -120,10 +120,12 @@ final class FrameWriter: Sendable {
     }
 
     /// Source, version 3: the last frame of extra stream `index` (§14.4); its frame
-    /// count is its own sequence number, read under the write lock.
-    func sendStreamEnd(index: Int) throws(MigrationFailure) {
+    /// count is its own sequence number, read under the write lock. `numbered` runs
+    /// as soon as it is numbered, before the write.
+    func sendStreamEnd(index: Int, numbered: () -> Void) throws(MigrationFailure) {
         try write { (encoder: inout FrameEncoder) throws(WireError) in
             let bytes = try encoder.encode(.streamEnd(StreamEnd(streamIndex: UInt32(index), frameCount: encoder.nextSequence)))
+            numbered()
             // Retained like any control frame: a resume before the destination applied it sends it again.
             retention.withLock { $0.window?.record(encoded: bytes) }
             return bytes
@@ -170,6 +172,18 @@ final class FrameWriter: Sendable {
             (r: inout Retention, _) throws(MigrationFailure) in
             if let failure = r.failure { throw failure }
             r.window?.reserve(bytes)
+        }
+    }
+
+    /// Source, an extra stream (§14.5): waits until the window has room for one more
+    /// frame's bookkeeping (its PAGES keep no bytes, but each is charged its entry), so
+    /// what the stream retains stays within its window; throws once the session gave up.
+    /// Nothing is reserved: no device data is read for an extra stream.
+    func waitForEntryRoom() throws(MigrationFailure) {
+        let cost = RetainedWindow.entryCost
+        try retention.wait(until: { $0.failure != nil || ($0.window?.hasRoom(for: cost) ?? true) }) {
+            (r: inout Retention, _) throws(MigrationFailure) in
+            if let failure = r.failure { throw failure }
         }
     }
 

@@ -155,16 +155,14 @@ struct SourceReconnect: Sendable {
             attached = true
             // From READY on every extra stream ended and was applied: none joins again.
             if let extras, accept.progress == .receiving {
-                replayed += try extras.rejoin(accept.position.streamSequences, regenerate: regenerate)
+                switch try extras.rejoin(accept.position.streamSequences, regenerate: regenerate) {
+                case .rejoined(let bytes): replayed += bytes
+                case .refused(let why): return suspendAgain(stream, reader, why)
+                }
             }
         } catch {
+            if error.isConnectionLoss { return suspendAgain(stream, reader, "\(error)") }
             reader.suspend()
-            if error.isConnectionLoss {
-                // Stream 0 may be attached already: the whole session is suspended again.
-                writer.markLost(stream)
-                extras?.suspend()
-                return .failure(.retry("\(error)"))
-            }
             // Attached, stream 0 carries the session's numbered ABORT (the session fails); before, an unnumbered one.
             if !attached {
                 try? stream.write(FrameEncoder.handshakeAbort(Abort(reason: .protocolError, message: "source: cannot resume: \(error)")))
@@ -182,6 +180,16 @@ struct SourceReconnect: Sendable {
         if accept.progress >= .ready && !sawReady { missed.append(Frame(device: 0, sequence: 0, body: .ready)) }
         if accept.progress == .resumed && before != .resumed { missed.append(Frame(device: 0, sequence: 0, body: .resumed)) }
         return .success(missed)
+    }
+
+    /// A loss (or a JOIN refused because the destination suspended again) after
+    /// RESUME_ACCEPT: stream 0 may be attached already, so the whole session is
+    /// suspended again and the next attempt resumes it (§14.5).
+    private func suspendAgain(_ stream: TLSStream, _ reader: FrameReader, _ why: String) -> Result<[Frame], AttemptFailure> {
+        reader.suspend()
+        writer.markLost(stream)
+        extras?.suspend()
+        return .failure(.retry(why))
     }
 
     /// A replayed frame's bytes: retained ones as they were, PAGES read again (§13.7).

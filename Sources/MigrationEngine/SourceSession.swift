@@ -114,9 +114,11 @@ final class SourceSession {
                                     transport: { [writer] in writer.stream.tcpInfo })
             events(.helloAccepted(devices: devices.devices.map(\.name), memoryBytes: memory?.size ?? 0, security: stream.security,
                                   streams: Int(mine.streams?.count ?? 1)))
-            streams = try openStreams(mine, sessionID: theirs.sessionID)
+            // Resumption first: the extra streams retain (and may be lost) from their first frame on.
+            let credentials = try enableResumption(version, sessionID: theirs.sessionID)
+            streams = try openStreams(mine, credentials: credentials)
             reader.sessionStreams = streams?.routing.count ?? 1
-            recovery = try enableResumption(version, sessionID: theirs.sessionID)
+            recovery = credentials.map(makeRecovery)
             if version >= .v2 {
                 let (writer, extras) = (self.writer, recovery?.extras)
                 reader.onAck = { (position: StreamPosition) throws(MigrationFailure) in
@@ -139,29 +141,37 @@ final class SourceSession {
         }
     }
 
-    /// Version 2 with a way to reconnect (PROTOCOL.md §13): the resume secret and the
-    /// retained window; returns the reconnection the reader thread runs. With several
-    /// streams (§14.5) each extra stream retains too, and its loss suspends the session.
-    private func enableResumption(_ version: ProtocolVersion, sessionID: [UInt8]) throws(MigrationFailure) -> SourceReconnect? {
-        guard version >= .v2, let reconnect, options.reconnectTimeoutSeconds > 0 else { return nil }
+    /// Version 2 with a way to reconnect (PROTOCOL.md §13): the resume secret, and
+    /// stream 0 retains from its next frame on. nil: the session does not resume.
+    private func enableResumption(_ version: ProtocolVersion, sessionID: [UInt8]) throws(MigrationFailure) -> ResumeCredentials? {
+        guard version >= .v2, reconnect != nil, options.reconnectTimeoutSeconds > 0 else { return nil }
         guard options.resumeWindowBytes >= options.minimumResumeWindowBytes else {
             throw .configuration("the resume window of \(options.resumeWindowBytes) bytes is below the minimum of \(options.minimumResumeWindowBytes)")
         }
         let credentials = try ResumeCredentials(firstConnection: stream, sessionID: sessionID)
         writer.enableResumption(policy: .waitForReplay, window: options.resumeWindowBytes, deviceCount: devices.devices.count)
-        // An extra stream's failed write closes stream 0: its reader thread then resumes the session.
-        streams?.enableResumption(window: options.resumeWindowBytes) { [writer] in writer.markLost(writer.stream) }
+        return credentials
+    }
+
+    /// The reconnection the reader thread runs on a loss (§13.5; with several streams, §14.5).
+    private func makeRecovery(_ credentials: ResumeCredentials) -> SourceReconnect {
         let link = LinkProgress(phase: .precopy, events: events)
         self.link = link
+        guard let reconnect else { preconditionFailure("resumption without a way to reconnect") }
         return SourceReconnect(credentials: credentials, writer: writer, connect: reconnect, options: options, memory: memory,
                                events: events, link: link, cancellation: cancellation, extras: streams?.links)
     }
 
-    /// Version 3 with more than one stream: opens and joins streams 1..<count (§14.3).
-    private func openStreams(_ mine: Hello, sessionID: [UInt8]) throws(MigrationFailure) -> SourceStreams? {
+    /// Version 3 with more than one stream (which needs resumption, §14.1): opens and
+    /// joins streams 1..<count (§14.3), each retaining from its first frame; an extra
+    /// stream's failed write closes stream 0, whose reader thread then resumes the session.
+    private func openStreams(_ mine: Hello, credentials: ResumeCredentials?) throws(MigrationFailure) -> SourceStreams? {
         guard let offer = mine.streams, offer.count > 1, let reconnect else { return nil }
-        let credentials = try ResumeCredentials(firstConnection: stream, sessionID: sessionID)
-        return try SourceStreams(routing: StreamRouting(offer), connect: reconnect, credentials: credentials, options: options, bandwidth: bandwidth)
+        guard let credentials else { throw .configuration("several streams need session resumption (--reconnect-timeout > 0)") }
+        let retention = SourceStreams.Retention(window: options.resumeWindowBytes, onLost: { [writer] in writer.markLost(writer.stream) },
+                                                firstConnection: stream)
+        return try SourceStreams(routing: StreamRouting(offer), connect: reconnect, credentials: credentials, options: options,
+                                 bandwidth: bandwidth, retention: retention)
     }
 
     // MARK: - phases
@@ -177,10 +187,10 @@ final class SourceSession {
         try devices.startSaving()
         let loggingSince = ContinuousClock.now
         let perStream = max(1, options.workers / ((streams?.extras.count ?? 0) + 1))
-        let pipeline = makePipeline(writer: writer, workers: streams == nil ? options.workers : perStream, measuresDrain: true)
+        let pipeline = makePipeline(writer: writer, workers: streams == nil ? options.workers : perStream, stream: .first)
         self.pipeline = pipeline
         // Only stream 0's writer feeds `auto`'s drain measurement (it has one consumer).
-        extraPipelines = streams?.extras.map { makePipeline(writer: $0.writer, workers: perStream, measuresDrain: false) } ?? []
+        extraPipelines = streams?.extras.map { makePipeline(writer: $0.writer, workers: perStream, stream: .extra) } ?? []
         // A destination that aborts (or vanishes) while this thread waits for room in a
         // full pipeline must not have to wait for our blocked writer to time out.
         let all = [pipeline] + extraPipelines
@@ -646,7 +656,12 @@ final class SourceSession {
         events(.progress(link?.annotate(progress) ?? progress))
     }
 
-    private func makePipeline(writer: FrameWriter, workers: Int, measuresDrain: Bool) -> Pipeline {
+    /// Which stream a send pipeline feeds: stream 0's alone measures the drain for
+    /// `auto` (it has one consumer); an extra stream's waits for room in its window
+    /// (§14.5; stream 0's PAGES need none, §13.3: device reads reserve it ahead of them).
+    private enum PipelineStream { case first, extra }
+
+    private func makePipeline(writer: FrameWriter, workers: Int, stream: PipelineStream) -> Pipeline {
         let (encoding, memory, counters) = (self.encoding, self.memory, self.counters)
         return Pipeline(
             name: "send", workers: workers, window: workers * 4 + 4,
@@ -658,9 +673,10 @@ final class SourceSession {
             },
             makeInPlaceConsumer: { { (output: inout SendOutput) throws(MigrationFailure) in
                 // The time a write takes (waiting for room included) is the link's drain rate for `auto`.
+                if stream == .extra { try writer.waitForEntryRoom() }
                 let (before, started, cpu) = (writer.wireBytesSent, ContinuousClock.now, threadCPUTime())
                 try writer.send(prepared: &output.frame)
-                if measuresDrain { encoding.adaptive?.recordDrain(bytes: writer.wireBytesSent - before, started: started, ended: .now, cpu: threadCPUTime() - cpu,
+                if stream == .first { encoding.adaptive?.recordDrain(bytes: writer.wireBytesSent - before, started: started, ended: .now, cpu: threadCPUTime() - cpu,
                                                input: output.rawBytes, coded: output.coded, kind: output.kind) }
                 counters.addWritten(output.rawBytes)
             } })

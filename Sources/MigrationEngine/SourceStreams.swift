@@ -19,30 +19,46 @@ final class SourceStreams {
     /// What the reconnection (on the peer reader thread) does with these streams.
     let links: ExtraStreamLinks
 
-    /// Opens and joins streams 1..<routing.count; on a failure the ones already open are closed.
+    /// §14.5: each extra stream keeps what it sent until the destination's positions
+    /// cover it, and its loss (`onLost`) suspends the whole session.
+    struct Retention {
+        let window: Int
+        let onLost: @Sendable () -> Void
+        /// Stream 0's first connection: what a stream that could not join writes to
+        /// until the resume joins it (nothing: it starts lost, its writers wait).
+        let firstConnection: TLSStream
+    }
+
+    /// Opens and joins streams 1..<routing.count, each retaining before its first frame
+    /// (a keep-alive). A join whose connection fails, or that the destination refuses
+    /// `streamRefused` or `busy` (it suspended first), is a loss like any (§14.3): the
+    /// stream starts lost, which suspends the session, and the resume joins it; the
+    /// streams after it start lost too. Any other failure closes the ones open and throws.
     init(routing: StreamRouting, connect: @escaping Reconnect, credentials: ResumeCredentials, options: SenderOptions,
-         bandwidth: BandwidthLimiter) throws(MigrationFailure) {
+         bandwidth: BandwidthLimiter, retention: Retention) throws(MigrationFailure) {
         self.routing = routing
         var opened: [Extra] = []
+        var suspended = false
         for index in 1..<routing.count {
+            let joined: TLSStream?
             do throws(MigrationFailure) {
-                let stream = try Self.join(index, connect: connect, credentials: credentials, options: options)
-                // One limiter for every stream: `--bandwidth` caps the session, not each connection.
-                let writer = FrameWriter(stream: stream, limiter: bandwidth)
-                opened.append(Extra(index: index, writer: writer, keepAlive: startKeepAlive(writer: writer, peerTimeoutSeconds: options.peerTimeoutSeconds)))
+                joined = suspended ? nil : try Self.joinFirst(index, connect: connect, credentials: credentials, options: options)
             } catch {
-                for extra in opened { extra.keepAlive.stop(); extra.writer.stream.close() }
+                // Given up first: a keep-alive waiting for a replay must not hold `stop` up.
+                for extra in opened { extra.writer.abandonResumption(error); extra.keepAlive.stop(); extra.writer.stream.close() }
                 throw error
             }
+            // One limiter for every stream: `--bandwidth` caps the session, not each connection.
+            let writer = FrameWriter(stream: joined ?? retention.firstConnection, limiter: bandwidth)
+            writer.enableResumption(policy: .waitForReplay, window: retention.window, deviceCount: 0, onLost: retention.onLost)
+            if joined == nil {
+                writer.markLost(writer.stream)  // `onLost` closes stream 0: its reader thread resumes the session
+                suspended = true
+            }
+            opened.append(Extra(index: index, writer: writer, keepAlive: startKeepAlive(writer: writer, peerTimeoutSeconds: options.peerTimeoutSeconds)))
         }
         extras = opened
         links = ExtraStreamLinks(writers: opened.map(\.writer), connect: connect, credentials: credentials, options: options)
-    }
-
-    /// §14.5: every extra stream keeps what it sent until the destination's positions
-    /// cover it, and its loss (`onLost`) suspends the whole session.
-    func enableResumption(window: Int, onLost: @escaping @Sendable () -> Void) {
-        for extra in extras { extra.writer.enableResumption(policy: .waitForReplay, window: window, deviceCount: 0, onLost: onLost) }
     }
 
     var wireBytesSent: UInt64 { extras.reduce(0) { $0 + $1.writer.wireBytesSent } }
@@ -50,8 +66,7 @@ final class SourceStreams {
     /// Every page of stream `extra` was written: STREAM_END, its last frame (§14.4).
     func end(_ extra: Extra) throws(MigrationFailure) {
         extra.keepAlive.stop()
-        try extra.writer.sendStreamEnd(index: extra.index)
-        links.ended(extra.index)
+        try links.sendStreamEnd(extra.index)
     }
 
     /// The session succeeded: close_notify on every extra stream and a bounded read of
@@ -73,10 +88,48 @@ final class SourceStreams {
         }
     }
 
+    /// How a JOIN ended: its connection is stream `index` now, or the destination
+    /// refused it.
+    enum JoinAnswer {
+        case joined(TLSStream)
+        case refused(Refusal)
+
+        /// A refusal that means the destination suspended the session (or still counts
+        /// an older round's JOIN): the session resumes (§14.3); any other ends it.
+        var suspendsTheSession: Bool {
+            guard case .refused(let refusal) = self else { return false }
+            return refusal.reason == .streamRefused || refusal.reason.isTransient
+        }
+
+        /// The joined stream; a refusal is an incompatible destination.
+        func stream(_ index: Int) throws(MigrationFailure) -> TLSStream {
+            switch self {
+            case .joined(let stream): return stream
+            case .refused(let refusal): throw .incompatible(SourceStreams.refusedText(index, refusal))
+            }
+        }
+    }
+
+    /// A first join: the stream, or nil when it is a loss (its connection failed, or a
+    /// refusal that `suspendsTheSession`).
+    private static func joinFirst(_ index: Int, connect: Reconnect, credentials: ResumeCredentials,
+                                  options: SenderOptions) throws(MigrationFailure) -> TLSStream? {
+        let answer: JoinAnswer
+        do throws(MigrationFailure) { answer = try join(index, connect: connect, credentials: credentials, options: options) } catch {
+            if error.isConnectionLoss { return nil }
+            throw error
+        }
+        return answer.suspendsTheSession ? nil : try answer.stream(index)
+    }
+
+    static func refusedText(_ index: Int, _ refusal: Refusal) -> String {
+        "the destination refused stream \(index) (\(refusal.reason)): \(refusal.message)"
+    }
+
     /// One extra connection (§14.3): TLS with version 3 and the session's destination,
     /// the destination's RESUME (its proof checked), our JOIN, its JOIN_ACCEPT.
     static func join(_ index: Int, connect: Reconnect, credentials: ResumeCredentials,
-                             options: SenderOptions) throws(MigrationFailure) -> TLSStream {
+                     options: SenderOptions) throws(MigrationFailure) -> JoinAnswer {
         let stream: TLSStream
         do { stream = try connect() } catch { throw .tls(error) }
         do throws(MigrationFailure) {
@@ -96,7 +149,9 @@ final class SourceStreams {
             do throws(TLSError) { try stream.write(join) } catch { throw .tls(error) }
             switch try handshake.next() {
             case .joinAccept(let accept) where Int(accept.streamIndex) == index: break
-            case .refuse(let refusal): throw .incompatible("the destination refused stream \(index) (\(refusal.reason)): \(refusal.message)")
+            case .refuse(let refusal):
+                stream.close()
+                return .refused(refusal)
             case .abort(let abort): throw .peerAborted(abort.reason, abort.message)
             default: throw .unexpectedFrame("stream \(index): expected JOIN_ACCEPT of stream \(index)")
             }
@@ -106,13 +161,13 @@ final class SourceStreams {
         }
         stream.readTimeoutSeconds = options.peerTimeoutSeconds
         stream.writeTimeoutSeconds = options.peerTimeoutSeconds
-        return stream
+        return .joined(stream)
     }
 
     private static func expectResume(_ handshake: inout ResumeHandshakeReader, index: Int) throws(MigrationFailure) -> Resume {
         switch try handshake.next() {
         case .resume(let theirs): return theirs
-        case .refuse(let refusal): throw .incompatible("the destination refused stream \(index) (\(refusal.reason)): \(refusal.message)")
+        case .refuse(let refusal): throw .incompatible(refusedText(index, refusal))
         case .abort(let abort): throw .peerAborted(abort.reason, abort.message)
         default: throw .unexpectedFrame("stream \(index): the destination did not greet the extra connection with RESUME")
         }
@@ -139,7 +194,15 @@ struct ExtraStreamLinks: Sendable {
         self.writers = writers; self.connect = connect; self.credentials = credentials; self.options = options
     }
 
-    func ended(_ index: Int) { endedStreams.withLock { _ = $0.insert(index) } }
+    /// Whether stream `index`'s STREAM_END was numbered: a resume may find it applied.
+    func hasEnded(_ index: Int) -> Bool { endedStreams.withLock { $0.contains(index) } }
+
+    /// STREAM_END on stream `index`, its last frame (§14.4). The stream counts as ended
+    /// once the frame is numbered, not when the write returns (the bandwidth limiter
+    /// may sleep after it): a resume meanwhile may find it applied already.
+    func sendStreamEnd(_ index: Int) throws(MigrationFailure) {
+        try writers[index - 1].sendStreamEnd(index: index) { endedStreams.withLock { _ = $0.insert(index) } }
+    }
 
     /// An ACK's stream sequences free each stream's window below them.
     func acknowledge(_ sequences: [UInt64]) throws(MigrationFailure) {
@@ -156,16 +219,27 @@ struct ExtraStreamLinks: Sendable {
         for writer in writers { writer.abandonResumption(failure) }
     }
 
+    enum Rejoin {
+        /// Every stream the destination still needs joined; the bytes replayed.
+        case rejoined(replayed: UInt64)
+        /// A JOIN was refused `streamRefused` or `busy`: the destination suspended the
+        /// session again (a loss during the joins) or holds an older round's JOIN. The
+        /// session is resumed again, as after any loss (§14.5).
+        case refused(String)
+    }
+
     /// After RESUME_ACCEPT: stream k joins again and replays from `sequences[k − 1]`,
-    /// unless the destination already applied its STREAM_END. Returns the bytes replayed.
+    /// unless the destination already applied its STREAM_END.
     func rejoin(_ sequences: [UInt64],
-                regenerate: (RetainedWindow.ReplayItem, FrameEncoder) throws(MigrationFailure) -> [UInt8]) throws(MigrationFailure) -> UInt64 {
+                regenerate: (RetainedWindow.ReplayItem, FrameEncoder) throws(MigrationFailure) -> [UInt8]) throws(MigrationFailure) -> Rejoin {
         let ended = endedStreams.current
         var replayed: UInt64 = 0
         for (i, (writer, next)) in zip(writers, sequences).enumerated() {
             let index = i + 1
             if ended.contains(index) && next == writer.nextSequence { continue }
-            let stream = try SourceStreams.join(index, connect: connect, credentials: credentials, options: options)
+            let answer = try SourceStreams.join(index, connect: connect, credentials: credentials, options: options)
+            if case .refused(let refusal) = answer, answer.suspendsTheSession { return .refused(SourceStreams.refusedText(index, refusal)) }
+            let stream = try answer.stream(index)
             do throws(MigrationFailure) {
                 replayed += try writer.reattach(stream, replayingFrom: Self.position(next), regenerate: regenerate)
             } catch {
@@ -173,7 +247,7 @@ struct ExtraStreamLinks: Sendable {
                 throw error
             }
         }
-        return replayed
+        return .rejoined(replayed: replayed)
     }
 
     private static func position(_ next: UInt64) -> StreamPosition { StreamPosition(nextSequence: next, deviceBytes: []) }

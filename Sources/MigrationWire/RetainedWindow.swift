@@ -5,10 +5,12 @@
 ///
 /// DEVICE_DATA and every other frame are kept as their encoded bytes and replayed
 /// byte for byte (a driver hands its data out once); PAGES keep only their page
-/// runs (the pages are read again) and KEEPALIVE nothing.
+/// runs (the pages are read again) and KEEPALIVE nothing. Those two are charged their
+/// bookkeeping (`entryCost`, `pageRunCost`), so a window of them is bounded too.
 public struct RetainedWindow: Sendable {
     /// Bytes of retained frames the window may hold (the reference: 64 MiB).
     public let capacity: Int
+    /// Encoded bytes kept, plus the bookkeeping PAGES and KEEPALIVE entries are charged.
     public private(set) var retainedBytes = 0
     /// The oldest sequence the window can replay: everything below was acknowledged.
     public private(set) var firstSequence: UInt64
@@ -17,7 +19,11 @@ public struct RetainedWindow: Sendable {
     /// Per device: decoded DEVICE_DATA bytes of the acknowledged frames (below `firstSequence`).
     public private(set) var acknowledgedDeviceBytes: [UInt64]
 
-    private var entries: [Entry] = []  // firstSequence + i is entries[i]'s sequence
+    /// entries[head + i] is sequence firstSequence + i; the acknowledged ones before
+    /// `head` are cut off in batches, so an ACK costs what it frees, not the window's size.
+    private var entries: [Entry] = []
+    private var head = 0
+    private var live: ArraySlice<Entry> { entries[head...] }
 
     /// A page run of a PAGES frame, to read again on replay.
     public struct PageRun: Sendable, Equatable {
@@ -41,6 +47,11 @@ public struct RetainedWindow: Sendable {
         case pages(pageSize: UInt32, runs: [PageRun])
         case keepAlive
     }
+
+    /// What a retained PAGES or KEEPALIVE frame is charged: its entry, and per page run
+    /// its start and count (about what they take in memory).
+    public static let entryCost = 32
+    public static let pageRunCost = 16
 
     /// The smallest window that always makes room again: the largest frame plus the
     /// bytes after which the destination must acknowledge.
@@ -68,19 +79,27 @@ public struct RetainedWindow: Sendable {
     public mutating func record(_ body: FrameBody, device: UInt32 = 0, encoded: [UInt8]) {
         precondition(encoded.count >= FrameHeader.size && loadLE64(encoded, at: 16) == nextSequence,
                      "frames are recorded in the order they are numbered")
-        switch body {
-        case .pages(let p):
-            entries.append(.pages(pageSize: p.pageSize, runs: p.segments.map { PageRun(startPFN: $0.startPFN, pageCount: $0.pageCount) }))
-        case .keepAlive:
-            entries.append(.keepAlive)
-        case .deviceData(let d):
-            entries.append(.bytes(encoded, device: device, dataBytes: UInt64(d.originalLength)))
-            retainedBytes += encoded.count
-        default:
-            entries.append(.bytes(encoded, device: nil, dataBytes: 0))
-            retainedBytes += encoded.count
+        let entry: Entry = switch body {
+        case .pages(let p): .pages(pageSize: p.pageSize, runs: p.segments.map { PageRun(startPFN: $0.startPFN, pageCount: $0.pageCount) })
+        case .keepAlive: .keepAlive
+        case .deviceData(let d): .bytes(encoded, device: device, dataBytes: UInt64(d.originalLength))
+        default: .bytes(encoded, device: nil, dataBytes: 0)
         }
+        append(entry)
+    }
+
+    private mutating func append(_ entry: Entry) {
+        entries.append(entry)
+        retainedBytes += Self.cost(of: entry)
         nextSequence += 1
+    }
+
+    private static func cost(of entry: Entry) -> Int {
+        switch entry {
+        case .bytes(let bytes, _, _): bytes.count
+        case .pages(_, let runs): entryCost + pageRunCost * runs.count
+        case .keepAlive: entryCost
+        }
     }
 
     /// Records a frame that is not a `FrameBody` (version 3: STREAM_END), kept as its
@@ -88,9 +107,7 @@ public struct RetainedWindow: Sendable {
     public mutating func record(encoded: [UInt8]) {
         precondition(encoded.count >= FrameHeader.size && loadLE64(encoded, at: 16) == nextSequence,
                      "frames are recorded in the order they are numbered")
-        entries.append(.bytes(encoded, device: nil, dataBytes: 0))
-        retainedBytes += encoded.count
-        nextSequence += 1
+        append(.bytes(encoded, device: nil, dataBytes: 0))
     }
 
     /// An ACK (or READY's implied position): checks it against what was sent and
@@ -107,7 +124,7 @@ public struct RetainedWindow: Sendable {
     public mutating func replay(from position: StreamPosition) throws(WireError) -> [ReplayItem] {
         try check(position, frame: .resumeAccept)
         drop(below: position.nextSequence)
-        return entries.enumerated().map { i, entry in
+        return live.enumerated().map { i, entry in
             let sequence = firstSequence + UInt64(i)
             switch entry {
             case .bytes(let bytes, _, _): return .retained(bytes)
@@ -127,7 +144,7 @@ public struct RetainedWindow: Sendable {
             throw .positionDeviceCount(frame: frame, declared: p.deviceBytes.count, announced: acknowledgedDeviceBytes.count)
         }
         var sent = acknowledgedDeviceBytes
-        for entry in entries.prefix(Int(p.nextSequence - firstSequence)) {
+        for entry in live.prefix(Int(p.nextSequence - firstSequence)) {
             if case .bytes(_, let device?, let n) = entry, Int(device) < sent.count { sent[Int(device)] += n }
         }
         for (i, (reported, actual)) in zip(p.deviceBytes, sent).enumerated() where reported != actual {
@@ -137,13 +154,16 @@ public struct RetainedWindow: Sendable {
 
     private mutating func drop(below sequence: UInt64) {
         let count = Int(sequence - firstSequence)
-        for entry in entries.prefix(count) {
-            if case .bytes(let bytes, let device, let n) = entry {
-                retainedBytes -= bytes.count
-                if let device, Int(device) < acknowledgedDeviceBytes.count { acknowledgedDeviceBytes[Int(device)] += n }
-            }
+        for entry in live.prefix(count) {
+            retainedBytes -= Self.cost(of: entry)
+            if case .bytes(_, let device?, let n) = entry, Int(device) < acknowledgedDeviceBytes.count { acknowledgedDeviceBytes[Int(device)] += n }
         }
-        entries.removeFirst(count)
+        head += count
         firstSequence = sequence
+        // Cut the freed entries off once they are at least half the array: amortised O(1) each.
+        if head >= 1024 && head * 2 >= entries.count {
+            entries.removeFirst(head)
+            head = 0
+        }
     }
 }

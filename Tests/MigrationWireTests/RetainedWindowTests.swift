@@ -23,17 +23,20 @@ import Testing
         PageSegment(startPFN: 20, pageCount: 1, encoding: .raw, payload: [UInt8](repeating: 7, count: 4096)),
     ]))
 
+    /// PAGES (two runs) and KEEPALIVE keep no bytes but are charged their bookkeeping.
+    static let bookkeeping = (RetainedWindow.entryCost + 2 * RetainedWindow.pageRunCost) + RetainedWindow.entryCost
+
     @Test func deviceDataIsRetainedPagesAndKeepAlivesAreNot() throws {
         var s = Source()
         s.send(Self.chunk([1, 2, 3]), device: 1)        // #1
         s.send(Self.pages)                               // #2
         s.send(.keepAlive)                               // #3
         s.send(.iterationEnd(IterationEnd(iteration: 0, pendingBytes: 0, dirtyPages: 3)))  // #4
-        #expect(s.window.retainedBytes == (24 + 11) + (24 + 24))
+        #expect(s.window.retainedBytes == (24 + 11) + (24 + 24) + Self.bookkeeping)
         #expect(s.window.firstSequence == 1 && s.window.nextSequence == 5)
 
         try s.window.acknowledge(StreamPosition(nextSequence: 2, deviceBytes: [0, 3]))
-        #expect(s.window.retainedBytes == 48 && s.window.acknowledgedDeviceBytes == [0, 3])
+        #expect(s.window.retainedBytes == 48 + Self.bookkeeping && s.window.acknowledgedDeviceBytes == [0, 3])
         let replay = try s.window.replay(from: StreamPosition(nextSequence: 2, deviceBytes: [0, 3]))
         #expect(replay == [
             .pages(sequence: 2, pageSize: 4096, runs: [.init(startPFN: 8, pageCount: 2), .init(startPFN: 20, pageCount: 1)]),
@@ -61,6 +64,30 @@ import Testing
         }
         // Nothing to send again when the destination has everything.
         #expect(try s.window.replay(from: StreamPosition(nextSequence: 3, deviceBytes: [4, 0])) == [])
+    }
+
+    /// §14.5 finding: an extra stream retains only PAGES and KEEPALIVE; uncharged, its
+    /// window grew without bound under `--resume-window` while the destination held
+    /// its position back. Charged, it fills and an ACK frees it; thousands of entries
+    /// freed one ACK at a time (past the batch that cuts the array) keep the count right.
+    @Test func pagesAndKeepAlivesFillTheWindowUntilAnAckFreesThem() throws {
+        let capacity = 100 * RetainedWindow.entryCost
+        var window = RetainedWindow(capacity: capacity, deviceCount: 0, nextSequence: 0)
+        var encoder = FrameEncoder()
+        var sent = 0
+        while sent < 1000 && window.hasRoom(for: RetainedWindow.entryCost) {
+            window.record(.keepAlive, encoded: try encoder.encode(.keepAlive))
+            sent += 1
+        }
+        #expect(sent == 100 && window.retainedBytes == capacity)
+        for _ in 0..<5000 {
+            window.record(.keepAlive, encoded: try encoder.encode(.keepAlive))
+            try window.acknowledge(StreamPosition(nextSequence: window.firstSequence + 1, deviceBytes: []))
+        }
+        #expect(window.retainedBytes == capacity && window.firstSequence == 5000)
+        let replay = try window.replay(from: StreamPosition(nextSequence: 5050, deviceBytes: []))
+        #expect(replay.first == .keepAlive(sequence: 5050) && replay.count == 50)
+        #expect(window.retainedBytes == 50 * RetainedWindow.entryCost)
     }
 
     @Test func aFullWindowHasNoRoomUntilAnAckFreesIt() throws {

@@ -42,7 +42,9 @@ struct MultiStreamTests {
     /// Every connection goes through a `ReconnectProxy` (stream k is its connection k + 1
     /// until a cut), so a test can cut one stream or the whole link from an event.
     static func migrate(_ pair: SimPair, options: SenderOptions, receiverOptions: ReceiverOptions, workload: Bool = true,
-                        senderEvents: (@Sendable (MigrationEvent, Link) -> Void)? = nil) throws -> Run {
+                        prepare: ((Link) -> Void)? = nil,
+                        senderEvents: (@Sendable (MigrationEvent, Link) -> Void)? = nil,
+                        receiverEvents: (@Sendable (MigrationEvent) -> Void)? = nil) throws -> Run {
         ignoreSIGPIPE()
         let pki = try TestPKI.get()
         var serverConfig = pki.serverConfig()
@@ -55,12 +57,14 @@ struct MultiStreamTests {
         let proxy = try ReconnectProxy(targetPort: port)
         defer { proxy.close() }
         let link = Link(proxy: proxy, listenerPort: port)
+        prepare?(link)
         let client = try TLSContext(configuration: clientConfig, role: .client)
         let reported = LockedValue<(source: Int?, destination: Int?)>((nil, nil))
         let names = LockedValue<(source: [String], destination: [String])>(([], []))
         let receiver = Receiver(devices: pair.destination, memory: pair.destinationMemory, options: receiverOptions, events: { e in
             if case .helloAccepted(_, _, _, let n) = e { reported.withLock { $0.destination = n } }
             names.withLock { $0.destination.append(name(e)) }
+            receiverEvents?(e)
         })
         let dst = background { () throws -> MigrationStats in
             try receiver.run(stream: try listener.accept(timeoutSeconds: 30), listener: listener)
@@ -184,6 +188,76 @@ struct MultiStreamTests {
             // already: then there is nothing to resume (both outcomes are right).
             if point == .streamsEnded && cutExtra == 1 { continue }
             #expect(run.events.source.contains("resumed") && run.events.destination.contains("resumed"), "\(point): \(run.events)")
+        }
+    }
+
+    /// §14.5: a loss while the extra streams join again is resumed like any other. The
+    /// link is cut; once the destination resumed, stream 0's new connection is cut too
+    /// before stream 1's JOIN reaches the destination, which is suspended again and
+    /// refuses that JOIN `streamRefused`: the source resumes once more, not fails.
+    @Test("a loss while the extra streams join again is resumed again")
+    func aLossDuringTheRejoinIsResumedAgain() throws {
+        let pair = try SimPair(memoryPages: 512, dirtyPagesPerStep: 24)
+        let destination = LockedValue((losses: 0, resumes: 0))
+        let held = LockedValue(false)
+        let run = try Self.migrate(pair, options: Self.iteratingThrice(streams: 3), receiverOptions: Self.receiverOptions(maxStreams: 3),
+                                   prepare: { link in
+                                       // Connections 1–3 are the streams, 4 the resume: 5 is the first JOIN after it.
+                                       link.proxy.onAccept { number in
+                                           guard number >= 5, held.withLock({ h in defer { h = true }; return !h }) else { return }
+                                           Self.wait(on: destination) { $0.resumes >= 1 }
+                                           link.proxy.cut()
+                                           Self.wait(on: destination) { $0.losses >= 2 }
+                                       }
+                                   },
+                                   senderEvents: { e, link in
+                                       if case .iterationEnd(1, _, _, _, _) = e { link.proxy.cut() }
+                                   },
+                                   receiverEvents: Self.counting(destination))
+        try Guarantee.migrated(run.outcome, pair)
+        #expect(destination.current.losses >= 2 && destination.current.resumes >= 2, "\(destination.current)")
+        #expect(run.events.destination.contains("refused"), "the JOIN while suspended was refused: \(run.events.destination)")
+    }
+
+    /// §14.3: a failure during the first joins is a loss like any. Stream 0 is cut while
+    /// the proxy holds stream 1's first JOIN until the destination suspended: the JOIN
+    /// is refused `streamRefused`, the session resumes and stream 1 joins then.
+    @Test("a first JOIN refused because the destination suspended is resumed")
+    func aFirstJoinRefusedIsResumed() throws {
+        let pair = try SimPair(memoryPages: 512, dirtyPagesPerStep: 24)
+        let destination = LockedValue((losses: 0, resumes: 0))
+        let run = try Self.migrate(pair, options: Self.iteratingThrice(streams: 2), receiverOptions: Self.receiverOptions(maxStreams: 2),
+                                   prepare: { link in
+                                       link.proxy.onAccept { number in
+                                           guard number == 2 else { return }  // stream 1's first JOIN
+                                           link.proxy.cut(connection: 1)
+                                           Self.wait(on: destination) { $0.losses >= 1 }
+                                       }
+                                   },
+                                   receiverEvents: Self.counting(destination))
+        try Guarantee.migrated(run.outcome, pair)
+        #expect(run.streams.source == 2)
+        #expect(destination.current.resumes >= 1, "\(destination.current)")
+        #expect(run.events.destination.contains("refused"), "the first JOIN while suspended was refused: \(run.events.destination)")
+    }
+
+    /// The destination's losses and resumes, counted from its events.
+    static func counting(_ destination: LockedValue<(losses: Int, resumes: Int)>) -> @Sendable (MigrationEvent) -> Void {
+        { e in
+            switch e {
+            case .connectionLost: destination.withLock { $0.losses += 1 }
+            case .resumed: destination.withLock { $0.resumes += 1 }
+            default: break
+            }
+        }
+    }
+
+    /// Until `done` holds (at most 10 s: a session that never gets there fails its checks).
+    static func wait<T: Sendable>(on value: LockedValue<T>, until done: (T) -> Bool) {
+        var slices = 0
+        while !done(value.current) && slices < 1000 {
+            Thread.sleep(forTimeInterval: 0.01)
+            slices += 1
         }
     }
 

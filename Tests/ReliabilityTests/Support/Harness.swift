@@ -173,6 +173,9 @@ enum Rig {
         // Not `auto`: it decides from measured rates and the host's idle CPU, so its
         // stream differs between runs, and the fault tests cut at offsets a clean run measured.
         o.compression = .zlib(level: 1)
+        // One stream (§13): the default follows the host's cores, and these rigs cut
+        // and count the connection as the one stream (MultiStream sets its own).
+        o.streams = 1
         return o
     }
     static func receiverOptions(peerTimeout: Double = 60) -> ReceiverOptions {

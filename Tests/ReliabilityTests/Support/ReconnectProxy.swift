@@ -23,6 +23,8 @@ final class ReconnectProxy: Sendable {
         var armedCut: Int?
         /// Every descriptor it opened, closed when the proxy goes (its pump threads hold it).
         var opened: [Int32] = []
+        /// Runs for each new connection before it is forwarded (`onAccept`).
+        var acceptHook: (@Sendable (Int) -> Void)?
     }
     private let state = ConditionValue(State())
     /// Cut everything once this many raw bytes went toward the receiver on the first connection.
@@ -64,6 +66,11 @@ final class ReconnectProxy: Sendable {
     /// Cuts once `rawBytes` more bytes went toward the receiver (inside the next TLS record).
     func cut(afterNextRawBytes rawBytes: Int) { state.withLock { $0.armedCut = rawBytes } }
 
+    /// `hook(number)` runs on the accept thread for each new connection before it is
+    /// forwarded to the target: a test may hold that connection there (the ones already
+    /// forwarded go on) until an event it waits for.
+    func onAccept(_ hook: @escaping @Sendable (Int) -> Void) { state.withLock { $0.acceptHook = hook } }
+
     /// While refusing, a new connection is closed at once (the link is still down).
     func setRefusing(_ refusing: Bool) { state.withLock { $0.refusing = refusing } }
     var isRefusing: Bool { state.withLock { $0.refusing } }
@@ -83,11 +90,12 @@ final class ReconnectProxy: Sendable {
         while true {
             let client = accept(listenFD, nil, nil)
             if client < 0 { if errno == EINTR { continue }; return }
-            let (refusing, closed, index) = state.withLock { s in
+            let (refusing, closed, index, hook) = state.withLock { s in
                 s.connections += 1
-                return (s.refusing, s.closed, s.connections)
+                return (s.refusing, s.closed, s.connections, s.acceptHook)
             }
             if closed { Glibc.close(client); return }
+            hook?(index)
             if refusing { Glibc.shutdown(client, Int32(SHUT_RDWR)); Glibc.close(client); continue }
             let server = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
             var addr = FaultProxy.loopback(port: targetPort)
