@@ -94,6 +94,12 @@ public struct RetainedWindow: Sendable {
         nextSequence += 1
     }
 
+    /// Frame bytes the window's storage still references, acknowledged slots included:
+    /// what it costs in memory (tests check acknowledged frames are freed at once).
+    var storedBytes: Int {
+        entries.reduce(0) { sum, entry in if case .bytes(let b, _, _) = entry { sum + b.count } else { sum } }
+    }
+
     private static func cost(of entry: Entry) -> Int {
         switch entry {
         case .bytes(let bytes, _, _): bytes.count
@@ -154,9 +160,14 @@ public struct RetainedWindow: Sendable {
 
     private mutating func drop(below sequence: UInt64) {
         let count = Int(sequence - firstSequence)
-        for entry in live.prefix(count) {
+        for i in head..<(head + count) {
+            let entry = entries[i]
             retainedBytes -= Self.cost(of: entry)
             if case .bytes(_, let device?, let n) = entry, Int(device) < acknowledgedDeviceBytes.count { acknowledgedDeviceBytes[Int(device)] += n }
+            // Free the frame's bytes now; only the slot waits for the batched cut below
+            // (up to 1024 acknowledged DEVICE_DATA frames of 1 MiB held the source at
+            // 280 MiB RssAnon in the benchmark).
+            entries[i] = .keepAlive
         }
         head += count
         firstSequence = sequence
