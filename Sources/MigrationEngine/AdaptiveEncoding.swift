@@ -174,17 +174,19 @@ final class AdaptiveEncoding: Sendable {
     func recordTransport(_ info: TCPInfo, at: ContinuousClock.Instant) {
         state.withLock { s in
             s.transport.sample(info, at: at)
-            s.network.sample(info)
+            s.network.sample(info, at: at)
         }
     }
 
-    /// The link's rate: what the writer drains, but no more than the network delivers.
-    /// At the start of a session the socket's send buffer takes the first megabytes at
-    /// memory speed, so the writer's drain rate alone read a 1 Gbit/s link as 0.8–1 GB/s
-    /// and the first ~50 MiB went raw (issue 14); the kernel's delivery rate does not.
+    /// The link's rate: what the writer drains, and while TCP_INFO says the network
+    /// sets the pace, no more than the network carried. At the start of a session the
+    /// socket's send buffer takes the first megabytes at memory speed, so the writer's
+    /// drain rate alone read a 1 Gbit/s link as 0.8–1 GB/s and the first ~50 MiB went
+    /// raw (issue 14). While we set the pace the acknowledged rate is only our own.
     private static func linkRate(_ s: State) -> Double? {
         guard let drain = s.link.perSecond else { return nil }
-        return min(drain, s.network.bytesPerSecond ?? .infinity)
+        guard s.transport.limit == .network, let carried = s.network.bytesPerSecond else { return drain }
+        return min(drain, carried)
     }
 
     /// The writer moved `bytes` to the TLS stream from `started` to `ended` (its wait

@@ -69,12 +69,12 @@ struct DeliveryArms: Sendable {
         last = (arm, kind, end, run)
     }
 
-    /// The most input per second raw batches can deliver: what the network carries (raw
-    /// input is wire bytes), from TCP_INFO's delivery rate; nil without readings. A raw
-    /// run measured faster was the socket's send buffer taking bytes at memory speed
-    /// (a probe right after compressed batches, which left the buffer room), and with
-    /// it raw "delivered" 150–170 MB/s of input on a 1 Gbit/s link and kept the lead
-    /// while the link stayed full (issue 14).
+    /// The most input per second raw batches can deliver: what the network carried (raw
+    /// input is wire bytes), from TCP_INFO (`NetworkRateMeter`); nil without readings.
+    /// A raw run measured faster was the socket's send buffer taking bytes at memory
+    /// speed (a probe right after compressed batches, which left the buffer room), and
+    /// with it raw "delivered" 150–170 MB/s of input on a 1 Gbit/s link and kept the
+    /// lead while the link stayed full (issue 14).
     var rawCeiling: Double?
 
     /// Input bytes per second measured for `arm` on the kind of data being sent now, nil before it was.

@@ -99,8 +99,9 @@ struct LevelClimb: Sendable {
     /// first time, then twice as long each time the same level runs it dry again, up
     /// to `blockedFor`. One bar of 2048 batches (8 s at 1 Gbit/s, more than a 1 GiB
     /// guest's whole pass) after a moment of CPU taken by other work kept level 3 out
-    /// for the rest of the migration (issue 14).
-    static let blockedFirst = 128
+    /// for the rest of the migration; a first bar of 128 let a level the cores cannot
+    /// sustain (level 6 on 2 cores) run the socket dry four times a pass (issue 14).
+    static let blockedFirst = 512
     static let blockedFor = 2048
 
     /// The ladder index climbed to; nil: the model's.
@@ -134,18 +135,27 @@ struct LevelClimb: Sendable {
     }
 }
 
-/// The rate the network delivers at, from TCP_INFO's `tcpi_delivery_rate` (the kernel's
-/// latest sample of bytes delivered per second). Samples the kernel marks app-limited
-/// (the socket ran dry, so they say how fast we sent, not how fast the path carries) are
-/// left out; the rest are averaged. Pure: readings come in as values.
+/// The rate the network carried our bytes at: TCP_INFO's `tcpi_bytes_acked` over the
+/// time between readings, over a decayed window of readings. Raw input is wire bytes,
+/// so over any stretch raw batches deliver no more input than this. (The kernel's
+/// `tcpi_delivery_rate` samples were tried first: behind `tbf`'s burst they read up to
+/// 170 MB/s on a 1 Gbit/s link.) Pure: readings and their instants come in as values.
 struct NetworkRateMeter: Sendable {
-    /// Weight of a new sample in the average.
-    static let weight = 0.3
-    private(set) var bytesPerSecond: Double?
+    private var last: (acked: UInt64, at: ContinuousClock.Instant)?
+    private var window = AdaptiveEncoding.DecayedRate()
 
-    mutating func sample(_ info: TCPInfo) {
-        guard info.deliveryRate > 0, !info.deliveryRateAppLimited else { return }
-        let rate = Double(info.deliveryRate)
-        bytesPerSecond = bytesPerSecond.map { $0 + NetworkRateMeter.weight * (rate - $0) } ?? rate
+    /// Acknowledged bytes per second; nil before two readings.
+    var bytesPerSecond: Double? { window.perSecond }
+
+    /// A reading taken `at`; counters that went backwards (a new connection after a
+    /// resume) start again.
+    mutating func sample(_ info: TCPInfo, at now: ContinuousClock.Instant) {
+        defer { last = (info.bytesAcked, now) }
+        guard let last, now > last.at else { return }
+        guard info.bytesAcked >= last.acked else {
+            self = NetworkRateMeter()
+            return
+        }
+        window.add(bytes: Double(info.bytesAcked - last.acked), seconds: (now - last.at).seconds, decay: DeliveryLimitMeter.decay)
     }
 }
