@@ -117,7 +117,10 @@ final class AdaptiveEncoding: Sendable {
     private func verified(_ decision: EncodingDecision, _ s: inout State, cores: CoreBudget) -> EncodingDecision {
         let model: DeliveryArms.Arm = decision.choice == .raw ? .raw : .coded
         let limit = s.transport.limit
-        s.arms.rawCeiling = s.network.bytesPerSecond
+        // What the network carried bounds raw only while the network sets the pace:
+        // while we do, it is our own rate (at 10 Gbit/s, the compressed batches' wire
+        // rate, which made compressing look twice as good as raw).
+        s.arms.rawCeiling = limit == .network ? s.network.bytesPerSecond : nil
         let (arm, probing) = s.arms.next(prior: model, limit: limit)
         if arm == model && !probing && !s.arms.measured {
             return limit.map { EncodingDecision(choice: decision.choice, reason: .transport($0, decision.reason)) } ?? decision

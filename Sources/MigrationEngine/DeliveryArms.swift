@@ -69,8 +69,9 @@ struct DeliveryArms: Sendable {
         last = (arm, kind, end, run)
     }
 
-    /// The most input per second raw batches can deliver: what the network carried (raw
-    /// input is wire bytes), from TCP_INFO (`NetworkRateMeter`); nil without readings.
+    /// The most input per second raw batches can deliver while the network sets the
+    /// pace: what it carried (raw input is wire bytes), from TCP_INFO
+    /// (`NetworkRateMeter`); nil without readings or while the sender sets the pace.
     /// A raw run measured faster was the socket's send buffer taking bytes at memory
     /// speed (a probe right after compressed batches, which left the buffer room), and
     /// with it raw "delivered" 150–170 MB/s of input on a 1 Gbit/s link and kept the
