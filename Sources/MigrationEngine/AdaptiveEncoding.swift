@@ -51,8 +51,10 @@ final class AdaptiveEncoding: Sendable {
         var climb = LevelClimb()
         /// What limits delivery, from the connection's TCP_INFO (nil limit without readings).
         var transport = DeliveryLimitMeter()
-        /// The rate the network delivered at, from TCP_INFO (nil without readings).
+        /// What the network carried, from TCP_INFO (nil without readings).
         var network = NetworkRateMeter()
+        /// What it carried when it last set the pace (TCP_INFO network-bound).
+        var networkBoundRate: Double?
         var last: EncodingDecision?
         /// When the host and the connection were last read.
         var lastSample: ContinuousClock.Instant?
@@ -84,7 +86,7 @@ final class AdaptiveEncoding: Sendable {
     /// The choice for the next batch.
     func decide() -> EncodingDecision {
         state.withLock { s in
-            let rates = EncodingRates(linkBytesPerSecond: AdaptiveEncoding.linkRate(s),
+            let rates = EncodingRates(linkBytesPerSecond: linkRate(s),
                                       codecs: s.codecs.compactMapValues { r in
                                           r.perSecond.map { CodecRate(bytesPerSecond: $0, ratio: r.output / r.bytes, weight: r.bytes) } },
                                       cores: compressingCores(s))
@@ -117,10 +119,10 @@ final class AdaptiveEncoding: Sendable {
     private func verified(_ decision: EncodingDecision, _ s: inout State, cores: CoreBudget) -> EncodingDecision {
         let model: DeliveryArms.Arm = decision.choice == .raw ? .raw : .coded
         let limit = s.transport.limit
-        // What the network carried bounds raw only while the network sets the pace:
-        // while we do, it is our own rate (at 10 Gbit/s, the compressed batches' wire
-        // rate, which made compressing look twice as good as raw).
-        s.arms.rawCeiling = limit == .network ? s.network.bytesPerSecond : nil
+        // What the network carried bounds raw, but while we set the pace it is our own
+        // rate (at 10 Gbit/s, the compressed batches' wire rate, which made compressing
+        // look twice as good as raw): then what it carried when it set the pace, if ever.
+        s.arms.rawCeiling = limit == .sender ? s.networkBoundRate : s.network.bytesPerSecond
         let (arm, probing) = s.arms.next(prior: model, limit: limit)
         if arm == model && !probing && !s.arms.measured {
             return limit.map { EncodingDecision(choice: decision.choice, reason: .transport($0, decision.reason)) } ?? decision
@@ -178,18 +180,20 @@ final class AdaptiveEncoding: Sendable {
         state.withLock { s in
             s.transport.sample(info, at: at)
             s.network.sample(info, at: at)
+            if s.transport.limit == .network, let carried = s.network.bytesPerSecond { s.networkBoundRate = carried }
         }
     }
 
-    /// The link's rate: what the writer drains, and while TCP_INFO says the network
-    /// sets the pace, no more than the network carried. At the start of a session the
-    /// socket's send buffer takes the first megabytes at memory speed, so the writer's
-    /// drain rate alone read a 1 Gbit/s link as 0.8–1 GB/s and the first ~50 MiB went
-    /// raw (issue 14). While we set the pace the acknowledged rate is only our own.
-    private static func linkRate(_ s: State) -> Double? {
+    /// The link's rate: what the writer drains, but unless TCP_INFO says the sender
+    /// sets the pace, no more than the network carried (while we set it, that is only
+    /// our own rate). The socket's send buffer takes the first megabytes at memory
+    /// speed, so the writer's drain rate alone read a 1 Gbit/s link as 0.8–1 GB/s and
+    /// the first ~50 MiB went raw (issue 14); with TCP_INFO at hand the link counts
+    /// as not measured until it said what the network carried.
+    private func linkRate(_ s: State) -> Double? {
         guard let drain = s.link.perSecond else { return nil }
-        guard s.transport.limit == .network, let carried = s.network.bytesPerSecond else { return drain }
-        return min(drain, carried)
+        guard let carried = s.network.bytesPerSecond else { return transport == nil ? drain : nil }
+        return s.transport.limit == .sender ? drain : min(drain, carried)
     }
 
     /// The writer moved `bytes` to the TLS stream from `started` to `ended` (its wait
@@ -227,7 +231,7 @@ final class AdaptiveEncoding: Sendable {
         state.withLock { s in
             s.last.map {
                 EncodingReport(choice: $0.choice.description, reason: $0.reason.description,
-                               linkBytesPerSecond: AdaptiveEncoding.linkRate(s), batches: s.batches)
+                               linkBytesPerSecond: linkRate(s), batches: s.batches)
             }
         }
     }

@@ -69,9 +69,9 @@ struct DeliveryArms: Sendable {
         last = (arm, kind, end, run)
     }
 
-    /// The most input per second raw batches can deliver while the network sets the
-    /// pace: what it carried (raw input is wire bytes), from TCP_INFO
-    /// (`NetworkRateMeter`); nil without readings or while the sender sets the pace.
+    /// The most input per second raw batches can deliver: what the network carries (raw
+    /// input is wire bytes), from TCP_INFO (`NetworkRateMeter`; while the sender sets
+    /// the pace, what it carried when it last set the pace itself); nil without readings.
     /// A raw run measured faster was the socket's send buffer taking bytes at memory
     /// speed (a probe right after compressed batches, which left the buffer room), and
     /// with it raw "delivered" 150–170 MB/s of input on a 1 Gbit/s link and kept the
@@ -96,8 +96,16 @@ struct DeliveryArms: Sendable {
     /// Once both are measured, raw unless compressing delivered more by `margin`;
     /// before, `prior` (what the model or the limit expects).
     func leader(prior: Arm) -> Arm {
-        guard let raw = rate(.raw), let coded = rate(.coded) else { return prior }
-        return coded > raw * (1 + DeliveryArms.margin) ? .coded : .raw
+        guard let coded = rate(.coded) else { return prior }
+        if let raw = rate(.raw) { return coded > raw * (1 + DeliveryArms.margin) ? .coded : .raw }
+        return rawCannotWin ? .coded : prior
+    }
+
+    /// Compressing delivered more than raw could at best (the network's rate): raw
+    /// needs no measuring, so no raw probe, which on a 1 Gbit/s link sent 32 MiB raw.
+    private var rawCannotWin: Bool {
+        guard let ceiling = rawCeiling, let coded = rate(.coded) else { return false }
+        return coded > ceiling * (1 + DeliveryArms.margin)
     }
 
     /// The arm for the next batch: the leader, or `probeLength` batches of the other one
@@ -133,6 +141,7 @@ struct DeliveryArms: Sendable {
 
     private func probeDue(leader: Arm, prior: Arm, limit: DeliveryLimit?) -> Bool {
         let other: Arm = leader == .raw ? .coded : .raw
+        if other == .raw && rawCannotWin { return false }
         if rate(other) == nil { return sinceProbe > DeliveryArms.firstProbeAfter }
         guard verdictIn == nil, let verdict else { return sinceProbe > interval }
         let changed = verdict.prior != prior || verdict.limit != limit

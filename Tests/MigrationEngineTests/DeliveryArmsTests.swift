@@ -40,6 +40,22 @@ import Testing
         #expect(arms.rate(.coded)! > 149e6, "the compressed arm is not capped")
     }
 
+    /// Raw never measured, but compressing delivered more than raw could at best (the
+    /// network's rate): compressing leads and no raw probe goes out (on a 1 Gbit/s link
+    /// one sent 32 MiB raw to learn what TCP_INFO already said).
+    @Test func noRawProbeWhenRawCannotWin() {
+        var (arms, t) = (DeliveryArms(), ContinuousClock.now)
+        arms.rawCeiling = 118e6
+        write(&arms, .coded, rate: 300e6, count: 30, clock: &t)
+        #expect(arms.rate(.raw) == nil && arms.leader(prior: .raw) == .coded)
+        let picks = (0..<(4 * DeliveryArms.maxProbeEvery)).map { _ in arms.next(prior: .raw) }
+        #expect(picks.allSatisfy { $0.arm == .coded })
+        // A ceiling compressing does not beat by the margin: raw is worth measuring.
+        arms.rawCeiling = 280e6
+        #expect(arms.leader(prior: .raw) == .raw)
+        #expect((0..<(2 * DeliveryArms.firstProbeAfter)).contains { _ in arms.next(prior: .raw).arm == .raw })
+    }
+
     /// The first writes after a switch still drain the other arm's bytes: not counted.
     @Test func theFirstWritesOfARunAreNotCounted() {
         var (arms, t) = (DeliveryArms(), ContinuousClock.now)

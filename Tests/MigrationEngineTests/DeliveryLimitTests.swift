@@ -90,6 +90,21 @@ import Testing
         #expect(link(busy: 0.3) == 1e9)
     }
 
+    /// With the connection's TCP_INFO at hand, the link counts as not measured until it
+    /// said what the network carried (two readings): the first writes fill the socket's
+    /// buffer at memory speed and say nothing about the link.
+    @Test func theLinkIsNotMeasuredBeforeTheNetworkSaidWhatItCarried() {
+        let adaptive = AdaptiveEncoding(chooser: EncodingChooser(zstdAccepted: true), cores: 2, transport: { TCPInfo() })
+        let t0 = ContinuousClock.now
+        adaptive.recordDrain(bytes: 8_000_000, started: t0, ended: t0 + .milliseconds(8), cpu: .zero)
+        #expect(adaptive.decide().reason == .linkNotMeasured)
+        adaptive.recordTransport(TCPInfo(bytesAcked: 0), at: t0 + .milliseconds(10))
+        adaptive.recordTransport(TCPInfo(bytesAcked: 2_500_000), at: t0 + .milliseconds(30))
+        #expect(adaptive.decide().reason != .linkNotMeasured)
+        let link = adaptive.report?.linkBytesPerSecond ?? .infinity
+        #expect(link > 50e6 && link < 130e6, "no limit read yet: capped by what was carried, not the drain's 1 GB/s: \(link)")
+    }
+
     /// `count` writes of 1 MB of input at `rate` input bytes per second.
     func write(_ arms: inout DeliveryArms, _ arm: DeliveryArms.Arm, rate: Double, count: Int, clock t: inout ContinuousClock.Instant) {
         for _ in 0..<count {
