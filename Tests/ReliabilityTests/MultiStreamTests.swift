@@ -46,19 +46,12 @@ struct MultiStreamTests {
                         senderEvents: (@Sendable (MigrationEvent, Link) -> Void)? = nil,
                         receiverEvents: (@Sendable (MigrationEvent) -> Void)? = nil) throws -> Run {
         ignoreSIGPIPE()
-        let pki = try TestPKI.get()
-        var serverConfig = pki.serverConfig()
-        serverConfig.applicationProtocols = receiverOptions.applicationProtocols
-        var clientConfig = pki.clientConfig()
-        clientConfig.applicationProtocols = options.applicationProtocols
-        let listener = try TLSListener(endpoint: .tcp(host: "127.0.0.1", port: 0), context: TLSContext(configuration: serverConfig, role: .server))
+        let (listener, port, client) = try ResumeRig.listening(receiverOptions: receiverOptions, senderOptions: options)
         defer { listener.close() }
-        guard case .tcp(_, let port) = listener.boundEndpoint else { throw SetupError("no port") }
         let proxy = try ReconnectProxy(targetPort: port)
         defer { proxy.close() }
         let link = Link(proxy: proxy, listenerPort: port)
         prepare?(link)
-        let client = try TLSContext(configuration: clientConfig, role: .client)
         let reported = LockedValue<(source: Int?, destination: Int?)>((nil, nil))
         let names = LockedValue<(source: [String], destination: [String])>(([], []))
         let receiver = Receiver(devices: pair.destination, memory: pair.destinationMemory, options: receiverOptions, events: { e in

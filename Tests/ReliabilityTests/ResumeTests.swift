@@ -305,20 +305,28 @@ enum ResumeRig {
         return o
     }
 
+    /// A listener on 127.0.0.1 and the source's TLS context, each side offering the
+    /// protocol versions its options speak (ALPN); the caller closes the listener.
+    static func listening(receiverOptions: ReceiverOptions, senderOptions: SenderOptions,
+                          allowedSourceNames: [String] = []) throws -> (listener: TLSListener, port: UInt16, client: TLSContext) {
+        let pki = try TestPKI.get()
+        var serverConfig = pki.serverConfig(allowed: allowedSourceNames)
+        serverConfig.applicationProtocols = receiverOptions.applicationProtocols
+        var clientConfig = pki.clientConfig()
+        clientConfig.applicationProtocols = senderOptions.applicationProtocols
+        let listener = try TLSListener(endpoint: .tcp(host: "127.0.0.1", port: 0), context: TLSContext(configuration: serverConfig, role: .server))
+        guard case .tcp(_, let port) = listener.boundEndpoint else { listener.close(); throw SetupError("no port") }
+        return (listener, port, try TLSContext(configuration: clientConfig, role: .client))
+    }
+
     static func migrate(_ pair: SimPair, options: SenderOptions = senderOptions(), receiverOptions: ReceiverOptions = receiverOptions(),
                         cutFirstAfterRawBytes: Int? = nil, allowedSourceNames: [String] = [],
                         senderEvents: @escaping @Sendable (MigrationEvent, ReconnectProxy) -> Void = { _, _ in },
                         receiverEvents: @escaping @Sendable (MigrationEvent, ReconnectProxy) -> Void = { _, _ in },
                         whileRunning: (@Sendable (UInt16, ReconnectProxy, Sender) -> Void)? = nil) throws -> Run {
         ignoreSIGPIPE()
-        let pki = try TestPKI.get()
-        var serverConfig = pki.serverConfig(allowed: allowedSourceNames)
-        serverConfig.applicationProtocols = receiverOptions.applicationProtocols
-        var clientConfig = pki.clientConfig()
-        clientConfig.applicationProtocols = options.applicationProtocols
-        let listener = try TLSListener(endpoint: .tcp(host: "127.0.0.1", port: 0), context: TLSContext(configuration: serverConfig, role: .server))
+        let (listener, port, client) = try listening(receiverOptions: receiverOptions, senderOptions: options, allowedSourceNames: allowedSourceNames)
         defer { listener.close() }
-        guard case .tcp(_, let port) = listener.boundEndpoint else { throw SetupError("no port") }
         let proxy = try ReconnectProxy(targetPort: port, cutFirstAfterRawBytes: cutFirstAfterRawBytes)
         defer { proxy.close() }
         let sourceEvents = LockedValue<[String]>([]), destinationEvents = LockedValue<[String]>([])
@@ -333,7 +341,6 @@ enum ResumeRig {
             sourceEvents.withLock { $0.append(name(e)) }
             senderEvents(e, proxy)
         })
-        let client = try TLSContext(configuration: clientConfig, role: .client)
         let endpoint = Endpoint.tcp(host: "127.0.0.1", port: proxy.port)
         let src = background { () throws -> MigrationStats in
             let reconnect: Reconnect = { () throws(TLSError) -> TLSStream in try TLSConnector.connect(to: endpoint, context: client, timeoutSeconds: 5) }
