@@ -51,10 +51,6 @@ final class AdaptiveEncoding: Sendable {
         var climb = LevelClimb()
         /// What limits delivery, from the connection's TCP_INFO (nil limit without readings).
         var transport = DeliveryLimitMeter()
-        /// What the network carried, from TCP_INFO (nil without readings).
-        var network = NetworkRateMeter()
-        /// What it carried when it last set the pace (TCP_INFO network-bound).
-        var networkBoundRate: Double?
         var last: EncodingDecision?
         /// When the host and the connection were last read.
         var lastSample: ContinuousClock.Instant?
@@ -122,7 +118,7 @@ final class AdaptiveEncoding: Sendable {
         // What the network carried bounds raw, but while we set the pace it is our own
         // rate (at 10 Gbit/s, the compressed batches' wire rate, which made compressing
         // look twice as good as raw): then what it carried when it set the pace, if ever.
-        s.arms.rawCeiling = limit == .sender ? s.networkBoundRate : s.network.bytesPerSecond
+        s.arms.rawCeiling = limit == .sender ? s.transport.networkBoundRate : s.transport.carriedBytesPerSecond
         let (arm, probing) = s.arms.next(prior: model, limit: limit)
         if arm == model && !probing && !s.arms.measured {
             return limit.map { EncodingDecision(choice: decision.choice, reason: .transport($0, decision.reason)) } ?? decision
@@ -177,11 +173,7 @@ final class AdaptiveEncoding: Sendable {
 
     /// A reading of the connection's TCP_INFO, taken `at`.
     func recordTransport(_ info: TCPInfo, at: ContinuousClock.Instant) {
-        state.withLock { s in
-            s.transport.sample(info, at: at)
-            s.network.sample(info, at: at)
-            if s.transport.limit == .network, let carried = s.network.bytesPerSecond { s.networkBoundRate = carried }
-        }
+        state.withLock { $0.transport.sample(info, at: at) }
     }
 
     /// The link's rate: what the writer drains, but unless TCP_INFO says the sender
@@ -192,7 +184,7 @@ final class AdaptiveEncoding: Sendable {
     /// as not measured until it said what the network carried.
     private func linkRate(_ s: State) -> Double? {
         guard let drain = s.link.perSecond else { return nil }
-        guard let carried = s.network.bytesPerSecond else { return transport == nil ? drain : nil }
+        guard let carried = s.transport.carriedBytesPerSecond else { return transport == nil ? drain : nil }
         return s.transport.limit == .sender ? drain : min(drain, carried)
     }
 

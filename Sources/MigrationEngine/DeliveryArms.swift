@@ -70,7 +70,7 @@ struct DeliveryArms: Sendable {
     }
 
     /// The most input per second raw batches can deliver: what the network carries (raw
-    /// input is wire bytes), from TCP_INFO (`NetworkRateMeter`; while the sender sets
+    /// input is wire bytes), from TCP_INFO (`DeliveryLimitMeter`; while the sender sets
     /// the pace, what it carried when it last set the pace itself); nil without readings.
     /// A raw run measured faster was the socket's send buffer taking bytes at memory
     /// speed (a probe right after compressed batches, which left the buffer room), and

@@ -53,10 +53,20 @@ struct DeliveryLimitMeter: Sendable {
     private var last: (info: TCPInfo, at: ContinuousClock.Instant)?
     /// Busy (`bytes`) and window-stalled (`output`) seconds over wall seconds.
     private var window = AdaptiveEncoding.DecayedRate()
+    /// Acknowledged bytes over wall seconds: what the network carried our bytes at.
+    /// Raw input is wire bytes, so over any stretch raw batches deliver no more input
+    /// than this. (The kernel's `tcpi_delivery_rate` samples were tried first: behind
+    /// `tbf`'s burst they read up to 170 MB/s on a 1 Gbit/s link.)
+    private var carried = AdaptiveEncoding.DecayedRate()
     private var latest: DeliveryLimit?
     private var agreeing = 0
     /// The last limit `stableReadings` readings agreed on.
     private(set) var limit: DeliveryLimit?
+    /// What the network carried when it last set the pace (limit `.network`).
+    private(set) var networkBoundRate: Double?
+
+    /// What the network carried, acknowledged bytes per second; nil before two readings.
+    var carriedBytesPerSecond: Double? { carried.perSecond }
 
     /// A reading taken `at`; one whose counters went backwards (a new connection after a
     /// resume) starts the window again.
@@ -64,17 +74,22 @@ struct DeliveryLimitMeter: Sendable {
         defer { last = (info, now) }
         guard let last, now > last.at else { return }
         guard info.busyMicroseconds >= last.info.busyMicroseconds,
-              info.receiveWindowLimitedMicroseconds >= last.info.receiveWindowLimitedMicroseconds else {
-            self = DeliveryLimitMeter()
+              info.receiveWindowLimitedMicroseconds >= last.info.receiveWindowLimitedMicroseconds,
+              info.bytesAcked >= last.info.bytesAcked else {
+            // A new connection on the same path: what the path carried still holds.
+            (self, networkBoundRate) = (DeliveryLimitMeter(), networkBoundRate)
             return
         }
+        let seconds = (now - last.at).seconds
         let busy = Double(info.busyMicroseconds - last.info.busyMicroseconds) / 1e6
         let stalled = Double(info.receiveWindowLimitedMicroseconds - last.info.receiveWindowLimitedMicroseconds) / 1e6
-        window.add(bytes: busy, seconds: (now - last.at).seconds, output: stalled, decay: DeliveryLimitMeter.decay)
+        window.add(bytes: busy, seconds: seconds, output: stalled, decay: DeliveryLimitMeter.decay)
+        carried.add(bytes: Double(info.bytesAcked - last.info.bytesAcked), seconds: seconds, decay: DeliveryLimitMeter.decay)
         let limit = classify()
         agreeing = limit == latest ? agreeing + 1 : 1
         latest = limit
         if agreeing >= DeliveryLimitMeter.stableReadings { self.limit = limit }
+        if self.limit == .network, let rate = carried.perSecond { networkBoundRate = rate }
     }
 
     private func classify() -> DeliveryLimit {
@@ -132,30 +147,5 @@ struct LevelClimb: Sendable {
         default:
             return current
         }
-    }
-}
-
-/// The rate the network carried our bytes at: TCP_INFO's `tcpi_bytes_acked` over the
-/// time between readings, over a decayed window of readings. Raw input is wire bytes,
-/// so over any stretch raw batches deliver no more input than this. (The kernel's
-/// `tcpi_delivery_rate` samples were tried first: behind `tbf`'s burst they read up to
-/// 170 MB/s on a 1 Gbit/s link.) Pure: readings and their instants come in as values.
-struct NetworkRateMeter: Sendable {
-    private var last: (acked: UInt64, at: ContinuousClock.Instant)?
-    private var window = AdaptiveEncoding.DecayedRate()
-
-    /// Acknowledged bytes per second; nil before two readings.
-    var bytesPerSecond: Double? { window.perSecond }
-
-    /// A reading taken `at`; counters that went backwards (a new connection after a
-    /// resume) start again.
-    mutating func sample(_ info: TCPInfo, at now: ContinuousClock.Instant) {
-        defer { last = (info.bytesAcked, now) }
-        guard let last, now > last.at else { return }
-        guard info.bytesAcked >= last.acked else {
-            self = NetworkRateMeter()
-            return
-        }
-        window.add(bytes: Double(info.bytesAcked - last.acked), seconds: (now - last.at).seconds, decay: DeliveryLimitMeter.decay)
     }
 }

@@ -54,17 +54,18 @@ import Testing
     /// The network's rate is the acknowledged bytes over the time between readings, over
     /// a decayed window; counters that go backwards are a new connection.
     @Test func theNetworkRateIsWhatWasAcknowledged() {
-        var meter = NetworkRateMeter()
+        var meter = DeliveryLimitMeter()
         var t = ContinuousClock.now
         meter.sample(TCPInfo(bytesAcked: 1_000_000), at: t)
-        #expect(meter.bytesPerSecond == nil)
+        #expect(meter.carriedBytesPerSecond == nil)
         for k in 1...10 {
             t = t + .milliseconds(20)
-            meter.sample(TCPInfo(bytesAcked: 1_000_000 + UInt64(k) * 2_400_000), at: t)
+            meter.sample(TCPInfo(busyMicroseconds: UInt64(k) * 20_000, bytesAcked: 1_000_000 + UInt64(k) * 2_400_000), at: t)
         }
-        #expect(abs(meter.bytesPerSecond! - 120e6) < 1)
-        meter.sample(TCPInfo(bytesAcked: 10), at: t + .milliseconds(20))
-        #expect(meter.bytesPerSecond == nil)
+        #expect(abs(meter.carriedBytesPerSecond! - 120e6) < 1)
+        #expect(meter.limit == .network && abs(meter.networkBoundRate! - 120e6) < 1, "kept as what it carried while it set the pace")
+        meter.sample(TCPInfo(busyMicroseconds: 200_000, bytesAcked: 10), at: t + .milliseconds(20))
+        #expect(meter.carriedBytesPerSecond == nil)
     }
 
     /// While the network sets the pace (TCP_INFO network-bound), the link rate `auto`
