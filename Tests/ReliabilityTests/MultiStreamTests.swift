@@ -219,15 +219,23 @@ struct MultiStreamTests {
     func aFirstJoinRefusedIsResumed() throws {
         let pair = try SimPair(memoryPages: 512, dirtyPagesPerStep: 24)
         let destination = LockedValue((losses: 0, resumes: 0))
+        let accepted = LockedValue(false)
+        let counting = Self.counting(destination)
         let run = try Self.migrate(pair, options: Self.iteratingThrice(streams: 2), receiverOptions: Self.receiverOptions(maxStreams: 2),
                                    prepare: { link in
                                        link.proxy.onAccept { number in
                                            guard number == 2 else { return }  // stream 1's first JOIN
+                                           // The source joins once its HELLO is sent; a loss before the
+                                           // destination accepted it ends the attempt (§13.1), so cut after.
+                                           Self.wait(on: accepted) { $0 }
                                            link.proxy.cut(connection: 1)
                                            Self.wait(on: destination) { $0.losses >= 1 }
                                        }
                                    },
-                                   receiverEvents: Self.counting(destination))
+                                   receiverEvents: { e in
+                                       counting(e)
+                                       if case .phase(.precopy) = e { accepted.withLock { $0 = true } }
+                                   })
         try Guarantee.migrated(run.outcome, pair)
         #expect(run.streams.source == 2)
         #expect(destination.current.resumes >= 1, "\(destination.current)")
