@@ -135,10 +135,21 @@ final class AdaptiveEncoding: Sendable {
         guard case .codec(let codec) = decision.choice, !decision.reason.isProbe,
               let model = chooser.ladder.firstIndex(where: { $0.codec == codec }) else { return decision }
         let limit = s.arms.sending == .coded ? s.transport.limit : nil
-        let level = s.climb.next(model: model, affordable: chooser.highestAffordable(rates, threads: Double(cores)), limit: limit)
+        let level = s.climb.next(model: model, affordable: chooser.highestAffordable(rates, threads: climbingThreads(rates.cores)), limit: limit)
         guard level != model else { return decision }
         let stepped = chooser.ladder[level].codec
         return EncodingDecision(choice: .codec(stepped), reason: .climbed(stepped, decision.reason))
+    }
+
+    /// The cores a level may count on to be worth a try: the measured compressing cores
+    /// with the reserve given back (a try may use it), at most the workers'. Counting every
+    /// worker's core tried level 6 twice a migration at 1 Gbit/s on 2 cores shared with
+    /// the receiver, and each try ran the socket dry before it stepped back (issue 14).
+    /// A saturated host says nothing about it (our own workers may be what fills it):
+    /// then every worker's core, and the try decides.
+    private func climbingThreads(_ budget: CoreBudget) -> Double {
+        guard budget.measured, !budget.saturated else { return Double(cores) }
+        return min(Double(cores), budget.cores + IdleCoreMeter.reserve)
     }
 
     /// The cores compression may use: measured from the host's idle CPU when there are
@@ -147,7 +158,7 @@ final class AdaptiveEncoding: Sendable {
     /// time it is busy), never below one.
     private func compressingCores(_ s: State) -> CoreBudget {
         if let idle = s.host.compressingCores {
-            return CoreBudget(cores: min(Double(cores), idle), measured: true)
+            return CoreBudget(cores: min(Double(cores), idle), measured: true, saturated: s.host.isSaturated)
         }
         let writerShare = s.writerCPU.perSecond.map { min(max($0, 0), 1) } ?? 0
         return CoreBudget(cores: max(1, Double(cores) - writerShare), measured: false)
@@ -178,14 +189,18 @@ final class AdaptiveEncoding: Sendable {
 
     /// The link's rate: what the writer drains, but unless TCP_INFO says the sender
     /// sets the pace, no more than the network carried (while we set it, that is only
-    /// our own rate). The socket's send buffer takes the first megabytes at memory
+    /// our own rate, so then no more than what it carried when it last set the pace). The socket's send buffer takes the first megabytes at memory
     /// speed, so the writer's drain rate alone read a 1 Gbit/s link as 0.8–1 GB/s and
     /// the first ~50 MiB went raw (issue 14); with TCP_INFO at hand the link counts
     /// as not measured until it said what the network carried.
     private func linkRate(_ s: State) -> Double? {
         guard let drain = s.link.perSecond else { return nil }
         guard let carried = s.transport.carriedBytesPerSecond else { return transport == nil ? drain : nil }
-        return s.transport.limit == .sender ? drain : min(drain, carried)
+        guard s.transport.limit == .sender else { return min(drain, carried) }
+        // Sender-bound: no faster than the network carried when it last set the pace. A
+        // moment of CPU taken by other work let the writer drain into the socket buffer
+        // at 1 GB/s on a 1 Gbit/s link, and 16 batches went raw (issue 14).
+        return min(drain, s.transport.networkBoundRate ?? drain)
     }
 
     /// The writer moved `bytes` to the TLS stream from `started` to `ended` (its wait
@@ -287,3 +302,4 @@ struct SendEncoding: Sendable {
         return (result, false)
     }
 }
+

@@ -49,6 +49,11 @@ struct DeliveryLimitMeter: Sendable {
     static let decay = 0.8
     /// Readings in a row that agree before a limit counts (a switch of arm or a burst must not flip it).
     static let stableReadings = 4
+    /// The limit is read once the connection carried this much (what it carried counts
+    /// from the start): before, its time went to the handshake, the HELLOs and slow
+    /// start, which read sender-bound, and at 1 Gbit/s that sent the first 32 MiB raw
+    /// (issue 14). On a fast link it takes a few milliseconds.
+    static let warmUpBytes: UInt64 = 16 << 20
 
     private var last: (info: TCPInfo, at: ContinuousClock.Instant)?
     /// Busy (`bytes`) and window-stalled (`output`) seconds over wall seconds.
@@ -81,10 +86,11 @@ struct DeliveryLimitMeter: Sendable {
             return
         }
         let seconds = (now - last.at).seconds
+        carried.add(bytes: Double(info.bytesAcked - last.info.bytesAcked), seconds: seconds, decay: DeliveryLimitMeter.decay)
+        guard info.bytesAcked >= DeliveryLimitMeter.warmUpBytes else { return }
         let busy = Double(info.busyMicroseconds - last.info.busyMicroseconds) / 1e6
         let stalled = Double(info.receiveWindowLimitedMicroseconds - last.info.receiveWindowLimitedMicroseconds) / 1e6
         window.add(bytes: busy, seconds: seconds, output: stalled, decay: DeliveryLimitMeter.decay)
-        carried.add(bytes: Double(info.bytesAcked - last.info.bytesAcked), seconds: seconds, decay: DeliveryLimitMeter.decay)
         let limit = classify()
         agreeing = limit == latest ? agreeing + 1 : 1
         latest = limit
@@ -119,9 +125,17 @@ struct LevelClimb: Sendable {
     static let blockedFirst = 512
     static let blockedFor = 2048
 
+    /// After a step back, a further step back waits this many times `settleBatches`
+    /// unless the link was read network-bound in between: the socket the level above
+    /// ran dry takes that long to fill again, and reading its emptiness as this level's
+    /// fault took `auto` from level 6 down to 1 for 230 batches at 1 Gbit/s (issue 14).
+    static let settleAfterStepBack = 4
+
     /// The ladder index climbed to; nil: the model's.
     private(set) var level: Int?
     private var sinceStep = 0
+    /// The last step was back, and the link has not been network-bound since.
+    private var refilling = false
     /// A level that turned sender-bound, and for how many more batches it is barred.
     private var ceiling: (level: Int, batchesLeft: Int)?
     /// How often each level turned sender-bound: its next bar is that much longer.
@@ -134,12 +148,20 @@ struct LevelClimb: Sendable {
         sinceStep += 1
         if let c = ceiling { ceiling = c.batchesLeft > 1 ? (c.level, c.batchesLeft - 1) : nil }
         let current = max(model, level ?? model)
+        if limit == .network { refilling = false }
         guard sinceStep > LevelClimb.settleBatches else { return current }
         switch limit {
         case .network? where current + 1 <= affordable && current + 1 < (ceiling?.level ?? .max):
             (level, sinceStep) = (current + 1, 0)
             return current + 1
-        case .sender? where current > model:
+        case .network? where current > (level ?? -1):
+            // The model chose above the climb while the link stays full: hold that level
+            // rather than drop back whenever its estimates swing (1 and 3 alternated
+            // batch by batch at 1 Gbit/s); only a dry socket steps back from it.
+            (level, sinceStep) = (current, 0)
+            return current
+        case .sender? where current > model && (!refilling || sinceStep > LevelClimb.settleAfterStepBack * LevelClimb.settleBatches):
+            refilling = true
             strikes[current, default: 0] += 1
             let bar = min(LevelClimb.blockedFor, LevelClimb.blockedFirst << min(strikes[current]! - 1, 8))
             (ceiling, level, sinceStep) = ((current, bar), current - 1, 0)

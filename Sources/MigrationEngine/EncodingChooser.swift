@@ -26,6 +26,8 @@ struct CoreBudget: Sendable, Equatable, CustomStringConvertible {
     /// From the host's idle CPU (IdleCoreMeter): may be below one, down to none.
     /// Otherwise the workers' cores less the writer's share, at least one.
     var measured: Bool
+    /// Measured, and the host had almost no idle CPU (IdleCoreMeter.isSaturated).
+    var saturated = false
 
     /// What the chooser multiplies a level's one-thread rate by.
     var threads: Double { measured ? max(cores, 0) : max(cores, 1) }

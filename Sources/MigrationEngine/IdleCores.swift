@@ -36,8 +36,15 @@ struct IdleCoreMeter: Sendable {
     /// leave it saturated, and the next decision would flip to raw.
     static let reserve = 0.4
 
+    /// Readings count once they span this long: /proc/stat counts in ticks of 10 ms, so
+    /// one 20 ms reading of two cores can say 0 or 2 idle by rounding alone (it said 0 at
+    /// the start of a 1 Gbit/s migration, and the first 50 MiB went raw; issue 14).
+    static let minimumSpanSeconds = 0.1
+
     private(set) var last: (times: HostCPUTimes, at: ContinuousClock.Instant)?
     private var codecSecondsSinceLast = 0.0
+    /// Wall seconds the readings cover (not decayed).
+    private var span = 0.0
     /// Core-seconds idle (`bytes`) and of our codecs (`output`) over wall seconds.
     private var window = AdaptiveEncoding.DecayedRate()
 
@@ -50,20 +57,22 @@ struct IdleCoreMeter: Sendable {
         guard let last, now > last.at, times.idleTicks >= last.times.idleTicks else { return }
         let idle = Double(times.idleTicks - last.times.idleTicks) / ticksPerSecond
         window.add(bytes: idle, seconds: (now - last.at).seconds, output: codecSecondsSinceLast, decay: AdaptiveEncoding.linkDecay)
+        span += (now - last.at).seconds
         codecSecondsSinceLast = 0
     }
 
-    /// Idle cores over the window; nil before two samples.
-    var idleCores: Double? { window.seconds > 0 ? window.bytes / window.seconds : nil }
+    /// Idle cores over the window; nil before the readings span `minimumSpanSeconds`.
+    var idleCores: Double? { measured ? window.bytes / window.seconds : nil }
     /// Cores our codecs used over the window.
-    var codecCores: Double? { window.seconds > 0 ? window.output / window.seconds : nil }
+    var codecCores: Double? { measured ? window.output / window.seconds : nil }
+    private var measured: Bool { window.seconds > 0 && span >= IdleCoreMeter.minimumSpanSeconds }
 
     /// Fewer idle cores than `saturated` over the window.
     var isSaturated: Bool { idleCores.map { $0 < IdleCoreMeter.saturated } ?? false }
 
     /// What compression may use: idle + codec cores less the reserve; only the idle
     /// cores when the host is saturated (then raw, unless the link is so slow that
-    /// those few keep it full). Nil before two samples.
+    /// those few keep it full). Nil until the readings span `minimumSpanSeconds`.
     var compressingCores: Double? {
         guard let idle = idleCores, let codec = codecCores else { return nil }
         guard !isSaturated else { return idle }

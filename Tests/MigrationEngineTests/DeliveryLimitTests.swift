@@ -22,7 +22,7 @@ import Testing
     /// the receiver behind; a fast link waiting for our compression.
     @Test(arguments: [(1.0, 0.0, DeliveryLimit.network), (1.0, 0.9, .receiver), (0.5, 0.0, .sender), (0.9, 0.5, .receiver)])
     func sharesOfTheTimeTellTheLimit(busy: Double, stalled: Double, limit: DeliveryLimit) {
-        var (meter, info, t) = (DeliveryLimitMeter(), TCPInfo(), ContinuousClock.now)
+        var (meter, info, t) = (DeliveryLimitMeter(), TCPInfo.warm, ContinuousClock.now)
         feed(&meter, busy: busy, stalled: stalled, count: 12, from: &info, clock: &t)
         #expect(meter.limit == limit)
     }
@@ -30,7 +30,7 @@ import Testing
     /// A limit counts once `stableReadings` readings agree, and a short change (a probe,
     /// a burst) does not replace it.
     @Test func aLimitNeedsReadingsThatAgree() {
-        var (meter, info, t) = (DeliveryLimitMeter(), TCPInfo(), ContinuousClock.now)
+        var (meter, info, t) = (DeliveryLimitMeter(), TCPInfo.warm, ContinuousClock.now)
         feed(&meter, busy: 1, stalled: 0, count: DeliveryLimitMeter.stableReadings, from: &info, clock: &t)
         #expect(meter.limit == nil, "the first reading only starts the window")
         feed(&meter, busy: 1, stalled: 0, count: 1, from: &info, clock: &t)
@@ -41,9 +41,27 @@ import Testing
         #expect(meter.limit == .sender)
     }
 
+    /// Until the connection carried `warmUpBytes` (handshake, HELLOs, slow start) its
+    /// shares of busy time say nothing: no limit, though what it carried is measured.
+    @Test func theLimitWaitsUntilTheConnectionWarmedUp() {
+        var (meter, info, t) = (DeliveryLimitMeter(), TCPInfo(), ContinuousClock.now)
+        for _ in 0..<10 {
+            t = t + .milliseconds(50)
+            info.busyMicroseconds += 10_000
+            info.bytesAcked += 1 << 20
+            meter.sample(info, at: t)
+        }
+        #expect(info.bytesAcked < DeliveryLimitMeter.warmUpBytes)
+        #expect(meter.limit == nil, "a connection that only started reads as nothing yet")
+        #expect(meter.carriedBytesPerSecond.map { abs($0 - 20_971_520) < 1 } == true)
+        info.bytesAcked = DeliveryLimitMeter.warmUpBytes
+        feed(&meter, busy: 0.2, stalled: 0, count: 12, from: &info, clock: &t)
+        #expect(meter.limit == .sender)
+    }
+
     /// Counters that go backwards are a new connection (after a resume): the window starts again.
     @Test func aNewConnectionStartsAgain() {
-        var (meter, info, t) = (DeliveryLimitMeter(), TCPInfo(busyMicroseconds: 1 << 40), ContinuousClock.now)
+        var (meter, info, t) = (DeliveryLimitMeter(), TCPInfo(busyMicroseconds: 1 << 40, bytesAcked: DeliveryLimitMeter.warmUpBytes), ContinuousClock.now)
         feed(&meter, busy: 1, stalled: 0, count: 10, from: &info, clock: &t)
         #expect(meter.limit == .network)
         info = TCPInfo()
@@ -77,7 +95,7 @@ import Testing
             let adaptive = AdaptiveEncoding(chooser: EncodingChooser(zstdAccepted: true), cores: 2)
             var t = ContinuousClock.now
             adaptive.recordDrain(bytes: 1_000_000_000, started: t, ended: t + .seconds(1), cpu: .zero)
-            var info = TCPInfo()
+            var info = TCPInfo.warm
             for _ in 0..<10 {
                 t = t + .milliseconds(20)
                 info.bytesAcked += 2_500_000
@@ -174,7 +192,7 @@ import Testing
         var t = ContinuousClock.now
         adaptive.recordHostCPU(HostCPUTimes(idleTicks: 0), at: t)
         adaptive.recordHostCPU(HostCPUTimes(idleTicks: 2), at: t + .seconds(1))
-        var info = TCPInfo()
+        var info = TCPInfo.warm
         for _ in 0..<10 {
             let next = t + .milliseconds(50)
             adaptive.recordDrain(bytes: 6_250_000, started: t, ended: next, cpu: .zero, input: 6_250_000, coded: false)
@@ -225,4 +243,58 @@ import Testing
         #expect(longer.allSatisfy { $0 == 1 })
         #expect(levels(&climb, model: 0, affordable: 2, limit: .network, count: 2 * step).last == 2)
     }
+
+    /// The model choosing a level above the climb's while the link stays full holds it:
+    /// its estimates swung between two levels batch by batch; only a dry socket steps back.
+    @Test func aLevelTheModelChoseOnAFullLinkIsHeld() {
+        var climb = LevelClimb()
+        let step = LevelClimb.settleBatches + 1
+        _ = levels(&climb, model: 1, affordable: 1, limit: .network, count: step)
+        let swung = (0..<(4 * step)).map { k in climb.next(model: k % 2 == 0 ? 2 : 1, affordable: 1, limit: .network) }
+        #expect(swung.suffix(2 * step).allSatisfy { $0 == 2 }, "\(swung)")
+        #expect(levels(&climb, model: 1, affordable: 1, limit: .sender, count: step).last == 1, "a dry socket steps back")
+    }
+
+    /// After a step back, the socket the level above ran dry takes a while to fill: a
+    /// further step back waits `settleAfterStepBack` settles unless the link read full
+    /// in between.
+    @Test func aStepBackIsNotFollowedByAnotherWhileTheSocketRefills() {
+        var climb = LevelClimb()
+        let step = LevelClimb.settleBatches + 1
+        _ = levels(&climb, model: 0, limit: .network, count: 3 * step)
+        #expect(climb.level == 3)
+        #expect(levels(&climb, model: 0, limit: .sender, count: step).last == 2)
+        let refilling = levels(&climb, model: 0, limit: .sender, count: (LevelClimb.settleAfterStepBack - 1) * step)
+        #expect(refilling.allSatisfy { $0 == 2 }, "not read as level 2's fault yet")
+        #expect(levels(&climb, model: 0, limit: .sender, count: 2 * step).last == 1, "still dry: steps back again")
+    }
+
+    /// Sender-bound, the writer may drain into the socket's buffer far faster than the
+    /// network: the link is then no faster than what the network carried when it last
+    /// set the pace.
+    @Test func aSenderBoundLinkIsNoFasterThanTheNetworkWasWhenFull() {
+        let adaptive = AdaptiveEncoding(chooser: EncodingChooser(zstdAccepted: true), cores: 2)
+        var t = ContinuousClock.now
+        var info = TCPInfo.warm
+        func readings(busy: Double, count: Int) {
+            for _ in 0..<count {
+                t = t + .milliseconds(20)
+                info.bytesAcked += 2_500_000
+                info.busyMicroseconds += UInt64(busy * 20_000)
+                adaptive.recordTransport(info, at: t)
+            }
+        }
+        readings(busy: 1, count: 10)
+        adaptive.recordDrain(bytes: 1_000_000_000, started: t, ended: t + .seconds(1), cpu: .zero)
+        readings(busy: 0.3, count: 30)
+        _ = adaptive.decide()
+        let link = adaptive.report?.linkBytesPerSecond ?? 0
+        #expect(abs(link - 125e6) < 1e6, "\(link)")
+    }
+}
+
+
+extension TCPInfo {
+    /// A reading of a connection past its warm-up (DeliveryLimitMeter.warmUpBytes).
+    static var warm: TCPInfo { TCPInfo(bytesAcked: DeliveryLimitMeter.warmUpBytes) }
 }

@@ -146,7 +146,7 @@ import MigrationWire
         let adaptive = AdaptiveEncoding(chooser: chooser, cores: 2)
         adaptive.recordHostCPU(HostCPUTimes(idleTicks: 0), at: t0)
         adaptive.recordHostCPU(HostCPUTimes(idleTicks: 0), at: t0 + .seconds(1))
-        var info = TCPInfo()
+        var info = TCPInfo.warm
         for i in 0..<8 {
             info.busyMicroseconds += 50_000
             adaptive.recordTransport(info, at: t0 + .milliseconds(50 * (i + 1)))
@@ -159,5 +159,27 @@ import MigrationWire
         let choices = (0..<(2 * LevelClimb.settleBatches)).map { _ in adaptive.decide().choice }
         #expect(choices.first == .codec(.zstd(level: -1)))
         #expect(choices.last == .codec(.zstd(level: 3)))
+    }
+
+    /// The same full link, but the host has half a core idle and is not saturated: the
+    /// stronger level would need more than that (and the reserve) to keep the link full,
+    /// so it is not tried (a try runs the socket dry before it steps back).
+    @Test func aLevelTheIdleCoresCannotSustainIsNotTried() {
+        let t0 = ContinuousClock.now
+        let adaptive = AdaptiveEncoding(chooser: chooser, cores: 2)
+        adaptive.recordHostCPU(HostCPUTimes(idleTicks: 0), at: t0)
+        adaptive.recordHostCPU(HostCPUTimes(idleTicks: 50), at: t0 + .seconds(1))
+        var info = TCPInfo.warm
+        for i in 0..<8 {
+            info.busyMicroseconds += 50_000
+            adaptive.recordTransport(info, at: t0 + .milliseconds(50 * (i + 1)))
+        }
+        var t = t0 + .seconds(1)
+        for _ in 0..<30 {
+            t = t + .milliseconds(10)
+            adaptive.recordDrain(bytes: 500_000, started: t - .milliseconds(5), ended: t, cpu: .zero, input: 1_000_000, coded: true)
+        }
+        let choices = (0..<(2 * LevelClimb.settleBatches)).map { _ in adaptive.decide().choice }
+        #expect(choices.allSatisfy { $0 == .codec(.zstd(level: -1)) }, "\(Set(choices.map(\.description)))")
     }
 }

@@ -38,6 +38,19 @@ import MigrationWire
         #expect(meter.compressingCores == 1.5 + 0.5 - IdleCoreMeter.reserve)
     }
 
+    /// /proc/stat counts 10 ms ticks: a 20 ms reading says nothing yet; readings that
+    /// span `minimumSpanSeconds` do.
+    @Test func readingsCountOnceTheySpanLongEnough() {
+        var meter = IdleCoreMeter()
+        let t0 = ContinuousClock.now
+        meter.sample(HostCPUTimes(idleTicks: 1000), at: t0, ticksPerSecond: 100)
+        meter.sample(HostCPUTimes(idleTicks: 1000), at: t0 + .milliseconds(20), ticksPerSecond: 100)
+        #expect(meter.idleCores == nil, "0 ticks in 20 ms is rounding, not a busy host")
+        meter.sample(HostCPUTimes(idleTicks: 1016), at: t0 + .milliseconds(120), ticksPerSecond: 100)
+        #expect(meter.idleCores != nil)
+        #expect(meter.compressingCores != nil)
+    }
+
     /// A saturated host (5 idle ticks a second) does not count the codec's CPU as free:
     /// something else on it was waiting for that CPU.
     @Test func onASaturatedHostOnlyTheIdleCoresCount() {
