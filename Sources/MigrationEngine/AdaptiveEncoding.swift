@@ -269,9 +269,12 @@ struct SendEncoding: Sendable {
     let zstdAccepted: Bool
     /// `auto` only.
     let adaptive: AdaptiveEncoding?
+    /// Version 4: zstd lanes per stream both HELLOs settled on (§15.2); 0 = none.
+    let lanes: Int
 
-    init(policy: CompressionPolicy, destinationAccepts: [Encoding], workers: Int, transport: (@Sendable () -> TCPInfo?)? = nil) {
+    init(policy: CompressionPolicy, destinationAccepts: [Encoding], workers: Int, lanes: Int = 0, transport: (@Sendable () -> TCPInfo?)? = nil) {
         self.policy = policy
+        self.lanes = lanes
         zstdAccepted = destinationAccepts.contains(.zstd) && policy.encodings.contains(.zstd)
         adaptive = policy == .auto
             ? AdaptiveEncoding(chooser: EncodingChooser(zstdAccepted: zstdAccepted),
@@ -283,6 +286,13 @@ struct SendEncoding: Sendable {
     /// One per worker thread.
     func makeCompressor() throws(MigrationFailure) -> PayloadCompressor {
         do throws(WireError) { return try PayloadCompressor(policy: policy, zstdAccepted: zstdAccepted) } catch { throw MigrationFailure(error) }
+    }
+
+    /// The zstd lane of a stream's worker `index` (one per thread, for the session), nil
+    /// past the lanes settled on: that worker's zstd segments are frames of their own.
+    func makeLane(index: Int) throws(MigrationFailure) -> ZstdLane? {
+        guard index < lanes, let number = UInt8(exactly: index) else { return nil }
+        do throws(WireError) { return ZstdLane(index: number, encoder: try ZstdLaneEncoder()) } catch { throw MigrationFailure(error) }
     }
 
     /// Runs `encode` with `auto`'s choice for this batch and feeds what the codec did back;

@@ -21,10 +21,9 @@ final class Applier {
     private let devices: [DestinationDevice]
     private let memory: GuestMemory?
     private let writer: FrameWriter
-    /// Decodes page segments straight into guest memory (this thread's codecs),
-    /// made at the first PAGES.
-    private var pageDecoder: PayloadDecompressor?
-    private let limits: WireLimits
+    /// Decodes page segments straight into guest memory: the stream's, kept across
+    /// its connections (zstd lanes continue after a resume, §15.4).
+    private let pageDecoder: PageDecoderSlot
     private let events: EventSink
     private let progress: LockedValue<ApplyProgress>
     private let state: LockedValue<DestinationSession.State>
@@ -32,9 +31,9 @@ final class Applier {
     private let digests: [SHA256Digest]
     private var ended: [Bool]
 
-    init(devices: [DestinationDevice], memory: GuestMemory?, writer: FrameWriter, limits: WireLimits, events: @escaping EventSink,
+    init(devices: [DestinationDevice], memory: GuestMemory?, writer: FrameWriter, pageDecoder: PageDecoderSlot, events: @escaping EventSink,
          progress: LockedValue<ApplyProgress>, state: LockedValue<DestinationSession.State>) {
-        self.devices = devices; self.memory = memory; self.writer = writer; self.limits = limits; self.events = events
+        self.devices = devices; self.memory = memory; self.writer = writer; self.pageDecoder = pageDecoder; self.events = events
         self.progress = progress; self.state = state
         sequences = devices.map { ResumeSequence(device: $0.device) }
         digests = devices.map { _ in SHA256Digest() }
@@ -108,24 +107,13 @@ final class Applier {
     }
 
     private func decode(_ segment: PageSegment, pageSize: Int, into memory: GuestMemory) throws(MigrationFailure) {
-        let decompressor = try pageDecompressor()
+        let decompressor = pageDecoder
         let outcome = try deviceCall(nil) { () throws(DeviceError) in
             try memory.withWritablePages(startPFN: segment.startPFN, count: Int(segment.pageCount)) { (span: inout MutableSpan<UInt8>) throws(WireError) in
                 try decompressor.decode(segment, pageSize: pageSize, into: &span)
             }
         }
         do throws(WireError) { try outcome.get() } catch { throw MigrationFailure(error) }
-    }
-
-    private func pageDecompressor() throws(MigrationFailure) -> PayloadDecompressor {
-        if let pageDecoder { return pageDecoder }
-        do throws(WireError) {
-            let made = try PayloadDecompressor(limits: limits)
-            pageDecoder = made
-            return made
-        } catch {
-            throw MigrationFailure(error)
-        }
     }
 
     /// DEVICE_END: the totals and the SHA-256 of everything applied must match (§5.6).

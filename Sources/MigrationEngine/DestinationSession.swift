@@ -64,6 +64,8 @@ final class DestinationSession {
     private var keepAlive: PeriodicTask?
     private var pipeline: Pipeline?
     private var downtimeMs: Double = 0
+    /// Stream 0's page decoder, with the source's zstd lanes once its HELLO said how many.
+    private var pageDecoder: PageDecoderSlot
 
     init(devices: [DestinationDevice], memory: GuestMemory?, options: ReceiverOptions, events: @escaping EventSink,
          stream: TLSStream, listener: TLSListener?, cancellation: Cancellation) {
@@ -74,6 +76,7 @@ final class DestinationSession {
         reader = FrameReader(stream: stream, peer: .source, limits: options.limits, version: version ?? .v1)
         writer = FrameWriter(stream: stream)
         progress = LockedValue(ApplyProgress(devices: devices.map { DeviceStats(name: $0.name) }))
+        pageDecoder = PageDecoderSlot(limits: options.limits, lanes: 0)
         stream.readTimeoutSeconds = options.peerTimeoutSeconds
         stream.writeTimeoutSeconds = options.peerTimeoutSeconds
     }
@@ -96,8 +99,12 @@ final class DestinationSession {
         let exchange = HelloExchange(names: devices.devices.map(\.name), compatibility: devices.devices.map(\.compatibility), memory: memory)
         // Extra streams arrive on the listener, which only a resumable session watches.
         let maxStreams = listener != nil && options.reconnectTimeoutSeconds > 0 ? options.maxStreams : 1
-        let theirs = try exchange.asDestination(reader: reader, writer: writer, encodings: options.encodings, version: version, maxStreams: maxStreams)
+        let theirs = try exchange.asDestination(reader: reader, writer: writer, encodings: options.encodings, version: version,
+                                                maxStreams: maxStreams, maxLanes: options.maxZstdLanes)
         let streams = Int(theirs.streams?.count ?? 1)
+        let lanes = version >= .v4 ? Int(theirs.streams?.lanes ?? 0) : 0
+        reader.constrainLanes(lanes)
+        pageDecoder = PageDecoderSlot(limits: options.limits, lanes: lanes)
         events(.helloAccepted(devices: devices.devices.map(\.name), memoryBytes: memory?.size ?? 0, security: stream.security, streams: streams))
         if version >= .v2 { try enableResumption(source: theirs, exchange: exchange) }
         keepAlive = startKeepAlive(writer: writer, peerTimeoutSeconds: options.peerTimeoutSeconds)
@@ -114,6 +121,7 @@ final class DestinationSession {
         if let offer = source.streams, offer.count > 1 {
             joins = DestinationStreams(DestinationStreams.Context(
                 routing: StreamRouting(offer), source: source, limits: options.limits, workers: options.workers,
+                pageDecoders: (1..<Int(offer.count)).map { _ in PageDecoderSlot(limits: options.limits, lanes: pageDecoder.lanes) },
                 peerTimeoutSeconds: options.peerTimeoutSeconds, devices: devices.devices, memory: memory, writer: writer,
                 events: events, progress: progress, state: state))
         }
@@ -410,7 +418,7 @@ final class DestinationSession {
 
     private func makePipeline() -> Pipeline {
         ReceivePipeline.make(name: "receive", workers: options.workers, limits: options.limits, devices: devices.devices, memory: memory,
-                             writer: writer, events: events, progress: progress, state: state)
+                             writer: writer, pageDecoder: pageDecoder, events: events, progress: progress, state: state)
     }
 }
 

@@ -24,6 +24,8 @@ final class DestinationStreams: Sendable {
         let source: Hello
         let limits: WireLimits
         let workers: Int
+        /// Per extra stream (index k at k − 1): its page decoder for the whole session.
+        let pageDecoders: [PageDecoderSlot]
         let peerTimeoutSeconds: Double
         let devices: [DestinationDevice]
         let memory: GuestMemory?
@@ -202,6 +204,7 @@ private struct StreamReceiver {
     func run(_ first: [UInt8], isStopped: () -> Bool, ended: () -> Void) throws(MigrationFailure) {
         var decoder = FrameDecoder(joinedStream: index, routing: context.routing, memory: context.source.memory,
                                    encodings: context.source.encodings, limits: context.limits, nextSequence: nextSequence)
+        decoder.laneCount = context.pageDecoders[index - 1].lanes
         if !first.isEmpty { decoder.feed(first) }
         let pipeline = makePipeline()
         do throws(MigrationFailure) {
@@ -262,6 +265,7 @@ private struct StreamReceiver {
     private func makePipeline() -> Pipeline {
         let c = context
         return ReceivePipeline.make(name: "stream-\(index)", workers: max(1, c.workers / c.routing.count), limits: c.limits,
-                                    devices: c.devices, memory: c.memory, writer: c.writer, events: c.events, progress: c.progress, state: c.state)
+                                    devices: c.devices, memory: c.memory, writer: c.writer, pageDecoder: c.pageDecoders[index - 1],
+                                    events: c.events, progress: c.progress, state: c.state)
     }
 }

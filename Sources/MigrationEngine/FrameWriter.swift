@@ -175,6 +175,16 @@ final class FrameWriter: Sendable {
         }
     }
 
+    /// Source, version 4: waits until the frames retained leave room for a lane frame of
+    /// `bytes` (kept as its bytes, §15.4). Device reads' reservations do not count: they
+    /// may be for frames behind this one in the pipeline, which only it lets through.
+    func waitForRetainedRoom(_ bytes: Int) throws(MigrationFailure) {
+        try retention.wait(until: { $0.failure != nil || ($0.window?.window.hasRoom(for: bytes) ?? true) }) {
+            (r: inout Retention, _) throws(MigrationFailure) in
+            if let failure = r.failure { throw failure }
+        }
+    }
+
     /// Source, an extra stream (§14.5): waits until the window has room for one more
     /// frame's bookkeeping (its PAGES keep no bytes, but each is charged its entry), so
     /// what the stream retains stays within its window; throws once the session gave up.

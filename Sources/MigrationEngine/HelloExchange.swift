@@ -22,15 +22,25 @@ struct HelloExchange: Sendable {
     /// Of `encodings` it lists the optional ones (zstd) only if the destination does.
     /// Version 3: it opens `streams` streams, at most what the destination accepts, and
     /// routes pages in blocks of `blockPages` (§14.2). Returns both HELLOs.
+    /// Version 4: it uses up to `lanes` zstd lanes per stream, at most what the
+    /// destination decodes, when both use zstd (§15.2).
     func asSource(reader: FrameReader, writer: FrameWriter, encodings: [Encoding], version: ProtocolVersion = .v1,
-                  streams: Int = 1, blockPages: Int = 1) throws(MigrationFailure) -> (theirs: Hello, mine: Hello) {
+                  streams: Int = 1, blockPages: Int = 1, lanes: Int = 0) throws(MigrationFailure) -> (theirs: Hello, mine: Hello) {
         let theirs = try Self.receiveHello(reader)
-        let usable = encodings.filter { $0 != .zstd || theirs.encodings.contains(.zstd) }
+        var usable = encodings.filter { $0 != .zstd || theirs.encodings.contains(.zstd) }
         var mine = Hello(sessionID: theirs.sessionID, role: .source, encodings: usable, devices: devices, memory: memory)
         mine.version = version.rawValue
         if version >= .v3 {
             let count = max(1, min(streams, Int(theirs.streams?.count ?? 1)))
             mine.streams = StreamOffer(count: UInt16(count), blockPages: UInt32(clamping: max(blockPages, 1)))
+        }
+        if version >= .v4, usable.contains(.zstd), theirs.encodings.contains(.zstdLanes) {
+            let count = max(0, min(lanes, Int(theirs.streams?.lanes ?? 0), Int(StreamOffer.maxLanes)))
+            if count > 0 {
+                usable.append(.zstdLanes)
+                mine.encodings = usable
+                mine.streams?.lanes = UInt16(count)
+            }
         }
         if let reason = Self.mismatch(source: mine, destination: theirs) { throw .incompatible(reason) }
         try writer.send(.hello(mine))
@@ -41,9 +51,10 @@ struct HelloExchange: Sendable {
     /// Destination: speaks first with a fresh session id; returns the source's HELLO once
     /// it is compatible.
     /// Version 3: it accepts up to `maxStreams` streams (§14.2).
+    /// Version 4: it decodes up to `maxLanes` zstd lanes per stream (§15.2).
     func asDestination(reader: FrameReader, writer: FrameWriter, encodings: [Encoding], version: ProtocolVersion = .v1,
-                       maxStreams: Int = 1) throws(MigrationFailure) -> Hello {
-        let mine = destinationHello(encodings: encodings, version: version, maxStreams: maxStreams)
+                       maxStreams: Int = 1, maxLanes: Int = 0) throws(MigrationFailure) -> Hello {
+        let mine = destinationHello(encodings: encodings, version: version, maxStreams: maxStreams, maxLanes: maxLanes)
         try writer.send(.hello(mine))
         let theirs = try Self.receiveHello(reader)
         if let reason = Self.mismatch(source: theirs, destination: mine) { throw .incompatible(reason) }
@@ -54,11 +65,17 @@ struct HelloExchange: Sendable {
 
     /// The destination's HELLO of a `version` session with a fresh session id; an
     /// encoding a later version introduced (zstd) is never listed (§10).
-    func destinationHello(encodings: [Encoding], version: ProtocolVersion, maxStreams: Int = 1) -> Hello {
+    /// Version 4: lanes (and their encoding) only with zstd listed.
+    func destinationHello(encodings: [Encoding], version: ProtocolVersion, maxStreams: Int = 1, maxLanes: Int = 0) -> Hello {
         let sessionID = (0..<16).map { _ in UInt8.random(in: 0...255) }
-        let streams = version >= .v3 ? StreamOffer(count: UInt16(clamping: max(maxStreams, 1)), blockPages: 0) : nil
+        var streams = version >= .v3 ? StreamOffer(count: UInt16(clamping: max(maxStreams, 1)), blockPages: 0) : nil
+        var listed = encodings.filter { $0.introduced <= version && $0 != .zstdLanes }
+        if version >= .v4, listed.contains(.zstd), maxLanes > 0 {
+            streams?.lanes = UInt16(min(maxLanes, Int(StreamOffer.maxLanes)))
+            listed.append(.zstdLanes)
+        }
         return Hello(version: version.rawValue, sessionID: sessionID, role: .destination,
-                     encodings: encodings.filter { $0.introduced <= version }, devices: devices, memory: memory, streams: streams)
+                     encodings: listed, devices: devices, memory: memory, streams: streams)
     }
 
     private static func receiveHello(_ reader: FrameReader) throws(MigrationFailure) -> Hello {
@@ -94,6 +111,9 @@ struct HelloExchange: Sendable {
         }
         if let mine = source.streams, let theirs = destination.streams, mine.count > theirs.count {
             return "the source opens \(mine.count) streams, the destination accepts at most \(theirs.count)"
+        }
+        if let mine = source.streams, mine.lanes > (destination.streams?.lanes ?? 0) {
+            return "the source uses \(mine.lanes) zstd lanes per stream, the destination decodes at most \(destination.streams?.lanes ?? 0)"
         }
         // raw is always permitted, listed or not (§5.1).
         if let e = source.encodings.first(where: { $0 != .raw && !destination.encodings.contains($0) }) {

@@ -10,7 +10,7 @@ enum ReceivePipeline {
     typealias Pipeline = OrderedPipeline<Frame, DecodedFrame, MigrationFailure>
 
     static func make(name: String, workers: Int, limits: WireLimits, devices: [DestinationDevice], memory: GuestMemory?,
-                     writer: FrameWriter, events: @escaping EventSink, progress: LockedValue<ApplyProgress>,
+                     writer: FrameWriter, pageDecoder: PageDecoderSlot, events: @escaping EventSink, progress: LockedValue<ApplyProgress>,
                      state: LockedValue<DestinationSession.State>) -> Pipeline {
         Pipeline(
             name: name, workers: workers, window: workers * 4 + 4,
@@ -20,7 +20,7 @@ enum ReceivePipeline {
                 return { (frame: Frame) throws(MigrationFailure) -> DecodedFrame in try DecodedFrame(frame, decompressor: decompressor) }
             },
             makeConsumer: {
-                let applier = Applier(devices: devices, memory: memory, writer: writer, limits: limits, events: events,
+                let applier = Applier(devices: devices, memory: memory, writer: writer, pageDecoder: pageDecoder, events: events,
                                       progress: progress, state: state)
                 return { (item: DecodedFrame) throws(MigrationFailure) in try applier.apply(item) }
             })

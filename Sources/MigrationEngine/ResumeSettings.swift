@@ -2,13 +2,16 @@ import MigrationTLS
 import MigrationWire
 
 /// The protocol versions a side speaks follow from its reconnect timeout (§13.1: a
-/// side that does not resume neither offers nor selects version 2) and, for version
-/// 3 (§14.1), from whether it wants more than one stream: a side held to one stream
-/// speaks exactly what it spoke before, byte for byte.
+/// side that does not resume neither offers nor selects version 2), for version 3
+/// (§14.1) from whether it wants more than one stream, and for version 4 (§15.1) from
+/// whether it uses zstd: a side held to one stream without zstd speaks exactly what it
+/// spoke before, byte for byte.
 enum ResumeSettings {
-    static func versions(reconnectTimeoutSeconds: Double, streams: Int = 1) -> Set<ProtocolVersion> {
+    static func versions(reconnectTimeoutSeconds: Double, streams: Int = 1, zstdLanes: Bool = false) -> Set<ProtocolVersion> {
         guard reconnectTimeoutSeconds > 0 else { return [.v1] }
-        return streams > 1 ? [.v1, .v2, .v3] : [.v1, .v2]
+        var versions: Set<ProtocolVersion> = streams > 1 ? [.v1, .v2, .v3] : [.v1, .v2]
+        if zstdLanes { versions.insert(.v4) }
+        return versions
     }
 
     /// The version a finished TLS handshake agreed on; a peer that selected an
@@ -29,7 +32,8 @@ enum ResumeSettings {
 extension SenderOptions {
     /// ALPN identifiers the source offers (`TLSConfiguration.applicationProtocols`).
     public var applicationProtocols: [String] {
-        ProtocolVersion.alpnOffer(speaking: ResumeSettings.versions(reconnectTimeoutSeconds: reconnectTimeoutSeconds, streams: streams))
+        ProtocolVersion.alpnOffer(speaking: ResumeSettings.versions(reconnectTimeoutSeconds: reconnectTimeoutSeconds, streams: streams,
+                                                                    zstdLanes: compression.encodings.contains(.zstd)))
     }
 
     /// The smallest `resumeWindowBytes` accepted (the largest frame plus the ACK interval).
@@ -39,6 +43,7 @@ extension SenderOptions {
 extension ReceiverOptions {
     /// ALPN identifiers the destination selects among, most preferred first.
     public var applicationProtocols: [String] {
-        ProtocolVersion.alpnOffer(speaking: ResumeSettings.versions(reconnectTimeoutSeconds: reconnectTimeoutSeconds, streams: maxStreams))
+        ProtocolVersion.alpnOffer(speaking: ResumeSettings.versions(reconnectTimeoutSeconds: reconnectTimeoutSeconds, streams: maxStreams,
+                                                                    zstdLanes: encodings.contains(.zstd) && maxZstdLanes > 0))
     }
 }

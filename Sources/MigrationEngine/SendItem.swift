@@ -10,7 +10,9 @@ enum SendItem: Sendable {
 
     /// The frame for this item, serialised whole on a worker thread with its own
     /// compressor; the writer only numbers it.
-    func encode(compressor: PayloadCompressor, encoding: SendEncoding, memory: GuestMemory?, counters: Counters) throws(MigrationFailure) -> SendOutput {
+    /// `lane`: the worker's zstd lane of this stream (version 4), for pages only.
+    func encode(compressor: PayloadCompressor, encoding: SendEncoding, memory: GuestMemory?, counters: Counters,
+                lane: ZstdLane? = nil) throws(MigrationFailure) -> SendOutput {
         switch self {
         case .chunk(let device, let phase, let part, let bytes):
             guard let length = UInt32(exactly: bytes.count) else {
@@ -21,7 +23,8 @@ enum SendItem: Sendable {
             let body = FrameBody.deviceData(DeviceData(phase: phase, encoding: used, originalLength: length, payload: payload, part: part))
             return SendOutput(frame: try prepare(body, device: device), rawBytes: UInt64(bytes.count), coded: encoded.coded, kind: .deviceData)
         case .pages(let start, let count):
-            return try encodePages(startPFN: start, count: count, compressor: compressor, encoding: encoding, memory: memory!, counters: counters)
+            return try encodePages(startPFN: start, count: count, compressor: compressor, encoding: encoding, memory: memory!,
+                                   counters: counters, lane: lane)
         case .control(let body, let device):
             return SendOutput(frame: try prepare(body, device: device), rawBytes: 0)
         }
@@ -30,23 +33,24 @@ enum SendItem: Sendable {
     /// One PAGES frame built in place, straight from the guest mapping (no copy of
     /// the pages before the frame's own).
     private func encodePages(startPFN start: UInt64, count: Int, compressor: PayloadCompressor, encoding: SendEncoding,
-                             memory: GuestMemory, counters: Counters) throws(MigrationFailure) -> SendOutput {
+                             memory: GuestMemory, counters: Counters, lane: ZstdLane?) throws(MigrationFailure) -> SendOutput {
         let built = try deviceCall(nil) { () throws(DeviceError) in
             try memory.withPages(startPFN: start, count: count) { (pages: RawSpan) throws(MigrationFailure) in
                 try encoding.encodeBatch(compressor) { (choice) throws(WireError) -> PreparedFrame in
                     var frame = PagesFrameBuilder(pageSize: memory.pageSize, pageCount: count)
-                    try compressor.encodePages(startPFN: start, pageSize: memory.pageSize, pages: pages, choice: choice, into: &frame)
+                    try compressor.encodePages(startPFN: start, pageSize: memory.pageSize, pages: pages, choice: choice, into: &frame, lane: lane)
                     return try frame.finish()
                 }
             }
         }
         let encoded = try built.get()
-        var zero: UInt64 = 0
+        var (zero, laned): (UInt64, Bool) = (0, false)
         if case .pages(let p) = encoded.value.body {
             for s in p.segments where s.encoding == .zero { zero += UInt64(s.pageCount) }
+            laned = p.segments.contains { $0.encoding == .zstdLane }
         }
         counters.addPages(UInt64(count), zero: zero)
-        return SendOutput(frame: encoded.value, rawBytes: UInt64(count * memory.pageSize), coded: encoded.coded)
+        return SendOutput(frame: encoded.value, rawBytes: UInt64(count * memory.pageSize), coded: encoded.coded, retainsBytes: laned)
     }
 
     private func prepare(_ body: FrameBody, device: UInt32) throws(MigrationFailure) -> PreparedFrame {
@@ -64,4 +68,6 @@ struct SendOutput: Sendable {
     var coded = false
     /// Device state or pages: DeliveryArms measures each kind apart.
     var kind = DeliveryArms.Kind.pages
+    /// A PAGES frame with a zstd lane segment: the retained window keeps its bytes (§15.4).
+    var retainsBytes = false
 }

@@ -108,9 +108,12 @@ final class SourceSession {
             let reader = FrameReader(stream: stream, peer: .destination, limits: options.limits, version: version)
             let exchange = HelloExchange(names: devices.devices.map(\.name), compatibility: devices.devices.map(\.compatibility), memory: memory)
             // Extra streams are new connections: without a way to open them, one stream.
+            // Version 4: a zstd lane per compressing thread (§15.2), as many as the destination decodes.
             let (theirs, mine) = try exchange.asSource(reader: reader, writer: writer, encodings: options.compression.encodings, version: version,
-                                                       streams: reconnect == nil ? 1 : options.streams, blockPages: options.pagesPerFrame)
+                                                       streams: reconnect == nil ? 1 : options.streams, blockPages: options.pagesPerFrame,
+                                                       lanes: options.workers)
             encoding = SendEncoding(policy: options.compression, destinationAccepts: theirs.encodings, workers: options.workers,
+                                    lanes: mine.encodings.contains(.zstdLanes) ? Int(mine.streams?.lanes ?? 0) : 0,
                                     transport: { [writer] in writer.stream.tcpInfo })
             events(.helloAccepted(devices: devices.devices.map(\.name), memoryBytes: memory?.size ?? 0, security: stream.security,
                                   streams: Int(mine.streams?.count ?? 1)))
@@ -663,17 +666,26 @@ final class SourceSession {
 
     private func makePipeline(writer: FrameWriter, workers: Int, stream: PipelineStream) -> Pipeline {
         let (encoding, memory, counters) = (self.encoding, self.memory, self.counters)
+        // Each worker's index: the first `encoding.lanes` compress into a zstd lane of this stream (§15.3).
+        let nextWorker = LockedValue(0)
         return Pipeline(
             name: "send", workers: workers, window: workers * 4 + 4,
             makeTransform: { () throws(MigrationFailure) -> Pipeline.Transform in
                 let compressor = try encoding.makeCompressor()
+                let lane = try encoding.makeLane(index: nextWorker.withLock { i in defer { i += 1 }; return i })
                 return { (item: SendItem) throws(MigrationFailure) -> SendOutput in
-                    try item.encode(compressor: compressor, encoding: encoding, memory: memory, counters: counters)
+                    try item.encode(compressor: compressor, encoding: encoding, memory: memory, counters: counters, lane: lane)
                 }
             },
             makeInPlaceConsumer: { { (output: inout SendOutput) throws(MigrationFailure) in
                 // The time a write takes (waiting for room included) is the link's drain rate for `auto`.
-                if stream == .extra { try writer.waitForEntryRoom() }
+                // A lane frame is retained as its bytes (§15.4): it waits for that room; an extra
+                // stream's other frames for their entry's.
+                if output.retainsBytes {
+                    try writer.waitForRetainedRoom(output.frame.bytes.count)
+                } else if stream == .extra {
+                    try writer.waitForEntryRoom()
+                }
                 let (before, started, cpu) = (writer.wireBytesSent, ContinuousClock.now, threadCPUTime())
                 try writer.send(prepared: &output.frame)
                 if stream == .first { encoding.adaptive?.recordDrain(bytes: writer.wireBytesSent - before, started: started, ended: .now, cpu: threadCPUTime() - cpu,

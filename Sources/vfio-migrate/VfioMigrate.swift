@@ -208,10 +208,13 @@ struct Receive: ParsableCommand {
     var reconnectTimeout: Double = 30
     @Option(name: .customLong("max-streams"), help: "Most TLS connections a source may open for one session (1-64; 1: one, as before version 3). Extra streams arrive on the listening socket.")
     var maxStreams: Int = StreamCount.defaultMaxStreams
+    @Option(name: .customLong("max-zstd-lanes"), help: "Most zstd lanes per stream a source may use (0-16, default 4; protocol version 4): one zstd stream per source compressing thread, each decoded here with a window of up to 16 MiB. 0: no lanes (version 3 or 2).")
+    var maxZstdLanes: Int = ReceiverOptions().maxZstdLanes
 
     func validate() throws {
         try ArgumentCheck.seconds(acceptTimeout, "--accept-timeout")
         try ArgumentCheck.count(maxStreams, "--max-streams", in: 1...StreamCount.limit)
+        try ArgumentCheck.count(maxZstdLanes, "--max-zstd-lanes", in: 0...16)
         try ArgumentCheck.seconds(peerTimeout, "--peer-timeout")
         try ArgumentCheck.count(workers, "--workers", in: 1...1024)
         try ArgumentCheck.seconds(reconnectTimeout, "--reconnect-timeout", allowZero: true)
@@ -261,6 +264,9 @@ struct Receive: ParsableCommand {
         var options = ReceiverOptions()
         options.reconnectTimeoutSeconds = reconnectTimeout
         options.maxStreams = maxStreams
+        options.maxZstdLanes = maxZstdLanes
+        // Before the ALPN offer: without zstd this side speaks no version 4 (§15.1).
+        if noZstd { options.encodings = [.raw, .deflate] }
         var tlsConfiguration = tls.configuration()
         tlsConfiguration.applicationProtocols = options.applicationProtocols
         let context = try TLSContext(configuration: tlsConfiguration, role: .server)
@@ -274,7 +280,6 @@ struct Receive: ParsableCommand {
         options.peerTimeoutSeconds = peerTimeout
         options.guestControl = control?.guestControl
         if let workers { options.workers = workers }
-        if noZstd { options.encodings = [.raw, .deflate] }
         let receiver = Receiver(devices: opened.destinationDevices, memory: memory, options: options, events: events)
         let listener = try makeListener(context: context)
         if let portFile, case .tcp(_, let port) = listener.boundEndpoint {

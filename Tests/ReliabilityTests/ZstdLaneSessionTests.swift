@@ -1,0 +1,85 @@
+import Foundation
+import MigrationEngine
+import MigrationWire
+import SyncPrimitives
+import Testing
+import TestSupport
+
+/// Version 4 (docs/PROTOCOL.md §15): zstd lanes, negotiated by sides that resume and
+/// use zstd, continue across a resume because lane frames are replayed byte for byte.
+@Suite(.serialized) struct ZstdLaneSessions {
+    static func senderOptions(streams: Int = 1) -> SenderOptions {
+        var o = ResumeRig.senderOptions()
+        o.compression = .zstd(level: 3)
+        o.streams = streams
+        return o
+    }
+
+    /// §15.1: who offers and selects version 4.
+    @Test func versionFourIsOfferedBySidesThatResumeAndUseZstd() {
+        #expect(Self.senderOptions().applicationProtocols == ["vfio-migrate/4", "vfio-migrate/2"])
+        #expect(Self.senderOptions(streams: 4).applicationProtocols == ["vfio-migrate/4", "vfio-migrate/3", "vfio-migrate/2"])
+        var zlib = Self.senderOptions()
+        zlib.compression = .zlib(level: 1)
+        #expect(zlib.applicationProtocols == ["vfio-migrate/2"], "no zstd: as before")
+        var auto = Self.senderOptions()
+        auto.compression = .auto
+        #expect(auto.applicationProtocols.first == "vfio-migrate/4")
+        var receiver = ResumeRig.receiverOptions()
+        receiver.maxStreams = 1
+        #expect(receiver.applicationProtocols == ["vfio-migrate/4", "vfio-migrate/2"])
+        receiver.maxZstdLanes = 0
+        #expect(receiver.applicationProtocols == ["vfio-migrate/2"])
+        receiver.maxZstdLanes = 4
+        receiver.encodings = [.raw, .deflate]
+        #expect(receiver.applicationProtocols == ["vfio-migrate/2"], "--no-zstd: no lanes")
+    }
+
+    /// The same guest with lanes and without (a destination that decodes none): both
+    /// byte-exact, and the lanes' history makes fewer bytes on the wire.
+    @Test func lanesMigrateByteExactInFewerBytes() throws {
+        var wire: [UInt64] = []
+        for lanes in [4, 0] {
+            let pair = try SimPair(memoryPages: 1024)
+            var receiver = ResumeRig.receiverOptions()
+            receiver.maxZstdLanes = lanes
+            let run = try ResumeRig.migrate(pair, options: Self.senderOptions(), receiverOptions: receiver)
+            try Guarantee.migrated(run.outcome, pair)
+            wire.append(try run.outcome.source.get().wireBytes)
+        }
+        #expect(wire[0] < wire[1], "with lanes \(wire[0]) B, without \(wire[1]) B")
+    }
+
+    /// §15.4: a cut while lane frames are unacknowledged (inside the device data, inside
+    /// the pages, after a pass): the source replays them byte for byte, the destination's
+    /// lanes continue with them, and the guest arrives byte-exact.
+    @Test(arguments: [64 << 10, 400 << 10, 900 << 10])
+    func aCutResumesTheLanes(cutAfterRawBytes: Int) throws {
+        let pair = try SimPair(memoryPages: 1024, dirtyPagesPerStep: 24)
+        let sims = pair.sourceSims
+        let run = try ResumeRig.migrate(pair, options: Self.senderOptions(), cutFirstAfterRawBytes: cutAfterRawBytes,
+                                        senderEvents: { event, _ in
+                                            // Pages dirtied after the first pass go again, on the lanes too.
+                                            if case .iterationEnd(iteration: 0, _, _, _, _) = event { for d in sims { d.workloadStep() } }
+                                        })
+        try Guarantee.migrated(run.outcome, pair)
+        #expect(run.events.source.contains("resumed") && run.events.destination.contains("resumed"), "\(run.events)")
+        #expect(run.proxy.cuts >= 1)
+    }
+
+    /// Several streams, each with its own lanes: a cut of stream 0 resumes every stream,
+    /// and each extra stream's lanes continue with its replay.
+    @Test func lanesOnSeveralStreamsSurviveACut() throws {
+        let pair = try SimPair(memoryPages: 1024, dirtyPagesPerStep: 24)
+        var options = Self.senderOptions(streams: 2)
+        options.downtimeTargetMs = 0.001
+        options.maxIterations = 3
+        let cut = LockedValue(false)
+        let run = try ResumeRig.migrate(pair, options: options, senderEvents: { event, proxy in
+            guard case .iterationEnd(1, _, _, _, _) = event, cut.withLock({ c in defer { c = true }; return !c }) else { return }
+            proxy.cut()
+        })
+        try Guarantee.migrated(run.outcome, pair)
+        #expect(run.events.source.contains("resumed"), "\(run.events)")
+    }
+}
