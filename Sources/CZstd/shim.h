@@ -1,7 +1,12 @@
 #ifndef VFIO_MIGRATE_CZSTD_SHIM_H
 #define VFIO_MIGRATE_CZSTD_SHIM_H
 #include <zstd.h>
+#include <zstd_errors.h>
 // ZSTD_CONTENTSIZE_UNKNOWN/ERROR are casts Swift cannot import as constants.
 static const unsigned long long CZSTD_CONTENTSIZE_UNKNOWN = ZSTD_CONTENTSIZE_UNKNOWN;
 static const unsigned long long CZSTD_CONTENTSIZE_ERROR = ZSTD_CONTENTSIZE_ERROR;
+// ZSTD_paramSwitch_e (ZSTD_ps_enable/disable) is in zstd.h's static-linking-only part;
+// ZSTD_c_enableLongDistanceMatching takes these values.
+static const int CZSTD_PS_ENABLE = 1;
+static const int CZSTD_PS_DISABLE = 2;
 #endif

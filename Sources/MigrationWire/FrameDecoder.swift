@@ -38,6 +38,7 @@ public struct FrameDecoder: Sendable {
     private var announcedMemory: [MemoryRange] = []
     private var memoryIsSet = false
     private var announcedDeviceCount: Int?
+    private var announcedLaneCount: Int?
     private var peerEncodings: Set<Encoding> = [.raw]
     private var endedDevices: Set<UInt32> = []
     private var stopCopyDevices: Set<UInt32> = []
@@ -78,10 +79,12 @@ public struct FrameDecoder: Sendable {
     /// last STREAM_END. Its numbering starts at 0; it has no HELLO of its own.
     /// After a resume (§14.5) the stream's numbering goes on at `nextSequence`, the
     /// position the destination reported for it.
+    /// Version 4: `version` is the session's, and the engine sets `laneCount`.
     public init(joinedStream index: Int, routing: StreamRouting, memory: [MemoryRange], encodings: [Encoding],
-                limits: WireLimits = .default, nextSequence: UInt64 = 0) {
+                limits: WireLimits = .default, nextSequence: UInt64 = 0, version: ProtocolVersion = .v3) {
         precondition(index >= 1 && index < routing.count, "an extra stream's index is 1..<count")
-        self.init(peer: .source, limits: limits, version: .v3)
+        precondition(version >= .v3, "extra streams are version 3 and later")
+        self.init(peer: .source, limits: limits, version: version)
         streamIndex = index
         expectedSequence = nextSequence
         self.routing = routing
@@ -96,6 +99,14 @@ public struct FrameDecoder: Sendable {
     public var memory: [MemoryRange] {
         get { announcedMemory }
         set { announcedMemory = newValue; memoryIsSet = true }
+    }
+
+    /// Version 4 (§15): the source's zstd lanes per stream; a lane segment must name a
+    /// lane below it. Decoding the source's HELLO sets this unless the caller set it
+    /// first (an extra stream has no HELLO: the engine sets it).
+    public var laneCount: Int {
+        get { announcedLaneCount ?? 0 }
+        set { announcedLaneCount = newValue }
     }
 
     /// Number of devices announced in HELLO; device indices are checked against it.
@@ -367,6 +378,7 @@ public struct FrameDecoder: Sendable {
             guard hello.role == peer else { throw .unexpectedRole(expected: peer, got: hello.role) }
             if !memoryIsSet { announcedMemory = hello.memory; memoryIsSet = true }
             if announcedDeviceCount == nil { announcedDeviceCount = hello.devices.count }
+            if peer == .source, announcedLaneCount == nil { announcedLaneCount = Int(hello.streams?.lanes ?? 0) }
             peerEncodings = Set(hello.encodings).union([.raw])
             // Version 3: the source's stream count and block decide which pages stream 0 may carry.
             if peer == .source, version >= .v3, let offer = hello.streams, offer.count > 1 { routing = StreamRouting(offer) }
@@ -387,6 +399,9 @@ public struct FrameDecoder: Sendable {
             for segment in pages.segments {
                 if let needed = segment.encoding.announcedAs, !peerEncodings.contains(needed) {
                     throw .encodingNotAnnounced(frame: .pages, encoding: "\(needed)")
+                }
+                if segment.encoding == .zstdLane, Int(segment.lane) >= laneCount {
+                    throw .laneOutOfRange(frame: .pages, lane: segment.lane, lanes: laneCount)
                 }
                 try checkInsideMemory(.pages, start: segment.startPFN, count: UInt64(segment.pageCount), pageSize: UInt64(pages.pageSize))
                 if let routing, let pfn = routing.firstForeignPFN(stream: streamIndex, start: segment.startPFN, pages: UInt64(segment.pageCount)) {

@@ -101,9 +101,11 @@ public struct PreparedFrame: Sendable {
     /// Header, then payload.
     public fileprivate(set) var bytes: [UInt8]
 
-    /// The bytes a retained window keeps: PAGES and KEEPALIVE are rebuilt on replay, so only their header.
+    /// The bytes a retained window keeps: PAGES and KEEPALIVE are rebuilt on replay, so only their header;
+    /// but PAGES with zstd lane segments are replayed byte for byte (`RetainedWindow.record`), so whole.
     public var retainedBytes: [UInt8] {
         switch body {
+        case .pages(let p) where p.hasLaneSegments: bytes
         case .pages, .keepAlive: Array(bytes[0..<FrameHeader.size])
         default: bytes
         }
@@ -142,8 +144,9 @@ public struct PagesFrameBuilder {
         w.u32(0)  // segment count, patched by `finish`
     }
 
-    public mutating func append(startPFN: UInt64, pageCount: UInt32, encoding: PageEncoding, payload: [UInt8]) {
-        segmentHeader(startPFN: startPFN, pageCount: pageCount, encoding: encoding, length: payload.count)
+    /// `lane`: a `zstdLane` segment's lane (§15); 0 for every other encoding.
+    public mutating func append(startPFN: UInt64, pageCount: UInt32, encoding: PageEncoding, payload: [UInt8], lane: UInt8 = 0) {
+        segmentHeader(startPFN: startPFN, pageCount: pageCount, encoding: encoding, length: payload.count, lane: lane)
         w.append(payload)
     }
 
@@ -153,9 +156,9 @@ public struct PagesFrameBuilder {
         w.append(pages)
     }
 
-    private mutating func segmentHeader(startPFN: UInt64, pageCount: UInt32, encoding: PageEncoding, length: Int) {
-        segments.append(PageSegment(startPFN: startPFN, pageCount: pageCount, encoding: encoding, payload: []))
-        w.u64(startPFN); w.u32(pageCount); w.u8(encoding.rawValue); w.zeros(3)
+    private mutating func segmentHeader(startPFN: UInt64, pageCount: UInt32, encoding: PageEncoding, length: Int, lane: UInt8 = 0) {
+        segments.append(PageSegment(startPFN: startPFN, pageCount: pageCount, encoding: encoding, payload: [], lane: lane))
+        w.u64(startPFN); w.u32(pageCount); w.u8(encoding.rawValue); w.u8(lane); w.zeros(2)
         w.u32(UInt32(length))
     }
 

@@ -84,6 +84,7 @@ extension DeviceData {
         guard let phase = Phase(rawValue: rawPhase) else { throw .invalidValue(frame: .deviceData, field: "phase", value: UInt64(rawPhase)) }
         let rawEncoding = try r.u8("encoding")
         guard let encoding = Encoding(rawValue: rawEncoding) else { throw .unknownEncoding(frame: .deviceData, value: rawEncoding) }
+        guard encoding != .zstdLanes else { throw DeviceData.lanesRefused }
         let rawPart = try r.u8("part")
         try r.reserved(1, "reserved")
         let original = try r.u32("original length")
@@ -93,7 +94,7 @@ extension DeviceData {
             guard r.remaining == Int(original) else {
                 throw .payloadSizeMismatch(frame: .deviceData, field: "raw data", expected: Int(original), actual: r.remaining)
             }
-        case .deflate, .zstd:
+        case .deflate, .zstd, .zstdLanes:
             guard Int(original) <= limits.maxInflated else {
                 throw .inflatedTooLarge(frame: .deviceData, declared: Int(original), limit: limits.maxInflated)
             }
@@ -101,6 +102,10 @@ extension DeviceData {
         let data = try r.slice(r.remaining, "data")
         return DeviceData(phase: phase, encoding: encoding, originalLength: original, payload: data, part: part)
     }
+
+    /// zstd lanes carry PAGES segments only (§15): DEVICE_DATA with encoding 3 is refused.
+    static let lanesRefused = WireError.invalidValue(frame: .deviceData, field: "encoding (3, zstd lanes, is for PAGES segments only)",
+                                                      value: UInt64(Encoding.zstdLanes.rawValue))
 
     /// A piece carries at least one byte, and a first piece less than its chunk
     /// (a chunk that fits one frame is sent whole): one encoding per chunk size.
@@ -161,18 +166,22 @@ extension DirtyBitmap {
 }
 
 /// PAGES: 0 u32 page size, 4 u32 segment count N, 8 N × segment.
-/// Segment: 0 u64 start PFN, 8 u32 page count, 12 u8 encoding (0 zero, 1 raw, 2 deflate, 3 zstd),
-/// 13 [3] reserved, 16 u32 payload length, 20 payload.
+/// Segment: 0 u64 start PFN, 8 u32 page count, 12 u8 encoding (0 zero, 1 raw, 2 deflate, 3 zstd,
+/// 4 zstd lane), 13 u8 lane (encoding 4; reserved otherwise), 14 [2] reserved, 16 u32 payload length, 20 payload.
 extension PageSegment {
     static let headerSize = 20
 }
 
 extension Pages {
+    /// Whether a segment continues a zstd lane (§15): such a frame is replayed as its bytes.
+    public var hasLaneSegments: Bool { segments.contains { $0.encoding == .zstdLane } }
+
     func write(to w: inout ByteWriter) {
         w.u32(pageSize)
         w.u32(UInt32(segments.count))
         for s in segments {
-            w.u64(s.startPFN); w.u32(s.pageCount); w.u8(s.encoding.rawValue); w.zeros(3)
+            // The lane is written as given, so a test can build the hostile frame with one on another encoding.
+            w.u64(s.startPFN); w.u32(s.pageCount); w.u8(s.encoding.rawValue); w.u8(s.lane); w.zeros(2)
             w.u32(UInt32(s.payload.count)); w.append(s.payload)
         }
     }
@@ -192,10 +201,13 @@ extension Pages {
             let start = try r.u64("segment start PFN")
             let pages = try r.u32("segment page count")
             let rawEncoding = try r.u8("segment encoding")
-            try r.reserved(3, "segment reserved")
+            let lane = try r.u8("segment lane")
+            try r.reserved(2, "segment reserved")
             let length = Int(try r.u32("segment payload length"))
             guard pages > 0 else { throw .invalidValue(frame: .pages, field: "segment page count", value: 0) }
             guard let encoding = PageEncoding(rawValue: rawEncoding) else { throw .unknownEncoding(frame: .pages, value: rawEncoding) }
+            // Byte 13 is reserved for every encoding but the lane's (reported as it was before version 4).
+            guard encoding == .zstdLane || lane == 0 else { throw .invalidValue(frame: .pages, field: "segment reserved", value: UInt64(lane)) }
             totalPFNs += UInt64(pages)  // ≤ 2^32 segments × 2^32 pages: cannot overflow
             guard totalPFNs <= limits.maxPFNsPerFrame else { throw .tooManyPFNs(frame: .pages, count: totalPFNs, limit: limits.maxPFNsPerFrame) }
             guard !start.addingReportingOverflow(UInt64(pages)).overflow else {
@@ -209,13 +221,13 @@ extension Pages {
                 guard UInt64(length) == decodedSize else {
                     throw .payloadSizeMismatch(frame: .pages, field: "raw segment payload", expected: Int(clamping: decodedSize), actual: length)
                 }
-            case .deflate, .zstd:
+            case .deflate, .zstd, .zstdLane:
                 guard decodedSize <= UInt64(limits.maxInflated) else {
                     throw .inflatedTooLarge(frame: .pages, declared: Int(clamping: decodedSize), limit: limits.maxInflated)
                 }
             }
             let payload = try r.slice(length, "segment payload")
-            segments.append(PageSegment(startPFN: start, pageCount: pages, encoding: encoding, payload: payload))
+            segments.append(PageSegment(startPFN: start, pageCount: pages, encoding: encoding, payload: payload, lane: lane))
         }
         try r.expectEnd()
         return Pages(pageSize: pageSize, segments: segments)

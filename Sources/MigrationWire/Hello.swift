@@ -9,7 +9,7 @@
 ///     ..  u16  D = number of devices, then D × { u16 name length, name (UTF-8),
 ///              u32 page size, u16 compatibility length, compatibility (UTF-8) }
 ///     ..  u32  R = number of memory ranges, then R × { u64 start PFN, u64 page count, u32 page size }
-///     ..  version 3 only: u16 streams, u16 reserved, u32 block pages (§14.2)
+///     ..  version 3 and later: u16 streams, u16 lanes (version 4; reserved in 3), u32 block pages (§14.2)
 ///
 /// The first 10 bytes (magic, version) keep this layout in every future version
 /// so that any peer can tell which version it is talking to.
@@ -42,7 +42,7 @@ extension Hello {
         }
         // Written whenever set, so a test can build the hostile version-2 HELLO that carries it.
         if let streams {
-            w.u16(streams.count); w.u16(0); w.u32(streams.blockPages)
+            w.u16(streams.count); w.u16(streams.lanes); w.u32(streams.blockPages)
         }
     }
 
@@ -97,19 +97,22 @@ extension Hello {
             memory.append(MemoryRange(startPFN: start, pageCount: count, pageSize: pageSize))
         }
         // Before version 3 the tail is trailing bytes, as a peer built from the older text sees it.
-        let streams = expected >= .v3 ? try parseStreams(&r, role: role) : nil
+        let streams = expected >= .v3 ? try parseStreams(&r, role: role, version: expected) : nil
         try r.expectEnd()
         return Hello(version: version, sessionID: sessionID, role: role, encodings: encodings, devices: devices, memory: memory, streams: streams)
     }
 
     /// §14.2: at least one stream; a destination's block is 0, a source's at least 1.
-    static func parseStreams(_ r: inout ByteReader, role: Role) throws(WireError) -> StreamOffer {
+    /// Version 4 (§15): the reserved u16 is the lanes per stream, at most `StreamOffer.maxLanes`.
+    static func parseStreams(_ r: inout ByteReader, role: Role, version: ProtocolVersion) throws(WireError) -> StreamOffer {
         let count = try r.u16("stream count")
-        try r.reserved(2, "reserved")
+        var lanes: UInt16 = 0
+        if version >= .v4 { lanes = try r.u16("stream lanes") } else { try r.reserved(2, "reserved") }
         let block = try r.u32("stream block pages")
         guard count >= 1 else { throw .invalidValue(frame: .hello, field: "stream count", value: 0) }
         guard (role == .destination) == (block == 0) else { throw .invalidValue(frame: .hello, field: "stream block pages", value: UInt64(block)) }
-        return StreamOffer(count: count, blockPages: block)
+        guard lanes <= StreamOffer.maxLanes else { throw .invalidValue(frame: .hello, field: "stream lanes", value: UInt64(lanes)) }
+        return StreamOffer(count: count, blockPages: block, lanes: lanes)
     }
 }
 

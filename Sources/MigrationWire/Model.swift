@@ -17,15 +17,24 @@ public struct WireLimits: Sendable, Equatable {
 public enum Role: UInt8, Sendable { case source = 1, destination = 2 }
 public enum Phase: UInt8, Sendable { case precopy = 0, stopcopy = 1 }
 /// Payload encodings. `raw` and `deflate` (zlib raw deflate) are mandatory;
-/// `zstd` is used only when both HELLOs list it (PROTOCOL.md §9).
+/// `zstd` is used only when both HELLOs list it (PROTOCOL.md §9). `zstdLanes`
+/// (version 4, §15) permits PAGES segments that continue a zstd stream per lane;
+/// DEVICE_DATA never uses it.
 public enum Encoding: UInt8, Sendable, CaseIterable {
-    case raw = 0, deflate = 1, zstd = 2
+    case raw = 0, deflate = 1, zstd = 2, zstdLanes = 3
 
     /// The protocol version that defines the encoding: a HELLO of an older version
     /// never lists it (§10), so a version-1 peer never meets zstd.
-    public var introduced: ProtocolVersion { self == .zstd ? .v2 : .v1 }
+    public var introduced: ProtocolVersion {
+        switch self {
+        case .raw, .deflate: .v1
+        case .zstd: .v2
+        case .zstdLanes: .v4
+        }
+    }
 }
-public enum PageEncoding: UInt8, Sendable { case zero = 0, raw = 1, deflate = 2, zstd = 3 }
+/// `zstdLane`: the segment's payload is the next bytes of its lane's zstd stream (§15).
+public enum PageEncoding: UInt8, Sendable { case zero = 0, raw = 1, deflate = 2, zstd = 3, zstdLane = 4 }
 
 extension PageEncoding {
     /// The HELLO encoding a segment of this kind needs announced (nil: always permitted).
@@ -34,6 +43,7 @@ extension PageEncoding {
         case .zero, .raw: nil
         case .deflate: .deflate
         case .zstd: .zstd
+        case .zstdLane: .zstdLanes
         }
     }
 }
@@ -78,10 +88,17 @@ public struct Hello: Sendable, Equatable {
 /// The HELLO tail of version 3 (§14.2). Destination: `count` is the most streams
 /// it accepts, `blockPages` 0. Source: the streams it opens (1…the destination's
 /// count) and the block size of the page routing (`StreamRouting`), ≥ 1.
+/// Version 4 adds `lanes` (0 in version 3, where the field is reserved): the
+/// destination's most zstd lanes per stream it decodes (0: none), the source's
+/// lanes per stream; both at most `maxLanes`.
 public struct StreamOffer: Sendable, Equatable {
     public var count: UInt16
     public var blockPages: UInt32
-    public init(count: UInt16, blockPages: UInt32) { self.count = count; self.blockPages = blockPages }
+    public var lanes: UInt16
+    public static let maxLanes: UInt16 = 16
+    public init(count: UInt16, blockPages: UInt32, lanes: UInt16 = 0) {
+        self.count = count; self.blockPages = blockPages; self.lanes = lanes
+    }
 }
 
 /// Where a DEVICE_DATA frame's bytes sit in the device's chunk (a chunk larger
@@ -131,18 +148,20 @@ public struct DirtyBitmap: Sendable, Equatable {
 }
 
 /// A run of consecutive pages sharing one encoding. zero: empty payload;
-/// raw: pageCount*pageSize bytes; deflate: inflates to pageCount*pageSize bytes.
+/// raw: pageCount*pageSize bytes; deflate, zstd, zstdLane: decode to pageCount*pageSize bytes.
 public struct PageSegment: Sendable, Equatable {
     public var startPFN: UInt64
     public var pageCount: UInt32
     public var encoding: PageEncoding
     /// A decoded frame's payload is a view of the receive buffer (no copy).
     public var payload: ArraySlice<UInt8>
-    public init(startPFN: UInt64, pageCount: UInt32, encoding: PageEncoding, payload: ArraySlice<UInt8>) {
-        self.startPFN = startPFN; self.pageCount = pageCount; self.encoding = encoding; self.payload = payload
+    /// The zstd lane of a `zstdLane` segment (§15); 0 for every other encoding.
+    public var lane: UInt8
+    public init(startPFN: UInt64, pageCount: UInt32, encoding: PageEncoding, payload: ArraySlice<UInt8>, lane: UInt8 = 0) {
+        self.startPFN = startPFN; self.pageCount = pageCount; self.encoding = encoding; self.payload = payload; self.lane = lane
     }
-    public init(startPFN: UInt64, pageCount: UInt32, encoding: PageEncoding, payload: [UInt8]) {
-        self.init(startPFN: startPFN, pageCount: pageCount, encoding: encoding, payload: payload[...])
+    public init(startPFN: UInt64, pageCount: UInt32, encoding: PageEncoding, payload: [UInt8], lane: UInt8 = 0) {
+        self.init(startPFN: startPFN, pageCount: pageCount, encoding: encoding, payload: payload[...], lane: lane)
     }
 }
 

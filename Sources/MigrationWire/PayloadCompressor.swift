@@ -193,18 +193,23 @@ public final class PayloadCompressor {
     /// deflate at all, and the rest are deflated in runs of their own — which
     /// on that corpus is 4 % smaller than deflating 1 MiB chunks whole, since
     /// deflate spends nothing on random pages.
-    public func encodePages(startPFN: UInt64, pageSize: Int, bytes: [UInt8], choice: CodecChoice? = nil) throws(WireError) -> [PageSegment] {
+    ///
+    /// With a `lane`, data runs of a zstd batch continue that lane's stream (§15):
+    /// segments of encoding `zstdLane`, never sent raw instead (their bytes are in the
+    /// lane's history already; zstd stores incompressible blocks raw by itself).
+    public func encodePages(startPFN: UInt64, pageSize: Int, bytes: [UInt8], choice: CodecChoice? = nil,
+                            lane: ZstdLane? = nil) throws(WireError) -> [PageSegment] {
         let pages = bytes.span.bytes
         var segments: [PageSegment] = []
         for run in try runs(pageSize: pageSize, pages: pages, choice: choice) {
             let pfn = startPFN + UInt64(run.pages.lowerBound)
             let count = UInt32(run.pages.count)
             let range = (run.pages.lowerBound * pageSize)..<(run.pages.upperBound * pageSize)
-            switch try encode(run.kind, pages.extracting(range), pageCount: run.pages.count, choice: choice) {
+            switch try encode(run.kind, pages.extracting(range), pageCount: run.pages.count, choice: choice, lane: lane) {
             case nil: segments.append(PageSegment(startPFN: pfn, pageCount: count, encoding: .zero, payload: []))
             case .raw: segments.append(PageSegment(startPFN: pfn, pageCount: count, encoding: .raw, payload: Array(bytes[range])))
-            case .compressed(let encoding, let payload):
-                segments.append(PageSegment(startPFN: pfn, pageCount: count, encoding: PageEncoding(encoding), payload: payload))
+            case .encoded(let encoding, let laneIndex, let payload):
+                segments.append(PageSegment(startPFN: pfn, pageCount: count, encoding: encoding, payload: payload, lane: laneIndex))
             }
         }
         return segments
@@ -214,22 +219,29 @@ public final class PayloadCompressor {
     /// the guest mapping, written into a PAGES frame built in place: a raw page is
     /// copied once, into the frame; a compressed run is compressed from the mapping.
     public func encodePages(startPFN: UInt64, pageSize: Int, pages: RawSpan, choice: CodecChoice? = nil,
-                            into frame: inout PagesFrameBuilder) throws(WireError) {
+                            into frame: inout PagesFrameBuilder, lane: ZstdLane? = nil) throws(WireError) {
         for run in try runs(pageSize: pageSize, pages: pages, choice: choice) {
             let pfn = startPFN + UInt64(run.pages.lowerBound)
             let count = UInt32(run.pages.count)
             let bytes = pages.extracting((run.pages.lowerBound * pageSize)..<(run.pages.upperBound * pageSize))
-            switch try encode(run.kind, bytes, pageCount: run.pages.count, choice: choice) {
+            switch try encode(run.kind, bytes, pageCount: run.pages.count, choice: choice, lane: lane) {
             case nil: frame.append(startPFN: pfn, pageCount: count, encoding: .zero, payload: [])
             case .raw: frame.appendRaw(startPFN: pfn, pageCount: count, pages: bytes)
-            case .compressed(let encoding, let payload):
-                frame.append(startPFN: pfn, pageCount: count, encoding: PageEncoding(encoding), payload: payload)
+            case .encoded(let encoding, let laneIndex, let payload):
+                frame.append(startPFN: pfn, pageCount: count, encoding: encoding, payload: payload, lane: laneIndex)
             }
         }
     }
 
+    /// What a run of pages became: raw (copied where it goes) or a segment payload.
+    private enum SegmentPayload {
+        case raw
+        case encoded(PageEncoding, lane: UInt8, [UInt8])
+    }
+
     /// One run of pages of one class; nil for a zero run (no payload).
-    private func encode(_ kind: PageClass, _ run: RawSpan, pageCount: Int, choice: CodecChoice?) throws(WireError) -> Encoded? {
+    private func encode(_ kind: PageClass, _ run: RawSpan, pageCount: Int, choice: CodecChoice?,
+                        lane: ZstdLane?) throws(WireError) -> SegmentPayload? {
         switch kind {
         case .zero: return nil
         case .random:
@@ -245,8 +257,27 @@ public final class PayloadCompressor {
                 counters.codecBytesOut += run.byteCount
             }
             return .raw
-        case .data: return try encode(run, probe: false, choice: choice)
+        case .data:
+            if let lane, case .zstd(let level)? = try codec(for: choice) { return try encodeLane(run, level: level, lane: lane) }
+            switch try encode(run, probe: false, choice: choice) {
+            case .raw: return .raw
+            case .compressed(let encoding, let payload): return .encoded(PageEncoding(encoding), lane: 0, payload)
+            }
         }
+    }
+
+    /// A data run as the next segment of `lane`, counted as a zstd compression.
+    private func encodeLane(_ run: RawSpan, level: Int, lane: ZstdLane) throws(WireError) -> SegmentPayload {
+        counters.buffers += 1
+        counters.fullDeflates += 1
+        let started = clock.now
+        let payload = try lane.encoder.compress(run, level: level)
+        counters.codecTime += clock.now - started
+        counters.bytesIn += run.byteCount
+        counters.bytesOut += payload.count
+        counters.codecBytesIn += run.byteCount
+        counters.codecBytesOut += payload.count
+        return .encoded(.zstdLane, lane: lane.index, payload)
     }
 
     /// The pages cut into runs of one class, each within the segment bounds.
@@ -360,20 +391,31 @@ extension PageEncoding {
         case .raw: self = .raw
         case .deflate: self = .deflate
         case .zstd: self = .zstd
+        case .zstdLanes: self = .zstdLane
         }
     }
 }
 
-/// Decodes payloads back, checking declared lengths against limits.
+/// Decodes payloads back, checking declared lengths against limits. One per
+/// applier (per stream): it holds that stream's zstd lanes (§15), each decoder made
+/// when its lane is first used.
 public final class PayloadDecompressor {
     public let limits: WireLimits
+    /// The source's lanes per stream: a lane segment must name one below it.
+    public let lanes: Int
     private let inflater: FastInflater
     private let zstd: ZstdDecompressor
+    private var laneDecoders: [ZstdLaneDecoder?]
 
-    public init(limits: WireLimits = .default) throws(WireError) {
+    public init(limits: WireLimits = .default, lanes: Int = 0) throws(WireError) {
+        guard (0...Int(StreamOffer.maxLanes)).contains(lanes) else {
+            throw WireError.invalidValue(frame: .hello, field: "stream lanes", value: UInt64(clamping: lanes))
+        }
         self.limits = limits
+        self.lanes = lanes
         inflater = try FastInflater()
         zstd = try ZstdDecompressor()
+        laneDecoders = Array(repeating: nil, count: lanes)
     }
 
     public func decode(_ data: DeviceData) throws(WireError) -> [UInt8] {
@@ -388,6 +430,8 @@ public final class PayloadDecompressor {
             return try inflater.inflate(data.payload, expectedLength: declared, limit: limits.maxInflated, frame: .deviceData)
         case .zstd:
             return try zstd.decompress(data.payload, expectedLength: declared, limit: limits.maxInflated, frame: .deviceData)
+        case .zstdLanes:
+            throw DeviceData.lanesRefused
         }
     }
 
@@ -437,7 +481,18 @@ public final class PayloadDecompressor {
             try inflater.inflate(segment.payload, into: &pages, frame: .pages)
         case .zstd:
             try zstd.decompress(segment.payload, into: &pages, frame: .pages)
+        case .zstdLane:
+            try laneDecoder(segment.lane).decode(segment.payload, into: &pages, frame: .pages)
         }
+    }
+
+    private func laneDecoder(_ lane: UInt8) throws(WireError) -> ZstdLaneDecoder {
+        let index = Int(lane)
+        guard index < lanes else { throw WireError.laneOutOfRange(frame: .pages, lane: lane, lanes: lanes) }
+        if let decoder = laneDecoders[index] { return decoder }
+        let decoder = try ZstdLaneDecoder()
+        laneDecoders[index] = decoder
+        return decoder
     }
 }
 

@@ -9,8 +9,10 @@ public enum ProtocolVersion: UInt16, Sendable, Comparable, CaseIterable, CustomS
     case v1 = 1
     case v2 = 2
     case v3 = 3
+    /// Version 3 plus zstd lanes (§15): a PAGES segment may continue a zstd stream per (stream, lane).
+    case v4 = 4
 
-    public static let latest: ProtocolVersion = .v3
+    public static let latest: ProtocolVersion = .v4
 
     /// The ALPN protocol identifier a TLS endpoint offers (source) or selects (destination).
     public var alpnIdentifier: String { "vfio-migrate/\(rawValue)" }

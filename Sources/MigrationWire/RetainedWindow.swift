@@ -7,6 +7,9 @@
 /// byte for byte (a driver hands its data out once); PAGES keep only their page
 /// runs (the pages are read again) and KEEPALIVE nothing. Those two are charged their
 /// bookkeeping (`entryCost`, `pageRunCost`), so a window of them is bounded too.
+/// A PAGES frame with a zstd lane segment (§15) is kept as its bytes, charged their
+/// size: its segments continue the lane's stream as the destination decoded it up to
+/// there, which pages compressed again would not.
 public struct RetainedWindow: Sendable {
     /// Bytes of retained frames the window may hold (the reference: 64 MiB).
     public let capacity: Int
@@ -80,6 +83,7 @@ public struct RetainedWindow: Sendable {
         precondition(encoded.count >= FrameHeader.size && loadLE64(encoded, at: 16) == nextSequence,
                      "frames are recorded in the order they are numbered")
         let entry: Entry = switch body {
+        case .pages(let p) where p.hasLaneSegments: .bytes(encoded, device: nil, dataBytes: 0)
         case .pages(let p): .pages(pageSize: p.pageSize, runs: p.segments.map { PageRun(startPFN: $0.startPFN, pageCount: $0.pageCount) })
         case .keepAlive: .keepAlive
         case .deviceData(let d): .bytes(encoded, device: device, dataBytes: UInt64(d.originalLength))

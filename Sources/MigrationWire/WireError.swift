@@ -100,6 +100,12 @@ public enum WireError: Error, Sendable, Equatable, CustomStringConvertible {
     case corruptZstdFrame(frame: FrameType?, detail: String)
     /// A zstd frame whose header has no content size (nil) or another one than the declared length.
     case zstdContentSize(frame: FrameType?, declared: Int, inFrame: UInt64?)
+    /// Version 4 (§15): a zstd lane segment naming a lane at or above the lanes per
+    /// stream the source announced (or the decoder has).
+    case laneOutOfRange(frame: FrameType, lane: UInt8, lanes: Int)
+    /// A zstd lane segment whose payload does not decode to exactly its pages: the
+    /// input ran out first, input was left over, or more output was pending.
+    case zstdLaneLengthMismatch(frame: FrameType?, declared: Int, detail: String)
     /// A local codec call failed (not the peer's data): nothing may be sent for it.
     case compressionFailed(library: String, operation: String, detail: String)
     case invalidCompressionPolicy(String)
@@ -225,6 +231,10 @@ public enum WireError: Error, Sendable, Equatable, CustomStringConvertible {
         case .zstdContentSize(let f, let declared, let found):
             return "zstd frame\(inFrame(f)) " + (found.map { "header says \($0) bytes of content; the payload declares \(declared)" }
                 ?? "has no content size in its header (required; the payload declares \(declared) bytes)")
+        case .laneOutOfRange(let f, let lane, let lanes):
+            return "\(f) segment uses zstd lane \(lane), but the source has \(lanes) lane(s) per stream" + (lanes == 0 ? " (none announced)" : "")
+        case .zstdLaneLengthMismatch(let f, let declared, let detail):
+            return "zstd lane segment\(inFrame(f)) does not decode to exactly its \(declared) bytes: \(detail)"
         case .compressionFailed(let library, let op, let detail):
             return "\(library) \(op) failed: \(detail)"
         case .invalidCompressionPolicy(let text):

@@ -22,6 +22,8 @@ import Glibc
         var joined = false
         /// Version 3: the session's streams, whose positions ACKs carry.
         var streams = 1
+        /// Version 4: zstd lanes per stream (each case decodes them with fresh lane decoders).
+        var lanes = 0
 
         func decoder(limits: WireLimits) -> FrameDecoder {
             guard joined else {
@@ -29,7 +31,10 @@ import Glibc
                 decoder.sessionStreams = streams
                 return decoder
             }
-            return FrameDecoder(joinedStream: 1, routing: testRouting, memory: FrameGenerator.joinedMemory, encodings: [.raw, .deflate, .zstd], limits: limits)
+            var decoder = FrameDecoder(joinedStream: 1, routing: testRouting, memory: FrameGenerator.joinedMemory,
+                                       encodings: [.raw, .deflate, .zstd, .zstdLanes], limits: limits, version: max(version, .v3))
+            decoder.laneCount = lanes
+            return decoder
         }
     }
 
@@ -70,6 +75,19 @@ import Glibc
             let t = gen.destinationSession(version: .v3, streams: i + 2)
             corpus.append(Entry(bytes: t.bytes, offsets: t.offsets, peer: .destination, version: .v3, streams: i + 2))
         }
+        // Version 4: zstd pages as lane segments (§15) on stream 0 and an extra stream, at three levels.
+        var laneFrames = 0
+        for i in 0..<3 {
+            let lanes = try (0..<(i + 1)).map { ZstdLane(index: UInt8($0), encoder: try ZstdLaneEncoder()) }
+            let level = try PayloadCompressor(policy: .zstd(level: [1, 3, -2][i]), zstdAccepted: true)
+            let s = try gen.sourceSession(compressor: level, version: .v4, lanes: lanes)
+            corpus.append(Entry(bytes: s.bytes, offsets: s.offsets, peer: .source, version: .v4, lanes: lanes.count))
+            let joinedLanes = try (0..<2).map { ZstdLane(index: UInt8($0), encoder: try ZstdLaneEncoder()) }
+            let j = try gen.joinedStreamSession(compressor: level, lanes: joinedLanes)
+            corpus.append(Entry(bytes: j.bytes, offsets: j.offsets, peer: .source, version: .v4, joined: true, lanes: 2))
+            laneFrames += (s.frames + j.frames).filter { if case .pages(let p) = $0.body { p.hasLaneSegments } else { false } }.count
+        }
+        #expect(laneFrames > 0, "the corpus has lane segments")
 
         var rng = SeededRNG(seed: seed ^ 0xFFFF)
         let decompressor = try PayloadDecompressor()
@@ -86,6 +104,8 @@ import Glibc
             let limits = rng.chance(0.2) ? WireLimits(maxPayload: 4096, maxInflated: 4096, maxDevices: 2, maxPFNsPerFrame: 64) : .default
             var decoder = entry.decoder(limits: limits)
             let inflateLimits = limits
+            // A lane's decoder follows one stream from its start: a fresh one per case.
+            let payloads = entry.lanes > 0 ? try PayloadDecompressor(limits: limits, lanes: entry.lanes) : decompressor
             // Half the cases arrive as the receiver reads them: straight into the
             // decoder's buffer, as much as the pending header or frame still needs.
             let viaFill = rng.chance(0.5)
@@ -104,7 +124,7 @@ import Glibc
                     }
                     while let message = try decoder.nextMessage() {
                         framesSeen += 1
-                        if case .frame(let frame) = message { try exercisePayloads(frame, decompressor: decompressor, limits: inflateLimits) }
+                        if case .frame(let frame) = message { try exercisePayloads(frame, decompressor: payloads, limits: inflateLimits) }
                     }
                 }
                 try decoder.finish()
@@ -213,6 +233,11 @@ import Glibc
             #expect(out.count == Int(d.originalLength))
         case .pages(let p):
             for s in p.segments {
+                // A lane segment decodes once: it moves its lane's stream on.
+                guard s.encoding != .zstdLane else {
+                    #expect(try decompressor.decode(s, pageSize: Int(p.pageSize)).count == Int(s.pageCount) * Int(p.pageSize))
+                    continue
+                }
                 let out = try decompressor.decode(s, pageSize: Int(p.pageSize))
                 #expect(out.count == Int(s.pageCount) * Int(p.pageSize))
                 // The receiver's way: straight into (here: a copy of) the pages.

@@ -102,7 +102,7 @@ struct FrameGenerator {
             let payload: [UInt8] = switch encoding {
             case .zero: []
             case .raw: rng.bytes(count * pageSize)
-            case .deflate, .zstd: rng.bytes(int(1...200))
+            case .deflate, .zstd, .zstdLane: rng.bytes(int(1...200))
             }
             segments.append(PageSegment(startPFN: pfn, pageCount: UInt32(count), encoding: encoding, payload: payload))
             pfn += UInt64(count) + UInt64(int(0...3))
@@ -113,7 +113,10 @@ struct FrameGenerator {
 
     /// A complete, valid source stream: HELLO, iterations, stop-and-copy, DEVICE_END, COMPLETE, COMMIT.
     /// Small page sizes keep it fast; `compressor` (if any) produces real payloads.
-    mutating func sourceSession(compressor: PayloadCompressor? = nil, version: ProtocolVersion = .v1) throws -> StreamBuilder {
+    /// Version 4 with `lanes`: the HELLO lists zstd lanes and their count, and the
+    /// compressor's zstd pages continue a lane picked at random (§15).
+    mutating func sourceSession(compressor: PayloadCompressor? = nil, version: ProtocolVersion = .v1,
+                                lanes: [ZstdLane] = []) throws -> StreamBuilder {
         let pageSize = 512
         let memory = [MemoryRange(startPFN: 0, pageCount: 256, pageSize: UInt32(pageSize)),
                       MemoryRange(startPFN: 256, pageCount: 64, pageSize: UInt32(pageSize)),  // adjacent: spans may cross
@@ -122,7 +125,8 @@ struct FrameGenerator {
         // A zstd compressor's payloads need zstd in the HELLO (generated pages may use it
         // too), and zstd needs version 2 (PROTOCOL.md §10).
         let zstd = version >= .v2
-        var s = StreamBuilder.source(devices: devices, memory: memory, encodings: zstd ? [.raw, .deflate, .zstd] : [.raw, .deflate], version: version)
+        let encodings: [Encoding] = !zstd ? [.raw, .deflate] : lanes.isEmpty ? [.raw, .deflate, .zstd] : [.raw, .deflate, .zstd, .zstdLanes]
+        var s = StreamBuilder.source(devices: devices, memory: memory, encodings: encodings, version: version, lanes: UInt16(lanes.count))
         for iteration in 0..<int(0...3) {
             for _ in 0..<int(1...6) {
                 switch int(0...4) {
@@ -137,7 +141,8 @@ struct FrameGenerator {
                     let start = UInt64([0, 200, 4096][int(0...2)])
                     if let compressor {
                         let bytes = mixedPages(pages: int(1...24), pageSize: pageSize, rng: &rng)
-                        s.add(.pages(Pages(pageSize: UInt32(pageSize), segments: try compressor.encodePages(startPFN: start, pageSize: pageSize, bytes: bytes))))
+                        let lane = lanes.isEmpty ? nil : lanes[int(0...(lanes.count - 1))]
+                        s.add(.pages(Pages(pageSize: UInt32(pageSize), segments: try compressor.encodePages(startPFN: start, pageSize: pageSize, bytes: bytes, lane: lane))))
                     } else {
                         s.add(.pages(pages(start: start, span: 24, pageSize: pageSize, zstd: zstd)))
                     }
@@ -162,14 +167,15 @@ struct FrameGenerator {
     static let joinedMemory = [MemoryRange(startPFN: 512, pageCount: 64, pageSize: 512)]
 
     /// Version 3: extra stream 1 (`testRouting`): PAGES of PFNs it owns, KEEPALIVE, then STREAM_END.
-    mutating func joinedStreamSession(compressor: PayloadCompressor? = nil) throws -> StreamBuilder {
+    mutating func joinedStreamSession(compressor: PayloadCompressor? = nil, lanes: [ZstdLane] = []) throws -> StreamBuilder {
         var s = StreamBuilder()
         for _ in 0..<int(1...6) {
             if rng.chance(0.25) { s.add(.keepAlive); continue }
             let start = UInt64(512 + int(0...8))
             if let compressor {
                 let bytes = mixedPages(pages: int(1...24), pageSize: 512, rng: &rng)
-                s.add(.pages(Pages(pageSize: 512, segments: try compressor.encodePages(startPFN: start, pageSize: 512, bytes: bytes))))
+                let lane = lanes.isEmpty ? nil : lanes[int(0...(lanes.count - 1))]
+                s.add(.pages(Pages(pageSize: 512, segments: try compressor.encodePages(startPFN: start, pageSize: 512, bytes: bytes, lane: lane))))
             } else {
                 s.add(.pages(pages(start: start, span: 24, pageSize: 512)))
             }

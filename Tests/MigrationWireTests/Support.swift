@@ -28,9 +28,10 @@ let testMemory = [
 /// 512..<1024, 1536..<2048, …); the destination accepts 8.
 let testRouting = StreamRouting(count: 2, blockPages: 512)
 
+/// `lanes`: version 4's zstd lanes per stream (§15) in the stream tail.
 func testHello(role: Role = .source, devices: Int = 2, memory: [MemoryRange] = testMemory,
-               encodings: [Encoding] = [.raw, .deflate], version: ProtocolVersion = .v1) -> Hello {
-    let streams = version < .v3 ? nil : role == .source ? StreamOffer(count: 2, blockPages: 512) : StreamOffer(count: 8, blockPages: 0)
+               encodings: [Encoding] = [.raw, .deflate], version: ProtocolVersion = .v1, lanes: UInt16 = 0) -> Hello {
+    let streams = version < .v3 ? nil : role == .source ? StreamOffer(count: 2, blockPages: 512, lanes: lanes) : StreamOffer(count: 8, blockPages: 0, lanes: lanes)
     return Hello(version: version.rawValue, sessionID: testSessionID, role: role, encodings: encodings,
                  devices: (0..<devices).map { DeviceDescriptor(name: "dev\($0)", pageSize: 4096, compatibility: "vendor:model:rev\($0)") },
                  memory: memory, streams: streams)
@@ -45,9 +46,9 @@ struct StreamBuilder {
     var offsets: [Int] = []
 
     static func source(devices: Int = 2, memory: [MemoryRange] = testMemory, encodings: [Encoding] = [.raw, .deflate],
-                       version: ProtocolVersion = .v1) -> StreamBuilder {
+                       version: ProtocolVersion = .v1, lanes: UInt16 = 0) -> StreamBuilder {
         var s = StreamBuilder()
-        s.add(.hello(testHello(role: .source, devices: devices, memory: memory, encodings: encodings, version: version)))
+        s.add(.hello(testHello(role: .source, devices: devices, memory: memory, encodings: encodings, version: version, lanes: lanes)))
         return s
     }
 
