@@ -203,7 +203,8 @@ private struct StreamReceiver {
     /// A lost connection drains the pipeline first: what was decoded is applied (§14.5).
     func run(_ first: [UInt8], isStopped: () -> Bool, ended: () -> Void) throws(MigrationFailure) {
         var decoder = FrameDecoder(joinedStream: index, routing: context.routing, memory: context.source.memory,
-                                   encodings: context.source.encodings, limits: context.limits, nextSequence: nextSequence)
+                                   encodings: context.source.encodings, limits: context.limits, nextSequence: nextSequence,
+                                   version: ProtocolVersion(rawValue: context.source.version) ?? .v3)
         decoder.laneCount = context.pageDecoders[index - 1].lanes
         if !first.isEmpty { decoder.feed(first) }
         let pipeline = makePipeline()

@@ -21,9 +21,8 @@ final class PageDecoderSlot: @unchecked Sendable {  // owns the decoder's C stat
     /// `segment` decoded straight into `pages` (PayloadDecompressor's rules).
     func decode(_ segment: PageSegment, pageSize: Int, into pages: inout MutableSpan<UInt8>) throws(WireError) {
         try lock.withLock { () throws(WireError) in
-            let decoder = try self.decoder ?? PayloadDecompressor(limits: limits, lanes: lanes)
-            self.decoder = decoder
-            try decoder.decode(segment, pageSize: pageSize, into: &pages)
+            if decoder == nil { decoder = try PayloadDecompressor(limits: limits, lanes: lanes) }
+            try decoder!.decode(segment, pageSize: pageSize, into: &pages)
         }
     }
 }

@@ -1,6 +1,7 @@
 import Foundation
 import MigrationTLS
 import MigrationWire
+import SyncPrimitives
 import VFIODevice
 
 /// One migration from the source's side, as an explicit state machine:

@@ -133,13 +133,15 @@ final class SourceStreams {
         let stream: TLSStream
         do { stream = try connect() } catch { throw .tls(error) }
         do throws(MigrationFailure) {
-            guard stream.applicationProtocol == ProtocolVersion.v3.alpnIdentifier else {
-                throw .incompatible("stream \(index): the destination did not select protocol version 3 on the extra connection")
+            // Version 3, or 4 (§15.1: the session's version, selected from the same offer).
+            guard let version = ProtocolVersion.negotiated(alpn: stream.applicationProtocol, offered: options.applicationProtocols),
+                  version >= .v3 else {
+                throw .incompatible("stream \(index): the destination did not select protocol version 3 or later on the extra connection")
             }
             guard stream.peerName == credentials.peerName else {
                 throw .incompatible("stream \(index): the destination presented \(stream.peerName), the session's is \(credentials.peerName)")
             }
-            var handshake = ResumeHandshakeReader(stream: stream, peer: .destination, credentials: credentials, limits: options.limits, version: .v3)
+            var handshake = ResumeHandshakeReader(stream: stream, peer: .destination, credentials: credentials, limits: options.limits, version: version)
             let theirs = try expectResume(&handshake, index: index)
             guard try credentials.verifies(theirs, on: stream) else {
                 handshake.refuse(.badProof, "source: the destination's proof does not match this session's secret")

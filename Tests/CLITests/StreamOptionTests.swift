@@ -15,6 +15,7 @@ import Testing
         (send + ["--streams", "65"], "--streams 65: expected 1...64"),
         (receive + ["--max-streams", "0"], "--max-streams 0: expected 1...64"),
         (receive + ["--max-streams", "many"], "--max-streams"),
+        (receive + ["--max-zstd-lanes", "17"], "--max-zstd-lanes 17: expected 0...16"),
     ])
     func badValueIsAUsageErrorNamingTheOption(arguments: [String], text: String) {
         ArgumentValidation().badValueIsAUsageErrorNamingTheOption(arguments: arguments, text: text)
@@ -25,15 +26,19 @@ import Testing
         // By default as many streams as the cores pay for (§14.5: resumable with any number).
         #expect(defaults.streams == StreamCount.forThroughput(cores: ProcessInfo.processInfo.activeProcessorCount))
         if ProcessInfo.processInfo.activeProcessorCount <= 4 {
-            #expect(defaults.streams == 1 && defaults.applicationProtocols == ["vfio-migrate/2"], "one stream up to 4 cores")
+            // `auto` compresses with zstd: version 4 (zstd lanes) first, then version 2 (§15.1).
+            #expect(defaults.streams == 1 && defaults.applicationProtocols == ["vfio-migrate/4", "vfio-migrate/2"], "one stream up to 4 cores")
         }
         let four = try #require(try VfioMigrate.parseAsRoot(Self.send + ["--streams", "4"]) as? Send).tuning.options()
-        #expect(four.streams == 4 && four.applicationProtocols == ["vfio-migrate/3", "vfio-migrate/2"])
-        let one = try #require(try VfioMigrate.parseAsRoot(Self.send + ["--streams", "1"]) as? Send).tuning.options()
-        #expect(one.applicationProtocols == ["vfio-migrate/2"], "one stream: exactly version 2 as before")
+        #expect(four.streams == 4 && four.applicationProtocols == ["vfio-migrate/4", "vfio-migrate/3", "vfio-migrate/2"])
+        let one = try #require(try VfioMigrate.parseAsRoot(Self.send + ["--streams", "1", "--compress", "zlib:1"]) as? Send).tuning.options()
+        #expect(one.applicationProtocols == ["vfio-migrate/2"], "one stream without zstd: exactly version 2 as before")
         let receive = try #require(try VfioMigrate.parseAsRoot(Self.receive + ["--max-streams", "3"]) as? Receive)
         #expect(receive.maxStreams == 3)
         let receiveDefault = try #require(try VfioMigrate.parseAsRoot(Self.receive) as? Receive)
         #expect(receiveDefault.maxStreams == StreamCount.defaultMaxStreams)
+        #expect(receiveDefault.maxZstdLanes == 4)
+        let noLanes = try #require(try VfioMigrate.parseAsRoot(Self.receive + ["--max-zstd-lanes", "0"]) as? Receive)
+        #expect(noLanes.maxZstdLanes == 0)
     }
 }
