@@ -32,7 +32,34 @@ import Testing
             ("device-data-next", FrameEncoder.serialize(.deviceData(DeviceData(phase: .stopcopy, encoding: .raw, originalLength: 2,
                                                                                  payload: Array("..".utf8), part: .next)), device: 0, sequence: 8)),
             ("commit", FrameEncoder.serialize(.commit, device: 0, sequence: 9)),
-        ] + versionTwoExamples() + versionThreeExamples()
+        ] + versionTwoExamples() + versionThreeExamples() + versionFourExamples()
+    }
+
+    /// §15.6: a lane segment's payload, the first of its lane: a zstd frame header (no
+    /// content size, window 2^24) and an RLE block of 4096 × `ab` that is not the last
+    /// one (the frame stays open for the lane's next segment). Hand-built, so the bytes
+    /// do not depend on libzstd's version.
+    static let lanePayload: [UInt8] = [0x28, 0xb5, 0x2f, 0xfd, 0x00, 0x70, 0x02, 0x80, 0x00, 0xab]
+
+    /// §15.6: the destination HELLO of §11 in version 4 (S = 8, L = 4, zstd and zstd
+    /// lanes listed) and a PAGES frame with one lane segment on lane 1.
+    static func versionFourExamples() -> [(id: String, bytes: [UInt8])] {
+        let hello = Hello(version: 4, sessionID: Array(UInt8(0x00)...0x0f), role: .destination, encodings: [.raw, .deflate, .zstd, .zstdLanes],
+                          devices: [DeviceDescriptor(name: "gpu0", pageSize: 4096, compatibility: "10de:1eb8/v2")],
+                          memory: [MemoryRange(startPFN: 0, pageCount: 0x40000, pageSize: 4096)],
+                          streams: StreamOffer(count: 8, blockPages: 0, lanes: 4))
+        let pages = Pages(pageSize: 4096, segments: [PageSegment(startPFN: 0x102, pageCount: 1, encoding: .zstdLane, payload: lanePayload, lane: 1)])
+        return [
+            ("hello-v4", FrameEncoder.serialize(.hello(hello), device: 0, sequence: 0)),
+            ("pages-lane", FrameEncoder.serialize(.pages(pages), device: 0, sequence: 5)),
+        ]
+    }
+
+    /// The lane example decodes to its page on lane 1 of a two-lane stream.
+    @Test func theLaneExampleDecodesToItsPage() throws {
+        let decoder = try PayloadDecompressor(lanes: 2)
+        let segment = PageSegment(startPFN: 0x102, pageCount: 1, encoding: .zstdLane, payload: Self.lanePayload, lane: 1)
+        #expect(try decoder.decode(segment, pageSize: 4096) == [UInt8](repeating: 0xab, count: 4096))
     }
 
     /// §13.11. The position is shared by ACK and RESUME_ACCEPT.
