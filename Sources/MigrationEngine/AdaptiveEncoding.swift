@@ -288,10 +288,19 @@ struct SendEncoding: Sendable {
         do throws(WireError) { return try PayloadCompressor(policy: policy, zstdAccepted: zstdAccepted) } catch { throw MigrationFailure(error) }
     }
 
-    /// The zstd lane of a stream's worker `index` (one per thread, for the session), nil
-    /// past the lanes settled on: that worker's zstd segments are frames of their own.
-    func makeLane(index: Int) throws(MigrationFailure) -> ZstdLane? {
-        guard index < lanes, let number = UInt8(exactly: index) else { return nil }
+    /// Lanes a session's streams use together at most: a lane's context holds a 16 MiB
+    /// window and long-distance match tables (about 22 MiB each, measured), so with
+    /// several streams the first ones take the lanes and the others compress each
+    /// segment alone: the source's memory stays bounded whatever the streams.
+    static let maxLanesPerSession = 4
+
+    /// The lanes stream `stream` uses: the settled number, within the session's total.
+    func lanes(stream: Int) -> Int { max(0, min(lanes, Self.maxLanesPerSession - stream * lanes)) }
+
+    /// The zstd lane of stream `stream`'s worker `index` (one per thread, for the session),
+    /// nil past the stream's lanes: that worker's zstd segments are frames of their own.
+    func makeLane(index: Int, stream: Int) throws(MigrationFailure) -> ZstdLane? {
+        guard index < lanes(stream: stream), let number = UInt8(exactly: index) else { return nil }
         do throws(WireError) { return ZstdLane(index: number, encoder: try ZstdLaneEncoder()) } catch { throw MigrationFailure(error) }
     }
 

@@ -191,10 +191,10 @@ final class SourceSession {
         try devices.startSaving()
         let loggingSince = ContinuousClock.now
         let perStream = max(1, options.workers / ((streams?.extras.count ?? 0) + 1))
-        let pipeline = makePipeline(writer: writer, workers: streams == nil ? options.workers : perStream, stream: .first)
+        let pipeline = makePipeline(writer: writer, workers: streams == nil ? options.workers : perStream, stream: .first, index: 0)
         self.pipeline = pipeline
         // Only stream 0's writer feeds `auto`'s drain measurement (it has one consumer).
-        extraPipelines = streams?.extras.map { makePipeline(writer: $0.writer, workers: perStream, stream: .extra) } ?? []
+        extraPipelines = streams?.extras.map { makePipeline(writer: $0.writer, workers: perStream, stream: .extra, index: $0.index) } ?? []
         // A destination that aborts (or vanishes) while this thread waits for room in a
         // full pipeline must not have to wait for our blocked writer to time out.
         let all = [pipeline] + extraPipelines
@@ -665,7 +665,7 @@ final class SourceSession {
     /// (§14.5; stream 0's PAGES need none, §13.3: device reads reserve it ahead of them).
     private enum PipelineStream { case first, extra }
 
-    private func makePipeline(writer: FrameWriter, workers: Int, stream: PipelineStream) -> Pipeline {
+    private func makePipeline(writer: FrameWriter, workers: Int, stream: PipelineStream, index streamIndex: Int) -> Pipeline {
         let (encoding, memory, counters) = (self.encoding, self.memory, self.counters)
         // Each worker's index: the first `encoding.lanes` compress into a zstd lane of this stream (§15.3).
         let nextWorker = LockedValue(0)
@@ -673,7 +673,7 @@ final class SourceSession {
             name: "send", workers: workers, window: workers * 4 + 4,
             makeTransform: { () throws(MigrationFailure) -> Pipeline.Transform in
                 let compressor = try encoding.makeCompressor()
-                let lane = try encoding.makeLane(index: nextWorker.withLock { i in defer { i += 1 }; return i })
+                let lane = try encoding.makeLane(index: nextWorker.withLock { i in defer { i += 1 }; return i }, stream: streamIndex)
                 return { (item: SendItem) throws(MigrationFailure) -> SendOutput in
                     try item.encode(compressor: compressor, encoding: encoding, memory: memory, counters: counters, lane: lane)
                 }
