@@ -105,7 +105,8 @@ final class DestinationSession {
         let lanes = version >= .v4 ? Int(theirs.streams?.lanes ?? 0) : 0
         reader.constrainLanes(lanes)
         pageDecoder = PageDecoderSlot(limits: options.limits, lanes: lanes)
-        events(.helloAccepted(devices: devices.devices.map(\.name), memoryBytes: memory?.size ?? 0, security: stream.security, streams: streams))
+        events(.helloAccepted(devices: devices.devices.map(\.name), memoryBytes: memory?.size ?? 0, security: stream.security,
+                              streams: streams, zstdLanes: lanes))
         if version >= .v2 { try enableResumption(source: theirs, exchange: exchange) }
         keepAlive = startKeepAlive(writer: writer, peerTimeoutSeconds: options.peerTimeoutSeconds)
     }

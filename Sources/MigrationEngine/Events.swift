@@ -7,7 +7,7 @@ public enum MigrationEvent: Sendable {
     /// HELLO exchanged and compatible; `security` carries what deserves a warning
     /// (development certificates, a certificate that expires soon); `streams` is the
     /// TLS streams the session uses (PROTOCOL.md §14; 1 before version 3).
-    case helloAccepted(devices: [String], memoryBytes: UInt64, security: SessionSecurity, streams: Int)
+    case helloAccepted(devices: [String], memoryBytes: UInt64, security: SessionSecurity, streams: Int, zstdLanes: Int = 0)
     case phase(MigrationPhase)
     case progress(Progress)
     /// One pre-copy iteration done: what is left, and the convergence model's figures
@@ -83,8 +83,8 @@ public typealias EventSink = @Sendable (MigrationEvent) -> Void
 func logEvent(_ event: MigrationEvent, to logger: Logger) {
     switch event {
     case .phase(let p): logger.info("phase \(p)")
-    case .helloAccepted(let d, let m, let security, let streams):
-        logger.info("HELLO accepted", metadata: ["devices": "\(d)", "memory_bytes": "\(m)", "streams": "\(streams)"])
+    case .helloAccepted(let d, let m, let security, let streams, let lanes):
+        logger.info("HELLO accepted", metadata: ["devices": "\(d)", "memory_bytes": "\(m)", "streams": "\(streams)", "zstd_lanes": "\(lanes)"])
         // notice, not warning: the CLI prints these itself (at start, and in the hello event).
         for warning in security.warnings() { logger.notice("\(warning)") }
     case .iterationEnd(let i, let p, let d, let e, let c):

@@ -117,7 +117,7 @@ final class SourceSession {
                                     lanes: mine.encodings.contains(.zstdLanes) ? Int(mine.streams?.lanes ?? 0) : 0,
                                     transport: { [writer] in writer.stream.tcpInfo })
             events(.helloAccepted(devices: devices.devices.map(\.name), memoryBytes: memory?.size ?? 0, security: stream.security,
-                                  streams: Int(mine.streams?.count ?? 1)))
+                                  streams: Int(mine.streams?.count ?? 1), zstdLanes: encoding.lanes))
             // Resumption first: the extra streams retain (and may be lost) from their first frame on.
             let credentials = try enableResumption(version, sessionID: theirs.sessionID)
             streams = try openStreams(mine, credentials: credentials)

@@ -54,9 +54,9 @@ final class EventPrinter: @unchecked Sendable {  // mutable display state only u
     private func emitHuman(_ event: MigrationEvent) {
         switch event {
         case .connected(let peer): line("\(side): connected to \(peer)")
-        case .helloAccepted(let devices, let mem, let security, let streams):
+        case .helloAccepted(let devices, let mem, let security, let streams, let lanes):
             line("\(side): HELLO accepted: \(devices.count) device(s) [\(devices.joined(separator: ", "))], guest memory \(formatBytes(mem))"
-                 + (streams > 1 ? ", \(streams) TLS streams" : ""))
+                 + (streams > 1 ? ", \(streams) TLS streams" : "") + (lanes > 0 ? ", \(lanes) zstd lanes per stream" : ""))
             // This host's own warnings were printed at start; the peer's are news.
             let peerOnly = SessionSecurity(peerCertificateNotAfter: security.peerCertificateNotAfter)
             for warning in peerOnly.warnings() { line("\(side): warning: \(warning)") }
@@ -191,8 +191,9 @@ enum EventFields {
         var o: [String: Any] = ["side": side]
         switch event {
         case .connected(let peer): o["event"] = EventName.connected.rawValue; o["peer"] = peer
-        case .helloAccepted(let d, let m, let security, let streams):
+        case .helloAccepted(let d, let m, let security, let streams, let lanes):
             o["event"] = EventName.hello.rawValue; o["devices"] = d; o["memory_bytes"] = m; o["streams"] = streams
+            o["zstd_lanes"] = lanes
             o["development_certificates"] = security.developmentCertificates
             if let t = security.ownCertificateNotAfter { o["certificate_not_after"] = rfc3339(t) }
             if let t = security.peerCertificateNotAfter { o["peer_certificate_not_after"] = rfc3339(t) }

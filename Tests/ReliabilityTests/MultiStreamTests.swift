@@ -55,7 +55,7 @@ struct MultiStreamTests {
         let reported = LockedValue<(source: Int?, destination: Int?)>((nil, nil))
         let names = LockedValue<(source: [String], destination: [String])>(([], []))
         let receiver = Receiver(devices: pair.destination, memory: pair.destinationMemory, options: receiverOptions, events: { e in
-            if case .helloAccepted(_, _, _, let n) = e { reported.withLock { $0.destination = n } }
+            if case .helloAccepted(_, _, _, let n, _) = e { reported.withLock { $0.destination = n } }
             names.withLock { $0.destination.append(name(e)) }
             receiverEvents?(e)
         })
@@ -63,7 +63,7 @@ struct MultiStreamTests {
             try receiver.run(stream: try listener.accept(timeoutSeconds: 30), listener: listener)
         }
         let sender = Sender(devices: pair.source, memory: pair.sourceMemory, options: options, events: { e in
-            if case .helloAccepted(_, _, _, let n) = e { reported.withLock { $0.source = n } }
+            if case .helloAccepted(_, _, _, let n, _) = e { reported.withLock { $0.source = n } }
             names.withLock { $0.source.append(name(e)) }
             senderEvents?(e, link)
         })

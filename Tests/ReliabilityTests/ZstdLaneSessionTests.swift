@@ -43,9 +43,15 @@ import TestSupport
             let pair = try SimPair(memoryPages: 1024)
             var receiver = ResumeRig.receiverOptions()
             receiver.maxZstdLanes = lanes
-            let run = try ResumeRig.migrate(pair, options: Self.senderOptions(), receiverOptions: receiver)
+            // The hello event names the lanes the session uses: the source's 2 workers, or none.
+            let reported = LockedValue<[Int]>([])
+            let report: @Sendable (MigrationEvent, ReconnectProxy) -> Void = { e, _ in
+                if case .helloAccepted(_, _, _, _, let n) = e { reported.withLock { $0.append(n) } }
+            }
+            let run = try ResumeRig.migrate(pair, options: Self.senderOptions(), receiverOptions: receiver, senderEvents: report, receiverEvents: report)
             try Guarantee.migrated(run.outcome, pair)
             wire.append(try run.outcome.source.get().wireBytes)
+            #expect(reported.current == [min(lanes, 2), min(lanes, 2)], "lanes \(lanes): \(reported.current)")
         }
         #expect(wire[0] < wire[1], "with lanes \(wire[0]) B, without \(wire[1]) B")
     }
