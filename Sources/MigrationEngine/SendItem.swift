@@ -37,7 +37,8 @@ enum SendItem: Sendable {
         let built = try deviceCall(nil) { () throws(DeviceError) in
             try memory.withPages(startPFN: start, count: count) { (pages: RawSpan) throws(MigrationFailure) in
                 try encoding.encodeBatch(compressor) { (choice) throws(WireError) -> PreparedFrame in
-                    var frame = PagesFrameBuilder(pageSize: memory.pageSize, pageCount: count)
+                    // Raw pages stay in the mapping: the writer sends them from there.
+                    var frame = PagesFrameBuilder(pageSize: memory.pageSize, pageCount: count, borrowingRawPages: true)
                     try compressor.encodePages(startPFN: start, pageSize: memory.pageSize, pages: pages, choice: choice, into: &frame, lane: lane)
                     return try frame.finish()
                 }

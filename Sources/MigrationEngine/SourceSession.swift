@@ -688,7 +688,7 @@ final class SourceSession {
                     try writer.waitForEntryRoom()
                 }
                 let (before, started, cpu) = (writer.wireBytesSent, ContinuousClock.now, threadCPUTime())
-                try writer.send(prepared: &output.frame)
+                try writer.send(prepared: &output.frame, memory: memory)
                 if stream == .first { encoding.adaptive?.recordDrain(bytes: writer.wireBytesSent - before, started: started, ended: .now, cpu: threadCPUTime() - cpu,
                                                input: output.rawBytes, coded: output.coded, kind: output.kind) }
                 counters.addWritten(output.rawBytes)

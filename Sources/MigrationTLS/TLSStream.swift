@@ -194,16 +194,30 @@ public final class TLSStream: Sendable {
 
     /// Writes all of `bytes` or throws.
     public func write(_ bytes: [UInt8]) throws(TLSError) {
-        guard !bytes.isEmpty else { return }
+        try write(bytes.span.bytes, flush: true)
+    }
+
+    /// Writes all of `bytes` (guest pages lent from their mapping, a slice of a frame)
+    /// or throws. `flush: false` leaves the last records in the write buffer, for the
+    /// next piece of the same frame: a frame written in pieces still leaves in 256 KiB
+    /// writes, and the last piece's write sends what is left.
+    public func write(_ bytes: RawSpan, flush: Bool) throws(TLSError) {
+        guard !bytes.isEmpty || flush else { return }
         try socket.enter()
         defer { socket.leave() }
         // `withUnsafeBytes` only rethrows untyped: carry the TLSError out as a value.
         let failure: TLSError? = bytes.withUnsafeBytes { buffer in
-            do throws(TLSError) { try write(buffer); return nil } catch { return error }
+            do throws(TLSError) {
+                if buffer.count > 0 { try write(buffer) }
+                if flush { try flushWrites() }
+                return nil
+            } catch { return error }
         }
         if let failure { throw failure }
     }
 
+    /// Everything SSL_write accepted goes into TLS records in the write buffer; the
+    /// caller flushes it (`flushWrites`).
     private func write(_ buffer: UnsafeRawBufferPointer) throws(TLSError) {
         while true {
             let step: Step = io.withLock { state in
@@ -221,7 +235,7 @@ public final class TLSStream: Sendable {
                 return step
             }
             switch step {
-            case .done: return try flushWrites()
+            case .done: return
             case .endOfStream: throw TLSError.protocolError(detail: "unexpected end of stream while writing")
             case let .fail(error): throw error
             case let .wait(events):

@@ -98,18 +98,36 @@ public struct PreparedFrame: Sendable {
     /// (all a retained window keeps of it is its runs).
     public let body: FrameBody
     public let device: UInt32
-    /// Header, then payload.
+    /// Header, then payload; without the raw pages in `borrowed`.
     public fileprivate(set) var bytes: [UInt8]
+    /// PAGES: raw segments whose pages the writer sends from the guest mapping, each
+    /// in its place in `bytes` (ascending offsets), instead of a copy in the frame.
+    public fileprivate(set) var borrowed: [BorrowedPages] = []
+
+    /// The frame's size on the wire, borrowed pages included.
+    public var byteCount: Int { borrowed.reduce(bytes.count) { $0 + $1.byteCount } }
 
     /// The bytes a retained window keeps: PAGES and KEEPALIVE are rebuilt on replay, so only their header;
     /// but PAGES with zstd lane segments are replayed byte for byte (`RetainedWindow.record`), so whole.
     public var retainedBytes: [UInt8] {
         switch body {
-        case .pages(let p) where p.hasLaneSegments: bytes
-        case .pages, .keepAlive: Array(bytes[0..<FrameHeader.size])
-        default: bytes
+        case .pages(let p) where p.hasLaneSegments:
+            // A lane batch never borrows (PayloadCompressor.encodePages): its bytes are whole.
+            precondition(borrowed.isEmpty, "a PAGES frame with lane segments holds its raw pages")
+            return bytes
+        case .pages, .keepAlive: return Array(bytes[0..<FrameHeader.size])
+        default: return bytes
         }
     }
+}
+
+/// Raw pages a PAGES frame leaves out of its buffer: `byteCount` bytes of the pages
+/// `startPFN..<startPFN+pageCount` go at `offset` of the frame's `bytes`.
+public struct BorrowedPages: Sendable, Equatable {
+    public let offset: Int
+    public let startPFN: UInt64
+    public let pageCount: UInt32
+    public let byteCount: Int
 }
 
 extension FrameEncoder {
@@ -133,11 +151,16 @@ extension FrameEncoder {
 public struct PagesFrameBuilder {
     private var w: ByteWriter
     private var segments: [PageSegment] = []
+    private var borrowed: [BorrowedPages] = []
     public let pageSize: UInt32
+    /// Raw pages are left in the guest mapping for the writer (`appendBorrowedRaw`).
+    public let borrowsRawPages: Bool
 
     /// Reserves room for `pageCount` raw pages, each its own segment: a frame never regrows.
-    public init(pageSize: Int, pageCount: Int) {
+    /// `borrowingRawPages`: raw segments are sent from the guest mapping (one copy fewer).
+    public init(pageSize: Int, pageCount: Int, borrowingRawPages: Bool = false) {
         self.pageSize = UInt32(pageSize)
+        borrowsRawPages = borrowingRawPages
         w = ByteWriter(capacity: FrameHeader.size + 8 + pageCount * (PageSegment.headerSize + pageSize))
         FrameHeader(type: .pages, flags: 0, device: 0, payloadLength: 0, sequence: 0).write(to: &w)
         w.u32(self.pageSize)
@@ -156,6 +179,13 @@ public struct PagesFrameBuilder {
         w.append(pages)
     }
 
+    /// A raw segment of `byteCount` bytes whose pages stay in the guest mapping: the
+    /// writer sends them there, from where the guest keeps them (PreparedFrame.borrowed).
+    public mutating func appendBorrowedRaw(startPFN: UInt64, pageCount: UInt32, byteCount: Int) {
+        segmentHeader(startPFN: startPFN, pageCount: pageCount, encoding: .raw, length: byteCount)
+        borrowed.append(BorrowedPages(offset: w.bytes.count, startPFN: startPFN, pageCount: pageCount, byteCount: byteCount))
+    }
+
     private mutating func segmentHeader(startPFN: UInt64, pageCount: UInt32, encoding: PageEncoding, length: Int, lane: UInt8 = 0) {
         segments.append(PageSegment(startPFN: startPFN, pageCount: pageCount, encoding: encoding, payload: [], lane: lane))
         w.u64(startPFN); w.u32(pageCount); w.u8(encoding.rawValue); w.u8(lane); w.zeros(2)
@@ -165,12 +195,15 @@ public struct PagesFrameBuilder {
     /// The finished frame, unnumbered; the builder is left empty. (Mutating, not
     /// consuming: patching a buffer the caller's variable still referenced would copy it.)
     public mutating func finish() throws(WireError) -> PreparedFrame {
-        let length = w.bytes.count - FrameHeader.size
+        let length = borrowed.reduce(w.bytes.count - FrameHeader.size) { $0 + $1.byteCount }
         guard let encoded = UInt32(exactly: length) else {
             throw .sizeNotRepresentable(what: "PAGES payload", bytes: UInt64(length), limit: UInt64(UInt32.max))
         }
         w.patchU32(encoded, at: 12)
         w.patchU32(UInt32(segments.count), at: FrameHeader.size + 4)
-        return PreparedFrame(body: .pages(Pages(pageSize: pageSize, segments: segments)), device: 0, bytes: w.take())
+        var frame = PreparedFrame(body: .pages(Pages(pageSize: pageSize, segments: segments)), device: 0, bytes: w.take())
+        frame.borrowed = borrowed
+        borrowed = []
+        return frame
     }
 }

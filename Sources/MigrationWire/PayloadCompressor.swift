@@ -220,12 +220,17 @@ public final class PayloadCompressor {
     /// copied once, into the frame; a compressed run is compressed from the mapping.
     public func encodePages(startPFN: UInt64, pageSize: Int, pages: RawSpan, choice: CodecChoice? = nil,
                             into frame: inout PagesFrameBuilder, lane: ZstdLane? = nil) throws(WireError) {
+        // A frame of a lane is retained (and replayed) as its bytes (§15.4): its raw pages are
+        // copied in; any other frame may leave them in the mapping for the writer.
+        let borrows: Bool
+        if frame.borrowsRawPages, lane != nil, case .zstd? = try codec(for: choice) { borrows = false } else { borrows = frame.borrowsRawPages }
         for run in try runs(pageSize: pageSize, pages: pages, choice: choice) {
             let pfn = startPFN + UInt64(run.pages.lowerBound)
             let count = UInt32(run.pages.count)
             let bytes = pages.extracting((run.pages.lowerBound * pageSize)..<(run.pages.upperBound * pageSize))
             switch try encode(run.kind, bytes, pageCount: run.pages.count, choice: choice, lane: lane) {
             case nil: frame.append(startPFN: pfn, pageCount: count, encoding: .zero, payload: [])
+            case .raw where borrows: frame.appendBorrowedRaw(startPFN: pfn, pageCount: count, byteCount: bytes.byteCount)
             case .raw: frame.appendRaw(startPFN: pfn, pageCount: count, pages: bytes)
             case .encoded(let encoding, let laneIndex, let payload):
                 frame.append(startPFN: pfn, pageCount: count, encoding: encoding, payload: payload, lane: laneIndex)

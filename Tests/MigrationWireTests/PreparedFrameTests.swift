@@ -30,6 +30,37 @@ import Testing
         }
     }
 
+    /// A frame that borrows its raw pages leaves them out of its buffer and says where
+    /// they go: put back at their offsets, the bytes are the copying frame's exactly, its
+    /// header counts them, and compressed segments are unchanged.
+    @Test func borrowedRawPagesGoBackInTheirPlaces() throws {
+        var rng = SeededRNG(seed: 15)
+        for policy in [CompressionPolicy.none, .auto, .zlib(level: 3)] {
+            for round in 0..<8 {
+                let ps = [512, 4096][round % 2]
+                let bytes = mixedPages(pages: 2 + round * 9, pageSize: ps, rng: &rng)
+                var copying = PagesFrameBuilder(pageSize: ps, pageCount: bytes.count / ps)
+                var borrowing = PagesFrameBuilder(pageSize: ps, pageCount: bytes.count / ps, borrowingRawPages: true)
+                try PayloadCompressor(policy: policy).encodePages(startPFN: 7, pageSize: ps, pages: bytes.span.bytes, into: &copying)
+                try PayloadCompressor(policy: policy).encodePages(startPFN: 7, pageSize: ps, pages: bytes.span.bytes, into: &borrowing)
+                let whole = try copying.finish(), lent = try borrowing.finish()
+                var rebuilt: [UInt8] = [], cursor = 0
+                for run in lent.borrowed {
+                    rebuilt += lent.bytes[cursor..<run.offset]
+                    let first = Int(run.startPFN - 7) * ps
+                    rebuilt += bytes[first..<(first + run.byteCount)]
+                    #expect(run.byteCount == Int(run.pageCount) * ps)
+                    cursor = run.offset
+                }
+                rebuilt += lent.bytes[cursor...]
+                #expect(rebuilt == whole.bytes, "\(policy), \(bytes.count / ps) pages of \(ps)")
+                #expect(lent.byteCount == whole.bytes.count && whole.borrowed.isEmpty)
+                #expect(lent.body == whole.body)
+                if policy == .none { #expect(!lent.borrowed.isEmpty && lent.bytes.count < whole.bytes.count, "raw pages are borrowed") }
+            }
+        }
+    }
+
     /// Numbering patches the sequence and nothing else, and advances the encoder
     /// as `encode` does: prepared and encoded frames interleave into the stream
     /// an encoder alone makes.
