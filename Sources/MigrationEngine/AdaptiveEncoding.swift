@@ -59,6 +59,9 @@ final class AdaptiveEncoding: Sendable {
         var batches: [String: Int] = [:]
     }
 
+    /// How long what the network carried while it set the pace caps a sender-bound link.
+    static let networkBoundRateAge = Duration.seconds(2)
+
     /// Host CPU readings at most this often (the counters tick at 100 Hz).
     static let hostSampleInterval = Duration.milliseconds(20)
 
@@ -197,10 +200,11 @@ final class AdaptiveEncoding: Sendable {
         guard let drain = s.link.perSecond else { return nil }
         guard let carried = s.transport.carriedBytesPerSecond else { return transport == nil ? drain : nil }
         guard s.transport.limit == .sender else { return min(drain, carried) }
-        // Sender-bound: no faster than the network carried when it last set the pace. A
-        // moment of CPU taken by other work let the writer drain into the socket buffer
-        // at 1 GB/s on a 1 Gbit/s link, and 16 batches went raw (issue 14).
-        return min(drain, s.transport.networkBoundRate ?? drain)
+        // Sender-bound: no faster than the network carried when it last set the pace, if
+        // that was lately. A moment of CPU taken by other work let the writer drain into
+        // the socket buffer at 1 GB/s on a 1 Gbit/s link, and 16 batches went raw (issue 14).
+        let recent = s.transport.networkBoundRate(within: AdaptiveEncoding.networkBoundRateAge, of: .now)
+        return min(drain, recent ?? drain)
     }
 
     /// The writer moved `bytes` to the TLS stream from `started` to `ended` (its wait
@@ -269,7 +273,7 @@ struct SendEncoding: Sendable {
     let zstdAccepted: Bool
     /// `auto` only.
     let adaptive: AdaptiveEncoding?
-    /// Version 4: zstd lanes per stream both HELLOs settled on (§15.2); 0 = none.
+    /// Version 4: the session's zstd lanes, over all its streams, both HELLOs settled on (§15.2); 0 = none.
     let lanes: Int
 
     init(policy: CompressionPolicy, destinationAccepts: [Encoding], workers: Int, lanes: Int = 0, transport: (@Sendable () -> TCPInfo?)? = nil) {
@@ -288,19 +292,22 @@ struct SendEncoding: Sendable {
         do throws(WireError) { return try PayloadCompressor(policy: policy, zstdAccepted: zstdAccepted) } catch { throw MigrationFailure(error) }
     }
 
-    /// Lanes a session's streams use together at most: a lane's context holds a 16 MiB
-    /// window and long-distance match tables (about 22 MiB each, measured), so with
-    /// several streams the first ones take the lanes and the others compress each
-    /// segment alone: the source's memory stays bounded whatever the streams.
+    /// Lanes a source asks for at most: a lane's context holds a 16 MiB window and
+    /// long-distance match tables (about 22 MiB each, measured), so the source's memory
+    /// stays bounded whatever the streams.
     static let maxLanesPerSession = 4
 
-    /// The lanes stream `stream` uses: the settled number, within the session's total.
-    func lanes(stream: Int) -> Int { max(0, min(lanes, Self.maxLanesPerSession - stream * lanes)) }
+    /// The lanes stream `stream` uses, when each stream has `workers` compressing threads:
+    /// one per thread, the first streams first, all of them together within the session's.
+    func lanes(stream: Int, workers: Int) -> Int {
+        let each = min(lanes, max(workers, 0))
+        return max(0, min(each, lanes - stream * each))
+    }
 
     /// The zstd lane of stream `stream`'s worker `index` (one per thread, for the session),
     /// nil past the stream's lanes: that worker's zstd segments are frames of their own.
-    func makeLane(index: Int, stream: Int) throws(MigrationFailure) -> ZstdLane? {
-        guard index < lanes(stream: stream), let number = UInt8(exactly: index) else { return nil }
+    func makeLane(index: Int, stream: Int, workers: Int) throws(MigrationFailure) -> ZstdLane? {
+        guard index < lanes(stream: stream, workers: workers), let number = UInt8(exactly: index) else { return nil }
         do throws(WireError) { return ZstdLane(index: number, encoder: try ZstdLaneEncoder()) } catch { throw MigrationFailure(error) }
     }
 

@@ -69,6 +69,15 @@ struct DeliveryLimitMeter: Sendable {
     private(set) var limit: DeliveryLimit?
     /// What the network carried when it last set the pace (limit `.network`).
     private(set) var networkBoundRate: Double?
+    /// When it last did.
+    private(set) var networkBoundAt: ContinuousClock.Instant?
+
+    /// `networkBoundRate` if the network set the pace within `age` of `now`: a link that
+    /// got faster while we set the pace must not stay capped by an old reading.
+    func networkBoundRate(within age: Duration, of now: ContinuousClock.Instant) -> Double? {
+        guard let at = networkBoundAt, now - at <= age else { return nil }
+        return networkBoundRate
+    }
 
     /// What the network carried, acknowledged bytes per second; nil before two readings.
     var carriedBytesPerSecond: Double? { carried.perSecond }
@@ -82,7 +91,7 @@ struct DeliveryLimitMeter: Sendable {
               info.receiveWindowLimitedMicroseconds >= last.info.receiveWindowLimitedMicroseconds,
               info.bytesAcked >= last.info.bytesAcked else {
             // A new connection on the same path: what the path carried still holds.
-            (self, networkBoundRate) = (DeliveryLimitMeter(), networkBoundRate)
+            (self, networkBoundRate, networkBoundAt) = (DeliveryLimitMeter(), networkBoundRate, networkBoundAt)
             return
         }
         let seconds = (now - last.at).seconds
@@ -95,7 +104,7 @@ struct DeliveryLimitMeter: Sendable {
         agreeing = limit == latest ? agreeing + 1 : 1
         latest = limit
         if agreeing >= DeliveryLimitMeter.stableReadings { self.limit = limit }
-        if self.limit == .network, let rate = carried.perSecond { networkBoundRate = rate }
+        if self.limit == .network, let rate = carried.perSecond { (networkBoundRate, networkBoundAt) = (rate, now) }
     }
 
     private func classify() -> DeliveryLimit {

@@ -66,6 +66,8 @@ final class DestinationSession {
     private var downtimeMs: Double = 0
     /// Stream 0's page decoder, with the source's zstd lanes once its HELLO said how many.
     private var pageDecoder: PageDecoderSlot
+    /// The session's zstd lanes, shared by every stream's page decoder (§15.2).
+    private var laneBudget = SessionLanes(limit: 0)
 
     init(devices: [DestinationDevice], memory: GuestMemory?, options: ReceiverOptions, events: @escaping EventSink,
          stream: TLSStream, listener: TLSListener?, cancellation: Cancellation) {
@@ -76,7 +78,7 @@ final class DestinationSession {
         reader = FrameReader(stream: stream, peer: .source, limits: options.limits, version: version ?? .v1)
         writer = FrameWriter(stream: stream)
         progress = LockedValue(ApplyProgress(devices: devices.map { DeviceStats(name: $0.name) }))
-        pageDecoder = PageDecoderSlot(limits: options.limits, lanes: 0)
+        pageDecoder = PageDecoderSlot(limits: options.limits, budget: SessionLanes(limit: 0))
         stream.readTimeoutSeconds = options.peerTimeoutSeconds
         stream.writeTimeoutSeconds = options.peerTimeoutSeconds
     }
@@ -104,7 +106,8 @@ final class DestinationSession {
         let streams = Int(theirs.streams?.count ?? 1)
         let lanes = version >= .v4 ? Int(theirs.streams?.lanes ?? 0) : 0
         reader.constrainLanes(lanes)
-        pageDecoder = PageDecoderSlot(limits: options.limits, lanes: lanes)
+        laneBudget = SessionLanes(limit: lanes)
+        pageDecoder = PageDecoderSlot(limits: options.limits, budget: laneBudget)
         events(.helloAccepted(devices: devices.devices.map(\.name), memoryBytes: memory?.size ?? 0, security: stream.security,
                               streams: streams, zstdLanes: lanes))
         if version >= .v2 { try enableResumption(source: theirs, exchange: exchange) }
@@ -122,7 +125,7 @@ final class DestinationSession {
         if let offer = source.streams, offer.count > 1 {
             joins = DestinationStreams(DestinationStreams.Context(
                 routing: StreamRouting(offer), source: source, limits: options.limits, workers: options.workers,
-                pageDecoders: (1..<Int(offer.count)).map { _ in PageDecoderSlot(limits: options.limits, lanes: pageDecoder.lanes) },
+                pageDecoders: (1..<Int(offer.count)).map { _ in PageDecoderSlot(limits: options.limits, budget: laneBudget) },
                 peerTimeoutSeconds: options.peerTimeoutSeconds, devices: devices.devices, memory: memory, writer: writer,
                 events: events, progress: progress, state: state))
         }

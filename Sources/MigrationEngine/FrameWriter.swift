@@ -112,8 +112,13 @@ final class FrameWriter: Sendable {
                 let start = bytes.count
                 try encoder.encode(body, device: device, appendingTo: &bytes)
                 // Numbered means retained, even if the write then fails: the replay covers it.
-                // PAGES and KEEPALIVE keep no bytes (the window reads only their header).
-                let end: Int = switch body { case .pages, .keepAlive: start + FrameDecoder.headerSize; default: bytes.count }
+                // PAGES and KEEPALIVE keep no bytes (the window reads only their header);
+                // PAGES with a zstd lane segment keep all of theirs (§15.4).
+                let end: Int = switch body {
+                case .pages(let p) where !p.hasLaneSegments: start + FrameDecoder.headerSize
+                case .keepAlive: start + FrameDecoder.headerSize
+                default: bytes.count
+                }
                 retention.withLock { $0.window?.record(body, device: device, encoded: Array(bytes[start..<end])) }
             }
             return bytes

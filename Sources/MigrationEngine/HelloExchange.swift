@@ -22,7 +22,7 @@ struct HelloExchange: Sendable {
     /// Of `encodings` it lists the optional ones (zstd) only if the destination does.
     /// Version 3: it opens `streams` streams, at most what the destination accepts, and
     /// routes pages in blocks of `blockPages` (§14.2). Returns both HELLOs.
-    /// Version 4: it uses up to `lanes` zstd lanes per stream, at most what the
+    /// Version 4: it uses up to `lanes` zstd lanes in the session, at most what the
     /// destination decodes, when both use zstd (§15.2).
     func asSource(reader: FrameReader, writer: FrameWriter, encodings: [Encoding], version: ProtocolVersion = .v1,
                   streams: Int = 1, blockPages: Int = 1, lanes: Int = 0) throws(MigrationFailure) -> (theirs: Hello, mine: Hello) {
@@ -51,7 +51,7 @@ struct HelloExchange: Sendable {
     /// Destination: speaks first with a fresh session id; returns the source's HELLO once
     /// it is compatible.
     /// Version 3: it accepts up to `maxStreams` streams (§14.2).
-    /// Version 4: it decodes up to `maxLanes` zstd lanes per stream (§15.2).
+    /// Version 4: it decodes up to `maxLanes` zstd lanes in the session (§15.2).
     func asDestination(reader: FrameReader, writer: FrameWriter, encodings: [Encoding], version: ProtocolVersion = .v1,
                        maxStreams: Int = 1, maxLanes: Int = 0) throws(MigrationFailure) -> Hello {
         let mine = destinationHello(encodings: encodings, version: version, maxStreams: maxStreams, maxLanes: maxLanes)
@@ -113,7 +113,7 @@ struct HelloExchange: Sendable {
             return "the source opens \(mine.count) streams, the destination accepts at most \(theirs.count)"
         }
         if let mine = source.streams, mine.lanes > (destination.streams?.lanes ?? 0) {
-            return "the source uses \(mine.lanes) zstd lanes per stream, the destination decodes at most \(destination.streams?.lanes ?? 0)"
+            return "the source uses \(mine.lanes) zstd lanes, the destination decodes at most \(destination.streams?.lanes ?? 0)"
         }
         // raw is always permitted, listed or not (§5.1).
         if let e = source.encodings.first(where: { $0 != .raw && !destination.encodings.contains($0) }) {

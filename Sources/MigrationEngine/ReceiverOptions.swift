@@ -17,8 +17,9 @@ public struct ReceiverOptions: Sendable {
     /// `--max-streams`: the most TLS streams a source may open for one session
     /// (PROTOCOL.md §14); 1 = the single-stream protocol of before.
     public var maxStreams: Int = StreamCount.defaultMaxStreams
-    /// The most zstd lanes per stream this side decodes (PROTOCOL.md §15.2): each lane's
-    /// decoder keeps a window of up to 16 MiB, so this bounds that memory per stream.
+    /// The most zstd lanes this side decodes in a session, over all its streams
+    /// (PROTOCOL.md §15.2): each lane's decoder keeps a window of up to 16 MiB, so this
+    /// bounds that memory.
     /// 0 = no lanes (and no version 4); lanes need zstd in `encodings`.
     public var maxZstdLanes: Int = 4
     /// Diagnostics (phases at info, frames at trace).

@@ -7,12 +7,16 @@ import MigrationWire
 struct ResumeCredentials: Sendable {
     let sessionID: [UInt8]
     let peerName: String
+    /// The ALPN identifier the session's first connection selected: extra streams must
+    /// select the same (version 3 or 4, §14.3, §15.1).
+    let applicationProtocol: String?
     private let secret: [UInt8]
 
     /// Right after a successful HELLO exchange on the session's first connection.
     init(firstConnection stream: TLSStream, sessionID: [UInt8]) throws(MigrationFailure) {
         self.sessionID = sessionID
         peerName = stream.peerName
+        applicationProtocol = stream.applicationProtocol
         secret = try Self.export(ResumeProof.secretLabel, from: stream, sessionID: sessionID)
     }
 

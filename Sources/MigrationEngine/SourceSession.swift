@@ -109,10 +109,10 @@ final class SourceSession {
             let reader = FrameReader(stream: stream, peer: .destination, limits: options.limits, version: version)
             let exchange = HelloExchange(names: devices.devices.map(\.name), compatibility: devices.devices.map(\.compatibility), memory: memory)
             // Extra streams are new connections: without a way to open them, one stream.
-            // Version 4: a zstd lane per compressing thread (§15.2), as many as the destination decodes.
+            // Version 4: a zstd lane per compressing thread (§15.2), up to the destination's and our own cap.
             let (theirs, mine) = try exchange.asSource(reader: reader, writer: writer, encodings: options.compression.encodings, version: version,
                                                        streams: reconnect == nil ? 1 : options.streams, blockPages: options.pagesPerFrame,
-                                                       lanes: options.workers)
+                                                       lanes: min(options.workers, SendEncoding.maxLanesPerSession))
             encoding = SendEncoding(policy: options.compression, destinationAccepts: theirs.encodings, workers: options.workers,
                                     lanes: mine.encodings.contains(.zstdLanes) ? Int(mine.streams?.lanes ?? 0) : 0,
                                     transport: { [writer] in writer.stream.tcpInfo })
@@ -673,7 +673,7 @@ final class SourceSession {
             name: "send", workers: workers, window: workers * 4 + 4,
             makeTransform: { () throws(MigrationFailure) -> Pipeline.Transform in
                 let compressor = try encoding.makeCompressor()
-                let lane = try encoding.makeLane(index: nextWorker.withLock { i in defer { i += 1 }; return i }, stream: streamIndex)
+                let lane = try encoding.makeLane(index: nextWorker.withLock { i in defer { i += 1 }; return i }, stream: streamIndex, workers: workers)
                 return { (item: SendItem) throws(MigrationFailure) -> SendOutput in
                     try item.encode(compressor: compressor, encoding: encoding, memory: memory, counters: counters, lane: lane)
                 }

@@ -133,10 +133,11 @@ final class SourceStreams {
         let stream: TLSStream
         do { stream = try connect() } catch { throw .tls(error) }
         do throws(MigrationFailure) {
-            // Version 3, or 4 (§15.1: the session's version, selected from the same offer).
-            guard let version = ProtocolVersion.negotiated(alpn: stream.applicationProtocol, offered: options.applicationProtocols),
+            // The session's version, 3 or 4 (§14.3, §15.1), selected from the same offer.
+            guard stream.applicationProtocol == credentials.applicationProtocol,
+                  let version = ProtocolVersion.negotiated(alpn: stream.applicationProtocol, offered: options.applicationProtocols),
                   version >= .v3 else {
-                throw .incompatible("stream \(index): the destination did not select protocol version 3 or later on the extra connection")
+                throw .incompatible("stream \(index): the destination selected \(stream.applicationProtocol ?? "no protocol") on the extra connection, the session is \(credentials.applicationProtocol ?? "version 1")")
             }
             guard stream.peerName == credentials.peerName else {
                 throw .incompatible("stream \(index): the destination presented \(stream.peerName), the session's is \(credentials.peerName)")

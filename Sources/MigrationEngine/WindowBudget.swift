@@ -6,6 +6,10 @@ import MigrationWire
 /// and an ACK frees it. So the pieces in the send pipeline (up to workers × 4 + 4
 /// of them) count against the capacity from the read on: device data retained or
 /// in flight never passes the capacity (one frame into an empty window excepted).
+/// Version 4's lane PAGES frames (retained as bytes) wait only for the retained bytes
+/// to leave room (`FrameWriter.waitForRetainedRoom`): reservations may be for frames
+/// behind them in the pipeline, which only they let through. So with lanes the window
+/// holds at most twice its capacity.
 struct WindowBudget {
     private(set) var window: RetainedWindow
     /// One per DEVICE_DATA frame read but not numbered yet, oldest first: the

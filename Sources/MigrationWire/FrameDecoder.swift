@@ -101,7 +101,7 @@ public struct FrameDecoder: Sendable {
         set { announcedMemory = newValue; memoryIsSet = true }
     }
 
-    /// Version 4 (§15): the source's zstd lanes per stream; a lane segment must name a
+    /// Version 4 (§15): the source's zstd lanes (the session's L); a lane segment must name a
     /// lane below it. Decoding the source's HELLO sets this unless the caller set it
     /// first (an extra stream has no HELLO: the engine sets it).
     public var laneCount: Int {

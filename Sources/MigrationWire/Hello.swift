@@ -103,7 +103,7 @@ extension Hello {
     }
 
     /// §14.2: at least one stream; a destination's block is 0, a source's at least 1.
-    /// Version 4 (§15): the reserved u16 is the lanes per stream, at most `StreamOffer.maxLanes`.
+    /// Version 4 (§15): the reserved u16 is the session's lanes L, at most `StreamOffer.maxLanes`.
     static func parseStreams(_ r: inout ByteReader, role: Role, version: ProtocolVersion) throws(WireError) -> StreamOffer {
         let count = try r.u16("stream count")
         var lanes: UInt16 = 0

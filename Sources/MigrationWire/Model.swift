@@ -89,8 +89,8 @@ public struct Hello: Sendable, Equatable {
 /// it accepts, `blockPages` 0. Source: the streams it opens (1…the destination's
 /// count) and the block size of the page routing (`StreamRouting`), ≥ 1.
 /// Version 4 adds `lanes` (0 in version 3, where the field is reserved): the
-/// destination's most zstd lanes per stream it decodes (0: none), the source's
-/// lanes per stream; both at most `maxLanes`.
+/// destination's most zstd lanes it decodes in the session (0: none), the source's
+/// lanes in the session (over all streams); both at most `maxLanes`.
 public struct StreamOffer: Sendable, Equatable {
     public var count: UInt16
     public var blockPages: UInt32

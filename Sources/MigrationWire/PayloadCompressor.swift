@@ -406,7 +406,7 @@ extension PageEncoding {
 /// when its lane is first used.
 public final class PayloadDecompressor {
     public let limits: WireLimits
-    /// The source's lanes per stream: a lane segment must name one below it.
+    /// The source's lanes (the session's L, §15.2): a lane segment must name one below it.
     public let lanes: Int
     private let inflater: FastInflater
     private let zstd: ZstdDecompressor

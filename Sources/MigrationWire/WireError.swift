@@ -103,6 +103,8 @@ public enum WireError: Error, Sendable, Equatable, CustomStringConvertible {
     /// Version 4 (§15): a zstd lane segment naming a lane at or above the lanes per
     /// stream the source announced (or the decoder has).
     case laneOutOfRange(frame: FrameType, lane: UInt8, lanes: Int)
+    /// Version 4: a stream started a lane when the session's L were all started already (§15.2).
+    case lanesExhausted(frame: FrameType, lane: UInt8, lanes: Int)
     /// A zstd lane segment whose payload does not decode to exactly its pages: the
     /// input ran out first, input was left over, or more output was pending.
     case zstdLaneLengthMismatch(frame: FrameType?, declared: Int, detail: String)
@@ -232,7 +234,9 @@ public enum WireError: Error, Sendable, Equatable, CustomStringConvertible {
             return "zstd frame\(inFrame(f)) " + (found.map { "header says \($0) bytes of content; the payload declares \(declared)" }
                 ?? "has no content size in its header (required; the payload declares \(declared) bytes)")
         case .laneOutOfRange(let f, let lane, let lanes):
-            return "\(f) segment uses zstd lane \(lane), but the source has \(lanes) lane(s) per stream" + (lanes == 0 ? " (none announced)" : "")
+            return "\(f) segment uses zstd lane \(lane), but the source announced \(lanes) lane(s)" + (lanes == 0 ? " (none)" : "")
+        case .lanesExhausted(let f, let lane, let lanes):
+            return "\(f) segment starts zstd lane \(lane) on another stream, but the session's \(lanes) lane(s) are all started (L counts every stream's lanes)"
         case .zstdLaneLengthMismatch(let f, let declared, let detail):
             return "zstd lane segment\(inFrame(f)) does not decode to exactly its \(declared) bytes: \(detail)"
         case .compressionFailed(let library, let op, let detail):

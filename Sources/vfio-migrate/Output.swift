@@ -56,7 +56,7 @@ final class EventPrinter: @unchecked Sendable {  // mutable display state only u
         case .connected(let peer): line("\(side): connected to \(peer)")
         case .helloAccepted(let devices, let mem, let security, let streams, let lanes):
             line("\(side): HELLO accepted: \(devices.count) device(s) [\(devices.joined(separator: ", "))], guest memory \(formatBytes(mem))"
-                 + (streams > 1 ? ", \(streams) TLS streams" : "") + (lanes > 0 ? ", \(lanes) zstd lanes per stream" : ""))
+                 + (streams > 1 ? ", \(streams) TLS streams" : "") + (lanes > 0 ? ", \(lanes) zstd lanes" : ""))
             // This host's own warnings were printed at start; the peer's are news.
             let peerOnly = SessionSecurity(peerCertificateNotAfter: security.peerCertificateNotAfter)
             for warning in peerOnly.warnings() { line("\(side): warning: \(warning)") }

@@ -208,7 +208,7 @@ struct Receive: ParsableCommand {
     var reconnectTimeout: Double = 30
     @Option(name: .customLong("max-streams"), help: "Most TLS connections a source may open for one session (1-64; 1: one, as before version 3). Extra streams arrive on the listening socket.")
     var maxStreams: Int = StreamCount.defaultMaxStreams
-    @Option(name: .customLong("max-zstd-lanes"), help: "Most zstd lanes per stream a source may use (0-16, default 4; protocol version 4): one zstd stream per source compressing thread, each decoded here with a window of up to 16 MiB. 0: no lanes (version 3 or 2).")
+    @Option(name: .customLong("max-zstd-lanes"), help: "Most zstd lanes a source may use in one session, over all its streams (0-16, default 4; protocol version 4): one zstd stream per source compressing thread, each decoded here with a window of up to 16 MiB. 0: no lanes (version 3 or 2).")
     var maxZstdLanes: Int = ReceiverOptions().maxZstdLanes
 
     func validate() throws {

@@ -26,7 +26,7 @@ struct StreamResumeTests {
         let hello = Hello(sessionID: [UInt8](repeating: 1, count: 16), role: .source, encodings: [.raw], devices: [], memory: [])
         return DestinationStreams(DestinationStreams.Context(
             routing: StreamRouting(count: 2, blockPages: 1), source: hello, limits: .default, workers: 1,
-            pageDecoders: [PageDecoderSlot(limits: .default, lanes: 0)], peerTimeoutSeconds: 10,
+            pageDecoders: [PageDecoderSlot(limits: .default, budget: SessionLanes(limit: 0))], peerTimeoutSeconds: 10,
             devices: [], memory: nil, writer: FrameWriter(stream: stream), events: { _ in },
             progress: LockedValue(ApplyProgress(devices: [])), state: LockedValue(.complete)))
     }

@@ -73,6 +73,23 @@ import TestSupport
         #expect(run.proxy.cuts >= 1)
     }
 
+    /// Two streams, a cut by bytes while both streams' lane frames are unacknowledged:
+    /// each extra stream's lanes (its decoder outlives its connection) continue with
+    /// its replay, byte for byte. (Found by review: a cut at an event could find nothing
+    /// to replay; this one replays, and fails if lane frames were rebuilt or an extra
+    /// stream's decoder made again.)
+    @Test func anExtraStreamsLanesContinueAfterACutByBytes() throws {
+        let pair = try SimPair(memoryPages: 2048, dirtyPagesPerStep: 24)
+        let replayed = LockedValue<UInt64>(0)
+        let run = try ResumeRig.migrate(pair, options: Self.senderOptions(streams: 2), cutFirstAfterRawBytes: 600 << 10,
+                                        senderEvents: { event, _ in
+                                            if case .resumed(_, let bytes) = event { replayed.withLock { $0 += bytes } }
+                                        })
+        try Guarantee.migrated(run.outcome, pair)
+        #expect(run.events.source.contains("resumed"), "\(run.events)")
+        #expect(replayed.current > 0, "lane frames were replayed")
+    }
+
     /// Several streams, each with its own lanes: a cut of stream 0 resumes every stream,
     /// and each extra stream's lanes continue with its replay.
     @Test func lanesOnSeveralStreamsSurviveACut() throws {
