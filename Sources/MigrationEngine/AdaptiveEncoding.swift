@@ -195,10 +195,13 @@ final class AdaptiveEncoding: Sendable {
     /// our own rate, so then no more than what it carried when it last set the pace). The socket's send buffer takes the first megabytes at memory
     /// speed, so the writer's drain rate alone read a 1 Gbit/s link as 0.8–1 GB/s and
     /// the first ~50 MiB went raw (issue 14); with TCP_INFO at hand the link counts
-    /// as not measured until it said what the network carried.
+    /// as not measured until it said what the network carried and what limits delivery.
     private func linkRate(_ s: State) -> Double? {
         guard let drain = s.link.perSecond else { return nil }
-        guard let carried = s.transport.carriedBytesPerSecond else { return transport == nil ? drain : nil }
+        // Not before TCP_INFO said what limits delivery (past the connection's warm-up): in
+        // slow start what the network carried reads low, and at 10 Gbit/s levels 1 and 3
+        // were chosen for the first 140 MiB (issue 14); until then, the cheapest level.
+        guard let carried = s.transport.carriedBytesPerSecond, s.transport.limit != nil else { return transport == nil ? drain : nil }
         guard s.transport.limit == .sender else { return min(drain, carried) }
         // Sender-bound: no faster than the network carried when it last set the pace, if
         // that was lately. A moment of CPU taken by other work let the writer drain into
@@ -328,4 +331,5 @@ struct SendEncoding: Sendable {
         return (result, false)
     }
 }
+
 

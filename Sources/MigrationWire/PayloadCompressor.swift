@@ -222,8 +222,9 @@ public final class PayloadCompressor {
                             into frame: inout PagesFrameBuilder, lane: ZstdLane? = nil) throws(WireError) {
         // A frame of a lane is retained (and replayed) as its bytes (§15.4): its raw pages are
         // copied in; any other frame may leave them in the mapping for the writer.
-        let borrows: Bool
-        if frame.borrowsRawPages, lane != nil, case .zstd? = try codec(for: choice) { borrows = false } else { borrows = frame.borrowsRawPages }
+        let batchCodec = try codec(for: choice)
+        let laneBatch = lane != nil && ZstdLane.carries(batchCodec)
+        let borrows = frame.borrowsRawPages && !laneBatch
         for run in try runs(pageSize: pageSize, pages: pages, choice: choice) {
             let pfn = startPFN + UInt64(run.pages.lowerBound)
             let count = UInt32(run.pages.count)
@@ -263,7 +264,9 @@ public final class PayloadCompressor {
             }
             return .raw
         case .data:
-            if let lane, case .zstd(let level)? = try codec(for: choice) { return try encodeLane(run, level: level, lane: lane) }
+            if let lane, case .zstd(let level)? = try codec(for: choice), level >= ZstdLane.minimumLevel {
+                return try encodeLane(run, level: level, lane: lane)
+            }
             switch try encode(run, probe: false, choice: choice) {
             case .raw: return .raw
             case .compressed(let encoding, let payload): return .encoded(PageEncoding(encoding), lane: 0, payload)
