@@ -138,14 +138,13 @@ import MigrationWire
         #expect(chooser.highestAffordable(rates, threads: threads) == level)
     }
 
-    /// 1 Gbit/s on a saturated host (no idle cores: the model says the cheapest level):
-    /// once TCP_INFO reads network-bound while compressed batches go out, they climb
-    /// to the stronger level.
-    @Test func aFullLinkWhileCompressingClimbs() {
+    /// Compressed batches' choices on a full 1 Gbit/s link (TCP_INFO network-bound while
+    /// they go out), the host showing `idleTicks` idle ticks over one second.
+    func choicesOnAFullLink(idleTicks: UInt64) -> [CodecChoice] {
         let t0 = ContinuousClock.now
         let adaptive = AdaptiveEncoding(chooser: chooser, cores: 2)
         adaptive.recordHostCPU(HostCPUTimes(idleTicks: 0), at: t0)
-        adaptive.recordHostCPU(HostCPUTimes(idleTicks: 0), at: t0 + .seconds(1))
+        adaptive.recordHostCPU(HostCPUTimes(idleTicks: idleTicks), at: t0 + .seconds(1))
         var info = TCPInfo.warm
         for i in 0..<8 {
             info.busyMicroseconds += 50_000
@@ -156,7 +155,14 @@ import MigrationWire
             t = t + .milliseconds(10)
             adaptive.recordDrain(bytes: 500_000, started: t - .milliseconds(5), ended: t, cpu: .zero, input: 1_000_000, coded: true)
         }
-        let choices = (0..<(2 * LevelClimb.settleBatches)).map { _ in adaptive.decide().choice }
+        return (0..<(2 * LevelClimb.settleBatches)).map { _ in adaptive.decide().choice }
+    }
+
+    /// 1 Gbit/s on a saturated host (no idle cores: the model says the cheapest level):
+    /// once TCP_INFO reads network-bound while compressed batches go out, they climb
+    /// to the stronger level.
+    @Test func aFullLinkWhileCompressingClimbs() {
+        let choices = choicesOnAFullLink(idleTicks: 0)
         #expect(choices.first == .codec(.zstd(level: -1)))
         #expect(choices.last == .codec(.zstd(level: 3)))
     }
@@ -165,21 +171,7 @@ import MigrationWire
     /// stronger level would need more than that (and the reserve) to keep the link full,
     /// so it is not tried (a try runs the socket dry before it steps back).
     @Test func aLevelTheIdleCoresCannotSustainIsNotTried() {
-        let t0 = ContinuousClock.now
-        let adaptive = AdaptiveEncoding(chooser: chooser, cores: 2)
-        adaptive.recordHostCPU(HostCPUTimes(idleTicks: 0), at: t0)
-        adaptive.recordHostCPU(HostCPUTimes(idleTicks: 50), at: t0 + .seconds(1))
-        var info = TCPInfo.warm
-        for i in 0..<8 {
-            info.busyMicroseconds += 50_000
-            adaptive.recordTransport(info, at: t0 + .milliseconds(50 * (i + 1)))
-        }
-        var t = t0 + .seconds(1)
-        for _ in 0..<30 {
-            t = t + .milliseconds(10)
-            adaptive.recordDrain(bytes: 500_000, started: t - .milliseconds(5), ended: t, cpu: .zero, input: 1_000_000, coded: true)
-        }
-        let choices = (0..<(2 * LevelClimb.settleBatches)).map { _ in adaptive.decide().choice }
+        let choices = choicesOnAFullLink(idleTicks: 50)
         #expect(choices.allSatisfy { $0 == .codec(.zstd(level: -1)) }, "\(Set(choices.map(\.description)))")
     }
 }
