@@ -231,7 +231,8 @@ public final class PayloadCompressor {
             let bytes = pages.extracting((run.pages.lowerBound * pageSize)..<(run.pages.upperBound * pageSize))
             switch try encode(run.kind, bytes, pageCount: run.pages.count, choice: choice, lane: lane) {
             case nil: frame.append(startPFN: pfn, pageCount: count, encoding: .zero, payload: [])
-            case .raw where borrows: frame.appendBorrowedRaw(startPFN: pfn, pageCount: count, byteCount: bytes.byteCount)
+            case .raw where borrows && bytes.byteCount >= PagesFrameBuilder.minimumBorrowedBytes:
+                frame.appendBorrowedRaw(startPFN: pfn, pageCount: count, byteCount: bytes.byteCount)
             case .raw: frame.appendRaw(startPFN: pfn, pageCount: count, pages: bytes)
             case .encoded(let encoding, let laneIndex, let payload):
                 frame.append(startPFN: pfn, pageCount: count, encoding: encoding, payload: payload, lane: laneIndex)

@@ -56,9 +56,18 @@ import Testing
                 #expect(rebuilt == whole.bytes, "\(policy), \(bytes.count / ps) pages of \(ps)")
                 #expect(lent.byteCount == whole.bytes.count && whole.borrowed.isEmpty)
                 #expect(lent.body == whole.body)
-                if policy == .none { #expect(!lent.borrowed.isEmpty && lent.bytes.count < whole.bytes.count, "raw pages are borrowed") }
+                // Raw runs of at least `minimumBorrowedBytes` are borrowed, shorter ones copied.
+                guard case .pages(let p) = whole.body else { Issue.record("not PAGES"); return }
+                let long = p.segments.filter { $0.encoding == .raw && Int($0.pageCount) * ps >= PagesFrameBuilder.minimumBorrowedBytes }
+                #expect(lent.borrowed.map(\.startPFN) == long.map(\.startPFN), "\(policy)")
             }
         }
+        // A long raw run (128 pages of 4 KiB without zero pages) is borrowed whole.
+        var long = PagesFrameBuilder(pageSize: 4096, pageCount: 128, borrowingRawPages: true)
+        let pages = (0..<(128 * 4096)).map { UInt8(truncatingIfNeeded: $0 % 251 + 1) }
+        try PayloadCompressor(policy: .none).encodePages(startPFN: 0, pageSize: 4096, pages: pages.span.bytes, into: &long)
+        let frame = try long.finish()
+        #expect(frame.borrowed.reduce(0) { $0 + $1.byteCount } == pages.count && frame.bytes.count < 4096)
     }
 
     /// Numbering patches the sequence and nothing else, and advances the encoder
