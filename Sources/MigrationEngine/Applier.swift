@@ -107,10 +107,9 @@ final class Applier {
     }
 
     private func decode(_ segment: PageSegment, pageSize: Int, into memory: GuestMemory) throws(MigrationFailure) {
-        let decompressor = pageDecoder
         let outcome = try deviceCall(nil) { () throws(DeviceError) in
             try memory.withWritablePages(startPFN: segment.startPFN, count: Int(segment.pageCount)) { (span: inout MutableSpan<UInt8>) throws(WireError) in
-                try decompressor.decode(segment, pageSize: pageSize, into: &span)
+                try pageDecoder.decode(segment, pageSize: pageSize, into: &span)
             }
         }
         do throws(WireError) { try outcome.get() } catch { throw MigrationFailure(error) }

@@ -104,8 +104,8 @@ final class DestinationSession {
         let theirs = try exchange.asDestination(reader: reader, writer: writer, encodings: options.encodings, version: version,
                                                 maxStreams: maxStreams, maxLanes: options.maxZstdLanes)
         let streams = Int(theirs.streams?.count ?? 1)
+        // Stream 0's decoder took the lane count from this HELLO as it decoded it.
         let lanes = version >= .v4 ? Int(theirs.streams?.lanes ?? 0) : 0
-        reader.constrainLanes(lanes)
         laneBudget = SessionLanes(limit: lanes)
         pageDecoder = PageDecoderSlot(limits: options.limits, budget: laneBudget)
         events(.helloAccepted(devices: devices.devices.map(\.name), memoryBytes: memory?.size ?? 0, security: stream.security,

@@ -37,9 +37,6 @@ final class FrameReader {
         decoder.deviceCount = deviceCount
     }
 
-    /// Version 4: lane segments name a lane below the source's count (§15.3).
-    func constrainLanes(_ lanes: Int) { decoder.laneCount = lanes }
-
     /// The connection is gone: a partial frame is dropped, the stream state kept.
     func suspend() {
         if !decoder.isSuspended { decoder.suspend() }

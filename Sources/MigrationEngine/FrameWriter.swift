@@ -188,10 +188,7 @@ final class FrameWriter: Sendable {
     /// `bytes` (kept as its bytes, §15.4). Device reads' reservations do not count: they
     /// may be for frames behind this one in the pipeline, which only it lets through.
     func waitForRetainedRoom(_ bytes: Int) throws(MigrationFailure) {
-        try retention.wait(until: { $0.failure != nil || ($0.window?.window.hasRoom(for: bytes) ?? true) }) {
-            (r: inout Retention, _) throws(MigrationFailure) in
-            if let failure = r.failure { throw failure }
-        }
+        try waitUntil { $0.window.hasRoom(for: bytes) }
     }
 
     /// Source, an extra stream (§14.5): waits until the window has room for one more
@@ -199,8 +196,13 @@ final class FrameWriter: Sendable {
     /// what the stream retains stays within its window; throws once the session gave up.
     /// Nothing is reserved: no device data is read for an extra stream.
     func waitForEntryRoom() throws(MigrationFailure) {
-        let cost = RetainedWindow.entryCost
-        try retention.wait(until: { $0.failure != nil || ($0.window?.hasRoom(for: cost) ?? true) }) {
+        try waitUntil { $0.hasRoom(for: RetainedWindow.entryCost) }
+    }
+
+    /// Waits, reserving nothing, until the window says `roomy` (or there is none);
+    /// throws once the session gave up.
+    private func waitUntil(_ roomy: (WindowBudget) -> Bool) throws(MigrationFailure) {
+        try retention.wait(until: { r in r.failure != nil || (r.window.map(roomy) ?? true) }) {
             (r: inout Retention, _) throws(MigrationFailure) in
             if let failure = r.failure { throw failure }
         }

@@ -45,13 +45,12 @@ enum SendItem: Sendable {
             }
         }
         let encoded = try built.get()
-        var (zero, laned): (UInt64, Bool) = (0, false)
+        var zero: UInt64 = 0
         if case .pages(let p) = encoded.value.body {
             for s in p.segments where s.encoding == .zero { zero += UInt64(s.pageCount) }
-            laned = p.segments.contains { $0.encoding == .zstdLane }
         }
         counters.addPages(UInt64(count), zero: zero)
-        return SendOutput(frame: encoded.value, rawBytes: UInt64(count * memory.pageSize), coded: encoded.coded, retainsBytes: laned)
+        return SendOutput(frame: encoded.value, rawBytes: UInt64(count * memory.pageSize), coded: encoded.coded)
     }
 
     private func prepare(_ body: FrameBody, device: UInt32) throws(MigrationFailure) -> PreparedFrame {
@@ -70,5 +69,7 @@ struct SendOutput: Sendable {
     /// Device state or pages: DeliveryArms measures each kind apart.
     var kind = DeliveryArms.Kind.pages
     /// A PAGES frame with a zstd lane segment: the retained window keeps its bytes (§15.4).
-    var retainsBytes = false
+    var retainsBytes: Bool {
+        if case .pages(let p) = frame.body { p.hasLaneSegments } else { false }
+    }
 }

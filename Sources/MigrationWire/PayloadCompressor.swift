@@ -265,9 +265,8 @@ public final class PayloadCompressor {
             }
             return .raw
         case .data:
-            if let lane, case .zstd(let level)? = try codec(for: choice), level >= ZstdLane.minimumLevel {
-                return try encodeLane(run, level: level, lane: lane)
-            }
+            let codec = try codec(for: choice)
+            if let lane, ZstdLane.carries(codec), case .zstd(let level)? = codec { return try encodeLane(run, level: level, lane: lane) }
             switch try encode(run, probe: false, choice: choice) {
             case .raw: return .raw
             case .compressed(let encoding, let payload): return .encoded(PageEncoding(encoding), lane: 0, payload)

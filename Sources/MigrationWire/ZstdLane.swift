@@ -55,7 +55,7 @@ public final class ZstdLaneEncoder {
         let code = ZSTD_CCtx_reset(context, ZSTD_reset_session_only)
         guard ZSTD_isError(code) == 0 else { throw Self.failure("ZSTD_CCtx_reset", code) }
         try set(ZSTD_c_compressionLevel, Int32(level))
-        try set(ZSTD_c_enableLongDistanceMatching, level >= 3 ? CZSTD_PS_ENABLE : CZSTD_PS_DISABLE)
+        try set(ZSTD_c_enableLongDistanceMatching, level >= ZstdLane.minimumLevel ? CZSTD_PS_ENABLE : CZSTD_PS_DISABLE)
         frameLevel = level
     }
 
