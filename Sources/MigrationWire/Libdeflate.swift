@@ -27,8 +27,6 @@ extension Inflater: RawDeflateInflater {}
 public final class FastDeflater: BufferCompressor {
     private let compressor: OpaquePointer
     public let level: Int
-    /// Where lent bytes are copied before libdeflate reads them (reused).
-    private var stableCopy: [UInt8] = []
 
     public init(level: Int) throws(WireError) {
         guard (1...12).contains(level) else { throw WireError.invalidCompressionLevel(level) }
@@ -45,17 +43,12 @@ public final class FastDeflater: BufferCompressor {
         try compress(input, outputCapacity: libdeflate_deflate_compress_bound(compressor, input.count))
     }
 
-    /// libdeflate reads its input twice (symbol counts, then the literals it writes), so
-    /// bytes another thread may write meanwhile — guest pages lent from a running
-    /// guest's mapping — could change in between and leave a literal without a Huffman
-    /// code: an invalid stream, which a destination refused as "corrupt deflate stream"
-    /// (issue 14). Lent bytes are copied first; an array (owned, stable) is not.
-    /// (zlib copies its input into its window, and zstd its literals into its own
-    /// buffer, before coding them.)
+    /// The input must not change while it is compressed: libdeflate reads it twice
+    /// (symbol counts, then the literals it writes), so a byte changed in between
+    /// could leave a literal without a Huffman code. Pages lent from a running guest
+    /// are copied before they get here (`PayloadCompressor.encodePages`).
     public func compress(_ input: RawSpan) throws(WireError) -> [UInt8] {
-        stableCopy.removeAll(keepingCapacity: true)
-        input.withUnsafeBytes { stableCopy.append(contentsOf: $0) }
-        return try compress(stableCopy[...], outputCapacity: libdeflate_deflate_compress_bound(compressor, input.byteCount))
+        try compress(input, outputCapacity: libdeflate_deflate_compress_bound(compressor, input.byteCount))
     }
 
     func compress(_ input: ArraySlice<UInt8>, outputCapacity: Int) throws(WireError) -> [UInt8] {

@@ -56,6 +56,8 @@ public final class PayloadCompressor {
     public private(set) var counters = Counters()
     private var compressors: [PayloadCodec: any BufferCompressor] = [:]
     private let clock = ContinuousClock()
+    /// Where a run of lent pages is copied before a codec reads it (reused).
+    private var stableRun: [UInt8] = []
 
     public init(policy: CompressionPolicy, zstdAccepted: Bool = false) throws(WireError) {
         self.policy = policy
@@ -217,7 +219,16 @@ public final class PayloadCompressor {
 
     /// As `encodePages(startPFN:pageSize:bytes:choice:)` on pages lent straight from
     /// the guest mapping, written into a PAGES frame built in place: a raw page is
-    /// copied once, into the frame; a compressed run is compressed from the mapping.
+    /// copied once, into the frame; a run to compress is copied first and compressed
+    /// from the copy.
+    ///
+    /// Why the copy: the mapping may change while it is read (a device DMA-writes the
+    /// running guest). A changed page may go out torn, and its dirty bit has it sent
+    /// again. But an LZ codec also matches one page against another as it was at one
+    /// instant and writes literals as they are at another, so a page that did *not*
+    /// change could decode to bytes it never held, and nothing would send it again
+    /// (seen: a migration that succeeded with 16 wrong bytes in an unchanged page).
+    /// From a copy, every page decodes to what the copy held.
     public func encodePages(startPFN: UInt64, pageSize: Int, pages: RawSpan, choice: CodecChoice? = nil,
                             into frame: inout PagesFrameBuilder, lane: ZstdLane? = nil) throws(WireError) {
         // A frame of a lane is retained (and replayed) as its bytes (§15.4): its raw pages are
@@ -229,7 +240,7 @@ public final class PayloadCompressor {
             let pfn = startPFN + UInt64(run.pages.lowerBound)
             let count = UInt32(run.pages.count)
             let bytes = pages.extracting((run.pages.lowerBound * pageSize)..<(run.pages.upperBound * pageSize))
-            switch try encode(run.kind, bytes, pageCount: run.pages.count, choice: choice, lane: lane) {
+            switch try encodeLent(run.kind, bytes, pageCount: run.pages.count, choice: choice, lane: lane) {
             case nil: frame.append(startPFN: pfn, pageCount: count, encoding: .zero, payload: [])
             case .raw where borrows && bytes.byteCount >= PagesFrameBuilder.minimumBorrowedBytes:
                 frame.appendBorrowedRaw(startPFN: pfn, pageCount: count, byteCount: bytes.byteCount)
@@ -244,6 +255,22 @@ public final class PayloadCompressor {
     private enum SegmentPayload {
         case raw
         case encoded(PageEncoding, lane: UInt8, [UInt8])
+    }
+
+    /// As `encode(_:_:pageCount:choice:lane:)` on pages that may change meanwhile: a data
+    /// run is compressed from a copy (see `encodePages(startPFN:pageSize:pages:choice:into:lane:)`).
+    private func encodeLent(_ kind: PageClass, _ run: RawSpan, pageCount: Int, choice: CodecChoice?,
+                            lane: ZstdLane?) throws(WireError) -> SegmentPayload? {
+        // Only what a codec will read: a run going raw is copied once, into the frame.
+        guard kind == .data, policy != .none, try codec(for: choice) != nil else {
+            return try encode(kind, run, pageCount: pageCount, choice: choice, lane: lane)
+        }
+        var copy: [UInt8] = []
+        swap(&copy, &stableRun)
+        defer { swap(&copy, &stableRun) }
+        copy.removeAll(keepingCapacity: true)
+        run.withUnsafeBytes { copy.append(contentsOf: $0) }
+        return try encode(kind, copy.span.bytes, pageCount: pageCount, choice: choice, lane: lane)
     }
 
     /// One run of pages of one class; nil for a zero run (no payload).
