@@ -28,15 +28,15 @@ final class Applier {
     private let progress: LockedValue<ApplyProgress>
     private let state: LockedValue<DestinationSession.State>
     private var sequences: [ResumeSequence]
-    private let digests: [SHA256Digest]
+    private let digests: [DeviceDigest]
     private var ended: [Bool]
 
     init(devices: [DestinationDevice], memory: GuestMemory?, writer: FrameWriter, pageDecoder: PageDecoderSlot, events: @escaping EventSink,
-         progress: LockedValue<ApplyProgress>, state: LockedValue<DestinationSession.State>) {
+         progress: LockedValue<ApplyProgress>, state: LockedValue<DestinationSession.State>, digest: DeviceDigestAlgorithm = .sha256) {
         self.devices = devices; self.memory = memory; self.writer = writer; self.pageDecoder = pageDecoder; self.events = events
         self.progress = progress; self.state = state
         sequences = devices.map { ResumeSequence(device: $0.device) }
-        digests = devices.map { _ in SHA256Digest() }
+        digests = devices.map { _ in DeviceDigest(digest) }
         ended = devices.map { _ in false }
     }
 
@@ -115,7 +115,7 @@ final class Applier {
         do throws(WireError) { try outcome.get() } catch { throw MigrationFailure(error) }
     }
 
-    /// DEVICE_END: the totals and the SHA-256 of everything applied must match (§5.6).
+    /// DEVICE_END: the totals and the digest of everything applied must match (§5.6, §16).
     private func verify(_ end: DeviceEnd, device i: Int) throws(MigrationFailure) {
         let name = devices[i].name
         let s = progress.withLock { $0.devices[i] }
@@ -126,9 +126,10 @@ final class Applier {
             throw .lengthMismatch(device: name, field: "byte count", expected: end.totalBytes, actual: s.bytes)
         }
         let digest = digests[i].finalize()
-        if digest != end.sha256 { throw .digestMismatch(device: name, expected: end.sha256, actual: digest) }
+        if digest != end.sha256 { throw .digestMismatch(device: name, algorithm: digests[i].algorithm, expected: end.sha256, actual: digest) }
         ended[i] = true
-        progress.withLock { $0.devices[i].sha256 = hex(digest) }
+        let algorithm = digests[i].algorithm
+        progress.withLock { $0.devices[i].record(digest: digest, algorithm) }
         events(.deviceEnd(device: name, bytes: s.bytes, chunks: s.chunks))
     }
 

@@ -68,6 +68,8 @@ final class DestinationSession {
     private var pageDecoder: PageDecoderSlot
     /// The session's zstd lanes, shared by every stream's page decoder (§15.2).
     private var laneBudget = SessionLanes(limit: 0)
+    /// DEVICE_END's digest, from the source's HELLO (§16): SHA-256 until then.
+    private var digestAlgorithm = DeviceDigestAlgorithm.sha256
 
     init(devices: [DestinationDevice], memory: GuestMemory?, options: ReceiverOptions, events: @escaping EventSink,
          stream: TLSStream, listener: TLSListener?, cancellation: Cancellation) {
@@ -101,15 +103,16 @@ final class DestinationSession {
         let exchange = HelloExchange(names: devices.devices.map(\.name), compatibility: devices.devices.map(\.compatibility), memory: memory)
         // Extra streams arrive on the listener, which only a resumable session watches.
         let maxStreams = listener != nil && options.reconnectTimeoutSeconds > 0 ? options.maxStreams : 1
-        let theirs = try exchange.asDestination(reader: reader, writer: writer, encodings: options.encodings, version: version,
+        let theirs = try exchange.asDestination(reader: reader, writer: writer, encodings: options.helloEncodings, version: version,
                                                 maxStreams: maxStreams, maxLanes: options.maxZstdLanes)
         let streams = Int(theirs.streams?.count ?? 1)
         // Stream 0's decoder took the lane count from this HELLO as it decoded it.
         let lanes = version >= .v4 ? Int(theirs.streams?.lanes ?? 0) : 0
         laneBudget = SessionLanes(limit: lanes)
+        digestAlgorithm = DeviceDigestAlgorithm(sessionEncodings: theirs.encodings)
         pageDecoder = PageDecoderSlot(limits: options.limits, budget: laneBudget)
         events(.helloAccepted(devices: devices.devices.map(\.name), memoryBytes: memory?.size ?? 0, security: stream.security,
-                              streams: streams, zstdLanes: lanes))
+                              streams: streams, zstdLanes: lanes, deviceDigest: digestAlgorithm))
         if version >= .v2 { try enableResumption(source: theirs, exchange: exchange) }
         keepAlive = startKeepAlive(writer: writer, peerTimeoutSeconds: options.peerTimeoutSeconds)
     }
@@ -422,7 +425,8 @@ final class DestinationSession {
 
     private func makePipeline() -> Pipeline {
         ReceivePipeline.make(name: "receive", workers: options.workers, limits: options.limits, devices: devices.devices, memory: memory,
-                             writer: writer, pageDecoder: pageDecoder, events: events, progress: progress, state: state)
+                             writer: writer, pageDecoder: pageDecoder, events: events, progress: progress, state: state,
+                             digest: digestAlgorithm)
     }
 }
 

@@ -1,5 +1,6 @@
 import Logging
 import MigrationTLS
+import MigrationWire
 
 /// Progress and lifecycle events, for a TTY display or one JSON object per line.
 public enum MigrationEvent: Sendable {
@@ -7,7 +8,8 @@ public enum MigrationEvent: Sendable {
     /// HELLO exchanged and compatible; `security` carries what deserves a warning
     /// (development certificates, a certificate that expires soon); `streams` is the
     /// TLS streams the session uses (PROTOCOL.md §14; 1 before version 3).
-    case helloAccepted(devices: [String], memoryBytes: UInt64, security: SessionSecurity, streams: Int, zstdLanes: Int = 0)
+    case helloAccepted(devices: [String], memoryBytes: UInt64, security: SessionSecurity, streams: Int, zstdLanes: Int = 0,
+                       deviceDigest: DeviceDigestAlgorithm = .sha256)
     case phase(MigrationPhase)
     case progress(Progress)
     /// One pre-copy iteration done: what is left, and the convergence model's figures
@@ -51,8 +53,18 @@ public struct DeviceStats: Sendable, Codable {
     public var chunks: UInt64 = 0
     public var precopyBytes: UInt64 = 0
     public var stopcopyBytes: UInt64 = 0
+    /// DEVICE_END's digest in hex, and which it is (`sha256`, `xxh3-128`; §16).
+    public var digest: String = ""
+    public var digestAlgorithm: String = ""
+    /// The digest again when it is SHA-256 (empty otherwise), as before version 5.
     public var sha256: String = ""
     public init(name: String) { self.name = name }
+
+    mutating func record(digest field: [UInt8], _ algorithm: DeviceDigestAlgorithm) {
+        digest = hex(field)
+        digestAlgorithm = algorithm.description
+        sha256 = algorithm == .sha256 ? digest : ""
+    }
 }
 
 public struct MigrationStats: Sendable, Codable {
@@ -83,8 +95,9 @@ public typealias EventSink = @Sendable (MigrationEvent) -> Void
 func logEvent(_ event: MigrationEvent, to logger: Logger) {
     switch event {
     case .phase(let p): logger.info("phase \(p)")
-    case .helloAccepted(let d, let m, let security, let streams, let lanes):
-        logger.info("HELLO accepted", metadata: ["devices": "\(d)", "memory_bytes": "\(m)", "streams": "\(streams)", "zstd_lanes": "\(lanes)"])
+    case .helloAccepted(let d, let m, let security, let streams, let lanes, let digest):
+        logger.info("HELLO accepted", metadata: ["devices": "\(d)", "memory_bytes": "\(m)", "streams": "\(streams)", "zstd_lanes": "\(lanes)",
+                                                 "device_digest": "\(digest)"])
         // notice, not warning: the CLI prints these itself (at start, and in the hello event).
         for warning in security.warnings() { logger.notice("\(warning)") }
     case .iterationEnd(let i, let p, let d, let e, let c):

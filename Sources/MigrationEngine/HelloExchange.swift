@@ -24,10 +24,12 @@ struct HelloExchange: Sendable {
     /// routes pages in blocks of `blockPages` (§14.2). Returns both HELLOs.
     /// Version 4: it uses up to `lanes` zstd lanes in the session, at most what the
     /// destination decodes, when both use zstd (§15.2).
+    /// Version 5: it lists the XXH3-128 digest when `encodings` and the destination do (§16.2).
     func asSource(reader: FrameReader, writer: FrameWriter, encodings: [Encoding], version: ProtocolVersion = .v1,
                   streams: Int = 1, blockPages: Int = 1, lanes: Int = 0) throws(MigrationFailure) -> (theirs: Hello, mine: Hello) {
         let theirs = try Self.receiveHello(reader)
-        var usable = encodings.filter { $0 != .zstd || theirs.encodings.contains(.zstd) }
+        // The optional entries (zstd, the XXH3-128 digest) only if the destination listed them.
+        var usable = encodings.filter { e in e.introduced <= version && (e.introduced == .v1 || theirs.encodings.contains(e)) && e != .zstdLanes }
         var mine = Hello(sessionID: theirs.sessionID, role: .source, encodings: usable, devices: devices, memory: memory)
         mine.version = version.rawValue
         if version >= .v3 {

@@ -35,7 +35,7 @@ public enum MigrationFailure: Error, CustomStringConvertible {
     case tls(TLSError)
     case incompatible(String)
     case peerAborted(AbortReason, String)
-    case digestMismatch(device: String, expected: [UInt8], actual: [UInt8])
+    case digestMismatch(device: String, algorithm: DeviceDigestAlgorithm = .sha256, expected: [UInt8], actual: [UInt8])
     case lengthMismatch(device: String, field: String, expected: UInt64, actual: UInt64)
     case unexpectedFrame(String)
     case peerClosed
@@ -59,8 +59,9 @@ public enum MigrationFailure: Error, CustomStringConvertible {
         case .tls(let e): return "TLS: \(e)"
         case .incompatible(let s): return "incompatible peer: \(s)"
         case .peerAborted(let r, let s): return "peer aborted (\(r)): \(s)"
-        case .digestMismatch(let d, let e, let a):
-            return "device \(d): SHA-256 of the received device data \(hex(a)) differs from the source's \(hex(e))"
+        case .digestMismatch(let d, let algorithm, let e, let a):
+            let name = algorithm == .sha256 ? "SHA-256" : "XXH3-128"
+            return "device \(d): \(name) of the received device data \(hex(a)) differs from the source's \(hex(e))"
         case .lengthMismatch(let d, let f, let e, let a):
             return "device \(d): \(f) is \(a), the source sent \(e)"
         case .unexpectedFrame(let s): return "unexpected frame: \(s)"
@@ -138,7 +139,7 @@ extension MigrationFailure {
     var device: String? {
         switch self {
         case .device(_, let d): return d
-        case .digestMismatch(let d, _, _), .lengthMismatch(let d, _, _, _): return d
+        case .digestMismatch(let d, _, _, _), .lengthMismatch(let d, _, _, _): return d
         default: return nil
         }
     }

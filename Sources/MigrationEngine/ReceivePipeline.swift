@@ -11,7 +11,7 @@ enum ReceivePipeline {
 
     static func make(name: String, workers: Int, limits: WireLimits, devices: [DestinationDevice], memory: GuestMemory?,
                      writer: FrameWriter, pageDecoder: PageDecoderSlot, events: @escaping EventSink, progress: LockedValue<ApplyProgress>,
-                     state: LockedValue<DestinationSession.State>) -> Pipeline {
+                     state: LockedValue<DestinationSession.State>, digest: DeviceDigestAlgorithm = .sha256) -> Pipeline {
         Pipeline(
             name: name, workers: workers, window: workers * 4 + 4,
             makeTransform: { () throws(MigrationFailure) -> Pipeline.Transform in
@@ -21,7 +21,7 @@ enum ReceivePipeline {
             },
             makeConsumer: {
                 let applier = Applier(devices: devices, memory: memory, writer: writer, pageDecoder: pageDecoder, events: events,
-                                      progress: progress, state: state)
+                                      progress: progress, state: state, digest: digest)
                 return { (item: DecodedFrame) throws(MigrationFailure) in try applier.apply(item) }
             })
     }

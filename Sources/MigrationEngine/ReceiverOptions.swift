@@ -22,6 +22,10 @@ public struct ReceiverOptions: Sendable {
     /// bounds that memory.
     /// 0 = no lanes (and no version 4); lanes need zstd in `encodings`.
     public var maxZstdLanes: Int = 4
+    /// `--device-digest`: the DEVICE_END digest this side verifies (PROTOCOL.md §16).
+    /// `.xxh3` offers version 5 and lists encoding 4 there, so a source that also
+    /// wants it sends XXH3-128; `.sha256` keeps every session on SHA-256.
+    public var deviceDigest: DeviceDigestAlgorithm = .xxh3
     /// Diagnostics (phases at info, frames at trace).
     public var logger = Logger(label: "vfio-migrate.destination")
     public init() {}

@@ -3,14 +3,17 @@ import MigrationWire
 
 /// The protocol versions a side speaks follow from its reconnect timeout (§13.1: a
 /// side that does not resume neither offers nor selects version 2), for version 3
-/// (§14.1) from whether it wants more than one stream, and for version 4 (§15.1) from
-/// whether it uses zstd: a side held to one stream without zstd speaks exactly what it
-/// spoke before, byte for byte.
+/// (§14.1) from whether it wants more than one stream, for version 4 (§15.1) from
+/// whether it uses zstd, and for version 5 (§16.1) from whether it wants the XXH3-128
+/// device digest: a side held to one stream, without zstd and with SHA-256 speaks
+/// exactly what it spoke before, byte for byte.
 enum ResumeSettings {
-    static func versions(reconnectTimeoutSeconds: Double, streams: Int = 1, zstdLanes: Bool = false) -> Set<ProtocolVersion> {
+    static func versions(reconnectTimeoutSeconds: Double, streams: Int = 1, zstdLanes: Bool = false,
+                         fastDigest: Bool = false) -> Set<ProtocolVersion> {
         guard reconnectTimeoutSeconds > 0 else { return [.v1] }
         var versions: Set<ProtocolVersion> = streams > 1 ? [.v1, .v2, .v3] : [.v1, .v2]
         if zstdLanes { versions.insert(.v4) }
+        if fastDigest { versions.insert(.v5) }
         return versions
     }
 
@@ -33,8 +36,12 @@ extension SenderOptions {
     /// ALPN identifiers the source offers (`TLSConfiguration.applicationProtocols`).
     public var applicationProtocols: [String] {
         ProtocolVersion.alpnOffer(speaking: ResumeSettings.versions(reconnectTimeoutSeconds: reconnectTimeoutSeconds, streams: streams,
-                                                                    zstdLanes: compression.encodings.contains(.zstd)))
+                                                                    zstdLanes: compression.encodings.contains(.zstd),
+                                                                    fastDigest: deviceDigest == .xxh3))
     }
+
+    /// What the source's HELLO may list: its codecs and, for version 5, the digest.
+    var helloEncodings: [Encoding] { compression.encodings + (deviceDigest == .xxh3 ? [.xxh3Digest] : []) }
 
     /// The smallest `resumeWindowBytes` accepted (the largest frame plus the ACK interval).
     public var minimumResumeWindowBytes: Int { ResumeSettings.minimumWindowBytes(limits) }
@@ -44,6 +51,10 @@ extension ReceiverOptions {
     /// ALPN identifiers the destination selects among, most preferred first.
     public var applicationProtocols: [String] {
         ProtocolVersion.alpnOffer(speaking: ResumeSettings.versions(reconnectTimeoutSeconds: reconnectTimeoutSeconds, streams: maxStreams,
-                                                                    zstdLanes: encodings.contains(.zstd) && maxZstdLanes > 0))
+                                                                    zstdLanes: encodings.contains(.zstd) && maxZstdLanes > 0,
+                                                                    fastDigest: deviceDigest == .xxh3))
     }
+
+    /// What the destination's HELLO may list: its codecs and, for version 5, the digest.
+    var helloEncodings: [Encoding] { encodings + (deviceDigest == .xxh3 ? [.xxh3Digest] : []) }
 }

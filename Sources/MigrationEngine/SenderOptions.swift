@@ -54,6 +54,9 @@ public struct SenderOptions: Sendable {
     /// destination's `--max-streams` caps it. 1 = the single-stream protocol of before.
     /// Default (library and CLI): `StreamCount.defaultStreams`, by the host's cores.
     public var streams: Int = StreamCount.defaultStreams
+    /// `--device-digest`: `.xxh3` offers version 5 and uses XXH3-128 for DEVICE_END
+    /// when the destination lists it (PROTOCOL.md §16); `.sha256` always SHA-256.
+    public var deviceDigest: DeviceDigestAlgorithm = .xxh3
     /// Diagnostics (phases at info, iterations at debug, frames at trace).
     public var logger = Logger(label: "vfio-migrate.source")
     public init() {}

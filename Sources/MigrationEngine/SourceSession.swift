@@ -71,7 +71,7 @@ final class SourceSession {
     private var streams: SourceStreams?
     private var extraPipelines: [Pipeline] = []
     private var sequences: [SaveSequence]
-    private var digests: [SHA256Digest]
+    private var digests: [DeviceDigest]
     private var stoppedAt = ContinuousClock.now
     /// The model's estimate at the iteration that ended pre-copy, for the stats.
     private var estimatedDowntimeMs: Double?
@@ -96,7 +96,7 @@ final class SourceSession {
         writer = FrameWriter(stream: stream, limiter: bandwidth)
         stats.devices = devices.map { DeviceStats(name: $0.name) }
         sequences = devices.map { SaveSequence(device: $0.device) }
-        digests = devices.map { _ in SHA256Digest() }
+        digests = devices.map { _ in DeviceDigest(.sha256) }  // the session's once the HELLOs are exchanged
         stream.readTimeoutSeconds = options.peerTimeoutSeconds
         stream.writeTimeoutSeconds = options.peerTimeoutSeconds
     }
@@ -110,14 +110,16 @@ final class SourceSession {
             let exchange = HelloExchange(names: devices.devices.map(\.name), compatibility: devices.devices.map(\.compatibility), memory: memory)
             // Extra streams are new connections: without a way to open them, one stream.
             // Version 4: a zstd lane per compressing thread (§15.2), up to the destination's and our own cap.
-            let (theirs, mine) = try exchange.asSource(reader: reader, writer: writer, encodings: options.compression.encodings, version: version,
+            let (theirs, mine) = try exchange.asSource(reader: reader, writer: writer, encodings: options.helloEncodings, version: version,
                                                        streams: reconnect == nil ? 1 : options.streams, blockPages: options.pagesPerFrame,
                                                        lanes: min(options.workers, SendEncoding.maxLanesPerSession))
             encoding = SendEncoding(policy: options.compression, destinationAccepts: theirs.encodings, workers: options.workers,
                                     lanes: mine.encodings.contains(.zstdLanes) ? Int(mine.streams?.lanes ?? 0) : 0,
                                     transport: { [writer] in writer.stream.tcpInfo })
+            let digest = DeviceDigestAlgorithm(sessionEncodings: mine.encodings)
+            digests = devices.devices.map { _ in DeviceDigest(digest) }
             events(.helloAccepted(devices: devices.devices.map(\.name), memoryBytes: memory?.size ?? 0, security: stream.security,
-                                  streams: Int(mine.streams?.count ?? 1), zstdLanes: encoding.lanes))
+                                  streams: Int(mine.streams?.count ?? 1), zstdLanes: encoding.lanes, deviceDigest: digest))
             // Resumption first: the extra streams retain (and may be lost) from their first frame on.
             let credentials = try enableResumption(version, sessionID: theirs.sessionID)
             streams = try openStreams(mine, credentials: credentials)
@@ -236,7 +238,7 @@ final class SourceSession {
         for i in devices.indices {
             let digest = digests[i].finalize()
             let device = stats.devices[i]
-            stats.devices[i].sha256 = hex(digest)
+            stats.devices[i].record(digest: digest, digests[i].algorithm)
             try submit(.control(.deviceEnd(DeviceEnd(totalBytes: device.bytes, chunkCount: device.chunks, sha256: digest)), device: UInt32(i)))
             events(.deviceEnd(device: devices[i].name, bytes: device.bytes, chunks: device.chunks))
         }

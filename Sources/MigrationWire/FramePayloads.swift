@@ -84,7 +84,7 @@ extension DeviceData {
         guard let phase = Phase(rawValue: rawPhase) else { throw .invalidValue(frame: .deviceData, field: "phase", value: UInt64(rawPhase)) }
         let rawEncoding = try r.u8("encoding")
         guard let encoding = Encoding(rawValue: rawEncoding) else { throw .unknownEncoding(frame: .deviceData, value: rawEncoding) }
-        guard encoding != .zstdLanes else { throw DeviceData.lanesRefused }
+        guard encoding.carriesDeviceData else { throw DeviceData.refused(encoding) }
         let rawPart = try r.u8("part")
         try r.reserved(1, "reserved")
         let original = try r.u32("original length")
@@ -94,7 +94,7 @@ extension DeviceData {
             guard r.remaining == Int(original) else {
                 throw .payloadSizeMismatch(frame: .deviceData, field: "raw data", expected: Int(original), actual: r.remaining)
             }
-        case .deflate, .zstd, .zstdLanes:
+        case .deflate, .zstd, .zstdLanes, .xxh3Digest:
             guard Int(original) <= limits.maxInflated else {
                 throw .inflatedTooLarge(frame: .deviceData, declared: Int(original), limit: limits.maxInflated)
             }
@@ -103,9 +103,12 @@ extension DeviceData {
         return DeviceData(phase: phase, encoding: encoding, originalLength: original, payload: data, part: part)
     }
 
-    /// zstd lanes carry PAGES segments only (§15): DEVICE_DATA with encoding 3 is refused.
-    static let lanesRefused = WireError.invalidValue(frame: .deviceData, field: "encoding (3, zstd lanes, is for PAGES segments only)",
-                                                      value: UInt64(Encoding.zstdLanes.rawValue))
+    /// zstd lanes carry PAGES segments only (§15) and encoding 4 names DEVICE_END's digest
+    /// (§16): DEVICE_DATA with encoding 3 or 4 is refused.
+    static func refused(_ encoding: Encoding) -> WireError {
+        let why = encoding == .zstdLanes ? "3, zstd lanes, is for PAGES segments only" : "4 names the DEVICE_END digest, not a payload encoding"
+        return .invalidValue(frame: .deviceData, field: "encoding (\(why))", value: UInt64(encoding.rawValue))
+    }
 
     /// A piece carries at least one byte, and a first piece less than its chunk
     /// (a chunk that fits one frame is sent whole): one encoding per chunk size.

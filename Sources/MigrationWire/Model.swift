@@ -22,14 +22,22 @@ public enum Phase: UInt8, Sendable { case precopy = 0, stopcopy = 1 }
 /// DEVICE_DATA never uses it.
 public enum Encoding: UInt8, Sendable, CaseIterable {
     case raw = 0, deflate = 1, zstd = 2, zstdLanes = 3
+    /// Not a payload encoding: listed in both HELLOs, DEVICE_END carries XXH3-128
+    /// instead of SHA-256 (§16). No DEVICE_DATA frame or PAGES segment uses it.
+    case xxh3Digest = 4
 
     /// The protocol version that defines the encoding: a HELLO of an older version
     /// never lists it (§10), so a version-1 peer never meets zstd.
+    /// Whether a DEVICE_DATA payload may use it (lanes are for PAGES segments, the
+    /// digest for DEVICE_END).
+    public var carriesDeviceData: Bool { self != .zstdLanes && self != .xxh3Digest }
+
     public var introduced: ProtocolVersion {
         switch self {
         case .raw, .deflate: .v1
         case .zstd: .v2
         case .zstdLanes: .v4
+        case .xxh3Digest: .v5
         }
     }
 }

@@ -427,6 +427,7 @@ extension PageEncoding {
         case .deflate: self = .deflate
         case .zstd: self = .zstd
         case .zstdLanes: self = .zstdLane
+        case .xxh3Digest: preconditionFailure("encoding 4 is not a payload encoding")  // no codec has it
         }
     }
 }
@@ -465,8 +466,8 @@ public final class PayloadDecompressor {
             return try inflater.inflate(data.payload, expectedLength: declared, limit: limits.maxInflated, frame: .deviceData)
         case .zstd:
             return try zstd.decompress(data.payload, expectedLength: declared, limit: limits.maxInflated, frame: .deviceData)
-        case .zstdLanes:
-            throw DeviceData.lanesRefused
+        case .zstdLanes, .xxh3Digest:
+            throw DeviceData.refused(data.encoding)
         }
     }
 

@@ -11,8 +11,10 @@ public enum ProtocolVersion: UInt16, Sendable, Comparable, CaseIterable, CustomS
     case v3 = 3
     /// Version 3 plus zstd lanes (§15): a PAGES segment may continue a zstd stream per (stream, lane).
     case v4 = 4
+    /// Version 4 plus a faster device digest (§16): DEVICE_END may carry XXH3-128.
+    case v5 = 5
 
-    public static let latest: ProtocolVersion = .v4
+    public static let latest: ProtocolVersion = .v5
 
     /// The ALPN protocol identifier a TLS endpoint offers (source) or selects (destination).
     public var alpnIdentifier: String { "vfio-migrate/\(rawValue)" }

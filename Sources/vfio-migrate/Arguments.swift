@@ -11,6 +11,17 @@ extension CompressionPolicy: ExpressibleByArgument {
     public static var allValueStrings: [String] { ["none", "zlib:1", "...", "zlib:9", "zstd:-50", "...", "zstd:19", "auto"] }
 }
 
+extension DeviceDigestAlgorithm: ExpressibleByArgument {
+    public init?(argument: String) {
+        switch argument {
+        case "xxh3", "xxh3-128": self = .xxh3
+        case "sha256": self = .sha256
+        default: return nil
+        }
+    }
+    public static var allValueStrings: [String] { ["xxh3", "sha256"] }
+}
+
 extension TimeoutAction: ExpressibleByArgument {}
 extension StallPolicy: ExpressibleByArgument {}
 extension OpenedDevices.DirtyMode: ExpressibleByArgument {}

@@ -54,7 +54,7 @@ final class EventPrinter: @unchecked Sendable {  // mutable display state only u
     private func emitHuman(_ event: MigrationEvent) {
         switch event {
         case .connected(let peer): line("\(side): connected to \(peer)")
-        case .helloAccepted(let devices, let mem, let security, let streams, let lanes):
+        case .helloAccepted(let devices, let mem, let security, let streams, let lanes, _):
             line("\(side): HELLO accepted: \(devices.count) device(s) [\(devices.joined(separator: ", "))], guest memory \(formatBytes(mem))"
                  + (streams > 1 ? ", \(streams) TLS streams" : "") + (lanes > 0 ? ", \(lanes) zstd lanes" : ""))
             // This host's own warnings were printed at start; the peer's are news.
@@ -117,7 +117,7 @@ final class EventPrinter: @unchecked Sendable {  // mutable display state only u
         let ratio = s.rawBytes > 0 ? Double(s.wireBytes) / Double(s.rawBytes) * 100 : 0
         lines.append("\(side):   data \(formatBytes(s.rawBytes)) raw, \(formatBytes(s.wireBytes)) on the wire (\(String(format: "%.1f", ratio)) %), \(formatBytes(UInt64(rate)))/s; pages \(s.pagesSent) (\(s.zeroPages) zero)")
         for d in s.devices {
-            lines.append("\(side):   device \(d.name): \(formatBytes(d.bytes)) in \(d.chunks) chunks (pre-copy \(formatBytes(d.precopyBytes)), stop-copy \(formatBytes(d.stopcopyBytes))), sha256 \(d.sha256.prefix(16))…")
+            lines.append("\(side):   device \(d.name): \(formatBytes(d.bytes)) in \(d.chunks) chunks (pre-copy \(formatBytes(d.precopyBytes)), stop-copy \(formatBytes(d.stopcopyBytes))), \(d.digestAlgorithm) \(d.digest.prefix(16))…")
         }
         return lines.joined(separator: "\n")
     }
@@ -191,9 +191,9 @@ enum EventFields {
         var o: [String: Any] = ["side": side]
         switch event {
         case .connected(let peer): o["event"] = EventName.connected.rawValue; o["peer"] = peer
-        case .helloAccepted(let d, let m, let security, let streams, let lanes):
+        case .helloAccepted(let d, let m, let security, let streams, let lanes, let digest):
             o["event"] = EventName.hello.rawValue; o["devices"] = d; o["memory_bytes"] = m; o["streams"] = streams
-            o["zstd_lanes"] = lanes
+            o["zstd_lanes"] = lanes; o["device_digest"] = digest.description
             o["development_certificates"] = security.developmentCertificates
             if let t = security.ownCertificateNotAfter { o["certificate_not_after"] = rfc3339(t) }
             if let t = security.peerCertificateNotAfter { o["peer_certificate_not_after"] = rfc3339(t) }

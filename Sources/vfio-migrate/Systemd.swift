@@ -66,7 +66,7 @@ final class SystemdNotifier: Sendable {
     func report(_ event: MigrationEvent) {
         switch event {
         case .connected(let peer): status("connected to \(peer)")
-        case .helloAccepted(let devices, _, _, _, _): status("HELLO accepted: \(devices.joined(separator: ", "))")
+        case .helloAccepted(let devices, _, _, _, _, _): status("HELLO accepted: \(devices.joined(separator: ", "))")
         case .phase(let phase): status("phase \(phase)")
         case .sessionRefused(let why): status("refused a peer: \(why)")
         case .connectionLost(let why): status("connection lost, session kept: \(why)")

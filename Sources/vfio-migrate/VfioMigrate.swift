@@ -64,6 +64,8 @@ struct SenderTuning: ParsableArguments {
     var resumeWindow: ByteCount = ByteCount(bytes: 64 << 20)
     @Option(help: "TLS connections for one session (1-64; default by the cores: 1 up to 4 cores, then one per 2 cores, up to 16): pages spread over them by PFN, device data on the first. More than 1 needs --reconnect-timeout > 0 and a destination with --max-streams > 1 (protocol version 3); such a session resumes after a lost connection like a one-stream session (docs/PROTOCOL.md §14.5).")
     var streams: Int?
+    @Option(name: .customLong("device-digest"), help: "DEVICE_END's digest of each device's state: xxh3 (default: XXH3-128 when the destination takes it, protocol version 5; SHA-256 otherwise) or sha256 (always SHA-256, versions up to 4).")
+    var deviceDigest: DeviceDigestAlgorithm = .xxh3
 
     func validate() throws {
         try ArgumentCheck.milliseconds(downtimeMs, "--downtime-ms")
@@ -99,6 +101,7 @@ struct SenderTuning: ParsableArguments {
         o.reconnectTimeoutSeconds = reconnectTimeout
         o.resumeWindowBytes = Int(clamping: resumeWindow.bytes)
         o.streams = streams ?? StreamCount.defaultStreams
+        o.deviceDigest = deviceDigest
         return o
     }
 }
@@ -210,6 +213,8 @@ struct Receive: ParsableCommand {
     var maxStreams: Int = StreamCount.defaultMaxStreams
     @Option(name: .customLong("max-zstd-lanes"), help: "Most zstd lanes a source may use in one session, over all its streams (0-16, default 4; protocol version 4): one zstd stream per source compressing thread, each decoded here with a window of up to 16 MiB. 0: no lanes (version 3 or 2).")
     var maxZstdLanes: Int = ReceiverOptions().maxZstdLanes
+    @Option(name: .customLong("device-digest"), help: "DEVICE_END digests this side verifies: xxh3 (default: XXH3-128 when the source sends it, protocol version 5; SHA-256 from older sources) or sha256 (SHA-256 only, versions up to 4).")
+    var deviceDigest: DeviceDigestAlgorithm = .xxh3
 
     func validate() throws {
         try ArgumentCheck.seconds(acceptTimeout, "--accept-timeout")
@@ -265,6 +270,7 @@ struct Receive: ParsableCommand {
         options.reconnectTimeoutSeconds = reconnectTimeout
         options.maxStreams = maxStreams
         options.maxZstdLanes = maxZstdLanes
+        options.deviceDigest = deviceDigest
         // Before the ALPN offer: without zstd this side speaks no version 4 (§15.1).
         if noZstd { options.encodings = [.raw, .deflate] }
         var tlsConfiguration = tls.configuration()

@@ -26,13 +26,18 @@ import Testing
         // By default as many streams as the cores pay for (§14.5: resumable with any number).
         #expect(defaults.streams == StreamCount.forThroughput(cores: ProcessInfo.processInfo.activeProcessorCount))
         if ProcessInfo.processInfo.activeProcessorCount <= 4 {
-            // `auto` compresses with zstd: version 4 (zstd lanes) first, then version 2 (§15.1).
-            #expect(defaults.streams == 1 && defaults.applicationProtocols == ["vfio-migrate/4", "vfio-migrate/2"], "one stream up to 4 cores")
+            // The XXH3-128 digest: version 5 first (§16.1); `auto` compresses with zstd: version 4
+            // (zstd lanes), then version 2 (§15.1).
+            #expect(defaults.streams == 1 && defaults.applicationProtocols == ["vfio-migrate/5", "vfio-migrate/4", "vfio-migrate/2"],
+                    "one stream up to 4 cores")
         }
         let four = try #require(try VfioMigrate.parseAsRoot(Self.send + ["--streams", "4"]) as? Send).tuning.options()
-        #expect(four.streams == 4 && four.applicationProtocols == ["vfio-migrate/4", "vfio-migrate/3", "vfio-migrate/2"])
-        let one = try #require(try VfioMigrate.parseAsRoot(Self.send + ["--streams", "1", "--compress", "zlib:1"]) as? Send).tuning.options()
-        #expect(one.applicationProtocols == ["vfio-migrate/2"], "one stream without zstd: exactly version 2 as before")
+        #expect(four.streams == 4 && four.applicationProtocols == ["vfio-migrate/5", "vfio-migrate/4", "vfio-migrate/3", "vfio-migrate/2"])
+        let one = try #require(try VfioMigrate.parseAsRoot(Self.send + ["--streams", "1", "--compress", "zlib:1", "--device-digest", "sha256"]) as? Send)
+            .tuning.options()
+        #expect(one.applicationProtocols == ["vfio-migrate/2"], "one stream without zstd or XXH3: exactly version 2 as before")
+        let digest = try #require(try VfioMigrate.parseAsRoot(Self.send + ["--streams", "1", "--compress", "zlib:1"]) as? Send).tuning.options()
+        #expect(digest.deviceDigest == .xxh3 && digest.applicationProtocols == ["vfio-migrate/5", "vfio-migrate/2"])
         let receive = try #require(try VfioMigrate.parseAsRoot(Self.receive + ["--max-streams", "3"]) as? Receive)
         #expect(receive.maxStreams == 3)
         let receiveDefault = try #require(try VfioMigrate.parseAsRoot(Self.receive) as? Receive)

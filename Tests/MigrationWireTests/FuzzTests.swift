@@ -88,6 +88,13 @@ import Glibc
             laneFrames += (s.frames + j.frames).filter { if case .pages(let p) = $0.body { p.hasLaneSegments } else { false } }.count
         }
         #expect(laneFrames > 0, "the corpus has lane segments")
+        // Version 5: the HELLO lists encoding 4 (§16), with lanes and without.
+        for lanes in [0, 2] {
+            let laneEncoders = try (0..<lanes).map { ZstdLane(index: UInt8($0), encoder: try ZstdLaneEncoder()) }
+            let level = try PayloadCompressor(policy: .zstd(level: 3), zstdAccepted: true)
+            let s = try gen.sourceSession(compressor: level, version: .v5, lanes: laneEncoders)
+            corpus.append(Entry(bytes: s.bytes, offsets: s.offsets, peer: .source, version: .v5, lanes: lanes))
+        }
 
         var rng = SeededRNG(seed: seed ^ 0xFFFF)
         let decompressor = try PayloadDecompressor()

@@ -125,7 +125,8 @@ struct FrameGenerator {
         // A zstd compressor's payloads need zstd in the HELLO (generated pages may use it
         // too), and zstd needs version 2 (PROTOCOL.md §10).
         let zstd = version >= .v2
-        let encodings: [Encoding] = !zstd ? [.raw, .deflate] : lanes.isEmpty ? [.raw, .deflate, .zstd] : [.raw, .deflate, .zstd, .zstdLanes]
+        var encodings: [Encoding] = !zstd ? [.raw, .deflate] : lanes.isEmpty ? [.raw, .deflate, .zstd] : [.raw, .deflate, .zstd, .zstdLanes]
+        if version >= .v5 { encodings.append(.xxh3Digest) }  // §16: DEVICE_END's digest, no payload encoding
         var s = StreamBuilder.source(devices: devices, memory: memory, encodings: encodings, version: version, lanes: UInt16(lanes.count))
         for iteration in 0..<int(0...3) {
             for _ in 0..<int(1...6) {

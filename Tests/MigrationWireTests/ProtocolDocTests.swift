@@ -32,7 +32,22 @@ import Testing
             ("device-data-next", FrameEncoder.serialize(.deviceData(DeviceData(phase: .stopcopy, encoding: .raw, originalLength: 2,
                                                                                  payload: Array("..".utf8), part: .next)), device: 0, sequence: 8)),
             ("commit", FrameEncoder.serialize(.commit, device: 0, sequence: 9)),
-        ] + versionTwoExamples() + versionThreeExamples() + versionFourExamples()
+        ] + versionTwoExamples() + versionThreeExamples() + versionFourExamples() + versionFiveExamples()
+    }
+
+    /// §16.4: the source HELLO of a version-5 session listing raw, deflate and the
+    /// XXH3-128 digest (one stream, no lanes), and a DEVICE_END for a device whose whole
+    /// stream was the 3 bytes "abc": XXH3-128("abc") in its canonical form, then 16 zero bytes.
+    static func versionFiveExamples() -> [(id: String, bytes: [UInt8])] {
+        let hello = Hello(version: 5, sessionID: Array(UInt8(0x00)...0x0f), role: .source, encodings: [.raw, .deflate, .xxh3Digest],
+                          devices: [DeviceDescriptor(name: "gpu0", pageSize: 4096, compatibility: "10de:1eb8/v2")],
+                          memory: [MemoryRange(startPFN: 0, pageCount: 0x40000, pageSize: 4096)],
+                          streams: StreamOffer(count: 1, blockPages: 256, lanes: 0))
+        let end = DeviceEnd(totalBytes: 3, chunkCount: 1, sha256: DeviceDigest.field(Array("abc".utf8), .xxh3))
+        return [
+            ("hello-v5", FrameEncoder.serialize(.hello(hello), device: 0, sequence: 0)),
+            ("device-end-xxh3", FrameEncoder.serialize(.deviceEnd(end), device: 0, sequence: 9)),
+        ]
     }
 
     /// §15.6: a lane segment's payload, the first of its lane: a zstd frame header (no
@@ -53,6 +68,19 @@ import Testing
             ("hello-v4", FrameEncoder.serialize(.hello(hello), device: 0, sequence: 0)),
             ("pages-lane", FrameEncoder.serialize(.pages(pages), device: 0, sequence: 5)),
         ]
+    }
+
+    /// §16.4: the version-5 HELLO reads back as a source's, and the DEVICE_END's field
+    /// is XXH3-128("abc") and 16 zero bytes.
+    @Test func theVersionFiveExamplesDecode() throws {
+        let bytes = Dictionary(uniqueKeysWithValues: Self.examples().map { ($0.id, $0.bytes) })
+        var decoder = FrameDecoder(peer: .source, version: .v5)
+        decoder.feed(try #require(bytes["hello-v5"]))
+        guard case .frame(let frame)? = try decoder.nextMessage(), case .hello(let hello) = frame.body else { Issue.record("not a HELLO"); return }
+        #expect(hello.encodings == [.raw, .deflate, .xxh3Digest] && hello.streams?.lanes == 0)
+        var reader = ByteReader(try #require(bytes["device-end-xxh3"]), range: 24..<72, frame: .deviceEnd)
+        guard case .deviceEnd(let end) = try FrameBody.parsePayload(.deviceEnd, &reader, limits: .default) else { Issue.record("not DEVICE_END"); return }
+        #expect(end.sha256 == DeviceDigest.field(Array("abc".utf8), .xxh3) && end.sha256[16...].allSatisfy { $0 == 0 })
     }
 
     /// The lane example decodes to its page on lane 1 of a two-lane stream.

@@ -55,7 +55,7 @@ struct MultiStreamTests {
         let reported = LockedValue<(source: Int?, destination: Int?)>((nil, nil))
         let names = LockedValue<(source: [String], destination: [String])>(([], []))
         let receiver = Receiver(devices: pair.destination, memory: pair.destinationMemory, options: receiverOptions, events: { e in
-            if case .helloAccepted(_, _, _, let n, _) = e { reported.withLock { $0.destination = n } }
+            if case .helloAccepted(_, _, _, let n, _, _) = e { reported.withLock { $0.destination = n } }
             names.withLock { $0.destination.append(name(e)) }
             receiverEvents?(e)
         })
@@ -63,7 +63,7 @@ struct MultiStreamTests {
             try receiver.run(stream: try listener.accept(timeoutSeconds: 30), listener: listener)
         }
         let sender = Sender(devices: pair.source, memory: pair.sourceMemory, options: options, events: { e in
-            if case .helloAccepted(_, _, _, let n, _) = e { reported.withLock { $0.source = n } }
+            if case .helloAccepted(_, _, _, let n, _, _) = e { reported.withLock { $0.source = n } }
             names.withLock { $0.source.append(name(e)) }
             senderEvents?(e, link)
         })
@@ -126,11 +126,17 @@ struct MultiStreamTests {
 
     @Test("--streams 1 offers no version 3; --reconnect-timeout 0 offers nothing (version 1)")
     func oneStreamOffersWhatItDidBefore() {
-        #expect(Self.senderOptions(streams: 1).applicationProtocols == ["vfio-migrate/2"])
-        #expect(Self.senderOptions(streams: 4).applicationProtocols == ["vfio-migrate/3", "vfio-migrate/2"])
+        // With SHA-256 digests (the XXH3-128 digest adds version 5 in front, §16.1).
+        var one = Self.senderOptions(streams: 1), four = Self.senderOptions(streams: 4)
+        one.deviceDigest = .sha256; four.deviceDigest = .sha256
+        #expect(one.applicationProtocols == ["vfio-migrate/2"])
+        #expect(four.applicationProtocols == ["vfio-migrate/3", "vfio-migrate/2"])
+        #expect(Self.senderOptions(streams: 4).applicationProtocols == ["vfio-migrate/5", "vfio-migrate/3", "vfio-migrate/2"])
         #expect(Self.senderOptions(streams: 4, reconnect: 0).applicationProtocols == [])
         // A destination that decodes zstd also takes version 4 (zstd lanes, §15.1).
-        #expect(Self.receiverOptions(maxStreams: 1).applicationProtocols == ["vfio-migrate/4", "vfio-migrate/2"])
+        var receiver = Self.receiverOptions(maxStreams: 1)
+        receiver.deviceDigest = .sha256
+        #expect(receiver.applicationProtocols == ["vfio-migrate/4", "vfio-migrate/2"])
         #expect(Self.receiverOptions(maxStreams: 8, reconnect: 0).applicationProtocols == [])
         #expect(SenderOptions().streams == StreamCount.defaultStreams)
         #expect(StreamCount.forThroughput(cores: 2) == 1 && StreamCount.forThroughput(cores: 4) == 1)

@@ -129,12 +129,13 @@ struct ScriptedSession {
     let peer: ScriptedPeer
     var hello: Hello
 
-    init(_ pair: SimPair, options: ReceiverOptions = Rig.receiverOptions(peerTimeout: 20)) throws {
+    /// `version` above 1: negotiated with ALPN, the receiver selecting what `options` speak.
+    init(_ pair: SimPair, options: ReceiverOptions = Rig.receiverOptions(peerTimeout: 20), version: ProtocolVersion = .v1) throws {
         ignoreSIGPIPE()
         let pki = try TestPKI.get()
-        let receiver = try ListeningReceiver(pair, pki: pki, options: options)
+        let receiver = try ListeningReceiver(pair, pki: pki, options: options, alpn: version > .v1)
         do {
-            peer = try ScriptedPeer.source(port: receiver.port, pki: pki)
+            peer = try ScriptedPeer.source(port: receiver.port, pki: pki, version: version)
             do { hello = try peer.readHello() } catch { peer.stream.close(); throw error }
         } catch {
             receiver.listener.close()

@@ -15,24 +15,33 @@ import TestSupport
         return o
     }
 
-    /// §15.1: who offers and selects version 4.
+    /// §15.1: who offers and selects version 4 (with SHA-256 digests: the XXH3-128
+    /// digest adds version 5 in front, §16.1).
     @Test func versionFourIsOfferedBySidesThatResumeAndUseZstd() {
-        #expect(Self.senderOptions().applicationProtocols == ["vfio-migrate/4", "vfio-migrate/2"])
-        #expect(Self.senderOptions(streams: 4).applicationProtocols == ["vfio-migrate/4", "vfio-migrate/3", "vfio-migrate/2"])
+        var sha = Self.senderOptions()
+        sha.deviceDigest = .sha256
+        #expect(sha.applicationProtocols == ["vfio-migrate/4", "vfio-migrate/2"])
+        #expect(Self.senderOptions().applicationProtocols == ["vfio-migrate/5", "vfio-migrate/4", "vfio-migrate/2"])
+        sha.streams = 4
+        #expect(sha.applicationProtocols == ["vfio-migrate/4", "vfio-migrate/3", "vfio-migrate/2"])
         var zlib = Self.senderOptions()
         zlib.compression = .zlib(level: 1)
+        zlib.deviceDigest = .sha256
         #expect(zlib.applicationProtocols == ["vfio-migrate/2"], "no zstd: as before")
-        var auto = Self.senderOptions()
+        var auto = sha
         auto.compression = .auto
         #expect(auto.applicationProtocols.first == "vfio-migrate/4")
         var receiver = ResumeRig.receiverOptions()
         receiver.maxStreams = 1
+        receiver.deviceDigest = .sha256
         #expect(receiver.applicationProtocols == ["vfio-migrate/4", "vfio-migrate/2"])
         receiver.maxZstdLanes = 0
         #expect(receiver.applicationProtocols == ["vfio-migrate/2"])
         receiver.maxZstdLanes = 4
         receiver.encodings = [.raw, .deflate]
         #expect(receiver.applicationProtocols == ["vfio-migrate/2"], "--no-zstd: no lanes")
+        receiver.deviceDigest = .xxh3
+        #expect(receiver.applicationProtocols == ["vfio-migrate/5", "vfio-migrate/2"], "version 5 without zstd: no lanes, the digest")
     }
 
     /// The same guest with lanes and without (a destination that decodes none): both
@@ -46,7 +55,7 @@ import TestSupport
             // The hello event names the lanes the session uses: the source's 2 workers, or none.
             let reported = LockedValue<[Int]>([])
             let report: @Sendable (MigrationEvent, ReconnectProxy) -> Void = { e, _ in
-                if case .helloAccepted(_, _, _, _, let n) = e { reported.withLock { $0.append(n) } }
+                if case .helloAccepted(_, _, _, _, let n, _) = e { reported.withLock { $0.append(n) } }
             }
             let run = try ResumeRig.migrate(pair, options: Self.senderOptions(), receiverOptions: receiver, senderEvents: report, receiverEvents: report)
             try Guarantee.migrated(run.outcome, pair)

@@ -5,17 +5,21 @@ import TestSupport
 /// `@testable` access and so stay with the tests that use them.
 extension TestPKI {
     /// The listening destination: expects its client to be `source.test`.
-    func serverContext() throws -> TLSContext {
-        try TLSContext(configuration: TLSConfiguration(caFile: path("ca.pem"), certificateFile: path("destination.pem"),
-                                                       privateKeyFile: path("destination-key.pem"), peerName: "source.test",
-                                                       handshakeTimeoutSeconds: 5), role: .server)
+    /// `alpn`: the protocol identifiers it selects among (none: version 1 only).
+    func serverContext(alpn: [String] = []) throws -> TLSContext {
+        var configuration = TLSConfiguration(caFile: path("ca.pem"), certificateFile: path("destination.pem"),
+                                             privateKeyFile: path("destination-key.pem"), peerName: "source.test", handshakeTimeoutSeconds: 5)
+        configuration.applicationProtocols = alpn
+        return try TLSContext(configuration: configuration, role: .server)
     }
 
     /// A connecting source with certificate `cert` (expects the server to be `destination.test`).
-    func clientContext(cert: String = "source", omitCertificate: Bool = false) throws -> TLSContext {
-        try TLSContext(configuration: TLSConfiguration(caFile: path("ca.pem"), certificateFile: path(cert + ".pem"),
-                                                       privateKeyFile: path(cert + "-key.pem"), peerName: "destination.test",
-                                                       handshakeTimeoutSeconds: 5), role: .client,
-                       hooks: TLSTestHooks(omitCertificate: omitCertificate, skipOwnValidityCheck: true))
+    /// `alpn`: the protocol identifiers it offers (none: version 1).
+    func clientContext(cert: String = "source", omitCertificate: Bool = false, alpn: [String] = []) throws -> TLSContext {
+        var configuration = TLSConfiguration(caFile: path("ca.pem"), certificateFile: path(cert + ".pem"),
+                                             privateKeyFile: path(cert + "-key.pem"), peerName: "destination.test", handshakeTimeoutSeconds: 5)
+        configuration.applicationProtocols = alpn
+        return try TLSContext(configuration: configuration, role: .client,
+                              hooks: TLSTestHooks(omitCertificate: omitCertificate, skipOwnValidityCheck: true))
     }
 }

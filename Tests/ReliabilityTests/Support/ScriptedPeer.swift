@@ -15,17 +15,22 @@ final class ScriptedPeer: @unchecked Sendable {
     /// Every frame received so far, in order.
     private(set) var received: [Frame] = []
 
-    init(stream: TLSStream, reading peer: Role) {
+    init(stream: TLSStream, reading peer: Role, version: ProtocolVersion = .v1) {
         self.stream = stream
-        decoder = FrameDecoder(peer: peer)
+        decoder = FrameDecoder(peer: peer, version: version)
         stream.readTimeoutSeconds = 20
         stream.writeTimeoutSeconds = 20
     }
 
     /// A source that connected to `port` with the good certificate.
-    static func source(port: UInt16, pki: TestPKI) throws -> ScriptedPeer {
-        ScriptedPeer(stream: try TLSConnector.connect(to: .tcp(host: "127.0.0.1", port: port), context: try pki.clientContext(), timeoutSeconds: 5),
-                     reading: .destination)
+    /// `version` above 1: offered with ALPN (the receiver must select it).
+    static func source(port: UInt16, pki: TestPKI, version: ProtocolVersion = .v1) throws -> ScriptedPeer {
+        let alpn = version > .v1 ? [version.alpnIdentifier] : []
+        let stream = try TLSConnector.connect(to: .tcp(host: "127.0.0.1", port: port), context: try pki.clientContext(alpn: alpn), timeoutSeconds: 5)
+        guard version == .v1 || stream.applicationProtocol == version.alpnIdentifier else {
+            throw SetupError("the receiver selected \(stream.applicationProtocol ?? "no protocol"), not \(version.alpnIdentifier)")
+        }
+        return ScriptedPeer(stream: stream, reading: .destination, version: version)
     }
 
     private let sendLock = NSLock()
@@ -36,10 +41,14 @@ final class ScriptedPeer: @unchecked Sendable {
         try stream.write(encoder.encode(body, device: device))
     }
 
-    /// The next frame, keep-alives included; nil once the peer closed cleanly.
+    /// The next frame, keep-alives included (a version-2+ stream's ACKs are skipped);
+    /// nil once the peer closed cleanly.
     func next() throws -> Frame? {
         while true {
-            if let f = try decoder.next() { received.append(f); return f }
+            if let message = try decoder.nextMessage() {
+                if case .frame(let f) = message { received.append(f); return f }
+                continue
+            }
             let bytes = try stream.read(maxCount: 1 << 16)
             if bytes.isEmpty { return nil }
             decoder.feed(bytes)
@@ -75,13 +84,15 @@ final class ScriptedPeer: @unchecked Sendable {
         return h
     }
 
-    /// Saves each source device whole (stop-and-copy) and sends its chunks and DEVICE_END.
-    func sendDeviceStreams(_ pair: SimPair, corruptDigestOf corrupt: Int? = nil) throws {
+    /// Saves each source device whole (stop-and-copy) and sends its chunks and DEVICE_END
+    /// with `digest` (§5.6, §16); `corrupt` flips byte `corruptByte` of that device's field.
+    func sendDeviceStreams(_ pair: SimPair, corruptDigestOf corrupt: Int? = nil, corruptByte: Int = 0,
+                           digest algorithm: DeviceDigestAlgorithm = .sha256) throws {
         for (i, d) in pair.source.enumerated() {
             try d.device.setState([.saving, .running])
             try d.device.setState([.saving])
             var save = SaveSequence(device: d.device)
-            let digest = SHA256Digest()
+            let digest = DeviceDigest(algorithm)
             var bytes: UInt64 = 0, chunks: UInt64 = 0
             while let chunk = try save.nextChunk() {
                 digest.update(chunk.bytes)
@@ -89,7 +100,7 @@ final class ScriptedPeer: @unchecked Sendable {
                 try send(.deviceData(DeviceData(phase: .stopcopy, encoding: .raw, originalLength: UInt32(chunk.bytes.count), payload: chunk.bytes)), device: UInt32(i))
             }
             var sha = digest.finalize()
-            if corrupt == i { sha[0] ^= 0xFF }
+            if corrupt == i { sha[corruptByte] ^= 0xFF }
             try send(.deviceEnd(DeviceEnd(totalBytes: bytes, chunkCount: chunks, sha256: sha)), device: UInt32(i))
         }
     }
@@ -101,8 +112,10 @@ struct ListeningReceiver {
     let result: ResultBox<MigrationStats>
     let listener: TLSListener
 
-    init(_ pair: SimPair, pki: TestPKI, options: ReceiverOptions = Rig.receiverOptions(peerTimeout: 20)) throws {
-        let listener = try TLSListener(endpoint: .tcp(host: "127.0.0.1", port: 0), context: try pki.serverContext())
+    /// `alpn`: select the versions `options` speak (else version 1 only).
+    init(_ pair: SimPair, pki: TestPKI, options: ReceiverOptions = Rig.receiverOptions(peerTimeout: 20), alpn: Bool = false) throws {
+        let listener = try TLSListener(endpoint: .tcp(host: "127.0.0.1", port: 0),
+                                       context: try pki.serverContext(alpn: alpn ? options.applicationProtocols : []))
         guard case .tcp(_, let port) = listener.boundEndpoint else { throw SetupError("no port") }
         let receiver = Receiver(devices: pair.destination, memory: pair.destinationMemory, options: options)
         self.port = port
