@@ -32,7 +32,7 @@ final class Applier {
     private var ended: [Bool]
 
     init(devices: [DestinationDevice], memory: GuestMemory?, writer: FrameWriter, pageDecoder: PageDecoderSlot, events: @escaping EventSink,
-         progress: LockedValue<ApplyProgress>, state: LockedValue<DestinationSession.State>, digest: DeviceDigestAlgorithm = .sha256) {
+         progress: LockedValue<ApplyProgress>, state: LockedValue<DestinationSession.State>, digest: DeviceDigestAlgorithm) {
         self.devices = devices; self.memory = memory; self.writer = writer; self.pageDecoder = pageDecoder; self.events = events
         self.progress = progress; self.state = state
         sequences = devices.map { ResumeSequence(device: $0.device) }

@@ -267,6 +267,7 @@ private struct StreamReceiver {
         let c = context
         return ReceivePipeline.make(name: "stream-\(index)", workers: max(1, c.workers / c.routing.count), limits: c.limits,
                                     devices: c.devices, memory: c.memory, writer: c.writer, pageDecoder: c.pageDecoders[index - 1],
-                                    events: c.events, progress: c.progress, state: c.state)
+                                    events: c.events, progress: c.progress, state: c.state,
+                                    digest: DeviceDigestAlgorithm(sessionEncodings: c.source.encodings))
     }
 }

@@ -11,7 +11,7 @@ enum ReceivePipeline {
 
     static func make(name: String, workers: Int, limits: WireLimits, devices: [DestinationDevice], memory: GuestMemory?,
                      writer: FrameWriter, pageDecoder: PageDecoderSlot, events: @escaping EventSink, progress: LockedValue<ApplyProgress>,
-                     state: LockedValue<DestinationSession.State>, digest: DeviceDigestAlgorithm = .sha256) -> Pipeline {
+                     state: LockedValue<DestinationSession.State>, digest: DeviceDigestAlgorithm) -> Pipeline {
         Pipeline(
             name: name, workers: workers, window: workers * 4 + 4,
             makeTransform: { () throws(MigrationFailure) -> Pipeline.Transform in

@@ -96,7 +96,7 @@ final class SourceSession {
         writer = FrameWriter(stream: stream, limiter: bandwidth)
         stats.devices = devices.map { DeviceStats(name: $0.name) }
         sequences = devices.map { SaveSequence(device: $0.device) }
-        digests = devices.map { _ in DeviceDigest(.sha256) }  // the session's once the HELLOs are exchanged
+        digests = []  // the session's algorithm once the HELLOs are exchanged; nothing is hashed before
         stream.readTimeoutSeconds = options.peerTimeoutSeconds
         stream.writeTimeoutSeconds = options.peerTimeoutSeconds
     }

@@ -133,7 +133,7 @@ final class SourceStreams {
         let stream: TLSStream
         do { stream = try connect() } catch { throw .tls(error) }
         do throws(MigrationFailure) {
-            // The session's version, 3 or 4 (§14.3, §15.1), selected from the same offer.
+            // The session's version, 3 or later (§14.3, §15.1, §16.1), selected from the same offer.
             guard stream.applicationProtocol == credentials.applicationProtocol,
                   let version = ProtocolVersion.negotiated(alpn: stream.applicationProtocol, offered: options.applicationProtocols),
                   version >= .v3 else {

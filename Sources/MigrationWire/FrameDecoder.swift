@@ -79,7 +79,7 @@ public struct FrameDecoder: Sendable {
     /// last STREAM_END. Its numbering starts at 0; it has no HELLO of its own.
     /// After a resume (§14.5) the stream's numbering goes on at `nextSequence`, the
     /// position the destination reported for it.
-    /// Version 4: `version` is the session's, and the engine sets `laneCount`.
+    /// Version 4 and later: `version` is the session's, and the engine sets `laneCount`.
     public init(joinedStream index: Int, routing: StreamRouting, memory: [MemoryRange], encodings: [Encoding],
                 limits: WireLimits = .default, nextSequence: UInt64 = 0, version: ProtocolVersion = .v3) {
         precondition(index >= 1 && index < routing.count, "an extra stream's index is 1..<count")

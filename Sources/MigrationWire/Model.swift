@@ -26,12 +26,12 @@ public enum Encoding: UInt8, Sendable, CaseIterable {
     /// instead of SHA-256 (§16). No DEVICE_DATA frame or PAGES segment uses it.
     case xxh3Digest = 4
 
-    /// The protocol version that defines the encoding: a HELLO of an older version
-    /// never lists it (§10), so a version-1 peer never meets zstd.
     /// Whether a DEVICE_DATA payload may use it (lanes are for PAGES segments, the
     /// digest for DEVICE_END).
     public var carriesDeviceData: Bool { self != .zstdLanes && self != .xxh3Digest }
 
+    /// The protocol version that defines the encoding: a HELLO of an older version
+    /// never lists it (§10), so a version-1 peer never meets zstd.
     public var introduced: ProtocolVersion {
         switch self {
         case .raw, .deflate: .v1

@@ -265,6 +265,10 @@ public final class PayloadCompressor {
         guard kind == .data, policy != .none, try codec(for: choice) != nil else {
             return try encode(kind, run, pageCount: pageCount, choice: choice, lane: lane)
         }
+        // Moved out and back: the copy's span must not overlap an access to `self`,
+        // which `encode` makes (and the buffer's capacity is kept for the next run).
+        // Every codec gets the copy, also those that buffer their input themselves
+        // (zlib, a lane's streaming zstd): one rule, at the price of a memcpy.
         var copy: [UInt8] = []
         swap(&copy, &stableRun)
         defer { swap(&copy, &stableRun) }

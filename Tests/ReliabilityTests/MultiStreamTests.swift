@@ -18,8 +18,10 @@ struct MultiStreamTests {
         var sourceStats: MigrationStats? { if case .success(let s) = outcome.source { s } else { nil } }
     }
 
+    /// SHA-256 digests: version 3 as deployed peers speak it (version 5: DeviceDigestConformanceTests).
     static func senderOptions(streams: Int, reconnect: Double = 8) -> SenderOptions {
         var o = Rig.senderOptions(peerTimeout: 10)
+        o.deviceDigest = .sha256
         o.streams = streams
         o.reconnectTimeoutSeconds = reconnect
         o.downtimeTargetMs = 20
@@ -28,6 +30,7 @@ struct MultiStreamTests {
 
     static func receiverOptions(maxStreams: Int, reconnect: Double = 8) -> ReceiverOptions {
         var o = Rig.receiverOptions(peerTimeout: 10)
+        o.deviceDigest = .sha256
         o.maxStreams = maxStreams
         o.reconnectTimeoutSeconds = reconnect
         return o
@@ -127,16 +130,14 @@ struct MultiStreamTests {
     @Test("--streams 1 offers no version 3; --reconnect-timeout 0 offers nothing (version 1)")
     func oneStreamOffersWhatItDidBefore() {
         // With SHA-256 digests (the XXH3-128 digest adds version 5 in front, §16.1).
-        var one = Self.senderOptions(streams: 1), four = Self.senderOptions(streams: 4)
-        one.deviceDigest = .sha256; four.deviceDigest = .sha256
-        #expect(one.applicationProtocols == ["vfio-migrate/2"])
-        #expect(four.applicationProtocols == ["vfio-migrate/3", "vfio-migrate/2"])
-        #expect(Self.senderOptions(streams: 4).applicationProtocols == ["vfio-migrate/5", "vfio-migrate/3", "vfio-migrate/2"])
+        #expect(Self.senderOptions(streams: 1).applicationProtocols == ["vfio-migrate/2"])
+        #expect(Self.senderOptions(streams: 4).applicationProtocols == ["vfio-migrate/3", "vfio-migrate/2"])
+        var xxh3 = Self.senderOptions(streams: 4)
+        xxh3.deviceDigest = .xxh3
+        #expect(xxh3.applicationProtocols == ["vfio-migrate/5", "vfio-migrate/3", "vfio-migrate/2"])
         #expect(Self.senderOptions(streams: 4, reconnect: 0).applicationProtocols == [])
         // A destination that decodes zstd also takes version 4 (zstd lanes, §15.1).
-        var receiver = Self.receiverOptions(maxStreams: 1)
-        receiver.deviceDigest = .sha256
-        #expect(receiver.applicationProtocols == ["vfio-migrate/4", "vfio-migrate/2"])
+        #expect(Self.receiverOptions(maxStreams: 1).applicationProtocols == ["vfio-migrate/4", "vfio-migrate/2"])
         #expect(Self.receiverOptions(maxStreams: 8, reconnect: 0).applicationProtocols == [])
         #expect(SenderOptions().streams == StreamCount.defaultStreams)
         #expect(StreamCount.forThroughput(cores: 2) == 1 && StreamCount.forThroughput(cores: 4) == 1)

@@ -293,15 +293,19 @@ enum ResumeRig {
         var events: (source: [String], destination: [String])
     }
 
+    /// SHA-256 digests: the suites built on this rig run versions 2 to 4 as deployed
+    /// peers speak them; version 5 has its own (DeviceDigestConformanceTests).
     static func senderOptions() -> SenderOptions {
         var o = Rig.senderOptions(peerTimeout: 10)
         o.reconnectTimeoutSeconds = 8
+        o.deviceDigest = .sha256
         return o
     }
 
     static func receiverOptions() -> ReceiverOptions {
         var o = Rig.receiverOptions(peerTimeout: 10)
         o.reconnectTimeoutSeconds = 8
+        o.deviceDigest = .sha256
         return o
     }
 
