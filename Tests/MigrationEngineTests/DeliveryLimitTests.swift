@@ -1,4 +1,5 @@
 import MigrationTLS
+import SyncPrimitives
 import Testing
 @testable import MigrationEngine
 
@@ -133,6 +134,39 @@ import Testing
         #expect(adaptive.decide().reason != .linkNotMeasured)
         let link = adaptive.report?.linkBytesPerSecond ?? .infinity
         #expect(link > 50e6 && link < 130e6, "capped by what was carried, not the drain's 1 GB/s: \(link)")
+    }
+
+    /// TCP_INFO is read every 5 ms until its readings agreed on a delivery limit (every
+    /// batch goes at the cheapest level until then), and then every 20 ms like the host's
+    /// CPU counters.
+    @Test func theConnectionIsReadOftenUntilItsLimitIsKnown() {
+        let reads = LockedValue((tcp: 0, host: 0))
+        let current = LockedValue(TCPInfo())
+        let adaptive = AdaptiveEncoding(chooser: EncodingChooser(zstdAccepted: true), cores: 2,
+                                        hostCPU: { reads.withLock { $0.host += 1 }; return nil },
+                                        transport: { reads.withLock { $0.tcp += 1 }; return current.current })
+        var t = ContinuousClock.now
+        func writes(_ count: Int) {
+            for _ in 0..<count {
+                adaptive.recordDrain(bytes: 1 << 20, started: t, ended: t + .milliseconds(5), cpu: .zero)
+                t = t + .milliseconds(5)
+            }
+        }
+        writes(40)
+        #expect(reads.current.tcp == 40 && reads.current.host == 10, "no limit yet: \(reads.current)")
+        // Network-bound readings past the warm-up (fed with their own times): the limit is known.
+        var info = TCPInfo(bytesAcked: DeliveryLimitMeter.warmUpBytes)
+        let t0 = ContinuousClock.now - .seconds(1)
+        for i in 0..<(DeliveryLimitMeter.stableReadings + 2) {
+            info.bytesAcked += 2_500_000
+            info.busyMicroseconds += 20_000
+            adaptive.recordTransport(info, at: t0 + .milliseconds(20 * i))
+        }
+        current.withLock { $0 = info }
+        #expect(adaptive.decide().reason != .linkNotMeasured)
+        reads.withLock { $0 = (0, 0) }
+        writes(40)
+        #expect(reads.current.tcp == 10 && reads.current.host == 10, "limit known: \(reads.current)")
     }
 
     /// `count` writes of 1 MB of input at `rate` input bytes per second.
