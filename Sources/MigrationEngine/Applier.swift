@@ -125,10 +125,9 @@ final class Applier {
         if end.totalBytes != s.bytes {
             throw .lengthMismatch(device: name, field: "byte count", expected: end.totalBytes, actual: s.bytes)
         }
-        let digest = digests[i].finalize()
-        if digest != end.sha256 { throw .digestMismatch(device: name, algorithm: digests[i].algorithm, expected: end.sha256, actual: digest) }
+        let (digest, algorithm) = (digests[i].finalize(), digests[i].algorithm)
+        if digest != end.sha256 { throw .digestMismatch(device: name, algorithm: algorithm, expected: end.sha256, actual: digest) }
         ended[i] = true
-        let algorithm = digests[i].algorithm
         progress.withLock { $0.devices[i].record(digest: digest, algorithm) }
         events(.deviceEnd(device: name, bytes: s.bytes, chunks: s.chunks))
     }

@@ -9,7 +9,7 @@ public enum MigrationEvent: Sendable {
     /// (development certificates, a certificate that expires soon); `streams` is the
     /// TLS streams the session uses (PROTOCOL.md §14; 1 before version 3).
     case helloAccepted(devices: [String], memoryBytes: UInt64, security: SessionSecurity, streams: Int, zstdLanes: Int = 0,
-                       deviceDigest: DeviceDigestAlgorithm = .sha256)
+                       deviceDigest: DeviceDigestAlgorithm)
     case phase(MigrationPhase)
     case progress(Progress)
     /// One pre-copy iteration done: what is left, and the convergence model's figures

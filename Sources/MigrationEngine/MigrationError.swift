@@ -35,7 +35,7 @@ public enum MigrationFailure: Error, CustomStringConvertible {
     case tls(TLSError)
     case incompatible(String)
     case peerAborted(AbortReason, String)
-    case digestMismatch(device: String, algorithm: DeviceDigestAlgorithm = .sha256, expected: [UInt8], actual: [UInt8])
+    case digestMismatch(device: String, algorithm: DeviceDigestAlgorithm, expected: [UInt8], actual: [UInt8])
     case lengthMismatch(device: String, field: String, expected: UInt64, actual: UInt64)
     case unexpectedFrame(String)
     case peerClosed
@@ -60,8 +60,7 @@ public enum MigrationFailure: Error, CustomStringConvertible {
         case .incompatible(let s): return "incompatible peer: \(s)"
         case .peerAborted(let r, let s): return "peer aborted (\(r)): \(s)"
         case .digestMismatch(let d, let algorithm, let e, let a):
-            let name = algorithm == .sha256 ? "SHA-256" : "XXH3-128"
-            return "device \(d): \(name) of the received device data \(hex(a)) differs from the source's \(hex(e))"
+            return "device \(d): \(algorithm.displayName) of the received device data \(hex(a)) differs from the source's \(hex(e))"
         case .lengthMismatch(let d, let f, let e, let a):
             return "device \(d): \(f) is \(a), the source sent \(e)"
         case .unexpectedFrame(let s): return "unexpected frame: \(s)"

@@ -18,6 +18,14 @@ public enum DeviceDigestAlgorithm: Sendable, Equatable, CaseIterable, CustomStri
         }
     }
 
+    /// The name messages and the spec use.
+    public var displayName: String {
+        switch self {
+        case .sha256: "SHA-256"
+        case .xxh3: "XXH3-128"
+        }
+    }
+
     /// The algorithm of a session whose HELLOs listed `encodings` (the source's, which
     /// only lists the digest when the destination did).
     public init(sessionEncodings encodings: [Encoding]) {
