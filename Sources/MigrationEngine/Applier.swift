@@ -9,6 +9,7 @@ struct ApplyProgress: Sendable {
     var rawBytes: UInt64 = 0
     var pages: UInt64 = 0
     var zeroPages: UInt64 = 0
+    var copiedPages: UInt64 = 0
     var readySent = false
     /// When the first stop-and-copy frame arrived (the destination's downtime starts).
     var stopCopyStarted: ContinuousClock.Instant?
@@ -87,23 +88,27 @@ final class Applier {
         return true
     }
 
-    /// Zero segments through `zeroPages` (which skips pages known to be zero),
-    /// the others decoded straight into the pages they fill.
+    /// Zero segments through `zeroPages` (which skips pages known to be zero), copies
+    /// from the pages they name, the others decoded straight into the pages they fill.
     private func applyPages(_ pages: Pages) throws(MigrationFailure) {
         guard let memory else { throw .unexpectedFrame("PAGES without announced guest memory") }
-        var n: UInt64 = 0, z: UInt64 = 0
+        var n: UInt64 = 0, z: UInt64 = 0, c: UInt64 = 0
         for segment in pages.segments {
             let count = Int(segment.pageCount)
             if segment.encoding == .zero {
                 try deviceCall(nil) { () throws(DeviceError) in try memory.zeroPages(startPFN: segment.startPFN, count: count) }
                 z += UInt64(count)
+            } else if let source = segment.copySourcePFN {
+                // §17: the bytes this stream already put there (the decoder checked the placement).
+                try deviceCall(nil) { () throws(DeviceError) in try memory.copyPages(from: source, to: segment.startPFN, count: count) }
+                c += UInt64(count)
             } else {
                 try decode(segment, pageSize: Int(pages.pageSize), into: memory)
             }
             n += UInt64(count)
         }
         let raw = n * UInt64(memory.pageSize)
-        progress.withLock { $0.pages += n; $0.zeroPages += z; $0.rawBytes += raw }
+        progress.withLock { $0.pages += n; $0.zeroPages += z; $0.copiedPages += c; $0.rawBytes += raw }
     }
 
     private func decode(_ segment: PageSegment, pageSize: Int, into memory: GuestMemory) throws(MigrationFailure) {

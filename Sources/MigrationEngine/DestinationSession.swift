@@ -224,6 +224,7 @@ final class DestinationSession {
         stats.rawBytes = applied.rawBytes
         stats.pagesSent = applied.pages
         stats.zeroPages = applied.zeroPages
+        stats.copiedPages = applied.copiedPages
         stats.devices = applied.devices
         stats.deviceBytes = stats.devices.reduce(0) { $0 + $1.bytes }
         events(.phase(.done))

@@ -80,6 +80,9 @@ public struct MigrationStats: Sendable, Codable {
     public var wireBytes: UInt64 = 0
     public var pagesSent: UInt64 = 0
     public var zeroPages: UInt64 = 0
+    /// Pages sent (source) or applied (destination) as copies of pages the destination
+    /// already held (protocol version 6, PROTOCOL.md §17).
+    public var copiedPages: UInt64 = 0
     public var deviceBytes: UInt64 = 0
     /// Dirty-bitmap answers by kind (source side): NONE, ALL, partial bitmaps.
     public var bitmapsNone: Int = 0

@@ -115,7 +115,7 @@ final class EventPrinter: @unchecked Sendable {  // mutable display state only u
         let estimate = s.downtimeComparison.map { String(format: " (estimated %.0f ms, target %.0f ms)", $0.estimatedMs, $0.targetMs) } ?? ""
         lines.append("\(side): migration complete in \(String(format: "%.2f", s.totalSeconds)) s, downtime \(String(format: "%.0f", s.downtimeMs)) ms\(estimate), \(s.iterations) pre-copy iteration(s)\(s.converged ? "" : " (did not converge: switched over above the target)")")
         let ratio = s.rawBytes > 0 ? Double(s.wireBytes) / Double(s.rawBytes) * 100 : 0
-        lines.append("\(side):   data \(formatBytes(s.rawBytes)) raw, \(formatBytes(s.wireBytes)) on the wire (\(String(format: "%.1f", ratio)) %), \(formatBytes(UInt64(rate)))/s; pages \(s.pagesSent) (\(s.zeroPages) zero)")
+        lines.append("\(side):   data \(formatBytes(s.rawBytes)) raw, \(formatBytes(s.wireBytes)) on the wire (\(String(format: "%.1f", ratio)) %), \(formatBytes(UInt64(rate)))/s; pages \(s.pagesSent) (\(s.zeroPages) zero, \(s.copiedPages) copies)")
         for d in s.devices {
             lines.append("\(side):   device \(d.name): \(formatBytes(d.bytes)) in \(d.chunks) chunks (pre-copy \(formatBytes(d.precopyBytes)), stop-copy \(formatBytes(d.stopcopyBytes))), \(d.digestAlgorithm) \(d.digest.prefix(16))…")
         }

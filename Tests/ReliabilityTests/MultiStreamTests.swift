@@ -18,10 +18,12 @@ struct MultiStreamTests {
         var sourceStats: MigrationStats? { if case .success(let s) = outcome.source { s } else { nil } }
     }
 
-    /// SHA-256 digests: version 3 as deployed peers speak it (version 5: DeviceDigestConformanceTests).
+    /// SHA-256 digests and no page copies: version 3 as deployed peers speak it (version 5:
+    /// DeviceDigestConformanceTests; version 6: PageCopySessionTests).
     static func senderOptions(streams: Int, reconnect: Double = 8) -> SenderOptions {
         var o = Rig.senderOptions(peerTimeout: 10)
         o.deviceDigest = .sha256
+        o.pageCopies = false
         o.streams = streams
         o.reconnectTimeoutSeconds = reconnect
         o.downtimeTargetMs = 20
@@ -31,6 +33,7 @@ struct MultiStreamTests {
     static func receiverOptions(maxStreams: Int, reconnect: Double = 8) -> ReceiverOptions {
         var o = Rig.receiverOptions(peerTimeout: 10)
         o.deviceDigest = .sha256
+        o.pageCopies = false
         o.maxStreams = maxStreams
         o.reconnectTimeoutSeconds = reconnect
         return o
