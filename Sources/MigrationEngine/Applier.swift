@@ -87,8 +87,8 @@ final class Applier {
         return true
     }
 
-    /// Zero segments through `zeroPages` (which skips pages known to be zero),
-    /// the others decoded straight into the pages they fill.
+    /// Zero segments through `zeroPages` (which skips pages known to be zero), copies
+    /// from the pages they name, the others decoded straight into the pages they fill.
     private func applyPages(_ pages: Pages) throws(MigrationFailure) {
         guard let memory else { throw .unexpectedFrame("PAGES without announced guest memory") }
         var n: UInt64 = 0, z: UInt64 = 0
@@ -97,6 +97,9 @@ final class Applier {
             if segment.encoding == .zero {
                 try deviceCall(nil) { () throws(DeviceError) in try memory.zeroPages(startPFN: segment.startPFN, count: count) }
                 z += UInt64(count)
+            } else if let source = segment.copySourcePFN {
+                // §17: the bytes this stream already put there (the decoder checked the placement).
+                try deviceCall(nil) { () throws(DeviceError) in try memory.copyPages(from: source, to: segment.startPFN, count: count) }
             } else {
                 try decode(segment, pageSize: Int(pages.pageSize), into: memory)
             }

@@ -63,6 +63,8 @@ final class FrameWriter: Sendable {
     /// The source's retained window: an ACK on the reader thread never waits for a write.
     private let retention = ConditionValue(Retention())
     private let limiter: BandwidthLimiter?
+    /// Source, version 6: what this stream's destination holds for page copies (§17).
+    private let pageCopies = LockedValue<PageCopyTable?>(nil)
 
     /// `limiter` starts counting now: its average is this session's.
     init(stream: TLSStream, limiter: BandwidthLimiter? = nil) {
@@ -88,6 +90,10 @@ final class FrameWriter: Sendable {
             }
         }
     }
+
+    /// Source, version 6: pages this writer numbers are remembered by `table` once
+    /// acknowledged, and forgotten unacknowledged when the link is replayed.
+    func enablePageCopies(_ table: PageCopyTable) { pageCopies.withLock { $0 = table } }
 
     /// Ends resumption (the session ends): an attached link writes and fails as in
     /// version 1 (so the ABORT still goes out); a lost one fails every waiting writer.
@@ -143,10 +149,15 @@ final class FrameWriter: Sendable {
     /// go to TLS without another copy when the caller owns the only reference.
     /// Raw pages the frame borrowed (`PreparedFrame.borrowed`) are sent from `memory`'s
     /// mapping, each in its place: one copy fewer than through the frame.
-    func send(prepared frame: inout PreparedFrame, memory: GuestMemory? = nil) throws(MigrationFailure) {
+    /// `sent`: the pages the frame sent with their bytes, and its batch's generation
+    /// (page copies, §17), handed to the table with the frame's number.
+    func send(prepared frame: inout PreparedFrame, memory: GuestMemory? = nil,
+              sent: (generation: UInt64, pages: [SentPage])? = nil) throws(MigrationFailure) {
         precondition(frame.borrowed.isEmpty || memory != nil, "borrowed pages need the guest memory")
+        let table = sent == nil ? nil : pageCopies.withLock { $0 }
         try writeFrame { (encoder: inout FrameEncoder) throws(WireError) in
             encoder.number(&frame)
+            if let table, let sent { table.pend(sequence: encoder.nextSequence - 1, generation: sent.generation, sent: sent.pages) }
             retention.withLock { $0.window?.record(frame.body, device: frame.device, encoded: frame.retainedBytes) }
             return Outgoing(bytes: frame.bytes, borrowed: frame.borrowed, memory: memory)
         }
@@ -213,6 +224,7 @@ final class FrameWriter: Sendable {
         try retention.withLock { (r: inout Retention) throws(MigrationFailure) in
             do throws(WireError) { try r.window?.acknowledge(position) } catch { throw MigrationFailure(error) }
         }
+        pageCopies.withLock { $0 }?.acknowledge(nextSequence: position.nextSequence)
     }
 
     /// Marks the link lost if `stream` is still the current one, and closes `stream`,
@@ -240,6 +252,8 @@ final class FrameWriter: Sendable {
                   regenerate: (RetainedWindow.ReplayItem, FrameEncoder) throws(MigrationFailure) -> [UInt8]) throws(MigrationFailure) -> UInt64 {
         try output.withLock { (o: inout Output) throws(MigrationFailure) -> UInt64 in
             if case .failed(let failure) = link.withLock({ $0.status }) { throw failure }
+            // No frame is numbered while lost: what is pending now is all the replay may build again.
+            pageCopies.withLock { $0 }?.forgetPending()
             let items: [RetainedWindow.ReplayItem]
             do throws(WireError) {
                 items = try retention.withLock { (r: inout Retention) throws(WireError) in try r.window?.replay(from: position) ?? [] }

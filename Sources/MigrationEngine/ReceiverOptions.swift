@@ -26,6 +26,9 @@ public struct ReceiverOptions: Sendable {
     /// `.xxh3` offers version 5 and lists encoding 4 there, so a source that also
     /// wants it sends XXH3-128; `.sha256` keeps every session on SHA-256.
     public var deviceDigest: DeviceDigestAlgorithm = .xxh3
+    /// `--no-page-copies` clears it: with it, a resuming destination selects version 6
+    /// and lists encoding 5, so a source may send copy segments (PROTOCOL.md §17).
+    public var pageCopies = true
     /// Diagnostics (phases at info, frames at trace).
     public var logger = Logger(label: "vfio-migrate.destination")
     public init() {}

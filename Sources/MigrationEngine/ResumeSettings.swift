@@ -4,16 +4,18 @@ import MigrationWire
 /// The protocol versions a side speaks follow from its reconnect timeout (§13.1: a
 /// side that does not resume neither offers nor selects version 2), for version 3
 /// (§14.1) from whether it wants more than one stream, for version 4 (§15.1) from
-/// whether it uses zstd, and for version 5 (§16.1) from whether it wants the XXH3-128
-/// device digest: a side held to one stream, without zstd and with SHA-256 speaks
-/// exactly what it spoke before, byte for byte.
+/// whether it uses zstd, for version 5 (§16.1) from whether it wants the XXH3-128
+/// device digest and for version 6 (§17.1) from whether it wants page copies: a side
+/// held to one stream, without zstd, with SHA-256 and without copies speaks exactly
+/// what it spoke before, byte for byte.
 enum ResumeSettings {
     static func versions(reconnectTimeoutSeconds: Double, streams: Int = 1, zstdLanes: Bool = false,
-                         fastDigest: Bool = false) -> Set<ProtocolVersion> {
+                         fastDigest: Bool = false, pageCopies: Bool = false) -> Set<ProtocolVersion> {
         guard reconnectTimeoutSeconds > 0 else { return [.v1] }
         var versions: Set<ProtocolVersion> = streams > 1 ? [.v1, .v2, .v3] : [.v1, .v2]
         if zstdLanes { versions.insert(.v4) }
         if fastDigest { versions.insert(.v5) }
+        if pageCopies { versions.insert(.v6) }
         return versions
     }
 
@@ -37,11 +39,13 @@ extension SenderOptions {
     public var applicationProtocols: [String] {
         ProtocolVersion.alpnOffer(speaking: ResumeSettings.versions(reconnectTimeoutSeconds: reconnectTimeoutSeconds, streams: streams,
                                                                     zstdLanes: compression.encodings.contains(.zstd),
-                                                                    fastDigest: deviceDigest == .xxh3))
+                                                                    fastDigest: deviceDigest == .xxh3, pageCopies: pageCopies))
     }
 
-    /// What the source's HELLO may list: its codecs and, for version 5, the digest.
-    var helloEncodings: [Encoding] { compression.encodings + (deviceDigest == .xxh3 ? [.xxh3Digest] : []) }
+    /// What the source's HELLO may list: its codecs and, for versions 5 and 6, the digest and page copies.
+    var helloEncodings: [Encoding] {
+        compression.encodings + (deviceDigest == .xxh3 ? [.xxh3Digest] : []) + (pageCopies ? [.pageCopies] : [])
+    }
 
     /// The smallest `resumeWindowBytes` accepted (the largest frame plus the ACK interval).
     public var minimumResumeWindowBytes: Int { ResumeSettings.minimumWindowBytes(limits) }
@@ -52,9 +56,9 @@ extension ReceiverOptions {
     public var applicationProtocols: [String] {
         ProtocolVersion.alpnOffer(speaking: ResumeSettings.versions(reconnectTimeoutSeconds: reconnectTimeoutSeconds, streams: maxStreams,
                                                                     zstdLanes: encodings.contains(.zstd) && maxZstdLanes > 0,
-                                                                    fastDigest: deviceDigest == .xxh3))
+                                                                    fastDigest: deviceDigest == .xxh3, pageCopies: pageCopies))
     }
 
-    /// What the destination's HELLO may list: its codecs and, for version 5, the digest.
-    var helloEncodings: [Encoding] { encodings + (deviceDigest == .xxh3 ? [.xxh3Digest] : []) }
+    /// What the destination's HELLO may list: its codecs and, for versions 5 and 6, the digest and page copies.
+    var helloEncodings: [Encoding] { encodings + (deviceDigest == .xxh3 ? [.xxh3Digest] : []) + (pageCopies ? [.pageCopies] : []) }
 }

@@ -4,15 +4,17 @@ import VFIODevice
 /// What the source's producer hands to the compression workers.
 enum SendItem: Sendable {
     case chunk(device: UInt32, phase: Phase, part: ChunkPart, bytes: [UInt8])
-    /// Read and encode these guest pages in the worker.
-    case pages(startPFN: UInt64, count: Int)
+    /// Read and encode these guest pages in the worker. `copyGeneration`: in a
+    /// session with page copies (§17), the batch's generation in its stream's table.
+    case pages(startPFN: UInt64, count: Int, copyGeneration: UInt64? = nil)
     case control(FrameBody, device: UInt32)
 
     /// The frame for this item, serialised whole on a worker thread with its own
     /// compressor; the writer only numbers it.
     /// `lane`: the worker's zstd lane of this stream (version 4), for pages only.
+    /// `copies`: the worker's page-copy state, in a session with page copies.
     func encode(compressor: PayloadCompressor, encoding: SendEncoding, memory: GuestMemory?, counters: Counters,
-                lane: ZstdLane? = nil) throws(MigrationFailure) -> SendOutput {
+                lane: ZstdLane? = nil, copies: PageCopyWorker? = nil) throws(MigrationFailure) -> SendOutput {
         switch self {
         case .chunk(let device, let phase, let part, let bytes):
             guard let length = UInt32(exactly: bytes.count) else {
@@ -22,7 +24,11 @@ enum SendItem: Sendable {
             let (used, payload) = encoded.value
             let body = FrameBody.deviceData(DeviceData(phase: phase, encoding: used, originalLength: length, payload: payload, part: part))
             return SendOutput(frame: try prepare(body, device: device), rawBytes: UInt64(bytes.count), coded: encoded.coded, kind: .deviceData)
-        case .pages(let start, let count):
+        case .pages(let start, let count, let generation?):
+            guard let copies else { preconditionFailure("a batch of a session with page copies needs the worker's copy state") }
+            let batch = PageCopyBatch(startPFN: start, count: count, generation: generation)
+            return try copies.encode(batch, compressor: compressor, encoding: encoding, memory: memory!, counters: counters, lane: lane)
+        case .pages(let start, let count, nil):
             return try encodePages(startPFN: start, count: count, compressor: compressor, encoding: encoding, memory: memory!,
                                    counters: counters, lane: lane)
         case .control(let body, let device):
@@ -45,11 +51,7 @@ enum SendItem: Sendable {
             }
         }
         let encoded = try built.get()
-        var zero: UInt64 = 0
-        if case .pages(let p) = encoded.value.body {
-            for s in p.segments where s.encoding == .zero { zero += UInt64(s.pageCount) }
-        }
-        counters.addPages(UInt64(count), zero: zero)
+        counters.addPages(encoded.value)
         return SendOutput(frame: encoded.value, rawBytes: UInt64(count * memory.pageSize), coded: encoded.coded)
     }
 
@@ -68,6 +70,9 @@ struct SendOutput: Sendable {
     var coded = false
     /// Device state or pages: DeliveryArms measures each kind apart.
     var kind = DeliveryArms.Kind.pages
+    /// Page copies (§17): the pages this frame sent with their bytes, and its batch's
+    /// generation, for the stream's table once the frame is numbered.
+    var sentPages: (generation: UInt64, pages: [SentPage])?
     /// A PAGES frame with a zstd lane segment: the retained window keeps its bytes (§15.4).
     var retainsBytes: Bool {
         if case .pages(let p) = frame.body { p.hasLaneSegments } else { false }

@@ -57,6 +57,11 @@ public struct SenderOptions: Sendable {
     /// `--device-digest`: `.xxh3` offers version 5 and uses XXH3-128 for DEVICE_END
     /// when the destination lists it (PROTOCOL.md §16); `.sha256` always SHA-256.
     public var deviceDigest: DeviceDigestAlgorithm = .xxh3
+    /// `--no-page-copies` clears it: with it, a resuming source offers version 6 and
+    /// sends a page the destination already holds (same bytes at another PFN of its
+    /// stream) as a 28-byte copy segment (PROTOCOL.md §17). The table that remembers
+    /// what was sent takes up to 20 MiB.
+    public var pageCopies = true
     /// Diagnostics (phases at info, iterations at debug, frames at trace).
     public var logger = Logger(label: "vfio-migrate.source")
     public init() {}

@@ -70,6 +70,8 @@ final class SourceSession {
     /// Version 3 with several streams (§14): the extra streams and their pipelines (stream k at k − 1).
     private var streams: SourceStreams?
     private var extraPipelines: [Pipeline] = []
+    /// Version 6 (§17): what each stream's destination holds, by stream index; empty without page copies.
+    private var pageCopyTables: [PageCopyTable] = []
     private var sequences: [SaveSequence]
     private var digests: [DeviceDigest]
     private var stoppedAt = ContinuousClock.now
@@ -124,6 +126,7 @@ final class SourceSession {
             let credentials = try enableResumption(version, sessionID: theirs.sessionID)
             streams = try openStreams(mine, credentials: credentials)
             reader.sessionStreams = streams?.routing.count ?? 1
+            if credentials != nil, mine.encodings.contains(.pageCopies) { enablePageCopies() }
             recovery = credentials.map(makeRecovery)
             if version >= .v2 {
                 let (writer, extras) = (self.writer, recovery?.extras)
@@ -157,6 +160,24 @@ final class SourceSession {
         let credentials = try ResumeCredentials(firstConnection: stream, sessionID: sessionID)
         writer.enableResumption(policy: .waitForReplay, window: options.resumeWindowBytes, deviceCount: devices.devices.count)
         return credentials
+    }
+
+    /// Version 6 (§17): a table per stream (a copy names a page of its own stream), the
+    /// default capacity shared among them, each stream's writer feeding its own.
+    private func enablePageCopies() {
+        let writers = [writer] + (streams?.extras.map(\.writer) ?? [])
+        var capacity = PageCopyTable.defaultCapacity
+        while capacity > 1 << 12 && capacity * writers.count > PageCopyTable.defaultCapacity { capacity >>= 1 }
+        let fingerprinter = PageFingerprinter.random()
+        pageCopyTables = writers.map { _ in PageCopyTable(capacity: capacity, fingerprinter: fingerprinter) }
+        for (writer, table) in zip(writers, pageCopyTables) { writer.enablePageCopies(table) }
+    }
+
+    /// A batch for `stream`: in a session with page copies its pages stop being sources
+    /// before it is handed out (`PageCopyTable.invalidate`).
+    private func pageItem(stream: Int, startPFN: UInt64, count: UInt64) -> SendItem {
+        let generation = pageCopyTables.isEmpty ? nil : pageCopyTables[stream].invalidate(startPFN: startPFN, count: Int(count))
+        return .pages(startPFN: startPFN, count: Int(count), copyGeneration: generation)
     }
 
     /// The reconnection the reader thread runs on a loss (§13.5; with several streams, §14.5).
@@ -564,9 +585,9 @@ final class SourceSession {
     /// One batch of pages, to the stream(s) that own its PFNs (§14.4): every copy of a
     /// page goes through the same stream's pipeline, in order, so the last one wins.
     private func submitPageBatch(startPFN: UInt64, count: UInt64) throws(MigrationFailure) {
-        guard let streams else { return try submit(.pages(startPFN: startPFN, count: Int(count))) }
+        guard let streams else { return try submit(pageItem(stream: 0, startPFN: startPFN, count: count)) }
         for piece in streams.routing.pieces(start: startPFN, pages: count) {
-            let item = SendItem.pages(startPFN: piece.start, count: Int(piece.pages))
+            let item = pageItem(stream: piece.stream, startPFN: piece.start, count: piece.pages)
             if piece.stream == 0 { try submit(item) } else { try extraPipelines[piece.stream - 1].submit(item) }
         }
     }
@@ -669,6 +690,7 @@ final class SourceSession {
 
     private func makePipeline(writer: FrameWriter, workers: Int, stream: PipelineStream, index streamIndex: Int) -> Pipeline {
         let (encoding, memory, counters) = (self.encoding, self.memory, self.counters)
+        let copyTable = pageCopyTables.isEmpty ? nil : pageCopyTables[streamIndex]
         // Each worker's index: the first `encoding.lanes` compress into a zstd lane of this stream (§15.3).
         let nextWorker = LockedValue(0)
         return Pipeline(
@@ -676,8 +698,9 @@ final class SourceSession {
             makeTransform: { () throws(MigrationFailure) -> Pipeline.Transform in
                 let compressor = try encoding.makeCompressor()
                 let lane = try encoding.makeLane(index: nextWorker.withLock { i in defer { i += 1 }; return i }, stream: streamIndex, workers: workers)
+                let copies = copyTable.map(PageCopyWorker.init)
                 return { (item: SendItem) throws(MigrationFailure) -> SendOutput in
-                    try item.encode(compressor: compressor, encoding: encoding, memory: memory, counters: counters, lane: lane)
+                    try item.encode(compressor: compressor, encoding: encoding, memory: memory, counters: counters, lane: lane, copies: copies)
                 }
             },
             makeInPlaceConsumer: { { (output: inout SendOutput) throws(MigrationFailure) in
@@ -690,7 +713,7 @@ final class SourceSession {
                     try writer.waitForEntryRoom()
                 }
                 let (before, started, cpu) = (writer.wireBytesSent, ContinuousClock.now, threadCPUTime())
-                try writer.send(prepared: &output.frame, memory: memory)
+                try writer.send(prepared: &output.frame, memory: memory, sent: output.sentPages)
                 if stream == .first { encoding.adaptive?.recordDrain(bytes: writer.wireBytesSent - before, started: started, ended: .now, cpu: threadCPUTime() - cpu,
                                                input: output.rawBytes, coded: output.coded, kind: output.kind) }
                 counters.addWritten(output.rawBytes)

@@ -403,10 +403,8 @@ public struct FrameDecoder: Sendable {
                 if segment.encoding == .zstdLane, Int(segment.lane) >= laneCount {
                     throw .laneOutOfRange(frame: .pages, lane: segment.lane, lanes: laneCount)
                 }
-                try checkInsideMemory(.pages, start: segment.startPFN, count: UInt64(segment.pageCount), pageSize: UInt64(pages.pageSize))
-                if let routing, let pfn = routing.firstForeignPFN(stream: streamIndex, start: segment.startPFN, pages: UInt64(segment.pageCount)) {
-                    throw .pageOnForeignStream(pfn: pfn, stream: streamIndex, owner: routing.stream(of: pfn))
-                }
+                try checkPlacement(start: segment.startPFN, count: UInt64(segment.pageCount), pageSize: UInt64(pages.pageSize))
+                if let source = segment.copySourcePFN { try checkCopy(segment, from: source, pageSize: UInt64(pages.pageSize)) }
             }
         case .deviceEnd: endedDevices.insert(device)
         case .complete: state = .complete
@@ -479,6 +477,25 @@ public struct FrameDecoder: Sendable {
 
     /// PFNs start..<start+count must lie in announced ranges of the same page size
     /// (adjacent ranges may together cover them). No check until memory is known.
+    /// Pages a PAGES segment writes or reads: inside the announced memory, of its page
+    /// size, and (several streams) owned by the stream that carries the frame.
+    private func checkPlacement(start: UInt64, count: UInt64, pageSize: UInt64) throws(WireError) {
+        try checkInsideMemory(.pages, start: start, count: count, pageSize: pageSize)
+        if let routing, let pfn = routing.firstForeignPFN(stream: streamIndex, start: start, pages: count) {
+            throw .pageOnForeignStream(pfn: pfn, stream: streamIndex, owner: routing.stream(of: pfn))
+        }
+    }
+
+    /// A copy segment (§17) reads pages placed as its own, apart from the pages it writes.
+    private func checkCopy(_ segment: PageSegment, from source: UInt64, pageSize: UInt64) throws(WireError) {
+        let count = UInt64(segment.pageCount)
+        guard !source.addingReportingOverflow(count).overflow else { throw .pfnOutsideMemory(frame: .pages, startPFN: source, count: count) }
+        try checkPlacement(start: source, count: count, pageSize: pageSize)
+        guard source + count <= segment.startPFN || segment.startPFN + count <= source else {
+            throw .copyOverlaps(startPFN: segment.startPFN, sourcePFN: source, count: count)
+        }
+    }
+
     private func checkInsideMemory(_ frame: FrameType, start: UInt64, count: UInt64, pageSize: UInt64) throws(WireError) {
         guard memoryIsSet, count > 0 else { return }
         let end = start + count  // overflow already rejected by the parser

@@ -94,7 +94,7 @@ extension DeviceData {
             guard r.remaining == Int(original) else {
                 throw .payloadSizeMismatch(frame: .deviceData, field: "raw data", expected: Int(original), actual: r.remaining)
             }
-        case .deflate, .zstd, .zstdLanes, .xxh3Digest:
+        case .deflate, .zstd, .zstdLanes, .xxh3Digest, .pageCopies:
             guard Int(original) <= limits.maxInflated else {
                 throw .inflatedTooLarge(frame: .deviceData, declared: Int(original), limit: limits.maxInflated)
             }
@@ -103,10 +103,14 @@ extension DeviceData {
         return DeviceData(phase: phase, encoding: encoding, originalLength: original, payload: data, part: part)
     }
 
-    /// zstd lanes carry PAGES segments only (§15) and encoding 4 names DEVICE_END's digest
-    /// (§16): DEVICE_DATA with encoding 3 or 4 is refused.
+    /// zstd lanes and page copies are for PAGES segments only (§15, §17) and encoding 4
+    /// names DEVICE_END's digest (§16): DEVICE_DATA with encoding 3, 4 or 5 is refused.
     static func refused(_ encoding: Encoding) -> WireError {
-        let why = encoding == .zstdLanes ? "3, zstd lanes, is for PAGES segments only" : "4 names the DEVICE_END digest, not a payload encoding"
+        let why = switch encoding {
+        case .zstdLanes: "3, zstd lanes, is for PAGES segments only"
+        case .pageCopies: "5, page copies, is for PAGES segments only"
+        default: "4 names the DEVICE_END digest, not a payload encoding"
+        }
         return .invalidValue(frame: .deviceData, field: "encoding (\(why))", value: UInt64(encoding.rawValue))
     }
 
@@ -228,6 +232,8 @@ extension Pages {
                 guard decodedSize <= UInt64(limits.maxInflated) else {
                     throw .inflatedTooLarge(frame: .pages, declared: Int(clamping: decodedSize), limit: limits.maxInflated)
                 }
+            case .copy:
+                guard length == 8 else { throw .payloadSizeMismatch(frame: .pages, field: "copy segment payload", expected: 8, actual: length) }
             }
             let payload = try r.slice(length, "segment payload")
             segments.append(PageSegment(startPFN: start, pageCount: pages, encoding: encoding, payload: payload, lane: lane))

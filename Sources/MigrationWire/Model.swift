@@ -25,10 +25,12 @@ public enum Encoding: UInt8, Sendable, CaseIterable {
     /// Not a payload encoding: listed in both HELLOs, DEVICE_END carries XXH3-128
     /// instead of SHA-256 (§16). No DEVICE_DATA frame or PAGES segment uses it.
     case xxh3Digest = 4
+    /// PAGES segments may say "the same bytes as pages the destination holds" (§17).
+    case pageCopies = 5
 
-    /// Whether a DEVICE_DATA payload may use it (lanes are for PAGES segments, the
-    /// digest for DEVICE_END).
-    public var carriesDeviceData: Bool { self != .zstdLanes && self != .xxh3Digest }
+    /// Whether a DEVICE_DATA payload may use it (lanes and page copies are for PAGES
+    /// segments, the digest for DEVICE_END).
+    public var carriesDeviceData: Bool { self != .zstdLanes && self != .xxh3Digest && self != .pageCopies }
 
     /// The protocol version that defines the encoding: a HELLO of an older version
     /// never lists it (§10), so a version-1 peer never meets zstd.
@@ -38,11 +40,14 @@ public enum Encoding: UInt8, Sendable, CaseIterable {
         case .zstd: .v2
         case .zstdLanes: .v4
         case .xxh3Digest: .v5
+        case .pageCopies: .v6
         }
     }
 }
 /// `zstdLane`: the segment's payload is the next bytes of its lane's zstd stream (§15).
-public enum PageEncoding: UInt8, Sendable { case zero = 0, raw = 1, deflate = 2, zstd = 3, zstdLane = 4 }
+/// `copy`: the pages take the bytes the destination holds at other PFNs (§17); the
+/// payload is the first of those PFNs.
+public enum PageEncoding: UInt8, Sendable { case zero = 0, raw = 1, deflate = 2, zstd = 3, zstdLane = 4, copy = 5 }
 
 extension PageEncoding {
     /// The HELLO encoding a segment of this kind needs announced (nil: always permitted).
@@ -52,6 +57,7 @@ extension PageEncoding {
         case .deflate: .deflate
         case .zstd: .zstd
         case .zstdLane: .zstdLanes
+        case .copy: .pageCopies
         }
     }
 }
@@ -170,6 +176,18 @@ public struct PageSegment: Sendable, Equatable {
     }
     public init(startPFN: UInt64, pageCount: UInt32, encoding: PageEncoding, payload: [UInt8], lane: UInt8 = 0) {
         self.init(startPFN: startPFN, pageCount: pageCount, encoding: encoding, payload: payload[...], lane: lane)
+    }
+
+    /// A `copy` segment (§17): pages `startPFN…` take the bytes the destination holds at `sourcePFN…`.
+    public static func copy(startPFN: UInt64, pageCount: UInt32, from sourcePFN: UInt64) -> PageSegment {
+        let payload = (0..<8).map { UInt8(truncatingIfNeeded: sourcePFN >> (8 * UInt64($0))) }  // u64, little-endian
+        return PageSegment(startPFN: startPFN, pageCount: pageCount, encoding: .copy, payload: payload)
+    }
+
+    /// The first source PFN of a `copy` segment (its 8-byte payload, checked by the parser).
+    public var copySourcePFN: UInt64? {
+        guard encoding == .copy, payload.count == 8 else { return nil }
+        return payload.reversed().reduce(0) { ($0 << 8) | UInt64($1) }
     }
 }
 

@@ -183,7 +183,7 @@ public final class PayloadCompressor {
     }
 
     /// What a page is, for grouping pages into segments.
-    private enum PageClass: Equatable { case zero, random, data }
+    private enum PageClass: Equatable { case zero, random, data, copy }
 
     /// Pages → segments (zero runs flagged, raw where incompressible, deflate otherwise).
     /// Segments are in PFN order, consecutive, and cover `bytes` exactly.
@@ -251,6 +251,36 @@ public final class PayloadCompressor {
         }
     }
 
+    /// As `encodePages(startPFN:pageSize:pages:choice:into:lane:)` with page copies
+    /// (§17), on pages that do not change while this runs (the caller read them into a
+    /// buffer of its own: what the copies and their fingerprints promise must be the
+    /// bytes sent). Every non-zero page is fingerprinted; `copies.find` names the
+    /// pages the destination holds already, which go as `copy` segments, and every
+    /// page sent with its bytes is listed in `copies.sent`. Raw runs are copied into
+    /// the frame (the pages are not the guest's mapping).
+    public func encodePages(startPFN: UInt64, pageSize: Int, stablePages pages: RawSpan, choice: CodecChoice? = nil,
+                            into frame: inout PagesFrameBuilder, lane: ZstdLane? = nil, copies: inout PageCopies) throws(WireError) {
+        let (runs, prints) = try runs(pageSize: pageSize, pages: pages, choice: choice, copies: copies)
+        for run in runs {
+            let pfn = startPFN + UInt64(run.pages.lowerBound)
+            let count = UInt32(run.pages.count)
+            if let source = run.source {
+                frame.append(startPFN: pfn, pageCount: count, encoding: .copy, payload: Array(PageSegment.copy(startPFN: pfn, pageCount: count, from: source).payload))
+                copies.copiedPages += run.pages.count
+                continue
+            }
+            let bytes = pages.extracting((run.pages.lowerBound * pageSize)..<(run.pages.upperBound * pageSize))
+            switch try encode(run.kind, bytes, pageCount: run.pages.count, choice: choice, lane: lane) {
+            case nil: frame.append(startPFN: pfn, pageCount: count, encoding: .zero, payload: [])
+            case .raw: frame.appendRaw(startPFN: pfn, pageCount: count, pages: bytes)
+            case .encoded(let encoding, let laneIndex, let payload):
+                frame.append(startPFN: pfn, pageCount: count, encoding: encoding, payload: payload, lane: laneIndex)
+            }
+            // A zero page inside a zstd run has no fingerprint: it is never a copy's source.
+            for p in run.pages { if let print = prints[p] { copies.sent.append(SentPage(pfn: startPFN + UInt64(p), fingerprint: print)) } }
+        }
+    }
+
     /// What a run of pages became: raw (copied where it goes) or a segment payload.
     private enum SegmentPayload {
         case raw
@@ -282,6 +312,7 @@ public final class PayloadCompressor {
                         lane: ZstdLane?) throws(WireError) -> SegmentPayload? {
         switch kind {
         case .zero: return nil
+        case .copy: preconditionFailure("a copy run has no payload to encode")
         case .random:
             counters.pagesLookingRandom += pageCount
             counters.buffers += 1
@@ -321,16 +352,45 @@ public final class PayloadCompressor {
 
     /// The pages cut into runs of one class, each within the segment bounds.
     private func runs(pageSize: Int, pages: RawSpan, choice: CodecChoice?) throws(WireError) -> [(kind: PageClass, pages: Range<Int>)] {
+        try runs(pageSize: pageSize, pages: pages, choice: choice, copies: nil).runs.map { ($0.kind, $0.pages) }
+    }
+
+    /// A run of one class; `source`: a copy run's first source PFN (its pages' sources follow on).
+    private typealias Run = (kind: PageClass, pages: Range<Int>, source: UInt64?)
+
+    /// The runs, and with `copies` each page's fingerprint (nil for a zero page).
+    private func runs(pageSize: Int, pages: RawSpan, choice: CodecChoice?,
+                      copies: PageCopies?) throws(WireError) -> (runs: [Run], prints: [PageFingerprint?]) {
         guard pageSize > 0, pages.byteCount % pageSize == 0 else { throw WireError.unalignedPages(byteCount: pages.byteCount, pageSize: pageSize) }
         let pageCount = pages.byteCount / pageSize
         let codec = try codec(for: choice)
         let spotsRandom = policy == .auto && PayloadCompressor.spendsTimeOnRandomData(codec)
         var classes: [PageClass] = []
         classes.reserveCapacity(pageCount)
-        for p in 0..<pageCount {
-            let page = pages.extracting((p * pageSize)..<((p + 1) * pageSize))
-            classes.append(isAllZero(page) ? .zero : spotsRandom && looksRandom(page) ? .random : .data)
+        for p in 0..<pageCount { classes.append(isAllZero(pages.extracting((p * pageSize)..<((p + 1) * pageSize))) ? .zero : .data) }
+        var prints: [PageFingerprint?] = []
+        var sources: [UInt64?] = []
+        if let copies {
+            for p in 0..<pageCount {
+                prints.append(classes[p] == .zero ? nil : copies.fingerprinter.fingerprint(pages.extracting((p * pageSize)..<((p + 1) * pageSize))))
+            }
+            sources = copies.find(prints)
+            precondition(sources.count == pageCount, "PageCopies.find answers for every page")
+            for p in 0..<pageCount {
+                guard let source = sources[p] else { continue }
+                if copies.confirm(source, pages.extracting((p * pageSize)..<((p + 1) * pageSize))) { classes[p] = .copy } else { sources[p] = nil }
+            }
         }
+        if spotsRandom {
+            for p in 0..<pageCount where classes[p] == .data && looksRandom(pages.extracting((p * pageSize)..<((p + 1) * pageSize))) { classes[p] = .random }
+        }
+        return (cut(classes, sources: sources, pageSize: pageSize, codec: codec), prints)
+    }
+
+    /// Classes → runs within the segment bounds; copy runs only over consecutive sources.
+    private func cut(_ pageClasses: [PageClass], sources: [UInt64?], pageSize: Int, codec: PayloadCodec?) -> [Run] {
+        var classes = pageClasses
+        let pageCount = classes.count
         var segmentBytes = PayloadCompressor.maxSegmentBytes
         if case .zstd? = codec {
             PayloadCompressor.bridgeZeroGaps(&classes, upTo: PayloadCompressor.zstdZeroGapPages)
@@ -338,14 +398,15 @@ public final class PayloadCompressor {
         }
         let maxRun = max(1, segmentBytes / pageSize)
         let maxZeroRun = max(1, PayloadCompressor.maxZeroSegmentBytes / pageSize)
-        var runs: [(kind: PageClass, pages: Range<Int>)] = []
+        var runs: [Run] = []
         var first = 0
         while first < pageCount {
             let kind = classes[first]
             let limit = min(pageCount, first + (kind == .zero ? maxZeroRun : maxRun))
+            let source = kind == .copy ? sources[first] : nil
             var end = first + 1
-            while end < limit && classes[end] == kind { end += 1 }
-            runs.append((kind, first..<end))
+            while end < limit && classes[end] == kind && (source == nil || sources[end] == source! + UInt64(end - first)) { end += 1 }
+            runs.append((kind, first..<end, source))
             first = end
         }
         return runs
@@ -410,6 +471,34 @@ public final class PayloadCompressor {
     }
 }
 
+/// One batch's page copies (§17), for `PayloadCompressor.encodePages(…stablePages:…copies:)`.
+public struct PageCopies {
+    public let fingerprinter: PageFingerprinter
+    /// For each page's fingerprint (nil: a zero page), a PFN the destination holds those
+    /// bytes at, or nil: what the caller knows of the destination (the engine's table).
+    public let find: ([PageFingerprint?]) -> [UInt64?]
+    /// Whether the page a source PFN names still holds these bytes; a copy is made only then.
+    public let confirm: (UInt64, RawSpan) -> Bool
+    /// Out: the pages the batch sent with their bytes, with their fingerprints.
+    public var sent: [SentPage] = []
+    /// Out: the pages the batch sent as copies.
+    public var copiedPages = 0
+
+    public init(fingerprinter: PageFingerprinter, find: @escaping ([PageFingerprint?]) -> [UInt64?],
+                confirm: @escaping (UInt64, RawSpan) -> Bool) {
+        self.fingerprinter = fingerprinter
+        self.find = find
+        self.confirm = confirm
+    }
+}
+
+/// A page sent with its bytes, and what they were.
+public struct SentPage: Sendable, Equatable {
+    public var pfn: UInt64
+    public var fingerprint: PageFingerprint
+    public init(pfn: UInt64, fingerprint: PageFingerprint) { self.pfn = pfn; self.fingerprint = fingerprint }
+}
+
 /// What the caller wants a batch sent as (under `auto`).
 public enum CodecChoice: Hashable, Sendable, CustomStringConvertible {
     case raw
@@ -431,7 +520,7 @@ extension PageEncoding {
         case .deflate: self = .deflate
         case .zstd: self = .zstd
         case .zstdLanes: self = .zstdLane
-        case .xxh3Digest: preconditionFailure("encoding 4 is not a payload encoding")  // no codec has it
+        case .xxh3Digest, .pageCopies: preconditionFailure("encoding \(encoding.rawValue) is not a codec")  // no codec has it
         }
     }
 }
@@ -470,7 +559,7 @@ public final class PayloadDecompressor {
             return try inflater.inflate(data.payload, expectedLength: declared, limit: limits.maxInflated, frame: .deviceData)
         case .zstd:
             return try zstd.decompress(data.payload, expectedLength: declared, limit: limits.maxInflated, frame: .deviceData)
-        case .zstdLanes, .xxh3Digest:
+        case .zstdLanes, .xxh3Digest, .pageCopies:
             throw DeviceData.refused(data.encoding)
         }
     }
@@ -523,6 +612,10 @@ public final class PayloadDecompressor {
             try zstd.decompress(segment.payload, into: &pages, frame: .pages)
         case .zstdLane:
             try laneDecoder(segment.lane).decode(segment.payload, into: &pages, frame: .pages)
+        case .copy:
+            // Its bytes are the destination's own pages: the applier copies them (§17).
+            throw WireError.invalidValue(frame: .pages, field: "segment encoding (a copy is applied from guest memory, not decoded)",
+                                         value: UInt64(PageEncoding.copy.rawValue))
         }
     }
 

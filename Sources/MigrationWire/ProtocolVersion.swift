@@ -13,8 +13,10 @@ public enum ProtocolVersion: UInt16, Sendable, Comparable, CaseIterable, CustomS
     case v4 = 4
     /// Version 4 plus a faster device digest (§16): DEVICE_END may carry XXH3-128.
     case v5 = 5
+    /// Version 5 plus page copies (§17): a PAGES segment may name pages the destination holds.
+    case v6 = 6
 
-    public static let latest: ProtocolVersion = .v5
+    public static let latest: ProtocolVersion = .v6
 
     /// The ALPN protocol identifier a TLS endpoint offers (source) or selects (destination).
     public var alpnIdentifier: String { "vfio-migrate/\(rawValue)" }

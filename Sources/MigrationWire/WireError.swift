@@ -63,6 +63,10 @@ public enum WireError: Error, Sendable, Equatable, CustomStringConvertible {
     /// the session's S − 1 (none in a one-stream session, §14.5).
     case positionStreamCount(frame: FrameType, declared: Int, expected: Int)
 
+    // Version 6: page copies (§17)
+    /// A copy segment whose source pages overlap the pages it writes.
+    case copyOverlaps(startPFN: UInt64, sourcePFN: UInt64, count: UInt64)
+
     // HELLO
     case badHelloMagic(found: [UInt8])
     case unsupportedVersion(UInt16, supported: UInt16)
@@ -180,6 +184,8 @@ public enum WireError: Error, Sendable, Equatable, CustomStringConvertible {
             return "STREAM_END declares \(field) \(declared), but it is \(actual)"
         case .positionStreamCount(let f, let declared, let expected):
             return "\(f) reports positions of \(declared) extra stream(s); the session has \(expected) (its streams minus stream 0)"
+        case .copyOverlaps(let start, let source, let count):
+            return "PAGES copy segment writes \(count) page(s) at PFN \(start) from PFN \(source): the pages it reads and writes overlap"
         case .badHelloMagic(let found):
             return "HELLO magic is \(found.map { String($0, radix: 16) }), expected \"VFIO-MIG\": the peer is not vfio-migrate"
         case .unsupportedVersion(let v, let supported):

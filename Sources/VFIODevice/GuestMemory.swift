@@ -160,6 +160,14 @@ public final class GuestMemory: @unchecked Sendable {  // owns a raw mapping; sh
         return [UInt8](UnsafeRawBufferPointer(start: base + start, count: count * pageSize))
     }
 
+    /// As `readPages(startPFN:count:)` into `buffer` (its storage reused: no allocation per read).
+    public func readPages(startPFN: UInt64, count: Int, into buffer: inout [UInt8]) throws(DeviceError) {
+        guard count >= 0 else { throw DeviceError.invalidArgument(operation: "readPages", detail: "negative count \(count)") }
+        let start = try offset(startPFN: startPFN, count: UInt64(count))
+        buffer.removeAll(keepingCapacity: true)
+        buffer.append(contentsOf: UnsafeRawBufferPointer(start: base + start, count: count * pageSize))
+    }
+
     /// Lends `count` pages from `startPFN` to `body` in place, without a copy: the
     /// span cannot outlive the call, and a page the guest writes meanwhile may be
     /// torn, as with `readPages` (the dirty bitmap has it sent again).
@@ -207,6 +215,27 @@ public final class GuestMemory: @unchecked Sendable {  // owns a raw mapping; sh
         let start = try offset(startPFN: startPFN, count: UInt64(count))
         written?.markWritten(startPFN..<(startPFN + UInt64(count)))
         return start
+    }
+
+    /// Copies `count` pages from `sourcePFN` to `startPFN` (ranges that must not overlap):
+    /// a page the destination already holds, sent again by reference (PROTOCOL.md §17).
+    public func copyPages(from sourcePFN: UInt64, to startPFN: UInt64, count: Int) throws(DeviceError) {
+        guard count >= 0 else { throw DeviceError.invalidArgument(operation: "copyPages", detail: "negative count \(count)") }
+        let from = try offset(startPFN: sourcePFN, count: UInt64(count))
+        let to = try writableOffset(startPFN: startPFN, count: count)
+        let bytes = count * pageSize
+        guard from + bytes <= to || to + bytes <= from else {
+            throw DeviceError.invalidArgument(operation: "copyPages", detail: "PFNs \(sourcePFN) and \(startPFN) overlap over \(count) page(s)")
+        }
+        (base + to).copyMemory(from: base + from, byteCount: bytes)
+    }
+
+    /// Whether the `count` pages at `pfn` hold exactly `bytes` now (a copy's last check at
+    /// the source; racy by nature: a page written meanwhile is sent again anyway).
+    public func pagesEqual(_ pfn: UInt64, count: Int, _ bytes: RawSpan) throws(DeviceError) -> Bool {
+        let start = try offset(startPFN: pfn, count: UInt64(count))
+        guard bytes.byteCount == count * pageSize else { return false }
+        return bytes.withUnsafeBytes { b in memcmp(base + start, b.baseAddress!, b.count) == 0 }
     }
 
     /// Makes the pages zero, writing only those that are not zero already. On

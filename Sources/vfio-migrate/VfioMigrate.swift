@@ -67,6 +67,9 @@ struct SenderTuning: ParsableArguments {
     @Option(name: .customLong("device-digest"), help: "DEVICE_END's digest of each device's state: xxh3 (default: XXH3-128 when the destination takes it, protocol version 5; SHA-256 otherwise) or sha256 (always SHA-256, versions up to 4).")
     var deviceDigest: DeviceDigestAlgorithm = .xxh3
 
+    @Flag(name: .customLong("no-page-copies"), help: "Send every page with its bytes: no copy segments naming a page the destination already holds (protocol version 6; on by default, up to 20 MiB for the table of sent pages).")
+    var noPageCopies = false
+
     func validate() throws {
         try ArgumentCheck.milliseconds(downtimeMs, "--downtime-ms")
         try ArgumentCheck.count(maxIterations, "--max-iterations", in: 1...1_000_000)
@@ -102,6 +105,7 @@ struct SenderTuning: ParsableArguments {
         o.resumeWindowBytes = Int(clamping: resumeWindow.bytes)
         o.streams = streams ?? StreamCount.defaultStreams
         o.deviceDigest = deviceDigest
+        o.pageCopies = !noPageCopies
         return o
     }
 }
@@ -216,6 +220,9 @@ struct Receive: ParsableCommand {
     @Option(name: .customLong("device-digest"), help: "DEVICE_END digests this side verifies: xxh3 (default: XXH3-128 when the source sends it, protocol version 5; SHA-256 from older sources) or sha256 (SHA-256 only, versions up to 4).")
     var deviceDigest: DeviceDigestAlgorithm = .xxh3
 
+    @Flag(name: .customLong("no-page-copies"), help: "Do not take copy segments (protocol version 6): every page arrives with its bytes.")
+    var noPageCopies = false
+
     func validate() throws {
         try ArgumentCheck.seconds(acceptTimeout, "--accept-timeout")
         try ArgumentCheck.count(maxStreams, "--max-streams", in: 1...StreamCount.limit)
@@ -271,6 +278,7 @@ struct Receive: ParsableCommand {
         options.maxStreams = maxStreams
         options.maxZstdLanes = maxZstdLanes
         options.deviceDigest = deviceDigest
+        options.pageCopies = !noPageCopies
         // Before the ALPN offer: without zstd this side speaks no version 4 (§15.1).
         if noZstd { options.encodings = [.raw, .deflate] }
         var tlsConfiguration = tls.configuration()
