@@ -103,6 +103,7 @@ struct FrameGenerator {
             case .zero: []
             case .raw: rng.bytes(count * pageSize)
             case .deflate, .zstd, .zstdLane: rng.bytes(int(1...200))
+            case .copy: rng.bytes(8)  // never drawn above: a copy's source needs rules of its own (§17.3)
             }
             segments.append(PageSegment(startPFN: pfn, pageCount: UInt32(count), encoding: encoding, payload: payload))
             pfn += UInt64(count) + UInt64(int(0...3))
