@@ -32,7 +32,89 @@ import Testing
             ("device-data-next", FrameEncoder.serialize(.deviceData(DeviceData(phase: .stopcopy, encoding: .raw, originalLength: 2,
                                                                                  payload: Array("..".utf8), part: .next)), device: 0, sequence: 8)),
             ("commit", FrameEncoder.serialize(.commit, device: 0, sequence: 9)),
-        ] + versionTwoExamples() + versionThreeExamples() + versionFourExamples() + versionFiveExamples()
+        ] + versionTwoExamples() + versionThreeExamples() + versionFourExamples() + versionFiveExamples() + versionSixExamples()
+    }
+
+    /// §17.7: the destination HELLO of §11 in version 6 with the reference's default
+    /// encodings (page copies among them; S = 16, L = 4), and a PAGES frame with one copy
+    /// segment: PFNs 0x3000…0x3003 take the bytes of 0x1200…0x1203.
+    static func versionSixExamples() -> [(id: String, bytes: [UInt8])] {
+        let hello = Hello(version: 6, sessionID: Array(UInt8(0x00)...0x0f), role: .destination,
+                          encodings: [.raw, .deflate, .zstd, .zstdLanes, .xxh3Digest, .pageCopies],
+                          devices: [DeviceDescriptor(name: "gpu0", pageSize: 4096, compatibility: "10de:1eb8/v2")],
+                          memory: [MemoryRange(startPFN: 0, pageCount: 0x40000, pageSize: 4096)],
+                          streams: StreamOffer(count: 16, blockPages: 0, lanes: 4))
+        let pages = Pages(pageSize: 4096, segments: [PageSegment.copy(startPFN: 0x3000, pageCount: 4, from: 0x1200)])
+        return [
+            ("hello-v6", FrameEncoder.serialize(.hello(hello), device: 0, sequence: 0)),
+            ("pages-copy", FrameEncoder.serialize(.pages(pages), device: 0, sequence: 7)),
+        ]
+    }
+
+    /// The bytes of the hex block after `<!-- example:ID -->`, as the document writes them.
+    static func documentedBytes(_ id: String) throws -> [UInt8] {
+        let doc = try String(contentsOf: docURL, encoding: .utf8)
+        let range = try #require(blockRange(id, in: doc), "example \(id) missing from PROTOCOL.md")
+        return try doc[range].split(separator: "\n").flatMap { line in
+            try line.split(separator: " ").dropFirst().map { try #require(UInt8($0, radix: 16), "not a hex byte: \($0)") }
+        }
+    }
+
+    /// §17.7's HELLO, read from the document: a version-6 destination's, listing page
+    /// copies, with the tail the text gives. A version-5 receiver refuses it for its
+    /// version, and, with the version bytes made `05 00`, for encoding 5.
+    @Test func theVersionSixHelloDecodes() throws {
+        let bytes = try Self.documentedBytes("hello-v6")
+        var decoder = FrameDecoder(peer: .destination, version: .v6)
+        decoder.feed(bytes)
+        guard case .frame(let frame)? = try decoder.nextMessage(), case .hello(let hello) = frame.body else { Issue.record("not a HELLO"); return }
+        #expect(hello.version == 6 && hello.role == .destination && hello.sessionID == Array(UInt8(0x00)...0x0f))
+        #expect(hello.encodings == [.raw, .deflate, .zstd, .zstdLanes, .xxh3Digest, .pageCopies])
+        #expect(hello.streams == StreamOffer(count: 16, blockPages: 0, lanes: 4))
+        #expect(hello.memory == [MemoryRange(startPFN: 0, pageCount: 0x40000, pageSize: 4096)])
+
+        var v5 = FrameDecoder(peer: .destination, version: .v5)
+        v5.feed(bytes)
+        #expect(throws: WireError.unsupportedVersion(6, supported: 5)) { try v5.nextMessage() }
+        var relabelled = bytes
+        #expect(relabelled[0x20...0x21] == [0x06, 0x00], "the version field sits where §11 puts it")
+        relabelled[0x20] = 0x05
+        var older = FrameDecoder(peer: .destination, version: .v5)
+        older.feed(relabelled)
+        #expect(throws: WireError.unknownEncoding(frame: .hello, value: 5)) { try older.nextMessage() }
+    }
+
+    /// A version-6 source's HELLO (one stream) with §11's memory, numbered 0, then
+    /// KEEPALIVEs up to `before`: the stream a PAGES frame numbered `before` continues.
+    static func sourceStream(listing encodings: [Encoding], before sequence: UInt64) -> [UInt8] {
+        let hello = Hello(version: 6, sessionID: Array(UInt8(0x00)...0x0f), role: .source, encodings: encodings,
+                          devices: [DeviceDescriptor(name: "gpu0", pageSize: 4096, compatibility: "10de:1eb8/v2")],
+                          memory: [MemoryRange(startPFN: 0, pageCount: 0x40000, pageSize: 4096)],
+                          streams: StreamOffer(count: 1, blockPages: 256, lanes: 0))
+        return FrameEncoder.serialize(.hello(hello), device: 0, sequence: 0)
+            + (1..<sequence).flatMap { FrameEncoder.serialize(.keepAlive, device: 0, sequence: $0) }
+    }
+
+    /// §17.7's PAGES frame, read from the document, decodes in a version-6 session to the
+    /// copy segment its text describes; refused when the source's HELLO did not list 5.
+    @Test func thePageCopyExampleDecodes() throws {
+        let bytes = try Self.documentedBytes("pages-copy")
+        var decoder = FrameDecoder(peer: .source, version: .v6)
+        decoder.feed(Self.sourceStream(listing: [.raw, .deflate, .pageCopies], before: 7) + bytes)
+        var last: Frame?
+        while case .frame(let frame)? = try decoder.nextMessage() { last = frame }
+        let frame = try #require(last)
+        guard case .pages(let pages) = frame.body else { Issue.record("not PAGES"); return }
+        #expect(frame.sequence == 7 && pages.pageSize == 4096 && pages.segments.count == 1)
+        let segment = try #require(pages.segments.first)
+        #expect(segment.startPFN == 0x3000 && segment.pageCount == 4 && segment.encoding == .copy && segment.lane == 0)
+        #expect(segment.copySourcePFN == 0x1200)
+
+        var unannounced = FrameDecoder(peer: .source, version: .v6)
+        unannounced.feed(Self.sourceStream(listing: [.raw, .deflate], before: 7) + bytes)
+        #expect(throws: WireError.encodingNotAnnounced(frame: .pages, encoding: "pageCopies")) {
+            while try unannounced.nextMessage() != nil {}
+        }
     }
 
     /// §16.4: the source HELLO of a version-5 session listing raw, deflate and the
