@@ -265,9 +265,9 @@ private func raw(_ bytes: [UInt8], phase: Phase = .precopy) -> FrameBody {
     @Test func unknownDeviceDataEncodingAndPhase() {
         var s = StreamBuilder.source()
         var payload = payloadBytes(raw([1, 2]))
-        payload[1] = 5
+        payload[1] = 6  // 3, 4 and 5 are known but refused here (PageCopyRuleTests, DeviceDigestTests)
         s.bytes += rawFrame(type: 2, sequence: 1, payload: payload)
-        #expect(throws: WireError.unknownEncoding(frame: .deviceData, value: 5)) { try decodeAll(s.bytes) }
+        #expect(throws: WireError.unknownEncoding(frame: .deviceData, value: 6)) { try decodeAll(s.bytes) }
         var t = StreamBuilder.source()
         var phase = payloadBytes(raw([1, 2]))
         phase[0] = 9
@@ -332,9 +332,9 @@ private func raw(_ bytes: [UInt8], phase: Phase = .precopy) -> FrameBody {
     @Test func malformedPagesFramesAreRejected() throws {
         var unknown = StreamBuilder.source()
         var payload = payloadBytes(.pages(Pages(pageSize: 4096, segments: [PageSegment(startPFN: 0, pageCount: 1, encoding: .zero, payload: [])])))
-        payload[8 + 12] = 5  // 4 is version 4's zstd lane (refused unless announced: ZstdLaneTests)
+        payload[8 + 12] = 6  // 4 is version 4's zstd lane, 5 version 6's copy (refused unless announced: ZstdLaneTests, PageCopyRuleTests)
         unknown.bytes += rawFrame(type: 4, sequence: 1, payload: payload)
-        #expect(throws: WireError.unknownEncoding(frame: .pages, value: 5)) { try decodeAll(unknown.bytes) }
+        #expect(throws: WireError.unknownEncoding(frame: .pages, value: 6)) { try decodeAll(unknown.bytes) }
 
         var count = StreamBuilder.source()
         var many = payloadBytes(.pages(Pages(pageSize: 4096, segments: [])))
