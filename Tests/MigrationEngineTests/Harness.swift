@@ -70,6 +70,19 @@ enum Loopback {
     }
 }
 
+/// A destination written in a test: reads the source's frames from `stream` through
+/// `decoder` (which checks them) and hands each, with the position an ACK would
+/// report after it, to `body` until it returns true.
+func readSourceFrames(_ stream: TLSStream, _ decoder: inout FrameDecoder, until body: (Frame, StreamPosition) throws -> Bool) throws {
+    while true {
+        decoder.feed(try stream.read(maxCount: 1 << 20))
+        while let message = try decoder.nextMessage() {
+            guard case .frame(let frame) = message else { continue }
+            if try body(frame, decoder.position) { return }
+        }
+    }
+}
+
 /// A pair of simulated device sets sharing configurations, with guest memory.
 struct SimPair {
     var sourceSims: [SimulatedDevice]

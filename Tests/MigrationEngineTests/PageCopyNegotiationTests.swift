@@ -94,19 +94,17 @@ struct PageCopyNegotiationTests {
             var decoder = FrameDecoder(peer: .source, version: version)
             var seen = Recorded(memory: [UInt8](repeating: 0, count: pages * 4096))
             let decompressor = try PayloadDecompressor()
-            while true {
-                decoder.feed(try stream.read(maxCount: 1 << 20))
-                while let message = try decoder.nextMessage() {
-                    guard case .frame(let frame) = message else { continue }
-                    switch frame.body {
-                    case .hello(let h): seen.hello = h.encodings
-                    case .pages(let p): try Self.apply(p, to: &seen, decompressor: decompressor)
-                    case .complete: return seen
-                    default: break
-                    }
-                    try stream.write(try encoder.encode(.ack(decoder.position)))
+            try readSourceFrames(stream, &decoder) { frame, position in
+                switch frame.body {
+                case .hello(let h): seen.hello = h.encodings
+                case .pages(let p): try Self.apply(p, to: &seen, decompressor: decompressor)
+                case .complete: return true
+                default: break
                 }
+                try stream.write(try encoder.encode(.ack(position)))
+                return false
             }
+            return seen
         }
         var options = Loopback.quickOptions()
         options.readyTimeoutSeconds = 0.5

@@ -84,11 +84,7 @@ struct PageCopyConformanceTests {
         }
         try session.peer.sendDeviceStreams(pair)
         try session.peer.send(.complete)
-        let ready = try session.peer.nextSignificant()
-        guard case .ready = ready?.body else { Issue.record("expected READY, got \(String(describing: ready?.body))"); return }
-        try session.peer.send(.commit)
-        let resumed = try session.peer.nextSignificant()
-        guard case .resumed = resumed?.body else { Issue.record("expected RESUMED, got \(String(describing: resumed?.body))"); return }
+        try session.peer.commitAfterReady()
         session.close()
         guard case .success = session.receiver.result.wait(timeout: 30) else { Issue.record("receiver: \(session.receiver.result.wait())"); return }
         let memory = try pair.destinationMemory.readPages(startPFN: 0, count: Self.pageCount)
