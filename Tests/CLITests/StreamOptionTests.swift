@@ -26,18 +26,18 @@ import Testing
         // By default as many streams as the cores pay for (§14.5: resumable with any number).
         #expect(defaults.streams == StreamCount.forThroughput(cores: ProcessInfo.processInfo.activeProcessorCount))
         if ProcessInfo.processInfo.activeProcessorCount <= 4 {
-            // The XXH3-128 digest: version 5 first (§16.1); `auto` compresses with zstd: version 4
-            // (zstd lanes), then version 2 (§15.1).
-            #expect(defaults.streams == 1 && defaults.applicationProtocols == ["vfio-migrate/5", "vfio-migrate/4", "vfio-migrate/2"],
+            // Page copies: version 6 first (§17.1); the XXH3-128 digest: version 5 (§16.1); `auto`
+            // compresses with zstd: version 4 (zstd lanes), then version 2 (§15.1).
+            #expect(defaults.streams == 1 && defaults.applicationProtocols == ["vfio-migrate/6", "vfio-migrate/5", "vfio-migrate/4", "vfio-migrate/2"],
                     "one stream up to 4 cores")
         }
         let four = try #require(try VfioMigrate.parseAsRoot(Self.send + ["--streams", "4"]) as? Send).tuning.options()
-        #expect(four.streams == 4 && four.applicationProtocols == ["vfio-migrate/5", "vfio-migrate/4", "vfio-migrate/3", "vfio-migrate/2"])
-        let one = try #require(try VfioMigrate.parseAsRoot(Self.send + ["--streams", "1", "--compress", "zlib:1", "--device-digest", "sha256"]) as? Send)
-            .tuning.options()
-        #expect(one.applicationProtocols == ["vfio-migrate/2"], "one stream without zstd or XXH3: exactly version 2 as before")
+        #expect(four.streams == 4 && four.applicationProtocols == ["vfio-migrate/6", "vfio-migrate/5", "vfio-migrate/4", "vfio-migrate/3", "vfio-migrate/2"])
+        let one = try #require(try VfioMigrate.parseAsRoot(Self.send + ["--streams", "1", "--compress", "zlib:1", "--device-digest", "sha256",
+                                                                         "--no-page-copies"]) as? Send).tuning.options()
+        #expect(one.applicationProtocols == ["vfio-migrate/2"], "one stream without zstd, XXH3 or copies: exactly version 2 as before")
         let digest = try #require(try VfioMigrate.parseAsRoot(Self.send + ["--streams", "1", "--compress", "zlib:1"]) as? Send).tuning.options()
-        #expect(digest.deviceDigest == .xxh3 && digest.applicationProtocols == ["vfio-migrate/5", "vfio-migrate/2"])
+        #expect(digest.deviceDigest == .xxh3 && digest.applicationProtocols == ["vfio-migrate/6", "vfio-migrate/5", "vfio-migrate/2"])
         let receive = try #require(try VfioMigrate.parseAsRoot(Self.receive + ["--max-streams", "3"]) as? Receive)
         #expect(receive.maxStreams == 3)
         let receiveDefault = try #require(try VfioMigrate.parseAsRoot(Self.receive) as? Receive)

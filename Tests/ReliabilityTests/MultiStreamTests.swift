@@ -22,6 +22,7 @@ struct MultiStreamTests {
     static func senderOptions(streams: Int, reconnect: Double = 8) -> SenderOptions {
         var o = Rig.senderOptions(peerTimeout: 10)
         o.deviceDigest = .sha256
+        o.pageCopies = false  // versions 3 and 4 as deployed; version 6: PageCopyConformanceTests
         o.streams = streams
         o.reconnectTimeoutSeconds = reconnect
         o.downtimeTargetMs = 20
@@ -31,6 +32,7 @@ struct MultiStreamTests {
     static func receiverOptions(maxStreams: Int, reconnect: Double = 8) -> ReceiverOptions {
         var o = Rig.receiverOptions(peerTimeout: 10)
         o.deviceDigest = .sha256
+        o.pageCopies = false
         o.maxStreams = maxStreams
         o.reconnectTimeoutSeconds = reconnect
         return o

@@ -293,12 +293,14 @@ enum ResumeRig {
         var events: (source: [String], destination: [String])
     }
 
-    /// SHA-256 digests: the suites built on this rig run versions 2 to 4 as deployed
-    /// peers speak them; version 5 has its own (DeviceDigestConformanceTests).
+    /// SHA-256 digests and no page copies: the suites built on this rig run versions 2
+    /// to 4 as deployed peers speak them (and cut at offsets a clean run measured);
+    /// versions 5 and 6 have their own (DeviceDigestConformanceTests, PageCopyConformanceTests).
     static func senderOptions() -> SenderOptions {
         var o = Rig.senderOptions(peerTimeout: 10)
         o.reconnectTimeoutSeconds = 8
         o.deviceDigest = .sha256
+        o.pageCopies = false
         return o
     }
 
@@ -306,6 +308,7 @@ enum ResumeRig {
         var o = Rig.receiverOptions(peerTimeout: 10)
         o.reconnectTimeoutSeconds = 8
         o.deviceDigest = .sha256
+        o.pageCopies = false
         return o
     }
 
