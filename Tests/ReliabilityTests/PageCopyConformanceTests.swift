@@ -47,7 +47,8 @@ struct PageCopyConformanceTests {
                 for k in 0..<Int(s.pageCount) {
                     let pfn = Int(s.startPFN) + k
                     if let source = s.copySourcePFN { pages[pfn] = pages[Int(source) + k]; continue }
-                    precondition(s.encoding == .raw, "the model applies raw and copy segments")
+                    if s.encoding == .zero { pages[pfn] = [UInt8](repeating: 0, count: pageSize); continue }
+                    precondition(s.encoding == .raw, "the model applies zero, raw and copy segments")
                     pages[pfn] = Array(s.payload[(s.payload.startIndex + k * pageSize)..<(s.payload.startIndex + (k + 1) * pageSize)])
                 }
             }
@@ -77,6 +78,9 @@ struct PageCopyConformanceTests {
              .copy(startPFN: 60, pageCount: 1, from: 50)],  // the destination's own page
             [.copy(startPFN: 40, pageCount: 1, from: 1), Self.raw(1, Self.page(0xD4, tag: 1)),
              .copy(startPFN: 41, pageCount: 1, from: 1)],   // before and after PFN 1 changes
+            // A page a copy wrote counts as written: a zero segment must clear it (the
+            // destination skips pages it knows were never written).
+            [PageSegment(startPFN: 11, pageCount: 1, encoding: .zero, payload: []), .copy(startPFN: 12, pageCount: 1, from: 11)],
         ]
         for segments in frames {
             try session.peer.send(.pages(Pages(pageSize: UInt32(Self.pageSize), segments: segments)))
@@ -92,7 +96,7 @@ struct PageCopyConformanceTests {
         #expect(memory.count == model.bytes.count)
         #expect(Self.firstDifferentPage(memory, model.bytes) == nil, "guest memory differs from the model at this page")
         // The model is not trivially right: the copies landed where expected.
-        #expect(model.pages[11] == Self.page(0xB2, tag: 2) && model.pages[31] == Self.page(0xB2, tag: 2))
+        #expect(model.pages[31] == Self.page(0xB2, tag: 2) && model.pages[11].allSatisfy { $0 == 0 } && model.pages[12].allSatisfy { $0 == 0 })
         #expect(model.pages[40] == Self.page(0xA1, tag: 1) && model.pages[41] == Self.page(0xD4, tag: 1) && model.pages[10] == Self.page(0xA1, tag: 1))
         #expect(model.pages[60] == Self.page(0x5A, tag: 50) && model.pages[20] == Self.page(0xC3, tag: 5))
         #expect(try pair.destination[0].device.readState() == .running)
