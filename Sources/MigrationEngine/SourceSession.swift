@@ -112,7 +112,9 @@ final class SourceSession {
             let exchange = HelloExchange(names: devices.devices.map(\.name), compatibility: devices.devices.map(\.compatibility), memory: memory)
             // Extra streams are new connections: without a way to open them, one stream.
             // Version 4: a zstd lane per compressing thread (§15.2), up to the destination's and our own cap.
-            let (theirs, mine) = try exchange.asSource(reader: reader, writer: writer, encodings: options.helloEncodings, version: version,
+            // Copies need the ACKs of a resumable session (§17.4): without a way to reconnect, none are listed.
+            let encodings = options.helloEncodings.filter { $0 != .pageCopies || (reconnect != nil && options.reconnectTimeoutSeconds > 0) }
+            let (theirs, mine) = try exchange.asSource(reader: reader, writer: writer, encodings: encodings, version: version,
                                                        streams: reconnect == nil ? 1 : options.streams, blockPages: options.pagesPerFrame,
                                                        lanes: min(options.workers, SendEncoding.maxLanesPerSession))
             encoding = SendEncoding(policy: options.compression, destinationAccepts: theirs.encodings, workers: options.workers,

@@ -114,7 +114,9 @@ public struct PreparedFrame: Sendable {
         case .pages(let p) where p.hasLaneSegments:
             // A lane batch never borrows (PayloadCompressor.encodePages): its bytes are whole.
             precondition(borrowed.isEmpty, "a PAGES frame with lane segments holds its raw pages")
-            return bytes
+            // A copy sized to the frame: the builder reserved room for every page raw (1 MiB
+            // and more), and a window of retained frames must cost what it counts.
+            return Array(bytes[...])
         case .pages, .keepAlive: return Array(bytes[0..<FrameHeader.size])
         default: return bytes
         }

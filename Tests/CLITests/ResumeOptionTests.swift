@@ -25,9 +25,12 @@ import Testing
         let defaults = try #require(try VfioMigrate.parseAsRoot(Self.send) as? Send).tuning.options()
         #expect(defaults.reconnectTimeoutSeconds == 30 && defaults.resumeWindowBytes == 64 << 20)
         // The default is one stream, so the default session is resumable (version 2, not 3),
-        // `auto` uses zstd, so version 4 (zstd lanes) is offered (§15.1), the XXH3-128 digest
-        // adds version 5 (§16.1) and page copies put version 6 first (§17.1).
+        // `auto` uses zstd, so version 4 (zstd lanes) is offered (§15.1), the XXH3-128
+        // digest adds version 5 (§16.1) and page copies put version 6 first (§17.1).
         #expect(defaults.applicationProtocols == ["vfio-migrate/6", "vfio-migrate/5", "vfio-migrate/4", "vfio-migrate/2"])
+        let noCopies = try #require(try VfioMigrate.parseAsRoot(Self.send + ["--no-page-copies"]) as? Send).tuning.options()
+        #expect(!noCopies.pageCopies && noCopies.applicationProtocols == ["vfio-migrate/5", "vfio-migrate/4", "vfio-migrate/2"])
+        #expect(try #require(try VfioMigrate.parseAsRoot(Self.receive + ["--no-page-copies"]) as? Receive).noPageCopies)
         let off = try #require(try VfioMigrate.parseAsRoot(Self.send + ["--reconnect-timeout", "0", "--resume-window", "32M"]) as? Send)
         #expect(off.tuning.options().applicationProtocols.isEmpty, "version 1: no ALPN offered")
         #expect(off.tuning.options().resumeWindowBytes == 32 << 20)

@@ -12,29 +12,37 @@ enum Loopback {
     /// `version` 2 has both sides offer it by ALPN (zstd, ACKs); 1 offers nothing.
     static func contexts(version: ProtocolVersion = .v1) throws -> (server: TLSContext, client: TLSContext) {
         let protocols = version >= .v2 ? ProtocolVersion.alpnOffer(speaking: [.v1, version]) : []
+        return try contexts(alpn: (server: protocols, client: protocols))
+    }
+
+    /// Each side offers its own ALPN list, as `ReceiverOptions.applicationProtocols` and
+    /// `SenderOptions.applicationProtocols` make them.
+    static func contexts(alpn: (server: [String], client: [String])) throws -> (server: TLSContext, client: TLSContext) {
         var server = TLSConfiguration(
             caFile: "\(certs)/ca.pem", certificateFile: "\(certs)/destination.pem",
             privateKeyFile: "\(certs)/destination-key.pem", peerName: "source.vfio-migrate.test",
             allowDevelopmentCertificates: true)
-        server.applicationProtocols = protocols
+        server.applicationProtocols = alpn.server
         var client = TLSConfiguration(
             caFile: "\(certs)/ca.pem", certificateFile: "\(certs)/source.pem",
             privateKeyFile: "\(certs)/source-key.pem", peerName: "destination.vfio-migrate.test",
             allowDevelopmentCertificates: true)
-        client.applicationProtocols = protocols
+        client.applicationProtocols = alpn.client
         return (try TLSContext(configuration: server, role: .server), try TLSContext(configuration: client, role: .client))
     }
 
     typealias Outcome = InProcessMigration.Outcome
 
     /// Runs a receiver on its own thread and a sender on another, over 127.0.0.1.
+    /// `alpn`: each side's own offer instead of `version`'s.
     static func migrate(source: [SourceDevice], sourceMemory: GuestMemory?,
                         destination: [DestinationDevice], destinationMemory: GuestMemory?,
                         options: SenderOptions = quickOptions(), receiverOptions: ReceiverOptions = quickReceiver(),
                         events: @escaping EventSink = { _ in }, version: ProtocolVersion = .v1,
+                        alpn: (server: [String], client: [String])? = nil,
                         whileRunning: (@Sendable (Sender) -> Void)? = nil) throws -> Outcome {
         ignoreSIGPIPE()
-        let (server, client) = try contexts(version: version)
+        let (server, client) = try alpn.map { try contexts(alpn: $0) } ?? contexts(version: version)
         let receiver = Receiver(devices: destination, memory: destinationMemory, options: receiverOptions)
         let sender = Sender(devices: source, memory: sourceMemory, options: options, events: events)
         let result = ResultBox<Outcome>()
@@ -59,6 +67,19 @@ enum Loopback {
         o.workers = 2
         o.peerTimeoutSeconds = 10
         return o
+    }
+}
+
+/// A destination written in a test: reads the source's frames from `stream` through
+/// `decoder` (which checks them) and hands each, with the position an ACK would
+/// report after it, to `body` until it returns true.
+func readSourceFrames(_ stream: TLSStream, _ decoder: inout FrameDecoder, until body: (Frame, StreamPosition) throws -> Bool) throws {
+    while true {
+        decoder.feed(try stream.read(maxCount: 1 << 20))
+        while let message = try decoder.nextMessage() {
+            guard case .frame(let frame) = message else { continue }
+            if try body(frame, decoder.position) { return }
+        }
     }
 }
 

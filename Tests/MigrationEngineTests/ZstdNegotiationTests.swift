@@ -30,19 +30,17 @@ struct ZstdNegotiationTests {
             try stream.write(try encoder.encode(.hello(hello)))
             var decoder = FrameDecoder(peer: .source, version: .v2)
             var seen = Seen()
-            while true {
-                decoder.feed(try stream.read(maxCount: 1 << 20))
-                while let message = try decoder.nextMessage() {
-                    guard case .frame(let frame) = message else { continue }
-                    switch frame.body {
-                    case .hello(let h): seen.hello = h.encodings
-                    case .deviceData(let d): seen.payloads.insert("\(d.encoding)")
-                    case .pages(let p): for s in p.segments { seen.payloads.insert("\(s.encoding)") }
-                    case .complete: return seen
-                    default: break
-                    }
+            try readSourceFrames(stream, &decoder) { frame, _ in
+                switch frame.body {
+                case .hello(let h): seen.hello = h.encodings
+                case .deviceData(let d): seen.payloads.insert("\(d.encoding)")
+                case .pages(let p): for s in p.segments { seen.payloads.insert("\(s.encoding)") }
+                case .complete: return true
+                default: break
                 }
+                return false
             }
+            return seen
         }
         var options = Loopback.quickOptions()
         options.compression = policy

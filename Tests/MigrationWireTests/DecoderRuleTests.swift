@@ -265,7 +265,7 @@ private func raw(_ bytes: [UInt8], phase: Phase = .precopy) -> FrameBody {
     @Test func unknownDeviceDataEncodingAndPhase() {
         var s = StreamBuilder.source()
         var payload = payloadBytes(raw([1, 2]))
-        payload[1] = 6
+        payload[1] = 6  // 3, 4 and 5 are known but refused here (PageCopyRuleTests, DeviceDigestTests)
         s.bytes += rawFrame(type: 2, sequence: 1, payload: payload)
         #expect(throws: WireError.unknownEncoding(frame: .deviceData, value: 6)) { try decodeAll(s.bytes) }
         var t = StreamBuilder.source()
@@ -332,7 +332,7 @@ private func raw(_ bytes: [UInt8], phase: Phase = .precopy) -> FrameBody {
     @Test func malformedPagesFramesAreRejected() throws {
         var unknown = StreamBuilder.source()
         var payload = payloadBytes(.pages(Pages(pageSize: 4096, segments: [PageSegment(startPFN: 0, pageCount: 1, encoding: .zero, payload: [])])))
-        payload[8 + 12] = 6  // 4 is version 4's zstd lane, 5 version 6's copy (refused unless announced)
+        payload[8 + 12] = 6  // 4 is version 4's zstd lane, 5 version 6's copy (refused unless announced: ZstdLaneTests, PageCopyRuleTests)
         unknown.bytes += rawFrame(type: 4, sequence: 1, payload: payload)
         #expect(throws: WireError.unknownEncoding(frame: .pages, value: 6)) { try decodeAll(unknown.bytes) }
 

@@ -32,7 +32,8 @@ import Glibc
                 return decoder
             }
             var decoder = FrameDecoder(joinedStream: 1, routing: testRouting, memory: FrameGenerator.joinedMemory,
-                                       encodings: [.raw, .deflate, .zstd, .zstdLanes], limits: limits, version: max(version, .v3))
+                                       encodings: [.raw, .deflate, .zstd, .zstdLanes] + (version >= .v6 ? [.pageCopies] : []),
+                                       limits: limits, version: max(version, .v3))
             decoder.laneCount = lanes
             return decoder
         }
@@ -95,10 +96,28 @@ import Glibc
             let s = try gen.sourceSession(compressor: level, version: .v5, lanes: laneEncoders)
             corpus.append(Entry(bytes: s.bytes, offsets: s.offsets, peer: .source, version: .v5, lanes: lanes))
         }
+        // Version 6: copy segments (§17) among generated and compressed pages, on stream 0
+        // under a HELLO listing encoding 5, and on an extra stream.
+        var copyFrames = 0
+        for i in 0..<3 {
+            let level = try PayloadCompressor(policy: .zstd(level: 3), zstdAccepted: true)
+            let s = try gen.sourceSession(compressor: [nil, compressor, level][i], version: .v6)
+            corpus.append(Entry(bytes: s.bytes, offsets: s.offsets, peer: .source, version: .v6))
+            let j = try gen.joinedStreamSession(compressor: [compressor, nil, level][i], copies: true)
+            corpus.append(Entry(bytes: j.bytes, offsets: j.offsets, peer: .source, version: .v6, joined: true))
+            copyFrames += (s.frames + j.frames).filter { if case .pages(let p) = $0.body { p.segments.contains { $0.encoding == .copy } } else { false } }.count
+        }
+        #expect(copyFrames > 0, "the corpus has copy segments")
+        // Unmutated, every version-6 entry decodes: the copies it holds are valid ones.
+        for entry in corpus where entry.version == .v6 {
+            var decoder = entry.decoder(limits: .default)
+            decoder.feed(entry.bytes)
+            #expect(throws: Never.self) { while try decoder.nextMessage() != nil {}; try decoder.finish() }
+        }
 
         var rng = SeededRNG(seed: seed ^ 0xFFFF)
         let decompressor = try PayloadDecompressor()
-        var iterations = 0, rejected = 0, accepted = 0, framesSeen = 0
+        var iterations = 0, rejected = 0, accepted = 0, framesSeen = 0, copiesDecoded = 0
         var errorKinds = Set<String>()
         let deadline = ContinuousClock.now + .milliseconds(Int(seconds * 1000))
         while ContinuousClock.now < deadline || iterations < 300 {
@@ -131,7 +150,9 @@ import Glibc
                     }
                     while let message = try decoder.nextMessage() {
                         framesSeen += 1
-                        if case .frame(let frame) = message { try exercisePayloads(frame, decompressor: payloads, limits: inflateLimits) }
+                        if case .frame(let frame) = message {
+                            copiesDecoded += try exercisePayloads(frame, decompressor: payloads, limits: inflateLimits)
+                        }
                     }
                 }
                 try decoder.finish()
@@ -148,7 +169,9 @@ import Glibc
         #expect(rejected > iterations / 4)
         #expect(accepted > 0)
         #expect(errorKinds.count >= 20, "\(errorKinds.sorted())")
-        print("fuzz: seed \(seed), \(iterations) cases in \(seconds) s: \(rejected) rejected, \(accepted) accepted, \(framesSeen) frames, \(errorKinds.count) error kinds: \(errorKinds.sorted().joined(separator: " "))")
+        #expect(copiesDecoded > 0, "copy segments passed the decoder")
+        print("fuzz: seed \(seed), \(iterations) cases in \(seconds) s: \(rejected) rejected, \(accepted) accepted, \(framesSeen) frames, "
+              + "\(copiesDecoded) copy segments, \(errorKinds.count) error kinds: \(errorKinds.sorted().joined(separator: " "))")
     }
 
     /// Mutated resume handshakes (both roles, split anywhere): a message, the end of
@@ -233,13 +256,23 @@ import Glibc
         #expect(outcomes[0] > 100 && outcomes[1] > 100, "\(outcomes)")
     }
 
-    private func exercisePayloads(_ frame: Frame, decompressor: PayloadDecompressor, limits: WireLimits) throws {
+    /// Decodes what a receiver would; returns the copy segments seen (applied from guest
+    /// memory, never decoded: the decompressor refuses them).
+    private func exercisePayloads(_ frame: Frame, decompressor: PayloadDecompressor, limits: WireLimits) throws -> Int {
+        var copies = 0
         switch frame.body {
         case .deviceData(let d):
             let out = try decompressor.decode(d)
             #expect(out.count == Int(d.originalLength))
         case .pages(let p):
             for s in p.segments {
+                if let source = s.copySourcePFN {
+                    copies += 1
+                    let end = s.startPFN + UInt64(s.pageCount)
+                    #expect(source + UInt64(s.pageCount) <= s.startPFN || end <= source, "the decoder let an overlapping copy through")
+                    continue
+                }
+                #expect(s.encoding != .copy, "a copy segment without its 8-byte source PFN")
                 // A lane segment decodes once: it moves its lane's stream on.
                 guard s.encoding != .zstdLane else {
                     #expect(try decompressor.decode(s, pageSize: Int(p.pageSize)).count == Int(s.pageCount) * Int(p.pageSize))
@@ -255,6 +288,7 @@ import Glibc
             }
         default: break
         }
+        return copies
     }
 
     private func mutate(_ bytes: inout [UInt8], entry: Entry, corpus: [Entry], rng: inout SeededRNG) {

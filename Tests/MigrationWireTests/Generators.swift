@@ -92,24 +92,44 @@ struct FrameGenerator {
 
     /// Up to `span` pages from `start` in segments of random encodings (payloads
     /// are not real deflate or zstd streams: the decoder does not inflate).
-    mutating func pages(start: UInt64, span: Int, pageSize: Int, zstd: Bool = true) -> Pages {
+    /// `copies` (version 6): some segments are copies from `copies` ranges (§17).
+    mutating func pages(start: UInt64, span: Int, pageSize: Int, zstd: Bool = true, copies: [MemoryRange] = []) -> Pages {
         var segments: [PageSegment] = []
         var pfn = start
         var left = int(0...span)
         while left > 0 {
             let count = int(1...min(left, 8))
+            if !copies.isEmpty, rng.chance(0.3) {
+                segments.append(.copy(startPFN: pfn, pageCount: UInt32(count), from: copySource(in: copies, avoiding: pfn, count: count)))
+                pfn += UInt64(count) + UInt64(int(0...3))
+                left -= count
+                continue
+            }
             let encoding: PageEncoding = [.zero, .raw, .deflate, .zstd][int(0...(zstd ? 3 : 2))]
             let payload: [UInt8] = switch encoding {
             case .zero: []
             case .raw: rng.bytes(count * pageSize)
             case .deflate, .zstd, .zstdLane: rng.bytes(int(1...200))
-            case .copy: Array(PageSegment.copy(startPFN: pfn, pageCount: UInt32(count), from: 0).payload)
+            case .copy: preconditionFailure("copies are made above")
             }
             segments.append(PageSegment(startPFN: pfn, pageCount: UInt32(count), encoding: encoding, payload: payload))
             pfn += UInt64(count) + UInt64(int(0...3))
             left -= count
         }
         return Pages(pageSize: UInt32(pageSize), segments: segments)
+    }
+
+    /// A copy's first source PFN: `count` (≤ 8) pages inside one of `ranges` (each at
+    /// least 24 pages), clear of the `count` pages at `target`.
+    mutating func copySource(in ranges: [MemoryRange], avoiding target: UInt64, count: Int) -> UInt64 {
+        let range = ranges[int(0...(ranges.count - 1))]
+        let n = UInt64(count)
+        var source = range.startPFN + UInt64(int(0...Int(range.pageCount - n)))
+        // Overlapping the target: the other side of it, or the range's other end.
+        if source < target + n && target < source + n {
+            source = target >= range.startPFN + n ? range.startPFN : range.startPFN + range.pageCount - n
+        }
+        return source
     }
 
     /// A complete, valid source stream: HELLO, iterations, stop-and-copy, DEVICE_END, COMPLETE, COMMIT.
@@ -128,6 +148,8 @@ struct FrameGenerator {
         let zstd = version >= .v2
         var encodings: [Encoding] = !zstd ? [.raw, .deflate] : lanes.isEmpty ? [.raw, .deflate, .zstd] : [.raw, .deflate, .zstd, .zstdLanes]
         if version >= .v5 { encodings.append(.xxh3Digest) }  // §16: DEVICE_END's digest, no payload encoding
+        let copies = version >= .v6 ? memory : []  // §17: copy segments, each inside one range
+        if !copies.isEmpty { encodings.append(.pageCopies) }
         var s = StreamBuilder.source(devices: devices, memory: memory, encodings: encodings, version: version, lanes: UInt16(lanes.count))
         for iteration in 0..<int(0...3) {
             for _ in 0..<int(1...6) {
@@ -144,9 +166,10 @@ struct FrameGenerator {
                     if let compressor {
                         let bytes = mixedPages(pages: int(1...24), pageSize: pageSize, rng: &rng)
                         let lane = lanes.isEmpty ? nil : lanes[int(0...(lanes.count - 1))]
-                        s.add(.pages(Pages(pageSize: UInt32(pageSize), segments: try compressor.encodePages(startPFN: start, pageSize: pageSize, bytes: bytes, lane: lane))))
+                        let segments = try compressor.encodePages(startPFN: start, pageSize: pageSize, bytes: bytes, lane: lane)
+                        s.add(.pages(Pages(pageSize: UInt32(pageSize), segments: copySegments(copies) + segments)))
                     } else {
-                        s.add(.pages(pages(start: start, span: 24, pageSize: pageSize, zstd: zstd)))
+                        s.add(.pages(pages(start: start, span: 24, pageSize: pageSize, zstd: zstd, copies: copies)))
                     }
                 default: s.add(.keepAlive)
                 }
@@ -165,21 +188,37 @@ struct FrameGenerator {
         return s
     }
 
+    /// Version 6, a frame from a compressor: 0–2 copy segments put first (where the payload
+    /// mutations reach them), each writing pages of `ranges` from others (§17).
+    mutating func copySegments(_ ranges: [MemoryRange]) -> [PageSegment] {
+        guard !ranges.isEmpty else { return [] }
+        return (0..<int(0...2)).map { _ in
+            let count = int(1...8)
+            let range = ranges[int(0...(ranges.count - 1))]
+            let target = range.startPFN + UInt64(int(0...Int(range.pageCount) - count))
+            return .copy(startPFN: target, pageCount: UInt32(count), from: copySource(in: ranges, avoiding: target, count: count))
+        }
+    }
+
     /// Version 3: the memory an extra stream's pages lie in (stream 1 of `testRouting` owns it).
     static let joinedMemory = [MemoryRange(startPFN: 512, pageCount: 64, pageSize: 512)]
 
     /// Version 3: extra stream 1 (`testRouting`): PAGES of PFNs it owns, KEEPALIVE, then STREAM_END.
-    mutating func joinedStreamSession(compressor: PayloadCompressor? = nil, lanes: [ZstdLane] = []) throws -> StreamBuilder {
+    /// `copies` (version 6): some segments copy pages of its memory (§17).
+    mutating func joinedStreamSession(compressor: PayloadCompressor? = nil, lanes: [ZstdLane] = [], copies: Bool = false) throws -> StreamBuilder {
         var s = StreamBuilder()
+        let copyRanges = copies ? FrameGenerator.joinedMemory : []
         for _ in 0..<int(1...6) {
             if rng.chance(0.25) { s.add(.keepAlive); continue }
             let start = UInt64(512 + int(0...8))
             if let compressor {
                 let bytes = mixedPages(pages: int(1...24), pageSize: 512, rng: &rng)
                 let lane = lanes.isEmpty ? nil : lanes[int(0...(lanes.count - 1))]
-                s.add(.pages(Pages(pageSize: 512, segments: try compressor.encodePages(startPFN: start, pageSize: 512, bytes: bytes, lane: lane))))
+                let segments = try compressor.encodePages(startPFN: start, pageSize: 512, bytes: bytes, lane: lane)
+                s.add(.pages(Pages(pageSize: 512, segments: copySegments(copyRanges) + segments)))
             } else {
-                s.add(.pages(pages(start: start, span: 24, pageSize: 512)))
+                // With copies: a shorter span keeps every page inside `joinedMemory` (a valid stream).
+                s.add(.pages(pages(start: start, span: copies ? 12 : 24, pageSize: 512, copies: copyRanges)))
             }
         }
         s.add(.streamEnd(StreamEnd(streamIndex: 1, frameCount: s.encoder.nextSequence)))

@@ -43,11 +43,7 @@ struct DeviceDigestConformanceTests {
         let (session, offered) = try Self.session(pair, encodings: encodings, digest: digest)
         defer { session.close() }
         #expect(offered.version == 5 && offered.encodings.contains(.xxh3Digest), "the destination lists encoding 4: \(offered.encodings)")
-        let ready = try session.peer.nextSignificant()
-        guard case .ready = ready?.body else { Issue.record("expected READY, got \(String(describing: ready?.body))"); return }
-        try session.peer.send(.commit)
-        let resumed = try session.peer.nextSignificant()
-        guard case .resumed = resumed?.body else { Issue.record("expected RESUMED, got \(String(describing: resumed?.body))"); return }
+        try session.peer.commitAfterReady()
         session.close()
         guard case .success(let stats) = session.receiver.result.wait(timeout: 30) else { Issue.record("receiver failed"); return }
         #expect(stats.devices.first?.digestAlgorithm == digest.description)

@@ -18,12 +18,11 @@ struct MultiStreamTests {
         var sourceStats: MigrationStats? { if case .success(let s) = outcome.source { s } else { nil } }
     }
 
-    /// SHA-256 digests and no page copies: version 3 as deployed peers speak it (version 5:
-    /// DeviceDigestConformanceTests; version 6: PageCopySessionTests).
+    /// SHA-256 digests: version 3 as deployed peers speak it (version 5: DeviceDigestConformanceTests).
     static func senderOptions(streams: Int, reconnect: Double = 8) -> SenderOptions {
         var o = Rig.senderOptions(peerTimeout: 10)
         o.deviceDigest = .sha256
-        o.pageCopies = false
+        o.pageCopies = false  // versions 3 and 4 as deployed; version 6: PageCopyConformanceTests
         o.streams = streams
         o.reconnectTimeoutSeconds = reconnect
         o.downtimeTargetMs = 20

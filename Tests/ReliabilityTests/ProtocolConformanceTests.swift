@@ -31,11 +31,7 @@ struct ProtocolConformanceTests {
             PageSegment(startPFN: last, pageCount: 1, encoding: .raw, payload: Self.page(0xB2))])))
         try peer.sendDeviceStreams(pair)
         try peer.send(.complete)
-        let ready = try peer.nextSignificant()
-        guard case .ready = ready?.body else { Issue.record("expected READY, got \(String(describing: ready?.body))"); return }
-        try peer.send(.commit)
-        let resumed = try peer.nextSignificant()
-        guard case .resumed = resumed?.body else { Issue.record("expected RESUMED, got \(String(describing: resumed?.body))"); return }
+        try peer.commitAfterReady()
         // We have not closed: the destination's close_notify must come by itself, at once
         // (it used to wait 5 s for ours). 3 s is a generous bound, not a speed figure.
         let end = peer.readUntilClosed(timeoutSeconds: 3)

@@ -294,8 +294,8 @@ enum ResumeRig {
     }
 
     /// SHA-256 digests and no page copies: the suites built on this rig run versions 2
-    /// to 4 as deployed peers speak them; versions 5 and 6 have their own
-    /// (DeviceDigestConformanceTests, PageCopySessionTests).
+    /// to 4 as deployed peers speak them (and cut at offsets a clean run measured);
+    /// versions 5 and 6 have their own (DeviceDigestConformanceTests, PageCopyConformanceTests).
     static func senderOptions() -> SenderOptions {
         var o = Rig.senderOptions(peerTimeout: 10)
         o.reconnectTimeoutSeconds = 8

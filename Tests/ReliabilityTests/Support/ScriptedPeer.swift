@@ -78,6 +78,15 @@ final class ScriptedPeer: @unchecked Sendable {
         return nil
     }
 
+    /// A source's last steps (§6): READY, COMMIT, RESUMED; throws naming what came instead.
+    func commitAfterReady() throws {
+        let ready = try nextSignificant()
+        guard case .ready = ready?.body else { throw SetupError("expected READY, got \(String(describing: ready?.body))") }
+        try send(.commit)
+        let resumed = try nextSignificant()
+        guard case .resumed = resumed?.body else { throw SetupError("expected RESUMED, got \(String(describing: resumed?.body))") }
+    }
+
     /// Reads the destination's HELLO (a source's first step).
     func readHello() throws -> Hello {
         guard let f = try nextSignificant(), case .hello(let h) = f.body else { throw SetupError("no HELLO from the destination") }
