@@ -16,7 +16,8 @@ import SyncPrimitives
 ///   pages of frames acknowledged, all of which precede it on its stream.
 /// A slot that forgets (another PFN or fingerprint took it) only costs a copy.
 ///
-/// Bounded: `capacity` slots each way, 40 bytes a slot, whatever the guest's size.
+/// Bounded: `capacity` slots each way, 40 bytes a slot, and 256 KiB of sketch bits,
+/// whatever the guest's size.
 final class PageCopyTable: @unchecked Sendable {  // all state under `lock`
     let fingerprinter: PageFingerprinter
     private let lock = Lock()
@@ -27,6 +28,10 @@ final class PageCopyTable: @unchecked Sendable {  // all state under `lock`
     /// fingerprint.low → the PFN whose slot holds it (checked there, all 128 bits).
     private var index: [UInt64]
     private var generation: UInt64 = 0
+    /// One bit per sketch hash (`PageFingerprinter.sketch` mod 2^21), set when a page with
+    /// it enters; never cleared (a stale bit costs one fingerprint, never a wrong copy).
+    private var sketches = [UInt64](repeating: 0, count: PageCopyTable.sketchBits / 64)
+    static let sketchBits = 1 << 21
     /// Frames numbered but not yet acknowledged, in sequence order.
     private var pending: [(sequence: UInt64, generation: UInt64, sent: [SentPage])] = []
     private var pendingPages = 0
@@ -59,6 +64,17 @@ final class PageCopyTable: @unchecked Sendable {  // all state under `lock`
                 slotGeneration[slot] = generation
             }
             return generation
+        }
+    }
+
+    /// For each sketch, whether a page that had it ever entered.
+    func mayHold(_ sketches: [UInt32?]) -> [Bool] {
+        lock.withLock {
+            sketches.map { s in
+                guard let s else { return false }
+                let bit = Int(s) & (PageCopyTable.sketchBits - 1)
+                return self.sketches[bit >> 6] & (1 << UInt64(bit & 63)) != 0
+            }
         }
     }
 
@@ -118,5 +134,7 @@ final class PageCopyTable: @unchecked Sendable {  // all state under `lock`
         slotPrint[slot] = page.fingerprint
         slotGeneration[slot] = batch
         index[Int(page.fingerprint.low & mask)] = page.pfn
+        let bit = Int(page.sketch) & (PageCopyTable.sketchBits - 1)
+        sketches[bit >> 6] |= 1 << UInt64(bit & 63)
     }
 }

@@ -154,6 +154,8 @@ public struct PagesFrameBuilder {
     private var w: ByteWriter
     private var segments: [PageSegment] = []
     private var borrowed: [BorrowedPages] = []
+    /// Where the payload of the last segment appended starts in the frame.
+    private var lastPayloadStart = 0
     public let pageSize: UInt32
     /// Raw pages are left in the guest mapping for the writer (`appendBorrowedRaw`).
     public let borrowsRawPages: Bool
@@ -186,6 +188,17 @@ public struct PagesFrameBuilder {
         w.append(pages)
     }
 
+    /// The fingerprints of the pages of the segment just appended, from its payload in
+    /// the frame: exactly the bytes that go out (page copies, §17).
+    public func fingerprintLastPayload(pageSize: Int, _ fingerprinter: PageFingerprinter) -> [(print: PageFingerprint, sketch: UInt32)] {
+        let payload = w.bytes.span.bytes.extracting(lastPayloadStart..<w.bytes.count)
+        var prints: [(print: PageFingerprint, sketch: UInt32)] = []
+        for p in 0..<(payload.byteCount / pageSize) {
+            prints.append(fingerprinter.identify(payload.extracting((p * pageSize)..<((p + 1) * pageSize))))
+        }
+        return prints
+    }
+
     /// A raw segment of `byteCount` bytes whose pages stay in the guest mapping: the
     /// writer sends them there, from where the guest keeps them (PreparedFrame.borrowed).
     public mutating func appendBorrowedRaw(startPFN: UInt64, pageCount: UInt32, byteCount: Int) {
@@ -197,6 +210,7 @@ public struct PagesFrameBuilder {
         segments.append(PageSegment(startPFN: startPFN, pageCount: pageCount, encoding: encoding, payload: [], lane: lane))
         w.u64(startPFN); w.u32(pageCount); w.u8(encoding.rawValue); w.u8(lane); w.zeros(2)
         w.u32(UInt32(length))
+        lastPayloadStart = w.bytes.count
     }
 
     /// The finished frame, unnumbered; the builder is left empty. (Mutating, not

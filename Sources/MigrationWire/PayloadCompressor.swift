@@ -231,53 +231,61 @@ public final class PayloadCompressor {
     /// From a copy, every page decodes to what the copy held.
     public func encodePages(startPFN: UInt64, pageSize: Int, pages: RawSpan, choice: CodecChoice? = nil,
                             into frame: inout PagesFrameBuilder, lane: ZstdLane? = nil) throws(WireError) {
+        var none: PageCopies?
+        try encodeLentPages(startPFN: startPFN, pageSize: pageSize, pages: pages, choice: choice, into: &frame, lane: lane, copies: &none)
+    }
+
+    /// As `encodePages(startPFN:pageSize:pages:choice:into:lane:)` with page copies (§17).
+    /// Every non-zero page whose sketch the source sent is fingerprinted as it is in the mapping, and `copies.find`
+    /// names pages the destination holds already (`copies.confirm` compares them), which
+    /// go as `copy` segments. What `copies.sent` lists must be exactly the bytes sent, so
+    /// those fingerprints are taken again where the bytes are fixed: from the copy a
+    /// codec reads, or from the frame a raw run was copied into. Raw runs the writer
+    /// sends from the mapping (borrowed) are not listed: no one knows which bytes they
+    /// will carry.
+    public func encodePages(startPFN: UInt64, pageSize: Int, pages: RawSpan, choice: CodecChoice? = nil,
+                            into frame: inout PagesFrameBuilder, lane: ZstdLane? = nil, copies: inout PageCopies) throws(WireError) {
+        var some: PageCopies? = copies
+        try encodeLentPages(startPFN: startPFN, pageSize: pageSize, pages: pages, choice: choice, into: &frame, lane: lane, copies: &some)
+        copies = some!
+    }
+
+    private func encodeLentPages(startPFN: UInt64, pageSize: Int, pages: RawSpan, choice: CodecChoice?,
+                                 into frame: inout PagesFrameBuilder, lane: ZstdLane?, copies: inout PageCopies?) throws(WireError) {
         // A frame of a lane is retained (and replayed) as its bytes (§15.4): its raw pages are
         // copied in; any other frame may leave them in the mapping for the writer.
         let batchCodec = try codec(for: choice)
         let laneBatch = lane != nil && ZstdLane.carries(batchCodec)
         let borrows = frame.borrowsRawPages && !laneBatch
-        for run in try runs(pageSize: pageSize, pages: pages, choice: choice) {
-            let pfn = startPFN + UInt64(run.pages.lowerBound)
-            let count = UInt32(run.pages.count)
-            let bytes = pages.extracting((run.pages.lowerBound * pageSize)..<(run.pages.upperBound * pageSize))
-            switch try encodeLent(run.kind, bytes, pageCount: run.pages.count, choice: choice, lane: lane) {
-            case nil: frame.append(startPFN: pfn, pageCount: count, encoding: .zero, payload: [])
-            case .raw where borrows && bytes.byteCount >= PagesFrameBuilder.minimumBorrowedBytes:
-                frame.appendBorrowedRaw(startPFN: pfn, pageCount: count, byteCount: bytes.byteCount)
-            case .raw: frame.appendRaw(startPFN: pfn, pageCount: count, pages: bytes)
-            case .encoded(let encoding, let laneIndex, let payload):
-                frame.append(startPFN: pfn, pageCount: count, encoding: encoding, payload: payload, lane: laneIndex)
-            }
-        }
-    }
-
-    /// As `encodePages(startPFN:pageSize:pages:choice:into:lane:)` with page copies
-    /// (§17), on pages that do not change while this runs (the caller read them into a
-    /// buffer of its own: what the copies and their fingerprints promise must be the
-    /// bytes sent). Every non-zero page is fingerprinted; `copies.find` names the
-    /// pages the destination holds already, which go as `copy` segments, and every
-    /// page sent with its bytes is listed in `copies.sent`. Raw runs are copied into
-    /// the frame (the pages are not the guest's mapping).
-    public func encodePages(startPFN: UInt64, pageSize: Int, stablePages pages: RawSpan, choice: CodecChoice? = nil,
-                            into frame: inout PagesFrameBuilder, lane: ZstdLane? = nil, copies: inout PageCopies) throws(WireError) {
-        let (runs, prints) = try runs(pageSize: pageSize, pages: pages, choice: choice, copies: copies)
+        let (runs, nonZero) = try runs(pageSize: pageSize, pages: pages, choice: choice, copies: copies)
         for run in runs {
             let pfn = startPFN + UInt64(run.pages.lowerBound)
             let count = UInt32(run.pages.count)
             if let source = run.source {
                 frame.append(startPFN: pfn, pageCount: count, encoding: .copy, payload: Array(PageSegment.copy(startPFN: pfn, pageCount: count, from: source).payload))
-                copies.copiedPages += run.pages.count
+                copies!.copiedPages += run.pages.count
                 continue
             }
             let bytes = pages.extracting((run.pages.lowerBound * pageSize)..<(run.pages.upperBound * pageSize))
-            switch try encode(run.kind, bytes, pageCount: run.pages.count, choice: choice, lane: lane) {
+            let (payload, stablePrints) = try encodeLent(run.kind, bytes, pageCount: run.pages.count, choice: choice, lane: lane,
+                                                         fingerprinter: copies?.fingerprinter, pageSize: pageSize)
+            var sentPrints: [(print: PageFingerprint, sketch: UInt32)]?
+            switch payload {
             case nil: frame.append(startPFN: pfn, pageCount: count, encoding: .zero, payload: [])
-            case .raw: frame.appendRaw(startPFN: pfn, pageCount: count, pages: bytes)
+            case .raw where borrows && bytes.byteCount >= PagesFrameBuilder.minimumBorrowedBytes:
+                frame.appendBorrowedRaw(startPFN: pfn, pageCount: count, byteCount: bytes.byteCount)
+            case .raw:
+                frame.appendRaw(startPFN: pfn, pageCount: count, pages: bytes)
+                if let fingerprinter = copies?.fingerprinter { sentPrints = frame.fingerprintLastPayload(pageSize: pageSize, fingerprinter) }
             case .encoded(let encoding, let laneIndex, let payload):
                 frame.append(startPFN: pfn, pageCount: count, encoding: encoding, payload: payload, lane: laneIndex)
+                sentPrints = stablePrints
             }
-            // A zero page inside a zstd run has no fingerprint: it is never a copy's source.
-            for p in run.pages { if let print = prints[p] { copies.sent.append(SentPage(pfn: startPFN + UInt64(p), fingerprint: print)) } }
+            guard let sentPrints else { continue }
+            // A page that was zero in the mapping (bridged into a zstd run) is never a copy's source.
+            for (k, p) in run.pages.enumerated() where nonZero[p] {
+                copies!.sent.append(SentPage(pfn: startPFN + UInt64(p), fingerprint: sentPrints[k].print, sketch: sentPrints[k].sketch))
+            }
         }
     }
 
@@ -289,11 +297,12 @@ public final class PayloadCompressor {
 
     /// As `encode(_:_:pageCount:choice:lane:)` on pages that may change meanwhile: a data
     /// run is compressed from a copy (see `encodePages(startPFN:pageSize:pages:choice:into:lane:)`).
-    private func encodeLent(_ kind: PageClass, _ run: RawSpan, pageCount: Int, choice: CodecChoice?,
-                            lane: ZstdLane?) throws(WireError) -> SegmentPayload? {
+    /// With a `fingerprinter`, also the fingerprints of the copy's pages (nil when no copy was made).
+    private func encodeLent(_ kind: PageClass, _ run: RawSpan, pageCount: Int, choice: CodecChoice?, lane: ZstdLane?,
+                            fingerprinter: PageFingerprinter?, pageSize: Int) throws(WireError) -> (SegmentPayload?, [(print: PageFingerprint, sketch: UInt32)]?) {
         // Only what a codec will read: a run going raw is copied once, into the frame.
         guard kind == .data, policy != .none, try codec(for: choice) != nil else {
-            return try encode(kind, run, pageCount: pageCount, choice: choice, lane: lane)
+            return (try encode(kind, run, pageCount: pageCount, choice: choice, lane: lane), nil)
         }
         // Moved out and back: the copy's span must not overlap an access to `self`,
         // which `encode` makes (and the buffer's capacity is kept for the next run).
@@ -304,7 +313,10 @@ public final class PayloadCompressor {
         defer { swap(&copy, &stableRun) }
         copy.removeAll(keepingCapacity: true)
         run.withUnsafeBytes { copy.append(contentsOf: $0) }
-        return try encode(kind, copy.span.bytes, pageCount: pageCount, choice: choice, lane: lane)
+        let prints = fingerprinter.map { f in
+            (0..<pageCount).map { p in f.identify(copy.span.bytes.extracting((p * pageSize)..<((p + 1) * pageSize))) }
+        }
+        return (try encode(kind, copy.span.bytes, pageCount: pageCount, choice: choice, lane: lane), prints)
     }
 
     /// One run of pages of one class; nil for a zero run (no payload).
@@ -360,7 +372,7 @@ public final class PayloadCompressor {
 
     /// The runs, and with `copies` each page's fingerprint (nil for a zero page).
     private func runs(pageSize: Int, pages: RawSpan, choice: CodecChoice?,
-                      copies: PageCopies?) throws(WireError) -> (runs: [Run], prints: [PageFingerprint?]) {
+                      copies: PageCopies?) throws(WireError) -> (runs: [Run], nonZero: [Bool]) {
         guard pageSize > 0, pages.byteCount % pageSize == 0 else { throw WireError.unalignedPages(byteCount: pages.byteCount, pageSize: pageSize) }
         let pageCount = pages.byteCount / pageSize
         let codec = try codec(for: choice)
@@ -368,11 +380,16 @@ public final class PayloadCompressor {
         var classes: [PageClass] = []
         classes.reserveCapacity(pageCount)
         for p in 0..<pageCount { classes.append(isAllZero(pages.extracting((p * pageSize)..<((p + 1) * pageSize))) ? .zero : .data) }
-        var prints: [PageFingerprint?] = []
         var sources: [UInt64?] = []
         if let copies {
+            var sketches: [UInt32?] = []
             for p in 0..<pageCount {
-                prints.append(classes[p] == .zero ? nil : copies.fingerprinter.fingerprint(pages.extracting((p * pageSize)..<((p + 1) * pageSize))))
+                sketches.append(classes[p] == .zero ? nil : copies.fingerprinter.sketch(pages.extracting((p * pageSize)..<((p + 1) * pageSize))))
+            }
+            let candidates = copies.mayHold(sketches)
+            var prints: [PageFingerprint?] = []
+            for p in 0..<pageCount {
+                prints.append(candidates[p] ? copies.fingerprinter.fingerprint(pages.extracting((p * pageSize)..<((p + 1) * pageSize))) : nil)
             }
             sources = copies.find(prints)
             precondition(sources.count == pageCount, "PageCopies.find answers for every page")
@@ -384,7 +401,7 @@ public final class PayloadCompressor {
         if spotsRandom {
             for p in 0..<pageCount where classes[p] == .data && looksRandom(pages.extracting((p * pageSize)..<((p + 1) * pageSize))) { classes[p] = .random }
         }
-        return (cut(classes, sources: sources, pageSize: pageSize, codec: codec), prints)
+        return (cut(classes, sources: sources, pageSize: pageSize, codec: codec), classes.map { $0 != .zero })
     }
 
     /// Classes → runs within the segment bounds; copy runs only over consecutive sources.
@@ -471,10 +488,13 @@ public final class PayloadCompressor {
     }
 }
 
-/// One batch's page copies (§17), for `PayloadCompressor.encodePages(…stablePages:…copies:)`.
+/// One batch's page copies (§17), for `PayloadCompressor.encodePages(…copies:)`.
 public struct PageCopies {
     public let fingerprinter: PageFingerprinter
-    /// For each page's fingerprint (nil: a zero page), a PFN the destination holds those
+    /// For each page's sketch (nil: a zero page), whether a page with that sketch may be
+    /// held (false: certainly not, so its fingerprint is not taken).
+    public let mayHold: ([UInt32?]) -> [Bool]
+    /// For each page's fingerprint (nil: not looked up), a PFN the destination holds those
     /// bytes at, or nil: what the caller knows of the destination (the engine's table).
     public let find: ([PageFingerprint?]) -> [UInt64?]
     /// Whether the page a source PFN names still holds these bytes; a copy is made only then.
@@ -484,9 +504,10 @@ public struct PageCopies {
     /// Out: the pages the batch sent as copies.
     public var copiedPages = 0
 
-    public init(fingerprinter: PageFingerprinter, find: @escaping ([PageFingerprint?]) -> [UInt64?],
+    public init(fingerprinter: PageFingerprinter, mayHold: @escaping ([UInt32?]) -> [Bool], find: @escaping ([PageFingerprint?]) -> [UInt64?],
                 confirm: @escaping (UInt64, RawSpan) -> Bool) {
         self.fingerprinter = fingerprinter
+        self.mayHold = mayHold
         self.find = find
         self.confirm = confirm
     }
@@ -496,7 +517,9 @@ public struct PageCopies {
 public struct SentPage: Sendable, Equatable {
     public var pfn: UInt64
     public var fingerprint: PageFingerprint
-    public init(pfn: UInt64, fingerprint: PageFingerprint) { self.pfn = pfn; self.fingerprint = fingerprint }
+    /// `PageFingerprinter.sketch` of the same bytes.
+    public var sketch: UInt32
+    public init(pfn: UInt64, fingerprint: PageFingerprint, sketch: UInt32) { self.pfn = pfn; self.fingerprint = fingerprint; self.sketch = sketch }
 }
 
 /// What the caller wants a batch sent as (under `auto`).

@@ -17,7 +17,7 @@ import MigrationWire
     /// `pfn`'s batch handed out, numbered `sequence`, sending `print` there.
     static func send(_ t: PageCopyTable, pfn: UInt64, _ print: PageFingerprint, sequence: UInt64) {
         let generation = t.invalidate(startPFN: pfn, count: 1)
-        t.pend(sequence: sequence, generation: generation, sent: [SentPage(pfn: pfn, fingerprint: print)])
+        t.pend(sequence: sequence, generation: generation, sent: [SentPage(pfn: pfn, fingerprint: print, sketch: UInt32(truncatingIfNeeded: print.low))])
     }
 
     @Test func aPageIsASourceOnlyOnceAnAckCoversItsFrame() {
@@ -37,7 +37,7 @@ import MigrationWire
         // Handed out again (new bytes on their way): no later batch may name its old bytes.
         let generation = t.invalidate(startPFN: 3, count: 1)
         #expect(t.find([Self.a]) == [nil])
-        t.pend(sequence: 12, generation: generation, sent: [SentPage(pfn: 3, fingerprint: Self.b)])
+        t.pend(sequence: 12, generation: generation, sent: [SentPage(pfn: 3, fingerprint: Self.b, sketch: 0xB)])
         t.acknowledge(nextSequence: 13)
         #expect(t.find([Self.a, Self.b]) == [nil, 3])
     }
@@ -82,10 +82,21 @@ import MigrationWire
         #expect(t.find([PageFingerprint(high: 99, low: Self.a.low)]) == [nil])
     }
 
+    /// A page whose sketch never entered cannot be a copy, so its fingerprint is not taken.
+    @Test func sketchesSayWhichPagesMayBeHeld() {
+        let t = Self.table()
+        #expect(t.mayHold([0xA, nil]) == [false, false])
+        Self.send(t, pfn: 3, Self.a, sequence: 10)
+        #expect(t.mayHold([0xA]) == [false], "pending, not entered")
+        t.acknowledge(nextSequence: 11)
+        #expect(t.mayHold([0xA, 0xA + UInt32(PageCopyTable.sketchBits), 0xB, nil]) == [true, true, false, false],
+                "the bit of 0xA (and what shares it) is set, 0xB's is not, a zero page never")
+    }
+
     @Test func pendingPagesAreBounded() {
         let t = Self.table()
         let n = PageCopyTable.maxPendingPages
-        let sent = (0..<UInt64(n)).map { SentPage(pfn: $0 % 16, fingerprint: PageFingerprint(high: $0 + 1, low: $0 + 1)) }
+        let sent = (0..<UInt64(n)).map { SentPage(pfn: $0 % 16, fingerprint: PageFingerprint(high: $0 + 1, low: $0 + 1), sketch: 0) }
         t.pend(sequence: 0, generation: t.invalidate(startPFN: 0, count: 16), sent: sent)
         Self.send(t, pfn: 5, Self.a, sequence: 1)  // pushes the first frame out
         t.acknowledge(nextSequence: 2)
@@ -103,5 +114,9 @@ import MigrationWire
         var other = page
         other[4095] ^= 1
         #expect(one.fingerprint(page.span.bytes) != one.fingerprint(other.span.bytes))
+        #expect(one.sketch(page.span.bytes) == two.sketch(page.span.bytes), "a sketch depends on the bytes alone")
+        var spread = page
+        spread[4096 / 8 * 3] ^= 1  // a word the sketch reads
+        #expect(one.sketch(page.span.bytes) != one.sketch(spread.span.bytes))
     }
 }

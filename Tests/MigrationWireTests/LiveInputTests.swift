@@ -93,6 +93,46 @@ import Testing
         #expect(compressor.counters.codecBytesIn > 0, "the codec ran")
     }
 
+    /// Page copies (§17): what the source remembers of a page it sent must be the bytes
+    /// the frame carries, not the page as the mapping held it at some other instant;
+    /// else a later copy of that page would give the destination bytes it was never
+    /// sent for an unchanged page. Every listed fingerprint is checked against the
+    /// decoded frame while the even pages change. (Fingerprinting the mapping instead
+    /// fails this for every codec and for raw pages.)
+    @Test(arguments: Codec.allCases.map(Optional.some) + [nil])
+    func sentFingerprintsAreOfTheBytesTheFrameCarries(codec: Codec?) throws {
+        let memory = LiveMemory(count: Self.pages * Self.pageSize)
+        for i in 0..<Self.pages {
+            Self.text(i % 2 == 0 ? "even" : "odd", page: i).withUnsafeBytes {
+                memory.bytes.baseAddress!.advanced(by: i * Self.pageSize).copyMemory(from: $0.baseAddress!, byteCount: Self.pageSize)
+            }
+        }
+        let writer = memory.keepWriting(Self.text("odd", page: 1), Self.text("EVEN", page: 0))
+        defer { memory.stopWriting() }
+        // nil: `none`, raw pages copied into the frame.
+        let (compressor, choice, lane) = try codec?.compressor() ?? (try PayloadCompressor(policy: .none), nil, nil)
+        let decompressor = try PayloadDecompressor(lanes: lane == nil ? 0 : 1)
+        let fingerprinter = PageFingerprinter.random()
+        var (wrong, listed) = (0, 0)
+        for _ in 0..<(lane == nil ? 200 : 60) where wrong == 0 {
+            var copies = PageCopies(fingerprinter: fingerprinter, mayHold: { $0.map { $0 != nil } }, find: { $0.map { _ in nil } }, confirm: { _, _ in false })
+            var builder = PagesFrameBuilder(pageSize: Self.pageSize, pageCount: Self.pages)
+            try compressor.encodePages(startPFN: 0, pageSize: Self.pageSize, pages: RawSpan(_unsafeBytes: UnsafeRawBufferPointer(memory.bytes)),
+                                       choice: choice, into: &builder, lane: lane, copies: &copies)
+            let decoded = try Self.decode(try builder.finish(), with: decompressor, lanes: lane == nil ? 0 : 1)
+            for sent in copies.sent {
+                let p = Int(sent.pfn)
+                listed += 1
+                let page = decoded[(p * Self.pageSize)..<((p + 1) * Self.pageSize)]
+                if fingerprinter.fingerprint(page.span.bytes) != sent.fingerprint || fingerprinter.sketch(page.span.bytes) != sent.sketch { wrong += 1 }
+            }
+        }
+        memory.stopWriting()
+        while writer.isExecuting { usleep(100) }
+        #expect(listed > 0, "pages were listed as sent")
+        #expect(wrong == 0, "\(wrong) listed fingerprint(s) are not of the bytes the frame carries (\(codec.map(\.rawValue) ?? "none"))")
+    }
+
     /// The frame's segments through the decoder, as a destination applies them.
     static func decode(_ frame: PreparedFrame, with decompressor: PayloadDecompressor, lanes: Int) throws -> [UInt8] {
         var prepared = frame

@@ -49,16 +49,17 @@ import TestSupport
     @Test func copiesMigrateByteExactInFewerBytes() throws {
         var results: [(wire: UInt64, copied: UInt64)] = []
         for receiverTakesCopies in [true, false] {
-            let pair = try Self.duplicatingPair()
+            // 8 MiB: the copies start 4 MiB into the stream, after ACKs covered most of their sources.
+            let pair = try Self.duplicatingPair(pages: 2048)
             let run = try ResumeRig.migrate(pair, options: Self.senderOptions(), receiverOptions: Self.receiverOptions(pageCopies: receiverTakesCopies))
             try Guarantee.migrated(run.outcome, pair)
             let (source, destination) = try Self.stats(run)
             #expect(source.copiedPages == destination.copiedPages, "both sides count the same copies")
             results.append((source.wireBytes, source.copiedPages))
         }
-        // Of the upper half's 512 pages, 3 in 4 are non-zero copies of lower-half pages;
+        // Of the upper half's 1024 pages, 3 in 4 are non-zero copies of lower-half pages;
         // those encoded before an ACK covered their original go with their bytes.
-        #expect(results[0].copied >= 100, "with copies: \(results[0].copied) copied pages")
+        #expect(results[0].copied >= 200, "with copies: \(results[0].copied) copied pages")
         #expect(results[1].copied == 0, "a destination without copies gets none")
         #expect(results[0].wire + results[0].copied * 4000 <= results[1].wire, "wire \(results[0].wire) B with, \(results[1].wire) B without")
     }
@@ -68,7 +69,8 @@ import TestSupport
     /// fresh read, so nothing may rely on what they sent; the guest arrives byte-exact.
     @Test(arguments: [64 << 10, 400 << 10, 900 << 10, 1600 << 10])
     func aCutResumesWithCopies(cutAfterRawBytes: Int) throws {
-        let pair = try Self.duplicatingPair(dirtyPagesPerStep: 24)
+        // 8 MiB: the copies come 4 MiB into the stream, well after the cut and the ACKs that follow it.
+        let pair = try Self.duplicatingPair(pages: 2048, dirtyPagesPerStep: 24)
         let sims = pair.sourceSims
         let run = try ResumeRig.migrate(pair, options: Self.senderOptions(), receiverOptions: Self.receiverOptions(),
                                         cutFirstAfterRawBytes: cutAfterRawBytes,
