@@ -12,9 +12,9 @@ enum SendItem: Sendable {
     /// The frame for this item, serialised whole on a worker thread with its own
     /// compressor; the writer only numbers it.
     /// `lane`: the worker's zstd lane of this stream (version 4), for pages only.
-    /// `copies`: the worker's page-copy state, in a session with page copies.
+    /// `copies`: the stream's table, in a session with page copies.
     func encode(compressor: PayloadCompressor, encoding: SendEncoding, memory: GuestMemory?, counters: Counters,
-                lane: ZstdLane? = nil, copies: PageCopyWorker? = nil) throws(MigrationFailure) -> SendOutput {
+                lane: ZstdLane? = nil, copies: PageCopyTable? = nil) throws(MigrationFailure) -> SendOutput {
         switch self {
         case .chunk(let device, let phase, let part, let bytes):
             guard let length = UInt32(exactly: bytes.count) else {
@@ -24,35 +24,48 @@ enum SendItem: Sendable {
             let (used, payload) = encoded.value
             let body = FrameBody.deviceData(DeviceData(phase: phase, encoding: used, originalLength: length, payload: payload, part: part))
             return SendOutput(frame: try prepare(body, device: device), rawBytes: UInt64(bytes.count), coded: encoded.coded, kind: .deviceData)
-        case .pages(let start, let count, let generation?):
-            guard let copies else { preconditionFailure("a batch of a session with page copies needs the worker's copy state") }
-            let batch = PageCopyBatch(startPFN: start, count: count, generation: generation)
-            return try copies.encode(batch, compressor: compressor, encoding: encoding, memory: memory!, counters: counters, lane: lane)
-        case .pages(let start, let count, nil):
+        case .pages(let start, let count, let generation):
+            precondition(generation == nil || copies != nil, "a batch of a session with page copies needs the stream's table")
             return try encodePages(startPFN: start, count: count, compressor: compressor, encoding: encoding, memory: memory!,
-                                   counters: counters, lane: lane)
+                                   counters: counters, lane: lane, copies: generation.map { (copies!, $0) })
         case .control(let body, let device):
             return SendOutput(frame: try prepare(body, device: device), rawBytes: 0)
         }
     }
 
     /// One PAGES frame built in place, straight from the guest mapping (no copy of
-    /// the pages before the frame's own).
+    /// the pages before the frame's own). With `copies` (§17): pages the stream's
+    /// table says the destination holds go as copy segments, and the frame's output
+    /// lists what it sent with its bytes, with the batch's generation, for the table.
     private func encodePages(startPFN start: UInt64, count: Int, compressor: PayloadCompressor, encoding: SendEncoding,
-                             memory: GuestMemory, counters: Counters, lane: ZstdLane?) throws(MigrationFailure) -> SendOutput {
+                             memory: GuestMemory, counters: Counters, lane: ZstdLane?,
+                             copies: (table: PageCopyTable, generation: UInt64)?) throws(MigrationFailure) -> SendOutput {
         let built = try deviceCall(nil) { () throws(DeviceError) in
             try memory.withPages(startPFN: start, count: count) { (pages: RawSpan) throws(MigrationFailure) in
-                try encoding.encodeBatch(compressor) { (choice) throws(WireError) -> PreparedFrame in
+                try encoding.encodeBatch(compressor) { (choice) throws(WireError) -> (PreparedFrame, [SentPage]?) in
                     // Raw pages stay in the mapping: the writer sends them from there.
                     var frame = PagesFrameBuilder(pageSize: memory.pageSize, pageCount: count, borrowingRawPages: true)
-                    try compressor.encodePages(startPFN: start, pageSize: memory.pageSize, pages: pages, choice: choice, into: &frame, lane: lane)
-                    return try frame.finish()
+                    guard let table = copies?.table else {
+                        try compressor.encodePages(startPFN: start, pageSize: memory.pageSize, pages: pages, choice: choice, into: &frame, lane: lane)
+                        return (try frame.finish(), nil)
+                    }
+                    // A last check against a fingerprint collision: the page named holds the same
+                    // bytes in the guest now (one written since it was sent fails it; no copy then).
+                    var found = PageCopies(fingerprinter: table.fingerprinter, mayHold: table.mayHold, find: table.find) { source, page in
+                        (try? memory.pagesEqual(source, count: 1, page)) ?? false
+                    }
+                    try compressor.encodePages(startPFN: start, pageSize: memory.pageSize, pages: pages, choice: choice, into: &frame,
+                                               lane: lane, copies: &found)
+                    return (try frame.finish(), found.sent)
                 }
             }
         }
         let encoded = try built.get()
-        counters.addPages(encoded.value)
-        return SendOutput(frame: encoded.value, rawBytes: UInt64(count * memory.pageSize), coded: encoded.coded)
+        let (frame, sent) = encoded.value
+        counters.addPages(frame)
+        var output = SendOutput(frame: frame, rawBytes: UInt64(count * memory.pageSize), coded: encoded.coded)
+        if let copies, let sent { output.sentPages = (copies.generation, sent) }
+        return output
     }
 
     private func prepare(_ body: FrameBody, device: UInt32) throws(MigrationFailure) -> PreparedFrame {

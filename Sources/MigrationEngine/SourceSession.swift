@@ -701,9 +701,8 @@ final class SourceSession {
             makeTransform: { () throws(MigrationFailure) -> Pipeline.Transform in
                 let compressor = try encoding.makeCompressor()
                 let lane = try encoding.makeLane(index: nextWorker.withLock { i in defer { i += 1 }; return i }, stream: streamIndex, workers: workers)
-                let copies = copyTable.map(PageCopyWorker.init)
                 return { (item: SendItem) throws(MigrationFailure) -> SendOutput in
-                    try item.encode(compressor: compressor, encoding: encoding, memory: memory, counters: counters, lane: lane, copies: copies)
+                    try item.encode(compressor: compressor, encoding: encoding, memory: memory, counters: counters, lane: lane, copies: copyTable)
                 }
             },
             makeInPlaceConsumer: { { (output: inout SendOutput) throws(MigrationFailure) in

@@ -475,8 +475,6 @@ public struct FrameDecoder: Sendable {
         }
     }
 
-    /// PFNs start..<start+count must lie in announced ranges of the same page size
-    /// (adjacent ranges may together cover them). No check until memory is known.
     /// Pages a PAGES segment writes or reads: inside the announced memory, of its page
     /// size, and (several streams) owned by the stream that carries the frame.
     private func checkPlacement(start: UInt64, count: UInt64, pageSize: UInt64) throws(WireError) {
@@ -496,6 +494,8 @@ public struct FrameDecoder: Sendable {
         }
     }
 
+    /// PFNs start..<start+count must lie in announced ranges of the same page size
+    /// (adjacent ranges may together cover them). No check until memory is known.
     private func checkInsideMemory(_ frame: FrameType, start: UInt64, count: UInt64, pageSize: UInt64) throws(WireError) {
         guard memoryIsSet, count > 0 else { return }
         let end = start + count  // overflow already rejected by the parser

@@ -160,14 +160,6 @@ public final class GuestMemory: @unchecked Sendable {  // owns a raw mapping; sh
         return [UInt8](UnsafeRawBufferPointer(start: base + start, count: count * pageSize))
     }
 
-    /// As `readPages(startPFN:count:)` into `buffer` (its storage reused: no allocation per read).
-    public func readPages(startPFN: UInt64, count: Int, into buffer: inout [UInt8]) throws(DeviceError) {
-        guard count >= 0 else { throw DeviceError.invalidArgument(operation: "readPages", detail: "negative count \(count)") }
-        let start = try offset(startPFN: startPFN, count: UInt64(count))
-        buffer.removeAll(keepingCapacity: true)
-        buffer.append(contentsOf: UnsafeRawBufferPointer(start: base + start, count: count * pageSize))
-    }
-
     /// Lends `count` pages from `startPFN` to `body` in place, without a copy: the
     /// span cannot outlive the call, and a page the guest writes meanwhile may be
     /// torn, as with `readPages` (the dirty bitmap has it sent again).
@@ -221,12 +213,13 @@ public final class GuestMemory: @unchecked Sendable {  // owns a raw mapping; sh
     /// a page the destination already holds, sent again by reference (PROTOCOL.md §17).
     public func copyPages(from sourcePFN: UInt64, to startPFN: UInt64, count: Int) throws(DeviceError) {
         guard count >= 0 else { throw DeviceError.invalidArgument(operation: "copyPages", detail: "negative count \(count)") }
-        let from = try offset(startPFN: sourcePFN, count: UInt64(count))
-        let to = try writableOffset(startPFN: startPFN, count: count)
-        let bytes = count * pageSize
-        guard from + bytes <= to || to + bytes <= from else {
+        let (from, bytes) = (try offset(startPFN: sourcePFN, count: UInt64(count)), count * pageSize)
+        let target = try offset(startPFN: startPFN, count: UInt64(count))
+        guard from + bytes <= target || target + bytes <= from else {
             throw DeviceError.invalidArgument(operation: "copyPages", detail: "PFNs \(sourcePFN) and \(startPFN) overlap over \(count) page(s)")
         }
+        // Marked written only now that the copy will happen (writableOffset checks the same bounds).
+        let to = try writableOffset(startPFN: startPFN, count: count)
         (base + to).copyMemory(from: base + from, byteCount: bytes)
     }
 
