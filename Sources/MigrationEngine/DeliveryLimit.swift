@@ -63,6 +63,13 @@ struct DeliveryLimitMeter: Sendable {
     /// than this. (The kernel's `tcpi_delivery_rate` samples were tried first: behind
     /// `tbf`'s burst they read up to 170 MB/s on a 1 Gbit/s link.)
     private var carried = AdaptiveEncoding.DecayedRate()
+    /// The same over the readings whose own interval was busy throughout (the socket
+    /// never ran dry): what the network carries when it sets the pace. `carried` falls
+    /// as soon as the socket runs dry, before the readings agree on `.sender`, and that
+    /// fallen rate taken as the network's read a 1 Gbit/s link as 89 MB/s for the
+    /// sender-bound stretch after it, where `auto` then kept level 3 that could not
+    /// keep the link full (issue 14).
+    private var carriedWhileBusy = AdaptiveEncoding.DecayedRate()
     private var latest: DeliveryLimit?
     private var agreeing = 0
     /// The last limit `stableReadings` readings agreed on.
@@ -100,11 +107,14 @@ struct DeliveryLimitMeter: Sendable {
         let busy = Double(info.busyMicroseconds - last.info.busyMicroseconds) / 1e6
         let stalled = Double(info.receiveWindowLimitedMicroseconds - last.info.receiveWindowLimitedMicroseconds) / 1e6
         window.add(bytes: busy, seconds: seconds, output: stalled, decay: DeliveryLimitMeter.decay)
+        if busy >= DeliveryLimitMeter.busyShare * seconds && stalled < DeliveryLimitMeter.receiverShare * seconds {
+            carriedWhileBusy.add(bytes: Double(info.bytesAcked - last.info.bytesAcked), seconds: seconds, decay: DeliveryLimitMeter.decay)
+        }
         let limit = classify()
         agreeing = limit == latest ? agreeing + 1 : 1
         latest = limit
         if agreeing >= DeliveryLimitMeter.stableReadings { self.limit = limit }
-        if self.limit == .network, let rate = carried.perSecond { (networkBoundRate, networkBoundAt) = (rate, now) }
+        if self.limit == .network, let rate = carriedWhileBusy.perSecond ?? carried.perSecond { (networkBoundRate, networkBoundAt) = (rate, now) }
     }
 
     private func classify() -> DeliveryLimit {

@@ -1,4 +1,5 @@
 import MigrationTLS
+import MigrationWire
 import SyncPrimitives
 import Testing
 @testable import MigrationEngine
@@ -87,6 +88,30 @@ import Testing
         #expect(meter.carriedBytesPerSecond == nil)
     }
 
+    /// When the socket starts to run dry, what was carried falls before the readings
+    /// agree on `.sender`; the network's rate stays what it carried while busy throughout,
+    /// so the sender-bound stretch after it is not capped at the fallen rate.
+    @Test func theNetworkRateIgnoresReadingsThatRanDry() {
+        var meter = DeliveryLimitMeter()
+        var t = ContinuousClock.now
+        var info = TCPInfo(bytesAcked: DeliveryLimitMeter.warmUpBytes)
+        meter.sample(info, at: t)
+        func readings(busy: Double, bytes: UInt64, count: Int) {
+            for _ in 0..<count {
+                t = t + .milliseconds(20)
+                info.busyMicroseconds += UInt64(busy * 20_000)
+                info.bytesAcked += bytes
+                meter.sample(info, at: t)
+            }
+        }
+        readings(busy: 1, bytes: 2_400_000, count: 10)
+        #expect(meter.limit == .network)
+        readings(busy: 0.5, bytes: 1_200_000, count: DeliveryLimitMeter.stableReadings + 2)
+        #expect(meter.limit == .sender)
+        #expect(meter.carriedBytesPerSecond! < 100e6, "what was carried fell")
+        #expect(abs(meter.networkBoundRate! - 120e6) < 1, "the network's rate did not: \(meter.networkBoundRate!)")
+    }
+
     /// While the network sets the pace (TCP_INFO network-bound), the link rate `auto`
     /// decides from is no more than the network carried: the socket's buffer taking the
     /// first megabytes at memory speed does not make a 1 Gbit/s link look like 1 GB/s.
@@ -134,6 +159,25 @@ import Testing
         #expect(adaptive.decide().reason != .linkNotMeasured)
         let link = adaptive.report?.linkBytesPerSecond ?? .infinity
         #expect(link > 50e6 && link < 130e6, "capped by what was carried, not the drain's 1 GB/s: \(link)")
+    }
+
+    /// Before TCP_INFO said what limits delivery, the writer's drain rate picks the level:
+    /// a drain slower than the codecs is the link's (a buffer filling only makes it read
+    /// high), so a slow link gets the level it calls for from the first batches. A fast
+    /// drain never gets raw: it may be only the socket's buffer filling.
+    @Test(arguments: [(30e6, PayloadCodec.zstd(level: 3)), (1e9, .zstd(level: -1)), (20e9, .zstd(level: -1))])
+    func beforeTheLimitIsKnownTheDrainRateSetsTheLevel(drain: Double, level: PayloadCodec) {
+        let adaptive = AdaptiveEncoding(chooser: EncodingChooser(zstdAccepted: true), cores: 2, transport: { TCPInfo() })
+        let t0 = ContinuousClock.now
+        adaptive.recordDrain(bytes: UInt64(drain / 100), started: t0, ended: t0 + .milliseconds(10), cpu: .zero)
+        let decision = adaptive.decide()
+        #expect(decision.choice == .codec(level), "\(decision.reason)")
+        #expect(adaptive.report?.linkBytesPerSecond == nil, "the link itself is not measured yet")
+        if level != .zstd(level: -1) { #expect(decision.reason.description.hasPrefix("delivery limit not read yet")) }
+        // Without TCP_INFO the drain is the link rate, and a fast one gets raw.
+        let plain = AdaptiveEncoding(chooser: EncodingChooser(zstdAccepted: true), cores: 2)
+        plain.recordDrain(bytes: UInt64(drain / 100), started: t0, ended: t0 + .milliseconds(10), cpu: .zero)
+        #expect((plain.decide().choice == .raw) == (drain >= 20e9))
     }
 
     /// TCP_INFO is read every 5 ms until its readings agreed on a delivery limit (every
