@@ -14,10 +14,6 @@ final class AdaptiveEncoding: Sendable {
     /// the socket's send buffer (up to a few MiB) returns at once, and must not make
     /// a slow link look fast for long.
     static let linkDecay = 0.97
-    /// The drain's over about the last 5 writes, for the warm-up (warmUpLinkRate): the
-    /// memory-speed writes into an empty send buffer must stop counting within a few
-    /// blocked writes, or a 1 Gbit/s link reads fast for tens of batches (issue 14).
-    static let warmUpDrainDecay = 0.8
     /// Without host readings, every this many raw batches one runs the cheapest level
     /// instead: a level's rate is only measured while it is used, and one measured on
     /// a busy moment must not keep `auto` on raw once the cores are free again. (With
@@ -42,8 +38,6 @@ final class AdaptiveEncoding: Sendable {
 
     private struct State {
         var link = DecayedRate()
-        /// The same with `warmUpDrainDecay`.
-        var warmUpDrain = DecayedRate()
         /// The writer's CPU seconds (`bytes`) over the wall time from one write's start
         /// to the next (`seconds`): the share of a core TLS takes.
         var writerCPU = DecayedRate()
@@ -96,13 +90,11 @@ final class AdaptiveEncoding: Sendable {
     /// The choice for the next batch.
     func decide() -> EncodingDecision {
         state.withLock { s in
-            let link = linkRate(s), warmingUp = link == nil ? warmUpLinkRate(s) : nil
-            let rates = EncodingRates(linkBytesPerSecond: link ?? warmingUp,
+            let rates = EncodingRates(linkBytesPerSecond: linkRate(s),
                                       codecs: s.codecs.compactMapValues { r in
                                           r.perSecond.map { CodecRate(bytesPerSecond: $0, ratio: r.output / r.bytes, weight: r.bytes) } },
                                       cores: compressingCores(s))
             var decision = chooser.decide(rates)
-            if warmingUp != nil { decision = warmUpDecision(decision) }
             if rates.cores.measured { return record(climbed(verified(decision, &s, cores: rates.cores), &s, rates: rates), in: &s) }
             if decision.choice == .raw {
                 s.rawInARow += 1
@@ -223,25 +215,6 @@ final class AdaptiveEncoding: Sendable {
         return min(drain, recent ?? drain)
     }
 
-    /// Before TCP_INFO said what limits delivery: the writer's drain rate, which then
-    /// only errs high (the socket's send buffer takes the first megabytes at memory
-    /// speed). A drain slower than the codecs is the link's, so the level it calls for is
-    /// worth its CPU from the start: at 1 Gbit/s the first ~90 batches went at level -1
-    /// until the limit was read, 2.5 MiB more on the wire than level 3 (issue 14).
-    /// Nil without TCP_INFO (the drain is then the link rate itself) or a write yet.
-    private func warmUpLinkRate(_ s: State) -> Double? {
-        transport == nil ? nil : s.warmUpDrain.perSecond
-    }
-
-    /// A warm-up decision from the drain rate: never raw (a fast drain may be the
-    /// socket's buffer filling), at least the cheapest level.
-    private func warmUpDecision(_ decision: EncodingDecision) -> EncodingDecision {
-        guard case .codec(let codec) = decision.choice, codec != chooser.ladder[0].codec else {
-            return EncodingDecision(choice: .codec(chooser.ladder[0].codec), reason: .linkNotMeasured)
-        }
-        return EncodingDecision(choice: decision.choice, reason: .warmingUp(decision.reason))
-    }
-
     /// The writer moved `bytes` to the TLS stream from `started` to `ended` (its wait
     /// for room included), using `cpu` of its thread's CPU time; they carried `input`
     /// payload bytes of `kind`, compressed or not (`coded`).
@@ -251,7 +224,6 @@ final class AdaptiveEncoding: Sendable {
         state.withLock { s in
             s.arms.recordWrite(coded ? .coded : .raw, kind: kind, input: input, at: ended)
             s.link.add(bytes: Double(bytes), seconds: (ended - started).seconds, decay: AdaptiveEncoding.linkDecay)
-            s.warmUpDrain.add(bytes: Double(bytes), seconds: (ended - started).seconds, decay: AdaptiveEncoding.warmUpDrainDecay)
             if let last = s.lastWriteStart {
                 s.writerCPU.add(bytes: cpu.seconds, seconds: (started - last).seconds, decay: AdaptiveEncoding.linkDecay)
             }

@@ -53,15 +53,12 @@ indirect enum EncodingReason: Sendable, Equatable, CustomStringConvertible {
     case transport(DeliveryLimit, EncodingReason)
     /// A level above or below the model's, stepped to by what TCP_INFO said while compressing (LevelClimb).
     case climbed(PayloadCodec, EncodingReason)
-    /// Before TCP_INFO said what limits delivery: the level the writer's drain rate calls for
-    /// (AdaptiveEncoding.warmUpLinkRate), when above the cheapest.
-    case warmingUp(EncodingReason)
 
     /// Batches sent the other way to measure it (DeliveryArms' probes).
     var isProbe: Bool {
         switch self {
         case .deliveredMore(_, _, _, _, let probing): probing
-        case .transport(_, let reason), .climbed(_, let reason), .warmingUp(let reason): reason.isProbe
+        case .transport(_, let reason), .climbed(_, let reason): reason.isProbe
         default: false
         }
     }
@@ -81,7 +78,6 @@ indirect enum EncodingReason: Sendable, Equatable, CustomStringConvertible {
             return probing ? "\(cores): measuring \(way) again (\(rates))" : "\(cores): \(way) (\(rates))"
         case .transport(let limit, let reason): return "\(limit); \(reason)"
         case .climbed(let codec, let reason): return "\(codec) as the link stayed full while compressing; \(reason)"
-        case .warmingUp(let reason): return "delivery limit not read yet, from the writer's drain rate: \(reason)"
         }
     }
 }

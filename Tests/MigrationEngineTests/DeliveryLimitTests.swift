@@ -1,5 +1,4 @@
 import MigrationTLS
-import MigrationWire
 import SyncPrimitives
 import Testing
 @testable import MigrationEngine
@@ -159,25 +158,6 @@ import Testing
         #expect(adaptive.decide().reason != .linkNotMeasured)
         let link = adaptive.report?.linkBytesPerSecond ?? .infinity
         #expect(link > 50e6 && link < 130e6, "capped by what was carried, not the drain's 1 GB/s: \(link)")
-    }
-
-    /// Before TCP_INFO said what limits delivery, the writer's drain rate picks the level:
-    /// a drain slower than the codecs is the link's (a buffer filling only makes it read
-    /// high), so a slow link gets the level it calls for from the first batches. A fast
-    /// drain never gets raw: it may be only the socket's buffer filling.
-    @Test(arguments: [(30e6, PayloadCodec.zstd(level: 3)), (1e9, .zstd(level: -1)), (20e9, .zstd(level: -1))])
-    func beforeTheLimitIsKnownTheDrainRateSetsTheLevel(drain: Double, level: PayloadCodec) {
-        let adaptive = AdaptiveEncoding(chooser: EncodingChooser(zstdAccepted: true), cores: 2, transport: { TCPInfo() })
-        let t0 = ContinuousClock.now
-        adaptive.recordDrain(bytes: UInt64(drain / 100), started: t0, ended: t0 + .milliseconds(10), cpu: .zero)
-        let decision = adaptive.decide()
-        #expect(decision.choice == .codec(level), "\(decision.reason)")
-        #expect(adaptive.report?.linkBytesPerSecond == nil, "the link itself is not measured yet")
-        if level != .zstd(level: -1) { #expect(decision.reason.description.hasPrefix("delivery limit not read yet")) }
-        // Without TCP_INFO the drain is the link rate, and a fast one gets raw.
-        let plain = AdaptiveEncoding(chooser: EncodingChooser(zstdAccepted: true), cores: 2)
-        plain.recordDrain(bytes: UInt64(drain / 100), started: t0, ended: t0 + .milliseconds(10), cpu: .zero)
-        #expect((plain.decide().choice == .raw) == (drain >= 20e9))
     }
 
     /// TCP_INFO is read every 5 ms until its readings agreed on a delivery limit (every
