@@ -124,6 +124,26 @@ func inflaters() throws -> [any RawDeflateInflater] { [try Inflater(), try FastI
         #expect(zlib.counters.fullDeflates == 1 && zlib.counters.deflateNotWorthIt == 1)
     }
 
+    /// The sample probe saves deflate's time on random data; zstd stores such blocks raw
+    /// by itself, so a zstd choice compresses the whole buffer: a buffer whose four sampled
+    /// slices are random and the rest text goes raw under deflate and compressed under zstd.
+    @Test func onlyDeflateChoicesAreProbed() throws {
+        var rng = SeededRNG(seed: 12)
+        var buffer = textBytes(1 << 20)
+        let stride = (buffer.count - PayloadCompressor.probeSliceBytes) / (PayloadCompressor.probeSlices - 1)
+        for k in 0..<PayloadCompressor.probeSlices {
+            buffer.replaceSubrange((k * stride)..<(k * stride + PayloadCompressor.probeSliceBytes), with: rng.bytes(PayloadCompressor.probeSliceBytes))
+        }
+        let auto = try PayloadCompressor(policy: .auto, zstdAccepted: true)
+        #expect(try auto.encode(buffer, choice: .codec(.deflate(level: 1))).0 == .raw)
+        #expect(auto.counters.probes == 1 && auto.counters.probeRejections == 1)
+        let (encoding, out) = try auto.encode(buffer, choice: .codec(.zstd(level: 3)))
+        #expect(encoding == .zstd && out.count < buffer.count / 4)
+        #expect(auto.counters.probes == 1, "no probe for zstd")
+        let data = DeviceData(phase: .precopy, encoding: encoding, originalLength: UInt32(buffer.count), payload: out)
+        #expect(try PayloadDecompressor().decode(data) == buffer)
+    }
+
     @Test func textIsDeflatedByAutoAndZlib() throws {
         let text = textBytes(200_000)
         let decompressor = try PayloadDecompressor()
