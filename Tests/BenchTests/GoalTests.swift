@@ -126,6 +126,7 @@ enum Rows {
         let l = LinkSummary(link: Rows.slow, runs: [Rows.ours("none", 9), Rows.ours("zstd:3", 4), Rows.ours("auto", 4.2)])
         let t = BenchGoals.autoIsBest(l)
         #expect(t.verdict == .fail && t.detail.contains("zstd:3"))
+        #expect(t.detail.hasSuffix("+0.200 s, +5.0 %"), "\(t.detail)")
         let alone = LinkSummary(link: Rows.slow, runs: [Rows.ours("auto", 4.2)])
         #expect(BenchGoals.autoIsBest(alone).verdict == .notEvaluated)
     }
