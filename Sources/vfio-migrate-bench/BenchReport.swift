@@ -32,7 +32,7 @@ struct BenchReport {
         }
     }
 
-    /// Memory growth from a previous (smaller guest) bench JSON: < 10 % per side and mode.
+    /// Memory growth from a previous (smaller guest) bench JSON (MemoryGrowth).
     private mutating func compareMemory(with path: String) {
         guard let data = FileManager.default.contents(atPath: path),
               let o = (try? JSONSerialization.jsonObject(with: data)) as? [String: Any],
@@ -40,16 +40,7 @@ struct BenchReport {
             targets.append(BenchTarget(name: "memory growth", detail: "cannot read --compare \(path)", pass: false)); return
         }
         let oldGuest = ((o["corpus"] as? [String: Any])?["memory_bytes"] as? NSNumber)?.uint64Value ?? 0
-        for r in runs where r.verified == true {
-            guard let prev = old.first(where: { $0["mode"] as? String == r.mode && $0["verified"] as? Bool == true }) else { continue }
-            for (side, new) in [("source", r.rssAnonSource), ("destination", r.rssAnonDestination)] {
-                guard let new, let before = (prev["rss_anon_peak_\(side)"] as? NSNumber)?.doubleValue, before > 0 else { continue }
-                let growth = Double(new) / before - 1
-                targets.append(BenchTarget(name: "\(r.link) \(r.mode ?? "?")#\(r.run): \(side) RssAnon grows < 10 % from \(formatBytes(oldGuest)) to \(formatBytes(corpus.memoryBytes))",
-                                           detail: String(format: "%.0f → %.0f MiB = %+.1f %%", before / Self.mib, Double(new) / Self.mib, growth * 100),
-                                           pass: growth < 0.10))
-            }
-        }
+        targets += MemoryGrowth.targets(old: old, oldGuest: formatBytes(oldGuest), new: runs, newGuest: formatBytes(corpus.memoryBytes))
     }
 
     // MARK: - JSON
