@@ -56,59 +56,9 @@ struct DeviceSpec: Sendable, CustomStringConvertible {
         switch kind {
         case "sim" where parts.contains("interface=v2"):
             backend = try DeviceSpec.simV2(parts.filter { $0 != "interface=v2" }, spec: text)
-        case "sim":
-            parts.removeAll { $0 == "interface=v1" }
-            var config = SimulatedDevice.Configuration()
-            var stateGiven = false
-            var image: String?
-            for p in parts where !p.isEmpty {
-                let kv = p.split(separator: "=", maxSplits: 1).map(String.init)
-                guard kv.count == 2 else { throw CLIError.badDevice(text, "sim option \(p) is not KEY=VALUE") }
-                switch kv[0] {
-                case "state": config.stateSize = Int(try parseSize(kv[1], what: "state")); stateGiven = true
-                case "image": image = kv[1]
-                case "seed": guard let v = UInt64(kv[1]) else { throw CLIError.badDevice(text, "seed must be a number") }; config.seed = v
-                case "dirty": guard let v = Int(kv[1]), v >= 0 else { throw CLIError.badDevice(text, "dirty must be a page count") }; config.dirtyPagesPerStep = v
-                case "churn": config.stateBytesPerStep = Int(try parseSize(kv[1], what: "churn"))
-                case "chunk": config.maxChunkSize = Int(try parseSize(kv[1], what: "chunk"))
-                case "allevery": guard let v = Int(kv[1]), v >= 0 else { throw CLIError.badDevice(text, "allevery must be a count") }; config.allEvery = v
-                default: throw CLIError.badDevice(text, "unknown sim option \(kv[0]) (state, seed, dirty, churn, chunk, allevery, image, compat)")
-                }
-            }
-            if let image, checkFiles {
-                let size = try stateImageSize(image, spec: text)
-                if stateGiven, size != config.stateSize {
-                    throw CLIError.badDevice(text, "image \(image) has \(size) bytes, state=\(config.stateSize)")
-                }
-                config.stateSize = size
-                config.initialStateFile = image
-            }
-            backend = .sim(config)
-        case "file":
-            guard let first = parts.first, !first.isEmpty else { throw CLIError.badDevice(text, "file: needs a path") }
-            var path = first
-            var offset: UInt64 = 0
-            if let at = first.lastIndex(of: "@") {
-                path = String(first[..<at])
-                offset = try parseSize(String(first[first.index(after: at)...]), what: "offset")
-            }
-            var size: UInt64?
-            for p in parts.dropFirst() where !p.isEmpty {
-                if p.hasPrefix("size=") { size = try parseSize(String(p.dropFirst(5)), what: "size") } else {
-                    throw CLIError.badDevice(text, "unknown file option \(p) (size, compat)")
-                }
-            }
-            switch try Self.descriptor(path, spec: text) {
-            case .some(let reference): backend = .fileDescriptor(reference, name: path, offset: offset, size: size)
-            case .none: backend = .file(path: path, offset: offset, size: size)
-            }
-        case "vfio":
-            let gd = (parts.first ?? "").split(separator: "/", maxSplits: 1).map(String.init)
-            guard gd.count == 2, !gd[0].isEmpty, !gd[1].isEmpty else {
-                throw CLIError.badDevice(text, "vfio: needs GROUP/DEVICE, e.g. vfio:26/0000:65:00.0")
-            }
-            let interface = try DeviceSpec.vfioInterface(parts.dropFirst(), spec: text)
-            backend = interface == .auto ? .vfio(group: gd[0], device: gd[1]) : .vfioForced(group: gd[0], device: gd[1], interface: interface)
+        case "sim": backend = try DeviceSpec.sim(parts.filter { $0 != "interface=v1" }, spec: text, checkFiles: checkFiles)
+        case "file": backend = try DeviceSpec.file(parts, spec: text)
+        case "vfio": backend = try DeviceSpec.vfio(parts, spec: text)
         case "fd":
             let first = parts.first ?? ""
             guard let reference = try Self.descriptor("fd:" + first, spec: text) else { preconditionFailure("an fd: form") }
@@ -116,6 +66,70 @@ struct DeviceSpec: Sendable, CustomStringConvertible {
         default:
             throw CLIError.badDevice(text, "unknown backend \(kind) (sim, file, vfio, fd)")
         }
+    }
+}
+
+/// One parser per backend: the options after `BACKEND:`, `compat=` already taken out.
+extension DeviceSpec {
+    /// `sim:[state=SIZE,seed=N,dirty=PAGES,churn=SIZE,chunk=SIZE,allevery=N,image=PATH]`.
+    static func sim(_ parts: [String], spec text: String, checkFiles: Bool) throws -> Backend {
+        var config = SimulatedDevice.Configuration()
+        var stateGiven = false
+        var image: String?
+        for p in parts where !p.isEmpty {
+            let kv = p.split(separator: "=", maxSplits: 1).map(String.init)
+            guard kv.count == 2 else { throw CLIError.badDevice(text, "sim option \(p) is not KEY=VALUE") }
+            switch kv[0] {
+            case "state": config.stateSize = Int(try parseSize(kv[1], what: "state")); stateGiven = true
+            case "image": image = kv[1]
+            case "seed": guard let v = UInt64(kv[1]) else { throw CLIError.badDevice(text, "seed must be a number") }; config.seed = v
+            case "dirty": guard let v = Int(kv[1]), v >= 0 else { throw CLIError.badDevice(text, "dirty must be a page count") }; config.dirtyPagesPerStep = v
+            case "churn": config.stateBytesPerStep = Int(try parseSize(kv[1], what: "churn"))
+            case "chunk": config.maxChunkSize = Int(try parseSize(kv[1], what: "chunk"))
+            case "allevery": guard let v = Int(kv[1]), v >= 0 else { throw CLIError.badDevice(text, "allevery must be a count") }; config.allEvery = v
+            default: throw CLIError.badDevice(text, "unknown sim option \(kv[0]) (state, seed, dirty, churn, chunk, allevery, image, compat)")
+            }
+        }
+        if let image, checkFiles {
+            let size = try stateImageSize(image, spec: text)
+            if stateGiven, size != config.stateSize {
+                throw CLIError.badDevice(text, "image \(image) has \(size) bytes, state=\(config.stateSize)")
+            }
+            config.stateSize = size
+            config.initialStateFile = image
+        }
+        return .sim(config)
+    }
+
+    /// `file:PATH[@OFFSET][,size=SIZE]`, PATH possibly `fd:N` / `fd:NAME`.
+    static func file(_ parts: [String], spec text: String) throws -> Backend {
+        guard let first = parts.first, !first.isEmpty else { throw CLIError.badDevice(text, "file: needs a path") }
+        var path = first
+        var offset: UInt64 = 0
+        if let at = first.lastIndex(of: "@") {
+            path = String(first[..<at])
+            offset = try parseSize(String(first[first.index(after: at)...]), what: "offset")
+        }
+        var size: UInt64?
+        for p in parts.dropFirst() where !p.isEmpty {
+            if p.hasPrefix("size=") { size = try parseSize(String(p.dropFirst(5)), what: "size") } else {
+                throw CLIError.badDevice(text, "unknown file option \(p) (size, compat)")
+            }
+        }
+        switch try Self.descriptor(path, spec: text) {
+        case .some(let reference): return .fileDescriptor(reference, name: path, offset: offset, size: size)
+        case .none: return .file(path: path, offset: offset, size: size)
+        }
+    }
+
+    /// `vfio:GROUP/DEVICE[,interface=v1|v2]`.
+    static func vfio(_ parts: [String], spec text: String) throws -> Backend {
+        let gd = (parts.first ?? "").split(separator: "/", maxSplits: 1).map(String.init)
+        guard gd.count == 2, !gd[0].isEmpty, !gd[1].isEmpty else {
+            throw CLIError.badDevice(text, "vfio: needs GROUP/DEVICE, e.g. vfio:26/0000:65:00.0")
+        }
+        let interface = try DeviceSpec.vfioInterface(parts.dropFirst(), spec: text)
+        return interface == .auto ? .vfio(group: gd[0], device: gd[1]) : .vfioForced(group: gd[0], device: gd[1], interface: interface)
     }
 }
 
