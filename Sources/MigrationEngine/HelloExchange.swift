@@ -117,6 +117,15 @@ struct HelloExchange: Sendable {
         if let mine = source.streams, mine.lanes > (destination.streams?.lanes ?? 0) {
             return "the source uses \(mine.lanes) zstd lanes, the destination decodes at most \(destination.streams?.lanes ?? 0)"
         }
+        // §15.2: encoding 3 and L ≥ 1 go together, so a source cannot announce lanes it
+        // may not use (or the reverse) and fail only at its first lane segment.
+        let lanes = source.streams?.lanes ?? 0
+        if lanes > 0, !source.encodings.contains(.zstdLanes) {
+            return "the source uses \(lanes) zstd lanes but does not list encoding 3 (zstdLanes)"
+        }
+        if lanes == 0, source.encodings.contains(.zstdLanes) {
+            return "the source lists encoding 3 (zstdLanes) with no lanes (L = 0)"
+        }
         // raw is always permitted, listed or not (§5.1).
         if let e = source.encodings.first(where: { $0 != .raw && !destination.encodings.contains($0) }) {
             return "the source wants encoding \(e), which the destination does not accept"

@@ -112,6 +112,23 @@ final class ZstdDecompressor {
         guard code == expectedLength else { throw .inflatedLengthMismatch(frame: frame, declared: expectedLength, actual: code) }
     }
 
+    /// The largest window a frame may declare (§9): libzstd's default limit for a
+    /// streaming decoder, which an independent receiver may keep. One-shot decoding
+    /// into the declared length needs no window at all, so this is the spec's rule,
+    /// not our memory's.
+    static let maxWindowLog = 27
+    private static var maxWindowSize: UInt64 { 1 << UInt64(maxWindowLog) }
+
+    /// The window a frame header declares (RFC 8878 §3.1.1.1.2), nil for a
+    /// single-segment frame, whose window is its content size (checked already).
+    static func windowSize(_ header: ArraySlice<UInt8>) -> UInt64? {
+        let at = header.startIndex + 4
+        guard header.count >= 6, header[at] & 0x20 == 0 else { return nil }
+        let descriptor = header[at + 1]
+        let base = UInt64(1) << (10 + UInt64(descriptor >> 3))
+        return base + (base / 8) * UInt64(descriptor & 7)
+    }
+
     /// The header rules, before anything is allocated for the output.
     private static func checkFrame(_ input: ArraySlice<UInt8>, expectedLength: Int, frame: FrameType?) throws(WireError) {
         guard input.count >= 4, input.prefix(4).elementsEqual(magic) else {
@@ -129,6 +146,9 @@ final class ZstdDecompressor {
             throw .zstdContentSize(frame: frame, declared: expectedLength, inFrame: contentSize)
         }
         guard dictionary == 0 else { throw .corruptZstdFrame(frame: frame, detail: "frame needs dictionary \(dictionary) (none are used)") }
+        if let window = windowSize(input), window > maxWindowSize {
+            throw .corruptZstdFrame(frame: frame, detail: "window of \(window) bytes above 2^\(maxWindowLog) (PROTOCOL.md §9)")
+        }
         guard frameSize == input.count else {
             throw .corruptZstdFrame(frame: frame, detail: "\(input.count - frameSize) byte(s) after the end of the frame")
         }

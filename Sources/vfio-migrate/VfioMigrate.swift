@@ -64,7 +64,7 @@ struct SenderTuning: ParsableArguments {
     var resumeWindow: ByteCount = ByteCount(bytes: 64 << 20)
     @Option(help: "TLS connections for one session (1-64; default by the cores: 1 up to 4 cores, then one per 2 cores, up to 16): pages spread over them by PFN, device data on the first. More than 1 needs --reconnect-timeout > 0 and a destination with --max-streams > 1 (protocol version 3); such a session resumes after a lost connection like a one-stream session (docs/PROTOCOL.md §14.5).")
     var streams: Int?
-    @Option(name: .customLong("device-digest"), help: "DEVICE_END's digest of each device's state: xxh3 (default: XXH3-128 when the destination takes it, protocol version 5; SHA-256 otherwise) or sha256 (always SHA-256, versions up to 4).")
+    @Option(name: .customLong("device-digest"), help: "DEVICE_END's digest of each device's state: xxh3 (default: XXH3-128 when the destination takes it, protocol version 5; SHA-256 otherwise) or sha256 (always SHA-256: version 5 is not offered; version 6, page copies, still is, since it allows SHA-256).")
     var deviceDigest: DeviceDigestAlgorithm = .xxh3
 
     @Flag(name: .customLong("no-page-copies"), help: "Send every page with its bytes: no copy segments naming a page the destination already holds (protocol version 6; on by default, up to 10 MiB for the table of sent pages).")
@@ -217,7 +217,7 @@ struct Receive: ParsableCommand {
     var maxStreams: Int = StreamCount.defaultMaxStreams
     @Option(name: .customLong("max-zstd-lanes"), help: "Most zstd lanes a source may use in one session, over all its streams (0-16, default 4; protocol version 4): one zstd stream per source compressing thread, each decoded here with a window of up to 16 MiB. 0: no lanes (version 3 or 2).")
     var maxZstdLanes: Int = ReceiverOptions().maxZstdLanes
-    @Option(name: .customLong("device-digest"), help: "DEVICE_END digests this side verifies: xxh3 (default: XXH3-128 when the source sends it, protocol version 5; SHA-256 from older sources) or sha256 (SHA-256 only, versions up to 4).")
+    @Option(name: .customLong("device-digest"), help: "DEVICE_END digests this side verifies: xxh3 (default: XXH3-128 when the source sends it, protocol version 5; SHA-256 from older sources) or sha256 (SHA-256 only: version 5 is not selected; version 6, page copies, still is, since it allows SHA-256).")
     var deviceDigest: DeviceDigestAlgorithm = .xxh3
 
     @Flag(name: .customLong("no-page-copies"), help: "Do not take copy segments (protocol version 6): every page arrives with its bytes.")

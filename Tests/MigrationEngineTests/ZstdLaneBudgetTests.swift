@@ -56,3 +56,22 @@ enum ProtocolDocTestsLane {
         (startsFrame ? [0x28, 0xb5, 0x2f, 0xfd, 0x00, 0x70] : []) + [0x02, 0x80, 0x00, 0xab]
     }
 }
+
+/// §15.2: a source's HELLO lists encoding 3 exactly when its L ≥ 1; either without the
+/// other is refused at HELLO (`incompatible`), not at the first lane segment.
+@Suite struct LaneHelloConsistencyTests {
+    func hello(_ role: Role, encodings: [Encoding], lanes: UInt16) -> Hello {
+        Hello(version: 4, sessionID: [UInt8](repeating: 7, count: 16), role: role, encodings: encodings, devices: [],
+              memory: [], streams: StreamOffer(count: 1, blockPages: 0, lanes: lanes))
+    }
+
+    @Test func encodingThreeAndLanesGoTogether() {
+        let destination = hello(.destination, encodings: [.raw, .deflate, .zstd, .zstdLanes], lanes: 4)
+        #expect(HelloExchange.mismatch(source: hello(.source, encodings: [.raw, .zstd, .zstdLanes], lanes: 2), destination: destination) == nil)
+        #expect(HelloExchange.mismatch(source: hello(.source, encodings: [.raw, .zstd], lanes: 0), destination: destination) == nil)
+        #expect(HelloExchange.mismatch(source: hello(.source, encodings: [.raw, .zstd], lanes: 2), destination: destination)
+                == "the source uses 2 zstd lanes but does not list encoding 3 (zstdLanes)")
+        #expect(HelloExchange.mismatch(source: hello(.source, encodings: [.raw, .zstd, .zstdLanes], lanes: 0), destination: destination)
+                == "the source lists encoding 3 (zstdLanes) with no lanes (L = 0)")
+    }
+}

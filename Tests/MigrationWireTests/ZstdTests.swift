@@ -85,6 +85,30 @@ import Testing
         }
     }
 
+    /// §9: a window above 2^27 bytes is refused even though one-shot decoding would
+    /// not need it (an independent streaming receiver keeps libzstd's default limit).
+    /// A hand-made frame: FHD 0x80 (4-byte content size, not single-segment), the
+    /// window descriptor, the content size 4096, one last RLE block of 4096 × 0xab.
+    @Test func windowsAboveTwoToTheTwentySevenAreRefused() throws {
+        func frame(windowDescriptor: UInt8) -> [UInt8] {
+            ZstdDecompressor.magic + [0x80, windowDescriptor, 0x00, 0x10, 0x00, 0x00, 0x03, 0x80, 0x00, 0xab]
+        }
+        let d = try ZstdDecompressor()
+        // 2^27 exactly (exponent 17) is allowed, and the frame is what it says.
+        #expect(try d.decompress(frame(windowDescriptor: 17 << 3), expectedLength: 4096, limit: 16 << 20, frame: .pages)
+                == [UInt8](repeating: 0xab, count: 4096))
+        #expect(ZstdDecompressor.windowSize(frame(windowDescriptor: 17 << 3 | 1)[...]) == (1 << 27) + (1 << 24))
+        #expect(throws: WireError.corruptZstdFrame(frame: .pages, detail: "window of \((1 << 27) + (1 << 24)) bytes above 2^27 (PROTOCOL.md §9)")) {
+            try d.decompress(frame(windowDescriptor: 17 << 3 | 1), expectedLength: 4096, limit: 16 << 20, frame: .pages)
+        }
+        #expect(throws: WireError.corruptZstdFrame(frame: .deviceData, detail: "window of \(1 << 31) bytes above 2^27 (PROTOCOL.md §9)")) {
+            try d.decompress(frame(windowDescriptor: 21 << 3), expectedLength: 4096, limit: 16 << 20, frame: .deviceData)
+        }
+        // Our own frames are single-segment: their window is their content.
+        let packed = try ZstdCompressor(level: 3).compress(textBytes(4096)[...])
+        #expect(ZstdDecompressor.windowSize(packed[...]) == nil)
+    }
+
     // MARK: - payloads and negotiation
 
     @Test func zstdPolicyFallsBackToDeflateWhenTheDestinationLacksIt() throws {
