@@ -50,51 +50,9 @@ struct Demo: ParsableCommand {
         let clock = EventClock()
         let out = EventPrinter(mode: json ? .json : .human, side: "source", clock: clock)
         let dst = EventPrinter(mode: json ? .json : .human, side: "destination", quiet: true, clock: clock)
-        let say: (String) -> Void = { if !json { print($0) } }
         do {
-            let memBytes = memorySize.bytes
-            let state = Int(stateSize.bytes)
-            for f in ["ca.pem", "source.pem", "source-key.pem", "destination.pem", "destination-key.pem"] {
-                guard FileManager.default.fileExists(atPath: "\(certs)/\(f)") else {
-                    throw CLIError.config("\(certs)/\(f) is missing: run the demo from the repository root, pass --certs DIR, or make a set with certs/make-dev-certs.sh")
-                }
-            }
-            let srcTLS = TLSConfiguration(caFile: "\(certs)/ca.pem", certificateFile: "\(certs)/source.pem", privateKeyFile: "\(certs)/source-key.pem", peerName: "destination.vfio-migrate.test", allowDevelopmentCertificates: true)
-            let dstTLS = TLSConfiguration(caFile: "\(certs)/ca.pem", certificateFile: "\(certs)/destination.pem", privateKeyFile: "\(certs)/destination-key.pem", peerName: "source.vfio-migrate.test", allowDevelopmentCertificates: true)
-            let serverContext = try TLSContext(configuration: dstTLS, role: .server)
-            let clientContext = try TLSContext(configuration: srcTLS, role: .client)
-            warnAboutCertificates(clientContext, command: "demo")
-
-            say("vfio-migrate demo: \(devices) simulated device(s) with \(formatBytes(UInt64(state))) of state each, \(formatBytes(memBytes)) of guest memory, compression \(tuning.compress)")
-            let srcMemory = try GuestMemory(anonymousNamed: "demo-source", size: memBytes, pageSize: 4096)
-            let dstMemory = try GuestMemory(anonymousNamed: "demo-destination", size: memBytes, pageSize: 4096)
-            let fillStart = ContinuousClock.now
-            try GuestCorpus.fill(srcMemory, seed: 42)
-            say(String(format: "filled source guest memory (25%% zero, 50%% binary, 25%% random pages) in %.2f s", (ContinuousClock.now - fillStart).seconds))
-
-            let specs = (0..<devices).map { i in "dev\(i)=sim:\(interface.specPrefix)state=\(state),seed=\(i + 1),dirty=4,churn=1K,chunk=1M" }
-            let srcDevices = try OpenedDevices(specs: specs.map { try DeviceSpec(parsing: $0) }, memory: srcMemory, dirty: interface.dirtyMode)
-            let dstDevices = try OpenedDevices(specs: specs.map { try DeviceSpec(parsing: $0) }, memory: dstMemory, dirty: interface.dirtyMode)
-
-            let receiver = Receiver(devices: dstDevices.destinationDevices, memory: dstMemory, options: ReceiverOptions(), events: dst.handle)
-            let workload = SimWorkload(devices: srcDevices.simulated.map(\.device), v2: srcDevices.simulatedV2.map(\.device), intervalMs: workloadMs)
-            let sender = Sender(devices: srcDevices.sourceDevices, memory: srcMemory, options: tuning.options(), events: out.handle)
-            let interrupts = InterruptHandler { sender.cancel() }
-            defer { withExtendedLifetime(interrupts) {} }
-            let outcome = try InProcessMigration.run(sender: sender, receiver: receiver, serverContext: serverContext,
-                                                     clientContext: clientContext, connected: { out.handle(.connected(peer: $0)) })
-            workload.stop()
-            _ = try outcome.source.get()
-            _ = try outcome.destination.get()
-
-            // Verify: every device's state and every guest page are identical.
-            var mismatches = DemoVerification.deviceMismatches(source: srcDevices, destination: dstDevices)
-            if let page = try DemoVerification.firstDifference(srcMemory, dstMemory) { mismatches.append("guest page \(page) differs") }
-            if mismatches.isEmpty {
-                say("verified: destination device state and guest memory are byte-identical to the source; devices run on the destination only")
-            } else {
-                throw CLIError.config("VERIFICATION FAILED: " + mismatches.joined(separator: "; "))
-            }
+            let (serverContext, clientContext) = try tlsContexts()
+            try migrateAndVerify(serverContext: serverContext, clientContext: clientContext, out: out, dst: dst)
         } catch let e as MigrationError {
             throw failureExit(for: e, printer: out, side: "source")
         } catch let e as CLIError {
@@ -103,6 +61,56 @@ struct Demo: ParsableCommand {
         } catch {
             throw failureExit(for: error, printer: out, side: "source")
         }
+    }
+
+    private func say(_ line: String) { if !json { print(line) } }
+
+    /// Both ends' TLS contexts from the development set in `certs` (loopback only).
+    private func tlsContexts() throws -> (server: TLSContext, client: TLSContext) {
+        for f in ["ca.pem", "source.pem", "source-key.pem", "destination.pem", "destination-key.pem"] {
+            guard FileManager.default.fileExists(atPath: "\(certs)/\(f)") else {
+                throw CLIError.config("\(certs)/\(f) is missing: run the demo from the repository root, pass --certs DIR, or make a set with certs/make-dev-certs.sh")
+            }
+        }
+        let srcTLS = TLSConfiguration(caFile: "\(certs)/ca.pem", certificateFile: "\(certs)/source.pem", privateKeyFile: "\(certs)/source-key.pem", peerName: "destination.vfio-migrate.test", allowDevelopmentCertificates: true)
+        let dstTLS = TLSConfiguration(caFile: "\(certs)/ca.pem", certificateFile: "\(certs)/destination.pem", privateKeyFile: "\(certs)/destination-key.pem", peerName: "source.vfio-migrate.test", allowDevelopmentCertificates: true)
+        let serverContext = try TLSContext(configuration: dstTLS, role: .server)
+        let clientContext = try TLSContext(configuration: srcTLS, role: .client)
+        warnAboutCertificates(clientContext, command: "demo")
+        return (serverContext, clientContext)
+    }
+
+    /// Fills the source guest, migrates it and the simulated devices in process under a
+    /// workload, and checks that every device state and guest page arrived identical.
+    private func migrateAndVerify(serverContext: TLSContext, clientContext: TLSContext, out: EventPrinter, dst: EventPrinter) throws {
+        let memBytes = memorySize.bytes
+        let state = Int(stateSize.bytes)
+        say("vfio-migrate demo: \(devices) simulated device(s) with \(formatBytes(UInt64(state))) of state each, \(formatBytes(memBytes)) of guest memory, compression \(tuning.compress)")
+        let srcMemory = try GuestMemory(anonymousNamed: "demo-source", size: memBytes, pageSize: 4096)
+        let dstMemory = try GuestMemory(anonymousNamed: "demo-destination", size: memBytes, pageSize: 4096)
+        let fillStart = ContinuousClock.now
+        try GuestCorpus.fill(srcMemory, seed: 42)
+        say(String(format: "filled source guest memory (25%% zero, 50%% binary, 25%% random pages) in %.2f s", (ContinuousClock.now - fillStart).seconds))
+
+        let specs = (0..<devices).map { i in "dev\(i)=sim:\(interface.specPrefix)state=\(state),seed=\(i + 1),dirty=4,churn=1K,chunk=1M" }
+        let srcDevices = try OpenedDevices(specs: specs.map { try DeviceSpec(parsing: $0) }, memory: srcMemory, dirty: interface.dirtyMode)
+        let dstDevices = try OpenedDevices(specs: specs.map { try DeviceSpec(parsing: $0) }, memory: dstMemory, dirty: interface.dirtyMode)
+
+        let receiver = Receiver(devices: dstDevices.destinationDevices, memory: dstMemory, options: ReceiverOptions(), events: dst.handle)
+        let workload = SimWorkload(devices: srcDevices.simulated.map(\.device), v2: srcDevices.simulatedV2.map(\.device), intervalMs: workloadMs)
+        let sender = Sender(devices: srcDevices.sourceDevices, memory: srcMemory, options: tuning.options(), events: out.handle)
+        let interrupts = InterruptHandler { sender.cancel() }
+        defer { withExtendedLifetime(interrupts) {} }
+        let outcome = try InProcessMigration.run(sender: sender, receiver: receiver, serverContext: serverContext,
+                                                 clientContext: clientContext, connected: { out.handle(.connected(peer: $0)) })
+        workload.stop()
+        _ = try outcome.source.get()
+        _ = try outcome.destination.get()
+
+        var mismatches = DemoVerification.deviceMismatches(source: srcDevices, destination: dstDevices)
+        if let page = try DemoVerification.firstDifference(srcMemory, dstMemory) { mismatches.append("guest page \(page) differs") }
+        guard mismatches.isEmpty else { throw CLIError.config("VERIFICATION FAILED: " + mismatches.joined(separator: "; ")) }
+        say("verified: destination device state and guest memory are byte-identical to the source; devices run on the destination only")
     }
 }
 
