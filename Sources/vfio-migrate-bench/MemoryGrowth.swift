@@ -13,25 +13,23 @@ enum MemoryGrowth {
 
     static func key(link: String, mode: String?) -> String { "\(link) \(mode ?? "?")" }
 
+    /// The worst peak per key.
+    static func worst(_ peaks: [(key: String, bytes: Double)]) -> Peaks { Dictionary(peaks, uniquingKeysWith: max) }
+
     /// The peaks of a previous --json output's "runs".
     static func peaks(ofJSONRuns runs: [[String: Any]], side: String) -> Peaks {
-        var peaks: Peaks = [:]
-        for r in runs where r["verified"] as? Bool == true {
-            guard let link = r["link"] as? String, let v = (r["rss_anon_peak_\(side)"] as? NSNumber)?.doubleValue, v > 0 else { continue }
-            let k = key(link: link, mode: r["mode"] as? String)
-            peaks[k] = max(peaks[k] ?? 0, v)
-        }
-        return peaks
+        worst(runs.compactMap { r in
+            guard r["verified"] as? Bool == true, let link = r["link"] as? String,
+                  let v = (r["rss_anon_peak_\(side)"] as? NSNumber)?.doubleValue, v > 0 else { return nil }
+            return (key(link: link, mode: r["mode"] as? String), v)
+        })
     }
 
     static func peaks(of runs: [BenchRow], side: String) -> Peaks {
-        var peaks: Peaks = [:]
-        for r in runs where r.verified == true {
-            guard let v = side == "source" ? r.rssAnonSource : r.rssAnonDestination else { continue }
-            let k = key(link: r.link, mode: r.mode)
-            peaks[k] = max(peaks[k] ?? 0, Double(v))
-        }
-        return peaks
+        worst(runs.compactMap { r in
+            guard r.verified == true, let v = side == "source" ? r.rssAnonSource : r.rssAnonDestination else { return nil }
+            return (key(link: r.link, mode: r.mode), Double(v))
+        })
     }
 
     /// A goal per row and side that ran in both.
@@ -42,8 +40,8 @@ enum MemoryGrowth {
             for k in after.keys.sorted() {
                 guard let b = before[k], let a = after[k] else { continue }
                 let growth = a / b - 1
-                targets.append(BenchTarget(name: "\(k): \(side) peak RssAnon flat from \(oldGuest) to \(newGuest) (< 10 % or < 4 MiB more)",
-                                           detail: String(format: "%.0f → %.0f MiB = %+.1f %%", b / 1048576, a / 1048576, growth * 100),
+                targets.append(BenchTarget(name: "\(k): \(side) peak RssAnon flat from \(oldGuest) to \(newGuest) (< \(Int(maxShare * 100)) % or < \(Int(noiseBytes / BenchReport.mib)) MiB more)",
+                                           detail: String(format: "%.0f → %.0f MiB = %+.1f %%", b / BenchReport.mib, a / BenchReport.mib, growth * 100),
                                            pass: growth < maxShare || a - b < noiseBytes))
             }
         }
